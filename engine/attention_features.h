@@ -1,0 +1,38 @@
+// Turning rotary-embedded queries and keys into the features φ(q), φ(k) of causal linear
+// attention, and drawing the favor+ projections.
+//
+// Stabilisers are causal by construction (no statistic over the sequence):
+//  - favor+ queries subtract their own row maximum (a per-position constant that cancels
+//    exactly between numerator and denominator);
+//  - favor+ keys subtract c_h = max_m ‖ω_hm‖²/2, a bound that depends on the projection only:
+//    ωᵀk − ‖k‖²/2 ≤ ‖ω‖²/2 for every k, so key features never exceed 1 and every slice and
+//    both sweeps of a SLiM step use the same constant.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "engine/model_config.h"
+
+namespace slim {
+
+// Rotary position embedding of x (B, H, T, d) at global positions offset .. offset+T−1.
+// Angles are computed in fp64 per position, so a position's rotation does not depend on how
+// the sequence is sliced.
+at::Tensor ApplyRotary(const at::Tensor& x, int64_t offset, double base);
+
+// favor+ projections for all layers: (n_layers, heads, features, head_dim), fp64 on CPU.
+// Per head: stacked d×d Haar-orthogonal blocks, rows rescaled to χ(d)-distributed norms.
+// Deterministic in `seed`.
+at::Tensor DrawOrthogonalProjection(int64_t n_layers, int64_t heads, int64_t features,
+                                    int64_t head_dim, uint64_t seed);
+
+// x: (B, H, T, d) after rotary; projection: (H, M, d) for favor+ (ignored otherwise).
+// Returns (B, H, T, M) in `dtype` (the state dtype), computed with autocast disabled.
+at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
+                         at::ScalarType dtype);
+at::Tensor KeyFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
+                       at::ScalarType dtype);
+
+}  // namespace slim

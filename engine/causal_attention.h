@@ -1,0 +1,48 @@
+// Causal linear attention in block form, with a carried prefix state (DESIGN.md §1).
+//
+// For every position i:  out_i = S_iᵀ φq_i / (z_iᵀ φq_i + ε),
+//   S_i = S_start + Σ_{j≤i} φk_j v_jᵀ  (M×d),   z_i = z_start + Σ_{j≤i} φk_j  (M).
+// The sequence is cut into blocks of `block` tokens: inside a block a masked φq φkᵀ matmul,
+// across blocks the prefix state. Everything here is plain differentiable LibTorch ops, so
+// autograd yields gradients w.r.t. φq, φk, v, the start state and (through `end`) the end state.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace slim {
+
+// Added to every denominator. Positive feature maps give denominators > 0, but favor+ keys are
+// scaled by a data-independent bound (see attention_features.h), so denominators can be tiny;
+// ε only prevents 0/0 when every feature underflowed.
+inline constexpr double kDenominatorEpsilon = 1e-30;
+
+// Prefix state of one layer for a batch: s = Σ φk vᵀ of shape (B, H, M, d), z = Σ φk of shape
+// (B, H, M). Kept in fp32 (fp64 for fp64 models) even when activations are bf16.
+struct AttentionState {
+  at::Tensor s;
+  at::Tensor z;
+};
+
+struct AttentionOutput {
+  at::Tensor out;    // (B, H, T, d) in the state dtype
+  AttentionState end;  // state after the last of the T positions
+};
+
+// fp64 activations keep fp64 states; everything else keeps fp32 states.
+at::ScalarType StateDtype(at::ScalarType activation_dtype);
+
+// Exact zeros, the state before the first token.
+AttentionState ZeroAttentionState(int64_t batch, int64_t heads, int64_t features,
+                                  int64_t head_dim, const at::TensorOptions& options);
+
+// phi_q, phi_k: (B, H, T, M); v: (B, H, T, d); start: state before position 0 of this call.
+// Computes in the start state's dtype with autocast disabled. Any T ≥ 1 and block ≥ 1.
+AttentionOutput CausalLinearAttention(const at::Tensor& phi_q, const at::Tensor& phi_k,
+                                      const at::Tensor& v, const AttentionState& start,
+                                      int64_t block);
+
+// Σ over the T positions of (φk vᵀ, φk), in `state_dtype`: what one call adds to the state.
+AttentionState AttentionStateDelta(const at::Tensor& phi_k, const at::Tensor& v,
+                                   at::ScalarType state_dtype);
+
+}  // namespace slim

@@ -1,0 +1,156 @@
+#include "engine/model.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/functional/activation.h>
+
+#include <string>
+
+#include "engine/attention_features.h"
+
+namespace slim {
+
+namespace {
+constexpr double kInitStd = 0.02;
+}  // namespace
+
+PerformerLMImpl::LayerImpl::LayerImpl(int64_t d_model, int64_t d_ff) {
+  using torch::nn::LinearOptions;
+  const int64_t D = d_model;
+  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  wq = register_module("wq", torch::nn::Linear(LinearOptions(D, D).bias(false)));
+  wk = register_module("wk", torch::nn::Linear(LinearOptions(D, D).bias(false)));
+  wv = register_module("wv", torch::nn::Linear(LinearOptions(D, D).bias(false)));
+  wo = register_module("wo", torch::nn::Linear(LinearOptions(D, D).bias(false)));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  w1 = register_module("w1", torch::nn::Linear(D, d_ff));
+  w2 = register_module("w2", torch::nn::Linear(d_ff, D));
+}
+
+PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
+    : config_(config) {
+  config_.Validate();
+  const int64_t D = config_.d_model;
+  embed_ = register_module("embed", torch::nn::Embedding(config_.vocab_size, D));
+  torch::nn::ModuleList layers;
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    layers_.push_back(std::make_shared<Layer>(D, config_.d_ff));
+    layers->push_back(layers_.back());
+  }
+  register_module("layers", layers);
+  ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  if (!config_.tie_embeddings) {
+    head_ = register_module(
+        "head", torch::nn::Linear(torch::nn::LinearOptions(D, config_.vocab_size).bias(false)));
+  }
+
+  // Deterministic init from our own generator: weights N(0, 0.02), biases 0, LayerNorm 1/0.
+  at::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(init_seed);
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor& t = item.value();
+    const bool is_norm = name.find("ln") != std::string::npos;
+    if (is_norm) {
+      t.fill_(name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0 ? 1.0 : 0.0);
+    } else if (t.dim() == 1) {
+      t.zero_();
+    } else {
+      t.normal_(0.0, kInitStd, gen);
+    }
+  }
+  // Deterministic maps use no projection; the buffer stays zero so model files look alike.
+  projection_ = register_buffer(
+      "projection", at::zeros({config_.n_layers, config_.n_heads, config_.features_per_head(),
+                               config_.head_dim()}));
+  RedrawFeatures(0);
+}
+
+at::ScalarType PerformerLMImpl::activation_dtype() const {
+  return embed_->weight.scalar_type();
+}
+
+at::Tensor PerformerLMImpl::Embed(const at::Tensor& tokens) { return embed_->forward(tokens); }
+
+LayerProjections PerformerLMImpl::Project(int64_t layer, const at::Tensor& x, int64_t offset,
+                                          bool need_query) {
+  Layer& l = *layers_.at(layer);
+  const int64_t B = x.size(0), T = x.size(1), H = config_.n_heads, d = config_.head_dim();
+  const at::Tensor h = l.ln1->forward(x);
+  auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, d}).transpose(1, 2); };
+  const at::ScalarType sd = state_dtype();
+  const at::Tensor proj = projection_[layer];
+  LayerProjections p;
+  const at::Tensor k = ApplyRotary(heads(l.wk->forward(h)).to(sd), offset, config_.rope_base);
+  p.phi_k = KeyFeatures(config_.feature_map, k, proj, sd);
+  if (need_query) {
+    const at::Tensor q = ApplyRotary(heads(l.wq->forward(h)).to(sd), offset, config_.rope_base);
+    p.phi_q = QueryFeatures(config_.feature_map, q, proj, sd);
+  }
+  p.v = heads(l.wv->forward(h));
+  return p;
+}
+
+at::Tensor PerformerLMImpl::Mix(int64_t layer, const at::Tensor& x, const LayerProjections& p,
+                                const AttentionState& start, AttentionState* end) {
+  Layer& l = *layers_.at(layer);
+  AttentionOutput a = CausalLinearAttention(p.phi_q, p.phi_k, p.v, start, config_.attention_block);
+  if (end != nullptr) *end = std::move(a.end);
+  const int64_t B = x.size(0), T = x.size(1);
+  const at::Tensor merged = a.out.transpose(1, 2).reshape({B, T, config_.d_model}).to(x.scalar_type());
+  at::Tensor y = x + l.wo->forward(merged);
+  const at::Tensor ff = l.w2->forward(at::gelu(l.w1->forward(l.ln2->forward(y))));
+  return y + ff;
+}
+
+at::Tensor PerformerLMImpl::Logits(const at::Tensor& x) {
+  const at::Tensor h = ln_f_->forward(x);
+  return config_.tie_embeddings ? at::linear(h, embed_->weight) : head_->forward(h);
+}
+
+ModelState PerformerLMImpl::ZeroState(int64_t batch) const {
+  const auto options = at::TensorOptions().dtype(state_dtype()).device(embed_->weight.device());
+  ModelState state;
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    state.push_back(ZeroAttentionState(batch, config_.n_heads, config_.features_per_head(),
+                                       config_.head_dim(), options));
+  }
+  return state;
+}
+
+at::Tensor PerformerLMImpl::ForwardSlice(const at::Tensor& tokens, int64_t offset,
+                                         ModelState* state) {
+  at::Tensor x = Embed(tokens);
+  for (int64_t r = 0; r < config_.n_layers; ++r) {
+    const LayerProjections p = Project(r, x, offset);
+    AttentionState end;
+    x = Mix(r, x, p, (*state)[r], &end);
+    (*state)[r] = std::move(end);
+  }
+  return Logits(x);
+}
+
+at::Tensor PerformerLMImpl::Forward(const at::Tensor& tokens) {
+  ModelState state = ZeroState(tokens.size(0));
+  return ForwardSlice(tokens, 0, &state);
+}
+
+void PerformerLMImpl::RedrawFeatures(int64_t draw_index) {
+  if (config_.feature_map != FeatureMap::kFavorPlus) return;
+  at::NoGradGuard no_grad;
+  // Draw i of a model is a pure function of (feature_seed, i).
+  const uint64_t seed = config_.feature_seed * 0x100000001B3ull + static_cast<uint64_t>(draw_index);
+  projection_.copy_(DrawOrthogonalProjection(config_.n_layers, config_.n_heads,
+                                             config_.features_per_head(), config_.head_dim(), seed));
+}
+
+bool PerformerLMImpl::MaybeRedrawFeatures(int64_t step) {
+  if (config_.feature_map != FeatureMap::kFavorPlus || config_.redraw_interval <= 0 ||
+      step <= 0 || step % config_.redraw_interval != 0) {
+    return false;
+  }
+  RedrawFeatures(step / config_.redraw_interval);
+  return true;
+}
+
+}  // namespace slim

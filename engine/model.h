@@ -1,0 +1,91 @@
+// A decoder-only causal Performer language model (DESIGN.md §2), pre-LayerNorm:
+//   x = Embed(tokens)
+//   per layer: x = x + W_o·CausalFavorAttention(LN1(x));  x = x + W2·GELU(W1·LN2(x) + b1) + b2
+//   logits = Head(LN_f(x))
+// Every op except the attention prefix sums acts on one position at a time, so the model
+// exposes its forward pass in pieces (Embed / Project / Mix / Logits) that run on a slice of
+// positions from a carried per-layer AttentionState: the SLiM step composes them.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <vector>
+
+#include "engine/causal_attention.h"
+#include "engine/model_config.h"
+
+namespace slim {
+
+// What one layer's attention needs from its input slice: features and values per head.
+struct LayerProjections {
+  at::Tensor phi_q;  // (B, H, T, M), state dtype; undefined if not requested
+  at::Tensor phi_k;  // (B, H, T, M), state dtype
+  at::Tensor v;      // (B, H, T, d), activation dtype
+};
+
+using ModelState = std::vector<AttentionState>;  // one per layer
+
+class PerformerLMImpl : public torch::nn::Module {
+ public:
+  // Weights are drawn from a generator seeded with `init_seed` (independent of global RNG);
+  // favor+ projections from config.feature_seed (draw 0).
+  PerformerLMImpl(const ModelConfig& config, uint64_t init_seed);
+
+  const ModelConfig& config() const { return config_; }
+  int64_t n_layers() const { return config_.n_layers; }
+
+  // tokens (B, T) int64 → (B, T, d_model).
+  at::Tensor Embed(const at::Tensor& tokens);
+  // LN1, q/k/v projections, rotary at global positions offset.., features.
+  LayerProjections Project(int64_t layer, const at::Tensor& x, int64_t offset,
+                           bool need_query = true);
+  // Attention from `start` (writes the end state to *end), W_o, residual, then the FFN block.
+  at::Tensor Mix(int64_t layer, const at::Tensor& x, const LayerProjections& p,
+                 const AttentionState& start, AttentionState* end);
+  // Final LayerNorm and output head: (B, T, d_model) → (B, T, vocab).
+  at::Tensor Logits(const at::Tensor& x);
+
+  // Zero state for a batch, in the state dtype, on the model's device.
+  ModelState ZeroState(int64_t batch) const;
+  // Runs a slice of tokens at global positions offset.. from *state, updating it in place.
+  // With T = 1 this is recurrent (token-by-token) decoding.
+  at::Tensor ForwardSlice(const at::Tensor& tokens, int64_t offset, ModelState* state);
+  // Whole sequence from the zero state.
+  at::Tensor Forward(const at::Tensor& tokens);
+
+  // The favor+ projections (n_layers, H, M, d); a registered buffer, so saved with the weights.
+  const at::Tensor& projection() const { return projection_; }
+  // Redraws the favor+ projections deterministically for draw number `draw_index`.
+  void RedrawFeatures(int64_t draw_index);
+  // Applies the redraw schedule at the start of training step `step` (0-based): redraws when
+  // step > 0 and step % redraw_interval == 0. Returns true if it redrew.
+  bool MaybeRedrawFeatures(int64_t step);
+
+  at::ScalarType activation_dtype() const;
+  at::ScalarType state_dtype() const { return StateDtype(activation_dtype()); }
+
+ private:
+  // One decoder layer's weights; a submodule so parameters are named "layers.<i>.<name>".
+  struct LayerImpl : torch::nn::Module {
+    LayerImpl(int64_t d_model, int64_t d_ff);
+    torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+    torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
+    torch::nn::Linear w1{nullptr}, w2{nullptr};
+  };
+  using Layer = LayerImpl;
+
+  ModelConfig config_;
+  torch::nn::Embedding embed_{nullptr};
+  std::vector<std::shared_ptr<Layer>> layers_;
+  torch::nn::LayerNorm ln_f_{nullptr};
+  torch::nn::Linear head_{nullptr};  // null when tie_embeddings
+  at::Tensor projection_;
+};
+
+TORCH_MODULE(PerformerLM);
+
+}  // namespace slim

@@ -1,0 +1,98 @@
+#include "engine/model_config.h"
+
+#include <sstream>
+
+#include "engine/errors.h"
+
+namespace slim {
+
+std::string FeatureMapName(FeatureMap map) {
+  switch (map) {
+    case FeatureMap::kFavorPlus: return "favor+";
+    case FeatureMap::kRelu: return "relu";
+    case FeatureMap::kEluPlusOne: return "elu+1";
+    case FeatureMap::kSquare: return "sqr";
+  }
+  return "unknown";
+}
+
+FeatureMap ParseFeatureMap(const std::string& name) {
+  for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
+                         FeatureMap::kSquare}) {
+    if (FeatureMapName(map) == name) return map;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    "feature_map: unknown value '" + name +
+                        "' (allowed: favor+, relu, elu+1, sqr)");
+}
+
+int64_t ModelConfig::ParameterCount() const {
+  const int64_t per_layer = 4 * d_model * d_model            // q, k, v, o projections
+                            + 2 * d_model * d_ff + d_ff + d_model  // FFN with biases
+                            + 4 * d_model;                    // two LayerNorms
+  const int64_t embed = vocab_size * d_model;
+  const int64_t head = tie_embeddings ? 0 : vocab_size * d_model;
+  return embed + n_layers * per_layer + 2 * d_model + head;
+}
+
+namespace {
+void CheckRange(const char* field, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) {
+    std::ostringstream msg;
+    msg << field << ": " << value << " is out of range [" << lo << ", " << hi << "]";
+    throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
+}
+}  // namespace
+
+void ModelConfig::Validate() const {
+  CheckRange("vocab_size", vocab_size, 2, int64_t{1} << 24);
+  CheckRange("d_model", d_model, 2, 65536);
+  CheckRange("n_layers", n_layers, 1, 1024);
+  CheckRange("n_heads", n_heads, 1, d_model);
+  CheckRange("d_ff", d_ff, 1, 1 << 20);
+  CheckRange("attention_block", attention_block, 1, 65536);
+  CheckRange("redraw_interval", redraw_interval, 0, int64_t{1} << 40);
+  if (d_model % n_heads != 0) {
+    std::ostringstream msg;
+    msg << "d_model: " << d_model << " is not divisible by n_heads " << n_heads;
+    throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
+  if (head_dim() % 2 != 0) {
+    std::ostringstream msg;
+    msg << "d_model/n_heads: head dimension " << head_dim()
+        << " must be even (rotary embeddings rotate pairs)";
+    throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
+  if (feature_map == FeatureMap::kFavorPlus) CheckRange("n_features", n_features, 1, 1 << 16);
+  if (!(rope_base > 1.0)) {
+    std::ostringstream msg;
+    msg << "rope_base: " << rope_base << " must be > 1";
+    throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
+}
+
+ModelConfig PresetConfig(const std::string& name) {
+  ModelConfig c;
+  if (name == "tiny") {
+    c.d_model = 32; c.n_layers = 2; c.n_heads = 2; c.d_ff = 64;
+    c.feature_map = FeatureMap::kFavorPlus; c.n_features = 16; c.attention_block = 16;
+  } else if (name == "small") {
+    c.d_model = 256; c.n_layers = 4; c.n_heads = 4; c.d_ff = 1024;
+    c.feature_map = FeatureMap::kFavorPlus; c.n_features = 128; c.attention_block = 64;
+  } else if (name == "paper-iv") {
+    // SLiM paper, configuration IV: d_ff = 4·d_model, heads = d_model/64, sqr features.
+    c.d_model = 1024; c.n_layers = 3; c.n_heads = 16; c.d_ff = 4096;
+    c.feature_map = FeatureMap::kSquare; c.n_features = 64; c.attention_block = 64;
+  } else {
+    std::string allowed;
+    for (const auto& n : PresetNames()) allowed += (allowed.empty() ? "" : ", ") + n;
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "preset: unknown name '" + name + "' (allowed: " + allowed + ")");
+  }
+  return c;
+}
+
+std::vector<std::string> PresetNames() { return {"tiny", "small", "paper-iv"}; }
+
+}  // namespace slim

@@ -1,0 +1,56 @@
+// Configuration of a causal Performer language model (DESIGN.md §2). Plain C++: safe to
+// include from code that must not see LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace slim {
+
+// Feature map φ applied to rotary-embedded queries and keys.
+enum class FeatureMap {
+  kFavorPlus,  // positive orthogonal random features, n_features per head (FAVOR+)
+  kRelu,       // relu(x) + 1e-3, deterministic, M = head_dim
+  kEluPlusOne, // elu(x) + 1, deterministic, M = head_dim
+  kSquare,     // x², deterministic, M = head_dim (the SLiM paper's experiments)
+};
+
+std::string FeatureMapName(FeatureMap map);
+// Parses "favor+", "relu", "elu+1", "sqr"; throws EngineError(kInvalidArgument) otherwise.
+FeatureMap ParseFeatureMap(const std::string& name);
+
+struct ModelConfig {
+  int64_t vocab_size = 256;  // bytes by default
+  int64_t d_model = 32;
+  int64_t n_layers = 2;
+  int64_t n_heads = 2;
+  int64_t d_ff = 64;
+  FeatureMap feature_map = FeatureMap::kFavorPlus;
+  int64_t n_features = 16;  // M per head for favor+; deterministic maps use head_dim
+  double rope_base = 10000.0;
+  bool tie_embeddings = false;
+  // Tokens per block of the block-form causal attention (intra-block masked matmul,
+  // inter-block prefix state). Chunk sizes chosen by the planner are multiples of it.
+  int64_t attention_block = 64;
+  // favor+ projections are redrawn every `redraw_interval` training steps (0 = never),
+  // from a generator seeded with (feature_seed, draw index) so runs are reproducible.
+  int64_t redraw_interval = 1000;
+  uint64_t feature_seed = 0;
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  // M: features per head actually used by the attention.
+  int64_t features_per_head() const {
+    return feature_map == FeatureMap::kFavorPlus ? n_features : head_dim();
+  }
+  int64_t ParameterCount() const;
+
+  // Throws EngineError(kInvalidArgument) naming the first field out of range.
+  void Validate() const;
+};
+
+// Named presets: "tiny" (tests), "small", "paper-iv" (the SLiM paper's configuration IV).
+ModelConfig PresetConfig(const std::string& name);
+std::vector<std::string> PresetNames();
+
+}  // namespace slim

@@ -1,0 +1,91 @@
+#include "engine/runtime.h"
+
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+
+#include <stdexcept>
+#include <thread>
+
+#include "engine/errors.h"
+#include "engine/memory_tracker.h"
+
+#ifdef SLIM_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace slim {
+
+int ConfigureThreads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+  try {
+    at::set_num_interop_threads(threads);
+  } catch (const std::exception&) {
+    // Inter-op threads can be set only once, before first use; keep what is set.
+  }
+  return threads;
+}
+
+bool CudaAvailable() { return at::hasCUDA(); }
+
+c10::Device ParseDevice(const std::string& name) {
+  c10::Device device(c10::DeviceType::CPU);
+  try {
+    device = c10::Device(name);
+  } catch (const std::exception&) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "device: '" + name + "' is not a device (allowed: cpu, cuda, cuda:N)");
+  }
+  if (device.is_cpu()) return device;
+  if (!device.is_cuda()) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "device: '" + name + "' is not supported (allowed: cpu, cuda, cuda:N)");
+  }
+  if (!CudaAvailable()) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "device: '" + name + "' requested but this build/machine has no CUDA");
+  }
+  if (!device.has_index()) device.set_index(0);
+  return device;
+}
+
+#ifdef SLIM_WITH_CUDA
+namespace {
+const c10::cuda::CUDACachingAllocator::Stat& AllocatedStat(
+    const c10::cuda::CUDACachingAllocator::DeviceStats& stats) {
+  return stats.allocated_bytes[static_cast<size_t>(
+      c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)];
+}
+}  // namespace
+#endif
+
+void ResetPeakMemory(c10::Device device) {
+  if (device.is_cpu()) {
+    ResetCpuPeakBytes();
+    return;
+  }
+#ifdef SLIM_WITH_CUDA
+  c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+}
+
+int64_t PeakMemoryBytes(c10::Device device) {
+  if (device.is_cpu()) return CpuPeakBytes();
+#ifdef SLIM_WITH_CUDA
+  return AllocatedStat(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())).peak;
+#else
+  return -1;
+#endif
+}
+
+int64_t CurrentMemoryBytes(c10::Device device) {
+  if (device.is_cpu()) return CpuCurrentBytes();
+#ifdef SLIM_WITH_CUDA
+  return AllocatedStat(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())).current;
+#else
+  return -1;
+#endif
+}
+
+}  // namespace slim

@@ -1,0 +1,206 @@
+#include "engine/slim_step.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "engine/errors.h"
+
+namespace slim {
+
+std::string StartStateModeName(StartStateMode mode) {
+  return mode == StartStateMode::kBoundaries ? "boundaries" : "subtract";
+}
+
+StartStateMode ParseStartStateMode(const std::string& name) {
+  if (name == "subtract") return StartStateMode::kSubtract;
+  if (name == "boundaries") return StartStateMode::kBoundaries;
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    "mode: unknown start-state mode '" + name + "' (allowed: subtract, boundaries)");
+}
+
+namespace {
+
+std::string Shape(const at::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+// Checks shapes, dtypes and id ranges; returns the number of targets that count.
+int64_t ValidateBatch(const PerformerLMImpl& model, const at::Tensor& tokens,
+                      const at::Tensor& targets, int64_t chunk_size, int64_t ignore_index) {
+  CheckArgument(chunk_size >= 1,
+                "chunk_size: " + std::to_string(chunk_size) + " must be >= 1");
+  CheckArgument(tokens.defined() && tokens.dim() == 2 && tokens.size(0) >= 1 && tokens.size(1) >= 1,
+                "tokens: expected a non-empty (batch, length) tensor, got shape " +
+                    (tokens.defined() ? Shape(tokens) : std::string("undefined")));
+  CheckArgument(tokens.scalar_type() == at::kLong, "tokens: expected int64 ids");
+  CheckArgument(targets.defined() && targets.sizes() == tokens.sizes(),
+                "targets: shape " + (targets.defined() ? Shape(targets) : std::string("undefined")) +
+                    " differs from tokens " + Shape(tokens));
+  CheckArgument(targets.scalar_type() == at::kLong, "targets: expected int64 ids");
+  const int64_t vocab = model.config().vocab_size;
+  const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+  CheckArgument(lo >= 0 && hi < vocab, "tokens: ids must be in [0, " + std::to_string(vocab) +
+                                           "), found range [" + std::to_string(lo) + ", " +
+                                           std::to_string(hi) + "]");
+  const at::Tensor counted = targets != ignore_index;
+  const int64_t count = counted.sum().item<int64_t>();
+  CheckArgument(count > 0, "targets: every position equals ignore_index " +
+                               std::to_string(ignore_index) + "; nothing to train on");
+  const at::Tensor valid = targets.masked_select(counted);
+  const int64_t tlo = valid.min().item<int64_t>(), thi = valid.max().item<int64_t>();
+  CheckArgument(tlo >= 0 && thi < vocab, "targets: ids must be in [0, " + std::to_string(vocab) +
+                                             ") or equal ignore_index, found range [" +
+                                             std::to_string(tlo) + ", " + std::to_string(thi) + "]");
+  return count;
+}
+
+// Σ cross-entropy over the slice's counted targets, in fp32 (fp64 for fp64 models).
+at::Tensor SliceLossSum(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const at::Tensor l = logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
+  return at::cross_entropy_loss(l.reshape({-1, l.size(-1)}), targets.reshape({-1}), {},
+                                at::Reduction::Sum, ignore_index);
+}
+
+double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
+
+}  // namespace
+
+SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens,
+                                const at::Tensor& targets, const SlimStepOptions& options) {
+  const int64_t count =
+      ValidateBatch(model, tokens, targets, options.chunk_size, options.ignore_index);
+  const int64_t B = tokens.size(0), L = tokens.size(1);
+  const int64_t C = std::min(options.chunk_size, L);
+  const int64_t N = (L + C - 1) / C;
+  const int64_t R = model.n_layers();
+  const at::ScalarType sd = model.state_dtype();
+  const bool subtract = options.mode == StartStateMode::kSubtract;
+  const bool audit = subtract && options.audit_start_states;
+  auto slice = [&](const at::Tensor& t, int64_t n) { return t.narrow(1, n * C, std::min(C, L - n * C)); };
+
+  SlimStepResult result;
+  result.target_count = count;
+  result.slices = N;
+  if (options.record_state_gradients) result.state_gradients.resize(std::max<int64_t>(N - 1, 0));
+
+  AutocastScope autocast(tokens.device().type(), options.precision);
+  const ModelState zero = model.ZeroState(B);
+
+  // Forward sweep: states at the end of slices 0 .. N−2 (the start of the last slice).
+  ModelState state = zero;
+  std::vector<ModelState> boundaries;  // boundaries[n] = start state of slice n
+  if (!subtract || audit) boundaries.resize(N);
+  {
+    at::NoGradGuard no_grad;
+    for (int64_t n = 0; n + 1 < N; ++n) {
+      if (!boundaries.empty()) boundaries[n] = state;
+      at::Tensor x = model.Embed(slice(tokens, n));
+      for (int64_t r = 0; r < R; ++r) {
+        if (r + 1 == R) {
+          // The last layer's output feeds only the head, which the forward sweep skips.
+          const LayerProjections p = model.Project(r, x, n * C, /*need_query=*/false);
+          const AttentionState d = AttentionStateDelta(p.phi_k, p.v, sd);
+          state[r] = {state[r].s + d.s, state[r].z + d.z};
+        } else {
+          const LayerProjections p = model.Project(r, x, n * C);
+          AttentionState end;
+          x = model.Mix(r, x, p, state[r], &end);
+          state[r] = std::move(end);
+        }
+      }
+    }
+    if (!boundaries.empty()) boundaries[N - 1] = state;
+  }
+  double final_scale_s = 0.0, final_scale_z = 0.0;
+  if (audit) {
+    for (const auto& st : state) {
+      final_scale_s = std::max(final_scale_s, MaxAbs(st.s));
+      final_scale_z = std::max(final_scale_z, MaxAbs(st.z));
+    }
+  }
+
+  // Backward sweep. `end` holds the end state of slice n (= start of slice n+1).
+  ModelState end = state;
+  std::vector<at::Tensor> grad_s(R), grad_z(R);  // G for the end state of slice n
+  at::Tensor loss_total = at::zeros({}, tokens.options().dtype(at::kDouble));
+  for (int64_t n = N - 1; n >= 0; --n) {
+    at::Tensor x = model.Embed(slice(tokens, n));
+    ModelState starts(R), ends(R);
+    for (int64_t r = 0; r < R; ++r) {
+      const LayerProjections p = model.Project(r, x, n * C);
+      AttentionState start;
+      if (n == 0) {
+        start = zero[r];  // exact zeros, never rebuilt
+      } else if (n + 1 == N) {
+        start = state[r];
+      } else if (!subtract) {
+        start = boundaries[n][r];
+      } else {
+        at::NoGradGuard no_grad;
+        const AttentionState d = AttentionStateDelta(p.phi_k.detach(), p.v.detach(), sd);
+        start = {end[r].s - d.s, end[r].z - d.z};
+        if (audit) {
+          result.max_start_state_drift = std::max(
+              {result.max_start_state_drift,
+               MaxAbs(start.s - boundaries[n][r].s) / std::max(final_scale_s, 1e-300),
+               MaxAbs(start.z - boundaries[n][r].z) / std::max(final_scale_z, 1e-300)});
+        }
+      }
+      if (n > 0) start = {start.s.detach().requires_grad_(true), start.z.detach().requires_grad_(true)};
+      starts[r] = start;
+      x = model.Mix(r, x, p, start, &ends[r]);
+    }
+    const at::Tensor loss_n = SliceLossSum(model.Logits(x), slice(targets, n), options.ignore_index) /
+                              static_cast<double>(count);
+    std::vector<at::Tensor> outputs{loss_n}, grads{at::ones_like(loss_n)};
+    if (n + 1 < N) {
+      for (int64_t r = 0; r < R; ++r) {
+        outputs.push_back(ends[r].s);
+        grads.push_back(grad_s[r]);
+        outputs.push_back(ends[r].z);
+        grads.push_back(grad_z[r]);
+      }
+    }
+    torch::autograd::backward(outputs, grads);
+    loss_total += loss_n.detach().to(at::kDouble);
+    if (n == 0) break;
+    for (int64_t r = 0; r < R; ++r) {
+      const at::Tensor gs = starts[r].s.grad(), gz = starts[r].z.grad();
+      grad_s[r] = gs.defined() ? gs : at::zeros_like(starts[r].s);
+      grad_z[r] = gz.defined() ? gz : at::zeros_like(starts[r].z);
+      end[r] = {starts[r].s.detach(), starts[r].z.detach()};
+    }
+    if (options.record_state_gradients) {
+      ModelState g(R);
+      for (int64_t r = 0; r < R; ++r) g[r] = {grad_s[r].clone(), grad_z[r].clone()};
+      result.state_gradients[n - 1] = std::move(g);
+    }
+  }
+  result.loss = loss_total.item<double>();
+  return result;
+}
+
+double SlicedLoss(PerformerLMImpl& model, const at::Tensor& tokens, const at::Tensor& targets,
+                  int64_t chunk_size, Precision precision, int64_t ignore_index) {
+  const int64_t count = ValidateBatch(model, tokens, targets, chunk_size, ignore_index);
+  const int64_t L = tokens.size(1), C = std::min(chunk_size, L);
+  at::NoGradGuard no_grad;
+  AutocastScope autocast(tokens.device().type(), precision);
+  ModelState state = model.ZeroState(tokens.size(0));
+  at::Tensor total = at::zeros({}, tokens.options().dtype(at::kDouble));
+  for (int64_t start = 0; start < L; start += C) {
+    const int64_t len = std::min(C, L - start);
+    const at::Tensor logits = model.ForwardSlice(tokens.narrow(1, start, len), start, &state);
+    total += SliceLossSum(logits, targets.narrow(1, start, len), ignore_index).to(at::kDouble);
+  }
+  return total.item<double>() / static_cast<double>(count);
+}
+
+}  // namespace slim

@@ -1,0 +1,66 @@
+// The SLiM training step (DESIGN.md §1): exact gradients of the mean next-token loss with
+// activation memory proportional to the chunk size C instead of the sequence length L.
+//
+// Forward sweep (no autograd): slices 1..N−1 in order, all layers per slice, carrying only the
+// per-layer attention state (the last slice's state is never needed). Backward sweep: slices
+// N..1 in reverse; each is re-run with autograd from its start state (a leaf), and
+// slice_loss_n + Σ_layers ⟨G, state_end⟩ is backpropagated, so parameter gradients accumulate
+// and G ← ∂/∂state_start. Start states come from subtracting the slice's own contribution from
+// its end state (O(1) memory in L) or from the boundaries stored by the forward sweep.
+// C ≥ L is one slice: ordinary backprop, no forward sweep.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/precision.h"
+
+namespace slim {
+
+enum class StartStateMode {
+  kSubtract,    // start = end − slice contribution; memory O(1) in L, rounding drift O(L/C)
+  kBoundaries,  // start states stored by the forward sweep; memory O(L/C · state), no drift
+};
+
+std::string StartStateModeName(StartStateMode mode);
+// Parses "subtract" or "boundaries"; throws EngineError(kInvalidArgument) otherwise.
+StartStateMode ParseStartStateMode(const std::string& name);
+
+inline constexpr int64_t kIgnoreIndex = -100;
+
+struct SlimStepOptions {
+  int64_t chunk_size = 0;  // C ≥ 1; C ≥ L means ordinary backprop
+  StartStateMode mode = StartStateMode::kSubtract;
+  Precision precision = Precision::kFp32;
+  int64_t ignore_index = kIgnoreIndex;  // targets equal to this are excluded from the loss
+  // Debugging aids (cost memory O(L/C · state)); used by tests and the drift audit.
+  bool audit_start_states = false;  // subtract mode: compare rebuilt starts with stored ones
+  bool record_state_gradients = false;  // keep G for every slice boundary
+};
+
+struct SlimStepResult {
+  double loss = 0.0;        // Σ CE over non-ignored targets / their count
+  int64_t target_count = 0; // the global normaliser
+  int64_t slices = 0;
+  // audit_start_states: max over slices and layers of max|rebuilt − stored| / max|final state|
+  // (separately for s and z, the larger is reported).
+  double max_start_state_drift = 0.0;
+  // record_state_gradients: state_gradients[n][r] = ∂loss/∂(state at the end of slice n) for
+  // layer r, n = 0 .. slices−2.
+  std::vector<ModelState> state_gradients;
+};
+
+// tokens, targets: (B, L) int64 on the model's device. Accumulates ∂loss/∂θ into the
+// parameters' .grad (callers zero them first) and returns the loss. Throws
+// EngineError(kInvalidArgument) for malformed input (shapes, ids ≥ vocab, no targets).
+SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens,
+                                const at::Tensor& targets, const SlimStepOptions& options);
+
+// Loss without gradients (evaluation), computed slice by slice with C tokens at a time.
+double SlicedLoss(PerformerLMImpl& model, const at::Tensor& tokens, const at::Tensor& targets,
+                  int64_t chunk_size, Precision precision, int64_t ignore_index = kIgnoreIndex);
+
+}  // namespace slim

@@ -1,0 +1,212 @@
+// slim-bench: times SLiM training steps (AdamW step included) and measures their peak memory.
+// Prints one JSON line per (sequence length, mode, chunk size) measurement.
+//
+//   slim-bench --preset small --seq-len 8192 --chunk 512 --mode subtract,full --steps 3 --json
+#include <ATen/ATen.h>
+#include <torch/cuda.h>
+#include <torch/optim/adamw.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/errors.h"
+#include "engine/memory_tracker.h"
+#include "engine/model.h"
+#include "engine/runtime.h"
+#include "engine/slim_step.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: slim-bench [flags]
+  --preset NAME        model preset: tiny, small, paper-iv (default small)
+  --seq-len L[,L..]    sequence lengths (default 8192)
+  --chunk C[,C..]      chunk sizes for subtract/boundaries modes (default 512)
+  --mode M[,M..]       subtract, boundaries, full (C = L) (default subtract,full)
+  --batch B            sequences per step (default 1)
+  --steps N            timed steps per measurement (default 3)
+  --warmup N           untimed steps before timing (default 1)
+  --precision P        fp32 or bf16 autocast (default fp32)
+  --device D           cpu, cuda, cuda:N (default cpu)
+  --threads N          intra-op threads, 0 = all cores (default 0)
+  --seed S             seed for weights and data (default 0)
+  --json               JSON lines only (default prints a header line first)
+example:
+  slim-bench --preset small --seq-len 8192,65536 --chunk 512 --mode subtract,full --json
+)";
+
+struct Options {
+  std::string preset = "small";
+  std::vector<int64_t> seq_lens{8192};
+  std::vector<int64_t> chunks{512};
+  std::vector<std::string> modes{"subtract", "full"};
+  int64_t batch = 1;
+  int64_t steps = 3;
+  int64_t warmup = 1;
+  std::string precision = "fp32";
+  std::string device = "cpu";
+  int threads = 0;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+[[noreturn]] void UsageError(const std::string& message) {
+  std::cerr << "slim-bench: " << message << "\n\n" << kUsage;
+  std::exit(2);
+}
+
+int64_t ParseInt(const std::string& flag, const std::string& text, int64_t min) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0') UsageError(flag + ": '" + text + "' is not an integer");
+  if (v < min) UsageError(flag + ": " + text + " must be >= " + std::to_string(min));
+  return v;
+}
+
+std::vector<std::string> SplitList(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
+  return out;
+}
+
+Options ParseFlags(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (flag == "--json") {
+      o.json = true;
+      continue;
+    }
+    if (i + 1 >= argc) UsageError(flag + ": missing value");
+    const std::string value = argv[++i];
+    auto ints = [&](int64_t min) {
+      std::vector<int64_t> v;
+      for (const auto& s : SplitList(value)) v.push_back(ParseInt(flag, s, min));
+      if (v.empty()) UsageError(flag + ": empty list");
+      return v;
+    };
+    if (flag == "--preset") o.preset = value;
+    else if (flag == "--seq-len") o.seq_lens = ints(1);
+    else if (flag == "--chunk") o.chunks = ints(1);
+    else if (flag == "--mode") o.modes = SplitList(value);
+    else if (flag == "--batch") o.batch = ParseInt(flag, value, 1);
+    else if (flag == "--steps") o.steps = ParseInt(flag, value, 1);
+    else if (flag == "--warmup") o.warmup = ParseInt(flag, value, 0);
+    else if (flag == "--precision") o.precision = value;
+    else if (flag == "--device") o.device = value;
+    else if (flag == "--threads") o.threads = static_cast<int>(ParseInt(flag, value, 0));
+    else if (flag == "--seed") o.seed = static_cast<uint64_t>(ParseInt(flag, value, 0));
+    else UsageError("unknown flag " + flag);
+  }
+  for (const auto& m : o.modes) {
+    if (m != "subtract" && m != "boundaries" && m != "full") {
+      UsageError("--mode: unknown mode '" + m + "' (allowed: subtract, boundaries, full)");
+    }
+  }
+  return o;
+}
+
+void Synchronize(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+struct Measurement {
+  double step_seconds = 0, min_step_seconds = 0, loss = 0;
+  int64_t peak_bytes = 0;
+};
+
+Measurement Measure(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer,
+                    const at::Tensor& tokens, const at::Tensor& targets,
+                    const slim::SlimStepOptions& step, const Options& o, const c10::Device& device) {
+  auto run_step = [&] {
+    optimizer.zero_grad();
+    const slim::SlimStepResult r = slim::SlimTrainingStep(model, tokens, targets, step);
+    optimizer.step();
+    return r.loss;
+  };
+  for (int64_t i = 0; i < o.warmup; ++i) run_step();
+  Synchronize(device);
+  slim::ResetPeakMemory(device);
+  Measurement m;
+  m.min_step_seconds = 1e300;
+  for (int64_t i = 0; i < o.steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    m.loss = run_step();
+    Synchronize(device);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    m.step_seconds += s / static_cast<double>(o.steps);
+    m.min_step_seconds = std::min(m.min_step_seconds, s);
+  }
+  m.peak_bytes = slim::PeakMemoryBytes(device);
+  return m;
+}
+
+int Run(const Options& o) {
+  slim::InstallCpuMemoryTracker();
+  const int threads = slim::ConfigureThreads(o.threads);
+  const c10::Device device = slim::ParseDevice(o.device);
+  const slim::Precision precision = slim::ParsePrecision(o.precision);
+  const slim::ModelConfig config = slim::PresetConfig(o.preset);
+  slim::PerformerLM model(config, o.seed);
+  model->to(device);
+  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(1e-4));
+  if (!o.json) {
+    std::cerr << "slim-bench: preset " << o.preset << " (" << config.ParameterCount()
+              << " parameters), device " << device << ", " << threads << " threads\n";
+  }
+
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1);
+  for (int64_t L : o.seq_lens) {
+    const at::Tensor ids = at::randint(config.vocab_size, {o.batch, L + 1}, gen,
+                                       at::TensorOptions().dtype(at::kLong));
+    const at::Tensor tokens = ids.narrow(1, 0, L).contiguous().to(device);
+    const at::Tensor targets = ids.narrow(1, 1, L).contiguous().to(device);
+    for (const std::string& mode : o.modes) {
+      std::vector<int64_t> chunks = mode == "full" ? std::vector<int64_t>{L} : o.chunks;
+      for (int64_t C : chunks) {
+        slim::SlimStepOptions step;
+        step.chunk_size = C;
+        step.mode = mode == "boundaries" ? slim::StartStateMode::kBoundaries
+                                         : slim::StartStateMode::kSubtract;
+        step.precision = precision;
+        const Measurement m = Measure(*model, optimizer, tokens, targets, step, o, device);
+        const double tokens_per_s = static_cast<double>(o.batch * L) / m.step_seconds;
+        std::printf(
+            "{\"device\":\"%s\",\"preset\":\"%s\",\"batch\":%lld,\"L\":%lld,\"C\":%lld,"
+            "\"mode\":\"%s\",\"precision\":\"%s\",\"threads\":%d,\"steps\":%lld,"
+            "\"step_seconds\":%.6f,\"min_step_seconds\":%.6f,\"tokens_per_s\":%.1f,"
+            "\"peak_bytes\":%lld,\"loss\":%.6f}\n",
+            device.str().c_str(), o.preset.c_str(), static_cast<long long>(o.batch),
+            static_cast<long long>(L), static_cast<long long>(std::min(C, L)), mode.c_str(),
+            o.precision.c_str(), threads, static_cast<long long>(o.steps), m.step_seconds,
+            m.min_step_seconds, tokens_per_s, static_cast<long long>(m.peak_bytes), m.loss);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options options = ParseFlags(argc, argv);
+  try {
+    return Run(options);
+  } catch (const slim::EngineError& e) {
+    std::cerr << "slim-bench: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "slim-bench: " << e.what_without_backtrace() << "\n";
+    return 1;
+  }
+}

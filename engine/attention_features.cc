@@ -89,7 +89,9 @@ at::Tensor KeyFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& pr
   if (map != FeatureMap::kFavorPlus) return DeterministicFeatures(map, xs);
   const at::Tensor w = projection.to(dtype);
   const at::Tensor u = at::matmul(xs, w.transpose(-1, -2));
-  const at::Tensor bound = (w * w).sum(-1).amax(-1).mul(0.5).view({1, -1, 1, 1});  // c_h
+  // c_h = max(0, max_m ‖ω_m‖²/2 − kKeyLogFeatureCap): key features ≤ e^cap for every input.
+  const at::Tensor bound =
+      ((w * w).sum(-1).amax(-1).mul(0.5) - kKeyLogFeatureCap).clamp_min(0.0).view({1, -1, 1, 1});
   return at::exp(u - (xs * xs).sum(-1, /*keepdim=*/true).mul(0.5) - bound);
 }
 

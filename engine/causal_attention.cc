@@ -54,7 +54,10 @@ AttentionOutput CausalLinearAttention(const at::Tensor& phi_q, const at::Tensor&
   const at::Tensor scores = at::matmul(q, k.transpose(-1, -2)).masked_fill(causal.logical_not(), 0);
   const at::Tensor num = at::matmul(scores, vv) + at::matmul(q, s_before);
   const at::Tensor den = scores.sum(-1) + at::matmul(q, z_before.unsqueeze(-1)).squeeze(-1);
-  at::Tensor out = num / (den + kDenominatorEpsilon).unsqueeze(-1);
+  // Double where: the masked branch divides by 1, so no inf/NaN reaches the gradient.
+  const at::Tensor ok = (den > kDenominatorFloor).unsqueeze(-1);
+  at::Tensor out = at::where(ok, num / at::where(ok, den.unsqueeze(-1), at::ones_like(den).unsqueeze(-1)),
+                             at::zeros_like(num));
   out = out.view({B, H, padded, D});
   if (padded != T) out = out.narrow(2, 0, T);
   return {out, end};

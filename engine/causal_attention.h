@@ -1,6 +1,6 @@
 // Causal linear attention in block form, with a carried prefix state (DESIGN.md §1).
 //
-// For every position i:  out_i = S_iᵀ φq_i / (z_iᵀ φq_i + ε),
+// For every position i:  out_i = S_iᵀ φq_i / z_iᵀ φq_i,
 //   S_i = S_start + Σ_{j≤i} φk_j v_jᵀ  (M×d),   z_i = z_start + Σ_{j≤i} φk_j  (M).
 // The sequence is cut into blocks of `block` tokens: inside a block a masked φq φkᵀ matmul,
 // across blocks the prefix state. Everything here is plain differentiable LibTorch ops, so
@@ -11,10 +11,10 @@
 
 namespace slim {
 
-// Added to every denominator. Positive feature maps give denominators > 0, but favor+ keys are
-// scaled by a data-independent bound (see attention_features.h), so denominators can be tiny;
-// ε only prevents 0/0 when every feature underflowed.
-inline constexpr double kDenominatorEpsilon = 1e-30;
+// Denominators at or below this floor (every feature underflowed: a degenerate input) give an
+// output of 0 with zero gradient instead of 0/0. Above it the output is exactly num/den, so
+// per-row and per-head feature constants cancel exactly.
+inline constexpr double kDenominatorFloor = 1e-30;
 
 // Prefix state of one layer for a batch: s = Σ φk vᵀ of shape (B, H, M, d), z = Σ φk of shape
 // (B, H, M). Kept in fp32 (fp64 for fp64 models) even when activations are bf16.

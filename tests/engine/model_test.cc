@@ -1,0 +1,168 @@
+// Model-level properties: logits independent of the chunk size, causality, recurrent decoding,
+// finiteness, the stored favor+ projection and its redraw schedule, config validation.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "engine/errors.h"
+#include "engine/model.h"
+#include "tests/engine/test_util.h"
+
+namespace slim {
+namespace {
+
+using testing::RelErr;
+using testing::TinyConfig;
+
+const FeatureMap kAllMaps[] = {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
+                               FeatureMap::kSquare};
+
+// Logits computed C tokens at a time, carrying the state.
+at::Tensor SlicedLogits(PerformerLMImpl& model, const at::Tensor& tokens, int64_t C) {
+  at::NoGradGuard no_grad;
+  ModelState state = model.ZeroState(tokens.size(0));
+  std::vector<at::Tensor> parts;
+  for (int64_t s = 0; s < tokens.size(1); s += C) {
+    const int64_t len = std::min(C, tokens.size(1) - s);
+    parts.push_back(model.ForwardSlice(tokens.narrow(1, s, len), s, &state));
+  }
+  return at::cat(parts, 1);
+}
+
+TEST(Model, LogitsIndependentOfChunkSize) {
+  const int64_t L = 100;
+  for (FeatureMap map : kAllMaps) {
+    for (at::ScalarType dtype : {at::kDouble, at::kFloat}) {
+      PerformerLM model(TinyConfig(map), 1);
+      model->to(dtype);
+      const at::Tensor tokens = testing::RandomBatch(2, L, 256, 2).tokens;
+      at::Tensor full;
+      {
+        at::NoGradGuard no_grad;
+        full = model->Forward(tokens);
+      }
+      // fp64: rounding only; fp32: 1e-5 relative (sums regrouped across slice boundaries).
+      const double tol = dtype == at::kDouble ? 1e-12 : 1e-5;
+      for (int64_t C : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{7}, int64_t{64}, L - 1, L, 2 * L}) {
+        EXPECT_LE(RelErr(SlicedLogits(*model, tokens, C), full), tol)
+            << FeatureMapName(map) << " " << dtype << " C=" << C;
+      }
+    }
+  }
+}
+
+TEST(Model, ChangingTokenLeavesEarlierLogitsBitwiseUnchanged) {
+  const int64_t L = 96, j = 50;
+  for (FeatureMap map : kAllMaps) {
+    PerformerLM model(TinyConfig(map), 3);
+    at::Tensor tokens = testing::RandomBatch(1, L, 256, 4).tokens;
+    at::Tensor changed = tokens.clone();
+    changed[0][j] = (tokens[0][j].item<int64_t>() + 1) % 256;
+    for (int64_t C : {L, int64_t{16}, int64_t{7}}) {
+      const at::Tensor a = SlicedLogits(*model, tokens, C), b = SlicedLogits(*model, changed, C);
+      EXPECT_TRUE(at::equal(a.narrow(1, 0, j), b.narrow(1, 0, j))) << FeatureMapName(map) << " C=" << C;
+      EXPECT_FALSE(at::equal(a.narrow(1, j, 1), b.narrow(1, j, 1)));  // the change is visible
+    }
+  }
+}
+
+TEST(Model, RecurrentDecodingReproducesFullForward) {
+  for (FeatureMap map : kAllMaps) {
+    for (at::ScalarType dtype : {at::kDouble, at::kFloat}) {
+      PerformerLM model(TinyConfig(map), 5);
+      model->to(dtype);
+      const at::Tensor tokens = testing::RandomBatch(2, 40, 256, 6).tokens;
+      at::NoGradGuard no_grad;
+      const at::Tensor full = model->Forward(tokens);
+      ModelState state = model->ZeroState(2);
+      std::vector<at::Tensor> steps;
+      for (int64_t t = 0; t < 40; ++t) steps.push_back(model->ForwardSlice(tokens.narrow(1, t, 1), t, &state));
+      EXPECT_LE(RelErr(at::cat(steps, 1), full), dtype == at::kDouble ? 1e-12 : 1e-5)
+          << FeatureMapName(map);
+    }
+  }
+}
+
+TEST(Model, NoNanOrInfForExtremeWeightsAndInputs) {
+  for (FeatureMap map : kAllMaps) {
+    for (double scale : {1e-4, 1e2, 1e4}) {
+      PerformerLM model(TinyConfig(map), 7);
+      {
+        at::NoGradGuard no_grad;
+        for (auto& p : model->parameters()) p.mul_(scale);
+      }
+      const testing::Batch b = testing::RandomBatch(2, 64, 256, 8);
+      const at::Tensor logits = model->Forward(b.tokens);
+      EXPECT_TRUE(at::isfinite(logits).all().item<bool>()) << FeatureMapName(map) << " " << scale;
+      at::cross_entropy_loss(logits.reshape({-1, 256}), b.targets.reshape({-1})).backward();
+      for (const auto& p : model->named_parameters()) {
+        ASSERT_TRUE(p.value().grad().defined()) << p.key();
+        EXPECT_TRUE(at::isfinite(p.value().grad()).all().item<bool>())
+            << FeatureMapName(map) << " scale " << scale << " " << p.key();
+      }
+    }
+  }
+}
+
+TEST(Model, ProjectionIsStoredSeededAndRedrawnOnSchedule) {
+  ModelConfig c = TinyConfig(FeatureMap::kFavorPlus);
+  c.redraw_interval = 3;
+  PerformerLM a(c, 1), b(c, 2);
+  // Saved with the weights (a buffer) and a function of feature_seed only.
+  EXPECT_NE(a->named_buffers().find("projection"), nullptr);
+  EXPECT_TRUE(at::equal(a->projection(), b->projection()));
+  const at::Tensor draw0 = a->projection().clone();
+  EXPECT_FALSE(a->MaybeRedrawFeatures(0));
+  EXPECT_FALSE(a->MaybeRedrawFeatures(2));
+  EXPECT_TRUE(a->MaybeRedrawFeatures(3));
+  EXPECT_FALSE(at::equal(a->projection(), draw0));
+  b->RedrawFeatures(1);
+  EXPECT_TRUE(at::equal(a->projection(), b->projection()));
+  a->RedrawFeatures(0);
+  EXPECT_TRUE(at::equal(a->projection(), draw0));
+  c.feature_seed = 9;
+  EXPECT_FALSE(at::equal(PerformerLM(c, 1)->projection(), draw0));
+}
+
+TEST(Model, SameSeedSameWeights) {
+  PerformerLM a(TinyConfig(FeatureMap::kSquare), 42), b(TinyConfig(FeatureMap::kSquare), 42),
+      c(TinyConfig(FeatureMap::kSquare), 43);
+  auto pa = a->parameters(), pb = b->parameters(), pc = c->parameters();
+  bool any_differs = false;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_TRUE(at::equal(pa[i], pb[i]));
+    any_differs |= !at::equal(pa[i], pc[i]);
+  }
+  EXPECT_TRUE(any_differs);
+  EXPECT_EQ(static_cast<int64_t>(0), [&] {
+    int64_t n = 0;
+    for (auto& p : a->parameters()) n += p.numel();
+    return n - a->config().ParameterCount();
+  }());
+}
+
+TEST(ModelConfig, ValidationNamesTheField) {
+  ModelConfig c = TinyConfig(FeatureMap::kFavorPlus);
+  c.n_heads = 3;
+  try {
+    c.Validate();
+    FAIL() << "expected an error";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("d_model"), std::string::npos) << e.what();
+  }
+  c = TinyConfig(FeatureMap::kFavorPlus);
+  c.n_features = 0;
+  EXPECT_THROW(c.Validate(), EngineError);
+  EXPECT_THROW(PresetConfig("huge"), EngineError);
+  EXPECT_THROW(ParseFeatureMap("softmax"), EngineError);
+  EXPECT_EQ(ParseFeatureMap("elu+1"), FeatureMap::kEluPlusOne);
+  const ModelConfig iv = PresetConfig("paper-iv");
+  EXPECT_EQ(iv.d_model, 1024);
+  EXPECT_EQ(iv.n_layers, 3);
+  EXPECT_EQ(iv.n_heads, 16);
+  EXPECT_EQ(iv.d_ff, 4096);
+  EXPECT_EQ(iv.feature_map, FeatureMap::kSquare);
+}
+
+}  // namespace
+}  // namespace slim

@@ -1,0 +1,44 @@
+// Helpers shared by the engine tests: relative errors, small configs, random batches.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+
+#include "engine/model_config.h"
+
+namespace slim::testing {
+
+// max|a − b| / max|b|: a norm-wise relative error that stays meaningful when some entries of b
+// are near zero (a per-element ratio would not).
+inline double RelErr(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = b.abs().max().item<double>();
+  const double diff = (a.to(b.scalar_type()) - b).abs().max().item<double>();
+  return scale == 0.0 ? diff : diff / scale;
+}
+
+inline ModelConfig TinyConfig(FeatureMap map) {
+  ModelConfig c = PresetConfig("tiny");
+  c.feature_map = map;
+  return c;
+}
+
+inline at::Generator Gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+struct Batch {
+  at::Tensor tokens, targets;
+};
+
+// Random byte-level batch; targets are next tokens. With pad_tail > 0 the last sequence's final
+// pad_tail targets are padding (ignore_index), as in a batch of unequal lengths.
+inline Batch RandomBatch(int64_t batch, int64_t length, int64_t vocab, uint64_t seed,
+                         int64_t pad_tail = 0) {
+  at::Generator gen = Gen(seed);
+  const at::Tensor ids = at::randint(vocab, {batch, length + 1}, gen, at::kLong);
+  Batch b{ids.narrow(1, 0, length).contiguous(), ids.narrow(1, 1, length).clone()};
+  if (pad_tail > 0) b.targets[batch - 1].narrow(0, length - pad_tail, pad_tail).fill_(-100);
+  return b;
+}
+
+}  // namespace slim::testing

@@ -83,7 +83,7 @@ TEST(SlimStep, GradientsEqualFullBackpropFp64) {
 // fp32 at L ≈ 1k: relative error ≤ 1e-4 on every parameter gradient.
 TEST(SlimStep, GradientsEqualFullBackpropFp32AtL1024) {
   const int64_t L = 1000;
-  for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kSquare}) {
+  for (FeatureMap map : kAllMaps) {
     PerformerLM model(TinyConfig(map), 13);
     const testing::Batch b = testing::RandomBatch(2, L, 256, 14, /*pad_tail=*/100);
     const StepOutcome full = RunStep(*model, b, L, StartStateMode::kSubtract);

@@ -23,8 +23,15 @@ inline constexpr double kKeyLogFeatureCap = 50.0;
 
 // Rotary position embedding of x (B, H, T, d) at global positions offset .. offset+T−1.
 // Angles are computed in fp64 per position, so a position's rotation does not depend on how
-// the sequence is sliced.
-at::Tensor ApplyRotary(const at::Tensor& x, int64_t offset, double base);
+// the sequence is sliced. `cache`, if given, keeps the cos/sin tables of the last (offset, T)
+// (every layer's q and k of a slice share them). Returns a contiguous tensor.
+struct RotaryCache {
+  int64_t offset = -1, T = -1, d = -1;
+  double base = 0;
+  at::Tensor cos, sin;  // (T, d/2)
+};
+at::Tensor ApplyRotary(const at::Tensor& x, int64_t offset, double base,
+                       RotaryCache* cache = nullptr);
 
 // favor+ projections for all layers: (n_layers, heads, features, head_dim), fp64 on CPU.
 // Per head: stacked d×d Haar-orthogonal blocks, rows rescaled to χ(d)-distributed norms.
@@ -33,7 +40,8 @@ at::Tensor DrawOrthogonalProjection(int64_t n_layers, int64_t heads, int64_t fea
                                     int64_t head_dim, uint64_t seed);
 
 // x: (B, H, T, d) after rotary; projection: (H, M, d) for favor+ (ignored otherwise).
-// Returns (B, H, T, M) in `dtype` (the state dtype), computed with autocast disabled.
+// Returns (B, H, T, M) in `dtype` (the state dtype), computed with autocast disabled. favor+
+// features are one autograd node each (hand-written backward; see attention_features.cc).
 at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
                          at::ScalarType dtype);
 at::Tensor KeyFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,

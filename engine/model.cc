@@ -4,9 +4,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/functional/activation.h>
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "engine/attention_features.h"
+#include "engine/errors.h"
 
 namespace slim {
 
@@ -28,7 +31,7 @@ PerformerLMImpl::LayerImpl::LayerImpl(int64_t d_model, int64_t d_ff) {
 }
 
 PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
-    : config_(config) {
+    : config_(config), init_seed_(init_seed) {
   config_.Validate();
   const int64_t D = config_.d_model;
   embed_ = register_module("embed", torch::nn::Embedding(config_.vocab_size, D));
@@ -76,31 +79,82 @@ LayerProjections PerformerLMImpl::Project(int64_t layer, const at::Tensor& x, in
                                           bool need_query) {
   Layer& l = *layers_.at(layer);
   const int64_t B = x.size(0), T = x.size(1), H = config_.n_heads, d = config_.head_dim();
+  const int64_t D = config_.d_model;
   const at::Tensor h = l.ln1->forward(x);
+  // q, k and v as one matmul against the stacked weights (one pass over h, one larger GEMM
+  // forwards and backwards; autograd splits the weight gradient back to wq/wk/wv).
+  const at::Tensor w = need_query ? at::cat({l.wq->weight, l.wk->weight, l.wv->weight})
+                                  : at::cat({l.wk->weight, l.wv->weight});
+  std::vector<at::Tensor> qkv = at::linear(h, w).split(D, -1);
+  if (lora_enabled()) {
+    const std::vector<Projection> which =
+        need_query ? std::vector<Projection>{kQ, kK, kV} : std::vector<Projection>{kK, kV};
+    for (size_t i = 0; i < which.size(); ++i) qkv[i] = qkv[i] + LoraDelta(l, which[i], h);
+  }
   auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, d}).transpose(1, 2); };
   const at::ScalarType sd = state_dtype();
   const at::Tensor proj = projection_[layer];
   LayerProjections p;
-  const at::Tensor k = ApplyRotary(heads(l.wk->forward(h)).to(sd), offset, config_.rope_base);
+  const size_t k_index = need_query ? 1 : 0;
+  const at::Tensor k = ApplyRotary(heads(qkv[k_index]).to(sd), offset, config_.rope_base, &rotary_cache_);
   p.phi_k = KeyFeatures(config_.feature_map, k, proj, sd);
   if (need_query) {
-    const at::Tensor q = ApplyRotary(heads(l.wq->forward(h)).to(sd), offset, config_.rope_base);
+    const at::Tensor q = ApplyRotary(heads(qkv[0]).to(sd), offset, config_.rope_base, &rotary_cache_);
     p.phi_q = QueryFeatures(config_.feature_map, q, proj, sd);
   }
-  p.v = heads(l.wv->forward(h));
+  p.v = heads(qkv[k_index + 1]);
   return p;
 }
 
 at::Tensor PerformerLMImpl::Mix(int64_t layer, const at::Tensor& x, const LayerProjections& p,
-                                const AttentionState& start, AttentionState* end) {
+                                const AttentionState& start, AttentionState* end,
+                                const at::Tensor& block_deltas) {
   Layer& l = *layers_.at(layer);
-  AttentionOutput a = CausalLinearAttention(p.phi_q, p.phi_k, p.v, start, config_.attention_block);
+  AttentionOutput a = CausalLinearAttention(p.phi_q, p.phi_k, p.v, start, config_.attention_block,
+                                            block_deltas);
   if (end != nullptr) *end = std::move(a.end);
   const int64_t B = x.size(0), T = x.size(1);
   const at::Tensor merged = a.out.transpose(1, 2).reshape({B, T, config_.d_model}).to(x.scalar_type());
-  at::Tensor y = x + l.wo->forward(merged);
-  const at::Tensor ff = l.w2->forward(at::gelu(l.w1->forward(l.ln2->forward(y))));
+  at::Tensor y = x + Apply(l, kO, merged);
+  const at::Tensor ff = Apply(l, kW2, at::gelu(Apply(l, kW1, l.ln2->forward(y))));
   return y + ff;
+}
+
+at::Tensor PerformerLMImpl::LoraDelta(Layer& l, Projection which, const at::Tensor& x) {
+  const Layer::Adapter& a = l.lora[which];
+  return at::linear(at::linear(x, a.a), a.b) * lora_scale_;
+}
+
+at::Tensor PerformerLMImpl::Apply(Layer& l, Projection which, const at::Tensor& x) {
+  torch::nn::Linear* lin[] = {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2};
+  at::Tensor y = (*lin[which])->forward(x);
+  return lora_enabled() ? y + LoraDelta(l, which, x) : y;
+}
+
+void PerformerLMImpl::EnableLora(int64_t rank, double alpha) {
+  CheckArgument(!lora_enabled(), "lora: adapters are already enabled");
+  CheckArgument(rank >= 1 && rank <= config_.d_model,
+                "lora_rank: " + std::to_string(rank) + " is out of range [1, " +
+                    std::to_string(config_.d_model) + "]");
+  CheckArgument(alpha > 0, "lora_alpha: must be > 0");
+  at::NoGradGuard no_grad;
+  for (auto& p : parameters()) p.requires_grad_(false);
+  // Seeded from the init seed, so two models built alike get the same adapters.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(init_seed_ ^ 0x4C6F5241ull);
+  const auto options = embed_->weight.options();
+  for (auto& layer : layers_) {
+    torch::nn::Linear* lin[] = {&layer->wq, &layer->wk, &layer->wv, &layer->wo, &layer->w1, &layer->w2};
+    for (int i = 0; i < 6; ++i) {
+      torch::nn::LinearImpl& impl = **lin[i];
+      const int64_t in = impl.weight.size(1), out = impl.weight.size(0);
+      Layer::Adapter& a = layer->lora[i];
+      a.a = impl.register_parameter(
+          "lora_a", (at::randn({rank, in}, gen, at::kFloat) / std::sqrt(static_cast<double>(in))).to(options));
+      a.b = impl.register_parameter("lora_b", at::zeros({out, rank}, options));
+    }
+  }
+  lora_rank_ = rank;
+  lora_scale_ = alpha / static_cast<double>(rank);
 }
 
 at::Tensor PerformerLMImpl::Logits(const at::Tensor& x) {

@@ -13,8 +13,10 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/normalization.h>
 
+#include <array>
 #include <vector>
 
+#include "engine/attention_features.h"
 #include "engine/causal_attention.h"
 #include "engine/model_config.h"
 
@@ -44,8 +46,11 @@ class PerformerLMImpl : public torch::nn::Module {
   LayerProjections Project(int64_t layer, const at::Tensor& x, int64_t offset,
                            bool need_query = true);
   // Attention from `start` (writes the end state to *end), W_o, residual, then the FFN block.
+  // block_deltas: optional AttentionBlockDeltas(p.phi_k, p.v, state dtype, attention_block)
+  // that the caller already computed (see CausalLinearAttention).
   at::Tensor Mix(int64_t layer, const at::Tensor& x, const LayerProjections& p,
-                 const AttentionState& start, AttentionState* end);
+                 const AttentionState& start, AttentionState* end,
+                 const at::Tensor& block_deltas = {});
   // Final LayerNorm and output head: (B, T, d_model) → (B, T, vocab).
   at::Tensor Logits(const at::Tensor& x);
 
@@ -65,6 +70,15 @@ class PerformerLMImpl : public torch::nn::Module {
   // step > 0 and step % redraw_interval == 0. Returns true if it redrew.
   bool MaybeRedrawFeatures(int64_t step);
 
+  // Adds LoRA adapters of rank `rank` to every attention and FFN projection (q, k, v, o, w1,
+  // w2) and freezes all other parameters. Adapters are parameters named
+  // "layers.<i>.<proj>.lora_a" (rank × in, N(0, 1/in)) and ".lora_b" (out × rank, zeros), so
+  // the model computes the same function until they train; their output is scaled by
+  // alpha / rank. Deterministic in the model's init seed. Throws EngineError(kInvalidArgument)
+  // for a rank outside [1, d_model] or when already enabled.
+  void EnableLora(int64_t rank, double alpha);
+  bool lora_enabled() const { return lora_rank_ > 0; }
+
   at::ScalarType activation_dtype() const;
   at::ScalarType state_dtype() const { return StateDtype(activation_dtype()); }
 
@@ -75,8 +89,18 @@ class PerformerLMImpl : public torch::nn::Module {
     torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
     torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
     torch::nn::Linear w1{nullptr}, w2{nullptr};
+    // LoRA adapters (EnableLora), indexed by Projection; undefined until enabled.
+    struct Adapter {
+      at::Tensor a, b;  // (rank, in), (out, rank)
+    };
+    std::array<Adapter, 6> lora;
   };
+
   using Layer = LayerImpl;
+  enum Projection { kQ, kK, kV, kO, kW1, kW2 };
+  // x·Wᵀ (+ bias) of projection `which`, plus scale·(x·Aᵀ)·Bᵀ when adapters are enabled.
+  at::Tensor Apply(Layer& l, Projection which, const at::Tensor& x);
+  at::Tensor LoraDelta(Layer& l, Projection which, const at::Tensor& x);
 
   ModelConfig config_;
   torch::nn::Embedding embed_{nullptr};
@@ -84,6 +108,10 @@ class PerformerLMImpl : public torch::nn::Module {
   torch::nn::LayerNorm ln_f_{nullptr};
   torch::nn::Linear head_{nullptr};  // null when tie_embeddings
   at::Tensor projection_;
+  RotaryCache rotary_cache_;  // cos/sin of the slice being processed
+  uint64_t init_seed_;
+  int64_t lora_rank_ = 0;
+  double lora_scale_ = 0;
 };
 
 TORCH_MODULE(PerformerLM);

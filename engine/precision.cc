@@ -3,7 +3,6 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
-#include "engine/errors.h"
 
 // LibTorch 2.4 replaced the per-backend autocast setters with device-type ones.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
@@ -11,15 +10,6 @@
 #endif
 
 namespace slim {
-
-std::string PrecisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
-
-Precision ParsePrecision(const std::string& name) {
-  if (name == "fp32") return Precision::kFp32;
-  if (name == "bf16") return Precision::kBf16;
-  throw EngineError(ErrorCode::kInvalidArgument,
-                    "precision: unknown value '" + name + "' (allowed: fp32, bf16)");
-}
 
 namespace {
 

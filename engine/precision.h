@@ -1,17 +1,12 @@
-// Numeric precision of a training step: fp32, or bf16 autocast with fp32 attention states.
+// Autocast for a training step's precision (training_options.h): bf16 autocast with fp32
+// attention states, or nothing for fp32.
 #pragma once
 
 #include <c10/core/DeviceType.h>
 
-#include <string>
+#include "engine/training_options.h"
 
 namespace slim {
-
-enum class Precision { kFp32, kBf16 };
-
-std::string PrecisionName(Precision p);
-// Parses "fp32" or "bf16"; throws EngineError(kInvalidArgument) otherwise.
-Precision ParsePrecision(const std::string& name);
 
 // RAII: while alive, ops on `device_type` autocast to bf16 (if precision is kBf16); restores
 // the previous autocast setting and clears the autocast cast cache on destruction.

@@ -8,19 +8,9 @@
 #include <sstream>
 
 #include "engine/errors.h"
+#include "engine/precision.h"
 
 namespace slim {
-
-std::string StartStateModeName(StartStateMode mode) {
-  return mode == StartStateMode::kBoundaries ? "boundaries" : "subtract";
-}
-
-StartStateMode ParseStartStateMode(const std::string& name) {
-  if (name == "subtract") return StartStateMode::kSubtract;
-  if (name == "boundaries") return StartStateMode::kBoundaries;
-  throw EngineError(ErrorCode::kInvalidArgument,
-                    "mode: unknown start-state mode '" + name + "' (allowed: subtract, boundaries)");
-}
 
 namespace {
 
@@ -72,8 +62,10 @@ double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
 
 }  // namespace
 
-SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens,
-                                const at::Tensor& targets, const SlimStepOptions& options) {
+namespace {
+
+SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
+                           const at::Tensor& targets, const SlimStepOptions& options) {
   const int64_t count =
       ValidateBatch(model, tokens, targets, options.chunk_size, options.ignore_index);
   const int64_t B = tokens.size(0), L = tokens.size(1);
@@ -136,6 +128,7 @@ SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens
     for (int64_t r = 0; r < R; ++r) {
       const LayerProjections p = model.Project(r, x, n * C);
       AttentionState start;
+      at::Tensor deltas;  // the slice's per-block state contributions, when rebuilt here
       if (n == 0) {
         start = zero[r];  // exact zeros, never rebuilt
       } else if (n + 1 == N) {
@@ -144,7 +137,11 @@ SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens
         start = boundaries[n][r];
       } else {
         at::NoGradGuard no_grad;
-        const AttentionState d = AttentionStateDelta(p.phi_k.detach(), p.v.detach(), sd);
+        // The attention needs these per-block sums anyway; computing them once here and
+        // handing them to Mix saves recomputing them inside the attention.
+        deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd,
+                                      model.config().attention_block);
+        const AttentionState d = SumBlockDeltas(deltas, B, model.config().n_heads);
         start = {end[r].s - d.s, end[r].z - d.z};
         if (audit) {
           result.max_start_state_drift = std::max(
@@ -155,7 +152,7 @@ SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens
       }
       if (n > 0) start = {start.s.detach().requires_grad_(true), start.z.detach().requires_grad_(true)};
       starts[r] = start;
-      x = model.Mix(r, x, p, start, &ends[r]);
+      x = model.Mix(r, x, p, start, &ends[r], deltas);
     }
     const at::Tensor loss_n = SliceLossSum(model.Logits(x), slice(targets, n), options.ignore_index) /
                               static_cast<double>(count);
@@ -185,6 +182,21 @@ SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens
   }
   result.loss = loss_total.item<double>();
   return result;
+}
+
+}  // namespace
+
+SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens,
+                                const at::Tensor& targets, const SlimStepOptions& options) {
+  try {
+    return RunSlimStep(model, tokens, targets, options);
+  } catch (const c10::OutOfMemoryError& e) {
+    // A memory cap (or the device) refused an allocation. Everything the step allocated is
+    // released by unwinding; gradients may hold a partial sum, so callers zero them.
+    throw EngineError(ErrorCode::kResourceExhausted,
+                      std::string("out of memory during a training step with chunk_size ") +
+                          std::to_string(options.chunk_size) + ": " + e.what_without_backtrace());
+  }
 }
 
 double SlicedLoss(PerformerLMImpl& model, const at::Tensor& tokens, const at::Tensor& targets,

@@ -16,18 +16,9 @@
 #include <vector>
 
 #include "engine/model.h"
-#include "engine/precision.h"
+#include "engine/training_options.h"
 
 namespace slim {
-
-enum class StartStateMode {
-  kSubtract,    // start = end − slice contribution; memory O(1) in L, rounding drift O(L/C)
-  kBoundaries,  // start states stored by the forward sweep; memory O(L/C · state), no drift
-};
-
-std::string StartStateModeName(StartStateMode mode);
-// Parses "subtract" or "boundaries"; throws EngineError(kInvalidArgument) otherwise.
-StartStateMode ParseStartStateMode(const std::string& name);
 
 inline constexpr int64_t kIgnoreIndex = -100;
 
@@ -55,7 +46,9 @@ struct SlimStepResult {
 
 // tokens, targets: (B, L) int64 on the model's device. Accumulates ∂loss/∂θ into the
 // parameters' .grad (callers zero them first) and returns the loss. Throws
-// EngineError(kInvalidArgument) for malformed input (shapes, ids ≥ vocab, no targets).
+// EngineError(kInvalidArgument) for malformed input (shapes, ids ≥ vocab, no targets), checked
+// before any computation, and EngineError(kResourceExhausted) when an allocation is refused
+// (a memory cap): then the gradients hold a partial sum and must be zeroed before reuse.
 SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens,
                                 const at::Tensor& targets, const SlimStepOptions& options);
 

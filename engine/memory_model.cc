@@ -1,0 +1,116 @@
+#include "engine/memory_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "engine/errors.h"
+
+namespace slim {
+namespace {
+
+constexpr int64_t kFloatBytes = 4;  // master weights, gradients, optimizer state, states
+constexpr int64_t kIdBytes = 8;     // int64 token ids
+// Live copies of one state set during the backward sweep: the forward sweep's final state, the
+// zero start of slice 0, the end states being walked back, their gradients G, the start leaves
+// and their gradients.
+constexpr int64_t kLiveStateSets = 6;
+
+int64_t LoraParameterCount(const StepShape& s) {
+  const int64_t D = s.model.d_model, F = s.model.d_ff, r = s.lora_rank;
+  // Adapters A (r×in) and B (out×r) on q, k, v, o (D→D) and on the FFN (D→F, F→D).
+  return s.model.n_layers * (4 * r * (D + D) + r * (D + F) + r * (F + D));
+}
+
+}  // namespace
+
+void StepShape::Validate() const {
+  model.Validate();
+  CheckArgument(batch >= 1, "batch: " + std::to_string(batch) + " must be >= 1");
+  CheckArgument(seq_len >= 1, "seq_len: " + std::to_string(seq_len) + " must be >= 1");
+  if (tuning == TuningMode::kLora) {
+    CheckArgument(lora_rank >= 1 && lora_rank <= model.d_model,
+                  "lora_rank: " + std::to_string(lora_rank) + " is out of range [1, " +
+                      std::to_string(model.d_model) + "]");
+  }
+}
+
+int64_t TrainableParameterCount(const StepShape& shape) {
+  return shape.tuning == TuningMode::kLora ? LoraParameterCount(shape) : shape.model.ParameterCount();
+}
+
+int64_t StateSetBytes(const StepShape& s) {
+  const int64_t M = s.model.features_per_head(), d = s.model.head_dim();
+  return s.model.n_layers * s.batch * s.model.n_heads * M * (d + 1) * kFloatBytes;
+}
+
+MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMode mode,
+                            const MemoryCoefficients& k) {
+  const int64_t L = s.seq_len;
+  const int64_t C = std::clamp<int64_t>(chunk_size, 1, L);
+  const int64_t slices = (L + C - 1) / C;
+  const int64_t trainable = TrainableParameterCount(s);
+  const int64_t projection = s.model.n_layers * s.model.n_heads * s.model.features_per_head() *
+                             s.model.head_dim();
+  MemoryBreakdown m;
+  m.weights = (s.model.ParameterCount() + projection +
+               (s.tuning == TuningMode::kLora ? trainable : 0)) * kFloatBytes;
+  m.gradients = trainable * kFloatBytes;
+  // AdamW: exp_avg and exp_avg_sq; SGD: the momentum buffer.
+  m.optimizer_state = trainable * kFloatBytes * (s.optimizer == OptimizerKind::kAdamW ? 2 : 1);
+  m.carried_states = slices > 1 ? kLiveStateSets * StateSetBytes(s) : 0;
+  m.boundaries = mode == StartStateMode::kBoundaries ? (slices - 1) * StateSetBytes(s) : 0;
+  m.token_ids = 2 * s.batch * L * kIdBytes;
+  m.activations = static_cast<int64_t>(std::llround(k.activation_bytes_per_token * s.batch * C));
+  m.workspace = static_cast<int64_t>(std::llround(k.workspace_bytes));
+  m.total = m.weights + m.gradients + m.optimizer_state + m.carried_states + m.boundaries +
+            m.token_ids + m.activations + m.workspace;
+  return m;
+}
+
+double PredictStepSeconds(const StepShape& s, int64_t chunk_size, const MemoryCoefficients& k) {
+  const int64_t L = s.seq_len;
+  const int64_t C = std::clamp<int64_t>(chunk_size, 1, L);
+  const int64_t slices = (L + C - 1) / C;
+  const double forward_tokens = static_cast<double>((slices - 1) * C);  // slices 0..N−2
+  const double seconds = k.seconds_per_token_backward * s.batch * L +
+                         k.seconds_per_token_forward * s.batch * forward_tokens +
+                         k.seconds_per_slice * slices + k.seconds_fixed;
+  return std::max(seconds, 0.0);
+}
+
+PlanResult PlanChunkSize(const StepShape& shape, int64_t quota_bytes, const MemoryCoefficients& k,
+                         double margin) {
+  shape.Validate();
+  CheckArgument(margin >= 0 && margin < 1, "margin: must be in [0, 1)");
+  const int64_t L = shape.seq_len, block = shape.model.attention_block;
+  const double budget = static_cast<double>(quota_bytes) * (1.0 - margin);
+  auto plan_for = [&](int64_t C, StartStateMode mode) {
+    Plan p;
+    p.chunk_size = C;
+    p.mode = mode;
+    p.predicted_peak_bytes = PredictPeak(shape, C, mode, k).total;
+    p.est_step_seconds = PredictStepSeconds(shape, C, k);
+    return p;
+  };
+  PlanResult result;
+  // Candidates in decreasing order: L itself, then multiples of the attention block below L.
+  // Peak grows with C in subtract mode, so the first that fits is the largest.
+  const int64_t largest_multiple = ((L - 1) / block) * block;
+  for (int64_t C = L; C >= 1; C = (C == L ? largest_multiple : C - block)) {
+    if (C <= 0) break;
+    const Plan sub = plan_for(C, StartStateMode::kSubtract);
+    if (sub.predicted_peak_bytes <= budget) {
+      const Plan stored = plan_for(C, StartStateMode::kBoundaries);
+      result.feasible = true;
+      result.plan = stored.predicted_peak_bytes <= budget ? stored : sub;
+      break;
+    }
+  }
+  const int64_t smallest = std::min(L, block);
+  const double min_peak = static_cast<double>(plan_for(smallest, StartStateMode::kSubtract).predicted_peak_bytes);
+  result.min_quota_bytes = static_cast<int64_t>(std::ceil(min_peak / (1.0 - margin)));
+  return result;
+}
+
+}  // namespace slim

@@ -1,0 +1,88 @@
+// Predicted peak memory and time of one training step as a function of the job's shape and its
+// chunk size (DESIGN.md §4), and the planner that picks the chunk size fitting a quota.
+//
+//   peak(C) = weights + gradients + optimizer state + carried states (+ stored boundaries)
+//             + token ids + a · B · C + b
+//
+// Everything but a (activation bytes per token of one slice, all layers) and b (workspace) is
+// counted analytically from the configuration; a and b come from probe steps measured on the
+// device kind (see calibration.h). Plain C++: the server includes this header.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/model_config.h"
+#include "engine/training_options.h"
+
+namespace slim {
+
+// What determines a step's memory, apart from the chunk size and start-state mode.
+struct StepShape {
+  ModelConfig model;
+  int64_t batch = 1;
+  int64_t seq_len = 1;
+  Precision precision = Precision::kFp32;
+  OptimizerKind optimizer = OptimizerKind::kAdamW;
+  TuningMode tuning = TuningMode::kFull;
+  int64_t lora_rank = 8;  // used when tuning == kLora
+
+  // Throws EngineError(kInvalidArgument) naming the first field out of range.
+  void Validate() const;
+};
+
+// Calibrated for one (model config, device kind, precision, tuning, optimizer).
+struct MemoryCoefficients {
+  double activation_bytes_per_token = 0;  // a: per sequence position of one slice, all layers
+  double workspace_bytes = 0;             // b
+  // Step time ≈ t_backward·B·L + t_forward·B·(tokens of the forward sweep) + t_slice·N + t_fixed
+  double seconds_per_token_backward = 0;
+  double seconds_per_token_forward = 0;
+  double seconds_per_slice = 0;
+  double seconds_fixed = 0;
+};
+
+// The analytic parts, in bytes, and the total.
+struct MemoryBreakdown {
+  int64_t weights = 0;
+  int64_t gradients = 0;
+  int64_t optimizer_state = 0;
+  int64_t carried_states = 0;  // states, their gradients and temporaries, all layers
+  int64_t boundaries = 0;      // stored start states (boundaries mode)
+  int64_t token_ids = 0;
+  int64_t activations = 0;     // a · B · C
+  int64_t workspace = 0;       // b
+  int64_t total = 0;
+};
+
+int64_t TrainableParameterCount(const StepShape& shape);
+// Bytes of one full set of per-layer attention states (s and z) for the batch.
+int64_t StateSetBytes(const StepShape& shape);
+
+// C is clamped to [1, L]; C ≥ L is ordinary backprop.
+MemoryBreakdown PredictPeak(const StepShape& shape, int64_t chunk_size, StartStateMode mode,
+                            const MemoryCoefficients& k);
+double PredictStepSeconds(const StepShape& shape, int64_t chunk_size, const MemoryCoefficients& k);
+
+struct Plan {
+  int64_t chunk_size = 0;
+  StartStateMode mode = StartStateMode::kSubtract;
+  int64_t predicted_peak_bytes = 0;
+  double est_step_seconds = 0;
+};
+
+struct PlanResult {
+  bool feasible = false;
+  Plan plan;                  // when feasible
+  int64_t min_quota_bytes = 0;  // smallest quota for which a plan exists (always set)
+};
+
+inline constexpr double kDefaultPlanMargin = 0.05;
+
+// The largest chunk size (a multiple of the attention block, or L itself) whose predicted peak
+// is ≤ quota · (1 − margin); stored boundaries when they also fit at that size, subtraction
+// otherwise. If nothing fits, feasible = false and min_quota_bytes says what would.
+PlanResult PlanChunkSize(const StepShape& shape, int64_t quota_bytes, const MemoryCoefficients& k,
+                         double margin = kDefaultPlanMargin);
+
+}  // namespace slim

@@ -3,8 +3,10 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
+#include <malloc.h>
+
+#include <climits>
 #include <stdexcept>
-#include <thread>
 
 #include "engine/errors.h"
 #include "engine/memory_tracker.h"
@@ -16,8 +18,10 @@
 
 namespace slim {
 
-int ConfigureThreads(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+int ConfigureRuntime(int threads) {
+  mallopt(M_MMAP_MAX, 0);              // no per-allocation mmap: everything from the heap
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);  // never give the heap's top back
+  if (threads <= 0) threads = 1;
   at::set_num_threads(threads);
   try {
     at::set_num_interop_threads(threads);

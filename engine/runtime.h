@@ -8,10 +8,19 @@
 
 namespace slim {
 
-// Sets LibTorch's intra-op threads (and, once per process, inter-op threads) to `threads`, or
-// to the machine's hardware concurrency when `threads` <= 0. LibTorch defaults to 1 thread in
-// a C++ program on Debian's build, so every binary calls this at start. Returns the count set.
-int ConfigureThreads(int threads = 0);
+// Process setup every slim binary calls at start. Sets LibTorch's intra-op threads to
+// `threads`, or to 1 when `threads` <= 0, and keeps freed heap memory in the process.
+//
+// Why 1 by default: matmuls (the bulk of a step) run on OpenBLAS's own pthread pool, which
+// uses every core. LibTorch's OpenMP pool and OpenBLAS's pool both spin-wait for work; sized
+// to all cores together they steal each other's cores between every op (perf on 2 cores: half
+// the cycles spinning; a SLiM C = 512 step 3.4x slower). Pass the core count explicitly for
+// elementwise-heavy work without BLAS.
+// Why the heap setting: tensors of a few MiB are otherwise mmap'ed fresh per allocation and
+// unmapped on free, so every activation pays page faults and kernel zeroing (~2.5 ns per element
+// at L = 8192); a training process allocates the same shapes each step, so the heap settles.
+// Returns the intra-op thread count set.
+int ConfigureRuntime(int threads = 0);
 
 // Parses "cpu", "cuda", "cuda:N". Throws EngineError(kInvalidArgument) for anything else or
 // for a CUDA device this process cannot use.

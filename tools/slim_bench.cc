@@ -6,10 +6,7 @@
 #include <torch/cuda.h>
 #include <torch/optim/adamw.h>
 
-#include <malloc.h>
-
 #include <chrono>
-#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -35,7 +32,7 @@ constexpr char kUsage[] = R"(usage: slim-bench [flags]
   --warmup N           untimed steps before timing (default 1)
   --precision P        fp32 or bf16 autocast (default fp32)
   --device D           cpu, cuda, cuda:N (default cpu)
-  --threads N          LibTorch intra-op threads, 0 = all cores (default 1; BLAS matmuls
+  --threads N          LibTorch intra-op threads, 0 = slim's default of 1 (BLAS matmuls
                        always use all cores through the BLAS library's own thread pool)
   --seed S             seed for weights and data (default 0)
   --json               JSON lines only (default prints a header line first)
@@ -53,11 +50,7 @@ struct Options {
   int64_t warmup = 1;
   std::string precision = "fp32";
   std::string device = "cpu";
-  // LibTorch's OpenMP pool and OpenBLAS's pthread pool both spin-wait for work. With both
-  // sized to all cores they steal each other's cores between every op (perf on 2 cores: half
-  // the cycles in libgomp spinning and sched_yield; a SLiM C=512 step 3.4x slower). Matmuls,
-  // the bulk of a step, run on BLAS's pool anyway, so LibTorch's own pool gets one thread.
-  int threads = 1;
+  int threads = 0;  // ConfigureRuntime's policy (see engine/runtime.h)
   uint64_t seed = 0;
   bool json = false;
 };
@@ -158,20 +151,9 @@ Measurement Measure(slim::PerformerLMImpl& model, torch::optim::Optimizer& optim
   return m;
 }
 
-// Keeps freed memory in the process instead of returning it to the kernel. Tensors of a few
-// MiB and up are otherwise mmap'ed fresh on every allocation and unmapped on free, so each
-// step pays page faults and kernel zeroing on every activation (full backprop at L = 8192:
-// ~2.5 ns per element of every new tensor, more than the elementwise op itself). A training
-// process allocates the same shapes every step, so the heap reaches a steady size.
-void ConfigureAllocator() {
-  mallopt(M_MMAP_MAX, 0);                   // no per-allocation mmap: everything from the heap
-  mallopt(M_TRIM_THRESHOLD, INT_MAX);       // never give the heap's top back
-}
-
 int Run(const Options& o) {
-  ConfigureAllocator();
   slim::InstallCpuMemoryTracker();
-  const int threads = slim::ConfigureThreads(o.threads);
+  const int threads = slim::ConfigureRuntime(o.threads);
   const c10::Device device = slim::ParseDevice(o.device);
   const slim::Precision precision = slim::ParsePrecision(o.precision);
   const slim::ModelConfig config = slim::PresetConfig(o.preset);

@@ -1,0 +1,61 @@
+#include "tools/flags.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "engine/errors.h"
+
+namespace slim::tools {
+namespace {
+
+Flags Parse(std::vector<std::string> args) {
+  std::vector<char*> argv{const_cast<char*>("cmd")};
+  for (auto& a : args) argv.push_back(a.data());
+  return Flags(static_cast<int>(argv.size()), argv.data());
+}
+
+TEST(Flags, ParsesValuesBooleansAndDefaults) {
+  const Flags f = Parse({"--seq-len", "4096", "--json", "--quota=2GiB", "--margin", "0.1"});
+  EXPECT_EQ(f.Int("seq-len", -1, 1), 4096);
+  EXPECT_TRUE(f.Bool("json"));
+  EXPECT_FALSE(f.Bool("verbose"));
+  EXPECT_EQ(f.Bytes("quota", -1), int64_t{2} << 30);
+  EXPECT_DOUBLE_EQ(f.Double("margin", 0.05), 0.1);
+  EXPECT_EQ(f.String("preset", "small"), "small");
+  EXPECT_NO_THROW(f.CheckAllUsed());
+}
+
+TEST(Flags, ErrorsNameTheFlag) {
+  auto message = [](auto fn) {
+    try {
+      fn();
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message([] { Parse({}).Int("seq-len", -1, 1); }), "--seq-len is required");
+  EXPECT_EQ(message([] { Parse({"--seq-len", "abc"}).Int("seq-len", -1, 1); }), "--seq-len: 'abc' is not an integer");
+  EXPECT_EQ(message([] { Parse({"--batch", "0"}).Int("batch", 1, 1); }), "--batch: 0 must be >= 1");
+  EXPECT_EQ(message([] { Parse({"--qouta", "1"}).CheckAllUsed(); }), "unknown flag --qouta");
+  EXPECT_EQ(message([] { Parse({"stray"}); }), "unexpected argument 'stray'");
+  EXPECT_NE(message([] { Parse({"--quota", "2XB"}).Bytes("quota", -1); }).find("unknown unit 'XB'"), std::string::npos);
+}
+
+TEST(Bytes, UnitsParseAndFormat) {
+  EXPECT_EQ(ParseBytes("4096", "q"), 4096);
+  EXPECT_EQ(ParseBytes("512MiB", "q"), 512ll << 20);
+  EXPECT_EQ(ParseBytes("1.5GB", "q"), 1'500'000'000);
+  EXPECT_EQ(ParseBytes("2 KiB", "q"), 2048);
+  EXPECT_THROW(ParseBytes("-1", "q"), EngineError);
+  EXPECT_THROW(ParseBytes("GiB", "q"), EngineError);
+  EXPECT_EQ(FormatBytes(1536), "1.5 KiB");
+  EXPECT_EQ(FormatBytes(100), "100 B");
+  EXPECT_EQ(FormatBytes(int64_t{3} << 30), "3.0 GiB");
+  EXPECT_EQ(JsonEscape("a\"b\\c\n"), "a\\\"b\\\\c\\u000a");
+}
+
+}  // namespace
+}  // namespace slim::tools

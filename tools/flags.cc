@@ -1,0 +1,147 @@
+#include "tools/flags.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "engine/errors.h"
+
+namespace slim::tools {
+
+namespace {
+[[noreturn]] void Bad(const std::string& message) {
+  throw EngineError(ErrorCode::kInvalidArgument, message);
+}
+}  // namespace
+
+Flags::Flags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) Bad("unexpected argument '" + arg + "'");
+    arg = arg.substr(2);
+    const size_t eq = arg.find('=');
+    if (eq != std::string::npos) {
+      values_[arg.substr(0, eq)] = arg.substr(eq + 1);
+    } else if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
+      values_[arg] = argv[++i];
+    } else {
+      values_[arg] = "";  // a boolean
+    }
+  }
+}
+
+const std::string* Flags::Find(const std::string& name) const {
+  const auto it = values_.find(name);
+  if (it == values_.end()) return nullptr;
+  used_.insert(name);
+  return &it->second;
+}
+
+std::string Flags::String(const std::string& name, const std::string& default_value) const {
+  const std::string* v = Find(name);
+  if (v == nullptr) {
+    if (default_value.empty()) Bad("--" + name + " is required");
+    return default_value;
+  }
+  if (v->empty()) Bad("--" + name + " needs a value");
+  return *v;
+}
+
+int64_t Flags::Int(const std::string& name, int64_t default_value, int64_t min) const {
+  const std::string* v = Find(name);
+  if (v == nullptr) {
+    if (default_value < 0) Bad("--" + name + " is required");
+    return default_value;
+  }
+  char* end = nullptr;
+  const long long n = std::strtoll(v->c_str(), &end, 10);
+  if (v->empty() || *end != '\0') Bad("--" + name + ": '" + *v + "' is not an integer");
+  if (n < min) Bad("--" + name + ": " + *v + " must be >= " + std::to_string(min));
+  return n;
+}
+
+double Flags::Double(const std::string& name, double default_value) const {
+  const std::string* v = Find(name);
+  if (v == nullptr) return default_value;
+  char* end = nullptr;
+  const double d = std::strtod(v->c_str(), &end);
+  if (v->empty() || *end != '\0' || !std::isfinite(d)) Bad("--" + name + ": '" + *v + "' is not a number");
+  return d;
+}
+
+int64_t Flags::Bytes(const std::string& name, int64_t default_value) const {
+  const std::string* v = Find(name);
+  if (v == nullptr) {
+    if (default_value < 0) Bad("--" + name + " is required");
+    return default_value;
+  }
+  return ParseBytes(*v, "--" + name);
+}
+
+bool Flags::Bool(const std::string& name) const {
+  const std::string* v = Find(name);
+  if (v == nullptr) return false;
+  if (v->empty() || *v == "true" || *v == "1") return true;
+  if (*v == "false" || *v == "0") return false;
+  Bad("--" + name + ": '" + *v + "' is not a boolean");
+}
+
+void Flags::CheckAllUsed() const {
+  for (const auto& [name, value] : values_) {
+    if (!used_.count(name)) Bad("unknown flag --" + name);
+  }
+}
+
+int64_t ParseBytes(const std::string& text, const std::string& field) {
+  char* end = nullptr;
+  const double number = std::strtod(text.c_str(), &end);
+  std::string unit(end);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1},          {"B", 1},         {"KiB", 1024.0},  {"MiB", 1048576.0}, {"GiB", 1073741824.0},
+      {"TiB", 1099511627776.0}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}};
+  if (end == text.c_str() || !std::isfinite(number) || number < 0) {
+    Bad(field + ": '" + text + "' is not a size (examples: 4096, 512MiB, 2GiB, 1.5GB)");
+  }
+  for (const auto& [name, scale] : kUnits) {
+    if (unit == name) {
+      const double bytes = number * scale;
+      if (bytes > 9.2e18) Bad(field + ": '" + text + "' is too large");
+      return static_cast<int64_t>(std::llround(bytes));
+    }
+  }
+  Bad(field + ": unknown unit '" + unit + "' in '" + text + "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)");
+}
+
+std::string FormatBytes(int64_t bytes) {
+  static const char* kNames[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int unit = 0;
+  while (std::fabs(v) >= 1024 && unit < 4) {
+    v /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), unit == 0 ? "%.0f %s" : "%.1f %s", v, kNames[unit]);
+  return buf;
+}
+
+std::string JsonEscape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace slim::tools

@@ -1,0 +1,42 @@
+// Command-line flags for slim's tools: `--name value`, `--name=value`, and bare `--name`
+// booleans. Plain C++ (no LibTorch), so every tool and test can use it. Errors are
+// EngineError(kInvalidArgument) naming the flag.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+
+namespace slim::tools {
+
+class Flags {
+ public:
+  // argv[0] is skipped (the program or subcommand name).
+  Flags(int argc, char** argv);
+
+  // Getters mark a flag as used. A negative/empty default means "required".
+  std::string String(const std::string& name, const std::string& default_value) const;
+  int64_t Int(const std::string& name, int64_t default_value, int64_t min) const;
+  double Double(const std::string& name, double default_value) const;
+  int64_t Bytes(const std::string& name, int64_t default_value) const;  // accepts units
+  bool Bool(const std::string& name) const;
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+
+  // Throws for any flag given but never asked for (a typo must not be ignored).
+  void CheckAllUsed() const;
+
+ private:
+  const std::string* Find(const std::string& name) const;
+  std::map<std::string, std::string> values_;
+  mutable std::set<std::string> used_;
+};
+
+// "4096", "512MiB", "2GiB", "1.5GB", "100KB" → bytes (binary for KiB/MiB/GiB/TiB, decimal for
+// KB/MB/GB/TB). Throws EngineError(kInvalidArgument) naming `field` otherwise.
+int64_t ParseBytes(const std::string& text, const std::string& field);
+// 1536 → "1.5 KiB".
+std::string FormatBytes(int64_t bytes);
+std::string JsonEscape(const std::string& text);
+
+}  // namespace slim::tools

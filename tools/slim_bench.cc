@@ -14,11 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "engine/calibration.h"
 #include "engine/errors.h"
+#include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/model.h"
 #include "engine/runtime.h"
 #include "engine/slim_step.h"
+#include "tools/flags.h"
 
 namespace {
 
@@ -35,6 +38,9 @@ constexpr char kUsage[] = R"(usage: slim-bench [flags]
   --threads N          LibTorch intra-op threads, 0 = slim's default of 1 (BLAS matmuls
                        always use all cores through the BLAS library's own thread pool)
   --seed S             seed for weights and data (default 0)
+  --quota Q[,Q..]      instead of --mode/--chunk: plan each quota with the calibrated memory
+                       model (sizes like 512MiB), run the planned chunk size and mode, and
+                       report predicted vs measured peak and step time
   --json               JSON lines only (default prints a header line first)
 example:
   slim-bench --preset small --seq-len 8192,65536 --chunk 512 --mode subtract,full --json
@@ -53,6 +59,7 @@ struct Options {
   int threads = 0;  // ConfigureRuntime's policy (see engine/runtime.h)
   uint64_t seed = 0;
   bool json = false;
+  std::vector<int64_t> quotas;  // plan-check mode when not empty
 };
 
 [[noreturn]] void UsageError(const std::string& message) {
@@ -106,6 +113,9 @@ Options ParseFlags(int argc, char** argv) {
     else if (flag == "--device") o.device = value;
     else if (flag == "--threads") o.threads = static_cast<int>(ParseInt(flag, value, 0));
     else if (flag == "--seed") o.seed = static_cast<uint64_t>(ParseInt(flag, value, 0));
+    else if (flag == "--quota") {
+      for (const auto& q : SplitList(value)) o.quotas.push_back(slim::tools::ParseBytes(q, "--quota"));
+    }
     else UsageError("unknown flag " + flag);
   }
   for (const auto& m : o.modes) {
@@ -151,6 +161,57 @@ Measurement Measure(slim::PerformerLMImpl& model, torch::optim::Optimizer& optim
   return m;
 }
 
+void PrintMeasurement(const Options& o, const c10::Device& device, int threads, int64_t L, int64_t C,
+                      const std::string& mode, const Measurement& m, const std::string& extra) {
+  const double tokens_per_s = static_cast<double>(o.batch * L) / m.step_seconds;
+  std::printf(
+      "{\"device\":\"%s\",\"preset\":\"%s\",\"batch\":%lld,\"L\":%lld,\"C\":%lld,"
+      "\"mode\":\"%s\",\"precision\":\"%s\",\"threads\":%d,\"steps\":%lld,"
+      "\"step_seconds\":%.6f,\"min_step_seconds\":%.6f,\"tokens_per_s\":%.1f,"
+      "\"peak_bytes\":%lld,\"loss\":%.6f%s}\n",
+      device.str().c_str(), o.preset.c_str(), static_cast<long long>(o.batch), static_cast<long long>(L),
+      static_cast<long long>(C), mode.c_str(), o.precision.c_str(), threads, static_cast<long long>(o.steps),
+      m.step_seconds, m.min_step_seconds, tokens_per_s, static_cast<long long>(m.peak_bytes), m.loss,
+      extra.c_str());
+  std::fflush(stdout);
+}
+
+// Plan-check mode: for each quota, the planner's choice, run and compared with its prediction.
+void RunPlanned(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer, const at::Tensor& tokens,
+                const at::Tensor& targets, const Options& o, const c10::Device& device, int threads,
+                int64_t L, slim::Precision precision) {
+  slim::StepShape shape;
+  shape.model = model.config();
+  shape.seq_len = L;
+  shape.batch = o.batch;
+  shape.precision = precision;
+  slim::CalibrationOptions calibration;
+  calibration.cache_dir = slim::DefaultCalibrationCacheDir();
+  const slim::MemoryCoefficients k = slim::Calibrate(shape, o.device, calibration);
+  for (int64_t quota : o.quotas) {
+    const slim::PlanResult r = slim::PlanChunkSize(shape, quota, k);
+    if (!r.feasible) {
+      std::printf("{\"preset\":\"%s\",\"L\":%lld,\"quota_bytes\":%lld,\"feasible\":false,\"min_quota_bytes\":%lld}\n",
+                  o.preset.c_str(), static_cast<long long>(L), static_cast<long long>(quota),
+                  static_cast<long long>(r.min_quota_bytes));
+      continue;
+    }
+    slim::SlimStepOptions step;
+    step.chunk_size = r.plan.chunk_size;
+    step.mode = r.plan.mode;
+    step.precision = precision;
+    const Measurement m = Measure(model, optimizer, tokens, targets, step, o, device);
+    char extra[256];
+    std::snprintf(extra, sizeof(extra),
+                  ",\"quota_bytes\":%lld,\"predicted_peak_bytes\":%lld,\"peak_error\":%.4f,"
+                  "\"est_step_seconds\":%.6f,\"time_error\":%.4f",
+                  static_cast<long long>(quota), static_cast<long long>(r.plan.predicted_peak_bytes),
+                  static_cast<double>(m.peak_bytes - r.plan.predicted_peak_bytes) / r.plan.predicted_peak_bytes,
+                  r.plan.est_step_seconds, (m.step_seconds - r.plan.est_step_seconds) / r.plan.est_step_seconds);
+    PrintMeasurement(o, device, threads, L, r.plan.chunk_size, slim::StartStateModeName(r.plan.mode), m, extra);
+  }
+}
+
 int Run(const Options& o) {
   slim::InstallCpuMemoryTracker();
   const int threads = slim::ConfigureRuntime(o.threads);
@@ -171,6 +232,10 @@ int Run(const Options& o) {
                                        at::TensorOptions().dtype(at::kLong));
     const at::Tensor tokens = ids.narrow(1, 0, L).contiguous().to(device);
     const at::Tensor targets = ids.narrow(1, 1, L).contiguous().to(device);
+    if (!o.quotas.empty()) {
+      RunPlanned(*model, optimizer, tokens, targets, o, device, threads, L, precision);
+      continue;
+    }
     for (const std::string& mode : o.modes) {
       std::vector<int64_t> chunks = mode == "full" ? std::vector<int64_t>{L} : o.chunks;
       for (int64_t C : chunks) {
@@ -180,16 +245,7 @@ int Run(const Options& o) {
                                          : slim::StartStateMode::kSubtract;
         step.precision = precision;
         const Measurement m = Measure(*model, optimizer, tokens, targets, step, o, device);
-        const double tokens_per_s = static_cast<double>(o.batch * L) / m.step_seconds;
-        std::printf(
-            "{\"device\":\"%s\",\"preset\":\"%s\",\"batch\":%lld,\"L\":%lld,\"C\":%lld,"
-            "\"mode\":\"%s\",\"precision\":\"%s\",\"threads\":%d,\"steps\":%lld,"
-            "\"step_seconds\":%.6f,\"min_step_seconds\":%.6f,\"tokens_per_s\":%.1f,"
-            "\"peak_bytes\":%lld,\"loss\":%.6f}\n",
-            device.str().c_str(), o.preset.c_str(), static_cast<long long>(o.batch),
-            static_cast<long long>(L), static_cast<long long>(std::min(C, L)), mode.c_str(),
-            o.precision.c_str(), threads, static_cast<long long>(o.steps), m.step_seconds,
-            m.min_step_seconds, tokens_per_s, static_cast<long long>(m.peak_bytes), m.loss);
+        PrintMeasurement(o, device, threads, L, std::min(C, L), mode, m, "");
         std::fflush(stdout);
       }
     }
@@ -200,9 +256,8 @@ int Run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Options options = ParseFlags(argc, argv);
   try {
-    return Run(options);
+    return Run(ParseFlags(argc, argv));
   } catch (const slim::EngineError& e) {
     std::cerr << "slim-bench: " << e.what() << "\n";
     return 2;

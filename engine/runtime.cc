@@ -56,10 +56,11 @@ c10::Device ParseDevice(const std::string& name) {
 
 #ifdef SLIM_WITH_CUDA
 namespace {
-const c10::cuda::CUDACachingAllocator::Stat& AllocatedStat(
-    const c10::cuda::CUDACachingAllocator::DeviceStats& stats) {
-  return stats.allocated_bytes[static_cast<size_t>(
-      c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)];
+// allocated_bytes[0] is the aggregate over pools (StatType::AGGREGATE); indexing by 0 avoids
+// naming the stats types, which moved between LibTorch versions.
+int64_t AllocatedBytes(c10::DeviceIndex index, bool peak) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+  return peak ? stats.allocated_bytes[0].peak : stats.allocated_bytes[0].current;
 }
 }  // namespace
 #endif
@@ -77,7 +78,7 @@ void ResetPeakMemory(c10::Device device) {
 int64_t PeakMemoryBytes(c10::Device device) {
   if (device.is_cpu()) return CpuPeakBytes();
 #ifdef SLIM_WITH_CUDA
-  return AllocatedStat(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())).peak;
+  return AllocatedBytes(device.index(), /*peak=*/true);
 #else
   return -1;
 #endif
@@ -86,7 +87,7 @@ int64_t PeakMemoryBytes(c10::Device device) {
 int64_t CurrentMemoryBytes(c10::Device device) {
   if (device.is_cpu()) return CpuCurrentBytes();
 #ifdef SLIM_WITH_CUDA
-  return AllocatedStat(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())).current;
+  return AllocatedBytes(device.index(), /*peak=*/false);
 #else
   return -1;
 #endif

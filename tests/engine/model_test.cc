@@ -166,3 +166,38 @@ TEST(ModelConfig, ValidationNamesTheField) {
 
 }  // namespace
 }  // namespace slim
+
+namespace slim {
+namespace {
+
+TEST(Lora, AdaptersStartAsIdentityAndAreTheOnlyTrainableWeights) {
+  PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 8);
+  const testing::Batch b = testing::RandomBatch(2, 40, 256, 9);
+  at::Tensor before;
+  {
+    at::NoGradGuard no_grad;
+    before = model->Forward(b.tokens);
+  }
+  model->EnableLora(4, 8.0);
+  EXPECT_TRUE(model->lora_enabled());
+  EXPECT_THROW(model->EnableLora(4, 8.0), EngineError);
+  int adapters = 0;
+  for (const auto& p : model->named_parameters()) {
+    const bool is_adapter = p.key().find("lora_") != std::string::npos;
+    EXPECT_EQ(p.value().requires_grad(), is_adapter) << p.key();
+    adapters += is_adapter;
+  }
+  EXPECT_EQ(adapters, 2 * 6 * 2);  // a and b, six projections, two layers
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_TRUE(at::equal(model->Forward(b.tokens), before));  // lora_b starts at zero
+  }
+  at::cross_entropy_loss(model->Forward(b.tokens).reshape({-1, 256}), b.targets.reshape({-1})).backward();
+  for (const auto& p : model->named_parameters()) {
+    const bool is_adapter = p.key().find("lora_") != std::string::npos;
+    EXPECT_EQ(p.value().grad().defined(), is_adapter) << p.key();
+  }
+}
+
+}  // namespace
+}  // namespace slim

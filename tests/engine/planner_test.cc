@@ -26,8 +26,11 @@ namespace slim {
 namespace {
 
 StepShape Shape(const std::string& preset, int64_t L, int64_t batch,
-                OptimizerKind optimizer = OptimizerKind::kAdamW) {
+                OptimizerKind optimizer = OptimizerKind::kAdamW, Precision precision = Precision::kFp32,
+                TuningMode tuning = TuningMode::kFull) {
   StepShape s;
+  s.precision = precision;
+  s.tuning = tuning;
   s.model = PresetConfig(preset);
   s.seq_len = L;
   s.batch = batch;
@@ -157,16 +160,22 @@ PlannedRun RunPlanned(const StepShape& s, const Plan& plan) {
   double seconds = 0;
   {
     PerformerLM model(s.model, 1);
+    if (s.tuning == TuningMode::kLora) model->EnableLora(s.lora_rank, 2.0 * s.lora_rank);
+    std::vector<at::Tensor> trainable;
+    for (const auto& p : model->parameters()) {
+      if (p.requires_grad()) trainable.push_back(p);
+    }
     std::unique_ptr<torch::optim::Optimizer> opt;
     if (s.optimizer == OptimizerKind::kSgd) {
-      opt = std::make_unique<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(1e-4).momentum(0.9));
+      opt = std::make_unique<torch::optim::SGD>(trainable, torch::optim::SGDOptions(1e-4).momentum(0.9));
     } else {
-      opt = std::make_unique<torch::optim::AdamW>(model->parameters(), torch::optim::AdamWOptions(1e-4));
+      opt = std::make_unique<torch::optim::AdamW>(trainable, torch::optim::AdamWOptions(1e-4));
     }
     const testing::Batch b = testing::RandomBatch(s.batch, s.seq_len, s.model.vocab_size, 5);
     SlimStepOptions o;
     o.chunk_size = plan.chunk_size;
     o.mode = plan.mode;
+    o.precision = s.precision;
     for (int i = 0; i < 2; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       opt->zero_grad();
@@ -183,14 +192,18 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
     std::string preset;
     int64_t L, batch;
     OptimizerKind optimizer;
+    Precision precision = Precision::kFp32;
+    TuningMode tuning = TuningMode::kFull;
   };
   const std::vector<Case> cases{{"tiny", 512, 1, OptimizerKind::kAdamW},  {"tiny", 2048, 2, OptimizerKind::kAdamW},
                                 {"tiny", 8192, 1, OptimizerKind::kAdamW}, {"tiny", 4096, 3, OptimizerKind::kSgd},
                                 {"small", 1024, 1, OptimizerKind::kAdamW}, {"small", 2048, 2, OptimizerKind::kAdamW},
-                                {"small", 4096, 1, OptimizerKind::kSgd}};
+                                {"small", 4096, 1, OptimizerKind::kSgd},
+                                {"small", 2048, 1, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kLora},
+                                {"small", 2048, 1, OptimizerKind::kAdamW, Precision::kBf16}};
   int combos = 0;
   for (const Case& c : cases) {
-    const StepShape s = Shape(c.preset, c.L, c.batch, c.optimizer);
+    const StepShape s = Shape(c.preset, c.L, c.batch, c.optimizer, c.precision, c.tuning);
     const MemoryCoefficients k = Coefficients(s);
     const double full = static_cast<double>(PredictPeak(s, c.L, StartStateMode::kSubtract, k).total);
     const double min_quota = static_cast<double>(PlanChunkSize(s, 0, k).min_quota_bytes);
@@ -199,9 +212,10 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
       ASSERT_TRUE(r.feasible) << c.preset << " L=" << c.L << " quota " << quota;
       const PlannedRun run = RunPlanned(s, r.plan);
       const double predicted = static_cast<double>(r.plan.predicted_peak_bytes);
-      std::printf("[ plan ] %s L=%lld B=%lld %s quota=%.0f -> C=%lld %s predicted=%.0f measured=%lld (%+.1f%%)"
+      std::printf("[ plan ] %s %s %s L=%lld B=%lld %s quota=%.0f -> C=%lld %s predicted=%.0f measured=%lld (%+.1f%%)"
                   " time est=%.3fs measured=%.3fs\n",
-                  c.preset.c_str(), static_cast<long long>(c.L), static_cast<long long>(c.batch),
+                  c.preset.c_str(), PrecisionName(c.precision).c_str(), TuningModeName(c.tuning).c_str(),
+                  static_cast<long long>(c.L), static_cast<long long>(c.batch),
                   OptimizerName(c.optimizer).c_str(), quota, static_cast<long long>(r.plan.chunk_size),
                   StartStateModeName(r.plan.mode).c_str(), predicted, static_cast<long long>(run.peak_bytes),
                   100.0 * (run.peak_bytes - predicted) / predicted, r.plan.est_step_seconds, run.step_seconds);

@@ -28,7 +28,7 @@ namespace slim {
 namespace {
 
 // Bump when the probe design or the model terms change: old cache entries become misses.
-constexpr int kCalibrationVersion = 1;
+constexpr int kCalibrationVersion = 2;
 
 using Probe = CalibrationProbe;
 
@@ -117,7 +117,7 @@ std::string CalibrationKey(const StepShape& s, const std::string& device_kind) {
     << " d_ff=" << m.d_ff << " features=" << FeatureMapName(m.feature_map) << "/"
     << m.features_per_head() << " tie=" << m.tie_embeddings << " block=" << m.attention_block
     << " precision=" << PrecisionName(s.precision) << " optimizer=" << OptimizerName(s.optimizer)
-    << " tuning=" << TuningModeName(s.tuning);
+    << " tuning=" << TuningModeName(s.tuning) << " batch=" << s.batch;
   if (s.tuning == TuningMode::kLora) k << "/" << s.lora_rank;
   return k.str();
 }
@@ -130,8 +130,10 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   if (device.is_cpu()) InstallCpuMemoryTracker();
   const int64_t b = shape.model.attention_block;
   const int64_t Lp = 32 * b;
+  // Probes run at the job's batch: per-op overheads of small models do not grow with batch,
+  // so batch-1 probes underestimated their step time (tiny at batch 2 by 30–100%).
+  const int64_t B = shape.batch;
   StepShape probe_shape = shape;
-  probe_shape.batch = 1;
 
   const int64_t baseline = CurrentMemoryBytes(device);
   PerformerLM model(shape.model, /*init_seed=*/0);
@@ -143,7 +145,7 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   }
   auto optimizer = MakeProbeOptimizer(shape.optimizer, trainable);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
-  const at::Tensor ids = at::randint(shape.model.vocab_size, {1, 2 * Lp + 1}, gen, at::kLong).to(device);
+  const at::Tensor ids = at::randint(shape.model.vocab_size, {B, 2 * Lp + 1}, gen, at::kLong).to(device);
 
   auto step = [&](int64_t L, int64_t C) {
     optimizer->zero_grad();
@@ -176,7 +178,7 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   std::vector<double> rest;
   for (const Probe& p : probes) {
     probe_shape.seq_len = p.seq_len;
-    rows.push_back({static_cast<double>(p.chunk_size), 1.0});
+    rows.push_back({static_cast<double>(B * p.chunk_size), 1.0});
     rest.push_back(static_cast<double>(p.peak_bytes -
                                        PredictPeak(probe_shape, p.chunk_size, StartStateMode::kSubtract, k).total));
   }
@@ -193,7 +195,7 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   std::vector<double> seconds;
   for (const Probe& p : probes) {
     const int64_t slices = (p.seq_len + p.chunk_size - 1) / p.chunk_size;
-    rows.push_back({static_cast<double>(p.seq_len), static_cast<double>((slices - 1) * p.chunk_size),
+    rows.push_back({static_cast<double>(B * p.seq_len), static_cast<double>(B * (slices - 1) * p.chunk_size),
                     static_cast<double>(slices), 1.0});
     seconds.push_back(p.seconds);
   }

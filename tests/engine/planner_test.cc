@@ -232,7 +232,7 @@ TEST_F(PlannerOnCpu, CalibrationIsCachedPerKey) {
   const MemoryCoefficients first = Coefficients(s);
   EXPECT_GT(first.activation_bytes_per_token, 0);
   const auto t0 = std::chrono::steady_clock::now();
-  const MemoryCoefficients again = Coefficients(Shape("tiny", 99, 7));  // batch, L not in key
+  const MemoryCoefficients again = Coefficients(Shape("tiny", 99, 1));  // L is not in the key
   const double cached_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(again.activation_bytes_per_token, first.activation_bytes_per_token);
   EXPECT_EQ(again.workspace_bytes, first.workspace_bytes);
@@ -241,6 +241,7 @@ TEST_F(PlannerOnCpu, CalibrationIsCachedPerKey) {
   StepShape bf16 = s;
   bf16.precision = Precision::kBf16;
   EXPECT_NE(CalibrationKey(bf16, "cpu"), CalibrationKey(s, "cpu"));
+  EXPECT_NE(CalibrationKey(Shape("tiny", 1024, 2), "cpu"), CalibrationKey(s, "cpu"));
 }
 
 TEST_F(PlannerOnCpu, LargerChunkThanPlannedIsStoppedByTheCap) {

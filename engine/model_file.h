@@ -1,0 +1,23 @@
+// Model files: safetensors (https://github.com/huggingface/safetensors) holding every parameter
+// and the favor+ projection, with the model config in the header's __metadata__ so a file is
+// self-describing. Layout and tensor names: docs/model-format.md.
+#pragma once
+
+#include <string>
+
+#include "engine/model.h"
+
+namespace slim {
+
+// Writes atomically: a temporary file in the same directory, fsync, rename. Tensors are stored
+// in the model's dtype (F32, F64 or BF16), contiguous, little-endian.
+// Throws EngineError(kInternal) if the file cannot be written (nothing is left behind).
+void SaveModelFile(PerformerLMImpl& model, const std::string& path);
+
+// Reads a file written by SaveModelFile (or any safetensors file with the same names, shapes
+// and metadata). Throws EngineError(kInvalidArgument) naming what is wrong — unreadable file,
+// truncated data, malformed header, missing or unexpected tensor, shape or dtype that does not
+// match the config — and never returns a partly loaded model.
+PerformerLM LoadModelFile(const std::string& path);
+
+}  // namespace slim

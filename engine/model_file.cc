@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/errors.h"
+#include "engine/json.h"
 
 namespace slim {
 namespace {
@@ -22,118 +23,6 @@ constexpr uint64_t kMaxHeaderBytes = 100 << 20;  // the safetensors limit
 [[noreturn]] void Invalid(const std::string& path, const std::string& what) {
   throw EngineError(ErrorCode::kInvalidArgument, "model file " + path + ": " + what);
 }
-
-// ---- the small JSON subset a safetensors header uses ----
-
-struct Json {
-  enum Kind { kString, kNumber, kArray, kObject } kind = kString;
-  std::string text;                 // string value
-  double number = 0;
-  std::vector<Json> items;          // array
-  std::map<std::string, Json> members;  // object
-};
-
-class JsonParser {
- public:
-  explicit JsonParser(const std::string& s) : s_(s) {}
-  Json Parse() {
-    Json v = Value();
-    Space();
-    if (i_ != s_.size()) Fail("trailing characters");
-    return v;
-  }
-
- private:
-  [[noreturn]] void Fail(const std::string& what) {
-    throw std::runtime_error("header JSON: " + what + " at byte " + std::to_string(i_));
-  }
-  void Space() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  char Peek() {
-    Space();
-    if (i_ >= s_.size()) Fail("unexpected end");
-    return s_[i_];
-  }
-  void Expect(char c) {
-    if (Peek() != c) Fail(std::string("expected '") + c + "'");
-    ++i_;
-  }
-  std::string String() {
-    Expect('"');
-    std::string out;
-    while (i_ < s_.size() && s_[i_] != '"') {
-      if (s_[i_] == '\\') {
-        if (++i_ >= s_.size()) Fail("bad escape");
-        const char e = s_[i_];
-        if (e == 'u') {
-          if (i_ + 4 >= s_.size()) Fail("bad \\u escape");
-          const int code = std::stoi(s_.substr(i_ + 1, 4), nullptr, 16);
-          if (code >= 0x80) Fail("non-ASCII \\u escape");
-          out += static_cast<char>(code);
-          i_ += 4;
-        } else {
-          const char* from = "\"\\/bfnrt";
-          const char* to = "\"\\/\b\f\n\r\t";
-          const char* p = std::strchr(from, e);
-          if (p == nullptr) Fail("bad escape");
-          out += to[p - from];
-        }
-        ++i_;
-      } else {
-        out += s_[i_++];
-      }
-    }
-    if (i_ >= s_.size()) Fail("unterminated string");
-    ++i_;
-    return out;
-  }
-  Json Value() {
-    Json v;
-    const char c = Peek();
-    if (c == '"') {
-      v.text = String();
-    } else if (c == '[') {
-      v.kind = Json::kArray;
-      ++i_;
-      if (Peek() == ']') {
-        ++i_;
-        return v;
-      }
-      while (true) {
-        v.items.push_back(Value());
-        if (Peek() == ',') { ++i_; continue; }
-        Expect(']');
-        break;
-      }
-    } else if (c == '{') {
-      v.kind = Json::kObject;
-      ++i_;
-      if (Peek() == '}') {
-        ++i_;
-        return v;
-      }
-      while (true) {
-        const std::string key = String();
-        Expect(':');
-        v.members[key] = Value();
-        if (Peek() == ',') { ++i_; continue; }
-        Expect('}');
-        break;
-      }
-    } else if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
-      v.kind = Json::kNumber;
-      size_t used = 0;
-      v.number = std::stod(s_.substr(i_, 32), &used);
-      i_ += used;
-    } else {
-      Fail("unexpected character");
-    }
-    return v;
-  }
-  const std::string& s_;
-  size_t i_ = 0;
-};
 
 std::string Quote(const std::string& s) {
   std::string out = "\"";
@@ -293,9 +182,9 @@ PerformerLM LoadModelFile(const std::string& path) {
   in.read(header.data(), static_cast<std::streamsize>(header_size));
   Json root;
   try {
-    root = JsonParser(header).Parse();
+    root = ParseJson(header);
   } catch (const std::exception& e) {
-    Invalid(path, e.what());
+    Invalid(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (root.kind != Json::kObject) Invalid(path, "header is not a JSON object");
   const auto meta = root.members.find("__metadata__");

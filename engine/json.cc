@@ -1,0 +1,180 @@
+#include "engine/json.h"
+
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+
+namespace slim {
+namespace {
+
+class Parser {
+ public:
+  explicit Parser(const std::string& s) : s_(s) {}
+
+  Json Document() {
+    Json v = Value(0);
+    Space();
+    if (i_ != s_.size()) Fail("trailing characters");
+    return v;
+  }
+
+ private:
+  static constexpr int kMaxDepth = 64;
+
+  [[noreturn]] void Fail(const std::string& what) const {
+    throw std::runtime_error(what + " at byte " + std::to_string(i_));
+  }
+  void Space() {
+    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
+  }
+  char Peek() {
+    Space();
+    if (i_ >= s_.size()) Fail("unexpected end");
+    return s_[i_];
+  }
+  void Expect(char c) {
+    if (Peek() != c) Fail(std::string("expected '") + c + "'");
+    ++i_;
+  }
+  unsigned Hex4() {
+    if (i_ + 4 > s_.size()) Fail("bad \\u escape");
+    unsigned v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = s_[i_++];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= c - '0';
+      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+      else Fail("bad \\u escape");
+    }
+    return v;
+  }
+  static void AppendUtf8(unsigned cp, std::string* out) {
+    if (cp < 0x80) {
+      *out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      *out += static_cast<char>(0xC0 | (cp >> 6));
+      *out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      *out += static_cast<char>(0xE0 | (cp >> 12));
+      *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      *out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      *out += static_cast<char>(0xF0 | (cp >> 18));
+      *out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      *out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+  std::string String() {
+    Expect('"');
+    std::string out;
+    while (true) {
+      if (i_ >= s_.size()) Fail("unterminated string");
+      const char c = s_[i_++];
+      if (c == '"') break;
+      if (static_cast<unsigned char>(c) < 0x20) Fail("control character in string");
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (i_ >= s_.size()) Fail("bad escape");
+      const char e = s_[i_++];
+      if (e == 'u') {
+        unsigned cp = Hex4();
+        if (cp >= 0xD800 && cp <= 0xDBFF) {  // high surrogate: a low one must follow
+          if (i_ + 2 > s_.size() || s_[i_] != '\\' || s_[i_ + 1] != 'u') Fail("unpaired surrogate");
+          i_ += 2;
+          const unsigned low = Hex4();
+          if (low < 0xDC00 || low > 0xDFFF) Fail("unpaired surrogate");
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+          Fail("unpaired surrogate");
+        }
+        AppendUtf8(cp, &out);
+        continue;
+      }
+      const char* from = "\"\\/bfnrt";
+      const char* to = "\"\\/\b\f\n\r\t";
+      const char* p = std::strchr(from, e);
+      if (p == nullptr || e == '\0') Fail("bad escape");
+      out += to[p - from];
+    }
+    return out;
+  }
+  bool Literal(const char* word) {
+    const size_t n = std::strlen(word);
+    if (s_.compare(i_, n, word) != 0) return false;
+    i_ += n;
+    return true;
+  }
+  Json Value(int depth) {
+    if (depth > kMaxDepth) Fail("nesting too deep");
+    Json v;
+    const char c = Peek();
+    if (c == '"') {
+      v.kind = Json::kString;
+      v.text = String();
+    } else if (c == '[') {
+      v.kind = Json::kArray;
+      ++i_;
+      if (Peek() == ']') {
+        ++i_;
+        return v;
+      }
+      while (true) {
+        v.items.push_back(Value(depth + 1));
+        if (Peek() == ',') {
+          ++i_;
+          continue;
+        }
+        Expect(']');
+        break;
+      }
+    } else if (c == '{') {
+      v.kind = Json::kObject;
+      ++i_;
+      if (Peek() == '}') {
+        ++i_;
+        return v;
+      }
+      while (true) {
+        const std::string key = String();
+        Expect(':');
+        v.members[key] = Value(depth + 1);
+        if (Peek() == ',') {
+          ++i_;
+          continue;
+        }
+        Expect('}');
+        break;
+      }
+    } else if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
+      v.kind = Json::kNumber;
+      const char* begin = s_.c_str() + i_;
+      char* end = nullptr;
+      v.number = std::strtod(begin, &end);
+      if (end == begin) Fail("bad number");
+      i_ += static_cast<size_t>(end - begin);
+    } else if (Literal("true")) {
+      v.kind = Json::kBool;
+      v.boolean = true;
+    } else if (Literal("false")) {
+      v.kind = Json::kBool;
+    } else if (Literal("null")) {
+      v.kind = Json::kNull;
+    } else {
+      Fail("unexpected character");
+    }
+    return v;
+  }
+
+  const std::string& s_;
+  size_t i_ = 0;
+};
+
+}  // namespace
+
+Json ParseJson(const std::string& text) { return Parser(text).Document(); }
+
+}  // namespace slim

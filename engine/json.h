@@ -1,0 +1,25 @@
+// A small JSON reader for the formats slim reads itself (safetensors headers, JSONL datasets):
+// objects, arrays, strings (with \u escapes, surrogate pairs included, decoded to UTF-8),
+// numbers, true/false/null. Plain C++; no LibTorch.
+#pragma once
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace slim {
+
+struct Json {
+  enum Kind { kNull, kBool, kString, kNumber, kArray, kObject } kind = kNull;
+  bool boolean = false;
+  std::string text;                     // kString
+  double number = 0;                    // kNumber
+  std::vector<Json> items;              // kArray
+  std::map<std::string, Json> members;  // kObject
+};
+
+// Throws std::runtime_error("... at byte N") for malformed input or trailing characters.
+Json ParseJson(const std::string& text);
+
+}  // namespace slim

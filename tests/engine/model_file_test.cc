@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/errors.h"
+#include "engine/safetensors.h"
 #include "tests/engine/test_util.h"
 
 namespace slim {
@@ -88,22 +89,34 @@ TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
   WriteAll(bad, broken);
   EXPECT_NE(LoadError(bad).find("header"), std::string::npos) << LoadError(bad);
 
-  // Same-length edit of the config: d_ff 64 → 65 no longer matches the stored tensors.
-  std::string mismatched = bytes;
-  const size_t at = mismatched.find("\"d_ff\":\"64\"");
+  // Any edit of a written file — header or data — is caught by the checksum.
+  std::string edited = bytes;
+  const size_t at = edited.find("\"d_ff\":\"64\"");
   ASSERT_NE(at, std::string::npos);
-  mismatched.replace(at, 11, "\"d_ff\":\"65\"");
-  WriteAll(bad, mismatched);
+  edited.replace(at, 11, "\"d_ff\":\"65\"");
+  WriteAll(bad, edited);
+  EXPECT_NE(LoadError(bad).find("corrupted"), std::string::npos) << LoadError(bad);
+  std::string flipped = bytes;
+  flipped[flipped.size() - 7] ^= 0x10;
+  WriteAll(bad, flipped);
+  EXPECT_NE(LoadError(bad).find("corrupted"), std::string::npos) << LoadError(bad);
+
+  // Internally consistent files that do not match their config are refused by name.
+  SafetensorsMetadata meta = ReadSafetensors(path, "test").metadata;
+  NamedTensorMap tensors = ReadSafetensors(path, "test").tensors;
+  meta["d_ff"] = "65";
+  WriteSafetensors(bad, meta, tensors);
   const std::string error = LoadError(bad);
   EXPECT_NE(error.find("shape"), std::string::npos) << error;
   EXPECT_NE(error.find("layers.0.w1"), std::string::npos) << error;
-
-  std::string renamed = bytes;
-  const size_t name = renamed.find("\"ln_f.weight\"");
-  ASSERT_NE(name, std::string::npos);
-  renamed.replace(name, 13, "\"ln_g.weight\"");
-  WriteAll(bad, renamed);
+  meta["d_ff"] = "64";
+  tensors["ln_g.weight"] = tensors.at("ln_f.weight");
+  WriteSafetensors(bad, meta, tensors);
   EXPECT_NE(LoadError(bad).find("unexpected tensor 'ln_g.weight'"), std::string::npos) << LoadError(bad);
+  tensors.erase("ln_g.weight");
+  tensors.erase("ln_f.bias");
+  WriteSafetensors(bad, meta, tensors);
+  EXPECT_NE(LoadError(bad).find("missing tensor 'ln_f.bias'"), std::string::npos) << LoadError(bad);
 
   EXPECT_NE(LoadError(TempPath("absent")).find("cannot open"), std::string::npos);
   std::remove(path.c_str());

@@ -1,0 +1,235 @@
+#include "engine/safetensors.h"
+
+#include <ATen/ATen.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <vector>
+
+#include "engine/errors.h"
+#include "engine/json.h"
+
+namespace slim {
+namespace {
+
+constexpr uint64_t kMaxHeaderBytes = 100 << 20;  // the safetensors limit
+constexpr char kChecksumKey[] = "checksum";
+constexpr char kZeroChecksum[] = "00000000";
+
+uint32_t Crc32c(const char* data, size_t n, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ static_cast<unsigned char>(data[i])) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+std::string Hex8(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof(buf), "%08x", v);
+  return buf;
+}
+
+std::string Quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+const char* DtypeName(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "F32";
+    case at::kDouble: return "F64";
+    case at::kBFloat16: return "BF16";
+    case at::kLong: return "I64";
+    case at::kByte: return "U8";
+    default: return nullptr;
+  }
+}
+
+bool DtypeFromName(const std::string& name, at::ScalarType* t) {
+  for (at::ScalarType s : {at::kFloat, at::kDouble, at::kBFloat16, at::kLong, at::kByte}) {
+    if (name == DtypeName(s)) {
+      *t = s;
+      return true;
+    }
+  }
+  return false;
+}
+
+// The header with `checksum_value` in the checksum slot, padded to a multiple of 8 bytes.
+std::string Header(const SafetensorsMetadata& metadata, const std::string& tensor_entries,
+                   const std::string& checksum_value) {
+  std::string h = "{\"__metadata__\":{";
+  for (const auto& [k, v] : metadata) h += Quote(k) + ":" + Quote(v) + ",";
+  h += Quote(kChecksumKey) + ":" + Quote(checksum_value) + "}" + tensor_entries + "}";
+  while (h.size() % 8 != 0) h += ' ';
+  return h;
+}
+
+std::string SizePrefix(uint64_t n) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(n >> (8 * i));
+  return s;
+}
+
+}  // namespace
+
+void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metadata,
+                      const NamedTensorMap& tensors) {
+  CheckArgument(metadata.count(kChecksumKey) == 0, "safetensors: metadata key 'checksum' is reserved");
+  std::ostringstream entries;
+  std::vector<at::Tensor> data;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    const at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    const char* dtype = DtypeName(c.scalar_type());
+    if (dtype == nullptr) throw EngineError(ErrorCode::kInternal, "safetensors: unsupported dtype for " + name);
+    const uint64_t bytes = c.numel() * c.element_size();
+    entries << "," << Quote(name) << ":{\"dtype\":\"" << dtype << "\",\"shape\":[";
+    for (int64_t i = 0; i < c.dim(); ++i) entries << (i ? "," : "") << c.size(i);
+    entries << "],\"data_offsets\":[" << offset << "," << offset + bytes << "]}";
+    offset += bytes;
+    data.push_back(c);
+  }
+  // The checksum covers the whole file with its own value zeroed.
+  const std::string zeroed = Header(metadata, entries.str(), kZeroChecksum);
+  uint32_t crc = Crc32c(SizePrefix(zeroed.size()).data(), 8, 0);
+  crc = Crc32c(zeroed.data(), zeroed.size(), crc);
+  for (const at::Tensor& t : data) crc = Crc32c(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size(), crc);
+  const std::string header = Header(metadata, entries.str(), Hex8(crc));
+
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw EngineError(ErrorCode::kInternal, path + ": cannot create " + tmp + ": " + std::strerror(errno));
+  auto write_all = [&](const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, c, n);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      c += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  };
+  const std::string prefix = SizePrefix(header.size());
+  bool ok = write_all(prefix.data(), 8) && write_all(header.data(), header.size());
+  for (const at::Tensor& t : data) ok = ok && write_all(t.data_ptr(), t.numel() * t.element_size());
+  ok = ok && ::fsync(fd) == 0;
+  const int saved_errno = errno;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(ok ? errno : saved_errno);
+    std::remove(tmp.c_str());
+    throw EngineError(ErrorCode::kInternal, path + ": write failed: " + reason);
+  }
+}
+
+SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what) {
+  auto invalid = [&](const std::string& message) -> EngineError {
+    return EngineError(ErrorCode::kInvalidArgument, what + " " + path + ": " + message);
+  };
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw invalid("cannot open");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.size() < 8) throw invalid("truncated: " + std::to_string(bytes.size()) + " bytes, no header size");
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t{static_cast<unsigned char>(bytes[i])} << (8 * i);
+  if (n > kMaxHeaderBytes || n > bytes.size() - 8) {
+    throw invalid("header size " + std::to_string(n) + " exceeds the file (" + std::to_string(bytes.size()) + " bytes)");
+  }
+  const std::string header = bytes.substr(8, n);
+  Json root;
+  try {
+    root = ParseJson(header);
+  } catch (const std::exception& e) {
+    throw invalid(std::string("header is not valid JSON: ") + e.what());
+  }
+  if (root.kind != Json::kObject) throw invalid("header is not a JSON object");
+  SafetensorsContents out;
+  const uint64_t data_start = 8 + n, data_size = bytes.size() - data_start;
+  std::string stored_checksum;
+  for (const auto& [name, entry] : root.members) {
+    if (name == "__metadata__") {
+      if (entry.kind != Json::kObject) throw invalid("__metadata__ is not an object");
+      for (const auto& [k, v] : entry.members) {
+        if (v.kind != Json::kString) throw invalid("metadata '" + k + "' is not a string");
+        if (k == kChecksumKey) stored_checksum = v.text;
+        else out.metadata[k] = v.text;
+      }
+      continue;
+    }
+    const auto dtype = entry.members.find("dtype");
+    const auto shape = entry.members.find("shape");
+    const auto offsets = entry.members.find("data_offsets");
+    if (entry.kind != Json::kObject || dtype == entry.members.end() || shape == entry.members.end() ||
+        offsets == entry.members.end() || offsets->second.items.size() != 2) {
+      throw invalid("tensor '" + name + "' lacks dtype, shape or data_offsets");
+    }
+    at::ScalarType type;
+    if (!DtypeFromName(dtype->second.text, &type)) throw invalid("tensor '" + name + "' has unsupported dtype '" + dtype->second.text + "'");
+    std::vector<int64_t> dims;
+    uint64_t numel = 1;
+    for (const Json& d : shape->second.items) {
+      if (d.kind != Json::kNumber || d.number < 0) throw invalid("tensor '" + name + "' has a bad shape");
+      dims.push_back(static_cast<int64_t>(d.number));
+      numel *= static_cast<uint64_t>(d.number);
+    }
+    const uint64_t begin = static_cast<uint64_t>(offsets->second.items[0].number);
+    const uint64_t end = static_cast<uint64_t>(offsets->second.items[1].number);
+    if (end < begin || end - begin != numel * c10::elementSize(type)) {
+      throw invalid("tensor '" + name + "' has data_offsets that do not match its shape");
+    }
+    if (end > data_size) {
+      throw invalid("truncated: tensor '" + name + "' ends at byte " + std::to_string(data_start + end) + " of " +
+                    std::to_string(bytes.size()));
+    }
+    at::Tensor t = at::empty(dims, at::TensorOptions().dtype(type));
+    if (end > begin) std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, end - begin);
+    out.tensors[name] = t;
+  }
+  if (!stored_checksum.empty()) {
+    std::string zeroed = header;
+    const std::string slot = Quote(kChecksumKey) + ":" + Quote(stored_checksum);
+    const size_t at = zeroed.find(slot);
+    if (at == std::string::npos || stored_checksum.size() != 8) throw invalid("malformed checksum entry");
+    zeroed.replace(at + slot.size() - 9, 8, kZeroChecksum);
+    uint32_t crc = Crc32c(bytes.data(), 8, 0);
+    crc = Crc32c(zeroed.data(), zeroed.size(), crc);
+    crc = Crc32c(bytes.data() + data_start, data_size, crc);
+    if (Hex8(crc) != stored_checksum) {
+      throw invalid("corrupted: checksum " + Hex8(crc) + " does not match the stored " + stored_checksum);
+    }
+  }
+  return out;
+}
+
+}  // namespace slim

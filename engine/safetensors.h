@@ -1,0 +1,33 @@
+// Reading and writing safetensors files (8-byte little-endian header size, JSON header with
+// string metadata, raw little-endian tensor data), with an integrity checksum: the metadata key
+// "checksum" holds the CRC-32C of the file with that value replaced by zeros, so a flipped bit
+// anywhere — header or data — is detected on read. Files are written atomically.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
+namespace slim {
+
+using SafetensorsMetadata = std::map<std::string, std::string>;
+using NamedTensorMap = std::map<std::string, at::Tensor>;
+
+struct SafetensorsContents {
+  SafetensorsMetadata metadata;  // without "checksum"
+  NamedTensorMap tensors;        // CPU, contiguous
+};
+
+// Supported dtypes: F32, F64, BF16, I64, U8. Writes `path` atomically (temporary file in the
+// same directory, fsync, rename). Throws EngineError(kInternal) if writing fails; no partial
+// file is left at `path`.
+void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metadata,
+                      const NamedTensorMap& tensors);
+
+// Throws EngineError(kInvalidArgument) "<what> <path>: ..." for an unreadable, truncated or
+// malformed file and for a checksum mismatch ("corrupted"). Files without a checksum (written
+// by other tools) are accepted. `what` names the kind of file in messages ("model file").
+SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what);
+
+}  // namespace slim

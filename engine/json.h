@@ -22,4 +22,8 @@ struct Json {
 // Throws std::runtime_error("... at byte N") for malformed input or trailing characters.
 Json ParseJson(const std::string& text);
 
+// The body of a JSON string literal for `text` (quotes and backslashes escaped, control
+// characters as \u00XX); bytes ≥ 0x80 pass through, so UTF-8 stays UTF-8.
+std::string JsonEscape(const std::string& text);
+
 }  // namespace slim

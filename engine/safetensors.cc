@@ -44,22 +44,7 @@ std::string Hex8(uint32_t v) {
   return buf;
 }
 
-std::string Quote(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out += buf;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
+std::string Quote(const std::string& s) { return "\"" + JsonEscape(s) + "\""; }
 
 const char* DtypeName(at::ScalarType t) {
   switch (t) {

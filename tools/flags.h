@@ -37,6 +37,5 @@ class Flags {
 int64_t ParseBytes(const std::string& text, const std::string& field);
 // 1536 → "1.5 KiB".
 std::string FormatBytes(int64_t bytes);
-std::string JsonEscape(const std::string& text);
 
 }  // namespace slim::tools

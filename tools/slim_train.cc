@@ -11,6 +11,7 @@
 #include "engine/calibration.h"
 #include "engine/devices.h"
 #include "engine/errors.h"
+#include "engine/json.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/runtime.h"
@@ -103,7 +104,7 @@ int Devices(const slim::tools::Flags& flags) {
     const slim::DeviceInfo& d = devices[i];
     if (json) {
       std::printf("%s{\"name\":\"%s\",\"kind\":\"%s\",\"description\":\"%s\",\"total_bytes\":%lld,\"free_bytes\":%lld}",
-                  i ? "," : "", d.name.c_str(), d.kind.c_str(), slim::tools::JsonEscape(d.description).c_str(),
+                  i ? "," : "", d.name.c_str(), d.kind.c_str(), slim::JsonEscape(d.description).c_str(),
                   static_cast<long long>(d.total_bytes), static_cast<long long>(d.free_bytes));
     } else {
       std::printf("%-8s %-30s total %-10s free %s\n", d.name.c_str(), d.description.c_str(),

@@ -109,6 +109,9 @@ TEST(Json, ParsesTheSubsetAndRejectsTheRest) {
     EXPECT_THROW(ParseJson(bad), std::runtime_error) << bad;
   }
   EXPECT_THROW(ParseJson(std::string(100, '[') + std::string(100, ']')), std::runtime_error);  // depth
+  const std::string tricky = "a\"b\\c\n\xc3\xa9";
+  EXPECT_EQ(JsonEscape(tricky), "a\\\"b\\\\c\\u000a\xc3\xa9");
+  EXPECT_EQ(ParseJson("\"" + JsonEscape(tricky) + "\"").text, tricky);  // round trip
 }
 
 }  // namespace

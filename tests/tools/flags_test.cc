@@ -54,7 +54,6 @@ TEST(Bytes, UnitsParseAndFormat) {
   EXPECT_EQ(FormatBytes(1536), "1.5 KiB");
   EXPECT_EQ(FormatBytes(100), "100 B");
   EXPECT_EQ(FormatBytes(int64_t{3} << 30), "3.0 GiB");
-  EXPECT_EQ(JsonEscape("a\"b\\c\n"), "a\\\"b\\\\c\\u000a");
 }
 
 }  // namespace

@@ -13,11 +13,14 @@ namespace {
 
 constexpr char kWhat[] = "model file";
 
-[[noreturn]] void Invalid(const std::string& path, const std::string& what) {
-  throw EngineError(ErrorCode::kInvalidArgument, std::string(kWhat) + " " + path + ": " + what);
+// `kind` names the file in messages: "model file", "checkpoint".
+[[noreturn]] void Invalid(const std::string& kind, const std::string& path, const std::string& what) {
+  throw EngineError(ErrorCode::kInvalidArgument, kind + " " + path + ": " + what);
 }
 
-std::map<std::string, std::string> ConfigMetadata(const ModelConfig& c) {
+}  // namespace
+
+SafetensorsMetadata ModelConfigMetadata(const ModelConfig& c) {
   return {{"format", "slim"},
           {"format_version", "1"},
           {"vocab_size", std::to_string(c.vocab_size)},
@@ -34,21 +37,23 @@ std::map<std::string, std::string> ConfigMetadata(const ModelConfig& c) {
           {"feature_seed", std::to_string(c.feature_seed)}};
 }
 
-ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& path) {
+namespace {
+
+ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& path, const std::string& kind) {
   auto get = [&](const std::string& key) -> std::string {
     const auto it = m.find(key);
-    if (it == m.end()) Invalid(path, "metadata has no '" + key + "'");
+    if (it == m.end()) Invalid(kind, path, "metadata has no '" + key + "'");
     return it->second;
   };
   auto integer = [&](const std::string& key) -> int64_t {
     const std::string v = get(key);
     char* end = nullptr;
     const long long n = std::strtoll(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0') Invalid(path, "metadata '" + key + "' is not an integer: '" + v + "'");
+    if (v.empty() || *end != '\0') Invalid(kind, path, "metadata '" + key + "' is not an integer: '" + v + "'");
     return n;
   };
-  if (get("format") != "slim") Invalid(path, "metadata format is '" + get("format") + "', not 'slim'");
-  if (get("format_version") != "1") Invalid(path, "unsupported format_version '" + get("format_version") + "'");
+  if (get("format") != "slim") Invalid(kind, path, "metadata format is '" + get("format") + "', not 'slim'");
+  if (get("format_version") != "1") Invalid(kind, path, "unsupported format_version '" + get("format_version") + "'");
   ModelConfig c;
   c.vocab_size = integer("vocab_size");
   c.d_model = integer("d_model");
@@ -65,51 +70,56 @@ ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& 
     c.feature_map = ParseFeatureMap(get("feature_map"));
     c.Validate();
   } catch (const EngineError& e) {
-    Invalid(path, std::string("config in metadata is invalid: ") + e.what());
+    Invalid(kind, path, std::string("config in metadata is invalid: ") + e.what());
   }
   return c;
 }
 
-NamedTensorMap NamedTensors(PerformerLMImpl& model) {
+}  // namespace
+
+NamedTensorMap ModelTensors(PerformerLMImpl& model, const std::string& prefix) {
   NamedTensorMap out;
-  for (const auto& p : model.named_parameters()) out[p.key()] = p.value();
-  for (const auto& b : model.named_buffers()) out[b.key()] = b.value();
+  for (const auto& p : model.named_parameters()) out[prefix + p.key()] = p.value();
+  for (const auto& b : model.named_buffers()) out[prefix + b.key()] = b.value();
   return out;
 }
 
-}  // namespace
-
 void SaveModelFile(PerformerLMImpl& model, const std::string& path) {
   CheckArgument(!model.lora_enabled(), "model file: merge or drop LoRA adapters before saving");
-  WriteSafetensors(path, ConfigMetadata(model.config()), NamedTensors(model));
+  WriteSafetensors(path, ModelConfigMetadata(model.config()), ModelTensors(model));
 }
 
-PerformerLM LoadModelFile(const std::string& path) {
-  const SafetensorsContents file = ReadSafetensors(path, kWhat);
-  const ModelConfig config = ConfigFromMetadata(file.metadata, path);
+PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string& path,
+                              const std::string& kind, const std::string& prefix) {
+  const ModelConfig config = ConfigFromMetadata(file.metadata, path, kind);
   PerformerLM model(config, /*init_seed=*/0);
-  const NamedTensorMap expected = NamedTensors(*model);
+  const NamedTensorMap expected = ModelTensors(*model, prefix);
   for (const auto& [name, t] : file.tensors) {
+    if (name.rfind(prefix, 0) != 0) continue;  // not a model tensor (e.g. optimizer state)
     const auto want = expected.find(name);
-    if (want == expected.end()) Invalid(path, "unexpected tensor '" + name + "' for this config");
+    if (want == expected.end()) Invalid(kind, path, "unexpected tensor '" + name + "' for this config");
     if (t.sizes() != want->second.sizes()) {
       std::ostringstream msg;
       msg << "tensor '" << name << "' has shape " << t.sizes() << " but the config needs " << want->second.sizes();
-      Invalid(path, msg.str());
+      Invalid(kind, path, msg.str());
     }
   }
   for (const auto& [name, t] : expected) {
-    if (!file.tensors.count(name)) Invalid(path, "missing tensor '" + name + "'");
+    if (!file.tensors.count(name)) Invalid(kind, path, "missing tensor '" + name + "'");
   }
-  const at::ScalarType dtype = file.tensors.at("embed.weight").scalar_type();
-  for (const auto& [name, t] : file.tensors) {
-    if (t.scalar_type() != dtype) Invalid(path, "tensor '" + name + "' is not stored in the model's dtype");
+  const at::ScalarType dtype = file.tensors.at(prefix + "embed.weight").scalar_type();
+  for (const auto& [name, t] : expected) {
+    if (file.tensors.at(name).scalar_type() != dtype) Invalid(kind, path, "tensor '" + name + "' is not stored in the model's dtype");
   }
   // Only now, with every tensor read and checked, is the model touched.
   at::NoGradGuard no_grad;
   if (dtype != at::kFloat) model->to(dtype);
-  for (auto& [name, t] : NamedTensors(*model)) t.copy_(file.tensors.at(name));
+  for (auto& [name, t] : ModelTensors(*model, prefix)) t.copy_(file.tensors.at(name));
   return model;
+}
+
+PerformerLM LoadModelFile(const std::string& path) {
+  return ModelFromContents(ReadSafetensors(path, kWhat), path, kWhat);
 }
 
 }  // namespace slim

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/model.h"
+#include "engine/safetensors.h"
 
 namespace slim {
 
@@ -19,5 +20,13 @@ void SaveModelFile(PerformerLMImpl& model, const std::string& path);
 // truncated data, malformed header, missing or unexpected tensor, shape or dtype that does not
 // match the config — and never returns a partly loaded model.
 PerformerLM LoadModelFile(const std::string& path);
+
+// Building blocks shared with checkpoints. The config as metadata strings; every parameter and
+// buffer by name, prefixed; and a model rebuilt from contents holding exactly those names
+// (errors name `path` and the offending tensor, as LoadModelFile's).
+SafetensorsMetadata ModelConfigMetadata(const ModelConfig& config);
+NamedTensorMap ModelTensors(PerformerLMImpl& model, const std::string& prefix = "");
+PerformerLM ModelFromContents(const SafetensorsContents& contents, const std::string& path,
+                              const std::string& what, const std::string& prefix = "");
 
 }  // namespace slim

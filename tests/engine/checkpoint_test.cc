@@ -1,0 +1,104 @@
+// Checkpoints: training resumed from a checkpoint continues bit for bit like the uninterrupted
+// run; damaged checkpoints are refused; a failed write leaves the previous one intact.
+#include "engine/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/optim/adamw.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <vector>
+
+#include "engine/errors.h"
+#include "engine/slim_step.h"
+#include "tests/engine/test_util.h"
+
+namespace slim {
+namespace {
+
+std::string TempPath(const std::string& name) {
+  return ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid()) + ".ckpt";
+}
+
+// One training step on batch `step` of a fixed, seeded sequence of batches.
+double TrainStep(PerformerLMImpl& model, torch::optim::Optimizer& opt, int step) {
+  const testing::Batch b = testing::RandomBatch(2, 64, 256, 100 + step);
+  SlimStepOptions o;
+  o.chunk_size = 16;
+  opt.zero_grad();
+  const double loss = SlimTrainingStep(model, b.tokens, b.targets, o).loss;
+  opt.step();
+  return loss;
+}
+
+TEST(Checkpoint, ResumeContinuesBitForBit) {
+  const ModelConfig config = testing::TinyConfig(FeatureMap::kFavorPlus);
+  std::vector<double> uninterrupted;
+  PerformerLM a(config, 1);
+  torch::optim::AdamW opt_a(a->parameters(), torch::optim::AdamWOptions(1e-2));
+  for (int s = 0; s < 4; ++s) uninterrupted.push_back(TrainStep(*a, opt_a, s));
+
+  PerformerLM b(config, 1);
+  torch::optim::AdamW opt_b(b->parameters(), torch::optim::AdamWOptions(1e-2));
+  for (int s = 0; s < 2; ++s) EXPECT_EQ(TrainStep(*b, opt_b, s), uninterrupted[s]);
+  const std::string path = TempPath("resume");
+  SaveCheckpoint(path, *b, opt_b, {{"step", "2"}, {"data_position", "2"}});
+
+  Checkpoint c = ReadCheckpoint(path);
+  EXPECT_EQ(c.progress.at("step"), "2");
+  EXPECT_EQ(c.progress.at("data_position"), "2");
+  torch::optim::AdamW opt_c(c.model->parameters(), torch::optim::AdamWOptions(1e-2));
+  RestoreOptimizer(c, opt_c);
+  for (int s = 2; s < 4; ++s) EXPECT_EQ(TrainStep(*c.model, opt_c, s), uninterrupted[s]) << "step " << s;
+  auto pa = a->named_parameters(), pc = c.model->named_parameters();
+  for (const auto& p : pa) EXPECT_TRUE(at::equal(p.value(), pc[p.key()])) << p.key();
+  std::remove(path.c_str());
+}
+
+TEST(Checkpoint, DamagedCheckpointsAreRefusedAndFailedWritesKeepThePrevious) {
+  PerformerLM model(testing::TinyConfig(FeatureMap::kSquare), 2);
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
+  TrainStep(*model, opt, 0);
+  const std::string path = TempPath("good");
+  SaveCheckpoint(path, *model, opt, {{"step", "1"}});
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+
+  auto error_of = [](const std::string& p) {
+    try {
+      ReadCheckpoint(p);
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string bad = TempPath("bad");
+  std::string flipped = bytes;
+  flipped[bytes.size() / 2] ^= 0x01;
+  std::ofstream(bad, std::ios::binary) << flipped;
+  EXPECT_NE(error_of(bad).find("corrupted"), std::string::npos) << error_of(bad);
+  std::ofstream(bad, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  EXPECT_NE(error_of(bad).find("truncated"), std::string::npos) << error_of(bad);
+  EXPECT_EQ(error_of(bad).rfind("checkpoint " + bad, 0), 0u);
+
+  // Writing into a directory that does not exist fails cleanly...
+  try {
+    SaveCheckpoint(::testing::TempDir() + "/no/such/dir/x.ckpt", *model, opt, {});
+    ADD_FAILURE() << "expected a write error";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInternal);
+  }
+  // ...and overwriting goes through a temporary file, so the old checkpoint is whole until the
+  // rename; afterwards the new one reads back.
+  TrainStep(*model, opt, 1);
+  SaveCheckpoint(path, *model, opt, {{"step", "2"}});
+  EXPECT_EQ(ReadCheckpoint(path).progress.at("step"), "2");
+  std::remove(path.c_str());
+  std::remove(bad.c_str());
+}
+
+}  // namespace
+}  // namespace slim

@@ -1,5 +1,5 @@
 // Checkpoints: training resumed from a checkpoint continues bit for bit like the uninterrupted
-// run; damaged checkpoints are refused; a failed write leaves the previous one intact.
+// run; damaged checkpoints are refused; a failed write is reported.
 #include "engine/checkpoint.h"
 
 #include <ATen/ATen.h>
@@ -57,7 +57,7 @@ TEST(Checkpoint, ResumeContinuesBitForBit) {
   std::remove(path.c_str());
 }
 
-TEST(Checkpoint, DamagedCheckpointsAreRefusedAndFailedWritesKeepThePrevious) {
+TEST(Checkpoint, DamagedCheckpointsAreRefusedAndFailedWritesReportErrors) {
   PerformerLM model(testing::TinyConfig(FeatureMap::kSquare), 2);
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
   TrainStep(*model, opt, 0);

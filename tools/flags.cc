@@ -87,6 +87,42 @@ bool Flags::Bool(const std::string& name) const {
   Bad("--" + name + ": '" + *v + "' is not a boolean");
 }
 
+std::vector<std::string> Flags::List(const std::string& name,
+                                     const std::vector<std::string>& default_value) const {
+  const std::string* v = Find(name);
+  if (v == nullptr) return default_value;
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = v->find(',', start);
+    items.push_back(v->substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (items.back().empty()) Bad("--" + name + ": empty item in '" + *v + "'");
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return items;
+}
+
+std::vector<int64_t> Flags::IntList(const std::string& name, const std::vector<int64_t>& default_value,
+                                    int64_t min) const {
+  if (!Has(name)) return default_value;
+  std::vector<int64_t> out;
+  for (const std::string& item : List(name, {})) {
+    char* end = nullptr;
+    const long long n = std::strtoll(item.c_str(), &end, 10);
+    if (*end != '\0') Bad("--" + name + ": '" + item + "' is not an integer");
+    if (n < min) Bad("--" + name + ": " + item + " must be >= " + std::to_string(min));
+    out.push_back(n);
+  }
+  return out;
+}
+
+std::vector<int64_t> Flags::BytesList(const std::string& name) const {
+  std::vector<int64_t> out;
+  for (const std::string& item : List(name, {})) out.push_back(ParseBytes(item, "--" + name));
+  return out;
+}
+
 void Flags::CheckAllUsed() const {
   for (const auto& [name, value] : values_) {
     if (!used_.count(name)) Bad("unknown flag --" + name);

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace slim::tools {
 
@@ -21,6 +22,11 @@ class Flags {
   double Double(const std::string& name, double default_value) const;
   int64_t Bytes(const std::string& name, int64_t default_value) const;  // accepts units
   bool Bool(const std::string& name) const;
+  // Comma-separated lists ("8192,65536"); each item checked as by Int / Bytes.
+  std::vector<std::string> List(const std::string& name, const std::vector<std::string>& default_value) const;
+  std::vector<int64_t> IntList(const std::string& name, const std::vector<int64_t>& default_value,
+                               int64_t min) const;
+  std::vector<int64_t> BytesList(const std::string& name) const;  // empty when absent
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
 
   // Throws for any flag given but never asked for (a typo must not be ignored).

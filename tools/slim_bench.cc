@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -62,65 +61,32 @@ struct Options {
   std::vector<int64_t> quotas;  // plan-check mode when not empty
 };
 
-[[noreturn]] void UsageError(const std::string& message) {
-  std::cerr << "slim-bench: " << message << "\n\n" << kUsage;
-  std::exit(2);
-}
-
-int64_t ParseInt(const std::string& flag, const std::string& text, int64_t min) {
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0') UsageError(flag + ": '" + text + "' is not an integer");
-  if (v < min) UsageError(flag + ": " + text + " must be >= " + std::to_string(min));
-  return v;
-}
-
-std::vector<std::string> SplitList(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
-  return out;
-}
-
+// Throws EngineError(kInvalidArgument) naming the flag; main reports it with exit status 2.
 Options ParseFlags(int argc, char** argv) {
+  const slim::tools::Flags flags(argc, argv);
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (flag == "--json") {
-      o.json = true;
-      continue;
-    }
-    if (i + 1 >= argc) UsageError(flag + ": missing value");
-    const std::string value = argv[++i];
-    auto ints = [&](int64_t min) {
-      std::vector<int64_t> v;
-      for (const auto& s : SplitList(value)) v.push_back(ParseInt(flag, s, min));
-      if (v.empty()) UsageError(flag + ": empty list");
-      return v;
-    };
-    if (flag == "--preset") o.preset = value;
-    else if (flag == "--seq-len") o.seq_lens = ints(1);
-    else if (flag == "--chunk") o.chunks = ints(1);
-    else if (flag == "--mode") o.modes = SplitList(value);
-    else if (flag == "--batch") o.batch = ParseInt(flag, value, 1);
-    else if (flag == "--steps") o.steps = ParseInt(flag, value, 1);
-    else if (flag == "--warmup") o.warmup = ParseInt(flag, value, 0);
-    else if (flag == "--precision") o.precision = value;
-    else if (flag == "--device") o.device = value;
-    else if (flag == "--threads") o.threads = static_cast<int>(ParseInt(flag, value, 0));
-    else if (flag == "--seed") o.seed = static_cast<uint64_t>(ParseInt(flag, value, 0));
-    else if (flag == "--quota") {
-      for (const auto& q : SplitList(value)) o.quotas.push_back(slim::tools::ParseBytes(q, "--quota"));
-    }
-    else UsageError("unknown flag " + flag);
+  if (flags.Bool("help")) {
+    std::cout << kUsage;
+    std::exit(0);
   }
+  o.preset = flags.String("preset", o.preset);
+  o.seq_lens = flags.IntList("seq-len", o.seq_lens, 1);
+  o.chunks = flags.IntList("chunk", o.chunks, 1);
+  o.modes = flags.List("mode", o.modes);
+  o.batch = flags.Int("batch", o.batch, 1);
+  o.steps = flags.Int("steps", o.steps, 1);
+  o.warmup = flags.Int("warmup", o.warmup, 0);
+  o.precision = flags.String("precision", o.precision);
+  o.device = flags.String("device", o.device);
+  o.threads = static_cast<int>(flags.Int("threads", o.threads, 0));
+  o.seed = static_cast<uint64_t>(flags.Int("seed", 0, 0));
+  o.json = flags.Bool("json");
+  o.quotas = flags.BytesList("quota");
+  flags.CheckAllUsed();
   for (const auto& m : o.modes) {
     if (m != "subtract" && m != "boundaries" && m != "full") {
-      UsageError("--mode: unknown mode '" + m + "' (allowed: subtract, boundaries, full)");
+      throw slim::EngineError(slim::ErrorCode::kInvalidArgument,
+                              "--mode: unknown mode '" + m + "' (allowed: subtract, boundaries, full)");
     }
   }
   return o;

@@ -44,6 +44,16 @@ TEST(Flags, ErrorsNameTheFlag) {
   EXPECT_NE(message([] { Parse({"--quota", "2XB"}).Bytes("quota", -1); }).find("unknown unit 'XB'"), std::string::npos);
 }
 
+TEST(Flags, CommaSeparatedLists) {
+  const Flags f = Parse({"--seq-len", "8192,65536", "--mode", "subtract,full", "--quota", "80MiB,1GiB"});
+  EXPECT_EQ(f.IntList("seq-len", {1}, 1), (std::vector<int64_t>{8192, 65536}));
+  EXPECT_EQ(f.IntList("chunk", {512}, 1), (std::vector<int64_t>{512}));  // default
+  EXPECT_EQ(f.List("mode", {}), (std::vector<std::string>{"subtract", "full"}));
+  EXPECT_EQ(f.BytesList("quota"), (std::vector<int64_t>{80ll << 20, 1ll << 30}));
+  EXPECT_THROW(Parse({"--chunk", "64,,128"}).IntList("chunk", {}, 1), EngineError);
+  EXPECT_THROW(Parse({"--chunk", "64,0"}).IntList("chunk", {}, 1), EngineError);
+}
+
 TEST(Bytes, UnitsParseAndFormat) {
   EXPECT_EQ(ParseBytes("4096", "q"), 4096);
   EXPECT_EQ(ParseBytes("512MiB", "q"), 512ll << 20);

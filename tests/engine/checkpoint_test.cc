@@ -7,8 +7,6 @@
 #include <torch/optim/adamw.h>
 
 #include <cstdio>
-#include <fstream>
-#include <iterator>
 #include <vector>
 
 #include "engine/errors.h"
@@ -18,9 +16,6 @@
 namespace slim {
 namespace {
 
-std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid()) + ".ckpt";
-}
 
 // One training step on batch `step` of a fixed, seeded sequence of batches.
 double TrainStep(PerformerLMImpl& model, torch::optim::Optimizer& opt, int step) {
@@ -43,7 +38,7 @@ TEST(Checkpoint, ResumeContinuesBitForBit) {
   PerformerLM b(config, 1);
   torch::optim::AdamW opt_b(b->parameters(), torch::optim::AdamWOptions(1e-2));
   for (int s = 0; s < 2; ++s) EXPECT_EQ(TrainStep(*b, opt_b, s), uninterrupted[s]);
-  const std::string path = TempPath("resume");
+  const std::string path = testing::TempPath("resume");
   SaveCheckpoint(path, *b, opt_b, {{"step", "2"}, {"data_position", "2"}});
 
   Checkpoint c = ReadCheckpoint(path);
@@ -61,10 +56,9 @@ TEST(Checkpoint, DamagedCheckpointsAreRefusedAndFailedWritesReportErrors) {
   PerformerLM model(testing::TinyConfig(FeatureMap::kSquare), 2);
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
   TrainStep(*model, opt, 0);
-  const std::string path = TempPath("good");
+  const std::string path = testing::TempPath("good");
   SaveCheckpoint(path, *model, opt, {{"step", "1"}});
-  std::ifstream in(path, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  const std::string bytes = testing::ReadFileBytes(path);
 
   auto error_of = [](const std::string& p) {
     try {
@@ -75,12 +69,12 @@ TEST(Checkpoint, DamagedCheckpointsAreRefusedAndFailedWritesReportErrors) {
     }
     return std::string("no error");
   };
-  const std::string bad = TempPath("bad");
+  const std::string bad = testing::TempPath("bad");
   std::string flipped = bytes;
   flipped[bytes.size() / 2] ^= 0x01;
-  std::ofstream(bad, std::ios::binary) << flipped;
+  testing::WriteFileBytes(bad, flipped);
   EXPECT_NE(error_of(bad).find("corrupted"), std::string::npos) << error_of(bad);
-  std::ofstream(bad, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  testing::WriteFileBytes(bad, bytes.substr(0, bytes.size() / 2));
   EXPECT_NE(error_of(bad).find("truncated"), std::string::npos) << error_of(bad);
   EXPECT_EQ(error_of(bad).rfind("checkpoint " + bad, 0), 0u);
 

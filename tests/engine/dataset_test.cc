@@ -4,19 +4,19 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <set>
 #include <string>
 
 #include "engine/errors.h"
 #include "engine/json.h"
+#include "tests/engine/test_util.h"
 
 namespace slim {
 namespace {
 
 std::string WriteTemp(const std::string& name, const std::string& bytes) {
-  const std::string path = ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid());
-  std::ofstream(path, std::ios::binary) << bytes;
+  const std::string path = testing::TempPath(name);
+  testing::WriteFileBytes(path, bytes);
   return path;
 }
 

@@ -7,8 +7,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <iterator>
 #include <string>
 
 #include "engine/errors.h"
@@ -18,18 +16,8 @@
 namespace slim {
 namespace {
 
-std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid()) + ".safetensors";
-}
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
-void WriteAll(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
 
 // The error's message, which must name the problem.
 std::string LoadError(const std::string& path) {
@@ -49,7 +37,7 @@ TEST(ModelFile, RoundTripIsBitExact) {
     PerformerLM model(c, 3);
     model->to(dtype);
     model->RedrawFeatures(5);  // the current projection, not draw 0, must be what is stored
-    const std::string path = TempPath("roundtrip");
+    const std::string path = testing::TempPath("roundtrip");
     SaveModelFile(*model, path);
     PerformerLM loaded = LoadModelFile(path);
     EXPECT_EQ(loaded->config().d_model, c.d_model);
@@ -63,9 +51,9 @@ TEST(ModelFile, RoundTripIsBitExact) {
     at::NoGradGuard no_grad;
     EXPECT_TRUE(at::equal(model->Forward(tokens), loaded->Forward(tokens)));
     // Saving the loaded model gives the same bytes.
-    const std::string again = TempPath("roundtrip2");
+    const std::string again = testing::TempPath("roundtrip2");
     SaveModelFile(*loaded, again);
-    EXPECT_EQ(ReadAll(path), ReadAll(again));
+    EXPECT_EQ(testing::ReadFileBytes(path), testing::ReadFileBytes(again));
     std::remove(path.c_str());
     std::remove(again.c_str());
   }
@@ -73,20 +61,20 @@ TEST(ModelFile, RoundTripIsBitExact) {
 
 TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
   PerformerLM model(testing::TinyConfig(FeatureMap::kSquare), 1);
-  const std::string path = TempPath("good"), bad = TempPath("bad");
+  const std::string path = testing::TempPath("good"), bad = testing::TempPath("bad");
   SaveModelFile(*model, path);
-  const std::string bytes = ReadAll(path);
+  const std::string bytes = testing::ReadFileBytes(path);
 
-  WriteAll(bad, bytes.substr(0, bytes.size() - 100));
+  testing::WriteFileBytes(bad, bytes.substr(0, bytes.size() - 100));
   EXPECT_NE(LoadError(bad).find("truncated"), std::string::npos) << LoadError(bad);
-  WriteAll(bad, bytes.substr(0, 5));
+  testing::WriteFileBytes(bad, bytes.substr(0, 5));
   EXPECT_NE(LoadError(bad).find("truncated"), std::string::npos);
-  WriteAll(bad, std::string(8, '\xff') + bytes.substr(8));
+  testing::WriteFileBytes(bad, std::string(8, '\xff') + bytes.substr(8));
   EXPECT_NE(LoadError(bad).find("header size"), std::string::npos);
 
   std::string broken = bytes;
   broken[9] = '[';  // the header's opening brace
-  WriteAll(bad, broken);
+  testing::WriteFileBytes(bad, broken);
   EXPECT_NE(LoadError(bad).find("header"), std::string::npos) << LoadError(bad);
 
   // Any edit of a written file — header or data — is caught by the checksum.
@@ -94,11 +82,11 @@ TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
   const size_t at = edited.find("\"d_ff\":\"64\"");
   ASSERT_NE(at, std::string::npos);
   edited.replace(at, 11, "\"d_ff\":\"65\"");
-  WriteAll(bad, edited);
+  testing::WriteFileBytes(bad, edited);
   EXPECT_NE(LoadError(bad).find("corrupted"), std::string::npos) << LoadError(bad);
   std::string flipped = bytes;
   flipped[flipped.size() - 7] ^= 0x10;
-  WriteAll(bad, flipped);
+  testing::WriteFileBytes(bad, flipped);
   EXPECT_NE(LoadError(bad).find("corrupted"), std::string::npos) << LoadError(bad);
 
   // Internally consistent files that do not match their config are refused by name.
@@ -118,7 +106,7 @@ TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
   WriteSafetensors(bad, meta, tensors);
   EXPECT_NE(LoadError(bad).find("missing tensor 'ln_f.bias'"), std::string::npos) << LoadError(bad);
 
-  EXPECT_NE(LoadError(TempPath("absent")).find("cannot open"), std::string::npos);
+  EXPECT_NE(LoadError(testing::TempPath("absent")).find("cannot open"), std::string::npos);
   std::remove(path.c_str());
   std::remove(bad.c_str());
 }
@@ -128,12 +116,12 @@ TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
 TEST(ModelFile, ReadableByAPlainSafetensorsReader) {
   if (std::system("python3 -c 'import json, struct' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
   PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 2);
-  const std::string path = TempPath("python");
+  const std::string path = testing::TempPath("python");
   SaveModelFile(*model, path);
   const std::string out = ::testing::TempDir() + "/python-read." + std::to_string(::getpid()) + ".txt";
   const std::string cmd = "python3 " SLIM_SOURCE_DIR "/tests/engine/read_safetensors.py " + path + " > " + out;
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << ReadAll(out);
-  const std::string text = ReadAll(out);
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << testing::ReadFileBytes(out);
+  const std::string text = testing::ReadFileBytes(out);
   EXPECT_NE(text.find("ok: " + std::to_string(model->named_parameters().size() + 1) + " tensors"), std::string::npos) << text;
   char expected[64];
   std::snprintf(expected, sizeof(expected), "ln_f.weight F32 [32] first=%.1f", model->named_parameters()["ln_f.weight"][0].item<float>());
@@ -145,7 +133,7 @@ TEST(ModelFile, ReadableByAPlainSafetensorsReader) {
 TEST(ModelFile, LoraModelsMustBeMergedFirst) {
   PerformerLM model(testing::TinyConfig(FeatureMap::kSquare), 1);
   model->EnableLora(2, 4.0);
-  EXPECT_THROW(SaveModelFile(*model, TempPath("lora")), EngineError);
+  EXPECT_THROW(SaveModelFile(*model, testing::TempPath("lora")), EngineError);
 }
 
 }  // namespace

@@ -4,7 +4,14 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include <gtest/gtest.h>
 
 #include "engine/model_config.h"
 
@@ -39,6 +46,20 @@ inline Batch RandomBatch(int64_t batch, int64_t length, int64_t vocab, uint64_t 
   Batch b{ids.narrow(1, 0, length).contiguous(), ids.narrow(1, 1, length).clone()};
   if (pad_tail > 0) b.targets[batch - 1].narrow(0, length - pad_tail, pad_tail).fill_(-100);
   return b;
+}
+
+// A path in gtest's temporary directory, unique to this process.
+inline std::string TempPath(const std::string& name) {
+  return ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid());
+}
+
+inline std::string ReadFileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void WriteFileBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
 }
 
 }  // namespace slim::testing

@@ -4,12 +4,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 #include <vector>
 
@@ -144,14 +144,19 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
   };
   std::ifstream in(path, std::ios::binary);
   if (!in) throw invalid("cannot open");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 8) throw invalid("truncated: " + std::to_string(bytes.size()) + " bytes, no header size");
+  in.seekg(0, std::ios::end);
+  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
+  in.seekg(0);
+  if (file_size < 8) throw invalid("truncated: " + std::to_string(file_size) + " bytes, no header size");
+  char prefix[8];
+  in.read(prefix, 8);
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= uint64_t{static_cast<unsigned char>(bytes[i])} << (8 * i);
-  if (n > kMaxHeaderBytes || n > bytes.size() - 8) {
-    throw invalid("header size " + std::to_string(n) + " exceeds the file (" + std::to_string(bytes.size()) + " bytes)");
+  for (int i = 0; i < 8; ++i) n |= uint64_t{static_cast<unsigned char>(prefix[i])} << (8 * i);
+  if (n > kMaxHeaderBytes || n > file_size - 8) {
+    throw invalid("header size " + std::to_string(n) + " exceeds the file (" + std::to_string(file_size) + " bytes)");
   }
-  const std::string header = bytes.substr(8, n);
+  std::string header(n, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(n));
   Json root;
   try {
     root = ParseJson(header);
@@ -160,8 +165,13 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
   }
   if (root.kind != Json::kObject) throw invalid("header is not a JSON object");
   SafetensorsContents out;
-  const uint64_t data_start = 8 + n, data_size = bytes.size() - data_start;
+  const uint64_t data_start = 8 + n, data_size = file_size - data_start;
   std::string stored_checksum;
+  struct Extent {
+    uint64_t begin, end;
+    at::Tensor tensor;
+  };
+  std::vector<Extent> extents;
   for (const auto& [name, entry] : root.members) {
     if (name == "__metadata__") {
       if (entry.kind != Json::kObject) throw invalid("__metadata__ is not an object");
@@ -195,24 +205,48 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
     }
     if (end > data_size) {
       throw invalid("truncated: tensor '" + name + "' ends at byte " + std::to_string(data_start + end) + " of " +
-                    std::to_string(bytes.size()));
+                    std::to_string(file_size));
     }
     at::Tensor t = at::empty(dims, at::TensorOptions().dtype(type));
-    if (end > begin) std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, end - begin);
     out.tensors[name] = t;
+    extents.push_back({begin, end, t});
   }
+
+  // One pass over the data region in file order, straight into the tensors (no second copy of
+  // the file in memory), with the checksum accumulated on the way.
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
+  std::string zeroed = header;
   if (!stored_checksum.empty()) {
-    std::string zeroed = header;
     const std::string slot = Quote(kChecksumKey) + ":" + Quote(stored_checksum);
     const size_t at = zeroed.find(slot);
     if (at == std::string::npos || stored_checksum.size() != 8) throw invalid("malformed checksum entry");
     zeroed.replace(at + slot.size() - 9, 8, kZeroChecksum);
-    uint32_t crc = Crc32c(bytes.data(), 8, 0);
-    crc = Crc32c(zeroed.data(), zeroed.size(), crc);
-    crc = Crc32c(bytes.data() + data_start, data_size, crc);
-    if (Hex8(crc) != stored_checksum) {
-      throw invalid("corrupted: checksum " + Hex8(crc) + " does not match the stored " + stored_checksum);
+  }
+  uint32_t crc = Crc32c(prefix, 8, 0);
+  crc = Crc32c(zeroed.data(), zeroed.size(), crc);
+  std::vector<char> skipped;
+  auto read_into = [&](char* dst, uint64_t bytes) {
+    in.read(dst, static_cast<std::streamsize>(bytes));
+    if (!in) throw invalid("read error");
+    crc = Crc32c(dst, bytes, crc);
+  };
+  auto skip = [&](uint64_t bytes) {  // gaps and trailing bytes still count for the checksum
+    while (bytes > 0) {
+      skipped.resize(std::min<uint64_t>(bytes, 1 << 20));
+      read_into(skipped.data(), skipped.size());
+      bytes -= skipped.size();
     }
+  };
+  uint64_t position = 0;
+  for (const Extent& e : extents) {
+    if (e.begin < position) throw invalid("tensors overlap at data offset " + std::to_string(e.begin));
+    skip(e.begin - position);
+    read_into(static_cast<char*>(e.tensor.data_ptr()), e.end - e.begin);
+    position = e.end;
+  }
+  skip(data_size - position);
+  if (!stored_checksum.empty() && Hex8(crc) != stored_checksum) {
+    throw invalid("corrupted: checksum " + Hex8(crc) + " does not match the stored " + stored_checksum);
   }
   return out;
 }

@@ -22,8 +22,8 @@ constexpr char kProgressPrefix[] = "progress.";
 
 void SaveCheckpoint(const std::string& path, PerformerLMImpl& model, torch::optim::Optimizer& optimizer,
                     const SafetensorsMetadata& progress) {
-  CheckArgument(!model.lora_enabled(), "checkpoint: LoRA models are not supported yet");
   SafetensorsMetadata metadata = ModelConfigMetadata(model.config());
+  for (const auto& [k, v] : LoraMetadata(model)) metadata[k] = v;
   for (const auto& [k, v] : progress) metadata[kProgressPrefix + k] = v;
   NamedTensorMap tensors = ModelTensors(model, kModelPrefix);
   // The optimizer state (AdamW moments, step counts) in LibTorch's own archive format, kept as

@@ -13,8 +13,8 @@
 namespace slim {
 
 // `progress`: string key/values the trainer needs to resume (keys must not start with
-// "model." or "optimizer"; the config keys are added by the checkpoint). LoRA models are not
-// supported yet. Throws EngineError(kInternal) if the file cannot be written; the previous
+// "model." or "optimizer"; the config keys are added by the checkpoint). A model with LoRA
+// adapters is saved whole (frozen base and adapters) and read back with its adapters enabled. Throws EngineError(kInternal) if the file cannot be written; the previous
 // checkpoint at `path`, if any, stays intact.
 void SaveCheckpoint(const std::string& path, PerformerLMImpl& model, torch::optim::Optimizer& optimizer,
                     const SafetensorsMetadata& progress);

@@ -123,15 +123,20 @@ int64_t CountSequences(int64_t num_tokens, int64_t seq_len, const std::string& w
   return n;
 }
 
-DataSplit SplitSequences(int64_t n, double validation_fraction, uint64_t seed) {
-  CheckArgument(validation_fraction >= 0 && validation_fraction < 1,
-                "validation_fraction: must be in [0, 1), got " + std::to_string(validation_fraction));
+std::vector<int64_t> ShuffledOrder(int64_t n, uint64_t seed) {
   std::vector<int64_t> order(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) order[i] = i;
   // Fisher-Yates with mt19937_64 (specified exactly by the standard) and a plain modulo, so the
   // order is the same with every standard library (std::uniform_int_distribution is not).
   std::mt19937_64 rng(seed);
   for (int64_t i = n - 1; i > 0; --i) std::swap(order[i], order[rng() % static_cast<uint64_t>(i + 1)]);
+  return order;
+}
+
+DataSplit SplitSequences(int64_t n, double validation_fraction, uint64_t seed) {
+  CheckArgument(validation_fraction >= 0 && validation_fraction < 1,
+                "validation_fraction: must be in [0, 1), got " + std::to_string(validation_fraction));
+  const std::vector<int64_t> order = ShuffledOrder(n, seed);
   int64_t validation = static_cast<int64_t>(std::llround(validation_fraction * n));
   if (validation_fraction > 0 && n >= 2) validation = std::clamp<int64_t>(validation, 1, n - 1);
   DataSplit split;

@@ -37,6 +37,9 @@ std::vector<int32_t> ReadTokens(const DataSource& source);
 // one as targets): (n − 1) / L sequences. Throws if there is not even one.
 int64_t CountSequences(int64_t num_tokens, int64_t seq_len, const std::string& what);
 
+// A permutation of 0..n−1 determined by `seed` alone (the same on every platform).
+std::vector<int64_t> ShuffledOrder(int64_t n, uint64_t seed);
+
 struct DataSplit {
   std::vector<int64_t> train, validation;  // sequence indices
 };

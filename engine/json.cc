@@ -1,11 +1,31 @@
 #include "engine/json.h"
 
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 namespace slim {
+
+void AppendUtf8(unsigned cp, std::string* out) {
+  if (cp < 0x80) {
+    *out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    *out += static_cast<char>(0xC0 | (cp >> 6));
+    *out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    *out += static_cast<char>(0xE0 | (cp >> 12));
+    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    *out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    *out += static_cast<char>(0xF0 | (cp >> 18));
+    *out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    *out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
 namespace {
 
 class Parser {
@@ -49,23 +69,6 @@ class Parser {
       else Fail("bad \\u escape");
     }
     return v;
-  }
-  static void AppendUtf8(unsigned cp, std::string* out) {
-    if (cp < 0x80) {
-      *out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      *out += static_cast<char>(0xC0 | (cp >> 6));
-      *out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      *out += static_cast<char>(0xE0 | (cp >> 12));
-      *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      *out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      *out += static_cast<char>(0xF0 | (cp >> 18));
-      *out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      *out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
   }
   std::string String() {
     Expect('"');
@@ -192,6 +195,56 @@ std::string JsonEscape(const std::string& text) {
       out += c;
     }
   }
+  return out;
+}
+
+namespace {
+
+void Serialize(const Json& v, std::string* out) {
+  switch (v.kind) {
+    case Json::kNull: *out += "null"; return;
+    case Json::kBool: *out += v.boolean ? "true" : "false"; return;
+    case Json::kString: *out += '"' + JsonEscape(v.text) + '"'; return;
+    case Json::kNumber: {
+      if (!std::isfinite(v.number)) throw std::runtime_error("JSON cannot hold a non-finite number");
+      char buf[32];
+      if (v.number == std::floor(v.number) && std::fabs(v.number) < 9007199254740992.0) {
+        std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(v.number));
+      } else {
+        std::snprintf(buf, sizeof(buf), "%.17g", v.number);
+      }
+      *out += buf;
+      return;
+    }
+    case Json::kArray: {
+      *out += '[';
+      for (size_t i = 0; i < v.items.size(); ++i) {
+        if (i) *out += ',';
+        Serialize(v.items[i], out);
+      }
+      *out += ']';
+      return;
+    }
+    case Json::kObject: {
+      *out += '{';
+      bool first = true;
+      for (const auto& [key, member] : v.members) {
+        if (!first) *out += ',';
+        first = false;
+        *out += '"' + JsonEscape(key) + "\":";
+        Serialize(member, out);
+      }
+      *out += '}';
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+std::string SerializeJson(const Json& value) {
+  std::string out;
+  Serialize(value, &out);
   return out;
 }
 

@@ -22,6 +22,14 @@ struct Json {
 // Throws std::runtime_error("... at byte N") for malformed input or trailing characters.
 Json ParseJson(const std::string& text);
 
+// Compact JSON text for `value`: object members in key order (std::map), integral numbers
+// below 2^53 without a fraction, others with 17 significant digits (they read back exactly).
+// Throws std::runtime_error for a non-finite number (JSON has none).
+std::string SerializeJson(const Json& value);
+
+// Appends code point `cp` (≤ 0x10FFFF) to `out` as UTF-8.
+void AppendUtf8(unsigned cp, std::string* out);
+
 // The body of a JSON string literal for `text` (quotes and backslashes escaped, control
 // characters as \u00XX); bytes ≥ 0x80 pass through, so UTF-8 stays UTF-8.
 std::string JsonEscape(const std::string& text);

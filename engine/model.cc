@@ -89,7 +89,9 @@ LayerProjections PerformerLMImpl::Project(int64_t layer, const at::Tensor& x, in
   if (lora_enabled()) {
     const std::vector<Projection> which =
         need_query ? std::vector<Projection>{kQ, kK, kV} : std::vector<Projection>{kK, kV};
-    for (size_t i = 0; i < which.size(); ++i) qkv[i] = qkv[i] + LoraDelta(l, which[i], h);
+    for (size_t i = 0; i < which.size(); ++i) {
+      if (HasAdapter(l, which[i])) qkv[i] = qkv[i] + LoraDelta(l, which[i], h);
+    }
   }
   auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, d}).transpose(1, 2); };
   const at::ScalarType sd = state_dtype();
@@ -125,21 +127,40 @@ at::Tensor PerformerLMImpl::LoraDelta(Layer& l, Projection which, const at::Tens
   return at::linear(at::linear(x, a.a), a.b) * lora_scale_;
 }
 
+bool PerformerLMImpl::HasAdapter(const Layer& l, Projection which) const {
+  return l.lora[which].a.defined();
+}
+
 at::Tensor PerformerLMImpl::Apply(Layer& l, Projection which, const at::Tensor& x) {
   torch::nn::Linear* lin[] = {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2};
   at::Tensor y = (*lin[which])->forward(x);
-  return lora_enabled() ? y + LoraDelta(l, which, x) : y;
+  return HasAdapter(l, which) ? y + LoraDelta(l, which, x) : y;
 }
 
-void PerformerLMImpl::EnableLora(int64_t rank, double alpha) {
+namespace {
+// Names of the projections in Projection order, as in tensor names and job specs.
+constexpr const char* kProjectionNames[] = {"wq", "wk", "wv", "wo", "w1", "w2"};
+}  // namespace
+
+void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<std::string>& targets) {
   CheckArgument(!lora_enabled(), "lora: adapters are already enabled");
   CheckArgument(rank >= 1 && rank <= config_.d_model,
                 "lora_rank: " + std::to_string(rank) + " is out of range [1, " +
                     std::to_string(config_.d_model) + "]");
   CheckArgument(alpha > 0, "lora_alpha: must be > 0");
+  std::array<bool, 6> wanted{};
+  for (int i = 0; i < 6; ++i) wanted[i] = targets.empty();
+  for (const std::string& t : targets) {
+    bool known = false;
+    for (int i = 0; i < 6; ++i) {
+      if (t == kProjectionNames[i]) wanted[i] = known = true;
+    }
+    CheckArgument(known, "lora_targets: unknown projection '" + t + "' (allowed: wq, wk, wv, wo, w1, w2)");
+  }
   at::NoGradGuard no_grad;
   for (auto& p : parameters()) p.requires_grad_(false);
-  // Seeded from the init seed, so two models built alike get the same adapters.
+  // Seeded from the init seed, so two models built alike get the same adapters (a projection's
+  // adapter does not depend on which other projections are targeted).
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(init_seed_ ^ 0x4C6F5241ull);
   const auto options = embed_->weight.options();
   for (auto& layer : layers_) {
@@ -147,14 +168,50 @@ void PerformerLMImpl::EnableLora(int64_t rank, double alpha) {
     for (int i = 0; i < 6; ++i) {
       torch::nn::LinearImpl& impl = **lin[i];
       const int64_t in = impl.weight.size(1), out = impl.weight.size(0);
-      Layer::Adapter& a = layer->lora[i];
-      a.a = impl.register_parameter(
-          "lora_a", (at::randn({rank, in}, gen, at::kFloat) / std::sqrt(static_cast<double>(in))).to(options));
-      a.b = impl.register_parameter("lora_b", at::zeros({out, rank}, options));
+      const at::Tensor a = at::randn({rank, in}, gen, at::kFloat) / std::sqrt(static_cast<double>(in));
+      if (!wanted[i]) continue;
+      Layer::Adapter& adapter = layer->lora[i];
+      adapter.a = impl.register_parameter("lora_a", a.to(options));
+      adapter.b = impl.register_parameter("lora_b", at::zeros({out, rank}, options));
     }
   }
   lora_rank_ = rank;
+  lora_alpha_ = alpha;
   lora_scale_ = alpha / static_cast<double>(rank);
+}
+
+std::vector<std::string> PerformerLMImpl::lora_targets() const {
+  std::vector<std::string> out;
+  if (!lora_enabled()) return out;
+  for (int i = 0; i < 6; ++i) {
+    if (HasAdapter(*layers_.front(), static_cast<Projection>(i))) out.push_back(kProjectionNames[i]);
+  }
+  return out;
+}
+
+std::shared_ptr<PerformerLMImpl> PerformerLMImpl::MergedCopy() {
+  CheckArgument(lora_enabled(), "lora: the model has no adapters to merge");
+  auto merged = std::make_shared<PerformerLMImpl>(config_, init_seed_);
+  at::NoGradGuard no_grad;
+  merged->to(embed_->weight.device(), embed_->weight.scalar_type());
+  const auto source_params = named_parameters();
+  for (auto& item : merged->named_parameters()) item.value().copy_(source_params[item.key()]);
+  const auto source_buffers = named_buffers();
+  for (auto& item : merged->named_buffers()) item.value().copy_(source_buffers[item.key()]);
+  for (size_t r = 0; r < layers_.size(); ++r) {
+    Layer& from = *layers_[r];
+    Layer& to = *merged->layers_[r];
+    torch::nn::Linear* lin[] = {&to.wq, &to.wk, &to.wv, &to.wo, &to.w1, &to.w2};
+    for (int i = 0; i < 6; ++i) {
+      if (!HasAdapter(from, static_cast<Projection>(i))) continue;
+      const Layer::Adapter& a = from.lora[i];
+      // W' = W + scale · B·A, in fp32 or wider, then stored in the weight's dtype.
+      const at::ScalarType acc = at::promote_types(a.b.scalar_type(), at::kFloat);
+      at::Tensor& w = (*lin[i])->weight;
+      w.copy_(w.to(acc) + at::matmul(a.b.to(acc), a.a.to(acc)) * lora_scale_);
+    }
+  }
+  return merged;
 }
 
 at::Tensor PerformerLMImpl::Logits(const at::Tensor& x) {

@@ -14,6 +14,8 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <array>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/attention_features.h"
@@ -70,13 +72,21 @@ class PerformerLMImpl : public torch::nn::Module {
   // step > 0 and step % redraw_interval == 0. Returns true if it redrew.
   bool MaybeRedrawFeatures(int64_t step);
 
-  // Adds LoRA adapters of rank `rank` to every attention and FFN projection (q, k, v, o, w1,
-  // w2) and freezes all other parameters. Adapters are parameters named
-  // "layers.<i>.<proj>.lora_a" (rank × in, N(0, 1/in)) and ".lora_b" (out × rank, zeros), so
-  // the model computes the same function until they train; their output is scaled by
-  // alpha / rank. Deterministic in the model's init seed. Throws EngineError(kInvalidArgument)
-  // for a rank outside [1, d_model] or when already enabled.
-  void EnableLora(int64_t rank, double alpha);
+  // Adds LoRA adapters of rank `rank` to the attention and FFN projections named in `targets`
+  // ("wq", "wk", "wv", "wo", "w1", "w2"; empty = all six) and freezes all other parameters.
+  // Adapters are parameters named "layers.<i>.<proj>.lora_a" (rank × in, N(0, 1/in)) and
+  // ".lora_b" (out × rank, zeros), so the model computes the same function until they train;
+  // their output is scaled by alpha / rank. Deterministic in the model's init seed. Throws
+  // EngineError(kInvalidArgument) for a rank outside [1, d_model], an unknown target, or when
+  // already enabled.
+  void EnableLora(int64_t rank, double alpha, const std::vector<std::string>& targets = {});
+  int64_t lora_rank() const { return lora_rank_; }
+  double lora_alpha() const { return lora_alpha_; }
+  // The projections that carry adapters, in the order wq, wk, wv, wo, w1, w2.
+  std::vector<std::string> lora_targets() const;
+  // A new model without adapters computing the same function: W + (alpha/rank)·B·A for each
+  // adapted projection, every other tensor copied. Requires lora_enabled().
+  std::shared_ptr<PerformerLMImpl> MergedCopy();
   bool lora_enabled() const { return lora_rank_ > 0; }
 
   at::ScalarType activation_dtype() const;
@@ -101,6 +111,7 @@ class PerformerLMImpl : public torch::nn::Module {
   // x·Wᵀ (+ bias) of projection `which`, plus scale·(x·Aᵀ)·Bᵀ when adapters are enabled.
   at::Tensor Apply(Layer& l, Projection which, const at::Tensor& x);
   at::Tensor LoraDelta(Layer& l, Projection which, const at::Tensor& x);
+  bool HasAdapter(const Layer& l, Projection which) const;
 
   ModelConfig config_;
   torch::nn::Embedding embed_{nullptr};
@@ -111,6 +122,7 @@ class PerformerLMImpl : public torch::nn::Module {
   RotaryCache rotary_cache_;  // cos/sin of the slice being processed
   uint64_t init_seed_;
   int64_t lora_rank_ = 0;
+  double lora_alpha_ = 0;
   double lora_scale_ = 0;
 };
 

@@ -49,7 +49,8 @@ struct ModelConfig {
   void Validate() const;
 };
 
-// Named presets: "tiny" (tests), "small", "paper-iv" (the SLiM paper's configuration IV).
+// Named presets: "tiny" (tests), "mini" (the shipped demo base model), "small", "paper-iv"
+// (the SLiM paper's configuration IV).
 ModelConfig PresetConfig(const std::string& name);
 std::vector<std::string> PresetNames();
 

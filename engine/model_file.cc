@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdlib>
+#include <map>
+#include <vector>
 #include <sstream>
 
 #include "engine/errors.h"
@@ -37,7 +39,38 @@ SafetensorsMetadata ModelConfigMetadata(const ModelConfig& c) {
           {"feature_seed", std::to_string(c.feature_seed)}};
 }
 
+SafetensorsMetadata LoraMetadata(const PerformerLMImpl& model) {
+  if (!model.lora_enabled()) return {};
+  std::string targets;
+  for (const std::string& t : model.lora_targets()) targets += (targets.empty() ? "" : ",") + t;
+  std::ostringstream alpha;
+  alpha.precision(17);
+  alpha << model.lora_alpha();
+  return {{"lora_rank", std::to_string(model.lora_rank())}, {"lora_alpha", alpha.str()}, {"lora_targets", targets}};
+}
+
 namespace {
+
+// Enables the adapters described by LoraMetadata keys in `m`, if any.
+void EnableLoraFromMetadata(const SafetensorsMetadata& m, const std::string& path, const std::string& kind,
+                            PerformerLMImpl& model) {
+  const auto rank = m.find("lora_rank");
+  if (rank == m.end()) return;
+  const auto alpha = m.find("lora_alpha");
+  const auto targets = m.find("lora_targets");
+  if (alpha == m.end() || targets == m.end()) Invalid(kind, path, "LoRA metadata needs lora_rank, lora_alpha and lora_targets");
+  std::vector<std::string> names;
+  std::stringstream list(targets->second);
+  for (std::string t; std::getline(list, t, ',');) names.push_back(t);
+  char* end = nullptr;
+  const long long r = std::strtoll(rank->second.c_str(), &end, 10);
+  if (rank->second.empty() || *end != '\0') Invalid(kind, path, "lora_rank '" + rank->second + "' is not an integer");
+  try {
+    model.EnableLora(r, std::strtod(alpha->second.c_str(), nullptr), names);
+  } catch (const EngineError& e) {
+    Invalid(kind, path, std::string("LoRA metadata is invalid: ") + e.what());
+  }
+}
 
 ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& path, const std::string& kind) {
   auto get = [&](const std::string& key) -> std::string {
@@ -93,6 +126,7 @@ PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string
                               const std::string& kind, const std::string& prefix) {
   const ModelConfig config = ConfigFromMetadata(file.metadata, path, kind);
   PerformerLM model(config, /*init_seed=*/0);
+  EnableLoraFromMetadata(file.metadata, path, kind, *model);
   const NamedTensorMap expected = ModelTensors(*model, prefix);
   for (const auto& [name, t] : file.tensors) {
     if (name.rfind(prefix, 0) != 0) continue;  // not a model tensor (e.g. optimizer state)
@@ -119,7 +153,74 @@ PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string
 }
 
 PerformerLM LoadModelFile(const std::string& path) {
-  return ModelFromContents(ReadSafetensors(path, kWhat), path, kWhat);
+  const SafetensorsContents file = ReadSafetensors(path, kWhat);
+  if (file.metadata.count("lora_rank")) {
+    Invalid(kWhat, path, "holds LoRA adapters (a checkpoint?); use a model file without adapters");
+  }
+  return ModelFromContents(file, path, kWhat);
+}
+
+namespace {
+constexpr char kAdapterWhat[] = "LoRA adapter";
+constexpr char kBasePrefix[] = "base.";
+constexpr char kProjection[] = "projection";
+}  // namespace
+
+void SaveLoraAdapter(PerformerLMImpl& model, const std::string& path) {
+  CheckArgument(model.lora_enabled(), "LoRA adapter: the model has no adapters");
+  SafetensorsMetadata metadata = LoraMetadata(model);
+  metadata["format"] = "slim-lora";
+  metadata["format_version"] = "1";
+  for (const auto& [k, v] : ModelConfigMetadata(model.config())) metadata[kBasePrefix + k] = v;
+  NamedTensorMap tensors;
+  for (const auto& p : model.named_parameters()) {
+    if (p.key().find(".lora_") != std::string::npos) tensors[p.key()] = p.value();
+  }
+  // The adapters were trained with these random features (redrawn during training), so they
+  // travel together: base + adapter file then computes exactly what the trained model did.
+  tensors[kProjection] = model.projection();
+  WriteSafetensors(path, metadata, tensors);
+}
+
+void LoadLoraAdapter(const std::string& path, PerformerLMImpl& base) {
+  CheckArgument(!base.lora_enabled(), "LoRA adapter: the base model already has adapters");
+  const SafetensorsContents file = ReadSafetensors(path, kAdapterWhat);
+  const auto format = file.metadata.find("format");
+  if (format == file.metadata.end() || format->second != "slim-lora") {
+    Invalid(kAdapterWhat, path, "metadata format is not 'slim-lora' (is this a model file?)");
+  }
+  for (const auto& [k, v] : ModelConfigMetadata(base.config())) {
+    const auto it = file.metadata.find(kBasePrefix + k);
+    if (it == file.metadata.end() || it->second != v) {
+      Invalid(kAdapterWhat, path, "was made for a base model with " + k + " = '" +
+                                      (it == file.metadata.end() ? std::string("?") : it->second) +
+                                      "', this base has '" + v + "'");
+    }
+  }
+  // Build the adapters on a scratch copy first so that `base` stays untouched on any error.
+  PerformerLM scratch(base.config(), 0);
+  EnableLoraFromMetadata(file.metadata, path, kAdapterWhat, *scratch);
+  std::map<std::string, at::Tensor> wanted;
+  for (const auto& p : scratch->named_parameters()) {
+    if (p.key().find(".lora_") != std::string::npos) wanted[p.key()] = p.value();
+  }
+  wanted[kProjection] = scratch->projection();
+  for (const auto& [name, t] : file.tensors) {
+    const auto it = wanted.find(name);
+    if (it == wanted.end()) Invalid(kAdapterWhat, path, "unexpected tensor '" + name + "'");
+    if (t.sizes() != it->second.sizes()) Invalid(kAdapterWhat, path, "tensor '" + name + "' has the wrong shape");
+  }
+  for (const auto& [name, t] : wanted) {
+    if (!file.tensors.count(name)) Invalid(kAdapterWhat, path, "missing tensor '" + name + "'");
+  }
+  base.EnableLora(scratch->lora_rank(), scratch->lora_alpha(), scratch->lora_targets());
+  at::NoGradGuard no_grad;
+  for (auto& p : base.named_parameters()) {
+    if (wanted.count(p.key())) p.value().copy_(file.tensors.at(p.key()));
+  }
+  for (auto& b : base.named_buffers()) {
+    if (b.key() == kProjection) b.value().copy_(file.tensors.at(kProjection));
+  }
 }
 
 }  // namespace slim

@@ -21,10 +21,23 @@ void SaveModelFile(PerformerLMImpl& model, const std::string& path);
 // match the config — and never returns a partly loaded model.
 PerformerLM LoadModelFile(const std::string& path);
 
+// LoRA adapters on their own: metadata format "slim-lora" with lora_rank, lora_alpha,
+// lora_targets (comma-separated) and the base model's config prefixed "base."; tensors
+// "layers.<i>.<proj>.lora_a/lora_b" and the favor+ "projection" the adapters were trained with
+// (loading it replaces the base's). Written atomically. Requires model.lora_enabled().
+void SaveLoraAdapter(PerformerLMImpl& model, const std::string& path);
+// Adds the adapters stored in `path` to `base` (which has none yet). Throws
+// EngineError(kInvalidArgument) naming the problem if the file is damaged or was made for a base
+// with a different config; `base` is untouched then.
+void LoadLoraAdapter(const std::string& path, PerformerLMImpl& base);
+
 // Building blocks shared with checkpoints. The config as metadata strings; every parameter and
 // buffer by name, prefixed; and a model rebuilt from contents holding exactly those names
 // (errors name `path` and the offending tensor, as LoadModelFile's).
 SafetensorsMetadata ModelConfigMetadata(const ModelConfig& config);
+// lora_rank, lora_alpha, lora_targets of a model with adapters (empty without).
+// ModelFromContents enables adapters when the metadata has them.
+SafetensorsMetadata LoraMetadata(const PerformerLMImpl& model);
 NamedTensorMap ModelTensors(PerformerLMImpl& model, const std::string& prefix = "");
 PerformerLM ModelFromContents(const SafetensorsContents& contents, const std::string& path,
                               const std::string& what, const std::string& prefix = "");

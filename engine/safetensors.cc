@@ -136,6 +136,14 @@ void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metada
     std::remove(tmp.c_str());
     throw EngineError(ErrorCode::kInternal, path + ": write failed: " + reason);
   }
+  // The rename itself must reach the disk too, or a crash could bring back the old file.
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
 }
 
 SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what) {

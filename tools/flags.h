@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/byte_size.h"
+
 namespace slim::tools {
 
 class Flags {
@@ -37,11 +39,5 @@ class Flags {
   std::map<std::string, std::string> values_;
   mutable std::set<std::string> used_;
 };
-
-// "4096", "512MiB", "2GiB", "1.5GB", "100KB" → bytes (binary for KiB/MiB/GiB/TiB, decimal for
-// KB/MB/GB/TB). Throws EngineError(kInvalidArgument) naming `field` otherwise.
-int64_t ParseBytes(const std::string& text, const std::string& field);
-// 1536 → "1.5 KiB".
-std::string FormatBytes(int64_t bytes);
 
 }  // namespace slim::tools

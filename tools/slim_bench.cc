@@ -25,7 +25,7 @@
 namespace {
 
 constexpr char kUsage[] = R"(usage: slim-bench [flags]
-  --preset NAME        model preset: tiny, small, paper-iv (default small)
+  --preset NAME        model preset: tiny, mini, small, paper-iv (default small)
   --seq-len L[,L..]    sequence lengths (default 8192)
   --chunk C[,C..]      chunk sizes for subtract/boundaries modes (default 512)
   --mode M[,M..]       subtract, boundaries, full (C = L) (default subtract,full)
@@ -33,6 +33,8 @@ constexpr char kUsage[] = R"(usage: slim-bench [flags]
   --steps N            timed steps per measurement (default 3)
   --warmup N           untimed steps before timing (default 1)
   --precision P        fp32 or bf16 autocast (default fp32)
+  --tuning T           full, or lora: adapters on every projection, base frozen (default full)
+  --lora-rank R        LoRA rank; alpha = 2R (default 8)
   --device D           cpu, cuda, cuda:N (default cpu)
   --threads N          LibTorch intra-op threads, 0 = slim's default of 1 (BLAS matmuls
                        always use all cores through the BLAS library's own thread pool)
@@ -54,6 +56,8 @@ struct Options {
   int64_t steps = 3;
   int64_t warmup = 1;
   std::string precision = "fp32";
+  slim::TuningMode tuning = slim::TuningMode::kFull;
+  int64_t lora_rank = 8;
   std::string device = "cpu";
   int threads = 0;  // ConfigureRuntime's policy (see engine/runtime.h)
   uint64_t seed = 0;
@@ -77,6 +81,8 @@ Options ParseFlags(int argc, char** argv) {
   o.steps = flags.Int("steps", o.steps, 1);
   o.warmup = flags.Int("warmup", o.warmup, 0);
   o.precision = flags.String("precision", o.precision);
+  o.tuning = slim::ParseTuningMode(flags.String("tuning", "full"), "--tuning");
+  o.lora_rank = flags.Int("lora-rank", o.lora_rank, 1);
   o.device = flags.String("device", o.device);
   o.threads = static_cast<int>(flags.Int("threads", o.threads, 0));
   o.seed = static_cast<uint64_t>(flags.Int("seed", 0, 0));
@@ -131,11 +137,11 @@ void PrintMeasurement(const Options& o, const c10::Device& device, int threads, 
                       const std::string& mode, const Measurement& m, const std::string& extra) {
   const double tokens_per_s = static_cast<double>(o.batch * L) / m.step_seconds;
   std::printf(
-      "{\"device\":\"%s\",\"preset\":\"%s\",\"batch\":%lld,\"L\":%lld,\"C\":%lld,"
+      "{\"device\":\"%s\",\"preset\":\"%s\",\"tuning\":\"%s\",\"batch\":%lld,\"L\":%lld,\"C\":%lld,"
       "\"mode\":\"%s\",\"precision\":\"%s\",\"threads\":%d,\"steps\":%lld,"
       "\"step_seconds\":%.6f,\"min_step_seconds\":%.6f,\"tokens_per_s\":%.1f,"
       "\"peak_bytes\":%lld,\"loss\":%.6f%s}\n",
-      device.str().c_str(), o.preset.c_str(), static_cast<long long>(o.batch), static_cast<long long>(L),
+      device.str().c_str(), o.preset.c_str(), slim::TuningModeName(o.tuning).c_str(), static_cast<long long>(o.batch), static_cast<long long>(L),
       static_cast<long long>(C), mode.c_str(), o.precision.c_str(), threads, static_cast<long long>(o.steps),
       m.step_seconds, m.min_step_seconds, tokens_per_s, static_cast<long long>(m.peak_bytes), m.loss,
       extra.c_str());
@@ -151,6 +157,8 @@ void RunPlanned(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer
   shape.seq_len = L;
   shape.batch = o.batch;
   shape.precision = precision;
+  shape.tuning = o.tuning;
+  shape.lora_rank = o.lora_rank;
   slim::CalibrationOptions calibration;
   calibration.cache_dir = slim::DefaultCalibrationCacheDir();
   const slim::MemoryCoefficients k = slim::Calibrate(shape, o.device, calibration);
@@ -185,8 +193,13 @@ int Run(const Options& o) {
   const slim::Precision precision = slim::ParsePrecision(o.precision);
   const slim::ModelConfig config = slim::PresetConfig(o.preset);
   slim::PerformerLM model(config, o.seed);
+  if (o.tuning == slim::TuningMode::kLora) model->EnableLora(o.lora_rank, 2.0 * static_cast<double>(o.lora_rank));
   model->to(device);
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(1e-4));
+  std::vector<at::Tensor> trainable;
+  for (const at::Tensor& p : model->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-4));
   if (!o.json) {
     std::cerr << "slim-bench: preset " << o.preset << " (" << config.ParameterCount()
               << " parameters), device " << device << ", " << threads << " threads\n";

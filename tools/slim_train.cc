@@ -1,19 +1,24 @@
-// slim-train: the fine-tuning worker and standalone CLI. Subcommands so far:
+// slim-train: the fine-tuning worker and standalone CLI. Subcommands:
+//   run       train from a job spec (YAML or JSON); the server runs this as its worker
 //   plan      choose the chunk size that fits a memory quota (calibrated on this device)
 //   devices   list the devices this process can use, with their memory
 //   init      write a model file with random weights from a preset
 //   generate  sample text from a model file in recurrent mode
 //   eval      mean loss and bits per byte of a model file on a data file
+//   merge     merge a LoRA adapter file into its base model
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/ATen.h>
-
-#include <cmath>
 
 #include "engine/calibration.h"
 #include "engine/dataset.h"
@@ -22,7 +27,11 @@
 #include "engine/slim_step.h"
 #include "engine/devices.h"
 #include "engine/errors.h"
+#include "engine/job_spec.h"
 #include "engine/json.h"
+#include "engine/trainer.h"
+#include "engine/worker_events.h"
+#include "engine/yaml.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/runtime.h"
@@ -33,15 +42,31 @@ namespace {
 constexpr char kUsage[] = R"(usage: slim-train <command> [flags]
 
 commands:
+  run       --spec FILE --out DIR: fine-tune as the spec says (docs/job-spec.md); resumes from
+            the newest checkpoint in DIR
   plan      the largest chunk size whose predicted peak memory fits a quota
   devices   the devices this process can use, with total and free memory
   init      --preset P --out FILE [--seed S]: a model file with random weights
   generate  --model FILE --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--seed S]
   eval      --model FILE --data FILE [--format text|jsonl|ids-u16|ids-u32] --seq-len L
             [--chunk C] [--batch B]: prints {"loss", "bits_per_byte", "tokens"} as JSON
+  merge     --base FILE --adapter FILE --out FILE: a model file with the LoRA adapters merged in
+
+run flags:
+  --spec FILE               job spec, YAML (.yaml/.yml) or JSON (.json)
+  --out DIR                 output directory: spec.json, checkpoints/, model.safetensors,
+                            adapter.safetensors (LoRA)
+  --events-fd N             worker mode: write one JSON event per line to file descriptor N
+                            (started, progress, eval, checkpoint, warning, finished, stopped,
+                            failed; docs/worker-protocol.md)
+  --progress-interval S     seconds between progress reports (default 1; 0 = every step)
+  --no-resume               start over even if DIR has checkpoints (they are kept until
+                            replaced)
+  --threads N               LibTorch intra-op threads (default 1, see docs/engine.md)
+  SIGTERM or Ctrl-C: the current step finishes, a checkpoint is written, exit status 75.
 
 plan flags:
-  --preset NAME       model preset: tiny, small, paper-iv (default small)
+  --preset NAME       model preset: tiny, mini, small, paper-iv (default small)
   --seq-len L         sequence length (required)
   --batch B           sequences per step (default 1)
   --quota BYTES       memory quota; units accepted: 512MiB, 2GiB, 1.5GB (required)
@@ -54,15 +79,184 @@ plan flags:
   --recalibrate       measure again instead of using the cached calibration
   --json              print JSON (default: a human summary)
 
-exit status: 0 planned; 2 bad flags or values; 3 the quota cannot fit (JSON has min_quota_bytes)
+exit status: 0 done; 1 internal failure; 2 bad flags, spec, data or model file; 3 the quota cannot
+fit the job (plan: JSON has min_quota_bytes) or memory ran out; 75 run stopped by a signal after
+writing a checkpoint (run it again to resume)
 
 examples:
+  slim-train run --spec job.yaml --out runs/job1
   slim-train plan --preset small --seq-len 65536 --quota 512MiB --json
   slim-train devices --json
   slim-train init --preset tiny --out tiny.safetensors
   slim-train generate --model tiny.safetensors --prompt "Hello" --max-tokens 40 --seed 1
   slim-train eval --model tiny.safetensors --data README.md --seq-len 256
 )";
+
+// Set by SIGTERM/SIGINT; the trainer checks it after every optimizer step.
+std::atomic<bool> g_stop_requested{false};
+
+extern "C" void RequestStop(int signal_number) {
+  g_stop_requested.store(true);
+  std::signal(signal_number, SIG_DFL);  // a second signal ends the process at once
+}
+
+std::string ErrorCodeName(slim::ErrorCode code) {
+  switch (code) {
+    case slim::ErrorCode::kInvalidArgument: return "invalid_argument";
+    case slim::ErrorCode::kResourceExhausted: return "resource_exhausted";
+    case slim::ErrorCode::kInternal: return "internal";
+  }
+  return "internal";
+}
+
+int ExitStatus(slim::ErrorCode code) {
+  switch (code) {
+    case slim::ErrorCode::kInvalidArgument: return 2;
+    case slim::ErrorCode::kResourceExhausted: return 3;
+    case slim::ErrorCode::kInternal: return 1;
+  }
+  return 1;
+}
+
+std::string FormatDuration(double seconds) {
+  const long long s = static_cast<long long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm", s / 3600, s / 60 % 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds", s / 60, s % 60);
+  }
+  return buf;
+}
+
+// The line people see: rewritten in place on a terminal, one line per report otherwise.
+void PrintForPeople(const slim::TrainingEvent& e, bool terminal) {
+  using slim::EventKind;
+  const char* end_live = terminal ? "\r" : "\n";
+  switch (e.kind) {
+    case EventKind::kStarted:
+      std::printf("%s on %s: chunk size %lld (%s), %lld steps", e.resumed_from_step >= 0 ? "resuming" : "training",
+                  e.device.c_str(), static_cast<long long>(e.chunk_size), e.mode.c_str(),
+                  static_cast<long long>(e.total_steps));
+      if (e.resumed_from_step >= 0) std::printf(" from step %lld", static_cast<long long>(e.resumed_from_step));
+      if (e.quota_bytes > 0) {
+        std::printf(", predicted peak %s of quota %s", slim::FormatBytes(e.predicted_peak_bytes).c_str(),
+                    slim::FormatBytes(e.quota_bytes).c_str());
+      }
+      std::printf("\n");
+      break;
+    case EventKind::kProgress:
+      std::printf("step %lld/%lld  loss %.4f  lr %.3g  %.0f tok/s  ETA %s  mem %s%s%s",
+                  static_cast<long long>(e.step), static_cast<long long>(e.total_steps), e.loss, e.lr,
+                  e.tokens_per_second, FormatDuration(e.eta_seconds).c_str(), slim::FormatBytes(e.peak_bytes).c_str(),
+                  terminal ? "\033[K" : "", end_live);
+      break;
+    case EventKind::kEval:
+      std::printf("%sstep %lld: validation loss %.4f (%.3f bits per token)\n", terminal ? "\n" : "",
+                  static_cast<long long>(e.step), e.eval_loss, e.eval_loss / std::log(2.0));
+      break;
+    case EventKind::kCheckpoint:
+      if (terminal) std::printf("\n");
+      std::printf("checkpoint %s\n", e.path.c_str());
+      break;
+    case EventKind::kWarning:
+      std::fprintf(stderr, "%swarning: %s\n", terminal ? "\n" : "", e.message.c_str());
+      break;
+    case EventKind::kFinished:
+      std::printf("%sdone: %s%s%s\n", terminal ? "\n" : "", e.path.c_str(), e.adapter_path.empty() ? "" : ", adapter ",
+                  e.adapter_path.c_str());
+      break;
+    case EventKind::kStopped:
+      std::printf("%sstopped at step %lld; resume with the same command (checkpoint %s)\n", terminal ? "\n" : "",
+                  static_cast<long long>(e.step), e.path.c_str());
+      break;
+    case EventKind::kFailed:
+      break;  // reported on stderr by main
+  }
+  std::fflush(stdout);
+}
+
+int Run(const slim::tools::Flags& flags) {
+  const std::string spec_path = flags.String("spec", "");
+  const std::string out_dir = flags.String("out", "");
+  const int64_t events_fd = flags.Int("events-fd", 0, 0);
+  const double progress_interval = flags.Double("progress-interval", 1.0);
+  const bool no_resume = flags.Bool("no-resume");
+  const int64_t threads = flags.Int("threads", 0, 0);
+  flags.CheckAllUsed();
+  slim::CheckArgument(progress_interval >= 0, "--progress-interval: must be >= 0");
+
+  FILE* events = nullptr;
+  if (events_fd > 0) {
+    events = ::fdopen(static_cast<int>(events_fd), "w");
+    slim::CheckArgument(events != nullptr, "--events-fd: " + std::to_string(events_fd) + " is not an open file descriptor");
+  }
+  auto send = [&](const slim::TrainingEvent& e) {
+    if (events == nullptr) return;
+    const std::string line = slim::EventToJson(e) + "\n";
+    std::fwrite(line.data(), 1, line.size(), events);
+    std::fflush(events);
+  };
+  const bool terminal = ::isatty(STDOUT_FILENO) != 0;
+  try {
+    slim::Json doc;
+    try {
+      doc = slim::ParseStructuredFile(spec_path);
+    } catch (const std::runtime_error& e) {
+      throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("spec ") + e.what());
+    }
+    const slim::JobSpec spec =
+        slim::JobSpecFromJson(doc, std::filesystem::path(spec_path).parent_path().string());
+
+    slim::InstallCpuMemoryTracker();
+    slim::ConfigureRuntime(static_cast<int>(threads));
+    std::signal(SIGTERM, RequestStop);
+    std::signal(SIGINT, RequestStop);
+
+    slim::TrainerOptions options;
+    options.out_dir = out_dir;
+    options.stop_requested = &g_stop_requested;
+    options.progress_interval_seconds = progress_interval;
+    options.calibration_cache_dir = slim::DefaultCalibrationCacheDir();
+    options.resume = !no_resume;
+    options.on_event = [&](const slim::TrainingEvent& e) {
+      send(e);
+      PrintForPeople(e, terminal);
+    };
+    const slim::TrainingResult result = slim::RunTraining(spec, options);
+    if (events != nullptr) std::fclose(events);
+    return result.outcome == slim::TrainingOutcome::kStopped ? 75 : 0;
+  } catch (const slim::EngineError& e) {
+    slim::TrainingEvent failed;
+    failed.kind = slim::EventKind::kFailed;
+    failed.code = ErrorCodeName(e.code());
+    failed.message = e.what();
+    send(failed);
+    if (terminal) std::printf("\n");
+    std::fprintf(stderr, "slim-train: %s\n", e.what());
+    return ExitStatus(e.code());
+  } catch (const std::exception& e) {
+    slim::TrainingEvent failed;
+    failed.kind = slim::EventKind::kFailed;
+    failed.code = "internal";
+    failed.message = e.what();
+    send(failed);
+    std::fprintf(stderr, "slim-train: internal error: %s\n", e.what());
+    return 1;
+  }
+}
+
+int Merge(const slim::tools::Flags& flags) {
+  const std::string base = flags.String("base", "");
+  const std::string adapter = flags.String("adapter", "");
+  const std::string out = flags.String("out", "");
+  flags.CheckAllUsed();
+  slim::PerformerLM model = slim::LoadModelFile(base);
+  slim::LoadLoraAdapter(adapter, *model);
+  slim::SaveModelFile(*model->MergedCopy(), out);
+  std::printf("wrote %s\n", out.c_str());
+  return 0;
+}
 
 int Plan(const slim::tools::Flags& flags) {
   slim::StepShape shape;
@@ -92,7 +286,7 @@ int Plan(const slim::tools::Flags& flags) {
                   static_cast<long long>(quota), static_cast<long long>(r.min_quota_bytes));
     } else {
       std::fprintf(stderr, "slim-train: quota %s is too small for this job; the minimum is %s (%lld bytes)\n",
-                   slim::tools::FormatBytes(quota).c_str(), slim::tools::FormatBytes(r.min_quota_bytes).c_str(),
+                   slim::FormatBytes(quota).c_str(), slim::FormatBytes(r.min_quota_bytes).c_str(),
                    static_cast<long long>(r.min_quota_bytes));
     }
     return 3;
@@ -107,7 +301,7 @@ int Plan(const slim::tools::Flags& flags) {
   } else {
     std::printf("chunk size %lld (%s), predicted peak %s of %s, about %.3g s per step\n",
                 static_cast<long long>(p.chunk_size), slim::StartStateModeName(p.mode).c_str(),
-                slim::tools::FormatBytes(p.predicted_peak_bytes).c_str(), slim::tools::FormatBytes(quota).c_str(),
+                slim::FormatBytes(p.predicted_peak_bytes).c_str(), slim::FormatBytes(quota).c_str(),
                 p.est_step_seconds);
   }
   return 0;
@@ -126,7 +320,7 @@ int Devices(const slim::tools::Flags& flags) {
                   static_cast<long long>(d.total_bytes), static_cast<long long>(d.free_bytes));
     } else {
       std::printf("%-8s %-30s total %-10s free %s\n", d.name.c_str(), d.description.c_str(),
-                  slim::tools::FormatBytes(d.total_bytes).c_str(), slim::tools::FormatBytes(d.free_bytes).c_str());
+                  slim::FormatBytes(d.total_bytes).c_str(), slim::FormatBytes(d.free_bytes).c_str());
     }
   }
   if (json) std::printf("]\n");
@@ -210,6 +404,8 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     }
+    if (command == "run") return Run(flags);
+    if (command == "merge") return Merge(flags);
     if (command == "plan") return Plan(flags);
     if (command == "devices") return Devices(flags);
     if (command == "init") return Init(flags);
@@ -219,6 +415,6 @@ int main(int argc, char** argv) {
   } catch (const slim::EngineError& e) {
     std::cerr << "slim-train: " << e.what() << "\n";
     if (e.code() == slim::ErrorCode::kInvalidArgument) std::cerr << "run 'slim-train --help' for usage\n";
-    return e.code() == slim::ErrorCode::kInvalidArgument ? 2 : 1;
+    return ExitStatus(e.code());
   }
 }

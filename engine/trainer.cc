@@ -1,0 +1,477 @@
+#include "engine/trainer.h"
+
+#include <ATen/ATen.h>
+#include <torch/types.h>  // before clip_grad.h, which uses torch::Tensor undeclared
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <cstring>
+#include <memory>
+
+#include "engine/byte_size.h"
+#include "engine/calibration.h"
+#include "engine/checkpoint.h"
+#include "engine/dataset.h"
+#include "engine/devices.h"
+#include "engine/errors.h"
+#include "engine/memory_model.h"
+#include "engine/memory_tracker.h"
+#include "engine/model_file.h"
+#include "engine/runtime.h"
+#include "engine/slim_step.h"
+
+namespace slim {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kCheckpointPrefix[] = "step-";
+constexpr char kCheckpointSuffix[] = ".safetensors";
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Packed sequences over the tokens of several sources; sequence i starts at starts[i] and has
+// seq_len inputs plus one more token as its last target. Sequences never cross sources.
+struct Corpus {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> starts;
+};
+
+Corpus ReadCorpus(const std::vector<DataSource>& sources, int64_t vocab_size, int64_t seq_len) {
+  Corpus c;
+  for (DataSource source : sources) {
+    source.vocab_size = vocab_size;
+    const std::vector<int32_t> tokens = ReadTokens(source);
+    const int64_t n = CountSequences(static_cast<int64_t>(tokens.size()), seq_len, source.path);
+    const int64_t base = static_cast<int64_t>(c.tokens.size());
+    for (int64_t i = 0; i < n; ++i) c.starts.push_back(base + i * seq_len);
+    c.tokens.insert(c.tokens.end(), tokens.begin(), tokens.end());
+  }
+  return c;
+}
+
+// (B, L) inputs and targets for the given sequences, on `device`.
+std::pair<at::Tensor, at::Tensor> MakeBatch(const Corpus& corpus, const std::vector<int64_t>& sequences,
+                                            int64_t seq_len, c10::Device device) {
+  const int64_t B = static_cast<int64_t>(sequences.size());
+  at::Tensor inputs = at::empty({B, seq_len}, at::kLong), targets = at::empty({B, seq_len}, at::kLong);
+  int64_t* in = inputs.data_ptr<int64_t>();
+  int64_t* out = targets.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int32_t* t = corpus.tokens.data() + corpus.starts[sequences[b]];
+    for (int64_t i = 0; i < seq_len; ++i) {
+      in[b * seq_len + i] = t[i];
+      out[b * seq_len + i] = t[i + 1];
+    }
+  }
+  return {inputs.to(device), targets.to(device)};
+}
+
+// Training sequences in a fresh seeded order every epoch; the position (epoch, offset) is all
+// the state there is, so a checkpoint restores it exactly.
+class BatchSampler {
+ public:
+  BatchSampler(std::vector<int64_t> sequences, uint64_t seed) : sequences_(std::move(sequences)), seed_(seed) {}
+
+  std::vector<int64_t> Next(int64_t batch) {
+    std::vector<int64_t> out;
+    while (static_cast<int64_t>(out.size()) < batch) {
+      if (order_epoch_ != epoch_) {
+        // Epoch e's order depends only on (seed, e).
+        order_ = ShuffledOrder(static_cast<int64_t>(sequences_.size()), seed_ * 0x9E3779B97F4A7C15ull + epoch_ + 1);
+        order_epoch_ = epoch_;
+      }
+      out.push_back(sequences_[order_[offset_]]);
+      if (++offset_ == static_cast<int64_t>(sequences_.size())) {
+        ++epoch_;
+        offset_ = 0;
+      }
+    }
+    return out;
+  }
+  int64_t epoch() const { return epoch_; }
+  int64_t offset() const { return offset_; }
+  void Seek(int64_t epoch, int64_t offset) {
+    CheckArgument(offset >= 0 && offset < static_cast<int64_t>(sequences_.size()),
+                  "checkpoint: data position " + std::to_string(offset) + " is outside the training set");
+    epoch_ = epoch;
+    offset_ = offset;
+  }
+
+ private:
+  std::vector<int64_t> sequences_;
+  uint64_t seed_;
+  int64_t epoch_ = 0, offset_ = 0;
+  int64_t order_epoch_ = -1;
+  std::vector<int64_t> order_;
+};
+
+std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const JobSpec& spec, const std::vector<at::Tensor>& params) {
+  if (spec.optimizer == OptimizerKind::kSgd) {
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(spec.lr).momentum(spec.momentum).weight_decay(spec.weight_decay));
+  }
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(spec.lr)
+                  .betas({spec.beta1, spec.beta2})
+                  .eps(spec.eps)
+                  .weight_decay(spec.weight_decay));
+}
+
+void SetLearningRate(torch::optim::Optimizer& optimizer, OptimizerKind kind, double lr) {
+  for (auto& group : optimizer.param_groups()) {
+    if (kind == OptimizerKind::kSgd) {
+      static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+    } else {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    }
+  }
+}
+
+std::string CheckpointName(int64_t step) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%s%08lld%s", kCheckpointPrefix, static_cast<long long>(step), kCheckpointSuffix);
+  return buf;
+}
+
+void WriteTextAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw EngineError(ErrorCode::kInternal, path + ": cannot write");
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw EngineError(ErrorCode::kInternal, path + ": cannot write: " + ec.message());
+}
+
+int64_t ProgressInt(const SafetensorsMetadata& progress, const std::string& key, const std::string& path) {
+  const auto it = progress.find(key);
+  char* end = nullptr;
+  const long long v = it == progress.end() ? 0 : std::strtoll(it->second.c_str(), &end, 10);
+  if (it == progress.end() || it->second.empty() || *end != '\0') {
+    throw EngineError(ErrorCode::kInvalidArgument, "checkpoint " + path + ": progress has no integer '" + key + "'");
+  }
+  return v;
+}
+
+// Mean loss over (at most max_sequences of) the validation sequences.
+double Evaluate(PerformerLMImpl& model, const Corpus& corpus, const std::vector<int64_t>& sequences,
+                const JobSpec& spec, int64_t chunk_size, c10::Device device) {
+  const int64_t n = spec.eval_max_sequences > 0
+                        ? std::min<int64_t>(spec.eval_max_sequences, static_cast<int64_t>(sequences.size()))
+                        : static_cast<int64_t>(sequences.size());
+  double sum = 0;
+  for (int64_t first = 0; first < n; first += spec.batch_size) {
+    const int64_t b = std::min(spec.batch_size, n - first);
+    const std::vector<int64_t> ids(sequences.begin() + first, sequences.begin() + first + b);
+    const auto [inputs, targets] = MakeBatch(corpus, ids, spec.seq_len, device);
+    // Every sequence has seq_len targets, so weighting batch means by b gives the token mean.
+    sum += static_cast<double>(b) * SlicedLoss(model, inputs, targets, chunk_size, spec.precision);
+  }
+  return sum / static_cast<double>(n);
+}
+
+}  // namespace
+
+double ScheduledLearningRate(const JobSpec& spec, int64_t step, int64_t total_steps) {
+  if (step < spec.warmup_steps) {
+    return spec.lr * static_cast<double>(step + 1) / static_cast<double>(spec.warmup_steps);
+  }
+  if (spec.schedule == LrScheduleKind::kConstant) return spec.lr;
+  const double span = static_cast<double>(std::max<int64_t>(1, total_steps - spec.warmup_steps - 1));
+  const double progress = std::min(1.0, static_cast<double>(step - spec.warmup_steps) / span);
+  const double cosine = 0.5 * (1.0 + std::cos(M_PI * progress));
+  return spec.lr * (spec.min_lr_ratio + (1.0 - spec.min_lr_ratio) * cosine);
+}
+
+std::vector<std::string> ListCheckpoints(const std::string& out_dir) {
+  std::vector<std::pair<std::string, std::string>> found;  // (name, path)
+  const fs::path dir = fs::path(out_dir) / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return {};
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    // step-<8 digits>.safetensors; temporary files of interrupted writes do not match.
+    if (name.size() == CheckpointName(0).size() && name.rfind(kCheckpointPrefix, 0) == 0 &&
+        name.compare(name.size() - std::strlen(kCheckpointSuffix), std::string::npos, kCheckpointSuffix) == 0) {
+      found.emplace_back(name, entry.path().string());
+    }
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<std::string> out;
+  for (const auto& f : found) out.push_back(f.second);
+  return out;
+}
+
+TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
+  spec.Validate();
+  CheckArgument(!options.out_dir.empty(), "output directory is required");
+  auto emit = [&](TrainingEvent e) {
+    e.time = Now();
+    if (options.on_event) options.on_event(e);
+  };
+  const c10::Device device = ParseDevice(spec.device);
+
+  // 1. Model, then every byte of data, before anything is planned or trained.
+  PerformerLM model = spec.base_model.empty() ? PerformerLM(PresetConfig(spec.preset), spec.init_seed)
+                                              : LoadModelFile(spec.base_model);
+  const ModelConfig config = model->config();
+  Corpus train = ReadCorpus(spec.train_data, config.vocab_size, spec.seq_len);
+  Corpus validation_corpus;
+  std::vector<int64_t> train_sequences, validation_sequences;
+  const int64_t n_train_all = static_cast<int64_t>(train.starts.size());
+  if (spec.validation_data.empty()) {
+    const DataSplit split = SplitSequences(n_train_all, spec.validation_fraction, spec.data_seed);
+    train_sequences = split.train;
+    validation_sequences = split.validation;
+  } else {
+    for (int64_t i = 0; i < n_train_all; ++i) train_sequences.push_back(i);
+    validation_corpus = ReadCorpus(spec.validation_data, config.vocab_size, spec.seq_len);
+    for (int64_t i = 0; i < static_cast<int64_t>(validation_corpus.starts.size()); ++i) validation_sequences.push_back(i);
+  }
+  const Corpus& validation = spec.validation_data.empty() ? train : validation_corpus;
+  CheckArgument(!train_sequences.empty(), "data.train: no training sequences left after the validation split");
+  const int64_t sequences_per_step = spec.batch_size * spec.grad_accum;
+  const int64_t total_steps =
+      spec.steps > 0 ? spec.steps
+                     : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
+                                                spec.epochs * static_cast<double>(train_sequences.size()) /
+                                                static_cast<double>(sequences_per_step))));
+
+  if (spec.tuning == TuningMode::kLora) model->EnableLora(spec.lora_rank, spec.lora_alpha, spec.lora_targets);
+  model->to(device);
+
+  // 2. The plan: the chunk size that fits the quota (measured on this device kind).
+  StepShape shape;
+  shape.model = config;
+  shape.batch = spec.batch_size;
+  shape.seq_len = spec.seq_len;
+  shape.precision = spec.precision;
+  shape.optimizer = spec.optimizer;
+  shape.tuning = spec.tuning;
+  shape.lora_rank = spec.lora_rank;
+  Plan plan;
+  plan.chunk_size = spec.chunk_size;
+  plan.mode = spec.mode.value_or(StartStateMode::kSubtract);
+  if (spec.quota_bytes > 0) {
+    CalibrationOptions calibration;
+    calibration.cache_dir = options.calibration_cache_dir;
+    const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
+    if (spec.chunk_size == 0) {
+      const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
+      if (!r.feasible) {
+        throw EngineError(ErrorCode::kResourceExhausted,
+                          "memory.quota: " + FormatBytes(spec.quota_bytes) + " cannot fit this job; the minimum is " +
+                              FormatBytes(r.min_quota_bytes) + " (" + std::to_string(r.min_quota_bytes) + " bytes)");
+      }
+      plan = r.plan;
+      if (spec.mode) plan.mode = *spec.mode;
+    }
+    plan.predicted_peak_bytes = PredictPeak(shape, plan.chunk_size, plan.mode, k).total;
+  }
+
+  // 3. Optimizer over the trainable parameters, and the state to resume from.
+  std::vector<at::Tensor> trainable;
+  for (const at::Tensor& p : model->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  std::unique_ptr<torch::optim::Optimizer> optimizer = MakeOptimizer(spec, trainable);
+  BatchSampler sampler(train_sequences, spec.data_seed);
+  int64_t step = 0, tokens = 0, resumed_from = -1;
+  const std::string fingerprint = TrainingFingerprint(spec);
+  fs::create_directories(fs::path(options.out_dir) / "checkpoints");
+  if (options.resume) {
+    for (const std::string& path : ListCheckpoints(options.out_dir)) {
+      Checkpoint c;
+      try {
+        c = ReadCheckpoint(path);
+      } catch (const EngineError& e) {
+        TrainingEvent w;
+        w.kind = EventKind::kWarning;
+        w.code = "invalid_argument";
+        w.message = std::string(e.what()) + "; trying an older checkpoint";
+        emit(w);
+        continue;
+      }
+      const auto f = c.progress.find("fingerprint");
+      if (f == c.progress.end() || f->second != fingerprint) {
+        throw EngineError(ErrorCode::kInvalidArgument,
+                          "checkpoint " + path + " belongs to a run with a different model, data or training spec; "
+                          "use a new output directory or restore that spec");
+      }
+      at::NoGradGuard no_grad;
+      const auto saved_params = c.model->named_parameters();
+      for (auto& p : model->named_parameters()) p.value().copy_(saved_params[p.key()]);
+      const auto saved_buffers = c.model->named_buffers();
+      for (auto& b : model->named_buffers()) b.value().copy_(saved_buffers[b.key()]);
+      RestoreOptimizer(c, *optimizer);
+      step = ProgressInt(c.progress, "step", path);
+      tokens = ProgressInt(c.progress, "tokens", path);
+      sampler.Seek(ProgressInt(c.progress, "epoch", path), ProgressInt(c.progress, "epoch_offset", path));
+      resumed_from = step;
+      break;
+    }
+    if (resumed_from < 0 && !ListCheckpoints(options.out_dir).empty()) {
+      throw EngineError(ErrorCode::kInvalidArgument,
+                        "no intact checkpoint in " + options.out_dir + "/checkpoints (see the warnings); "
+                        "remove the damaged files to start over");
+    }
+  }
+  WriteTextAtomically((fs::path(options.out_dir) / "spec.json").string(), SerializeJson(JobSpecToJson(spec)) + "\n");
+
+  // 4. The quota becomes a hard cap for the rest of the run.
+  if (spec.quota_bytes > 0) CapDeviceMemory(spec.device, spec.quota_bytes);
+  const bool track_memory = device.is_cuda() || CpuMemoryTrackerInstalled();
+  if (track_memory) ResetPeakMemory(device);
+
+  TrainingEvent started;
+  started.kind = EventKind::kStarted;
+  started.step = step;
+  started.total_steps = total_steps;
+  started.device = spec.device;
+  started.quota_bytes = spec.quota_bytes;
+  started.chunk_size = plan.chunk_size;
+  started.mode = StartStateModeName(plan.mode);
+  started.predicted_peak_bytes = plan.predicted_peak_bytes;
+  started.resumed_from_step = resumed_from;
+  emit(started);
+
+  SlimStepOptions step_options;
+  step_options.chunk_size = plan.chunk_size;
+  step_options.mode = plan.mode;
+  step_options.precision = spec.precision;
+
+  auto write_checkpoint = [&]() -> std::string {
+    SafetensorsMetadata progress = {{"step", std::to_string(step)},
+                                    {"tokens", std::to_string(tokens)},
+                                    {"epoch", std::to_string(sampler.epoch())},
+                                    {"epoch_offset", std::to_string(sampler.offset())},
+                                    {"fingerprint", fingerprint}};
+    const std::string path = (fs::path(options.out_dir) / "checkpoints" / CheckpointName(step)).string();
+    SaveCheckpoint(path, *model, *optimizer, progress);
+    const std::vector<std::string> all = ListCheckpoints(options.out_dir);
+    for (size_t i = static_cast<size_t>(spec.checkpoints_kept); i < all.size(); ++i) fs::remove(all[i]);
+    TrainingEvent e;
+    e.kind = EventKind::kCheckpoint;
+    e.step = step;
+    e.total_steps = total_steps;
+    e.path = path;
+    emit(e);
+    return path;
+  };
+  auto run_eval = [&]() {
+    if (validation_sequences.empty()) return;
+    TrainingEvent e;
+    e.kind = EventKind::kEval;
+    e.step = step;
+    e.total_steps = total_steps;
+    e.eval_loss = Evaluate(*model, validation, validation_sequences, spec, plan.chunk_size, device);
+    emit(e);
+  };
+
+  // 5. The loop. Each optimizer step: grad_accum SLiM steps, clip, scheduled lr, update.
+  const int64_t first_step = step;
+  double train_seconds = 0, last_progress = -1e300;
+  while (step < total_steps) {
+    const auto t0 = Clock::now();
+    model->MaybeRedrawFeatures(step);
+    for (at::Tensor& p : trainable) p.mutable_grad() = at::Tensor();
+    double loss = 0;
+    for (int64_t micro = 0; micro < spec.grad_accum; ++micro) {
+      const auto [inputs, targets] = MakeBatch(train, sampler.Next(spec.batch_size), spec.seq_len, device);
+      loss += SlimTrainingStep(*model, inputs, targets, step_options).loss;
+    }
+    loss /= static_cast<double>(spec.grad_accum);
+    if (!std::isfinite(loss)) {
+      throw EngineError(ErrorCode::kInternal, "training diverged: the loss is not finite at step " + std::to_string(step + 1) +
+                                                  " (try a lower training.optimizer.lr or grad_clip)");
+    }
+    if (spec.grad_accum > 1) {
+      at::NoGradGuard no_grad;
+      for (at::Tensor& p : trainable) {
+        if (p.grad().defined()) p.mutable_grad().div_(static_cast<double>(spec.grad_accum));
+      }
+    }
+    const double grad_norm =
+        torch::nn::utils::clip_grad_norm_(trainable, spec.grad_clip > 0 ? spec.grad_clip : INFINITY);
+    const double lr = ScheduledLearningRate(spec, step, total_steps);
+    SetLearningRate(*optimizer, spec.optimizer, lr);
+    optimizer->step();
+    ++step;
+    tokens += sequences_per_step * spec.seq_len;
+    train_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+
+    const double now = Now();
+    if (step == total_steps || now - last_progress >= options.progress_interval_seconds) {
+      last_progress = now;
+      TrainingEvent e;
+      e.kind = EventKind::kProgress;
+      e.step = step;
+      e.total_steps = total_steps;
+      e.loss = loss;
+      e.lr = lr;
+      e.grad_norm = grad_norm;
+      e.tokens = tokens;
+      const double per_step = train_seconds / static_cast<double>(step - first_step);
+      e.tokens_per_second = static_cast<double>(sequences_per_step * spec.seq_len) / per_step;
+      e.eta_seconds = per_step * static_cast<double>(total_steps - step);
+      e.peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
+      emit(e);
+    }
+    if (spec.eval_every > 0 && step % spec.eval_every == 0 && step < total_steps) run_eval();
+    const bool stop = options.stop_requested != nullptr && options.stop_requested->load();
+    if (stop && step < total_steps) {
+      TrainingResult result;
+      result.outcome = TrainingOutcome::kStopped;
+      result.steps = step;
+      result.checkpoint_path = write_checkpoint();
+      TrainingEvent e;
+      e.kind = EventKind::kStopped;
+      e.step = step;
+      e.total_steps = total_steps;
+      e.path = result.checkpoint_path;
+      emit(e);
+      return result;
+    }
+    if (spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0 && step < total_steps) write_checkpoint();
+  }
+
+  // 6. Final evaluation and outputs.
+  run_eval();
+  TrainingResult result;
+  result.steps = step;
+  result.model_path = (fs::path(options.out_dir) / "model.safetensors").string();
+  model->to(at::kCPU);
+  if (model->lora_enabled()) {
+    result.adapter_path = (fs::path(options.out_dir) / "adapter.safetensors").string();
+    SaveLoraAdapter(*model, result.adapter_path);
+    SaveModelFile(*model->MergedCopy(), result.model_path);
+  } else {
+    SaveModelFile(*model, result.model_path);
+  }
+  TrainingEvent done;
+  done.kind = EventKind::kFinished;
+  done.step = step;
+  done.total_steps = total_steps;
+  done.path = result.model_path;
+  done.adapter_path = result.adapter_path;
+  done.tokens = tokens;
+  done.peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
+  emit(done);
+  return result;
+}
+
+}  // namespace slim

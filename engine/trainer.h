@@ -1,0 +1,65 @@
+// A fine-tuning run from a JobSpec: data, model, chunk-size plan, optimizer loop with SLiM
+// steps, evaluation, checkpoints, resume and outputs. `slim-train run` is a thin wrapper.
+//
+// Output directory layout (docs/job-spec.md):
+//   spec.json                          the resolved spec
+//   checkpoints/step-<8 digits>.safetensors   the newest `checkpoint.keep` checkpoints
+//   model.safetensors                  the trained model (LoRA runs: adapters merged in)
+//   adapter.safetensors                LoRA runs: the adapters alone
+//
+// Determinism: every source of randomness is a pure function of the spec's seeds and the step
+// (weight and adapter init, split, per-epoch shuffle, favor+ redraws), and a checkpoint stores
+// weights, optimizer state, data position and step. On CPU a resumed run therefore produces
+// the same losses, bit for bit, as an uninterrupted one with the same chunk size.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/job_spec.h"
+#include "engine/worker_events.h"
+
+namespace slim {
+
+struct TrainerOptions {
+  std::string out_dir;  // required; created if missing
+  // Receives every event (started, progress, eval, checkpoint, warning, finished, stopped).
+  // Failures are thrown, not reported here: the caller turns them into a `failed` event.
+  std::function<void(const TrainingEvent&)> on_event;
+  // Checked after every optimizer step; when set, the run writes a checkpoint and returns
+  // kStopped (SIGTERM handlers set it).
+  const std::atomic<bool>* stop_requested = nullptr;
+  // Minimum seconds between progress events (0: after every step). The last step always reports.
+  double progress_interval_seconds = 1.0;
+  // Where planner calibrations are cached ("" measures every time).
+  std::string calibration_cache_dir;
+  // Continue from the newest intact checkpoint in out_dir, if there is one.
+  bool resume = true;
+};
+
+enum class TrainingOutcome { kFinished, kStopped };
+
+struct TrainingResult {
+  TrainingOutcome outcome = TrainingOutcome::kFinished;
+  int64_t steps = 0;             // optimizer steps completed
+  std::string model_path;        // finished
+  std::string adapter_path;      // finished LoRA runs
+  std::string checkpoint_path;   // stopped
+};
+
+// Runs (or resumes) the job. Throws EngineError: kInvalidArgument for a spec, data, model file
+// or checkpoint problem, all found before the first step where possible; kResourceExhausted
+// when the quota cannot fit the job or an allocation exceeds it; kInternal otherwise (e.g. the
+// loss became NaN).
+TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options);
+
+// The learning rate for optimizer step `step` (0-based) of `total_steps`.
+double ScheduledLearningRate(const JobSpec& spec, int64_t step, int64_t total_steps);
+
+// Checkpoint files in out_dir, newest (highest step) first.
+std::vector<std::string> ListCheckpoints(const std::string& out_dir);
+
+}  // namespace slim

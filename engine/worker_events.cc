@@ -1,0 +1,141 @@
+#include "engine/worker_events.h"
+
+#include <stdexcept>
+
+#include "engine/json.h"
+
+namespace slim {
+namespace {
+
+constexpr EventKind kKinds[] = {EventKind::kStarted, EventKind::kProgress, EventKind::kEval,
+                                EventKind::kCheckpoint, EventKind::kWarning, EventKind::kFinished,
+                                EventKind::kStopped, EventKind::kFailed};
+
+Json Num(double x) {
+  Json j;
+  j.kind = Json::kNumber;
+  j.number = x;
+  return j;
+}
+Json Str(const std::string& s) {
+  Json j;
+  j.kind = Json::kString;
+  j.text = s;
+  return j;
+}
+
+double NumberOr(const Json& o, const char* key, double fallback) {
+  const auto it = o.members.find(key);
+  if (it == o.members.end()) return fallback;
+  if (it->second.kind != Json::kNumber) throw std::runtime_error(std::string("event field '") + key + "' is not a number");
+  return it->second.number;
+}
+std::string StringOr(const Json& o, const char* key) {
+  const auto it = o.members.find(key);
+  if (it == o.members.end()) return "";
+  if (it->second.kind != Json::kString) throw std::runtime_error(std::string("event field '") + key + "' is not a string");
+  return it->second.text;
+}
+
+}  // namespace
+
+std::string EventKindName(EventKind k) {
+  switch (k) {
+    case EventKind::kStarted: return "started";
+    case EventKind::kProgress: return "progress";
+    case EventKind::kEval: return "eval";
+    case EventKind::kCheckpoint: return "checkpoint";
+    case EventKind::kWarning: return "warning";
+    case EventKind::kFinished: return "finished";
+    case EventKind::kStopped: return "stopped";
+    case EventKind::kFailed: return "failed";
+  }
+  return "?";
+}
+
+std::string EventToJson(const TrainingEvent& e) {
+  Json o;
+  o.kind = Json::kObject;
+  auto& m = o.members;
+  m["event"] = Str(EventKindName(e.kind));
+  m["time"] = Num(e.time);
+  m["step"] = Num(static_cast<double>(e.step));
+  m["total_steps"] = Num(static_cast<double>(e.total_steps));
+  switch (e.kind) {
+    case EventKind::kStarted:
+      m["device"] = Str(e.device);
+      m["quota_bytes"] = Num(static_cast<double>(e.quota_bytes));
+      m["chunk_size"] = Num(static_cast<double>(e.chunk_size));
+      m["mode"] = Str(e.mode);
+      m["predicted_peak_bytes"] = Num(static_cast<double>(e.predicted_peak_bytes));
+      m["resumed_from_step"] = Num(static_cast<double>(e.resumed_from_step));
+      break;
+    case EventKind::kProgress:
+      m["loss"] = Num(e.loss);
+      m["lr"] = Num(e.lr);
+      m["grad_norm"] = Num(e.grad_norm);
+      m["tokens"] = Num(static_cast<double>(e.tokens));
+      m["tokens_per_second"] = Num(e.tokens_per_second);
+      m["eta_seconds"] = Num(e.eta_seconds);
+      m["peak_bytes"] = Num(static_cast<double>(e.peak_bytes));
+      break;
+    case EventKind::kEval:
+      m["eval_loss"] = Num(e.eval_loss);
+      break;
+    case EventKind::kCheckpoint:
+    case EventKind::kStopped:
+      m["path"] = Str(e.path);
+      break;
+    case EventKind::kFinished:
+      m["path"] = Str(e.path);
+      if (!e.adapter_path.empty()) m["adapter_path"] = Str(e.adapter_path);
+      m["peak_bytes"] = Num(static_cast<double>(e.peak_bytes));
+      m["tokens"] = Num(static_cast<double>(e.tokens));
+      break;
+    case EventKind::kWarning:
+    case EventKind::kFailed:
+      m["code"] = Str(e.code);
+      m["message"] = Str(e.message);
+      break;
+  }
+  return SerializeJson(o);
+}
+
+TrainingEvent EventFromJson(const std::string& line) {
+  const Json o = ParseJson(line);
+  if (o.kind != Json::kObject) throw std::runtime_error("event is not a JSON object");
+  TrainingEvent e;
+  const std::string kind = StringOr(o, "event");
+  bool known = false;
+  for (EventKind k : kKinds) {
+    if (EventKindName(k) == kind) {
+      e.kind = k;
+      known = true;
+    }
+  }
+  if (!known) throw std::runtime_error("unknown event '" + kind + "'");
+  e.time = NumberOr(o, "time", 0);
+  e.step = static_cast<int64_t>(NumberOr(o, "step", 0));
+  e.total_steps = static_cast<int64_t>(NumberOr(o, "total_steps", 0));
+  e.device = StringOr(o, "device");
+  e.quota_bytes = static_cast<int64_t>(NumberOr(o, "quota_bytes", 0));
+  e.chunk_size = static_cast<int64_t>(NumberOr(o, "chunk_size", 0));
+  e.mode = StringOr(o, "mode");
+  e.predicted_peak_bytes = static_cast<int64_t>(NumberOr(o, "predicted_peak_bytes", 0));
+  e.resumed_from_step = static_cast<int64_t>(NumberOr(o, "resumed_from_step", -1));
+  e.loss = NumberOr(o, "loss", 0);
+  e.lr = NumberOr(o, "lr", 0);
+  e.grad_norm = NumberOr(o, "grad_norm", 0);
+  e.tokens = static_cast<int64_t>(NumberOr(o, "tokens", 0));
+  e.tokens_per_second = NumberOr(o, "tokens_per_second", 0);
+  e.eta_seconds = NumberOr(o, "eta_seconds", 0);
+  e.peak_bytes = static_cast<int64_t>(NumberOr(o, "peak_bytes", 0));
+  e.eval_loss = NumberOr(o, "eval_loss", 0);
+  e.path = StringOr(o, "path");
+  e.adapter_path = StringOr(o, "adapter_path");
+  e.code = StringOr(o, "code");
+  e.message = StringOr(o, "message");
+  return e;
+}
+
+}  // namespace slim

@@ -1,0 +1,57 @@
+// The worker protocol: what `slim-train run` reports about a training run, one JSON object per
+// line (docs/worker-protocol.md). The server reads these from the worker's pipe; people and
+// scripts can read them from a file. Plain C++ with no gRPC or protobuf, so the worker builds on
+// machines that have only LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace slim {
+
+enum class EventKind {
+  kStarted,     // the plan is fixed: device, quota, chunk size, mode, predicted peak
+  kProgress,    // after an optimizer step (rate-limited by the worker)
+  kEval,        // validation loss
+  kCheckpoint,  // a checkpoint file was written
+  kWarning,     // something the operator should know; training continues
+  kFinished,    // outputs written; the worker exits 0
+  kStopped,     // asked to stop (SIGTERM): checkpoint written, resumable; exits 75
+  kFailed,      // the run cannot continue; `code` and `message` say why
+};
+std::string EventKindName(EventKind k);
+
+// Fields not used by an event's kind keep their defaults and are not written.
+struct TrainingEvent {
+  EventKind kind = EventKind::kProgress;
+  double time = 0;          // Unix seconds when the event was made
+  int64_t step = 0;         // optimizer steps completed
+  int64_t total_steps = 0;
+  // started
+  std::string device;
+  int64_t quota_bytes = 0;
+  int64_t chunk_size = 0;
+  std::string mode;         // "subtract" or "boundaries"
+  int64_t predicted_peak_bytes = 0;
+  int64_t resumed_from_step = -1;  // -1: a fresh start
+  // progress
+  double loss = 0, lr = 0, grad_norm = 0;
+  int64_t tokens = 0;        // training tokens consumed so far
+  double tokens_per_second = 0;
+  double eta_seconds = 0;
+  int64_t peak_bytes = 0;    // observed peak of tensor memory on the device
+  // eval
+  double eval_loss = 0;
+  // checkpoint, finished (the output model), stopped (the checkpoint)
+  std::string path;
+  std::string adapter_path;  // finished, LoRA runs
+  // warning, failed: code is "invalid_argument", "resource_exhausted" or "internal"
+  std::string code, message;
+};
+
+// One line of JSON without the newline: {"event":"progress","step":12,...}.
+std::string EventToJson(const TrainingEvent& event);
+// Reads a line written by EventToJson. Throws std::runtime_error for malformed lines.
+TrainingEvent EventFromJson(const std::string& line);
+
+}  // namespace slim

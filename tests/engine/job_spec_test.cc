@@ -1,0 +1,209 @@
+// Job specs: a full YAML spec reads into the expected fields and round-trips through its JSON
+// form; every malformed field is refused with its path; worker events round-trip exactly.
+#include "engine/job_spec.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "engine/errors.h"
+#include "engine/worker_events.h"
+#include "engine/yaml.h"
+
+namespace slim {
+namespace {
+
+constexpr char kFullSpec[] = R"(
+model:
+  base: models/base.safetensors
+data:
+  train:
+    - corpus/a.txt
+    - {path: corpus/b.jsonl, format: jsonl, text_field: body}
+  validation: [corpus/val.txt]
+  seed: 7
+training:
+  seq_len: 1024
+  batch_size: 4
+  grad_accum: 2
+  epochs: 1.5
+  grad_clip: 0.5
+  precision: bf16
+  tuning: lora
+  lora: {rank: 16, alpha: 32, targets: [wq, wv]}
+  optimizer: {name: adamw, lr: 1e-4, weight_decay: 0.01, beta2: 0.95}
+  schedule: {name: cosine, warmup_steps: 10, min_lr_ratio: 0.05}
+memory:
+  device: cpu
+  quota: 2GiB
+  chunk_size: auto
+  mode: boundaries
+eval: {every: 50, max_sequences: 16}
+checkpoint: {every: 100, keep: 3}
+)";
+
+JobSpec FromYaml(const std::string& yaml, const std::string& base_dir = "") {
+  return JobSpecFromJson(ParseYaml(yaml), base_dir);
+}
+
+TEST(JobSpec, ReadsEveryField) {
+  const JobSpec s = FromYaml(kFullSpec, "/jobs");
+  EXPECT_EQ(s.base_model, "/jobs/models/base.safetensors");
+  ASSERT_EQ(s.train_data.size(), 2u);
+  EXPECT_EQ(s.train_data[0].path, "/jobs/corpus/a.txt");
+  EXPECT_EQ(s.train_data[0].format, DataFormat::kText);
+  EXPECT_EQ(s.train_data[1].format, DataFormat::kJsonl);
+  EXPECT_EQ(s.train_data[1].text_field, "body");
+  ASSERT_EQ(s.validation_data.size(), 1u);
+  EXPECT_EQ(s.validation_fraction, 0.0);
+  EXPECT_EQ(s.data_seed, 7u);
+  EXPECT_EQ(s.seq_len, 1024);
+  EXPECT_EQ(s.batch_size, 4);
+  EXPECT_EQ(s.grad_accum, 2);
+  EXPECT_EQ(s.epochs, 1.5);
+  EXPECT_EQ(s.steps, 0);
+  EXPECT_EQ(s.grad_clip, 0.5);
+  EXPECT_EQ(s.precision, Precision::kBf16);
+  EXPECT_EQ(s.tuning, TuningMode::kLora);
+  EXPECT_EQ(s.lora_rank, 16);
+  EXPECT_EQ(s.lora_alpha, 32);
+  EXPECT_EQ(s.lora_targets, (std::vector<std::string>{"wq", "wv"}));
+  EXPECT_EQ(s.optimizer, OptimizerKind::kAdamW);
+  EXPECT_EQ(s.lr, 1e-4);
+  EXPECT_EQ(s.beta2, 0.95);
+  EXPECT_EQ(s.schedule, LrScheduleKind::kCosine);
+  EXPECT_EQ(s.warmup_steps, 10);
+  EXPECT_EQ(s.min_lr_ratio, 0.05);
+  EXPECT_EQ(s.quota_bytes, int64_t{2} << 30);
+  EXPECT_EQ(s.chunk_size, 0);
+  ASSERT_TRUE(s.mode.has_value());
+  EXPECT_EQ(*s.mode, StartStateMode::kBoundaries);
+  EXPECT_EQ(s.eval_every, 50);
+  EXPECT_EQ(s.eval_max_sequences, 16);
+  EXPECT_EQ(s.checkpoint_every, 100);
+  EXPECT_EQ(s.checkpoints_kept, 3);
+}
+
+TEST(JobSpec, JsonFormRoundTrips) {
+  const JobSpec s = FromYaml(kFullSpec, "/jobs");
+  const std::string json = SerializeJson(JobSpecToJson(s));
+  const JobSpec back = JobSpecFromJson(ParseJson(json));
+  EXPECT_EQ(SerializeJson(JobSpecToJson(back)), json);
+  EXPECT_EQ(TrainingFingerprint(back), TrainingFingerprint(s));
+}
+
+TEST(JobSpec, FingerprintIgnoresMemoryEvalAndCheckpointSettings) {
+  const JobSpec s = FromYaml(kFullSpec);
+  JobSpec t = s;
+  t.chunk_size = 256;
+  t.quota_bytes = 1;
+  t.eval_every = 3;
+  t.checkpoint_every = 7;
+  EXPECT_EQ(TrainingFingerprint(t), TrainingFingerprint(s));
+  t.lr = 2e-4;
+  EXPECT_NE(TrainingFingerprint(t), TrainingFingerprint(s));
+}
+
+TEST(JobSpec, MinimalSpecTakesDefaults) {
+  const JobSpec s = FromYaml("model: {preset: tiny}\ndata: {train: a.txt}\n"
+                             "training: {seq_len: 64, steps: 10}\nmemory: {chunk_size: 32}\n");
+  EXPECT_EQ(s.preset, "tiny");
+  EXPECT_EQ(s.validation_fraction, 0.1);
+  EXPECT_EQ(s.optimizer, OptimizerKind::kAdamW);
+  EXPECT_EQ(s.schedule, LrScheduleKind::kConstant);
+  EXPECT_EQ(s.tuning, TuningMode::kFull);
+  EXPECT_FALSE(s.mode.has_value());
+  EXPECT_EQ(s.device, "cpu");
+}
+
+// Each malformed spec is refused with a message naming the field and the problem.
+TEST(JobSpec, ErrorsNameTheField) {
+  const std::string ok_model = "model: {preset: tiny}\n";
+  const std::string ok_data = "data: {train: a.txt}\n";
+  const std::string ok_memory = "memory: {chunk_size: 32}\n";
+  const std::string ok_training = "training: {seq_len: 64, steps: 10}\n";
+  struct Case {
+    std::string yaml, expected;
+  };
+  const std::vector<Case> cases = {
+      {"- a\n", "a job spec must be a mapping"},
+      {ok_data + ok_training + ok_memory, "model: give exactly one of 'base'"},
+      {"model: {preset: huge}\n" + ok_data + ok_training + ok_memory, "preset: unknown name 'huge'"},
+      {ok_model + ok_training + ok_memory, "data.train: is required"},
+      {ok_model + "data: {train: a.txt, format: csv}\n" + ok_training + ok_memory, "data.format: unknown value 'csv'"},
+      {ok_model + "data: {train: [{format: text}]}\n" + ok_training + ok_memory, "data.train[0].path: is required"},
+      {ok_model + "data: {train: a.txt, validation: b.txt, validation_fraction: 0.2}\n" + ok_training + ok_memory,
+       "either validation sources or a validation fraction"},
+      {ok_model + ok_data + "training: {steps: 10}\n" + ok_memory, "training.seq_len: is required"},
+      {ok_model + ok_data + "training: {seq_len: 64}\n" + ok_memory, "exactly one of 'steps' and 'epochs'"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, epochs: 1}\n" + ok_memory, "exactly one of 'steps'"},
+      {ok_model + ok_data + "training: {seq_len: 64.5, steps: 10}\n" + ok_memory, "training.seq_len: must be an integer"},
+      {ok_model + ok_data + "training: {seq_len: 0, steps: 10}\n" + ok_memory, "training.seq_len: must be >= 1"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, optimizer: {lr: -1}}\n" + ok_memory,
+       "training.optimizer.lr: must be > 0"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, optimizer: {name: adam}}\n" + ok_memory,
+       "training.optimizer.name: unknown value 'adam' (allowed: adamw, sgd)"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, optimiser: {}}\n" + ok_memory,
+       "training.optimiser: unknown field"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, lora: {rank: 4}}\n" + ok_memory,
+       "training.lora: is only used with tuning: lora"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, tuning: lora, lora: {targets: [wz]}}\n" + ok_memory,
+       "unknown projection 'wz'"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, schedule: {warmup_steps: 11}}\n" + ok_memory,
+       "warmup_steps: 11 is more than the 10 training steps"},
+      {ok_model + ok_data + ok_training, "chunk_size 'auto' needs a quota"},
+      {ok_model + ok_data + ok_training + "memory: {quota: 2XB}\n", "memory.quota: unknown unit 'XB'"},
+      {ok_model + ok_data + ok_training + "memory: {chunk_size: 32, mode: sideways}\n", "memory.mode: unknown value"},
+      {ok_model + ok_data + ok_training + ok_memory + "eval: {every: -1}\n", "eval.every: must be >= 0"},
+      {ok_model + ok_data + ok_training + ok_memory + "extra: 1\n", "extra: unknown field"},
+  };
+  for (const Case& c : cases) {
+    try {
+      FromYaml(c.yaml);
+      ADD_FAILURE() << "accepted:\n" << c.yaml;
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(c.expected), std::string::npos)
+          << "message: " << e.what() << "\nexpected: " << c.expected;
+    }
+  }
+}
+
+TEST(WorkerEvents, RoundTripExactly) {
+  TrainingEvent e;
+  e.kind = EventKind::kProgress;
+  e.time = 1795896974.0292482;
+  e.step = 12;
+  e.total_steps = 100;
+  e.loss = 2.0 / 3.0;
+  e.lr = 3e-4;
+  e.grad_norm = 0.1;
+  e.tokens = 12 * 4096;
+  e.tokens_per_second = 5123.25;
+  e.eta_seconds = 88;
+  e.peak_bytes = int64_t{3} << 30;
+  const std::string line = EventToJson(e);
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  const TrainingEvent back = EventFromJson(line);
+  EXPECT_EQ(back.kind, EventKind::kProgress);
+  EXPECT_EQ(back.time, e.time);
+  EXPECT_EQ(back.loss, e.loss);  // bit for bit: 17 significant digits
+  EXPECT_EQ(back.lr, e.lr);
+  EXPECT_EQ(back.tokens, e.tokens);
+  EXPECT_EQ(back.peak_bytes, e.peak_bytes);
+  EXPECT_EQ(EventToJson(back), line);
+
+  TrainingEvent failed;
+  failed.kind = EventKind::kFailed;
+  failed.code = "resource_exhausted";
+  failed.message = "out of memory: \"quota\" 1 GiB\n";
+  const TrainingEvent f = EventFromJson(EventToJson(failed));
+  EXPECT_EQ(f.kind, EventKind::kFailed);
+  EXPECT_EQ(f.message, failed.message);
+
+  EXPECT_THROW(EventFromJson("{\"event\":\"exploded\"}"), std::runtime_error);
+  EXPECT_THROW(EventFromJson("not json"), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace slim

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "engine/byte_size.h"
 #include "engine/calibration.h"
@@ -184,6 +185,84 @@ double Evaluate(PerformerLMImpl& model, const Corpus& corpus, const std::vector<
   return sum / static_cast<double>(n);
 }
 
+// The training and validation sequences of a job, read and checked in full.
+struct TrainingData {
+  Corpus train;
+  Corpus validation;  // empty when the validation sequences are held out of `train`
+  std::vector<int64_t> train_sequences, validation_sequences;
+  const Corpus& validation_corpus() const { return validation.starts.empty() ? train : validation; }
+};
+
+TrainingData LoadTrainingData(const JobSpec& spec, int64_t vocab_size) {
+  TrainingData d;
+  d.train = ReadCorpus(spec.train_data, vocab_size, spec.seq_len);
+  const int64_t n = static_cast<int64_t>(d.train.starts.size());
+  if (spec.validation_data.empty()) {
+    DataSplit split = SplitSequences(n, spec.validation_fraction, spec.data_seed);
+    d.train_sequences = std::move(split.train);
+    d.validation_sequences = std::move(split.validation);
+  } else {
+    for (int64_t i = 0; i < n; ++i) d.train_sequences.push_back(i);
+    d.validation = ReadCorpus(spec.validation_data, vocab_size, spec.seq_len);
+    for (int64_t i = 0; i < static_cast<int64_t>(d.validation.starts.size()); ++i) d.validation_sequences.push_back(i);
+  }
+  CheckArgument(!d.train_sequences.empty(), "data.train: no training sequences left after the validation split");
+  return d;
+}
+
+int64_t TotalSteps(const JobSpec& spec, int64_t train_sequences) {
+  if (spec.steps > 0) return spec.steps;
+  const double per_step = static_cast<double>(spec.batch_size * spec.grad_accum);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(spec.epochs * static_cast<double>(train_sequences) / per_step)));
+}
+
+// Where a run stands, as stored in its checkpoints' progress metadata.
+struct RunPosition {
+  int64_t step = 0, tokens = 0, epoch = 0, epoch_offset = 0;
+};
+
+// Loads the newest intact checkpoint in out_dir into `model` and `optimizer` and returns its
+// position; nullopt when out_dir has no checkpoints. Damaged ones are reported through `warn`
+// and skipped; if all are damaged, or the newest intact one belongs to a different spec
+// (fingerprint), throws EngineError(kInvalidArgument) rather than start over silently.
+std::optional<RunPosition> ResumeFromNewestCheckpoint(const std::string& out_dir, const std::string& fingerprint,
+                                                      PerformerLMImpl& model, torch::optim::Optimizer& optimizer,
+                                                      const std::function<void(const std::string&)>& warn) {
+  const std::vector<std::string> paths = ListCheckpoints(out_dir);
+  for (const std::string& path : paths) {
+    Checkpoint c;
+    try {
+      c = ReadCheckpoint(path);
+    } catch (const EngineError& e) {
+      warn(std::string(e.what()) + "; trying an older checkpoint");
+      continue;
+    }
+    const auto f = c.progress.find("fingerprint");
+    if (f == c.progress.end() || f->second != fingerprint) {
+      throw EngineError(ErrorCode::kInvalidArgument,
+                        "checkpoint " + path + " belongs to a run with a different model, data or training spec; "
+                        "use a new output directory or restore that spec");
+    }
+    at::NoGradGuard no_grad;
+    const auto saved_params = c.model->named_parameters();
+    for (auto& p : model.named_parameters()) p.value().copy_(saved_params[p.key()]);
+    const auto saved_buffers = c.model->named_buffers();
+    for (auto& b : model.named_buffers()) b.value().copy_(saved_buffers[b.key()]);
+    RestoreOptimizer(c, optimizer);
+    RunPosition position;
+    position.step = ProgressInt(c.progress, "step", path);
+    position.tokens = ProgressInt(c.progress, "tokens", path);
+    position.epoch = ProgressInt(c.progress, "epoch", path);
+    position.epoch_offset = ProgressInt(c.progress, "epoch_offset", path);
+    return position;
+  }
+  if (!paths.empty()) {
+    throw EngineError(ErrorCode::kInvalidArgument, "no intact checkpoint in " + out_dir +
+                                                       "/checkpoints (see the warnings); remove the damaged files to start over");
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 double ScheduledLearningRate(const JobSpec& spec, int64_t step, int64_t total_steps) {
@@ -216,6 +295,41 @@ std::vector<std::string> ListCheckpoints(const std::string& out_dir) {
   return out;
 }
 
+StepShape JobStepShape(const JobSpec& spec, const ModelConfig& model) {
+  StepShape shape;
+  shape.model = model;
+  shape.batch = spec.batch_size;
+  shape.seq_len = spec.seq_len;
+  shape.precision = spec.precision;
+  shape.optimizer = spec.optimizer;
+  shape.tuning = spec.tuning;
+  shape.lora_rank = spec.lora_rank;
+  return shape;
+}
+
+Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::string& calibration_cache_dir) {
+  Plan plan;
+  plan.chunk_size = spec.chunk_size;
+  plan.mode = spec.mode.value_or(StartStateMode::kSubtract);
+  if (spec.quota_bytes == 0) return plan;  // a fixed chunk size, no quota: nothing to predict
+  const StepShape shape = JobStepShape(spec, model);
+  CalibrationOptions calibration;
+  calibration.cache_dir = calibration_cache_dir;
+  const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
+  if (spec.chunk_size == 0) {
+    const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
+    if (!r.feasible) {
+      throw EngineError(ErrorCode::kResourceExhausted,
+                        "memory.quota: " + FormatBytes(spec.quota_bytes) + " cannot fit this job; the minimum is " +
+                            FormatBytes(r.min_quota_bytes) + " (" + std::to_string(r.min_quota_bytes) + " bytes)");
+    }
+    plan = r.plan;
+    if (spec.mode) plan.mode = *spec.mode;
+  }
+  plan.predicted_peak_bytes = PredictPeak(shape, plan.chunk_size, plan.mode, k).total;
+  return plan;
+}
+
 TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   spec.Validate();
   CheckArgument(!options.out_dir.empty(), "output directory is required");
@@ -229,59 +343,16 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   PerformerLM model = spec.base_model.empty() ? PerformerLM(PresetConfig(spec.preset), spec.init_seed)
                                               : LoadModelFile(spec.base_model);
   const ModelConfig config = model->config();
-  Corpus train = ReadCorpus(spec.train_data, config.vocab_size, spec.seq_len);
-  Corpus validation_corpus;
-  std::vector<int64_t> train_sequences, validation_sequences;
-  const int64_t n_train_all = static_cast<int64_t>(train.starts.size());
-  if (spec.validation_data.empty()) {
-    const DataSplit split = SplitSequences(n_train_all, spec.validation_fraction, spec.data_seed);
-    train_sequences = split.train;
-    validation_sequences = split.validation;
-  } else {
-    for (int64_t i = 0; i < n_train_all; ++i) train_sequences.push_back(i);
-    validation_corpus = ReadCorpus(spec.validation_data, config.vocab_size, spec.seq_len);
-    for (int64_t i = 0; i < static_cast<int64_t>(validation_corpus.starts.size()); ++i) validation_sequences.push_back(i);
-  }
-  const Corpus& validation = spec.validation_data.empty() ? train : validation_corpus;
-  CheckArgument(!train_sequences.empty(), "data.train: no training sequences left after the validation split");
+  const TrainingData data = LoadTrainingData(spec, config.vocab_size);
   const int64_t sequences_per_step = spec.batch_size * spec.grad_accum;
-  const int64_t total_steps =
-      spec.steps > 0 ? spec.steps
-                     : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
-                                                spec.epochs * static_cast<double>(train_sequences.size()) /
-                                                static_cast<double>(sequences_per_step))));
-
+  const int64_t total_steps = TotalSteps(spec, static_cast<int64_t>(data.train_sequences.size()));
   if (spec.tuning == TuningMode::kLora) model->EnableLora(spec.lora_rank, spec.lora_alpha, spec.lora_targets);
   model->to(device);
 
   // 2. The plan: the chunk size that fits the quota (measured on this device kind).
-  StepShape shape;
-  shape.model = config;
-  shape.batch = spec.batch_size;
-  shape.seq_len = spec.seq_len;
-  shape.precision = spec.precision;
-  shape.optimizer = spec.optimizer;
-  shape.tuning = spec.tuning;
-  shape.lora_rank = spec.lora_rank;
-  Plan plan;
-  plan.chunk_size = spec.chunk_size;
-  plan.mode = spec.mode.value_or(StartStateMode::kSubtract);
-  if (spec.quota_bytes > 0) {
-    CalibrationOptions calibration;
-    calibration.cache_dir = options.calibration_cache_dir;
-    const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
-    if (spec.chunk_size == 0) {
-      const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
-      if (!r.feasible) {
-        throw EngineError(ErrorCode::kResourceExhausted,
-                          "memory.quota: " + FormatBytes(spec.quota_bytes) + " cannot fit this job; the minimum is " +
-                              FormatBytes(r.min_quota_bytes) + " (" + std::to_string(r.min_quota_bytes) + " bytes)");
-      }
-      plan = r.plan;
-      if (spec.mode) plan.mode = *spec.mode;
-    }
-    plan.predicted_peak_bytes = PredictPeak(shape, plan.chunk_size, plan.mode, k).total;
-  }
+  Plan plan = PlanTraining(spec, config, options.calibration_cache_dir);
+  int64_t quota_bytes = spec.quota_bytes;
+  int64_t last_requested_quota = 0;  // a refused request is not retried every step
 
   // 3. Optimizer over the trainable parameters, and the state to resume from.
   std::vector<at::Tensor> trainable;
@@ -289,45 +360,22 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     if (p.requires_grad()) trainable.push_back(p);
   }
   std::unique_ptr<torch::optim::Optimizer> optimizer = MakeOptimizer(spec, trainable);
-  BatchSampler sampler(train_sequences, spec.data_seed);
+  BatchSampler sampler(data.train_sequences, spec.data_seed);
   int64_t step = 0, tokens = 0, resumed_from = -1;
   const std::string fingerprint = TrainingFingerprint(spec);
   fs::create_directories(fs::path(options.out_dir) / "checkpoints");
   if (options.resume) {
-    for (const std::string& path : ListCheckpoints(options.out_dir)) {
-      Checkpoint c;
-      try {
-        c = ReadCheckpoint(path);
-      } catch (const EngineError& e) {
-        TrainingEvent w;
-        w.kind = EventKind::kWarning;
-        w.code = "invalid_argument";
-        w.message = std::string(e.what()) + "; trying an older checkpoint";
-        emit(w);
-        continue;
-      }
-      const auto f = c.progress.find("fingerprint");
-      if (f == c.progress.end() || f->second != fingerprint) {
-        throw EngineError(ErrorCode::kInvalidArgument,
-                          "checkpoint " + path + " belongs to a run with a different model, data or training spec; "
-                          "use a new output directory or restore that spec");
-      }
-      at::NoGradGuard no_grad;
-      const auto saved_params = c.model->named_parameters();
-      for (auto& p : model->named_parameters()) p.value().copy_(saved_params[p.key()]);
-      const auto saved_buffers = c.model->named_buffers();
-      for (auto& b : model->named_buffers()) b.value().copy_(saved_buffers[b.key()]);
-      RestoreOptimizer(c, *optimizer);
-      step = ProgressInt(c.progress, "step", path);
-      tokens = ProgressInt(c.progress, "tokens", path);
-      sampler.Seek(ProgressInt(c.progress, "epoch", path), ProgressInt(c.progress, "epoch_offset", path));
-      resumed_from = step;
-      break;
-    }
-    if (resumed_from < 0 && !ListCheckpoints(options.out_dir).empty()) {
-      throw EngineError(ErrorCode::kInvalidArgument,
-                        "no intact checkpoint in " + options.out_dir + "/checkpoints (see the warnings); "
-                        "remove the damaged files to start over");
+    const auto warn = [&](const std::string& message) {
+      TrainingEvent w;
+      w.kind = EventKind::kWarning;
+      w.code = "invalid_argument";
+      w.message = message;
+      emit(w);
+    };
+    if (const auto position = ResumeFromNewestCheckpoint(options.out_dir, fingerprint, *model, *optimizer, warn)) {
+      step = resumed_from = position->step;
+      tokens = position->tokens;
+      sampler.Seek(position->epoch, position->epoch_offset);
     }
   }
   WriteTextAtomically((fs::path(options.out_dir) / "spec.json").string(), SerializeJson(JobSpecToJson(spec)) + "\n");
@@ -373,12 +421,12 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     return path;
   };
   auto run_eval = [&]() {
-    if (validation_sequences.empty()) return;
+    if (data.validation_sequences.empty()) return;
     TrainingEvent e;
     e.kind = EventKind::kEval;
     e.step = step;
     e.total_steps = total_steps;
-    e.eval_loss = Evaluate(*model, validation, validation_sequences, spec, plan.chunk_size, device);
+    e.eval_loss = Evaluate(*model, data.validation_corpus(), data.validation_sequences, spec, plan.chunk_size, device);
     emit(e);
   };
 
@@ -391,7 +439,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     for (at::Tensor& p : trainable) p.mutable_grad() = at::Tensor();
     double loss = 0;
     for (int64_t micro = 0; micro < spec.grad_accum; ++micro) {
-      const auto [inputs, targets] = MakeBatch(train, sampler.Next(spec.batch_size), spec.seq_len, device);
+      const auto [inputs, targets] = MakeBatch(data.train, sampler.Next(spec.batch_size), spec.seq_len, device);
       loss += SlimTrainingStep(*model, inputs, targets, step_options).loss;
     }
     loss /= static_cast<double>(spec.grad_accum);
@@ -432,6 +480,36 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
       emit(e);
     }
     if (spec.eval_every > 0 && step % spec.eval_every == 0 && step < total_steps) run_eval();
+    if (options.requested_quota_bytes != nullptr) {
+      const int64_t requested = options.requested_quota_bytes->load();
+      if (requested > 0 && requested != quota_bytes && requested != last_requested_quota) {
+        last_requested_quota = requested;
+        JobSpec replanned_spec = spec;
+        replanned_spec.quota_bytes = requested;
+        replanned_spec.chunk_size = 0;
+        TrainingEvent e;
+        e.step = step;
+        e.total_steps = total_steps;
+        try {
+          plan = PlanTraining(replanned_spec, config, options.calibration_cache_dir);
+          CapDeviceMemory(spec.device, requested);
+          quota_bytes = requested;
+          step_options.chunk_size = plan.chunk_size;
+          step_options.mode = plan.mode;
+          e.kind = EventKind::kReplanned;
+          e.device = spec.device;
+          e.quota_bytes = quota_bytes;
+          e.chunk_size = plan.chunk_size;
+          e.mode = StartStateModeName(plan.mode);
+          e.predicted_peak_bytes = plan.predicted_peak_bytes;
+        } catch (const EngineError& error) {
+          e.kind = EventKind::kWarning;
+          e.code = "resource_exhausted";
+          e.message = std::string("new quota refused, keeping ") + FormatBytes(quota_bytes) + ": " + error.what();
+        }
+        emit(e);
+      }
+    }
     const bool stop = options.stop_requested != nullptr && options.stop_requested->load();
     if (stop && step < total_steps) {
       TrainingResult result;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "engine/job_spec.h"
+#include "engine/memory_model.h"
 #include "engine/worker_events.h"
 
 namespace slim {
@@ -32,6 +33,11 @@ struct TrainerOptions {
   // Checked after every optimizer step; when set, the run writes a checkpoint and returns
   // kStopped (SIGTERM handlers set it).
   const std::atomic<bool>* stop_requested = nullptr;
+  // Checked after every optimizer step: a value > 0 that differs from the current quota
+  // becomes the new quota (shrink-to-fit): the chunk size is re-planned for it, the memory cap
+  // lowered, and a `replanned` event reports the new plan. The math of training is unchanged.
+  // A quota that cannot fit the job is refused with a warning and the old one kept.
+  const std::atomic<int64_t>* requested_quota_bytes = nullptr;
   // Minimum seconds between progress events (0: after every step). The last step always reports.
   double progress_interval_seconds = 1.0;
   // Where planner calibrations are cached ("" measures every time).
@@ -58,6 +64,16 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options);
 
 // The learning rate for optimizer step `step` (0-based) of `total_steps`.
 double ScheduledLearningRate(const JobSpec& spec, int64_t step, int64_t total_steps);
+
+// The planner's view of a job's step.
+StepShape JobStepShape(const JobSpec& spec, const ModelConfig& model);
+
+// The chunk size and start-state mode a run of `spec` uses: the spec's fixed chunk size, or
+// (chunk_size auto) the largest that fits memory.quota on spec.device, calibrated there (the
+// calibration is cached in `calibration_cache_dir` unless it is empty). predicted_peak_bytes is
+// set whenever there is a quota. Throws EngineError(kResourceExhausted) naming the minimum quota
+// when the quota cannot fit the job.
+Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::string& calibration_cache_dir);
 
 // Checkpoint files in out_dir, newest (highest step) first.
 std::vector<std::string> ListCheckpoints(const std::string& out_dir);

@@ -8,7 +8,7 @@ namespace slim {
 namespace {
 
 constexpr EventKind kKinds[] = {EventKind::kStarted, EventKind::kProgress, EventKind::kEval,
-                                EventKind::kCheckpoint, EventKind::kWarning, EventKind::kFinished,
+                                EventKind::kCheckpoint, EventKind::kReplanned, EventKind::kWarning, EventKind::kFinished,
                                 EventKind::kStopped, EventKind::kFailed};
 
 Json Num(double x) {
@@ -45,6 +45,7 @@ std::string EventKindName(EventKind k) {
     case EventKind::kProgress: return "progress";
     case EventKind::kEval: return "eval";
     case EventKind::kCheckpoint: return "checkpoint";
+    case EventKind::kReplanned: return "replanned";
     case EventKind::kWarning: return "warning";
     case EventKind::kFinished: return "finished";
     case EventKind::kStopped: return "stopped";
@@ -63,6 +64,7 @@ std::string EventToJson(const TrainingEvent& e) {
   m["total_steps"] = Num(static_cast<double>(e.total_steps));
   switch (e.kind) {
     case EventKind::kStarted:
+    case EventKind::kReplanned:
       m["device"] = Str(e.device);
       m["quota_bytes"] = Num(static_cast<double>(e.quota_bytes));
       m["chunk_size"] = Num(static_cast<double>(e.chunk_size));

@@ -14,6 +14,7 @@ enum class EventKind {
   kProgress,    // after an optimizer step (rate-limited by the worker)
   kEval,        // validation loss
   kCheckpoint,  // a checkpoint file was written
+  kReplanned,   // a new quota took effect at a step boundary: chunk size, mode, predicted peak
   kWarning,     // something the operator should know; training continues
   kFinished,    // outputs written; the worker exits 0
   kStopped,     // asked to stop (SIGTERM): checkpoint written, resumable; exits 75
@@ -27,7 +28,7 @@ struct TrainingEvent {
   double time = 0;          // Unix seconds when the event was made
   int64_t step = 0;         // optimizer steps completed
   int64_t total_steps = 0;
-  // started
+  // started, replanned
   std::string device;
   int64_t quota_bytes = 0;
   int64_t chunk_size = 0;

@@ -18,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/calibration.h"
@@ -63,6 +64,9 @@ run flags:
   --no-resume               start over even if DIR has checkpoints (they are kept until
                             replaced)
   --threads N               LibTorch intra-op threads (default 1, see docs/engine.md)
+  --control-stdin           worker mode: read control commands from stdin, one JSON per line:
+                            {"command":"set_quota","quota_bytes":N} re-plans the chunk size
+                            for a new quota at the next step boundary
   SIGTERM or Ctrl-C: the current step finishes, a checkpoint is written, exit status 75.
 
 plan flags:
@@ -94,6 +98,29 @@ examples:
 
 // Set by SIGTERM/SIGINT; the trainer checks it after every optimizer step.
 std::atomic<bool> g_stop_requested{false};
+// Set by a `set_quota` control command (--control-stdin); applied at the next step boundary.
+std::atomic<int64_t> g_requested_quota{0};
+
+// Reads control commands, one JSON object per line, from stdin until EOF:
+//   {"command":"set_quota","quota_bytes":N}   shrink-to-fit (or grow) at the next step boundary
+// Anything else is reported on stderr and ignored.
+void ReadControlCommands() {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    try {
+      const slim::Json command = slim::ParseJson(line);
+      const auto name = command.members.find("command");
+      const auto quota = command.members.find("quota_bytes");
+      if (name != command.members.end() && name->second.text == "set_quota" && quota != command.members.end() &&
+          quota->second.kind == slim::Json::kNumber && quota->second.number > 0) {
+        g_requested_quota.store(static_cast<int64_t>(quota->second.number));
+        continue;
+      }
+    } catch (const std::exception&) {
+    }
+    std::fprintf(stderr, "slim-train: ignoring control line '%s'\n", line.c_str());
+  }
+}
 
 extern "C" void RequestStop(int signal_number) {
   g_stop_requested.store(true);
@@ -155,6 +182,11 @@ void PrintForPeople(const slim::TrainingEvent& e, bool terminal) {
       std::printf("%sstep %lld: validation loss %.4f (%.3f bits per token)\n", terminal ? "\n" : "",
                   static_cast<long long>(e.step), e.eval_loss, e.eval_loss / std::log(2.0));
       break;
+    case EventKind::kReplanned:
+      std::printf("%snew quota %s: chunk size %lld (%s), predicted peak %s\n", terminal ? "\n" : "",
+                  slim::FormatBytes(e.quota_bytes).c_str(), static_cast<long long>(e.chunk_size), e.mode.c_str(),
+                  slim::FormatBytes(e.predicted_peak_bytes).c_str());
+      break;
     case EventKind::kCheckpoint:
       if (terminal) std::printf("\n");
       std::printf("checkpoint %s\n", e.path.c_str());
@@ -183,6 +215,7 @@ int Run(const slim::tools::Flags& flags) {
   const double progress_interval = flags.Double("progress-interval", 1.0);
   const bool no_resume = flags.Bool("no-resume");
   const int64_t threads = flags.Int("threads", 0, 0);
+  const bool control_stdin = flags.Bool("control-stdin");
   flags.CheckAllUsed();
   slim::CheckArgument(progress_interval >= 0, "--progress-interval: must be >= 0");
 
@@ -216,6 +249,10 @@ int Run(const slim::tools::Flags& flags) {
     slim::TrainerOptions options;
     options.out_dir = out_dir;
     options.stop_requested = &g_stop_requested;
+    if (control_stdin) {
+      std::thread(ReadControlCommands).detach();  // blocks on stdin; ends with the process
+      options.requested_quota_bytes = &g_requested_quota;
+    }
     options.progress_interval_seconds = progress_interval;
     options.calibration_cache_dir = slim::DefaultCalibrationCacheDir();
     options.resume = !no_resume;

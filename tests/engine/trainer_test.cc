@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/calibration.h"
 #include "engine/checkpoint.h"
 #include "engine/errors.h"
 #include "engine/model_file.h"
@@ -278,6 +279,64 @@ TEST_F(TrainerTest, BadDataIsRefusedBeforeTheFirstStep) {
     }
     EXPECT_TRUE(recorder.events.empty()) << c.file;
   }
+}
+
+// Shrink-to-fit inside a running job: a smaller quota requested mid-run takes effect at the
+// next step boundary with a smaller chunk size; the losses stay those of the unchanged run up to
+// float rounding (SLiM's gradients do not depend on the chunk size).
+TEST_F(TrainerTest, RequestedQuotaReplansTheChunkSizeMidRun) {
+  JobSpec spec = Spec();
+  spec.seq_len = 256;
+  spec.batch_size = 1;
+  spec.grad_accum = 1;
+  spec.eval_every = 0;
+  spec.steps = 6;
+  spec.chunk_size = 0;  // auto
+  const std::string cache = dir_ + "/calibration";
+  const ModelConfig config = LoadModelFile(spec.base_model)->config();
+  const StepShape shape = JobStepShape(spec, config);
+  CalibrationOptions calibration;
+  calibration.cache_dir = cache;
+  const MemoryCoefficients k = Calibrate(shape, "cpu", calibration);
+  // Quotas that plan C = L and C = 2 attention blocks, with the planner's 5% margin.
+  const auto quota_for = [&](int64_t chunk) {
+    return static_cast<int64_t>(PredictPeak(shape, chunk, StartStateMode::kSubtract, k).total / 0.94);
+  };
+  spec.quota_bytes = quota_for(256);
+  const int64_t small_quota = quota_for(2 * config.attention_block);
+
+  Recorder unchanged;
+  TrainerOptions o;
+  o.out_dir = dir_ + "/a";
+  o.progress_interval_seconds = 0;
+  o.calibration_cache_dir = cache;
+  o.on_event = [&](const TrainingEvent& e) { unchanged(e); };
+  RunTraining(spec, o);
+
+  Recorder shrunk;
+  std::atomic<int64_t> requested{0};
+  o.out_dir = dir_ + "/b";
+  o.requested_quota_bytes = &requested;
+  o.on_event = [&](const TrainingEvent& e) {
+    shrunk(e);
+    if (e.kind == EventKind::kProgress && e.step == 3) requested = small_quota;
+  };
+  RunTraining(spec, o);
+
+  const TrainingEvent& started = shrunk.events.front();
+  int replans = 0;
+  for (const TrainingEvent& e : shrunk.events) {
+    if (e.kind != EventKind::kReplanned) continue;
+    ++replans;
+    EXPECT_EQ(e.step, 3);
+    EXPECT_EQ(e.quota_bytes, small_quota);
+    EXPECT_LT(e.chunk_size, started.chunk_size);
+    EXPECT_LE(e.predicted_peak_bytes, small_quota);
+  }
+  EXPECT_EQ(replans, 1);
+  ASSERT_EQ(shrunk.losses.size(), unchanged.losses.size());
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(shrunk.losses[i], unchanged.losses[i]);
+  for (size_t i = 3; i < shrunk.losses.size(); ++i) EXPECT_NEAR(shrunk.losses[i], unchanged.losses[i], 1e-4);
 }
 
 TEST(LearningRate, WarmupThenCosineToTheFloor) {

@@ -10,6 +10,9 @@ packages=(
   # engine: LibTorch (CPU build) and a fast BLAS; without libopenblas0-pthread Debian's
   # LibTorch falls back to the reference BLAS (measured 7x slower on a chunked attention step)
   libtorch-dev libopenblas0-pthread
+  # service: gRPC and protobuf (with the compilers), Abseil, SQLite (job store), Prometheus client
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libsqlite3-dev prometheus-cpp-dev
   # tests
   libgtest-dev libgmock-dev
 )

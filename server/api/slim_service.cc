@@ -1,0 +1,463 @@
+#include "server/api/slim_service.h"
+
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace slim::server {
+namespace {
+
+constexpr size_t kExportChunkBytes = 1 << 20;
+constexpr int kWatchBatch = 64;
+
+bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+// Runs `fn` (returning absl::Status); an escaping exception becomes INTERNAL.
+template <typename Fn>
+absl::Status Guarded(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    return absl::InternalError(std::string("unexpected error: ") + e.what());
+  }
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(Guarded(fn)));
+  return reactor;
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* UnaryOnExecutor(Executor& executor, grpc::CallbackServerContext* context, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor.Submit([reactor, fn]() mutable { reactor->Finish(ToGrpcStatus(Guarded(fn))); });
+  return reactor;
+}
+
+// State shared between a streaming reactor and the threads that poke it (manager watchers,
+// executor tasks): the mutex outlives the reactor, and `alive` says whether it may be touched.
+struct StreamGuard {
+  absl::Mutex mu;
+  bool alive ABSL_GUARDED_BY(mu) = true;
+};
+
+// WatchJob: the snapshot, then events read from the store after a cursor, one write at a time.
+// Events are durable in the store, so a slow client only delays its own stream; training and
+// other watchers never wait for it.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse> {
+ public:
+  WatchReactor(JobManager& manager, const v1::WatchJobRequest& request)
+      : manager_(manager), guard_(std::make_shared<StreamGuard>()) {
+    absl::StatusOr<v1::Job> job = request.id().empty() ? absl::InvalidArgumentError("id: is required")
+                                                        : manager_.GetJob(request.id());
+    if (request.after_sequence() < 0) job = absl::InvalidArgumentError("after_sequence: must be >= 0");
+    if (!job.ok()) {
+      finished_ = true;
+      Finish(ToGrpcStatus(job.status()));
+      return;
+    }
+    job_id_ = request.id();
+    cursor_ = request.after_sequence();
+    done_after_snapshot_ = IsTerminal(job->state()) && job->last_sequence() <= cursor_;
+    v1::WatchJobResponse snapshot;
+    *snapshot.mutable_snapshot() = *std::move(job);
+    pending_.push_back(std::move(snapshot));
+    std::shared_ptr<StreamGuard> guard = guard_;
+    handle_ = manager_.Watch(job_id_, [guard, this] {
+      absl::MutexLock lock(&guard->mu);
+      if (guard->alive) MaybeWrite();
+    });
+    absl::MutexLock lock(&guard_->mu);
+    MaybeWrite();
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&guard_->mu);
+    in_flight_ = false;
+    if (!ok) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    const bool snapshot = current_.has_snapshot();
+    if ((snapshot && done_after_snapshot_) || (current_.has_event() && IsTerminal(current_.event().state()))) {
+      return End(grpc::Status::OK);
+    }
+    MaybeWrite();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&guard_->mu);
+    if (!in_flight_) End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    // else OnWriteDone(false) follows and ends the stream.
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&guard_->mu);
+      guard_->alive = false;
+    }
+    if (handle_ != 0) manager_.Unwatch(handle_);
+    delete this;
+  }
+
+ private:
+  void End(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  void MaybeWrite() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
+    if (finished_ || in_flight_) return;
+    if (pending_.empty()) {
+      absl::StatusOr<std::vector<v1::JobEvent>> events = manager_.Events(job_id_, cursor_, kWatchBatch);
+      if (!events.ok()) return End(ToGrpcStatus(events.status()));
+      for (v1::JobEvent& e : *events) {
+        cursor_ = e.sequence();
+        v1::WatchJobResponse item;
+        *item.mutable_event() = std::move(e);
+        pending_.push_back(std::move(item));
+      }
+    }
+    if (pending_.empty()) return;  // a watcher notification brings more
+    current_ = std::move(pending_.front());
+    pending_.pop_front();
+    in_flight_ = true;
+    StartWrite(&current_);
+  }
+
+  JobManager& manager_;
+  std::shared_ptr<StreamGuard> guard_;
+  std::string job_id_;
+  int64_t handle_ = 0;
+  int64_t cursor_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  bool done_after_snapshot_ = false;
+  bool in_flight_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
+  std::deque<v1::WatchJobResponse> pending_ ABSL_GUARDED_BY(guard_->mu);
+  v1::WatchJobResponse current_;
+};
+
+// UploadDataset: header, then chunks appended to a temp file; the manager verifies and
+// registers it on the executor.
+class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequest> {
+ public:
+  UploadReactor(JobManager& manager, Executor& executor, v1::UploadDatasetResponse* response)
+      : manager_(manager), executor_(executor), response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client finished sending (or went away)
+      if (cancelled_.load()) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      if (!has_header_) return Fail(absl::InvalidArgumentError("header: the first message must be the header"));
+      out_.close();
+      if (!out_) return Fail(absl::InternalError("cannot write the upload"));
+      if (received_ != header_.size_bytes()) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("header.size_bytes: received ", received_,
+                                                            " bytes, the header says ", header_.size_bytes())));
+      }
+      executor_.Submit([this] {
+        absl::StatusOr<v1::Dataset> dataset = manager_.AddDataset(header_, temp_path_);
+        temp_path_.clear();  // consumed by AddDataset either way
+        if (dataset.ok()) *response_->mutable_dataset() = *dataset;
+        Finish(ToGrpcStatus(dataset.status()));
+      });
+      return;
+    }
+    if (request_.has_header()) {
+      if (has_header_) return Fail(absl::InvalidArgumentError("header: sent twice"));
+      header_ = request_.header();
+      if (header_.size_bytes() <= 0 || header_.size_bytes() > manager_.max_dataset_bytes()) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("header.size_bytes: must be in [1, ",
+                                                            manager_.max_dataset_bytes(), "], got ",
+                                                            header_.size_bytes())));
+      }
+      if (header_.sha256().size() != 64) {
+        return Fail(absl::InvalidArgumentError("header.sha256: must be 64 hex characters"));
+      }
+      has_header_ = true;
+      temp_path_ = manager_.TempPath();
+      out_.open(temp_path_, std::ios::binary | std::ios::trunc);
+      if (!out_) return Fail(absl::InternalError("cannot create " + temp_path_));
+    } else {
+      if (!has_header_) return Fail(absl::InvalidArgumentError("header: the first message must be the header"));
+      received_ += static_cast<int64_t>(request_.chunk().size());
+      if (received_ > header_.size_bytes()) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("chunk: more data than header.size_bytes (",
+                                                            header_.size_bytes(), ")")));
+      }
+      out_.write(request_.chunk().data(), static_cast<std::streamsize>(request_.chunk().size()));
+    }
+    StartRead(&request_);
+  }
+
+  void OnCancel() override { cancelled_ = true; }
+
+  void OnDone() override {
+    if (!temp_path_.empty()) std::remove(temp_path_.c_str());
+    delete this;
+  }
+
+ private:
+  void Fail(const absl::Status& status) {
+    out_.close();
+    Finish(ToGrpcStatus(status));
+  }
+
+  JobManager& manager_;
+  Executor& executor_;
+  v1::UploadDatasetResponse* response_;
+  v1::UploadDatasetRequest request_;
+  v1::UploadDatasetHeader header_;
+  bool has_header_ = false;
+  int64_t received_ = 0;
+  std::string temp_path_;
+  std::ofstream out_;
+  std::atomic<bool> cancelled_{false};
+};
+
+// ExportModel: the file in chunks, the next read after each write completes.
+class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportModelResponse> {
+ public:
+  ExportReactor(JobManager& manager, const v1::ExportModelRequest& request) {
+    absl::StatusOr<std::string> path = request.id().empty() ? absl::InvalidArgumentError("id: is required")
+                                                             : manager.ModelPath(request.id());
+    if (!path.ok()) {
+      Finish(ToGrpcStatus(path.status()));
+      return;
+    }
+    in_.open(*path, std::ios::binary | std::ios::ate);
+    if (!in_) {
+      Finish(grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the model file"));
+      return;
+    }
+    const int64_t total = static_cast<int64_t>(in_.tellg());
+    in_.seekg(0);
+    message_.set_total_bytes(total);
+    Next();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    message_.clear_total_bytes();
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    std::string chunk(kExportChunkBytes, '\0');
+    in_.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    chunk.resize(static_cast<size_t>(in_.gcount()));
+    if (chunk.empty()) return Finish(grpc::Status::OK);
+    message_.set_chunk(std::move(chunk));
+    StartWrite(&message_);
+  }
+  std::ifstream in_;
+  v1::ExportModelResponse message_;
+};
+
+// Generate: the executor samples; text pieces are coalesced while a write is in flight.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  GenerateReactor(JobManager& manager, Executor& executor, const v1::GenerateRequest& request)
+      : guard_(std::make_shared<StreamGuard>()) {
+    std::shared_ptr<StreamGuard> guard = guard_;
+    executor.Submit([this, guard, &manager, request] {
+      const absl::Status status = Guarded([&] {
+        return manager.Generate(request, [&](const std::string& piece) {
+          absl::MutexLock lock(&guard->mu);
+          if (cancelled_) return false;
+          pending_ += piece;
+          MaybeWrite();
+          return true;
+        });
+      });
+      absl::MutexLock lock(&guard->mu);
+      closing_ = true;
+      status_ = ToGrpcStatus(status);
+      MaybeWrite();
+    });
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&guard_->mu);
+    in_flight_ = false;
+    if (!ok) cancelled_ = true;
+    MaybeWrite();
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&guard_->mu);
+    cancelled_ = true;  // the sampler stops at its next token; then the stream finishes
+  }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&guard_->mu);
+      guard_->alive = false;
+    }
+    delete this;
+  }
+
+ private:
+  void MaybeWrite() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
+    if (finished_ || in_flight_) return;
+    if (!pending_.empty() && !cancelled_) {
+      message_.set_text(pending_);
+      pending_.clear();
+      in_flight_ = true;
+      StartWrite(&message_);
+      return;
+    }
+    if (closing_) {
+      finished_ = true;
+      Finish(cancelled_ ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled") : status_);
+    }
+  }
+  std::shared_ptr<StreamGuard> guard_;
+  std::string pending_ ABSL_GUARDED_BY(guard_->mu);
+  bool in_flight_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool closing_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool cancelled_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(guard_->mu);
+  v1::GenerateResponse message_;
+};
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl and gRPC share the canonical code numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+grpc::ServerUnaryReactor* SlimService::CreateJob(grpc::CallbackServerContext* context, const v1::CreateJobRequest* request,
+                                                 v1::CreateJobResponse* response) {
+  return UnaryOnExecutor(executor_, context, [this, request, response]() -> absl::Status {
+    absl::StatusOr<v1::Job> job = manager_.CreateJob(*request);
+    if (job.ok()) *response->mutable_job() = *std::move(job);
+    return job.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
+                                              v1::GetJobResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::Job> job = manager_.GetJob(request->id());
+    if (job.ok()) *response->mutable_job() = *std::move(job);
+    return job.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::ListJobs(grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
+                                                v1::ListJobsResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::ListJobsResponse> list = manager_.ListJobs(*request);
+    if (list.ok()) *response = *std::move(list);
+    return list.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::CancelJob(grpc::CallbackServerContext* context, const v1::CancelJobRequest* request,
+                                                 v1::CancelJobResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::Job> job = manager_.CancelJob(request->id());
+    if (job.ok()) *response->mutable_job() = *std::move(job);
+    return job.status();
+  });
+}
+
+grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::CallbackServerContext*,
+                                                                      const v1::WatchJobRequest* request) {
+  return new WatchReactor(manager_, *request);
+}
+
+grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
+                                               v1::PlanJobResponse* response) {
+  return UnaryOnExecutor(executor_, context, [this, request, response]() -> absl::Status {
+    absl::StatusOr<v1::PlanJobResponse> plan = manager_.PlanJob(request->spec());
+    if (plan.ok()) *response = *std::move(plan);
+    return plan.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::ListDevices(grpc::CallbackServerContext* context, const v1::ListDevicesRequest*,
+                                                   v1::ListDevicesResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    *response = manager_.ListDevices();
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerReadReactor<v1::UploadDatasetRequest>* SlimService::UploadDataset(grpc::CallbackServerContext*,
+                                                                              v1::UploadDatasetResponse* response) {
+  return new UploadReactor(manager_, executor_, response);
+}
+
+grpc::ServerUnaryReactor* SlimService::GetDataset(grpc::CallbackServerContext* context, const v1::GetDatasetRequest* request,
+                                                  v1::GetDatasetResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::Dataset> dataset = manager_.GetDataset(request->id());
+    if (dataset.ok()) *response->mutable_dataset() = *std::move(dataset);
+    return dataset.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext* context,
+                                                    const v1::ListDatasetsRequest* request,
+                                                    v1::ListDatasetsResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::ListDatasetsResponse> list = manager_.ListDatasets(*request);
+    if (list.ok()) *response = *std::move(list);
+    return list.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::DeleteDataset(grpc::CallbackServerContext* context,
+                                                     const v1::DeleteDatasetRequest* request, v1::DeleteDatasetResponse*) {
+  return Unary(context, [&] { return manager_.DeleteDataset(request->id()); });
+}
+
+grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
+                                                v1::GetModelResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::Model> model = manager_.GetModel(request->id());
+    if (model.ok()) *response->mutable_model() = *std::move(model);
+    return model.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
+                                                  v1::ListModelsResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<v1::ListModelsResponse> list = manager_.ListModels(*request);
+    if (list.ok()) *response = *std::move(list);
+    return list.status();
+  });
+}
+
+grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* context,
+                                                   const v1::ImportModelRequest* request,
+                                                   v1::ImportModelResponse* response) {
+  return UnaryOnExecutor(executor_, context, [this, request, response]() -> absl::Status {
+    absl::StatusOr<v1::Model> model = manager_.ImportModel(*request);
+    if (model.ok()) *response->mutable_model() = *std::move(model);
+    return model.status();
+  });
+}
+
+grpc::ServerWriteReactor<v1::ExportModelResponse>* SlimService::ExportModel(grpc::CallbackServerContext*,
+                                                                            const v1::ExportModelRequest* request) {
+  return new ExportReactor(manager_, *request);
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* SlimService::Generate(grpc::CallbackServerContext*,
+                                                                      const v1::GenerateRequest* request) {
+  return new GenerateReactor(manager_, executor_, *request);
+}
+
+}  // namespace slim::server

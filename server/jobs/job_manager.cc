@@ -1,0 +1,1026 @@
+#include "server/jobs/job_manager.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "engine/byte_size.h"
+#include "engine/calibration.h"
+#include "engine/dataset.h"
+#include "engine/errors.h"
+#include "engine/generate.h"
+#include "engine/json.h"
+#include "engine/model_file.h"
+#include "engine/trainer.h"
+#include "server/common/sha256.h"
+#include "server/common/status_macros.h"
+#include "server/supervise/worker_process.h"
+
+namespace slim::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kDefaultPageSize = 50;
+constexpr int kMaxPageSize = 1000;
+
+absl::Status FromEngineError(const EngineError& e) {
+  switch (e.code()) {
+    case ErrorCode::kInvalidArgument: return absl::InvalidArgumentError(e.what());
+    case ErrorCode::kResourceExhausted: return absl::ResourceExhaustedError(e.what());
+    case ErrorCode::kInternal: return absl::InternalError(e.what());
+  }
+  return absl::InternalError(e.what());
+}
+
+google::protobuf::Timestamp Now() {
+  const int64_t micros = absl::ToUnixMicros(absl::Now());
+  google::protobuf::Timestamp t;
+  t.set_seconds(micros / 1000000);
+  t.set_nanos(static_cast<int32_t>(micros % 1000000) * 1000);
+  return t;
+}
+
+bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+absl::StatusOr<int> PageSize(int requested) {
+  if (requested < 0 || requested > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [0, ", kMaxPageSize, "], got ", requested));
+  }
+  return requested == 0 ? kDefaultPageSize : requested;
+}
+
+v1::JobEvent Event(const std::string& kind, const std::string& message = "") {
+  v1::JobEvent e;
+  e.set_kind(kind);
+  e.set_message(message);
+  *e.mutable_time() = Now();
+  return e;
+}
+
+Json Str(const std::string& s) {
+  Json j;
+  j.kind = Json::kString;
+  j.text = s;
+  return j;
+}
+Json Num(double x) {
+  Json j;
+  j.kind = Json::kNumber;
+  j.number = x;
+  return j;
+}
+Json Obj() {
+  Json j;
+  j.kind = Json::kObject;
+  return j;
+}
+
+// "cpu:1" → "cpu" (declared CPU devices share the process's CPU), "cuda:0" stays.
+std::string WorkerDevice(const std::string& device) {
+  return device.rfind("cpu", 0) == 0 ? "cpu" : device;
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) return absl::InternalError("cannot write " + tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::InternalError("cannot write " + path + ": " + ec.message());
+  return absl::OkStatus();
+}
+
+std::string ConfigJson(const ModelConfig& config) {
+  Json o = Obj();
+  for (const auto& [k, v] : ModelConfigMetadata(config)) {
+    if (k != "format" && k != "format_version") o.members[k] = Str(v);
+  }
+  return SerializeJson(o);
+}
+
+// A worker left by a server that was killed: its pid is in <job dir>/worker.pid. If that
+// process still runs slim-train, end its process group and wait for it to go, so that the
+// resumed worker is alone in the job directory.
+void KillOrphanedWorker(const std::string& job_dir) {
+  std::ifstream pid_file(job_dir + "/worker.pid");
+  long pid = 0;
+  if (!(pid_file >> pid) || pid <= 1) return;
+  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string command((std::istreambuf_iterator<char>(cmdline)), {});
+  if (command.find("slim-train") == std::string::npos) return;  // gone, or the pid was reused
+  ::kill(-static_cast<pid_t>(pid), SIGKILL);
+  for (int i = 0; i < 500 && ::kill(static_cast<pid_t>(pid), 0) == 0; ++i) {
+    // It is not our child, so it cannot be waited for; zombies of a dead parent are reaped
+    // by init quickly.
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+}  // namespace
+
+struct JobManager::Running {
+  std::string device;
+  int attempt = 0;
+  std::unique_ptr<WorkerProcess> worker;
+  bool cancelling = false;
+  bool draining = false;      // server shutdown: the job goes back to the queue
+  bool saw_terminal = false;  // the worker reported finished, stopped or failed
+  int64_t pending_quota = 0;  // shrink requested, not yet confirmed by the worker
+  std::string shrink_for;     // the job the shrink makes room for
+};
+
+JobManager::JobManager(Store& store, JobManagerOptions options) : store_(store), options_(std::move(options)) {}
+
+JobManager::~JobManager() { Shutdown(); }
+
+absl::Status JobManager::Start() {
+  for (const char* dir : {"datasets", "models", "jobs", "tmp"}) {
+    std::error_code ec;
+    fs::create_directories(fs::path(options_.data_dir) / dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", options_.data_dir, "/", dir, ": ", ec.message()));
+  }
+  // A previous server's running jobs: their workers are gone (they die with the server's
+  // process group or were killed); resume them from their last checkpoints.
+  ASSIGN_OR_RETURN(const std::vector<v1::Job> left,
+                   store_.JobsInStates({v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
+  {
+    absl::MutexLock lock(&mu_);
+    for (v1::Job job : left) {
+      KillOrphanedWorker((fs::path(options_.data_dir) / "jobs" / job.id()).string());
+      const bool cancelling = job.state() == v1::JOB_STATE_CANCELLING;
+      job.set_state(cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_QUEUED);
+      job.set_device("");
+      if (cancelling) *job.mutable_end_time() = Now();
+      RETURN_IF_ERROR(Record(job, Event(cancelling ? "cancelled" : "requeued",
+                                        cancelling ? "the server restarted during cancellation"
+                                                   : "the server restarted; resuming from the last checkpoint"))
+                          .status());
+    }
+  }
+  scheduler_ = std::thread([this] { SchedulerLoop(); });
+  return absl::OkStatus();
+}
+
+void JobManager::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    draining_ = true;
+    for (auto& [id, r] : running_) {
+      r->draining = true;
+      r->worker->Terminate(options_.cancel_grace_seconds);
+    }
+    // Workers checkpoint and exit; OnWorkerExit removes them.
+    const auto all_exited = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_.empty(); };
+    mu_.AwaitWithTimeout(absl::Condition(&all_exited), absl::Seconds(options_.cancel_grace_seconds + 10));
+    stopping_ = true;
+    wake_ = true;
+  }
+  if (scheduler_.joinable()) scheduler_.join();
+  std::vector<std::unique_ptr<WorkerProcess>> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    finished.swap(finished_workers_);
+    for (auto& [id, r] : running_) finished.push_back(std::move(r->worker));  // still alive: killed
+    running_.clear();
+  }
+  finished.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Specs and plans
+
+absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::string* device_kind) {
+  Json doc = Obj();
+  Json model = Obj();
+  if (!api.model().base().empty()) {
+    ASSIGN_OR_RETURN(const std::string path, ModelPath(api.model().base()));
+    model.members["base"] = Str(path);
+  }
+  if (!api.model().preset().empty()) model.members["preset"] = Str(api.model().preset());
+  if (api.model().init_seed() != 0) model.members["init_seed"] = Num(static_cast<double>(api.model().init_seed()));
+  doc.members["model"] = model;
+
+  Json data = Obj();
+  const auto sources = [&](const google::protobuf::RepeatedPtrField<v1::DataRef>& refs,
+                           const std::string& field) -> absl::StatusOr<Json> {
+    Json list;
+    list.kind = Json::kArray;
+    for (int i = 0; i < refs.size(); ++i) {
+      const v1::DataRef& ref = refs[i];
+      if (ref.dataset().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("spec: data.", field, "[", i, "].dataset: is required"));
+      }
+      absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(ref.dataset());
+      if (!dataset.ok()) {
+        return absl::NotFoundError(absl::StrCat("spec: data.", field, "[", i, "].dataset: no dataset '", ref.dataset(), "'"));
+      }
+      Json source = Obj();
+      source.members["path"] = Str((fs::path(options_.data_dir) / "datasets" / dataset->id()).string());
+      source.members["format"] = Str(ref.format().empty() ? dataset->format() : ref.format());
+      if (!ref.text_field().empty()) source.members["text_field"] = Str(ref.text_field());
+      list.items.push_back(source);
+    }
+    return list;
+  };
+  if (api.data().train_size() > 0) {
+    ASSIGN_OR_RETURN(data.members["train"], sources(api.data().train(), "train"));
+  }
+  if (api.data().validation_size() > 0) {
+    ASSIGN_OR_RETURN(data.members["validation"], sources(api.data().validation(), "validation"));
+  }
+  if (api.data().validation_fraction() != 0) data.members["validation_fraction"] = Num(api.data().validation_fraction());
+  if (api.data().seed() != 0) data.members["seed"] = Num(static_cast<double>(api.data().seed()));
+  doc.members["data"] = data;
+
+  // Proto3 zero values mean "not set": only the fields that were given go into the document,
+  // so the spec reader applies its defaults and its range checks to exactly what the user sent.
+  const auto put = [](Json* o, const char* key, double v) {
+    if (v != 0) o->members[key] = Num(v);
+  };
+  const auto put_str = [](Json* o, const char* key, const std::string& v) {
+    if (!v.empty()) o->members[key] = Str(v);
+  };
+  const v1::TrainingSpec& t = api.training();
+  Json training = Obj();
+  put(&training, "seq_len", t.seq_len());
+  put(&training, "batch_size", t.batch_size());
+  put(&training, "grad_accum", t.grad_accum());
+  put(&training, "steps", t.steps());
+  put(&training, "epochs", t.epochs());
+  put(&training, "grad_clip", t.grad_clip());
+  put_str(&training, "precision", t.precision());
+  put_str(&training, "tuning", t.tuning());
+  if (t.has_optimizer()) {
+    Json o = Obj();
+    put_str(&o, "name", t.optimizer().name());
+    put(&o, "lr", t.optimizer().lr());
+    put(&o, "weight_decay", t.optimizer().weight_decay());
+    put(&o, "beta1", t.optimizer().beta1());
+    put(&o, "beta2", t.optimizer().beta2());
+    put(&o, "eps", t.optimizer().eps());
+    put(&o, "momentum", t.optimizer().momentum());
+    training.members["optimizer"] = o;
+  }
+  if (t.has_schedule()) {
+    Json s = Obj();
+    put_str(&s, "name", t.schedule().name());
+    put(&s, "warmup_steps", t.schedule().warmup_steps());
+    put(&s, "min_lr_ratio", t.schedule().min_lr_ratio());
+    training.members["schedule"] = s;
+  }
+  if (t.has_lora()) {
+    Json l = Obj();
+    put(&l, "rank", t.lora().rank());
+    put(&l, "alpha", t.lora().alpha());
+    if (t.lora().targets_size() > 0) {
+      Json targets;
+      targets.kind = Json::kArray;
+      for (const std::string& name : t.lora().targets()) targets.items.push_back(Str(name));
+      l.members["targets"] = targets;
+    }
+    training.members["lora"] = l;
+  }
+  doc.members["training"] = training;
+
+  const v1::MemorySpec& m = api.memory();
+  if (!m.device_kind().empty() && m.device_kind() != "cpu" && m.device_kind() != "cuda") {
+    return absl::InvalidArgumentError("spec: memory.device_kind: unknown value '" + m.device_kind() +
+                                      "' (allowed: cpu, cuda, or empty for any)");
+  }
+  *device_kind = m.device_kind().empty() ? options_.devices.front().kind : m.device_kind();
+  Json memory = Obj();
+  put_str(&memory, "quota", m.quota());
+  put(&memory, "chunk_size", m.chunk_size());
+  put_str(&memory, "mode", m.mode());
+  // The device is decided at placement; plan on the first device of the kind. Without a quota
+  // the default policy supplies one (Plan), so validation sees a placeholder quota.
+  memory.members["device"] = Str(*device_kind == "cuda" ? "cuda:0" : "cpu");
+  if (m.quota().empty() && m.chunk_size() == 0) memory.members["quota"] = Num(1);
+  doc.members["memory"] = memory;
+
+  Json eval = Obj();
+  put(&eval, "every", api.eval().every());
+  put(&eval, "max_sequences", api.eval().max_sequences());
+  doc.members["eval"] = eval;
+  Json checkpoint = Obj();
+  checkpoint.members["every"] = Num(api.checkpoint().every() != 0 ? api.checkpoint().every() : options_.checkpoint_every);
+  put(&checkpoint, "keep", api.checkpoint().keep());
+  doc.members["checkpoint"] = checkpoint;
+
+  try {
+    JobSpec spec = JobSpecFromJson(doc);
+    if (m.quota().empty()) spec.quota_bytes = 0;  // the placeholder above; Plan applies the policy
+    return spec;
+  } catch (const EngineError& e) {
+    return FromEngineError(e);
+  }
+}
+
+absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec_in, const std::string& kind, bool quota_given) {
+  int64_t largest = 0;
+  for (const DeviceCapacity& d : options_.devices) {
+    if (d.kind == kind) largest = std::max(largest, d.capacity_bytes);
+  }
+  if (largest == 0) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
+  JobSpec spec = spec_in;
+  v1::PlanJobResponse response;
+  response.set_device_kind(kind);
+  try {
+    const ModelConfig config =
+        spec.base_model.empty() ? PresetConfig(spec.preset) : LoadModelFile(spec.base_model)->config();
+    if (!quota_given) {
+      // Default policy (docs/service.md): enough for ordinary backprop (C = L, the fastest step),
+      // capped at the largest device of the kind, where the planner then picks a smaller C.
+      JobSpec full = spec;
+      full.quota_bytes = largest;
+      full.chunk_size = spec.seq_len;
+      const slim::Plan at_full_length = PlanTraining(full, config, options_.calibration_cache_dir);
+      const int64_t wanted = static_cast<int64_t>(std::ceil(static_cast<double>(at_full_length.predicted_peak_bytes) /
+                                                            (1.0 - kDefaultPlanMargin))) + (int64_t{1} << 20);
+      spec.quota_bytes = std::min(largest, wanted);
+    }
+    response.set_quota_bytes(spec.quota_bytes);
+    const StepShape shape = JobStepShape(spec, config);
+    CalibrationOptions calibration;
+    calibration.cache_dir = options_.calibration_cache_dir;
+    const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
+    const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
+    response.set_min_quota_bytes(r.min_quota_bytes);
+    if (spec.chunk_size > 0) {
+      const MemoryBreakdown peak = PredictPeak(shape, spec.chunk_size, spec.mode.value_or(StartStateMode::kSubtract), k);
+      response.set_feasible(peak.total <= spec.quota_bytes);
+      response.set_chunk_size(spec.chunk_size);
+      response.set_mode(StartStateModeName(spec.mode.value_or(StartStateMode::kSubtract)));
+      response.set_predicted_peak_bytes(peak.total);
+      response.set_est_step_seconds(PredictStepSeconds(shape, spec.chunk_size, k));
+    } else if (r.feasible) {
+      response.set_feasible(true);
+      response.set_chunk_size(r.plan.chunk_size);
+      response.set_mode(StartStateModeName(spec.mode.value_or(r.plan.mode)));
+      response.set_predicted_peak_bytes(r.plan.predicted_peak_bytes);
+      response.set_est_step_seconds(r.plan.est_step_seconds);
+    }
+    response.set_total_steps(spec.steps);
+  } catch (const EngineError& e) {
+    return FromEngineError(e);
+  }
+  if (spec.quota_bytes > largest) response.set_feasible(false);
+  return response;
+}
+
+absl::StatusOr<v1::PlanJobResponse> JobManager::PlanJob(const v1::JobSpec& api) {
+  std::string kind;
+  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(api, &kind));
+  return Plan(spec, kind, !api.memory().quota().empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& request) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return absl::UnavailableError("the server is shutting down; not accepting jobs");
+  }
+  if (request.display_name().size() > 200) return absl::InvalidArgumentError("display_name: at most 200 characters");
+  if (request.priority() < -1000 || request.priority() > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat("priority: must be in [-1000, 1000], got ", request.priority()));
+  }
+  std::string kind;
+  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), &kind));
+  const bool quota_given = !request.spec().memory().quota().empty();
+  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind, quota_given));
+  int64_t largest = 0;
+  for (const DeviceCapacity& d : options_.devices) {
+    if (d.kind == kind) largest = std::max(largest, d.capacity_bytes);
+  }
+  if (plan.quota_bytes() > largest) {
+    return absl::ResourceExhaustedError(absl::StrCat("spec: memory.quota: ", FormatBytes(plan.quota_bytes()),
+                                                     " is more than the largest ", kind, " device (",
+                                                     FormatBytes(largest), ")"));
+  }
+  if (!plan.feasible()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "spec: memory.quota: ", FormatBytes(plan.quota_bytes()), " cannot fit this job; the minimum is ",
+        FormatBytes(plan.min_quota_bytes()), " (min_quota_bytes=", plan.min_quota_bytes(), ")"));
+  }
+  v1::Job job;
+  ASSIGN_OR_RETURN(const std::string id, store_.NewId("job"));
+  job.set_id(id);
+  job.set_display_name(request.display_name());
+  job.set_state(v1::JOB_STATE_QUEUED);
+  *job.mutable_spec() = request.spec();
+  job.set_priority(request.priority());
+  job.set_quota_bytes(plan.quota_bytes());
+  job.set_chunk_size(plan.chunk_size());
+  job.set_mode(plan.mode());
+  job.set_predicted_peak_bytes(plan.predicted_peak_bytes());
+  job.set_min_quota_bytes(plan.min_quota_bytes());
+  job.mutable_progress()->set_total_steps(plan.total_steps());
+  *job.mutable_create_time() = Now();
+  absl::StatusOr<v1::Job> created =
+      store_.CreateJob(job, Event("queued", absl::StrCat("quota ", FormatBytes(plan.quota_bytes()), ", chunk size ",
+                                                         plan.chunk_size(), " (", plan.mode(), "), predicted peak ",
+                                                         FormatBytes(plan.predicted_peak_bytes()))));
+  Wake();
+  return created;
+}
+
+absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  return store_.GetJob(id);
+}
+
+absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(const v1::ListJobsRequest& request) {
+  ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
+  std::vector<v1::JobState> states;
+  for (int s : request.states()) {
+    if (!v1::JobState_IsValid(s) || s == v1::JOB_STATE_UNSPECIFIED) {
+      return absl::InvalidArgumentError(absl::StrCat("states: unknown job state ", s));
+    }
+    states.push_back(static_cast<v1::JobState>(s));
+  }
+  ASSIGN_OR_RETURN(Page<v1::Job> page, store_.ListJobs(states, page_size, request.page_token()));
+  v1::ListJobsResponse response;
+  for (v1::Job& job : page.items) *response.add_jobs() = std::move(job);
+  response.set_next_page_token(page.next_page_token);
+  return response;
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(id));
+  if (IsTerminal(job.state())) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", v1::JobState_Name(job.state()),
+                                                      "; only queued or running jobs can be cancelled"));
+  }
+  if (job.state() == v1::JOB_STATE_CANCELLING) return job;
+  const auto it = running_.find(id);
+  if (it == running_.end()) {  // queued
+    job.set_state(v1::JOB_STATE_CANCELLED);
+    job.set_queue_position(0);
+    *job.mutable_end_time() = Now();
+    return Record(job, Event("cancelled", "cancelled while queued"));
+  }
+  job.set_state(v1::JOB_STATE_CANCELLING);
+  it->second->cancelling = true;
+  it->second->worker->Terminate(options_.cancel_grace_seconds);
+  return Record(job, Event("cancelling", "the worker finishes its step, writes a checkpoint and stops"));
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> JobManager::Events(const std::string& job_id, int64_t after_sequence,
+                                                              int limit) {
+  return store_.ListEvents(job_id, after_sequence, limit);
+}
+
+int64_t JobManager::Watch(const std::string& job_id, std::function<void()> notify) {
+  absl::MutexLock lock(&watch_mu_);
+  const int64_t handle = next_watch_++;
+  watchers_[handle] = {job_id, std::move(notify)};
+  return handle;
+}
+
+void JobManager::Unwatch(int64_t handle) {
+  absl::MutexLock lock(&watch_mu_);
+  watchers_.erase(handle);
+}
+
+void JobManager::NotifyWatchers(const std::string& job_id) {
+  std::vector<std::function<void()>> to_call;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    for (const auto& [handle, w] : watchers_) {
+      if (w.first == job_id) to_call.push_back(w.second);
+    }
+  }
+  for (const auto& f : to_call) f();
+}
+
+absl::StatusOr<v1::Job> JobManager::Record(v1::Job job, v1::JobEvent event) {
+  event.set_state(job.state());
+  if (event.kind() == "progress" || event.kind() == "eval") *event.mutable_progress() = job.progress();
+  event.set_device(job.device());
+  ASSIGN_OR_RETURN(v1::Job stored, store_.UpdateJob(std::move(job), std::move(event)));
+  NotifyWatchers(stored.id());
+  return stored;
+}
+
+v1::ListDevicesResponse JobManager::ListDevices() {
+  absl::MutexLock lock(&mu_);
+  v1::ListDevicesResponse response;
+  for (const DeviceCapacity& d : options_.devices) {
+    v1::Device* device = response.add_devices();
+    device->set_name(d.name);
+    device->set_kind(d.kind);
+    device->set_description(d.kind == "cpu" ? "CPU memory declared to the scheduler" : "CUDA GPU");
+    device->set_capacity_bytes(d.capacity_bytes);
+    for (const auto& [id, r] : running_) {
+      if (r->device != d.name) continue;
+      absl::StatusOr<v1::Job> job = store_.GetJob(id);
+      if (!job.ok()) continue;
+      device->add_job_ids(id);
+      device->set_committed_bytes(device->committed_bytes() + job->quota_bytes());
+      device->set_observed_bytes(device->observed_bytes() + job->observed_peak_bytes());
+    }
+  }
+  return response;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduling and workers
+
+void JobManager::Wake() {
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+void JobManager::SchedulerLoop() {
+  while (true) {
+    std::vector<std::unique_ptr<WorkerProcess>> finished;
+    {
+      absl::MutexLock lock(&mu_);
+      const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stopping_; };
+      mu_.AwaitWithTimeout(absl::Condition(&woken), absl::Seconds(options_.scheduler_interval_seconds));
+      if (stopping_) return;
+      wake_ = false;
+      finished.swap(finished_workers_);
+    }
+    finished.clear();  // joins their reader threads, outside the lock
+    SchedulePass();
+  }
+}
+
+void JobManager::SchedulePass() {
+  absl::MutexLock lock(&mu_);
+  if (draining_) return;
+  absl::StatusOr<std::vector<v1::Job>> queued_jobs = store_.JobsInStates({v1::JOB_STATE_QUEUED});
+  if (!queued_jobs.ok()) {
+    std::fprintf(stderr, "slimd: scheduler: %s\n", queued_jobs.status().ToString().c_str());
+    return;
+  }
+  std::vector<QueuedJob> queued;
+  for (const v1::Job& job : *queued_jobs) {
+    queued.push_back({job.id(), job.spec().memory().device_kind(), job.priority(), job.quota_bytes(),
+                      job.create_time().seconds() * 1000000000 + job.create_time().nanos()});
+  }
+  std::vector<RunningJob> running;
+  for (const auto& [id, r] : running_) {
+    absl::StatusOr<v1::Job> job = store_.GetJob(id);
+    if (!job.ok()) continue;
+    // A job with a shrink in flight keeps its old quota committed and is not shrunk again.
+    const bool shrinkable = r->pending_quota == 0 && !r->cancelling && !r->draining;
+    running.push_back({id, r->device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
+                       job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
+  }
+  const ScheduleDecision decision = Schedule(options_.devices, running, queued);
+  for (const ShrinkOrder& s : decision.shrinks) {
+    Running& r = *running_.at(s.job_id);
+    const absl::Status sent = r.worker->SendControl(
+        absl::StrCat("{\"command\":\"set_quota\",\"quota_bytes\":", s.quota_bytes, "}"));
+    if (sent.ok()) {
+      r.pending_quota = s.quota_bytes;
+      r.shrink_for = s.for_job_id;
+    }
+  }
+  for (const Placement& p : decision.placements) {
+    const absl::Status launched = Launch(p.job_id, p.device);
+    if (!launched.ok()) {
+      absl::StatusOr<v1::Job> job = store_.GetJob(p.job_id);
+      if (job.ok()) {
+        job->set_state(v1::JOB_STATE_FAILED);
+        job->set_error(std::string(launched.message()));
+        *job->mutable_end_time() = Now();
+        (void)Record(*job, Event("failed", std::string(launched.message())));
+      }
+    }
+  }
+  // Queue positions for the jobs still waiting.
+  std::set<std::string> placed;
+  for (const Placement& p : decision.placements) placed.insert(p.job_id);
+  std::vector<QueuedJob> waiting;
+  for (const QueuedJob& q : queued) {
+    if (!placed.count(q.id)) waiting.push_back(q);
+  }
+  for (const auto& [id, position] : QueuePositions(waiting)) {
+    absl::StatusOr<v1::Job> job = store_.GetJob(id);
+    if (job.ok() && job->queue_position() != position) {
+      job->set_queue_position(position);
+      (void)store_.SaveJob(*job);
+    }
+  }
+}
+
+absl::Status JobManager::Launch(const std::string& job_id, const std::string& device) {
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
+  std::string kind;
+  ASSIGN_OR_RETURN(JobSpec spec, ResolveSpec(job.spec(), &kind));
+  spec.device = WorkerDevice(device);
+  spec.quota_bytes = job.quota_bytes();
+  const fs::path dir = fs::path(options_.data_dir) / "jobs" / job_id;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError("cannot create " + dir.string() + ": " + ec.message());
+  const std::string spec_path = (dir / "worker-spec.json").string();
+  RETURN_IF_ERROR(WriteFileAtomically(spec_path, SerializeJson(JobSpecToJson(spec)) + "\n"));
+
+  const int attempt = job.attempts() + 1;
+  WorkerOptions w;
+  w.argv = {options_.worker_binary, "run", "--spec", spec_path, "--out", dir.string(),
+            "--events-fd", "3", "--control-stdin", "--progress-interval", "1"};
+  w.log_path = (dir / "worker.log").string();
+  w.on_event = [this, job_id](const TrainingEvent& e) { OnWorkerEvent(job_id, e); };
+  w.on_exit = [this, job_id, attempt](const WorkerExit& exit) { OnWorkerExit(job_id, attempt, exit); };
+  ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcess> worker, WorkerProcess::Start(std::move(w)));
+
+  // The worker runs in its own process group and would outlive a killed server: the next server
+  // reads this file and ends it before resuming the job (KillOrphanedWorker).
+  (void)WriteFileAtomically((dir / "worker.pid").string(), absl::StrCat(worker->pid(), "\n"));
+  auto r = std::make_unique<Running>();
+  r->device = device;
+  r->attempt = attempt;
+  const pid_t pid = worker->pid();
+  r->worker = std::move(worker);
+  running_[job_id] = std::move(r);
+
+  job.set_state(v1::JOB_STATE_RUNNING);
+  job.set_device(device);
+  job.set_attempts(attempt);
+  job.set_queue_position(0);
+  *job.mutable_start_time() = Now();
+  v1::JobEvent event = Event("started", absl::StrCat("worker pid ", pid, " on ", device, ", attempt ", attempt));
+  event.set_quota_bytes(job.quota_bytes());
+  return Record(job, event).status();
+}
+
+void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e) {
+  absl::MutexLock lock(&mu_);
+  const auto it = running_.find(job_id);
+  absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
+  if (it == running_.end() || !stored.ok()) return;
+  Running& r = *it->second;
+  v1::Job job = *stored;
+  v1::JobProgress& progress = *job.mutable_progress();
+  v1::JobEvent event;
+  switch (e.kind) {
+    case EventKind::kStarted:
+      job.set_chunk_size(e.chunk_size);
+      job.set_mode(e.mode);
+      job.set_predicted_peak_bytes(e.predicted_peak_bytes);
+      progress.set_total_steps(e.total_steps);
+      event = Event("planned", absl::StrCat("chunk size ", e.chunk_size, " (", e.mode, "), predicted peak ",
+                                            FormatBytes(e.predicted_peak_bytes), " of quota ", FormatBytes(e.quota_bytes),
+                                            e.resumed_from_step >= 0 ? absl::StrCat(", resumed from step ", e.resumed_from_step)
+                                                                     : std::string()));
+      event.set_chunk_size(e.chunk_size);
+      event.set_quota_bytes(e.quota_bytes);
+      event.set_predicted_peak_bytes(e.predicted_peak_bytes);
+      break;
+    case EventKind::kProgress:
+      progress.set_step(e.step);
+      progress.set_total_steps(e.total_steps);
+      progress.set_tokens(e.tokens);
+      progress.set_loss(e.loss);
+      progress.set_tokens_per_second(e.tokens_per_second);
+      progress.set_eta_seconds(e.eta_seconds);
+      job.set_observed_peak_bytes(std::max(job.observed_peak_bytes(), e.peak_bytes));
+      event = Event("progress");
+      event.set_observed_peak_bytes(job.observed_peak_bytes());
+      break;
+    case EventKind::kEval:
+      progress.set_eval_loss(e.eval_loss);
+      event = Event("eval", absl::StrCat("validation loss ", e.eval_loss));
+      break;
+    case EventKind::kCheckpoint:
+      event = Event("checkpoint", absl::StrCat("step ", e.step));
+      break;
+    case EventKind::kReplanned:
+      job.set_quota_bytes(e.quota_bytes);
+      job.set_chunk_size(e.chunk_size);
+      job.set_mode(e.mode);
+      job.set_predicted_peak_bytes(e.predicted_peak_bytes);
+      event = Event("shrunk", absl::StrCat("quota ", FormatBytes(e.quota_bytes), ", chunk size ", e.chunk_size, " (",
+                                           e.mode, ") from step ", e.step,
+                                           r.shrink_for.empty() ? std::string() : ", making room for " + r.shrink_for));
+      event.set_chunk_size(e.chunk_size);
+      event.set_quota_bytes(e.quota_bytes);
+      event.set_predicted_peak_bytes(e.predicted_peak_bytes);
+      r.pending_quota = 0;
+      r.shrink_for.clear();
+      wake_ = true;  // the room is there now
+      break;
+    case EventKind::kWarning:
+      if (r.pending_quota > 0 && e.code == "resource_exhausted") {
+        r.pending_quota = 0;  // the shrink was refused
+        wake_ = true;
+      }
+      event = Event("warning", e.message);
+      break;
+    case EventKind::kFinished: {
+      r.saw_terminal = true;
+      absl::StatusOr<std::string> model_id = store_.NewId("model");
+      if (!model_id.ok()) return;
+      const fs::path target = fs::path(options_.data_dir) / "models" / (*model_id + ".safetensors");
+      std::error_code ec;
+      fs::rename(e.path, target, ec);
+      if (ec) {
+        job.set_state(v1::JOB_STATE_FAILED);
+        job.set_error("cannot move the output model: " + ec.message());
+        event = Event("failed", job.error());
+        break;
+      }
+      v1::Model model;
+      model.set_id(*model_id);
+      model.set_name(job.display_name().empty() ? job_id : job.display_name());
+      model.set_source_job(job_id);
+      model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
+      try {
+        const ModelConfig config = LoadModelFile(target.string())->config();
+        model.set_parameters(config.ParameterCount());
+        model.set_config_json(ConfigJson(config));
+      } catch (const EngineError& error) {
+        std::fprintf(stderr, "slimd: %s\n", error.what());
+      }
+      *model.mutable_create_time() = Now();
+      (void)store_.PutModel(model);
+      job.set_output_model(*model_id);
+      job.set_state(v1::JOB_STATE_SUCCEEDED);
+      event = Event("succeeded", "model " + *model_id);
+      break;
+    }
+    case EventKind::kStopped:
+      r.saw_terminal = true;
+      if (r.cancelling) {
+        job.set_state(v1::JOB_STATE_CANCELLED);
+        event = Event("cancelled", absl::StrCat("stopped at step ", e.step, " after a checkpoint"));
+      } else {
+        job.set_state(v1::JOB_STATE_QUEUED);
+        job.set_device("");
+        event = Event("requeued", absl::StrCat("stopped at step ", e.step, " (server shutdown); resumes from its checkpoint"));
+      }
+      break;
+    case EventKind::kFailed:
+      r.saw_terminal = true;
+      job.set_state(v1::JOB_STATE_FAILED);
+      job.set_error(e.code + ": " + e.message);
+      event = Event("failed", job.error());
+      break;
+  }
+  if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
+  (void)Record(job, event);
+}
+
+void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const WorkerExit& exit) {
+  absl::MutexLock lock(&mu_);
+  const auto it = running_.find(job_id);
+  if (it == running_.end() || it->second->attempt != attempt) return;
+  std::unique_ptr<Running> r = std::move(it->second);
+  running_.erase(it);
+  finished_workers_.push_back(std::move(r->worker));
+  wake_ = true;
+  if (r->saw_terminal) return;  // the job's state already says how it ended
+
+  absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
+  if (!stored.ok()) return;
+  v1::Job job = *stored;
+  const std::string how = exit.signaled ? absl::StrCat("killed by signal ", exit.signal)
+                                        : absl::StrCat("exited with status ", exit.exit_status);
+  v1::JobEvent event;
+  if (r->cancelling) {
+    job.set_state(v1::JOB_STATE_CANCELLED);
+    event = Event("cancelled", "worker " + how);
+  } else if (r->draining) {
+    job.set_state(v1::JOB_STATE_QUEUED);
+    job.set_device("");
+    event = Event("requeued", "worker " + how + " during server shutdown; resumes from its last checkpoint");
+  } else if (job.attempts() <= options_.max_retries) {
+    job.set_state(v1::JOB_STATE_QUEUED);
+    job.set_device("");
+    event = Event("retrying", absl::StrCat("worker ", how, "; retrying from the last checkpoint (attempt ",
+                                           job.attempts() + 1, " of ", options_.max_retries + 1, ")\n", exit.stderr_tail));
+  } else {
+    job.set_state(v1::JOB_STATE_FAILED);
+    job.set_error(absl::StrCat("worker ", how, " after ", job.attempts(), " attempts: ", exit.stderr_tail));
+    event = Event("failed", job.error());
+  }
+  if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
+  (void)Record(job, event);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+
+std::string JobManager::TempPath() {
+  return (fs::path(options_.data_dir) / "tmp" / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
+}
+
+absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path) {
+  struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+      if (!path.empty()) std::remove(path.c_str());
+    }
+  } cleanup{temp_path};
+  if (header.name().empty() || header.name().size() > 200) {
+    return absl::InvalidArgumentError("header.name: must be 1 to 200 characters");
+  }
+  const std::string format = header.format().empty() ? "text" : header.format();
+  try {
+    ParseDataFormat(format, "header.format");
+  } catch (const EngineError& e) {
+    return FromEngineError(e);
+  }
+  std::error_code ec;
+  const int64_t size = static_cast<int64_t>(fs::file_size(temp_path, ec));
+  if (ec) return absl::InternalError("upload lost: " + ec.message());
+  if (size != header.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("header.size_bytes: the upload has ", size, " bytes, the header says ",
+                                                   header.size_bytes()));
+  }
+  Sha256 sha;
+  {
+    std::ifstream in(temp_path, std::ios::binary);
+    char buf[1 << 16];
+    while (in) {
+      in.read(buf, sizeof(buf));
+      sha.Update(buf, static_cast<size_t>(in.gcount()));
+    }
+  }
+  const std::string digest = sha.HexDigest();
+  if (digest != header.sha256()) {
+    return absl::InvalidArgumentError("header.sha256: the upload's SHA-256 is " + digest + ", the header says '" +
+                                      header.sha256() + "'");
+  }
+  if (format != "jsonl") {  // JSONL's text field is chosen per job; the others are checked now
+    DataSource source;
+    source.path = temp_path;
+    source.format = ParseDataFormat(format);
+    source.vocab_size = int64_t{1} << 31;
+    try {
+      ReadTokens(source);
+    } catch (const EngineError& e) {
+      return absl::InvalidArgumentError(std::string("data: ") + e.what());
+    }
+  }
+  ASSIGN_OR_RETURN(const std::string id, store_.NewId("ds"));
+  const fs::path target = fs::path(options_.data_dir) / "datasets" / id;
+  fs::rename(temp_path, target, ec);
+  if (ec) return absl::InternalError("cannot store the dataset: " + ec.message());
+  cleanup.path.clear();
+  v1::Dataset dataset;
+  dataset.set_id(id);
+  dataset.set_name(header.name());
+  dataset.set_format(format);
+  dataset.set_size_bytes(size);
+  dataset.set_sha256(digest);
+  *dataset.mutable_create_time() = Now();
+  const absl::Status put = store_.PutDataset(dataset);
+  if (!put.ok()) {
+    fs::remove(target, ec);
+    return put;
+  }
+  return dataset;
+}
+
+absl::StatusOr<v1::Dataset> JobManager::GetDataset(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  return store_.GetDataset(id);
+}
+
+absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::ListDatasetsRequest& request) {
+  ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
+  ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(page_size, request.page_token()));
+  v1::ListDatasetsResponse response;
+  for (v1::Dataset& d : page.items) *response.add_datasets() = std::move(d);
+  response.set_next_page_token(page.next_page_token);
+  return response;
+}
+
+absl::Status JobManager::DeleteDataset(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const v1::Dataset dataset, store_.GetDataset(id));
+  ASSIGN_OR_RETURN(const std::vector<v1::Job> active,
+                   store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
+  for (const v1::Job& job : active) {
+    for (const auto* refs : {&job.spec().data().train(), &job.spec().data().validation()}) {
+      for (const v1::DataRef& ref : *refs) {
+        if (ref.dataset() == id) {
+          return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is used by job ", job.id(), " (",
+                                                            v1::JobState_Name(job.state()), ")"));
+        }
+      }
+    }
+  }
+  RETURN_IF_ERROR(store_.DeleteDataset(id));
+  std::error_code ec;
+  fs::remove(fs::path(options_.data_dir) / "datasets" / dataset.id(), ec);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& request) {
+  if (request.path().empty() || request.path()[0] != '/') {
+    return absl::InvalidArgumentError("path: must be an absolute path on the server, got '" + request.path() + "'");
+  }
+  if (request.name().size() > 200) return absl::InvalidArgumentError("name: at most 200 characters");
+  ModelConfig config;
+  try {
+    config = LoadModelFile(request.path())->config();
+  } catch (const EngineError& e) {
+    return absl::InvalidArgumentError(std::string("path: ") + e.what());
+  }
+  ASSIGN_OR_RETURN(const std::string id, store_.NewId("model"));
+  const fs::path target = fs::path(options_.data_dir) / "models" / (id + ".safetensors");
+  const fs::path tmp = fs::path(TempPath());
+  std::error_code ec;
+  fs::copy_file(request.path(), tmp, ec);
+  if (!ec) fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return absl::InternalError("cannot copy the model: " + ec.message());
+  }
+  v1::Model model;
+  model.set_id(id);
+  model.set_name(request.name().empty() ? fs::path(request.path()).filename().string() : request.name());
+  model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
+  model.set_parameters(config.ParameterCount());
+  model.set_config_json(ConfigJson(config));
+  *model.mutable_create_time() = Now();
+  RETURN_IF_ERROR(store_.PutModel(model));
+  return model;
+}
+
+absl::StatusOr<v1::Model> JobManager::GetModel(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  return store_.GetModel(id);
+}
+
+absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListModelsRequest& request) {
+  ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
+  ASSIGN_OR_RETURN(Page<v1::Model> page, store_.ListModels(page_size, request.page_token()));
+  v1::ListModelsResponse response;
+  for (v1::Model& m : page.items) *response.add_models() = std::move(m);
+  response.set_next_page_token(page.next_page_token);
+  return response;
+}
+
+absl::StatusOr<std::string> JobManager::ModelPath(const std::string& id) {
+  absl::StatusOr<v1::Model> model = store_.GetModel(id);
+  if (!model.ok()) return absl::NotFoundError("model: no model '" + id + "'");
+  return (fs::path(options_.data_dir) / "models" / (model->id() + ".safetensors")).string();
+}
+
+absl::Status JobManager::Generate(const v1::GenerateRequest& request, const std::function<bool(const std::string&)>& emit) {
+  if (request.max_tokens() < 0 || request.max_tokens() > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens: must be in [1, 4096] (0 means 64), got ", request.max_tokens()));
+  }
+  if (!(request.temperature() >= 0) || request.temperature() > 100) {
+    return absl::InvalidArgumentError("temperature: must be in [0, 100]");
+  }
+  if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be >= 0");
+  ASSIGN_OR_RETURN(const std::string path, ModelPath(request.model()));
+  try {
+    PerformerLM model = LoadModelFile(path);
+    if (model->config().vocab_size < 256) return absl::FailedPreconditionError("model: not a byte-vocabulary model");
+    SamplingOptions o;
+    o.max_new_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
+    o.temperature = request.temperature();
+    o.top_k = request.top_k();
+    o.seed = static_cast<uint64_t>(request.seed());
+    std::vector<int32_t> ids;
+    for (unsigned char c : request.prompt()) ids.push_back(c);
+    if (ids.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+    bool open = true;
+    GenerateTokens(*model, ids, o, [&](int32_t t) {
+      if (open) open = emit(std::string(1, static_cast<char>(t < 256 ? t : '?')));
+    });
+  } catch (const EngineError& e) {
+    return FromEngineError(e);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace slim::server

@@ -1,0 +1,564 @@
+#include "server/jobs/sqlite_store.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <limits>
+#include <set>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/common/status_macros.h"
+
+namespace slim::server {
+namespace {
+
+constexpr int kMaxPageSize = 1000;
+constexpr int kBusyTimeoutMs = 5000;
+
+// Table names and the nouns used in messages; only these constants are ever spliced into SQL.
+constexpr char kJobs[] = "jobs";
+constexpr char kDatasets[] = "datasets";
+constexpr char kModels[] = "models";
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  state INTEGER NOT NULL,
+  last_sequence INTEGER NOT NULL,
+  data BLOB NOT NULL
+);
+CREATE INDEX jobs_by_state ON jobs(state, seq);
+CREATE TABLE events (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  sequence INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE datasets (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  data BLOB NOT NULL
+);
+CREATE TABLE models (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  data BLOB NOT NULL
+);
+CREATE TABLE counters (
+  prefix TEXT PRIMARY KEY,
+  next INTEGER NOT NULL
+);
+)sql";
+
+absl::Status SqliteError(sqlite3* db, absl::string_view what) {
+  return absl::InternalError(absl::StrCat("sqlite: ", what, ": ", sqlite3_errmsg(db)));
+}
+
+// A prepared statement, finalized on destruction. Bind errors are kept and reported by the
+// next Step, so call sites stay a flat list of binds.
+class Statement {
+ public:
+  static absl::StatusOr<Statement> Prepare(sqlite3* db, const std::string& sql, absl::string_view what) {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &stmt, nullptr) != SQLITE_OK) {
+      return SqliteError(db, what);
+    }
+    return Statement(db, stmt, what);
+  }
+  Statement(Statement&& other) noexcept
+      : db_(other.db_),
+        stmt_(std::exchange(other.stmt_, nullptr)),
+        what_(std::move(other.what_)),
+        bind_status_(std::move(other.bind_status_)) {}
+  Statement& operator=(Statement&&) = delete;
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+  ~Statement() { sqlite3_finalize(stmt_); }
+
+  void BindInt(int index, int64_t value) { Check(sqlite3_bind_int64(stmt_, index, value)); }
+  void BindText(int index, absl::string_view value) {
+    Check(sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT));
+  }
+  // A zero-length blob must not be bound from a null pointer (that binds NULL instead).
+  void BindBlob(int index, const std::string& value) {
+    Check(sqlite3_bind_blob(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT));
+  }
+
+  // true: a row is available; false: done. INTERNAL on any error.
+  absl::StatusOr<bool> Step() {
+    RETURN_IF_ERROR(bind_status_);
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqliteError(db_, what_);
+  }
+  // Steps a statement that returns no rows.
+  absl::Status Run() {
+    ASSIGN_OR_RETURN(const bool row, Step());
+    if (row) return absl::InternalError(absl::StrCat("sqlite: ", what_, ": unexpected result row"));
+    return absl::OkStatus();
+  }
+
+  int64_t ColumnInt(int index) { return sqlite3_column_int64(stmt_, index); }
+  absl::string_view ColumnText(int index) { return ColumnBlob(index); }  // same bytes, no NUL
+  // Valid until the next Step; a zero-length blob comes back as a null pointer.
+  absl::string_view ColumnBlob(int index) {
+    const void* data = sqlite3_column_blob(stmt_, index);
+    const int size = sqlite3_column_bytes(stmt_, index);
+    if (data == nullptr || size <= 0) return absl::string_view();
+    return absl::string_view(static_cast<const char*>(data), static_cast<size_t>(size));
+  }
+
+ private:
+  Statement(sqlite3* db, sqlite3_stmt* stmt, absl::string_view what) : db_(db), stmt_(stmt), what_(what) {}
+  void Check(int rc) {
+    if (rc != SQLITE_OK && bind_status_.ok()) bind_status_ = SqliteError(db_, absl::StrCat(what_, " (bind)"));
+  }
+
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+  std::string what_;
+  absl::Status bind_status_;
+};
+
+std::string Serialize(const google::protobuf::MessageLite& message) {
+  std::string data;
+  message.SerializeToString(&data);
+  return data;
+}
+
+template <typename T>
+absl::StatusOr<T> Parse(absl::string_view data, absl::string_view noun) {
+  T message;
+  if (!message.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
+    return absl::InternalError(absl::StrCat("sqlite: stored ", noun, " record does not parse"));
+  }
+  return message;
+}
+
+absl::Status CheckId(const std::string& id, absl::string_view field) {
+  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
+  return absl::OkStatus();
+}
+
+absl::Status CheckPageSize(int page_size) {
+  if (page_size < 1 || page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [1, ", kMaxPageSize, "], got ", page_size));
+  }
+  return absl::OkStatus();
+}
+
+// The exclusive upper bound of `seq` for the page: everything for an empty token, else the
+// seq of the previous page's last item. Strict: decimal digits only, positive, fits int64.
+absl::StatusOr<int64_t> ParsePageToken(const std::string& token) {
+  if (token.empty()) return std::numeric_limits<int64_t>::max();
+  int64_t seq = 0;
+  const bool digits = token.size() <= 19 && std::all_of(token.begin(), token.end(), [](char c) {
+                        return absl::ascii_isdigit(static_cast<unsigned char>(c));
+                      });
+  if (!digits || !absl::SimpleAtoi(token, &seq) || seq <= 0) {
+    return absl::InvalidArgumentError("page_token: malformed");
+  }
+  return seq;
+}
+
+// "" for no states, else " AND state IN (1,2)": the values are integers we format ourselves.
+std::string StateFilter(const std::vector<v1::JobState>& states) {
+  if (states.empty()) return "";
+  const std::set<int> unique(states.begin(), states.end());
+  return absl::StrCat(" AND state IN (", absl::StrJoin(unique, ","), ")");
+}
+
+// The statement is finalized before returning: a pending read would keep a read transaction
+// open, and journal_mode cannot change inside one.
+absl::StatusOr<int64_t> ReadUserVersion(sqlite3* db) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db, "PRAGMA user_version", "reading user_version"));
+  ASSIGN_OR_RETURN(const bool row, q.Step());
+  return row ? q.ColumnInt(0) : 0;
+}
+
+absl::Status CheckSchemaVersion(int64_t version) {
+  if (version > SqliteStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("the database has schema version ", version,
+                                                      ", newer than this slimd supports (", SqliteStore::kSchemaVersion,
+                                                      "); use a newer slimd"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  // NOMUTEX: mu_ already serializes every use of the connection.
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    const std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close(db);
+    return absl::InternalError(absl::StrCat("sqlite: opening ", path, ": ", message));
+  }
+  std::unique_ptr<SqliteStore> store(new SqliteStore(db));
+  {
+    absl::MutexLock lock(&store->mu_);
+    absl::Status status = store->Initialize();
+    if (!status.ok()) {
+      return absl::Status(status.code(), absl::StrCat(status.message(), " (database ", path, ")"));
+    }
+  }
+  return store;
+}
+
+SqliteStore::~SqliteStore() {
+  absl::MutexLock lock(&mu_);
+  // Every Statement is finalized when its call returns, so close cannot be refused as busy.
+  sqlite3_close(db_);
+}
+
+absl::Status SqliteStore::Exec(const char* sql, absl::string_view what) {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    const std::string message = error != nullptr ? error : sqlite3_errmsg(db_);
+    sqlite3_free(error);
+    return absl::InternalError(absl::StrCat("sqlite: ", what, ": ", message));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::InTransaction(absl::string_view what, const std::function<absl::Status()>& body) {
+  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", absl::StrCat(what, " (begin)")));
+  absl::Status status = body();
+  if (status.ok()) status = Exec("COMMIT", absl::StrCat(what, " (commit)"));
+  // SQLite may already have rolled back on some errors (e.g. disk full); then there is no
+  // transaction left to end.
+  if (!status.ok() && sqlite3_get_autocommit(db_) == 0) {
+    Exec("ROLLBACK", "rollback").IgnoreError();
+  }
+  return status;
+}
+
+absl::Status SqliteStore::Initialize() {
+  RETURN_IF_ERROR(sqlite3_busy_timeout(db_, kBusyTimeoutMs) == SQLITE_OK ? absl::OkStatus()
+                                                                         : SqliteError(db_, "setting busy_timeout"));
+  // The first read of the file: a non-database fails here.
+  ASSIGN_OR_RETURN(const int64_t version, ReadUserVersion(db_));
+  RETURN_IF_ERROR(CheckSchemaVersion(version));
+
+  {
+    ASSIGN_OR_RETURN(Statement wal, Statement::Prepare(db_, "PRAGMA journal_mode = WAL", "setting journal_mode"));
+    ASSIGN_OR_RETURN(const bool row, wal.Step());
+    const absl::string_view mode = row ? wal.ColumnText(0) : absl::string_view();
+    // An in-memory database reports "memory"; any other answer means WAL is unavailable here
+    // (e.g. a file system without shared memory), and we would silently lose its guarantees.
+    if (mode != "wal" && mode != "memory") {
+      return absl::InternalError(absl::StrCat("sqlite: setting journal_mode: got \"", mode, "\" instead of WAL"));
+    }
+  }
+  RETURN_IF_ERROR(Exec("PRAGMA synchronous = FULL", "setting synchronous"));
+  RETURN_IF_ERROR(Exec("PRAGMA foreign_keys = ON", "enabling foreign_keys"));
+
+  if (version == 0) {
+    // Re-read the version inside the write lock: another process may have created the schema
+    // between our read and now.
+    return InTransaction("creating the schema", [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+      ASSIGN_OR_RETURN(const int64_t now, ReadUserVersion(db_));
+      if (now != 0) return CheckSchemaVersion(now);
+      RETURN_IF_ERROR(Exec(kSchema, "creating the schema"));
+      return Exec(absl::StrCat("PRAGMA user_version = ", kSchemaVersion).c_str(), "setting user_version");
+    });
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared record helpers
+
+absl::StatusOr<bool> SqliteStore::Exists(const char* table, const std::string& id) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, absl::StrCat("SELECT 1 FROM ", table, " WHERE id = ?1"),
+                                                   absl::StrCat("looking up ", table)));
+  q.BindText(1, id);
+  return q.Step();
+}
+
+absl::StatusOr<std::string> SqliteStore::GetBlob(const char* table, const char* noun, const std::string& id) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, absl::StrCat("SELECT data FROM ", table, " WHERE id = ?1"),
+                                                   absl::StrCat("reading ", noun, " ", id)));
+  q.BindText(1, id);
+  ASSIGN_OR_RETURN(const bool row, q.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat(noun, " ", id, " not found"));
+  return std::string(q.ColumnBlob(0));
+}
+
+absl::Status SqliteStore::InsertRecord(const char* table, const char* noun, const std::string& id,
+                                       const std::string& data) {
+  return InTransaction(
+      absl::StrCat("inserting ", noun, " ", id), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+        ASSIGN_OR_RETURN(const bool exists, Exists(table, id));
+        if (exists) return absl::AlreadyExistsError(absl::StrCat(noun, " ", id, " already exists"));
+        ASSIGN_OR_RETURN(Statement insert,
+                         Statement::Prepare(db_, absl::StrCat("INSERT INTO ", table, " (id, data) VALUES (?1, ?2)"),
+                                            absl::StrCat("inserting ", noun, " ", id)));
+        insert.BindText(1, id);
+        insert.BindBlob(2, data);
+        return insert.Run();
+      });
+}
+
+absl::StatusOr<std::string> SqliteStore::ListBlobs(const char* table, const std::string& state_filter, int page_size,
+                                                   const std::string& page_token,
+                                                   const std::function<absl::Status(absl::string_view)>& add) {
+  RETURN_IF_ERROR(CheckPageSize(page_size));
+  ASSIGN_OR_RETURN(const int64_t before, ParsePageToken(page_token));
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_,
+                                                   absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < ?1",
+                                                                state_filter, " ORDER BY seq DESC LIMIT ?2"),
+                                                   absl::StrCat("listing ", table)));
+  q.BindInt(1, before);
+  q.BindInt(2, static_cast<int64_t>(page_size) + 1);  // one extra row: is there a next page?
+  int count = 0;
+  int64_t last_seq = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(const bool row, q.Step());
+    if (!row) return std::string();
+    if (count == page_size) return absl::StrCat(last_seq);
+    last_seq = q.ColumnInt(0);
+    RETURN_IF_ERROR(add(q.ColumnBlob(1)));
+    ++count;
+  }
+}
+
+absl::Status SqliteStore::WriteJob(const v1::Job& job) {
+  ASSIGN_OR_RETURN(Statement update,
+                   Statement::Prepare(db_, "UPDATE jobs SET state = ?2, last_sequence = ?3, data = ?4 WHERE id = ?1",
+                                      absl::StrCat("writing job ", job.id())));
+  update.BindText(1, job.id());
+  update.BindInt(2, job.state());
+  update.BindInt(3, job.last_sequence());
+  update.BindBlob(4, Serialize(job));
+  RETURN_IF_ERROR(update.Run());
+  if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("job ", job.id(), " not found"));
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::InsertEvent(const std::string& job_id, const v1::JobEvent& event) {
+  ASSIGN_OR_RETURN(Statement insert,
+                   Statement::Prepare(db_, "INSERT INTO events (job_id, sequence, data) VALUES (?1, ?2, ?3)",
+                                      absl::StrCat("appending event ", event.sequence(), " of job ", job_id)));
+  insert.BindText(1, job_id);
+  insert.BindInt(2, event.sequence());
+  insert.BindBlob(3, Serialize(event));
+  return insert.Run();
+}
+
+absl::StatusOr<int64_t> SqliteStore::StoredLastSequence(const std::string& id) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, "SELECT last_sequence FROM jobs WHERE id = ?1",
+                                                   absl::StrCat("reading job ", id)));
+  q.BindText(1, id);
+  ASSIGN_OR_RETURN(const bool row, q.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  return q.ColumnInt(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ids
+
+absl::StatusOr<std::string> SqliteStore::NewId(const std::string& prefix) {
+  RETURN_IF_ERROR(CheckId(prefix, "prefix"));
+  absl::MutexLock lock(&mu_);
+  int64_t number = 0;
+  RETURN_IF_ERROR(InTransaction(
+      absl::StrCat("issuing a ", prefix, " id"), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+        ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, "SELECT next FROM counters WHERE prefix = ?1",
+                                                         "reading the id counter"));
+        q.BindText(1, prefix);
+        ASSIGN_OR_RETURN(const bool row, q.Step());
+        number = (row ? q.ColumnInt(0) : 0) + 1;
+        ASSIGN_OR_RETURN(Statement w, Statement::Prepare(db_,
+                                                         "INSERT OR REPLACE INTO counters "
+                                                         "(prefix, next) VALUES (?1, ?2)",
+                                                         "writing the id counter"));
+        w.BindText(1, prefix);
+        w.BindInt(2, number);
+        return w.Run();
+      }));
+  std::string digits = absl::StrCat(number);
+  if (digits.size() < 6) digits.insert(0, 6 - digits.size(), '0');
+  return absl::StrCat(prefix, "-", digits);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+absl::StatusOr<v1::Job> SqliteStore::CreateJob(v1::Job job, v1::JobEvent first_event) {
+  RETURN_IF_ERROR(CheckId(job.id(), "job.id"));
+  job.set_last_sequence(1);
+  first_event.set_sequence(1);
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(
+      InTransaction(absl::StrCat("creating job ", job.id()), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+        ASSIGN_OR_RETURN(const bool exists, Exists(kJobs, job.id()));
+        if (exists) {
+          return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
+        }
+        ASSIGN_OR_RETURN(Statement insert, Statement::Prepare(db_,
+                                                              "INSERT INTO jobs (id, state, last_sequence, "
+                                                              "data) VALUES (?1, ?2, ?3, ?4)",
+                                                              absl::StrCat("inserting job ", job.id())));
+        insert.BindText(1, job.id());
+        insert.BindInt(2, job.state());
+        insert.BindInt(3, job.last_sequence());
+        insert.BindBlob(4, Serialize(job));
+        RETURN_IF_ERROR(insert.Run());
+        return InsertEvent(job.id(), first_event);
+      }));
+  return job;
+}
+
+absl::StatusOr<v1::Job> SqliteStore::GetJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const std::string data, GetBlob(kJobs, "job", id));
+  return Parse<v1::Job>(data, "job");
+}
+
+absl::StatusOr<v1::Job> SqliteStore::UpdateJob(v1::Job job, v1::JobEvent event) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(
+      InTransaction(absl::StrCat("updating job ", job.id()), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+        ASSIGN_OR_RETURN(const int64_t last, StoredLastSequence(job.id()));
+        event.set_sequence(last + 1);
+        job.set_last_sequence(last + 1);
+        RETURN_IF_ERROR(WriteJob(job));
+        return InsertEvent(job.id(), event);
+      }));
+  return job;
+}
+
+absl::Status SqliteStore::SaveJob(const v1::Job& job) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction(absl::StrCat("saving job ", job.id()), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    ASSIGN_OR_RETURN(const int64_t last, StoredLastSequence(job.id()));
+    if (last == job.last_sequence()) return WriteJob(job);
+    v1::Job copy = job;  // a snapshot taken before the newest event: keep the stored sequence
+    copy.set_last_sequence(last);
+    return WriteJob(copy);
+  });
+}
+
+absl::StatusOr<Page<v1::Job>> SqliteStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
+                                                    const std::string& page_token) {
+  Page<v1::Job> page;
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(page.next_page_token, ListBlobs(kJobs, StateFilter(states), page_size, page_token,
+                                                   [&](absl::string_view data) -> absl::Status {
+                                                     ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
+                                                     page.items.push_back(std::move(job));
+                                                     return absl::OkStatus();
+                                                   }));
+  return page;
+}
+
+absl::StatusOr<std::vector<v1::Job>> SqliteStore::JobsInStates(const std::vector<v1::JobState>& states) {
+  std::vector<v1::Job> jobs;
+  if (states.empty()) return jobs;
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(
+      Statement q,
+      Statement::Prepare(db_, absl::StrCat("SELECT data FROM jobs WHERE 1", StateFilter(states), " ORDER BY seq ASC"),
+                         "listing jobs by state"));
+  while (true) {
+    ASSIGN_OR_RETURN(const bool row, q.Step());
+    if (!row) return jobs;
+    ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(q.ColumnBlob(0), "job"));
+    jobs.push_back(std::move(job));
+  }
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> SqliteStore::ListEvents(const std::string& job_id, int64_t after_sequence,
+                                                                  int limit) {
+  if (limit < 1) return absl::InvalidArgumentError(absl::StrCat("limit: must be at least 1, got ", limit));
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const bool exists, Exists(kJobs, job_id));
+  if (!exists) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_,
+                                                   "SELECT data FROM events WHERE job_id = ?1 AND sequence > ?2 "
+                                                   "ORDER BY sequence ASC LIMIT ?3",
+                                                   absl::StrCat("listing events of job ", job_id)));
+  q.BindText(1, job_id);
+  q.BindInt(2, after_sequence);
+  q.BindInt(3, limit);
+  std::vector<v1::JobEvent> events;
+  while (true) {
+    ASSIGN_OR_RETURN(const bool row, q.Step());
+    if (!row) return events;
+    ASSIGN_OR_RETURN(v1::JobEvent event, Parse<v1::JobEvent>(q.ColumnBlob(0), "event"));
+    events.push_back(std::move(event));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets and models
+
+absl::Status SqliteStore::PutDataset(const v1::Dataset& dataset) {
+  RETURN_IF_ERROR(CheckId(dataset.id(), "dataset.id"));
+  absl::MutexLock lock(&mu_);
+  return InsertRecord(kDatasets, "dataset", dataset.id(), Serialize(dataset));
+}
+
+absl::StatusOr<v1::Dataset> SqliteStore::GetDataset(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const std::string data, GetBlob(kDatasets, "dataset", id));
+  return Parse<v1::Dataset>(data, "dataset");
+}
+
+absl::StatusOr<Page<v1::Dataset>> SqliteStore::ListDatasets(int page_size, const std::string& page_token) {
+  Page<v1::Dataset> page;
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(page.next_page_token,
+                   ListBlobs(kDatasets, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                     ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
+                     page.items.push_back(std::move(dataset));
+                     return absl::OkStatus();
+                   }));
+  return page;
+}
+
+absl::Status SqliteStore::DeleteDataset(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, "DELETE FROM datasets WHERE id = ?1",
+                                                   absl::StrCat("deleting dataset ", id)));
+  q.BindText(1, id);
+  RETURN_IF_ERROR(q.Run());
+  if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("dataset ", id, " not found"));
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::PutModel(const v1::Model& model) {
+  RETURN_IF_ERROR(CheckId(model.id(), "model.id"));
+  absl::MutexLock lock(&mu_);
+  return InsertRecord(kModels, "model", model.id(), Serialize(model));
+}
+
+absl::StatusOr<v1::Model> SqliteStore::GetModel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const std::string data, GetBlob(kModels, "model", id));
+  return Parse<v1::Model>(data, "model");
+}
+
+absl::StatusOr<Page<v1::Model>> SqliteStore::ListModels(int page_size, const std::string& page_token) {
+  Page<v1::Model> page;
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(page.next_page_token,
+                   ListBlobs(kModels, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                     ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
+                     page.items.push_back(std::move(model));
+                     return absl::OkStatus();
+                   }));
+  return page;
+}
+
+}  // namespace slim::server

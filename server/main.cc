@@ -1,0 +1,247 @@
+// slimd: parses flags (and an optional config file) into options, builds the store, the job
+// manager and the gRPC server, waits for SIGINT/SIGTERM, and shuts down in two phases
+// (docs/service.md). Nothing else happens here.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/byte_size.h"
+#include "engine/devices.h"
+#include "engine/errors.h"
+#include "engine/runtime.h"
+#include "engine/yaml.h"
+#include "server/api/executor.h"
+#include "server/api/slim_service.h"
+#include "server/jobs/job_manager.h"
+#include "server/jobs/sqlite_store.h"
+#include "tools/flags.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kUsage[] = R"(usage: slimd [flags]
+
+flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/slim`; flags win):
+  --config FILE           YAML or JSON file with any of the keys below (dashes or underscores)
+  --listen ADDR           gRPC address (default 127.0.0.1:50051; port 0 picks a free one)
+  --data-dir DIR          jobs, datasets, models and the SQLite store (default ./slimd-data)
+  --devices LIST          devices the scheduler packs jobs onto, comma-separated:
+                            cpu:SIZE        a CPU "device" with SIZE of memory to commit (e.g.
+                                            cpu:4GiB,cpu:4GiB declares two)
+                            cuda:N[:SIZE]   GPU N, with all of its memory or SIZE
+                          default: what is discovered (one CPU device with half the RAM, every
+                          CUDA GPU with 95% of its memory)
+  --worker-binary PATH    slim-train (default: next to slimd, or ../tools/slim-train)
+  --checkpoint-every N    checkpoint cadence for specs that leave it at 0 (default 50)
+  --max-retries N         restarts of a crashed worker from its last checkpoint (default 2)
+  --cancel-grace S        seconds between SIGTERM and SIGKILL for a worker (default 30)
+  --max-dataset-size SIZE largest dataset upload (default 1GiB)
+  --executor-threads N    threads for planning, model loading and generation (default 2)
+  --port-file FILE        write the port actually bound here once serving
+
+SIGINT/SIGTERM: stop accepting jobs, checkpoint and stop workers (their jobs resume on the next
+start), finish streams, exit 0.
+)";
+
+struct Options {
+  std::string listen = "127.0.0.1:50051";
+  std::string port_file;
+  int executor_threads = 2;
+  slim::server::JobManagerOptions manager;
+};
+
+std::vector<slim::server::DeviceCapacity> ParseDevices(const std::string& list) {
+  std::vector<slim::server::DeviceCapacity> devices;
+  const std::vector<slim::DeviceInfo> found = slim::DiscoverDevices();
+  int cpus = 0;
+  std::stringstream items(list);
+  for (std::string item; std::getline(items, item, ',');) {
+    const size_t colon = item.find(':');
+    const std::string kind = item.substr(0, colon);
+    if (kind == "cpu") {
+      slim::CheckArgument(colon != std::string::npos, "--devices: '" + item + "' needs a size, e.g. cpu:4GiB");
+      devices.push_back({"cpu:" + std::to_string(cpus++), "cpu", slim::ParseBytes(item.substr(colon + 1), "--devices")});
+    } else if (kind == "cuda") {
+      slim::CheckArgument(colon != std::string::npos, "--devices: '" + item + "' needs an index, e.g. cuda:0");
+      const std::string rest = item.substr(colon + 1);
+      const size_t second = rest.find(':');
+      const std::string name = "cuda:" + rest.substr(0, second);
+      int64_t capacity = 0;
+      for (const slim::DeviceInfo& d : found) {
+        if (d.name == name) capacity = d.total_bytes * 95 / 100;
+      }
+      slim::CheckArgument(capacity > 0, "--devices: no CUDA device " + name + " on this machine");
+      if (second != std::string::npos) capacity = slim::ParseBytes(rest.substr(second + 1), "--devices");
+      devices.push_back({name, "cuda", capacity});
+    } else {
+      throw slim::EngineError(slim::ErrorCode::kInvalidArgument,
+                              "--devices: unknown device '" + item + "' (use cpu:SIZE or cuda:N[:SIZE])");
+    }
+  }
+  return devices;
+}
+
+std::vector<slim::server::DeviceCapacity> DiscoveredDevices() {
+  std::vector<slim::server::DeviceCapacity> devices;
+  for (const slim::DeviceInfo& d : slim::DiscoverDevices()) {
+    if (d.kind == "cpu") devices.push_back({"cpu:0", "cpu", d.total_bytes / 2});
+    if (d.kind == "cuda") devices.push_back({d.name, "cuda", d.total_bytes * 95 / 100});
+  }
+  return devices;
+}
+
+std::string DefaultWorkerBinary() {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  for (const fs::path& candidate : {self / "slim-train", self / ".." / "tools" / "slim-train"}) {
+    if (fs::exists(candidate, ec)) return fs::weakly_canonical(candidate, ec).string();
+  }
+  return "slim-train";
+}
+
+// Config file keys become flags placed before the command line's, so the command line wins.
+std::vector<std::string> ConfigArgs(const std::string& path) {
+  slim::Json doc;
+  try {
+    doc = slim::ParseStructuredFile(path);
+  } catch (const std::runtime_error& e) {
+    throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("--config ") + e.what());
+  }
+  slim::CheckArgument(doc.kind == slim::Json::kObject, "--config " + path + ": must be a mapping");
+  std::vector<std::string> args;
+  for (const auto& [key, value] : doc.members) {
+    std::string name = key;
+    for (char& c : name) c = c == '_' ? '-' : c;
+    std::string text;
+    if (value.kind == slim::Json::kArray) {
+      for (const slim::Json& item : value.items) text += (text.empty() ? "" : ",") + (item.kind == slim::Json::kString ? item.text : slim::SerializeJson(item));
+    } else {
+      text = value.kind == slim::Json::kString ? value.text : slim::SerializeJson(value);
+    }
+    args.push_back("--" + name + "=" + text);
+  }
+  return args;
+}
+
+Options ParseOptions(int argc, char** argv) {
+  std::vector<std::string> args = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--config" && i + 1 < argc) {
+      const std::vector<std::string> config = ConfigArgs(argv[i + 1]);
+      args.insert(args.begin() + 1, config.begin(), config.end());
+    } else if (std::string(argv[i]).rfind("--config=", 0) == 0) {
+      const std::vector<std::string> config = ConfigArgs(std::string(argv[i]).substr(9));
+      args.insert(args.begin() + 1, config.begin(), config.end());
+    }
+  }
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  std::vector<char*> pointers;
+  for (std::string& a : args) pointers.push_back(a.data());
+  const slim::tools::Flags flags(static_cast<int>(pointers.size()), pointers.data());
+  if (flags.Bool("help")) {
+    std::cout << kUsage;
+    std::exit(0);
+  }
+  Options o;
+  if (flags.Has("config")) flags.String("config", "");  // read above
+  o.listen = flags.String("listen", o.listen);
+  o.port_file = flags.Has("port-file") ? flags.String("port-file", "") : "";
+  o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
+  o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
+  o.manager.devices = flags.Has("devices") ? ParseDevices(flags.String("devices", "")) : DiscoveredDevices();
+  o.manager.worker_binary = flags.Has("worker-binary") ? flags.String("worker-binary", "") : DefaultWorkerBinary();
+  o.manager.checkpoint_every = static_cast<int>(flags.Int("checkpoint-every", 50, 1));
+  o.manager.max_retries = static_cast<int>(flags.Int("max-retries", 2, 0));
+  o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
+  o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
+  flags.CheckAllUsed();
+  slim::CheckArgument(!o.manager.devices.empty(), "--devices: no devices");
+  slim::CheckArgument(o.manager.cancel_grace_seconds >= 0, "--cancel-grace: must be >= 0");
+  o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
+  return o;
+}
+
+int Serve(const Options& o) {
+  // Signals are taken by sigwait below; blocked before any thread exists so none receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a dead worker's control pipe must not kill the server
+  slim::ConfigureRuntime();
+
+  fs::create_directories(o.manager.data_dir);
+  absl::StatusOr<std::unique_ptr<slim::server::SqliteStore>> store =
+      slim::server::SqliteStore::Open(o.manager.data_dir + "/slimd.db");
+  if (!store.ok()) {
+    std::fprintf(stderr, "slimd: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  slim::server::JobManager manager(**store, o.manager);
+  if (const absl::Status started = manager.Start(); !started.ok()) {
+    std::fprintf(stderr, "slimd: %s\n", started.ToString().c_str());
+    return 1;
+  }
+  slim::server::Executor executor(o.executor_threads);
+  slim::server::SlimService service(manager, executor);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(8 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "slimd: cannot listen on %s\n", o.listen.c_str());
+    manager.Shutdown();
+    return 1;
+  }
+  const std::string host = o.listen.substr(0, o.listen.rfind(':'));
+  std::printf("slimd: listening on %s:%d, data in %s, %zu device(s):", host.c_str(), port, o.manager.data_dir.c_str(),
+              o.manager.devices.size());
+  for (const auto& d : o.manager.devices) std::printf(" %s (%s)", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+  if (!o.port_file.empty()) {
+    std::ofstream(o.port_file + ".tmp") << port << "\n";
+    fs::rename(o.port_file + ".tmp", o.port_file);
+  }
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::printf("slimd: signal %d, shutting down\n", signal_number);
+  std::fflush(stdout);
+  server->GetHealthCheckService()->SetServingStatus(false);
+  manager.Shutdown();  // refuses new jobs, checkpoints and stops workers
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  executor.Shutdown();
+  std::printf("slimd: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Serve(ParseOptions(argc, argv));
+  } catch (const slim::EngineError& e) {
+    std::fprintf(stderr, "slimd: %s\nrun 'slimd --help' for usage\n", e.what());
+    return 2;
+  }
+}

@@ -1,0 +1,103 @@
+#include "server/sched/scheduler.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <utility>
+
+namespace slim::server {
+namespace {
+
+void SortByPriorityThenAge(std::vector<QueuedJob>* queued) {
+  std::stable_sort(queued->begin(), queued->end(), [](const QueuedJob& a, const QueuedJob& b) {
+    if (a.priority != b.priority) return a.priority > b.priority;
+    return a.create_order < b.create_order;
+  });
+}
+
+bool KindMatches(const QueuedJob& job, const DeviceCapacity& device) {
+  return job.device_kind.empty() || job.device_kind == device.kind;
+}
+
+// The shrinks that free `needed` bytes on `device` for a job of `priority`, or nothing if the
+// lower-priority jobs there cannot give that much.
+std::vector<ShrinkOrder> PlanShrinks(const std::string& device, int priority, int64_t needed,
+                                     const std::vector<RunningJob>& running, const std::string& for_job) {
+  std::vector<const RunningJob*> candidates;
+  for (const RunningJob& r : running) {
+    if (r.device == device && r.priority < priority && r.min_quota_bytes > 0 && r.quota_bytes > r.min_quota_bytes) {
+      candidates.push_back(&r);
+    }
+  }
+  // Lowest priority first; among equals the newest first (it has done the least work).
+  std::sort(candidates.begin(), candidates.end(), [](const RunningJob* a, const RunningJob* b) {
+    if (a->priority != b->priority) return a->priority < b->priority;
+    return a->create_order > b->create_order;
+  });
+  std::vector<ShrinkOrder> orders;
+  for (const RunningJob* r : candidates) {
+    if (needed <= 0) break;
+    const int64_t give = std::min(needed, r->quota_bytes - r->min_quota_bytes);
+    orders.push_back({r->id, r->quota_bytes - give, for_job});
+    needed -= give;
+  }
+  if (needed > 0) return {};
+  return orders;
+}
+
+}  // namespace
+
+ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,
+                          std::vector<QueuedJob> queued) {
+  std::map<std::string, int64_t> free;
+  for (const DeviceCapacity& d : devices) free[d.name] = d.capacity_bytes;
+  for (const RunningJob& r : running) free[r.device] -= r.quota_bytes;
+  std::set<std::string> reserved;  // devices being shrunk for a job in this pass
+  std::set<std::string> shrinking;  // running jobs already ordered to shrink
+
+  SortByPriorityThenAge(&queued);
+  ScheduleDecision decision;
+  for (const QueuedJob& job : queued) {
+    const DeviceCapacity* best = nullptr;
+    for (const DeviceCapacity& d : devices) {
+      if (!KindMatches(job, d) || reserved.count(d.name) || free[d.name] < job.quota_bytes) continue;
+      if (best == nullptr || free[d.name] < free[best->name]) best = &d;
+    }
+    if (best != nullptr) {
+      decision.placements.push_back({job.id, best->name});
+      free[best->name] -= job.quota_bytes;
+      continue;
+    }
+    // Shrink-to-fit: the device that needs the fewest shrinks to make room.
+    std::vector<ShrinkOrder> chosen;
+    std::string chosen_device;
+    for (const DeviceCapacity& d : devices) {
+      if (!KindMatches(job, d) || reserved.count(d.name) || d.capacity_bytes < job.quota_bytes) continue;
+      std::vector<RunningJob> available;
+      for (const RunningJob& r : running) {
+        if (!shrinking.count(r.id)) available.push_back(r);
+      }
+      std::vector<ShrinkOrder> orders = PlanShrinks(d.name, job.priority, job.quota_bytes - free[d.name], available, job.id);
+      if (!orders.empty() && (chosen.empty() || orders.size() < chosen.size())) {
+        chosen = std::move(orders);
+        chosen_device = d.name;
+      }
+    }
+    if (chosen.empty()) continue;  // stays queued; later jobs may backfill other devices
+    reserved.insert(chosen_device);
+    for (const ShrinkOrder& s : chosen) {
+      shrinking.insert(s.job_id);
+      decision.shrinks.push_back(s);
+    }
+  }
+  return decision;
+}
+
+std::vector<std::pair<std::string, int>> QueuePositions(std::vector<QueuedJob> queued) {
+  SortByPriorityThenAge(&queued);
+  std::vector<std::pair<std::string, int>> out;
+  for (size_t i = 0; i < queued.size(); ++i) out.emplace_back(queued[i].id, static_cast<int>(i + 1));
+  return out;
+}
+
+}  // namespace slim::server

@@ -1,0 +1,72 @@
+// Placement of fine-tuning jobs on devices under memory quotas (DESIGN.md §3, §4). Pure logic:
+// the caller passes a snapshot of devices, running jobs and queued jobs and applies the
+// decision. No I/O, no clocks, no locks: deterministic and tested directly.
+//
+// Policy:
+//   - Queued jobs are considered by priority (higher first), then in creation order (FIFO).
+//   - A job fits a device of its kind (any kind if it names none) whose uncommitted memory —
+//     capacity minus the quotas of the jobs placed on it — covers its quota. Among those it
+//     goes to the best fit: the device left with the least uncommitted memory. Many jobs share
+//     a device.
+//   - Shrink-to-fit: a job that fits nowhere may make room on one device by lowering the quotas
+//     of running jobs of strictly lower priority there, down to their minimum quotas (the
+//     planner's smallest feasible quota for them). Lowest priority first, newest first among
+//     equals; the device needing the fewest shrinks wins. The job itself is placed on a later
+//     pass, once the shrunk jobs confirm their smaller quotas; until then that device takes no
+//     other placements in this pass.
+//   - Jobs that fit nowhere even with shrinking stay queued; later jobs may still be placed on
+//     other devices (backfill), so one large job does not block small ones forever.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace slim::server {
+
+struct DeviceCapacity {
+  std::string name;  // "cpu:0", "cuda:0"
+  std::string kind;  // "cpu", "cuda"
+  int64_t capacity_bytes = 0;
+};
+
+struct RunningJob {
+  std::string id;
+  std::string device;
+  int priority = 0;
+  int64_t quota_bytes = 0;      // committed now
+  int64_t min_quota_bytes = 0;  // smallest quota it can be shrunk to (0: not shrinkable)
+  int64_t create_order = 0;
+};
+
+struct QueuedJob {
+  std::string id;
+  std::string device_kind;  // "" = any
+  int priority = 0;
+  int64_t quota_bytes = 0;
+  int64_t create_order = 0;  // smaller = older
+};
+
+struct Placement {
+  std::string job_id;
+  std::string device;
+};
+
+struct ShrinkOrder {
+  std::string job_id;
+  int64_t quota_bytes = 0;    // the new, smaller quota
+  std::string for_job_id;     // the job it makes room for
+};
+
+struct ScheduleDecision {
+  std::vector<Placement> placements;
+  std::vector<ShrinkOrder> shrinks;
+};
+
+ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,
+                          std::vector<QueuedJob> queued);
+
+// 1-based positions of the queued jobs in the order Schedule considers them.
+std::vector<std::pair<std::string, int>> QueuePositions(std::vector<QueuedJob> queued);
+
+}  // namespace slim::server

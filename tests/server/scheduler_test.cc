@@ -1,0 +1,92 @@
+// The scheduler's placement policy: priority then FIFO, best fit, many jobs per device, kinds,
+// backfill, and shrink-to-fit of lower-priority jobs.
+#include "server/sched/scheduler.h"
+
+#include <gtest/gtest.h>
+
+namespace slim::server {
+namespace {
+
+constexpr int64_t kMiB = 1 << 20;
+
+std::vector<DeviceCapacity> TwoCpus() {
+  return {{"cpu:0", "cpu", 100 * kMiB}, {"cpu:1", "cpu", 60 * kMiB}};
+}
+
+TEST(Scheduler, BestFitPacksManyJobsPerDevice) {
+  const ScheduleDecision d =
+      Schedule(TwoCpus(), {}, {{"a", "", 0, 50 * kMiB, 1}, {"b", "", 0, 40 * kMiB, 2}, {"c", "", 0, 30 * kMiB, 3}});
+  ASSERT_EQ(d.placements.size(), 3u);
+  // a (50) best-fits cpu:1 (60 free → 10); b (40) then fits only cpu:0 (100 → 60); c (30) best-fits cpu:0.
+  EXPECT_EQ(d.placements[0].device, "cpu:1");
+  EXPECT_EQ(d.placements[1].device, "cpu:0");
+  EXPECT_EQ(d.placements[2].device, "cpu:0");
+  EXPECT_TRUE(d.shrinks.empty());
+}
+
+TEST(Scheduler, PriorityThenFifo) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB}};
+  const ScheduleDecision d = Schedule(one, {}, {{"old", "", 0, 60 * kMiB, 1}, {"new", "", 0, 60 * kMiB, 2},
+                                                {"urgent", "", 5, 60 * kMiB, 3}});
+  ASSERT_EQ(d.placements.size(), 1u);
+  EXPECT_EQ(d.placements[0].job_id, "urgent");
+  const auto positions = QueuePositions({{"old", "", 0, 1, 1}, {"new", "", 0, 1, 2}, {"urgent", "", 5, 1, 3}});
+  EXPECT_EQ(positions[0], (std::pair<std::string, int>{"urgent", 1}));
+  EXPECT_EQ(positions[1], (std::pair<std::string, int>{"old", 2}));
+  EXPECT_EQ(positions[2], (std::pair<std::string, int>{"new", 3}));
+}
+
+TEST(Scheduler, RunningJobsCommitMemoryAndKindsMustMatch) {
+  const std::vector<DeviceCapacity> devices = {{"cpu:0", "cpu", 100 * kMiB}, {"cuda:0", "cuda", 100 * kMiB}};
+  const std::vector<RunningJob> running = {{"r", "cpu:0", 0, 80 * kMiB, 0, 0}};
+  const ScheduleDecision d = Schedule(devices, running, {{"cpu-job", "cpu", 0, 30 * kMiB, 1},
+                                                         {"gpu-job", "cuda", 0, 30 * kMiB, 2}});
+  ASSERT_EQ(d.placements.size(), 1u);
+  EXPECT_EQ(d.placements[0].job_id, "gpu-job");
+  EXPECT_EQ(d.placements[0].device, "cuda:0");
+}
+
+TEST(Scheduler, SmallJobsBackfillAroundALargeOne) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB}};
+  const std::vector<RunningJob> running = {{"r", "cpu:0", 0, 50 * kMiB, 0, 0}};
+  const ScheduleDecision d = Schedule(one, running, {{"large", "", 0, 80 * kMiB, 1}, {"small", "", 0, 20 * kMiB, 2}});
+  ASSERT_EQ(d.placements.size(), 1u);
+  EXPECT_EQ(d.placements[0].job_id, "small");
+}
+
+TEST(Scheduler, HigherPriorityJobShrinksLowerPriorityOnes) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB}};
+  const std::vector<RunningJob> running = {{"low-old", "cpu:0", 0, 50 * kMiB, 20 * kMiB, 1},
+                                           {"low-new", "cpu:0", 0, 40 * kMiB, 30 * kMiB, 2},
+                                           {"peer", "cpu:0", 3, 10 * kMiB, 5 * kMiB, 3}};
+  // 0 MiB free; the priority-3 job needs 35: low-new gives 10 (to its minimum 30), low-old 25.
+  const ScheduleDecision d = Schedule(one, running, {{"vip", "", 3, 35 * kMiB, 4}});
+  EXPECT_TRUE(d.placements.empty());  // placed once the shrinks are confirmed
+  ASSERT_EQ(d.shrinks.size(), 2u);
+  EXPECT_EQ(d.shrinks[0].job_id, "low-new");
+  EXPECT_EQ(d.shrinks[0].quota_bytes, 30 * kMiB);
+  EXPECT_EQ(d.shrinks[1].job_id, "low-old");
+  EXPECT_EQ(d.shrinks[1].quota_bytes, 25 * kMiB);
+  EXPECT_EQ(d.shrinks[1].for_job_id, "vip");
+
+  // After the shrinks, the next pass places it.
+  const std::vector<RunningJob> shrunk = {{"low-old", "cpu:0", 0, 25 * kMiB, 20 * kMiB, 1},
+                                          {"low-new", "cpu:0", 0, 30 * kMiB, 30 * kMiB, 2},
+                                          {"peer", "cpu:0", 3, 10 * kMiB, 5 * kMiB, 3}};
+  const ScheduleDecision next = Schedule(one, shrunk, {{"vip", "", 3, 35 * kMiB, 4}});
+  ASSERT_EQ(next.placements.size(), 1u);
+  EXPECT_TRUE(next.shrinks.empty());
+}
+
+TEST(Scheduler, NoShrinkForEqualPriorityOrBeyondMinimums) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB}};
+  const std::vector<RunningJob> running = {{"a", "cpu:0", 1, 60 * kMiB, 50 * kMiB, 1},
+                                           {"b", "cpu:0", 2, 40 * kMiB, 10 * kMiB, 2}};
+  // Priority 2 may shrink only `a` (priority 1), which can give 10 MiB: not enough for 30.
+  const ScheduleDecision d = Schedule(one, running, {{"c", "", 2, 30 * kMiB, 3}});
+  EXPECT_TRUE(d.placements.empty());
+  EXPECT_TRUE(d.shrinks.empty());
+}
+
+}  // namespace
+}  // namespace slim::server

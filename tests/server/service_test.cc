@@ -1,0 +1,471 @@
+// The gRPC service end to end inside one process: a real JobManager with a SQLite store and
+// real slim-train workers, served on 127.0.0.1:0, called through the generated stub with a
+// deadline on every call. Covers each method's success and error paths, WatchJob ordering and
+// resume, pagination, cancellation, datasets, models and generation.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/api/executor.h"
+#include "server/api/slim_service.h"
+#include "server/common/sha256.h"
+#include "server/jobs/job_manager.h"
+#include "server/jobs/sqlite_store.h"
+#include "slim/v1/slim.grpc.pb.h"
+
+namespace slim::server {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int64_t kMiB = 1 << 20;
+
+std::string SampleText(size_t bytes) {
+  static const char* kWords[] = {"the", "memory", "of", "a", "performer", "is", "linear", "in", "chunk", "size"};
+  std::string text;
+  for (size_t i = 0; text.size() < bytes; ++i) text += std::string(kWords[(i * 7 + i / 3) % 10]) + (i % 11 ? " " : ".\n");
+  return text;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/service_test." + std::to_string(::getpid());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    store_ = *SqliteStore::Open(dir_ + "/slimd.db");
+    JobManagerOptions o;
+    o.data_dir = dir_;
+    o.worker_binary = SLIM_TRAIN_BINARY;
+    o.devices = {{"cpu:0", "cpu", 64 * kMiB}, {"cpu:1", "cpu", 64 * kMiB}};
+    o.checkpoint_every = 5;
+    o.cancel_grace_seconds = 20;
+    o.calibration_cache_dir = dir_ + "/calibration";
+    o.scheduler_interval_seconds = 0.2;
+    manager_ = std::make_unique<JobManager>(*store_, o);
+    ASSERT_TRUE(manager_->Start().ok());
+    executor_ = std::make_unique<Executor>(2);
+    service_ = std::make_unique<SlimService>(*manager_, *executor_);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(port, 0);
+    stub_ = v1::Slim::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+
+  void TearDown() override {
+    manager_->Shutdown();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    executor_->Shutdown();
+    server_.reset();
+    manager_.reset();
+    fs::remove_all(dir_);
+  }
+
+  // A context with a deadline: no call in these tests may hang.
+  static std::unique_ptr<grpc::ClientContext> Context(int seconds = 60) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+    return context;
+  }
+
+  grpc::Status Upload(const std::string& name, const std::string& data, v1::Dataset* out,
+                      const std::string& digest_override = "", int64_t size_override = -1) {
+    Sha256 sha;
+    sha.Update(data.data(), data.size());
+    auto context = Context();
+    v1::UploadDatasetResponse response;
+    auto writer = stub_->UploadDataset(context.get(), &response);
+    v1::UploadDatasetRequest header;
+    header.mutable_header()->set_name(name);
+    header.mutable_header()->set_size_bytes(size_override >= 0 ? size_override : static_cast<int64_t>(data.size()));
+    header.mutable_header()->set_sha256(digest_override.empty() ? sha.HexDigest() : digest_override);
+    writer->Write(header);
+    for (size_t i = 0; i < data.size(); i += 1000) {
+      v1::UploadDatasetRequest chunk;
+      chunk.set_chunk(data.substr(i, 1000));
+      if (!writer->Write(chunk)) break;
+    }
+    writer->WritesDone();
+    const grpc::Status status = writer->Finish();
+    if (out != nullptr) *out = response.dataset();
+    return status;
+  }
+
+  std::string UploadedDataset() {
+    v1::Dataset dataset;
+    EXPECT_TRUE(Upload("sample", SampleText(20000), &dataset).ok());
+    return dataset.id();
+  }
+
+  static v1::JobSpec TinySpec(const std::string& dataset, int steps, const std::string& quota = "8MiB") {
+    v1::JobSpec spec;
+    spec.mutable_model()->set_preset("tiny");
+    spec.mutable_data()->add_train()->set_dataset(dataset);
+    spec.mutable_training()->set_seq_len(128);
+    spec.mutable_training()->set_batch_size(2);
+    spec.mutable_training()->set_steps(steps);
+    spec.mutable_training()->mutable_optimizer()->set_lr(3e-3);
+    spec.mutable_memory()->set_quota(quota);
+    return spec;
+  }
+
+  grpc::Status Create(const v1::JobSpec& spec, v1::Job* job, int priority = 0) {
+    v1::CreateJobRequest request;
+    *request.mutable_spec() = spec;
+    request.set_priority(priority);
+    v1::CreateJobResponse response;
+    const grpc::Status status = stub_->CreateJob(Context().get(), request, &response);
+    if (job != nullptr) *job = response.job();
+    return status;
+  }
+
+  // Every message of WatchJob from `after`, until the stream ends.
+  std::vector<v1::WatchJobResponse> Watch(const std::string& id, int64_t after, grpc::Status* status = nullptr) {
+    auto context = Context(180);
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    request.set_after_sequence(after);
+    auto reader = stub_->WatchJob(context.get(), request);
+    std::vector<v1::WatchJobResponse> out;
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) out.push_back(item);
+    const grpc::Status s = reader->Finish();
+    if (status != nullptr) *status = s;
+    return out;
+  }
+
+  std::string dir_;
+  std::unique_ptr<SqliteStore> store_;
+  std::unique_ptr<JobManager> manager_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<SlimService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::Slim::Stub> stub_;
+};
+
+TEST_F(ServiceTest, JobRunsToCompletionAndWatchStreamsEveryEventInOrder) {
+  const std::string dataset = UploadedDataset();
+  v1::PlanJobRequest plan_request;
+  *plan_request.mutable_spec() = TinySpec(dataset, 12);
+  v1::PlanJobResponse plan;
+  ASSERT_TRUE(stub_->PlanJob(Context().get(), plan_request, &plan).ok());
+  EXPECT_TRUE(plan.feasible());
+  EXPECT_GT(plan.chunk_size(), 0);
+
+  v1::Job job;
+  const grpc::Status created = Create(TinySpec(dataset, 12), &job);
+  ASSERT_TRUE(created.ok()) << created.error_message();
+  EXPECT_EQ(job.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(job.chunk_size(), plan.chunk_size());
+  EXPECT_EQ(job.quota_bytes(), 8 * kMiB);
+
+  grpc::Status status;
+  const std::vector<v1::WatchJobResponse> items = Watch(job.id(), 0, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_GE(items.size(), 4u);
+  EXPECT_TRUE(items[0].has_snapshot());
+  std::vector<std::string> kinds;
+  for (size_t i = 1; i < items.size(); ++i) {
+    ASSERT_TRUE(items[i].has_event());
+    EXPECT_EQ(items[i].event().sequence(), static_cast<int64_t>(i)) << "events must be contiguous";
+    kinds.push_back(items[i].event().kind());
+  }
+  EXPECT_EQ(kinds.front(), "queued");
+  EXPECT_EQ(kinds.back(), "succeeded");
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "started"), kinds.end());
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "planned"), kinds.end());
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "progress"), kinds.end());
+
+  v1::GetJobRequest get;
+  get.set_id(job.id());
+  v1::GetJobResponse done;
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &done).ok());
+  EXPECT_EQ(done.job().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.job().progress().step(), 12);
+  EXPECT_GT(done.job().observed_peak_bytes(), 0);
+  EXPECT_LE(done.job().observed_peak_bytes(), done.job().quota_bytes());
+  EXPECT_EQ(done.job().chunk_size(), plan.chunk_size());
+  EXPECT_FALSE(done.job().output_model().empty());
+  v1::GetModelRequest model_request;
+  model_request.set_id(done.job().output_model());
+  v1::GetModelResponse model;
+  ASSERT_TRUE(stub_->GetModel(Context().get(), model_request, &model).ok());
+  EXPECT_EQ(model.model().source_job(), job.id());
+
+  // Resuming from a cursor gives the snapshot, then exactly the events after it.
+  const std::vector<v1::WatchJobResponse> tail = Watch(job.id(), 3);
+  ASSERT_EQ(tail.size(), items.size() - 3);
+  EXPECT_TRUE(tail[0].has_snapshot());
+  EXPECT_EQ(tail[1].event().sequence(), 4);
+  EXPECT_EQ(tail.back().event().kind(), "succeeded");
+  // A cursor at the end of a finished job: the snapshot alone.
+  EXPECT_EQ(Watch(job.id(), done.job().last_sequence()).size(), 1u);
+
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job.id());
+  v1::CancelJobResponse cancelled;
+  EXPECT_EQ(stub_->CancelJob(Context().get(), cancel, &cancelled).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ServiceTest, InvalidRequestsNameTheField) {
+  const std::string dataset = UploadedDataset();
+  v1::Job job;
+  v1::JobSpec no_seq_len = TinySpec(dataset, 5);
+  no_seq_len.mutable_training()->clear_seq_len();
+  grpc::Status s = Create(no_seq_len, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("training.seq_len"), std::string::npos) << s.error_message();
+
+  v1::JobSpec bad_lr = TinySpec(dataset, 5);
+  bad_lr.mutable_training()->mutable_optimizer()->set_lr(-1);
+  s = Create(bad_lr, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("training.optimizer.lr"), std::string::npos) << s.error_message();
+
+  s = Create(TinySpec("ds-999999", 5), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(s.error_message().find("data.train[0].dataset"), std::string::npos) << s.error_message();
+
+  s = Create(TinySpec(dataset, 5, "64KiB"), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("the minimum is"), std::string::npos) << s.error_message();
+
+  s = Create(TinySpec(dataset, 5, "1GiB"), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("largest cpu device"), std::string::npos) << s.error_message();
+
+  v1::GetJobRequest get;
+  get.set_id("job-424242");
+  v1::GetJobResponse got;
+  EXPECT_EQ(stub_->GetJob(Context().get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::Status watch_status;
+  EXPECT_TRUE(Watch("job-424242", 0, &watch_status).empty());
+  EXPECT_EQ(watch_status.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  v1::ListJobsRequest list;
+  list.set_page_size(-1);
+  v1::ListJobsResponse listed;
+  s = stub_->ListJobs(Context().get(), list, &listed);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("page_size"), std::string::npos);
+  list.set_page_size(10);
+  list.set_page_token("not-a-token");
+  EXPECT_EQ(stub_->ListJobs(Context().get(), list, &listed).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, ListJobsPagesNewestFirstAndFiltersByState) {
+  const std::string dataset = UploadedDataset();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    v1::Job job;
+    // Priority below zero and a quota too large for two at once keeps most of them queued.
+    ASSERT_TRUE(Create(TinySpec(dataset, 3, "40MiB"), &job, -1).ok());
+    ids.push_back(job.id());
+  }
+  std::vector<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    v1::ListJobsRequest request;
+    request.set_page_size(2);
+    request.set_page_token(token);
+    v1::ListJobsResponse response;
+    ASSERT_TRUE(stub_->ListJobs(Context().get(), request, &response).ok());
+    for (const v1::Job& j : response.jobs()) seen.push_back(j.id());
+    token = response.next_page_token();
+    ++pages;
+  } while (!token.empty());
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, std::vector<std::string>(ids.rbegin(), ids.rend()));
+
+  for (const std::string& id : ids) Watch(id, 0);  // all finish
+  v1::ListJobsRequest succeeded;
+  succeeded.add_states(v1::JOB_STATE_SUCCEEDED);
+  v1::ListJobsResponse response;
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), succeeded, &response).ok());
+  EXPECT_EQ(response.jobs_size(), 5);
+  v1::ListJobsRequest queued;
+  queued.add_states(v1::JOB_STATE_QUEUED);
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), queued, &response).ok());
+  EXPECT_EQ(response.jobs_size(), 0);
+}
+
+TEST_F(ServiceTest, CancellingARunningJobCheckpointsAndEndsItsWatch) {
+  const std::string dataset = UploadedDataset();
+  v1::Job job;
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000), &job).ok());
+  // Wait for the first progress event, then cancel from another call.
+  {
+    auto context = Context(120);
+    v1::WatchJobRequest request;
+    request.set_id(job.id());
+    auto reader = stub_->WatchJob(context.get(), request);
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+      if (item.has_event() && item.event().kind() == "progress") break;
+    }
+    context->TryCancel();
+    reader->Finish();
+  }
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job.id());
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &cancelled).ok());
+  EXPECT_EQ(cancelled.job().state(), v1::JOB_STATE_CANCELLING);
+  const std::vector<v1::WatchJobResponse> items = Watch(job.id(), cancelled.job().last_sequence());
+  ASSERT_GE(items.size(), 2u);
+  EXPECT_EQ(items.back().event().kind(), "cancelled");
+  EXPECT_EQ(items.back().event().state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_FALSE(fs::is_empty(dir_ + "/jobs/" + job.id() + "/checkpoints"));
+}
+
+TEST_F(ServiceTest, DatasetsAreVerifiedListedAndProtectedWhileInUse) {
+  v1::Dataset dataset;
+  grpc::Status s = Upload("bad-digest", SampleText(3000), &dataset, std::string(64, '0'));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("header.sha256"), std::string::npos) << s.error_message();
+  s = Upload("short", SampleText(3000), &dataset, "", 5000);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("header.size_bytes"), std::string::npos) << s.error_message();
+  s = Upload("long", SampleText(3000), &dataset, "", 100);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  const std::string text = SampleText(3000);
+  ASSERT_TRUE(Upload("good", text, &dataset).ok());
+  EXPECT_EQ(dataset.size_bytes(), static_cast<int64_t>(text.size()));
+  EXPECT_EQ(dataset.format(), "text");
+  v1::GetDatasetRequest get;
+  get.set_id(dataset.id());
+  v1::GetDatasetResponse got;
+  ASSERT_TRUE(stub_->GetDataset(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.dataset().sha256(), dataset.sha256());
+  v1::ListDatasetsResponse listed;
+  ASSERT_TRUE(stub_->ListDatasets(Context().get(), v1::ListDatasetsRequest(), &listed).ok());
+  EXPECT_EQ(listed.datasets_size(), 1);  // failed uploads left nothing behind
+
+  v1::Job job;
+  ASSERT_TRUE(Create(TinySpec(dataset.id(), 100000), &job).ok());
+  v1::DeleteDatasetRequest del;
+  del.set_id(dataset.id());
+  v1::DeleteDatasetResponse deleted;
+  s = stub_->DeleteDataset(Context().get(), del, &deleted);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find(job.id()), std::string::npos);
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job.id());
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &cancelled).ok());
+  Watch(job.id(), 0);
+  ASSERT_TRUE(stub_->DeleteDataset(Context().get(), del, &deleted).ok());
+  EXPECT_EQ(stub_->GetDataset(Context().get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(stub_->DeleteDataset(Context().get(), del, &deleted).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServiceTest, ModelsImportExportAndGenerate) {
+  const std::string base = std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors";
+  v1::ImportModelRequest import;
+  import.set_path(base);
+  import.set_name("base-mini");
+  v1::ImportModelResponse imported;
+  ASSERT_TRUE(stub_->ImportModel(Context().get(), import, &imported).ok());
+  EXPECT_EQ(imported.model().name(), "base-mini");
+  EXPECT_GT(imported.model().parameters(), 800000);
+  import.set_path("relative/path.safetensors");
+  EXPECT_EQ(stub_->ImportModel(Context().get(), import, &imported).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  import.set_path(base + ".missing");
+  EXPECT_EQ(stub_->ImportModel(Context().get(), import, &imported).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(Context().get(), v1::ListModelsRequest(), &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  const std::string id = models.models(0).id();
+
+  v1::ExportModelRequest export_request;
+  export_request.set_id(id);
+  auto context = Context();
+  auto reader = stub_->ExportModel(context.get(), export_request);
+  std::string bytes;
+  v1::ExportModelResponse chunk;
+  int64_t total = -1;
+  while (reader->Read(&chunk)) {
+    if (total < 0) total = chunk.total_bytes();
+    bytes += chunk.chunk();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  std::ifstream in(base, std::ios::binary);
+  const std::string original((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(bytes, original);
+  EXPECT_EQ(total, static_cast<int64_t>(original.size()));
+
+  const auto generate = [&](int64_t seed, grpc::Status* status) {
+    v1::GenerateRequest request;
+    request.set_model(id);
+    request.set_prompt("This License ");
+    request.set_max_tokens(40);
+    request.set_temperature(0.8);
+    request.set_seed(seed);
+    auto ctx = Context();
+    auto stream = stub_->Generate(ctx.get(), request);
+    std::string text;
+    v1::GenerateResponse piece;
+    while (stream->Read(&piece)) text += piece.text();
+    *status = stream->Finish();
+    return text;
+  };
+  grpc::Status s1, s2;
+  const std::string a = generate(7, &s1), b = generate(7, &s2);
+  ASSERT_TRUE(s1.ok()) << s1.error_message();
+  EXPECT_EQ(a.size(), 40u);
+  EXPECT_EQ(a, b);
+
+  v1::GenerateRequest bad;
+  bad.set_model(id);
+  bad.set_prompt("x");
+  bad.set_max_tokens(100000);
+  auto ctx = Context();
+  auto stream = stub_->Generate(ctx.get(), bad);
+  v1::GenerateResponse piece;
+  while (stream->Read(&piece)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {
+  const std::string dataset = UploadedDataset();
+  v1::Job job;
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000, "10MiB"), &job).ok());
+  // Wait until it runs.
+  {
+    auto context = Context(120);
+    v1::WatchJobRequest request;
+    request.set_id(job.id());
+    auto reader = stub_->WatchJob(context.get(), request);
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+      if (item.has_event() && item.event().kind() == "started") break;
+    }
+    context->TryCancel();
+    reader->Finish();
+  }
+  v1::ListDevicesResponse devices;
+  ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok());
+  ASSERT_EQ(devices.devices_size(), 2);
+  int64_t committed = 0;
+  for (const v1::Device& d : devices.devices()) {
+    EXPECT_EQ(d.capacity_bytes(), 64 * kMiB);
+    committed += d.committed_bytes();
+  }
+  EXPECT_EQ(committed, 10 * kMiB);
+}
+
+}  // namespace
+}  // namespace slim::server

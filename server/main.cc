@@ -36,7 +36,8 @@ constexpr char kUsage[] = R"(usage: slimd [flags]
 
 flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/slim`; flags win):
   --config FILE           YAML or JSON file with any of the keys below (dashes or underscores)
-  --listen ADDR           gRPC address (default 127.0.0.1:50051; port 0 picks a free one)
+  --listen ADDR           gRPC address (default 127.0.0.1:50051; port 0 picks a free one;
+                          unix:/path/to/socket for a unix domain socket)
   --data-dir DIR          jobs, datasets, models and the SQLite store (default ./slimd-data)
   --devices LIST          devices the scheduler packs jobs onto, comma-separated:
                             cpu:SIZE        a CPU "device" with SIZE of memory to commit (e.g.
@@ -212,8 +213,10 @@ int Serve(const Options& o) {
     manager.Shutdown();
     return 1;
   }
-  const std::string host = o.listen.substr(0, o.listen.rfind(':'));
-  std::printf("slimd: listening on %s:%d, data in %s, %zu device(s):", host.c_str(), port, o.manager.data_dir.c_str(),
+  // A unix socket ("unix:/path") has no port to report.
+  const std::string address =
+      o.listen.rfind("unix:", 0) == 0 ? o.listen : o.listen.substr(0, o.listen.rfind(':')) + ":" + std::to_string(port);
+  std::printf("slimd: listening on %s, data in %s, %zu device(s):", address.c_str(), o.manager.data_dir.c_str(),
               o.manager.devices.size());
   for (const auto& d : o.manager.devices) std::printf(" %s (%s)", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
   std::printf("\n");

@@ -1,5 +1,6 @@
 #include "tools/flags.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -15,20 +16,29 @@ namespace {
 }
 }  // namespace
 
-Flags::Flags(int argc, char** argv) {
+Flags::Flags(int argc, char** argv, const std::set<std::string>& booleans) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0 || arg.size() == 2) Bad("unexpected argument '" + arg + "'");
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
+      positional_.push_back(arg);
+      continue;
+    }
     arg = arg.substr(2);
     const size_t eq = arg.find('=');
     if (eq != std::string::npos) {
       values_[arg.substr(0, eq)] = arg.substr(eq + 1);
-    } else if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
+    } else if (!booleans.count(arg) && i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
       values_[arg] = argv[++i];
     } else {
       values_[arg] = "";  // a boolean
     }
   }
+}
+
+std::string Flags::Positional(size_t i, const std::string& what) const {
+  if (i >= positional_.size()) Bad(what + " is required");
+  positional_used_ = std::max(positional_used_, i + 1);
+  return positional_[i];
 }
 
 const std::string* Flags::Find(const std::string& name) const {
@@ -124,6 +134,7 @@ std::vector<int64_t> Flags::BytesList(const std::string& name) const {
 }
 
 void Flags::CheckAllUsed() const {
+  if (positional_used_ < positional_.size()) Bad("unexpected argument '" + positional_[positional_used_] + "'");
   for (const auto& [name, value] : values_) {
     if (!used_.count(name)) Bad("unknown flag --" + name);
   }

@@ -1,5 +1,5 @@
-// Command-line flags for slim's tools: `--name value`, `--name=value`, and bare `--name`
-// booleans. Plain C++ (no LibTorch), so every tool and test can use it. Errors are
+// Command-line flags for slim's tools: `--name value`, `--name=value`, bare `--name`
+// booleans, and positional arguments (anything else, e.g. `slimctl get job-000001`). Plain C++ (no LibTorch), so every tool and test can use it. Errors are
 // EngineError(kInvalidArgument) naming the flag.
 #pragma once
 
@@ -15,8 +15,9 @@ namespace slim::tools {
 
 class Flags {
  public:
-  // argv[0] is skipped (the program or subcommand name).
-  Flags(int argc, char** argv);
+  // argv[0] is skipped (the program or subcommand name). Flags named in `booleans` never take
+  // the next argument as their value, so `--watch job-1` leaves job-1 positional.
+  Flags(int argc, char** argv, const std::set<std::string>& booleans = {});
 
   // Getters mark a flag as used. A negative/empty default means "required".
   std::string String(const std::string& name, const std::string& default_value) const;
@@ -30,14 +31,20 @@ class Flags {
                                int64_t min) const;
   std::vector<int64_t> BytesList(const std::string& name) const;  // empty when absent
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  // Positional argument i; `what` names it in the error when it is missing.
+  std::string Positional(size_t i, const std::string& what) const;
+  size_t positional_count() const { return positional_.size(); }
 
-  // Throws for any flag given but never asked for (a typo must not be ignored).
+  // Throws for any flag given but never asked for (a typo must not be ignored), and for
+  // positional arguments beyond those asked for.
   void CheckAllUsed() const;
 
  private:
   const std::string* Find(const std::string& name) const;
   std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
   mutable std::set<std::string> used_;
+  mutable size_t positional_used_ = 0;
 };
 
 }  // namespace slim::tools

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -52,6 +53,9 @@ google::protobuf::Timestamp Now() {
   t.set_nanos(static_cast<int32_t>(micros % 1000000) * 1000);
   return t;
 }
+
+// "RUNNING" for JOB_STATE_RUNNING: the name people see in messages.
+std::string StateName(v1::JobState s) { return v1::JobState_Name(s).substr(std::strlen("JOB_STATE_")); }
 
 bool IsTerminal(v1::JobState s) {
   return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
@@ -438,10 +442,14 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   job.set_min_quota_bytes(plan.min_quota_bytes());
   job.mutable_progress()->set_total_steps(plan.total_steps());
   *job.mutable_create_time() = Now();
-  absl::StatusOr<v1::Job> created =
-      store_.CreateJob(job, Event("queued", absl::StrCat("quota ", FormatBytes(plan.quota_bytes()), ", chunk size ",
+  v1::JobEvent queued = Event("queued", absl::StrCat("quota ", FormatBytes(plan.quota_bytes()), ", chunk size ",
                                                          plan.chunk_size(), " (", plan.mode(), "), predicted peak ",
-                                                         FormatBytes(plan.predicted_peak_bytes()))));
+                                                         FormatBytes(plan.predicted_peak_bytes())));
+  queued.set_state(v1::JOB_STATE_QUEUED);
+  queued.set_quota_bytes(plan.quota_bytes());
+  queued.set_chunk_size(plan.chunk_size());
+  queued.set_predicted_peak_bytes(plan.predicted_peak_bytes());
+  absl::StatusOr<v1::Job> created = store_.CreateJob(job, queued);
   Wake();
   return created;
 }
@@ -472,7 +480,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(id));
   if (IsTerminal(job.state())) {
-    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", v1::JobState_Name(job.state()),
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(job.state()),
                                                       "; only queued or running jobs can be cancelled"));
   }
   if (job.state() == v1::JOB_STATE_CANCELLING) return job;
@@ -927,7 +935,7 @@ absl::Status JobManager::DeleteDataset(const std::string& id) {
       for (const v1::DataRef& ref : *refs) {
         if (ref.dataset() == id) {
           return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is used by job ", job.id(), " (",
-                                                            v1::JobState_Name(job.state()), ")"));
+                                                            StateName(job.state()), ")"));
         }
       }
     }

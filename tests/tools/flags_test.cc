@@ -40,8 +40,24 @@ TEST(Flags, ErrorsNameTheFlag) {
   EXPECT_EQ(message([] { Parse({"--seq-len", "abc"}).Int("seq-len", -1, 1); }), "--seq-len: 'abc' is not an integer");
   EXPECT_EQ(message([] { Parse({"--batch", "0"}).Int("batch", 1, 1); }), "--batch: 0 must be >= 1");
   EXPECT_EQ(message([] { Parse({"--qouta", "1"}).CheckAllUsed(); }), "unknown flag --qouta");
-  EXPECT_EQ(message([] { Parse({"stray"}); }), "unexpected argument 'stray'");
+  EXPECT_EQ(message([] { Parse({"stray"}).CheckAllUsed(); }), "unexpected argument 'stray'");
+  EXPECT_EQ(message([] { Parse({}).Positional(0, "job id"); }), "job id is required");
   EXPECT_NE(message([] { Parse({"--quota", "2XB"}).Bytes("quota", -1); }).find("unknown unit 'XB'"), std::string::npos);
+}
+
+TEST(Flags, PositionalArgumentsAndDeclaredBooleans) {
+  std::vector<std::string> args = {"get", "job-1", "--watch", "job-2", "--output", "json"};
+  std::vector<char*> argv{const_cast<char*>("slimctl")};
+  for (auto& a : args) argv.push_back(a.data());
+  const Flags f(static_cast<int>(argv.size()), argv.data(), {"watch"});
+  EXPECT_EQ(f.positional_count(), 3u);
+  EXPECT_EQ(f.Positional(0, "command"), "get");
+  EXPECT_EQ(f.Positional(1, "job id"), "job-1");
+  EXPECT_TRUE(f.Bool("watch"));  // did not swallow job-2
+  EXPECT_EQ(f.String("output", "table"), "json");
+  EXPECT_THROW(f.CheckAllUsed(), EngineError);  // job-2 was never asked for
+  EXPECT_EQ(f.Positional(2, "second id"), "job-2");
+  EXPECT_NO_THROW(f.CheckAllUsed());
 }
 
 TEST(Flags, CommaSeparatedLists) {

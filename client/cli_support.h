@@ -1,0 +1,87 @@
+// What every slimctl command shares: how to reach the server (flags, environment, config file),
+// how results are printed (human tables, JSON, YAML), sizes and times for people, and one
+// mapping from gRPC status codes to exit statuses (docs/slimctl.md).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/message.h"
+#include "google/protobuf/timestamp.pb.h"
+#include "slim/v1/slim.grpc.pb.h"
+#include "tools/flags.h"
+
+namespace slim::client {
+
+// Exit statuses (documented in docs/slimctl.md and `slimctl --help`).
+enum ExitStatus {
+  kExitOk = 0,
+  kExitError = 1,              // internal or unknown error
+  kExitUsage = 2,              // bad flags or arguments, INVALID_ARGUMENT
+  kExitQuota = 3,              // RESOURCE_EXHAUSTED: the quota cannot fit the job
+  kExitNotFound = 4,           // NOT_FOUND
+  kExitConflict = 5,           // FAILED_PRECONDITION, ALREADY_EXISTS
+  kExitUnavailable = 6,        // the server cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED)
+  kExitDenied = 7,             // UNAUTHENTICATED, PERMISSION_DENIED
+  kExitJobFailed = 8,          // watch / submit --watch: the job ended FAILED
+  kExitJobCancelled = 9,       // watch / submit --watch: the job ended CANCELLED
+};
+
+int ExitStatusFor(const grpc::Status& status);
+
+// Connection settings, from (highest first) flags, environment (SLIM_SERVER, SLIM_TOKEN,
+// SLIM_TLS=1, SLIM_CA_CERT), the config file ($SLIM_CONFIG or ~/.config/slim/slimctl.yaml with
+// keys server, token, tls, ca_cert), then defaults (127.0.0.1:50051, plaintext).
+struct Connection {
+  std::string server = "127.0.0.1:50051";
+  std::string token;      // sent as "authorization: Bearer <token>"
+  bool tls = false;
+  std::string ca_cert;    // PEM file for TLS; empty = system roots
+  double timeout_seconds = 60;  // deadline of unary calls
+};
+Connection ResolveConnection(const tools::Flags& flags);
+
+// A channel and stub for `connection`, and client contexts with its deadline and token.
+class Client {
+ public:
+  explicit Client(const Connection& connection);
+  v1::Slim::Stub& stub() { return *stub_; }
+  // A context for a unary call (the connection's deadline) or a stream (no deadline).
+  std::unique_ptr<grpc::ClientContext> UnaryContext() const;
+  std::unique_ptr<grpc::ClientContext> StreamContext() const;
+  const Connection& connection() const { return connection_; }
+
+ private:
+  Connection connection_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Slim::Stub> stub_;
+};
+
+enum class OutputFormat { kTable, kJson, kYaml };
+OutputFormat ParseOutputFormat(const tools::Flags& flags);
+
+// A message as JSON (field names as in the .proto, every field printed) or YAML.
+std::string ToJson(const google::protobuf::Message& message);
+std::string ToYaml(const google::protobuf::Message& message);
+// Prints `message` as JSON or YAML (for kTable, the caller prints its own view).
+void PrintStructured(const google::protobuf::Message& message, OutputFormat format);
+
+// Columns padded to their widest cell; the first row is the header.
+void PrintTable(const std::vector<std::vector<std::string>>& rows);
+
+// "3m ago", "2h ago", "5d ago"; "-" for an unset timestamp.
+std::string Age(const google::protobuf::Timestamp& t);
+// "2026-11-28 20:55:30 UTC"; "-" for unset.
+std::string AbsoluteTime(const google::protobuf::Timestamp& t);
+// "1h02m", "4m10s", "12s".
+std::string Duration(double seconds);
+std::string StateName(v1::JobState state);  // "RUNNING"
+
+// Prints "slimctl: <server's message>" on stderr and returns the exit status for it.
+int ReportError(const grpc::Status& status, const std::string& what);
+
+}  // namespace slim::client

@@ -1,0 +1,717 @@
+#include "client/commands.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <thread>
+
+#include "client/cli_support.h"
+#include "client/spec_file.h"
+#include "engine/byte_size.h"
+#include "engine/errors.h"
+#include "server/common/sha256.h"
+
+namespace slim::client {
+namespace {
+
+constexpr char kVersion[] = "0.5.0";
+constexpr size_t kUploadChunk = 256 * 1024;
+
+const std::string kConnectionHelp = R"(
+connection (also SLIM_SERVER, SLIM_TOKEN, SLIM_TLS=1, SLIM_CA_CERT, or ~/.config/slim/slimctl.yaml):
+  --server ADDR     slimd address (default 127.0.0.1:50051; unix:/path for a socket)
+  --token T         bearer token          --tls / --ca-cert FILE   TLS
+  --timeout S       deadline of each call in seconds (default 60)
+  --output FORMAT   table (default), json or yaml
+)";
+
+bool Terminal() { return ::isatty(STDOUT_FILENO) != 0; }
+
+std::string Bytes(int64_t b) { return b > 0 ? FormatBytes(b) : "-"; }
+
+std::string ProgressText(const v1::Job& job) {
+  const v1::JobProgress& p = job.progress();
+  if (p.total_steps() == 0) return "-";
+  return std::to_string(p.step()) + "/" + std::to_string(p.total_steps());
+}
+
+std::string Loss(double loss) {
+  if (loss == 0) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.4f", loss);
+  return buf;
+}
+
+bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+int ExitForJob(v1::JobState s) {
+  if (s == v1::JOB_STATE_FAILED) return kExitJobFailed;
+  if (s == v1::JOB_STATE_CANCELLED) return kExitJobCancelled;
+  return kExitOk;
+}
+
+void PrintJob(const v1::Job& job, OutputFormat format) {
+  if (format != OutputFormat::kTable) return PrintStructured(job, format);
+  const v1::JobProgress& p = job.progress();
+  std::vector<std::vector<std::string>> rows = {
+      {"id:", job.id()},
+      {"name:", job.display_name().empty() ? "-" : job.display_name()},
+      {"state:", StateName(job.state()) + (job.queue_position() > 0 ? " (position " + std::to_string(job.queue_position()) + ")" : "")},
+      {"priority:", std::to_string(job.priority())},
+      {"device:", job.device().empty() ? "-" : job.device()},
+      {"quota:", Bytes(job.quota_bytes()) + " (minimum " + Bytes(job.min_quota_bytes()) + ")"},
+      {"chunk size:", std::to_string(job.chunk_size()) + " (" + job.mode() + ")"},
+      {"peak memory:", "predicted " + Bytes(job.predicted_peak_bytes()) + ", observed " + Bytes(job.observed_peak_bytes())},
+      {"progress:", ProgressText(job) + " steps, " + std::to_string(p.tokens()) + " tokens"},
+      {"loss:", Loss(p.loss()) + " (validation " + Loss(p.eval_loss()) + ")"},
+      {"speed:", p.tokens_per_second() > 0 ? std::to_string(static_cast<int64_t>(p.tokens_per_second())) + " tokens/s, ETA " + Duration(p.eta_seconds()) : "-"},
+      {"created:", AbsoluteTime(job.create_time()) + " (" + Age(job.create_time()) + ")"},
+      {"started:", AbsoluteTime(job.start_time())},
+      {"ended:", AbsoluteTime(job.end_time())},
+      {"attempts:", std::to_string(job.attempts())},
+      {"output model:", job.output_model().empty() ? "-" : job.output_model()},
+  };
+  if (!job.error().empty()) rows.push_back({"error:", job.error()});
+  PrintTable(rows);
+}
+
+// Uploads a local file as a dataset, reusing an existing dataset with the same content.
+std::string UploadFile(Client& client, const std::string& path, const std::string& name, const std::string& format,
+                       bool show_progress, grpc::Status* status, v1::Dataset* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot read file");
+  const std::string data((std::istreambuf_iterator<char>(in)), {});
+  if (data.empty()) throw EngineError(ErrorCode::kInvalidArgument, path + ": empty file");
+  server::Sha256 sha;
+  sha.Update(data.data(), data.size());
+  const std::string digest = sha.HexDigest();
+
+  // Same bytes and format already uploaded? Reuse it.
+  std::string token;
+  do {
+    v1::ListDatasetsRequest request;
+    request.set_page_size(1000);
+    request.set_page_token(token);
+    v1::ListDatasetsResponse response;
+    *status = client.stub().ListDatasets(client.UnaryContext().get(), request, &response);
+    if (!status->ok()) return "";
+    for (const v1::Dataset& d : response.datasets()) {
+      if (d.sha256() == digest && d.format() == format && d.size_bytes() == static_cast<int64_t>(data.size())) {
+        if (out != nullptr) *out = d;
+        return d.id();
+      }
+    }
+    token = response.next_page_token();
+  } while (!token.empty());
+
+  auto context = client.StreamContext();
+  v1::UploadDatasetResponse response;
+  auto writer = client.stub().UploadDataset(context.get(), &response);
+  v1::UploadDatasetRequest header;
+  header.mutable_header()->set_name(name);
+  header.mutable_header()->set_format(format);
+  header.mutable_header()->set_size_bytes(static_cast<int64_t>(data.size()));
+  header.mutable_header()->set_sha256(digest);
+  bool open = writer->Write(header);
+  for (size_t sent = 0; open && sent < data.size(); sent += kUploadChunk) {
+    v1::UploadDatasetRequest chunk;
+    chunk.set_chunk(data.substr(sent, kUploadChunk));
+    open = writer->Write(chunk);
+    if (show_progress && Terminal()) {
+      const size_t done = std::min(data.size(), sent + kUploadChunk);
+      const int width = 30, filled = static_cast<int>(width * done / data.size());
+      std::fprintf(stderr, "\r[%s%s] %s / %s", std::string(filled, '#').c_str(), std::string(width - filled, '-').c_str(),
+                   FormatBytes(static_cast<int64_t>(done)).c_str(), FormatBytes(static_cast<int64_t>(data.size())).c_str());
+    }
+  }
+  if (show_progress && Terminal()) std::fprintf(stderr, "\n");
+  writer->WritesDone();
+  *status = writer->Finish();
+  if (out != nullptr) *out = response.dataset();
+  return response.dataset().id();
+}
+
+v1::JobSpec LoadSpecWithUploads(Client& client, const tools::Flags& flags, const std::string& path) {
+  std::vector<std::string> overrides = flags.List("set", {});
+  if (flags.Has("quota")) overrides.push_back("memory.quota=" + flags.String("quota", ""));
+  if (flags.Has("steps")) overrides.push_back("training.steps=" + flags.String("steps", ""));
+  return LoadJobSpec(path, overrides, [&](const std::string& file, const std::string& format) {
+    grpc::Status status;
+    const std::string name = file.substr(file.find_last_of('/') + 1);
+    const std::string id = UploadFile(client, file, name, format, true, &status, nullptr);
+    if (!status.ok()) {
+      throw EngineError(ErrorCode::kInvalidArgument, "uploading " + file + ": " + status.error_message());
+    }
+    std::fprintf(stderr, "slimctl: %s is dataset %s\n", file.c_str(), id.c_str());
+    return id;
+  });
+}
+
+// Follows a job until it ends, reconnecting (with the last sequence seen) when the connection
+// drops. Prints a live line on a terminal, one line per event otherwise.
+int Follow(Client& client, const std::string& id, int64_t after, OutputFormat format, double reconnect_seconds) {
+  const bool live = Terminal() && format == OutputFormat::kTable;
+  int64_t cursor = after;
+  v1::Job job;
+  bool have_job = false;
+  auto last_contact = std::chrono::steady_clock::now();
+  double backoff = 0.25;
+  while (true) {
+    auto context = client.StreamContext();
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    request.set_after_sequence(cursor);
+    auto reader = client.stub().WatchJob(context.get(), request);
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+      last_contact = std::chrono::steady_clock::now();
+      backoff = 0.25;
+      if (item.has_snapshot()) {
+        job = item.snapshot();
+        have_job = true;
+        continue;
+      }
+      const v1::JobEvent& e = item.event();
+      cursor = e.sequence();
+      job.set_state(e.state());
+      if (format != OutputFormat::kTable) {
+        PrintStructured(e, format);
+        continue;
+      }
+      const v1::JobProgress& p = e.progress();
+      if (e.kind() == "progress") {
+        job.mutable_progress()->CopyFrom(p);
+        const double fraction = p.total_steps() > 0 ? static_cast<double>(p.step()) / p.total_steps() : 0;
+        const int width = 24, filled = static_cast<int>(std::lround(width * fraction));
+        char line[512];
+        std::snprintf(line, sizeof(line), "[%s%s] %3.0f%%  step %lld/%lld  loss %.4f  %.0f tok/s  ETA %s  mem %s / %s",
+                      std::string(filled, '#').c_str(), std::string(width - filled, '-').c_str(), 100 * fraction,
+                      static_cast<long long>(p.step()), static_cast<long long>(p.total_steps()), p.loss(),
+                      p.tokens_per_second(), Duration(p.eta_seconds()).c_str(), Bytes(e.observed_peak_bytes()).c_str(),
+                      Bytes(job.quota_bytes()).c_str());
+        if (live) {
+          std::printf("\r%s\033[K", line);
+        } else {
+          std::printf("%s\n", line);
+        }
+      } else {
+        if (e.quota_bytes() > 0) job.set_quota_bytes(e.quota_bytes());
+        std::printf("%s%s %-10s %s\n", live ? "\r\033[K" : "", AbsoluteTime(e.time()).c_str(), e.kind().c_str(),
+                    e.message().c_str());
+      }
+      std::fflush(stdout);
+    }
+    const grpc::Status status = reader->Finish();
+    if (status.ok() && have_job && IsTerminal(job.state())) {
+      if (live) std::printf("\n");
+      if (format == OutputFormat::kTable) std::printf("job %s %s\n", id.c_str(), StateName(job.state()).c_str());
+      return ExitForJob(job.state());
+    }
+    const bool transient = status.error_code() == grpc::StatusCode::UNAVAILABLE || status.ok();
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_contact).count();
+    if (!transient || waited > reconnect_seconds) return ReportError(status, "watch " + id);
+    if (live) std::printf("\r\033[K");
+    std::fprintf(stderr, "slimctl: connection lost (%s); reconnecting from event %lld\n", status.error_message().c_str(),
+                 static_cast<long long>(cursor));
+    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(backoff * 1000)));
+    backoff = std::min(5.0, backoff * 2);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string path = flags.Positional(1, "the job spec file");
+  v1::CreateJobRequest request;
+  request.set_display_name(flags.String("name", "-") == "-" ? "" : flags.String("name", "-"));
+  request.set_priority(static_cast<int32_t>(flags.Int("priority", 0, -1000)));
+  const bool watch = flags.Bool("watch");
+  const double reconnect = flags.Double("reconnect-timeout", 300);
+  *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
+  flags.CheckAllUsed();
+  v1::CreateJobResponse response;
+  const grpc::Status status = client.stub().CreateJob(client.UnaryContext().get(), request, &response);
+  if (!status.ok()) return ReportError(status, "submit");
+  const v1::Job& job = response.job();
+  if (format == OutputFormat::kTable) {
+    std::printf("job %s queued: quota %s, chunk size %lld (%s), predicted peak %s\n", job.id().c_str(),
+                Bytes(job.quota_bytes()).c_str(), static_cast<long long>(job.chunk_size()), job.mode().c_str(),
+                Bytes(job.predicted_peak_bytes()).c_str());
+  } else if (!watch) {
+    PrintStructured(job, format);
+  }
+  std::fflush(stdout);
+  return watch ? Follow(client, job.id(), 0, format, reconnect) : kExitOk;
+}
+
+int Get(Client& client, const tools::Flags& flags, OutputFormat format) {
+  v1::GetJobRequest request;
+  request.set_id(flags.Positional(1, "the job id"));
+  flags.CheckAllUsed();
+  v1::GetJobResponse response;
+  const grpc::Status status = client.stub().GetJob(client.UnaryContext().get(), request, &response);
+  if (!status.ok()) return ReportError(status, "get " + request.id());
+  PrintJob(response.job(), format);
+  return kExitOk;
+}
+
+int List(Client& client, const tools::Flags& flags, OutputFormat format) {
+  v1::ListJobsRequest request;
+  for (const std::string& s : flags.List("state", {})) {
+    v1::JobState state;
+    std::string upper;
+    for (char c : s) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (!v1::JobState_Parse("JOB_STATE_" + upper, &state)) {
+      throw EngineError(ErrorCode::kInvalidArgument,
+                        "--state: unknown state '" + s + "' (queued, running, succeeded, failed, cancelling, cancelled)");
+    }
+    request.add_states(state);
+  }
+  const int64_t limit = flags.Int("limit", 50, 1);
+  flags.CheckAllUsed();
+  v1::ListJobsResponse all;
+  std::string token;
+  do {
+    request.set_page_size(static_cast<int32_t>(std::min<int64_t>(1000, limit - all.jobs_size())));
+    request.set_page_token(token);
+    v1::ListJobsResponse page;
+    const grpc::Status status = client.stub().ListJobs(client.UnaryContext().get(), request, &page);
+    if (!status.ok()) return ReportError(status, "list");
+    for (const v1::Job& j : page.jobs()) *all.add_jobs() = j;
+    token = page.next_page_token();
+    all.set_next_page_token(token);
+  } while (!token.empty() && all.jobs_size() < limit);
+  if (format != OutputFormat::kTable) {
+    PrintStructured(all, format);
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "STATE", "PRIO", "DEVICE", "QUOTA", "CHUNK", "PROGRESS", "LOSS", "AGE"}};
+  for (const v1::Job& j : all.jobs()) {
+    rows.push_back({j.id(), j.display_name().empty() ? "-" : j.display_name(), StateName(j.state()),
+                    std::to_string(j.priority()), j.device().empty() ? "-" : j.device(), Bytes(j.quota_bytes()),
+                    std::to_string(j.chunk_size()), ProgressText(j), Loss(j.progress().loss()), Age(j.create_time())});
+  }
+  PrintTable(rows);
+  return kExitOk;
+}
+
+int Watch(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string id = flags.Positional(1, "the job id");
+  const int64_t after = flags.Int("after", 0, 0);
+  const double reconnect = flags.Double("reconnect-timeout", 300);
+  flags.CheckAllUsed();
+  return Follow(client, id, after, format, reconnect);
+}
+
+int Cancel(Client& client, const tools::Flags& flags, OutputFormat format) {
+  v1::CancelJobRequest request;
+  request.set_id(flags.Positional(1, "the job id"));
+  flags.CheckAllUsed();
+  v1::CancelJobResponse response;
+  const grpc::Status status = client.stub().CancelJob(client.UnaryContext().get(), request, &response);
+  if (!status.ok()) return ReportError(status, "cancel " + request.id());
+  if (format == OutputFormat::kTable) {
+    std::printf("job %s %s\n", response.job().id().c_str(), StateName(response.job().state()).c_str());
+  } else {
+    PrintStructured(response.job(), format);
+  }
+  return kExitOk;
+}
+
+// The events stored so far (WatchJob read up to the snapshot's last sequence, then closed).
+int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string id = flags.Positional(1, "the job id");
+  const int64_t after = flags.Int("after", 0, 0);
+  flags.CheckAllUsed();
+  auto context = client.StreamContext();
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(static_cast<int64_t>(client.connection().timeout_seconds)));
+  v1::WatchJobRequest request;
+  request.set_id(id);
+  request.set_after_sequence(after);
+  auto reader = client.stub().WatchJob(context.get(), request);
+  v1::WatchJobResponse item;
+  int64_t last = -1;
+  std::vector<v1::JobEvent> events;
+  while (reader->Read(&item)) {
+    if (item.has_snapshot()) {
+      last = item.snapshot().last_sequence();
+      if (last <= after) break;
+      continue;
+    }
+    events.push_back(item.event());
+    if (item.event().sequence() >= last) break;
+  }
+  context->TryCancel();
+  const grpc::Status status = reader->Finish();
+  if (last < 0 && !status.ok()) return ReportError(status, "events " + id);
+  if (format != OutputFormat::kTable) {
+    for (const v1::JobEvent& e : events) PrintStructured(e, format);
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"SEQ", "TIME", "KIND", "STATE", "MESSAGE"}};
+  for (const v1::JobEvent& e : events) {
+    std::string message = e.message();
+    if (e.kind() == "progress") {
+      message = "step " + std::to_string(e.progress().step()) + "/" + std::to_string(e.progress().total_steps()) +
+                ", loss " + Loss(e.progress().loss());
+    }
+    rows.push_back({std::to_string(e.sequence()), AbsoluteTime(e.time()), e.kind(), StateName(e.state()),
+                    message.substr(0, message.find('\n'))});
+  }
+  PrintTable(rows);
+  return kExitOk;
+}
+
+int Plan(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string path = flags.Positional(1, "the job spec file");
+  v1::PlanJobRequest request;
+  *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
+  flags.CheckAllUsed();
+  v1::PlanJobResponse response;
+  const grpc::Status status = client.stub().PlanJob(client.UnaryContext().get(), request, &response);
+  if (!status.ok()) return ReportError(status, "plan");
+  if (format != OutputFormat::kTable) {
+    PrintStructured(response, format);
+  } else if (response.feasible()) {
+    std::printf("chunk size %lld (%s), predicted peak %s of quota %s on %s, about %.3g s per step%s\n",
+                static_cast<long long>(response.chunk_size()), response.mode().c_str(),
+                Bytes(response.predicted_peak_bytes()).c_str(), Bytes(response.quota_bytes()).c_str(),
+                response.device_kind().c_str(), response.est_step_seconds(),
+                response.total_steps() > 0 ? (", " + std::to_string(response.total_steps()) + " steps").c_str() : "");
+  } else {
+    std::printf("does not fit: quota %s, minimum %s\n", Bytes(response.quota_bytes()).c_str(),
+                Bytes(response.min_quota_bytes()).c_str());
+  }
+  return response.feasible() ? kExitOk : kExitQuota;
+}
+
+int Devices(Client& client, const tools::Flags& flags, OutputFormat format) {
+  flags.CheckAllUsed();
+  v1::ListDevicesResponse response;
+  const grpc::Status status = client.stub().ListDevices(client.UnaryContext().get(), v1::ListDevicesRequest(), &response);
+  if (!status.ok()) return ReportError(status, "devices");
+  if (format != OutputFormat::kTable) {
+    PrintStructured(response, format);
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"DEVICE", "KIND", "CAPACITY", "COMMITTED", "OBSERVED", "JOBS"}};
+  for (const v1::Device& d : response.devices()) {
+    std::string jobs;
+    for (const std::string& j : d.job_ids()) jobs += (jobs.empty() ? "" : ",") + j;
+    rows.push_back({d.name(), d.kind(), Bytes(d.capacity_bytes()), Bytes(d.committed_bytes()), Bytes(d.observed_bytes()),
+                    jobs.empty() ? "-" : jobs});
+  }
+  PrintTable(rows);
+  return kExitOk;
+}
+
+void PrintDatasets(const std::vector<v1::Dataset>& datasets) {
+  std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "FORMAT", "SIZE", "SHA256", "AGE"}};
+  for (const v1::Dataset& d : datasets) {
+    rows.push_back({d.id(), d.name(), d.format(), FormatBytes(d.size_bytes()), d.sha256().substr(0, 12), Age(d.create_time())});
+  }
+  PrintTable(rows);
+}
+
+int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string action = flags.Positional(1, "a datasets command (upload, list, get, delete)");
+  if (action == "upload") {
+    const std::string path = flags.Positional(2, "the file to upload");
+    const std::string name = flags.String("name", path.substr(path.find_last_of('/') + 1));
+    const std::string data_format = flags.String("format", "text");
+    flags.CheckAllUsed();
+    grpc::Status status;
+    v1::Dataset dataset;
+    UploadFile(client, path, name, data_format, true, &status, &dataset);
+    if (!status.ok()) return ReportError(status, "upload " + path);
+    if (format == OutputFormat::kTable) {
+      PrintDatasets({dataset});
+    } else {
+      PrintStructured(dataset, format);
+    }
+    return kExitOk;
+  }
+  if (action == "list") {
+    flags.CheckAllUsed();
+    v1::ListDatasetsResponse response;
+    v1::ListDatasetsRequest request;
+    request.set_page_size(1000);
+    const grpc::Status status = client.stub().ListDatasets(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) return ReportError(status, "datasets list");
+    if (format != OutputFormat::kTable) {
+      PrintStructured(response, format);
+    } else {
+      PrintDatasets({response.datasets().begin(), response.datasets().end()});
+    }
+    return kExitOk;
+  }
+  if (action == "get" || action == "delete") {
+    const std::string id = flags.Positional(2, "the dataset id");
+    flags.CheckAllUsed();
+    if (action == "delete") {
+      v1::DeleteDatasetRequest request;
+      request.set_id(id);
+      v1::DeleteDatasetResponse response;
+      const grpc::Status status = client.stub().DeleteDataset(client.UnaryContext().get(), request, &response);
+      if (!status.ok()) return ReportError(status, "datasets delete " + id);
+      if (format == OutputFormat::kTable) std::printf("deleted %s\n", id.c_str());
+      return kExitOk;
+    }
+    v1::GetDatasetRequest request;
+    request.set_id(id);
+    v1::GetDatasetResponse response;
+    const grpc::Status status = client.stub().GetDataset(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) return ReportError(status, "datasets get " + id);
+    if (format == OutputFormat::kTable) {
+      PrintDatasets({response.dataset()});
+    } else {
+      PrintStructured(response.dataset(), format);
+    }
+    return kExitOk;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument, "datasets: unknown command '" + action + "' (upload, list, get, delete)");
+}
+
+void PrintModels(const std::vector<v1::Model>& models) {
+  std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "PARAMETERS", "SIZE", "SOURCE JOB", "AGE"}};
+  for (const v1::Model& m : models) {
+    rows.push_back({m.id(), m.name(), std::to_string(m.parameters()), FormatBytes(m.size_bytes()),
+                    m.source_job().empty() ? "-" : m.source_job(), Age(m.create_time())});
+  }
+  PrintTable(rows);
+}
+
+int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string action = flags.Positional(1, "a models command (list, get, import, export)");
+  if (action == "list") {
+    flags.CheckAllUsed();
+    v1::ListModelsRequest request;
+    request.set_page_size(1000);
+    v1::ListModelsResponse response;
+    const grpc::Status status = client.stub().ListModels(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) return ReportError(status, "models list");
+    if (format != OutputFormat::kTable) {
+      PrintStructured(response, format);
+    } else {
+      PrintModels({response.models().begin(), response.models().end()});
+    }
+    return kExitOk;
+  }
+  if (action == "get") {
+    v1::GetModelRequest request;
+    request.set_id(flags.Positional(2, "the model id"));
+    flags.CheckAllUsed();
+    v1::GetModelResponse response;
+    const grpc::Status status = client.stub().GetModel(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) return ReportError(status, "models get " + request.id());
+    if (format == OutputFormat::kTable) {
+      PrintModels({response.model()});
+      std::printf("config: %s\n", response.model().config_json().c_str());
+    } else {
+      PrintStructured(response.model(), format);
+    }
+    return kExitOk;
+  }
+  if (action == "import") {
+    v1::ImportModelRequest request;
+    std::string path = flags.Positional(2, "the model file (a path the server can read)");
+    if (!path.empty() && path[0] != '/') {
+      char cwd[4096];
+      if (::getcwd(cwd, sizeof(cwd)) != nullptr) path = std::string(cwd) + "/" + path;
+    }
+    request.set_path(path);
+    request.set_name(flags.String("name", "-") == "-" ? "" : flags.String("name", "-"));
+    flags.CheckAllUsed();
+    v1::ImportModelResponse response;
+    const grpc::Status status = client.stub().ImportModel(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) return ReportError(status, "models import");
+    if (format == OutputFormat::kTable) {
+      PrintModels({response.model()});
+    } else {
+      PrintStructured(response.model(), format);
+    }
+    return kExitOk;
+  }
+  if (action == "export") {
+    v1::ExportModelRequest request;
+    request.set_id(flags.Positional(2, "the model id"));
+    const std::string out = flags.String("out", "");
+    flags.CheckAllUsed();
+    const std::string tmp = out + ".part";
+    std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
+    if (!file) throw EngineError(ErrorCode::kInvalidArgument, "--out: cannot write " + tmp);
+    auto context = client.StreamContext();
+    auto reader = client.stub().ExportModel(context.get(), request);
+    v1::ExportModelResponse chunk;
+    int64_t total = 0, received = 0;
+    while (reader->Read(&chunk)) {
+      if (chunk.total_bytes() > 0) total = chunk.total_bytes();
+      file.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
+      received += static_cast<int64_t>(chunk.chunk().size());
+    }
+    file.close();
+    const grpc::Status status = reader->Finish();
+    if (!status.ok() || !file || received != total) {
+      std::remove(tmp.c_str());
+      if (!status.ok()) return ReportError(status, "models export " + request.id());
+      std::fprintf(stderr, "slimctl: models export: received %lld of %lld bytes\n", static_cast<long long>(received),
+                   static_cast<long long>(total));
+      return kExitError;
+    }
+    std::rename(tmp.c_str(), out.c_str());
+    if (format == OutputFormat::kTable) std::printf("wrote %s (%s)\n", out.c_str(), FormatBytes(received).c_str());
+    return kExitOk;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument, "models: unknown command '" + action + "' (list, get, import, export)");
+}
+
+int Generate(Client& client, const tools::Flags& flags, OutputFormat) {
+  v1::GenerateRequest request;
+  request.set_model(flags.Positional(1, "the model id"));
+  request.set_prompt(flags.String("prompt", ""));
+  request.set_max_tokens(static_cast<int32_t>(flags.Int("max-tokens", 64, 1)));
+  request.set_temperature(flags.Double("temperature", 0.8));
+  request.set_top_k(static_cast<int32_t>(flags.Int("top-k", 0, 0)));
+  request.set_seed(flags.Int("seed", 0, 0));
+  flags.CheckAllUsed();
+  auto context = client.StreamContext();
+  auto reader = client.stub().Generate(context.get(), request);
+  v1::GenerateResponse piece;
+  std::fputs(request.prompt().c_str(), stdout);
+  while (reader->Read(&piece)) {
+    std::fputs(piece.text().c_str(), stdout);
+    std::fflush(stdout);
+  }
+  std::fputc('\n', stdout);
+  const grpc::Status status = reader->Finish();
+  return status.ok() ? kExitOk : ReportError(status, "generate");
+}
+
+int Version(Client& client, const tools::Flags& flags, OutputFormat format) {
+  flags.CheckAllUsed();
+  v1::ListDevicesResponse response;
+  const grpc::Status status = client.stub().ListDevices(client.UnaryContext().get(), v1::ListDevicesRequest(), &response);
+  if (format == OutputFormat::kJson) {
+    std::printf("{\"client\":\"%s\",\"api\":\"slim.v1\",\"server\":\"%s\",\"reachable\":%s}\n", kVersion,
+                client.connection().server.c_str(), status.ok() ? "true" : "false");
+  } else {
+    std::printf("slimctl %s (API slim.v1); server %s: %s\n", kVersion, client.connection().server.c_str(),
+                status.ok() ? "reachable" : ("unreachable: " + status.error_message()).c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+const char kMainHelp[] = R"(usage: slimctl <command> [arguments] [flags]
+
+commands:
+  submit FILE        create a job from a spec file (--watch to follow it)
+  get JOB            one job in detail
+  list               jobs, newest first (--state running,queued --limit N)
+  watch JOB          follow a job live until it ends; reconnects if the connection drops
+  cancel JOB         cancel a queued or running job
+  events JOB         the job's recorded events
+  plan FILE          dry run: chunk size, predicted peak and step time for a spec and quota
+  devices            devices, their capacity, committed quota, observed use and jobs
+  datasets           upload FILE | list | get ID | delete ID
+  models             list | get ID | import PATH | export ID --out FILE
+  generate MODEL     sample text (--prompt TEXT)
+  version            client and API version, and whether the server answers
+
+`slimctl <command> --help` shows a command's flags and examples.
+
+exit status: 0 ok; 1 internal error; 2 bad arguments or invalid request; 3 quota cannot fit;
+4 not found; 5 conflict (wrong state, in use); 6 server unreachable or too slow; 7 not allowed;
+8 the watched job failed; 9 the watched job was cancelled
+)";
+
+const std::map<std::string, std::string> kCommandHelp = {
+    {"submit", R"(usage: slimctl submit FILE [flags]
+  FILE is a YAML or JSON job spec (docs/slimctl.md); data entries that are local files are
+  uploaded first (reused if the same bytes were uploaded before).
+  --name NAME              display name
+  --priority P             higher runs first and may shrink lower-priority jobs (default 0)
+  --quota SIZE             override memory.quota (e.g. 512MiB)
+  --steps N                override training.steps
+  --set F=V[,F=V...]       override any field, e.g. --set training.optimizer.lr=1e-4
+  --watch                  follow the job until it ends; the exit status is the job's
+  --reconnect-timeout S    with --watch: give up after S seconds without the server (300)
+examples:
+  slimctl submit examples/finetune-docs.slimctl.yaml --watch
+  slimctl submit job.yaml --quota 2GiB --priority 5 --output json
+)"},
+    {"get", "usage: slimctl get JOB [--output json|yaml]\nexample: slimctl get job-000001\n"},
+    {"list", R"(usage: slimctl list [--state S[,S...]] [--limit N] [--output json|yaml]
+  columns: id, name, state, priority, device, quota, chunk size, progress, loss, age
+example: slimctl list --state running,queued
+)"},
+    {"watch", R"(usage: slimctl watch JOB [--after SEQ] [--reconnect-timeout S]
+  a live progress bar (step, loss, tokens/s, ETA, memory against quota) and one line per
+  event; exit status 0 succeeded, 8 failed, 9 cancelled
+example: slimctl watch job-000001
+)"},
+    {"cancel", "usage: slimctl cancel JOB\nexample: slimctl cancel job-000001\n"},
+    {"events", "usage: slimctl events JOB [--after SEQ] [--output json|yaml]\nexample: slimctl events job-000001 --output json\n"},
+    {"plan", R"(usage: slimctl plan FILE [--quota SIZE] [--set F=V]
+  exit status 3 when the quota cannot fit (the output gives the minimum)
+example: slimctl plan job.yaml --quota 256MiB
+)"},
+    {"devices", "usage: slimctl devices [--output json|yaml]\n"},
+    {"datasets", R"(usage: slimctl datasets upload FILE [--name N] [--format text|jsonl|ids-u16|ids-u32]
+       slimctl datasets list | get ID | delete ID
+examples:
+  slimctl datasets upload corpus.txt --name corpus
+  slimctl datasets delete ds-000003
+)"},
+    {"models", R"(usage: slimctl models list | get ID | import PATH [--name N] | export ID --out FILE
+  import takes a path the server can read (a local server: any local file)
+examples:
+  slimctl models import models/base-mini.safetensors --name base-mini
+  slimctl models export model-000002 --out tuned.safetensors
+)"},
+    {"generate", R"(usage: slimctl generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--seed S]
+example: slimctl generate model-000002 --prompt "The planner " --max-tokens 100 --seed 1
+)"},
+    {"version", "usage: slimctl version [--output json]\n"},
+};
+
+const std::set<std::string>& BooleanFlags() {
+  static const std::set<std::string> kBooleans = {"watch", "tls", "help"};
+  return kBooleans;
+}
+
+int RunCommand(const tools::Flags& flags) {
+  const std::string command = flags.Positional(0, "a command");
+  const auto help = kCommandHelp.find(command);
+  if (help == kCommandHelp.end()) {
+    throw EngineError(ErrorCode::kInvalidArgument, "unknown command '" + command + "' (see slimctl --help)");
+  }
+  if (flags.Bool("help")) {
+    std::cout << help->second << kConnectionHelp;
+    return kExitOk;
+  }
+  const OutputFormat format = ParseOutputFormat(flags);
+  Client client(ResolveConnection(flags));
+  if (command == "submit") return Submit(client, flags, format);
+  if (command == "get") return Get(client, flags, format);
+  if (command == "list") return List(client, flags, format);
+  if (command == "watch") return Watch(client, flags, format);
+  if (command == "cancel") return Cancel(client, flags, format);
+  if (command == "events") return Events(client, flags, format);
+  if (command == "plan") return Plan(client, flags, format);
+  if (command == "devices") return Devices(client, flags, format);
+  if (command == "datasets") return Datasets(client, flags, format);
+  if (command == "models") return Models(client, flags, format);
+  if (command == "generate") return Generate(client, flags, format);
+  return Version(client, flags, format);
+}
+
+}  // namespace slim::client

@@ -1,0 +1,29 @@
+// Job spec files for slimctl: the YAML/JSON job spec (docs/job-spec.md) with server-side
+// names — datasets and models are ids — read into the API's JobSpec.
+//
+// Conveniences over the raw API message:
+//   - a data entry may be a local file (a path string that is not a dataset id, or
+//     {file: path, format: ...}); `upload` is called for it and must return a dataset id;
+//   - memory.quota may be a number of bytes or a size with units; chunk_size may be "auto";
+//   - `overrides` ("training.steps=100", "memory.quota=2GiB") set fields before conversion,
+//     values read as YAML scalars.
+// Errors are EngineError(kInvalidArgument) naming the file and field.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "slim/v1/slim.pb.h"
+
+namespace slim::client {
+
+using LocalDataUploader = std::function<std::string(const std::string& path, const std::string& format)>;
+
+v1::JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& overrides,
+                        const LocalDataUploader& upload);
+
+// True for ids the server hands out for datasets ("ds-000001").
+bool LooksLikeDatasetId(const std::string& text);
+
+}  // namespace slim::client

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# slimctl end to end against a real slimd: every command's happy path and error path, JSON
+# output parsed and checked, exit statuses per error class, and `watch` reconnecting across a
+# SIGKILL and restart of slimd.
+#   slimctl_test.sh SLIMCTL SLIMD SLIM_TRAIN SOURCE_DIR
+set -euo pipefail
+ctl="$1"; slimd="$2"; train="$3"; src=$(cd "$4" && pwd)
+dir=$(mktemp -d)
+sock="unix:$dir/slimd.sock"
+slimd_pid=""
+cleanup() {
+  [ -n "$slimd_pid" ] && kill -TERM "$slimd_pid" 2>/dev/null && wait "$slimd_pid" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; [ -f "$dir/slimd.log" ] && tail -20 "$dir/slimd.log" >&2; exit 1; }
+start_slimd() {
+  "$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:64MiB --worker-binary "$train" \
+    --checkpoint-every 10 >>"$dir/slimd.log" 2>&1 &
+  slimd_pid=$!
+  for _ in $(seq 1 200); do
+    "$ctl" version --server "$sock" 2>/dev/null | grep -q reachable && ! "$ctl" version --server "$sock" | grep -q unreachable && return 0
+    sleep 0.1
+  done
+  fail "slimd did not start"
+}
+# Runs slimctl, expecting exit status $1; output in $out, stderr in $err.
+expect() {
+  local want="$1"; shift
+  set +e
+  out=$("$ctl" --server "$sock" "$@" 2>"$dir/err"); rc=$?
+  set -e
+  err=$(cat "$dir/err")
+  [ "$rc" -eq "$want" ] || fail "slimctl $*: exit $rc, want $want; stderr: $err"
+}
+json() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print($1)"; }
+
+start_slimd
+export SLIM_CONFIG="$dir/no-config.yaml"  # not the user's
+
+# version, help, usage errors
+expect 0 version --output json
+[ "$(echo "$out" | json 'd["reachable"]')" = True ] || fail "version: not reachable: $out"
+expect 0 --help
+expect 0 submit --help
+echo "$out" | grep -q "examples:" || fail "submit --help has no examples"
+expect 2 frobnicate
+echo "$err" | grep -q "unknown command 'frobnicate'" || fail "unknown command: $err"
+expect 2 list --output xml
+echo "$err" | grep -q -- "--output: unknown format 'xml'" || fail "bad output: $err"
+set +e; "$ctl" list --server "unix:$dir/nobody.sock" --timeout 2 2>"$dir/err"; rc=$?; set -e
+[ "$rc" -eq 6 ] || fail "unreachable server: exit $rc, want 6"
+grep -q "cannot reach the server" "$dir/err" || fail "unreachable message: $(cat "$dir/err")"
+
+# models
+expect 0 models import "$src/models/base-mini.safetensors" --name base-mini --output json
+base=$(echo "$out" | json 'd["id"]')
+[ "$(echo "$out" | json 'd["parameters"]')" = 856832 ] || fail "models import: $out"
+expect 2 models import /nonexistent.safetensors
+expect 0 models list --output json
+[ "$(echo "$out" | json 'len(d["models"])')" = 1 ] || fail "models list: $out"
+expect 0 models get "$base"
+echo "$out" | grep -q base-mini || fail "models get: $out"
+expect 4 models get model-999999
+expect 0 models export "$base" --out "$dir/exported.safetensors"
+cmp "$dir/exported.safetensors" "$src/models/base-mini.safetensors" || fail "export differs"
+
+# datasets
+cat "$src"/docs/*.md > "$dir/docs.txt"
+expect 0 datasets upload "$dir/docs.txt" --name docs --output json
+ds=$(echo "$out" | json 'd["id"]')
+[ "$(echo "$out" | json 'd["sha256"]')" = "$(sha256sum "$dir/docs.txt" | cut -d' ' -f1)" ] || fail "upload sha: $out"
+expect 0 datasets upload "$dir/docs.txt" --output json   # same bytes: reused
+[ "$(echo "$out" | json 'd["id"]')" = "$ds" ] || fail "identical upload not reused"
+printf '{"text": "ok"}\n' > "$dir/one.jsonl"
+expect 0 datasets upload "$dir/one.jsonl" --format jsonl
+expect 2 datasets upload "$dir/docs.txt" --format csv
+expect 0 datasets list --output json
+[ "$(echo "$out" | json 'len(d["datasets"])')" = 2 ] || fail "datasets list: $out"
+expect 0 datasets get "$ds"
+expect 4 datasets get ds-999999
+expect 2 datasets frob
+
+# plan and submit
+cat > "$dir/job.yaml" <<EOF
+model: {base: $base}
+data:
+  train: [$ds]
+training:
+  seq_len: 256
+  batch_size: 2
+  steps: 30
+  optimizer: {lr: 1e-3}
+memory:
+  quota: 48MiB
+EOF
+expect 0 plan "$dir/job.yaml" --output json
+chunk=$(echo "$out" | json 'd["chunk_size"]')
+[ "$chunk" -gt 0 ] || fail "plan: $out"
+expect 3 plan "$dir/job.yaml" --quota 1MiB
+echo "$out" | grep -q "minimum" || fail "infeasible plan output: $out"
+expect 3 submit "$dir/job.yaml" --quota 1MiB
+echo "$err" | grep -q "the minimum is" || fail "quota error: $err"
+expect 2 submit "$dir/job.yaml" --set training.optimizer.lr=-1
+echo "$err" | grep -q "training.optimizer.lr" || fail "field not named: $err"
+expect 2 submit "$dir/job.yaml" --set training.optimiser.lr=1
+expect 4 submit "$dir/job.yaml" --set model.base=model-999999
+expect 2 submit "$dir/missing.yaml"
+
+expect 0 submit "$dir/job.yaml" --name first --watch
+echo "$out" | grep -q "job .* SUCCEEDED" || fail "submit --watch: $out"
+expect 0 list --output json
+job=$(echo "$out" | json 'd["jobs"][0]["id"]')
+[ "$(echo "$out" | json 'd["jobs"][0]["state"]')" = JOB_STATE_SUCCEEDED ] || fail "list: $out"
+[ "$(echo "$out" | json 'd["jobs"][0]["chunk_size"]')" = "$chunk" ] || fail "chunk size is not the plan's"
+expect 0 list --state succeeded
+echo "$out" | grep -q "$job" || fail "list --state: $out"
+expect 2 list --state sideways
+expect 0 get "$job" --output json
+[ "$(echo "$out" | json 'd["progress"]["step"]')" = 30 ] || fail "get: $out"
+model=$(echo "$out" | json 'd["output_model"]')
+expect 0 events "$job" --output json
+echo "$out" | grep -q '"kind": "succeeded"' || fail "events: no succeeded"
+expect 0 events "$job"
+echo "$out" | grep -q "queued" || fail "events table: $out"
+expect 4 get job-999999
+expect 5 cancel "$job"
+echo "$err" | grep -q "SUCCEEDED" || fail "cancel finished job: $err"
+expect 0 generate "$model" --prompt "The " --max-tokens 20 --seed 3
+a="$out"
+expect 0 generate "$model" --prompt "The " --max-tokens 20 --seed 3
+[ "$a" = "$out" ] || fail "generation not deterministic"
+expect 2 generate "$model" --prompt "x" --max-tokens 100000
+expect 0 devices --output json
+[ "$(echo "$out" | json 'd["devices"][0]["capacity_bytes"]')" = $((64 << 20)) ] || fail "devices: $out"
+
+# cancel a running job; its watch exits 9
+expect 0 submit "$dir/job.yaml" --steps 100000 --output json
+long=$(echo "$out" | json 'd["id"]')
+expect 5 datasets delete "$ds"
+echo "$err" | grep -q "is used by job $long" || fail "delete in use: $err"
+"$ctl" --server "$sock" watch "$long" > "$dir/watch1.out" 2>&1 &
+watch_pid=$!
+for _ in $(seq 1 300); do grep -q "step" "$dir/watch1.out" && break; sleep 0.1; done
+expect 0 cancel "$long"
+set +e; wait "$watch_pid"; rc=$?; set -e
+[ "$rc" -eq 9 ] || fail "watch of a cancelled job: exit $rc, want 9: $(cat "$dir/watch1.out")"
+expect 0 datasets delete "$ds"
+expect 4 datasets delete "$ds"
+
+# watch survives slimd being killed and restarted
+expect 0 datasets upload "$dir/docs.txt" --output json
+ds=$(echo "$out" | json 'd["id"]')
+sed "s/train: \[.*\]/train: [$ds]/" "$dir/job.yaml" > "$dir/job2.yaml"
+expect 0 submit "$dir/job2.yaml" --steps 400 --output json
+again=$(echo "$out" | json 'd["id"]')
+"$ctl" --server "$sock" watch "$again" --reconnect-timeout 120 > "$dir/watch2.out" 2>"$dir/watch2.err" &
+watch_pid=$!
+for _ in $(seq 1 600); do grep -q "checkpoint" "$dir/watch2.out" && break; sleep 0.1; done
+kill -KILL "$slimd_pid"; wait "$slimd_pid" 2>/dev/null || true
+start_slimd
+set +e; wait "$watch_pid"; rc=$?; set -e
+[ "$rc" -eq 0 ] || fail "watch across a restart: exit $rc: $(tail -5 "$dir/watch2.out") $(cat "$dir/watch2.err")"
+grep -q "reconnecting" "$dir/watch2.err" || fail "watch did not reconnect: $(cat "$dir/watch2.err")"
+grep -q "requeued" "$dir/watch2.out" || fail "watch missed the requeued event"
+grep -q "SUCCEEDED" "$dir/watch2.out" || fail "watch did not see the end"
+echo PASS

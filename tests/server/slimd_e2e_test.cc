@@ -1,0 +1,271 @@
+// End to end with the real binaries: slimd with two declared 16 MiB CPU devices runs several
+// tiny jobs at once whose quotas give them different chunk sizes on the same device; a
+// higher-priority job makes room by shrinking a running one; one job is cancelled mid-run;
+// slimd is killed with SIGKILL mid-training and restarted, and every job still completes with
+// its whole event history. Also: the health service answers SERVING.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "server/common/sha256.h"
+#include "server/supervise/worker_process.h"
+#include "slim/v1/slim.grpc.pb.h"
+
+namespace slim::server {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int64_t kMiB = 1 << 20;
+
+std::unique_ptr<grpc::ClientContext> Context(int seconds = 60) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  return context;
+}
+
+class SlimdE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/slimd_e2e." + std::to_string(::getpid());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    socket_ = "unix:" + dir_ + "/slimd.sock";
+  }
+  void TearDown() override {
+    if (slimd_ != nullptr) {
+      slimd_->Terminate(30);
+      slimd_->WaitForExit();
+    }
+    fs::remove_all(dir_);
+  }
+
+  // Starts slimd and waits until it accepts calls.
+  void StartSlimd() {
+    WorkerOptions o;
+    o.argv = {SLIMD_BINARY, "--listen", socket_, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB,cpu:16MiB",
+              "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20"};
+    o.log_path = dir_ + "/slimd.log";
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> p = WorkerProcess::Start(std::move(o));
+    ASSERT_TRUE(p.ok()) << p.status();
+    slimd_ = *std::move(p);
+    channel_ = grpc::CreateChannel(socket_, grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(60)))
+        << "slimd did not start; log:\n" << Log();
+    stub_ = v1::Slim::NewStub(channel_);
+  }
+
+  std::string Log() {
+    std::ifstream in(dir_ + "/slimd.log");
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }
+
+  std::string Upload(const std::string& text) {
+    Sha256 sha;
+    sha.Update(text.data(), text.size());
+    auto context = Context();
+    v1::UploadDatasetResponse response;
+    auto writer = stub_->UploadDataset(context.get(), &response);
+    v1::UploadDatasetRequest header;
+    header.mutable_header()->set_name("e2e");
+    header.mutable_header()->set_size_bytes(static_cast<int64_t>(text.size()));
+    header.mutable_header()->set_sha256(sha.HexDigest());
+    writer->Write(header);
+    v1::UploadDatasetRequest chunk;
+    chunk.set_chunk(text);
+    writer->Write(chunk);
+    writer->WritesDone();
+    const grpc::Status s = writer->Finish();
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.dataset().id();
+  }
+
+  static v1::JobSpec Spec(const std::string& dataset, const std::string& quota, int steps) {
+    v1::JobSpec spec;
+    spec.mutable_model()->set_preset("tiny");
+    spec.mutable_data()->add_train()->set_dataset(dataset);
+    spec.mutable_training()->set_seq_len(1024);
+    spec.mutable_training()->set_batch_size(2);
+    spec.mutable_training()->set_steps(steps);
+    spec.mutable_training()->mutable_optimizer()->set_lr(1e-3);
+    spec.mutable_memory()->set_quota(quota);
+    return spec;
+  }
+
+  v1::Job Create(const v1::JobSpec& spec, int priority) {
+    v1::CreateJobRequest request;
+    *request.mutable_spec() = spec;
+    request.set_priority(priority);
+    v1::CreateJobResponse response;
+    const grpc::Status s = stub_->CreateJob(Context(120).get(), request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.job();
+  }
+
+  v1::Job Get(const std::string& id) {
+    v1::GetJobRequest request;
+    request.set_id(id);
+    v1::GetJobResponse response;
+    const grpc::Status s = stub_->GetJob(Context().get(), request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.job();
+  }
+
+  // Reads the job's events from `after` until `until` returns true for one (or the stream ends).
+  std::vector<v1::JobEvent> WatchUntil(const std::string& id, int64_t after,
+                                       const std::function<bool(const v1::JobEvent&)>& until, int seconds = 300) {
+    auto context = Context(seconds);
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    request.set_after_sequence(after);
+    auto reader = stub_->WatchJob(context.get(), request);
+    std::vector<v1::JobEvent> events;
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+      if (!item.has_event()) continue;
+      events.push_back(item.event());
+      if (until(item.event())) {
+        context->TryCancel();
+        break;
+      }
+    }
+    const grpc::Status status = reader->Finish();
+    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      ADD_FAILURE() << "WatchJob " << id << ": " << status.error_message() << "\nslimd log:\n" << Log();
+    }
+    return events;
+  }
+
+  std::string dir_, socket_;
+  std::unique_ptr<WorkerProcess> slimd_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Slim::Stub> stub_;
+};
+
+TEST_F(SlimdE2eTest, PacksShrinksCancelsSurvivesSigkillAndCompletesEveryJob) {
+  StartSlimd();
+
+  // Health: grpc.health.v1.Health/Check with an empty request → {status: SERVING} = 08 01.
+  {
+    grpc::GenericStub generic(channel_);
+    grpc::ByteBuffer request, response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Slice empty;
+    request = grpc::ByteBuffer(&empty, 1);
+    absl::Notification done;
+    grpc::Status status;
+    generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) {
+                        status = s;
+                        done.Notify();
+                      });
+    done.WaitForNotification();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string bytes;
+    for (const grpc::Slice& s : slices) bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
+    EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  }
+
+  std::string text;
+  for (int i = 0; text.size() < 120000; ++i) text += "slim packs fine-tuning jobs under memory quotas " + std::to_string(i % 97) + ".\n";
+  const std::string dataset = Upload(text);
+
+  // Three jobs whose quotas give three chunk sizes; best fit puts all of them on one device.
+  const std::map<std::string, std::string> quotas = {{"a", "8MiB"}, {"b", "4MiB"}, {"c", "3MiB"}};
+  std::map<std::string, v1::Job> jobs;
+  std::map<std::string, int64_t> planned_chunk;
+  for (const auto& [name, quota] : quotas) {
+    v1::PlanJobRequest plan_request;
+    *plan_request.mutable_spec() = Spec(dataset, quota, 250);
+    v1::PlanJobResponse plan;
+    ASSERT_TRUE(stub_->PlanJob(Context(120).get(), plan_request, &plan).ok());
+    planned_chunk[name] = plan.chunk_size();
+    jobs[name] = Create(Spec(dataset, quota, 250), 0);
+    EXPECT_EQ(jobs[name].chunk_size(), plan.chunk_size());
+  }
+  EXPECT_NE(planned_chunk["a"], planned_chunk["b"]);
+  EXPECT_NE(planned_chunk["b"], planned_chunk["c"]);
+  // A long job on the other device, to be shrunk and then cancelled.
+  jobs["long"] = Create(Spec(dataset, "6MiB", 1000000), 0);
+  for (const auto& [name, job] : jobs) {
+    WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+  }
+  std::map<std::string, std::string> device;
+  for (const auto& [name, job] : jobs) device[name] = Get(job.id()).device();
+  EXPECT_EQ(device["a"], device["b"]);
+  EXPECT_EQ(device["b"], device["c"]);
+  EXPECT_NE(device["long"], device["a"]);
+
+  // 12 MiB at priority 5 fits nowhere (1 and 10 MiB free): the long job shrinks to make room.
+  jobs["vip"] = Create(Spec(dataset, "12MiB", 250), 5);
+  const std::vector<v1::JobEvent> long_events =
+      WatchUntil(jobs["long"].id(), 0, [](const v1::JobEvent& e) { return e.kind() == "shrunk"; });
+  ASSERT_FALSE(long_events.empty());
+  const v1::JobEvent& shrunk = long_events.back();
+  ASSERT_EQ(shrunk.kind(), "shrunk");
+  EXPECT_LT(shrunk.quota_bytes(), 6 * kMiB);
+  EXPECT_LT(shrunk.chunk_size(), jobs["long"].chunk_size());
+  EXPECT_LE(shrunk.predicted_peak_bytes(), shrunk.quota_bytes());
+  EXPECT_NE(shrunk.message().find(jobs["vip"].id()), std::string::npos) << shrunk.message();
+  WatchUntil(jobs["vip"].id(), 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+  EXPECT_EQ(Get(jobs["vip"].id()).device(), device["long"]);
+
+  // Cancel the long job mid-run.
+  v1::CancelJobRequest cancel;
+  cancel.set_id(jobs["long"].id());
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &cancelled).ok());
+  const std::vector<v1::JobEvent> cancel_events =
+      WatchUntil(jobs["long"].id(), cancelled.job().last_sequence(), [](const v1::JobEvent&) { return false; });
+  ASSERT_FALSE(cancel_events.empty());
+  EXPECT_EQ(cancel_events.back().kind(), "cancelled");
+
+  // Kill slimd mid-training, after every remaining job has a checkpoint.
+  for (const char* name : {"a", "b", "c", "vip"}) {
+    WatchUntil(jobs[name].id(), 0, [](const v1::JobEvent& e) { return e.kind() == "checkpoint"; });
+    EXPECT_EQ(Get(jobs[name].id()).state(), v1::JOB_STATE_RUNNING) << name << " finished too early for the test";
+  }
+  slimd_->Kill();
+  slimd_->WaitForExit();
+  slimd_.reset();
+  StartSlimd();
+
+  for (const char* name : {"a", "b", "c", "vip"}) {
+    const std::vector<v1::JobEvent> history = WatchUntil(jobs[name].id(), 0, [](const v1::JobEvent&) { return false; });
+    ASSERT_FALSE(history.empty()) << name;
+    bool requeued = false, resumed = false;
+    for (size_t i = 0; i < history.size(); ++i) {
+      EXPECT_EQ(history[i].sequence(), static_cast<int64_t>(i + 1)) << name << ": events must be contiguous";
+      requeued |= history[i].kind() == "requeued";
+      resumed |= history[i].kind() == "planned" && history[i].message().find("resumed from step") != std::string::npos;
+    }
+    EXPECT_EQ(history.front().kind(), "queued") << name;
+    EXPECT_EQ(history.back().kind(), "succeeded") << name << ": " << history.back().message();
+    EXPECT_TRUE(requeued) << name;
+    EXPECT_TRUE(resumed) << name;
+    const v1::Job job = Get(jobs[name].id());
+    EXPECT_EQ(job.progress().step(), 250) << name;
+    EXPECT_GT(job.observed_peak_bytes(), 0) << name;
+    EXPECT_LE(job.observed_peak_bytes(), job.quota_bytes()) << name;
+    if (planned_chunk.count(name)) {
+      EXPECT_EQ(job.chunk_size(), planned_chunk[name]) << name;
+    }
+  }
+  EXPECT_EQ(Get(jobs["long"].id()).state(), v1::JOB_STATE_CANCELLED);
+}
+
+}  // namespace
+}  // namespace slim::server

@@ -664,7 +664,7 @@ example: slimctl watch job-000001
   exit status 3 when the quota cannot fit (the output gives the minimum)
 example: slimctl plan job.yaml --quota 256MiB
 )"},
-    {"devices", "usage: slimctl devices [--output json|yaml]\n"},
+    {"devices", "usage: slimctl devices [--output json|yaml]\n  capacity, committed quota, observed peak and the jobs on each device\nexample: slimctl devices\n"},
     {"datasets", R"(usage: slimctl datasets upload FILE [--name N] [--format text|jsonl|ids-u16|ids-u32]
        slimctl datasets list | get ID | delete ID
 examples:
@@ -680,7 +680,7 @@ examples:
     {"generate", R"(usage: slimctl generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--seed S]
 example: slimctl generate model-000002 --prompt "The planner " --max-tokens 100 --seed 1
 )"},
-    {"version", "usage: slimctl version [--output json]\n"},
+    {"version", "usage: slimctl version [--output json]\nexample: slimctl version --server unix:/run/slimd.sock\n"},
 };
 
 const std::set<std::string>& BooleanFlags() {

@@ -124,6 +124,10 @@ echo "$out" | grep -q '"kind": "succeeded"' || fail "events: no succeeded"
 expect 0 events "$job"
 echo "$out" | grep -q "queued" || fail "events table: $out"
 expect 4 get job-999999
+expect 4 events job-999999
+expect 4 watch job-999999
+expect 4 models export model-999999 --out "$dir/nothing.safetensors"
+[ ! -e "$dir/nothing.safetensors" ] || fail "failed export left a file"
 expect 5 cancel "$job"
 echo "$err" | grep -q "SUCCEEDED" || fail "cancel finished job: $err"
 expect 0 generate "$model" --prompt "The " --max-tokens 20 --seed 3

@@ -348,9 +348,10 @@ int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
     events.push_back(item.event());
     if (item.event().sequence() >= last) break;
   }
-  context->TryCancel();
+  if (last >= 0) context->TryCancel();  // the events up to the snapshot are in; stop the stream
   const grpc::Status status = reader->Finish();
-  if (last < 0 && !status.ok()) return ReportError(status, "events " + id);
+  if (last < 0) return ReportError(status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "no snapshot") : status,
+                                   "events " + id);
   if (format != OutputFormat::kTable) {
     for (const v1::JobEvent& e : events) PrintStructured(e, format);
     return kExitOk;

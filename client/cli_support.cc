@@ -149,7 +149,12 @@ Client::Client(const Connection& connection) : connection_(connection) {
     if (!connection.ca_cert.empty()) ssl.pem_root_certs = ReadFile(connection.ca_cert);
     credentials = grpc::SslCredentials(ssl);
   }
-  channel_ = grpc::CreateChannel(connection.server, credentials);
+  // Keepalive pings notice a server that vanished without closing the connection (host or
+  // network loss), so a watch fails and reconnects instead of waiting forever.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  channel_ = grpc::CreateCustomChannel(connection.server, credentials, args);
   stub_ = v1::Slim::NewStub(channel_);
 }
 

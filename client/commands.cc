@@ -339,19 +339,28 @@ int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
   v1::WatchJobResponse item;
   int64_t last = -1;
   std::vector<v1::JobEvent> events;
+  bool complete = false;  // every event up to the snapshot's last sequence arrived
   while (reader->Read(&item)) {
     if (item.has_snapshot()) {
       last = item.snapshot().last_sequence();
-      if (last <= after) break;
+      if (last <= after) {
+        complete = true;
+        break;
+      }
       continue;
     }
     events.push_back(item.event());
-    if (item.event().sequence() >= last) break;
+    if (item.event().sequence() >= last) {
+      complete = true;
+      break;
+    }
   }
   if (last >= 0) context->TryCancel();  // the events up to the snapshot are in; stop the stream
   const grpc::Status status = reader->Finish();
-  if (last < 0) return ReportError(status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "no snapshot") : status,
-                                   "events " + id);
+  if (!complete) {
+    return ReportError(status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended early") : status,
+                       "events " + id);
+  }
   if (format != OutputFormat::kTable) {
     for (const v1::JobEvent& e : events) PrintStructured(e, format);
     return kExitOk;
@@ -543,7 +552,7 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
   if (action == "export") {
     v1::ExportModelRequest request;
     request.set_id(flags.Positional(2, "the model id"));
-    const std::string out = flags.String("out", "");
+    const std::string out = flags.String("out", "");  // required
     flags.CheckAllUsed();
     const std::string tmp = out + ".part";
     std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
@@ -566,7 +575,10 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
                    static_cast<long long>(total));
       return kExitError;
     }
-    std::rename(tmp.c_str(), out.c_str());
+    if (std::rename(tmp.c_str(), out.c_str()) != 0) {
+      std::remove(tmp.c_str());
+      throw EngineError(ErrorCode::kInvalidArgument, "--out: cannot write " + out);
+    }
     if (format == OutputFormat::kTable) std::printf("wrote %s (%s)\n", out.c_str(), FormatBytes(received).c_str());
     return kExitOk;
   }

@@ -460,7 +460,8 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     optimizer->step();
     ++step;
     tokens += sequences_per_step * spec.seq_len;
-    train_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    const double step_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    train_seconds += step_seconds;
 
     const double now = Now();
     if (step == total_steps || now - last_progress >= options.progress_interval_seconds) {
@@ -477,6 +478,8 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
       e.tokens_per_second = static_cast<double>(sequences_per_step * spec.seq_len) / per_step;
       e.eta_seconds = per_step * static_cast<double>(total_steps - step);
       e.peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
+      e.current_bytes = track_memory ? CurrentMemoryBytes(device) : 0;
+      e.step_seconds = step_seconds;
       emit(e);
     }
     if (spec.eval_every > 0 && step % spec.eval_every == 0 && step < total_steps) run_eval();

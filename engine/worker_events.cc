@@ -80,6 +80,8 @@ std::string EventToJson(const TrainingEvent& e) {
       m["tokens_per_second"] = Num(e.tokens_per_second);
       m["eta_seconds"] = Num(e.eta_seconds);
       m["peak_bytes"] = Num(static_cast<double>(e.peak_bytes));
+      m["current_bytes"] = Num(static_cast<double>(e.current_bytes));
+      m["step_seconds"] = Num(e.step_seconds);
       break;
     case EventKind::kEval:
       m["eval_loss"] = Num(e.eval_loss);
@@ -132,6 +134,8 @@ TrainingEvent EventFromJson(const std::string& line) {
   e.tokens_per_second = NumberOr(o, "tokens_per_second", 0);
   e.eta_seconds = NumberOr(o, "eta_seconds", 0);
   e.peak_bytes = static_cast<int64_t>(NumberOr(o, "peak_bytes", 0));
+  e.current_bytes = static_cast<int64_t>(NumberOr(o, "current_bytes", 0));
+  e.step_seconds = NumberOr(o, "step_seconds", 0);
   e.eval_loss = NumberOr(o, "eval_loss", 0);
   e.path = StringOr(o, "path");
   e.adapter_path = StringOr(o, "adapter_path");

@@ -41,6 +41,8 @@ struct TrainingEvent {
   double tokens_per_second = 0;
   double eta_seconds = 0;
   int64_t peak_bytes = 0;    // observed peak of tensor memory on the device
+  int64_t current_bytes = 0; // tensor memory in use at the report
+  double step_seconds = 0;   // duration of the last optimizer step
   // eval
   double eval_loss = 0;
   // checkpoint, finished (the output model), stopped (the checkpoint)

@@ -18,7 +18,7 @@ data="$build/demo-slimd"
 rm -rf "$data"
 mkdir -p "$data"
 sock="unix:$(pwd)/$data/slimd.sock"
-"$build/server/slimd" --listen "$sock" --data-dir "$data" > "$data/slimd.log" 2>&1 &
+"$build/server/slimd" --listen "$sock" --data-dir "$data" --metrics-address 127.0.0.1:0 > "$data/slimd.log" 2>&1 &
 slimd_pid=$!
 trap 'kill -TERM $slimd_pid 2>/dev/null; wait $slimd_pid 2>/dev/null || true' EXIT
 ctl() { "$build/client/slimctl" --server "$sock" "$@"; }

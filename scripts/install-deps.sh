@@ -14,8 +14,17 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libsqlite3-dev prometheus-cpp-dev
   # tests
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev python3
+  # observability and deployment checks: Prometheus (promtool, and a real server for the
+  # integration test), headless Chromium for the status page
+  prometheus chromium chromium-driver
 )
+# Node.js and npm for the offline Kubernetes manifest validation (scripts/validate-deploy.sh):
+# Debian's packages unless a Node.js with npm is already installed (e.g. from NodeSource,
+# whose nodejs package conflicts with Debian's npm).
+if ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

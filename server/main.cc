@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -26,6 +27,10 @@
 #include "server/api/slim_service.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_store.h"
+#include "server/metrics/http_server.h"
+#include "server/metrics/rpc_metrics_interceptor.h"
+#include "server/metrics/service_metrics.h"
+#include "server/metrics/status_page.h"
 #include "tools/flags.h"
 
 namespace {
@@ -39,6 +44,8 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --listen ADDR           gRPC address (default 127.0.0.1:50051; port 0 picks a free one;
                           unix:/path/to/socket for a unix domain socket)
   --data-dir DIR          jobs, datasets, models and the SQLite store (default ./slimd-data)
+  --metrics-address ADDR  HTTP address of /metrics (Prometheus) and the status page at /
+                          (default 127.0.0.1:9464; port 0 picks a free one; "off" disables)
   --devices LIST          devices the scheduler packs jobs onto, comma-separated:
                             cpu:SIZE        a CPU "device" with SIZE of memory to commit (e.g.
                                             cpu:4GiB,cpu:4GiB declares two)
@@ -59,6 +66,7 @@ start), finish streams, exit 0.
 
 struct Options {
   std::string listen = "127.0.0.1:50051";
+  std::string metrics_address = "127.0.0.1:9464";
   std::string port_file;
   int executor_threads = 2;
   slim::server::JobManagerOptions manager;
@@ -159,6 +167,7 @@ Options ParseOptions(int argc, char** argv) {
   Options o;
   if (flags.Has("config")) flags.String("config", "");  // read above
   o.listen = flags.String("listen", o.listen);
+  o.metrics_address = flags.String("metrics-address", o.metrics_address);
   o.port_file = flags.Has("port-file") ? flags.String("port-file", "") : "";
   o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
   o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
@@ -183,6 +192,25 @@ int Serve(const Options& o) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);  // a dead worker's control pipe must not kill the server
+  // The registry outlives every component holding metric references (STYLE.md): built first.
+  slim::server::ServiceMetrics metrics;
+  // The status page renders from the manager, which exists only later; until then (and after
+  // shutdown begins) it shows nothing.
+  std::atomic<slim::server::JobManager*> page_source{nullptr};
+  std::unique_ptr<slim::server::MetricsHttpServer> http;
+  if (o.metrics_address != "off") {
+    absl::StatusOr<std::unique_ptr<slim::server::MetricsHttpServer>> started =
+        slim::server::MetricsHttpServer::Start(o.metrics_address, metrics.registry(), [&page_source] {
+          slim::server::JobManager* manager = page_source.load();
+          return manager == nullptr ? std::string("<!doctype html><p>slimd is starting</p>")
+                                    : slim::server::RenderStatusPage(manager->ListDevices(), manager->JobsForStatus(20));
+        });
+    if (!started.ok()) {
+      std::fprintf(stderr, "slimd: %s\n", std::string(started.status().message()).c_str());
+      return 2;
+    }
+    http = *std::move(started);
+  }
   slim::ConfigureRuntime();
 
   fs::create_directories(o.manager.data_dir);
@@ -192,7 +220,8 @@ int Serve(const Options& o) {
     std::fprintf(stderr, "slimd: %s\n", store.status().ToString().c_str());
     return 1;
   }
-  slim::server::JobManager manager(**store, o.manager);
+  slim::server::JobManager manager(**store, o.manager, &metrics);
+  page_source = &manager;
   if (const absl::Status started = manager.Start(); !started.ok()) {
     std::fprintf(stderr, "slimd: %s\n", started.ToString().c_str());
     return 1;
@@ -206,7 +235,13 @@ int Serve(const Options& o) {
   int port = 0;
   builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<slim::server::RpcMetricsInterceptorFactory>(metrics));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.SetMaxReceiveMessageSize(8 << 20);
+  // slimctl pings every 20 s during long watches to notice a lost connection; allow it.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "slimd: cannot listen on %s\n", o.listen.c_str());
@@ -221,6 +256,12 @@ int Serve(const Options& o) {
   for (const auto& d : o.manager.devices) std::printf(" %s (%s)", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
   std::printf("\n");
   std::fflush(stdout);
+  if (http != nullptr) {
+    const std::string host = o.metrics_address.substr(0, o.metrics_address.rfind(':'));
+    std::printf("slimd: metrics on http://%s:%d/metrics, status page on http://%s:%d/\n", host.c_str(), http->port(),
+                host.c_str(), http->port());
+    std::fflush(stdout);
+  }
   if (!o.port_file.empty()) {
     std::ofstream(o.port_file + ".tmp") << port << "\n";
     fs::rename(o.port_file + ".tmp", o.port_file);
@@ -234,6 +275,8 @@ int Serve(const Options& o) {
   manager.Shutdown();  // refuses new jobs, checkpoints and stops workers
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   executor.Shutdown();
+  page_source = nullptr;
+  http.reset();
   std::printf("slimd: stopped\n");
   return 0;
 }

@@ -82,7 +82,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&guard_->mu);
     in_flight_ = false;
-    if (!ok) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    if (!ok || cancelled_) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
     const bool snapshot = current_.has_snapshot();
     if ((snapshot && done_after_snapshot_) || (current_.has_event() && IsTerminal(current_.event().state()))) {
       return End(grpc::Status::OK);
@@ -92,8 +92,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
 
   void OnCancel() override {
     absl::MutexLock lock(&guard_->mu);
+    cancelled_ = true;
+    // With a write in flight, OnWriteDone (ok or not; the order of the two is not guaranteed)
+    // ends the stream.
     if (!in_flight_) End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-    // else OnWriteDone(false) follows and ends the stream.
   }
 
   void OnDone() override {
@@ -139,6 +141,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
   bool done_after_snapshot_ = false;
   bool in_flight_ ABSL_GUARDED_BY(guard_->mu) = false;
   bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool cancelled_ ABSL_GUARDED_BY(guard_->mu) = false;
   std::deque<v1::WatchJobResponse> pending_ ABSL_GUARDED_BY(guard_->mu);
   v1::WatchJobResponse current_;
 };

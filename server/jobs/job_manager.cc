@@ -149,10 +149,12 @@ struct JobManager::Running {
   bool draining = false;      // server shutdown: the job goes back to the queue
   bool saw_terminal = false;  // the worker reported finished, stopped or failed
   int64_t pending_quota = 0;  // shrink requested, not yet confirmed by the worker
+  bool shrink_refused = false;  // the worker could not fit a smaller quota
   std::string shrink_for;     // the job the shrink makes room for
 };
 
-JobManager::JobManager(Store& store, JobManagerOptions options) : store_(store), options_(std::move(options)) {}
+JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* observer)
+    : store_(store), options_(std::move(options)), observer_(observer) {}
 
 JobManager::~JobManager() { Shutdown(); }
 
@@ -161,6 +163,11 @@ absl::Status JobManager::Start() {
     std::error_code ec;
     fs::create_directories(fs::path(options_.data_dir) / dir, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", options_.data_dir, "/", dir, ": ", ec.message()));
+  }
+  // Uploads in progress when a previous server stopped are incomplete: remove them.
+  for (const auto& entry : fs::directory_iterator(fs::path(options_.data_dir) / "tmp")) {
+    std::error_code ec;
+    fs::remove(entry.path(), ec);
   }
   // A previous server's running jobs: their workers are gone (they die with the server's
   // process group or were killed); resume them from their last checkpoints.
@@ -450,6 +457,11 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   queued.set_chunk_size(plan.chunk_size());
   queued.set_predicted_peak_bytes(plan.predicted_peak_bytes());
   absl::StatusOr<v1::Job> created = store_.CreateJob(job, queued);
+  if (created.ok() && observer_ != nullptr) {
+    absl::MutexLock lock(&mu_);
+    queued.set_sequence(created->last_sequence());
+    observer_->OnJobEvent(*created, queued);
+  }
   Wake();
   return created;
 }
@@ -529,13 +541,34 @@ absl::StatusOr<v1::Job> JobManager::Record(v1::Job job, v1::JobEvent event) {
   event.set_state(job.state());
   if (event.kind() == "progress" || event.kind() == "eval") *event.mutable_progress() = job.progress();
   event.set_device(job.device());
+  const v1::JobEvent recorded = event;
   ASSIGN_OR_RETURN(v1::Job stored, store_.UpdateJob(std::move(job), std::move(event)));
+  if (observer_ != nullptr) {
+    v1::JobEvent with_sequence = recorded;
+    with_sequence.set_sequence(stored.last_sequence());
+    observer_->OnJobEvent(stored, with_sequence);
+  }
   NotifyWatchers(stored.id());
   return stored;
 }
 
 v1::ListDevicesResponse JobManager::ListDevices() {
   absl::MutexLock lock(&mu_);
+  return DevicesLocked();
+}
+
+std::vector<v1::Job> JobManager::JobsForStatus(int recent) {
+  std::vector<v1::Job> out;
+  absl::StatusOr<std::vector<v1::Job>> active =
+      store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING});
+  if (active.ok()) out.assign(active->rbegin(), active->rend());
+  absl::StatusOr<Page<v1::Job>> ended =
+      store_.ListJobs({v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}, recent, "");
+  if (ended.ok()) out.insert(out.end(), ended->items.begin(), ended->items.end());
+  return out;
+}
+
+v1::ListDevicesResponse JobManager::DevicesLocked() {
   v1::ListDevicesResponse response;
   for (const DeviceCapacity& d : options_.devices) {
     v1::Device* device = response.add_devices();
@@ -550,6 +583,7 @@ v1::ListDevicesResponse JobManager::ListDevices() {
       device->add_job_ids(id);
       device->set_committed_bytes(device->committed_bytes() + job->quota_bytes());
       device->set_observed_bytes(device->observed_bytes() + job->observed_peak_bytes());
+      device->set_current_bytes(device->current_bytes() + job->progress().current_bytes());
     }
   }
   return response;
@@ -589,6 +623,7 @@ void JobManager::SchedulePass() {
   }
   std::vector<QueuedJob> queued;
   for (const v1::Job& job : *queued_jobs) {
+    if (running_.count(job.id())) continue;  // its previous worker has not exited yet
     queued.push_back({job.id(), job.spec().memory().device_kind(), job.priority(), job.quota_bytes(),
                       job.create_time().seconds() * 1000000000 + job.create_time().nanos()});
   }
@@ -597,7 +632,7 @@ void JobManager::SchedulePass() {
     absl::StatusOr<v1::Job> job = store_.GetJob(id);
     if (!job.ok()) continue;
     // A job with a shrink in flight keeps its old quota committed and is not shrunk again.
-    const bool shrinkable = r->pending_quota == 0 && !r->cancelling && !r->draining;
+    const bool shrinkable = r->pending_quota == 0 && !r->shrink_refused && !r->cancelling && !r->draining;
     running.push_back({id, r->device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
                        job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
   }
@@ -630,12 +665,19 @@ void JobManager::SchedulePass() {
   for (const QueuedJob& q : queued) {
     if (!placed.count(q.id)) waiting.push_back(q);
   }
+  std::vector<v1::Job> still_queued;
   for (const auto& [id, position] : QueuePositions(waiting)) {
     absl::StatusOr<v1::Job> job = store_.GetJob(id);
-    if (job.ok() && job->queue_position() != position) {
+    if (!job.ok()) continue;
+    if (job->queue_position() != position) {
       job->set_queue_position(position);
       (void)store_.SaveJob(*job);
     }
+    still_queued.push_back(*job);
+  }
+  if (observer_ != nullptr) {
+    absl::StatusOr<std::map<v1::JobState, int64_t>> counts = store_.CountJobsByState();
+    observer_->OnSchedulePass(DevicesLocked(), still_queued, counts.ok() ? *counts : std::map<v1::JobState, int64_t>{});
   }
 }
 
@@ -711,6 +753,8 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       progress.set_loss(e.loss);
       progress.set_tokens_per_second(e.tokens_per_second);
       progress.set_eta_seconds(e.eta_seconds);
+      progress.set_current_bytes(e.current_bytes);
+      progress.set_step_seconds(e.step_seconds);
       job.set_observed_peak_bytes(std::max(job.observed_peak_bytes(), e.peak_bytes));
       event = Event("progress");
       event.set_observed_peak_bytes(job.observed_peak_bytes());
@@ -739,7 +783,8 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       break;
     case EventKind::kWarning:
       if (r.pending_quota > 0 && e.code == "resource_exhausted") {
-        r.pending_quota = 0;  // the shrink was refused
+        r.pending_quota = 0;  // the shrink was refused; do not ask this worker again
+        r.shrink_refused = true;
         wake_ = true;
       }
       event = Event("warning", e.message);
@@ -747,7 +792,12 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
     case EventKind::kFinished: {
       r.saw_terminal = true;
       absl::StatusOr<std::string> model_id = store_.NewId("model");
-      if (!model_id.ok()) return;
+      if (!model_id.ok()) {
+        job.set_state(v1::JOB_STATE_FAILED);
+        job.set_error("cannot register the output model: " + std::string(model_id.status().message()));
+        event = Event("failed", job.error());
+        break;
+      }
       const fs::path target = fs::path(options_.data_dir) / "models" / (*model_id + ".safetensors");
       std::error_code ec;
       fs::rename(e.path, target, ec);
@@ -770,21 +820,31 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
         std::fprintf(stderr, "slimd: %s\n", error.what());
       }
       *model.mutable_create_time() = Now();
-      (void)store_.PutModel(model);
+      if (const absl::Status put = store_.PutModel(model); !put.ok()) {
+        job.set_state(v1::JOB_STATE_FAILED);
+        job.set_error("cannot register the output model: " + std::string(put.message()));
+        event = Event("failed", job.error());
+        break;
+      }
       job.set_output_model(*model_id);
       job.set_state(v1::JOB_STATE_SUCCEEDED);
       event = Event("succeeded", "model " + *model_id);
       break;
     }
     case EventKind::kStopped:
-      r.saw_terminal = true;
       if (r.cancelling) {
+        r.saw_terminal = true;
         job.set_state(v1::JOB_STATE_CANCELLED);
         event = Event("cancelled", absl::StrCat("stopped at step ", e.step, " after a checkpoint"));
-      } else {
+      } else if (r.draining) {
+        r.saw_terminal = true;
         job.set_state(v1::JOB_STATE_QUEUED);
         job.set_device("");
         event = Event("requeued", absl::StrCat("stopped at step ", e.step, " (server shutdown); resumes from its checkpoint"));
+      } else {
+        // Stopped by someone else (a signal from outside): OnWorkerExit requeues it once the
+        // process is gone, so that no second worker can start in its directory meanwhile.
+        event = Event("warning", absl::StrCat("stopped from outside at step ", e.step, "; it will resume"));
       }
       break;
     case EventKind::kFailed:
@@ -806,11 +866,11 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
   running_.erase(it);
   finished_workers_.push_back(std::move(r->worker));
   wake_ = true;
-  if (r->saw_terminal) return;  // the job's state already says how it ended
-
   absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
   if (!stored.ok()) return;
   v1::Job job = *stored;
+  // A job whose outcome was recorded is done, unless a cancel arrived after that record.
+  if (r->saw_terminal && job.state() != v1::JOB_STATE_CANCELLING) return;
   const std::string how = exit.signaled ? absl::StrCat("killed by signal ", exit.signal)
                                         : absl::StrCat("exited with status ", exit.exit_status);
   v1::JobEvent event;
@@ -821,14 +881,20 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
     job.set_state(v1::JOB_STATE_QUEUED);
     job.set_device("");
     event = Event("requeued", "worker " + how + " during server shutdown; resumes from its last checkpoint");
-  } else if (job.attempts() <= options_.max_retries) {
+  } else if (!exit.signaled && exit.exit_status == 75) {
+    // Stopped from outside after a checkpoint: not a crash, resume it.
     job.set_state(v1::JOB_STATE_QUEUED);
     job.set_device("");
-    event = Event("retrying", absl::StrCat("worker ", how, "; retrying from the last checkpoint (attempt ",
-                                           job.attempts() + 1, " of ", options_.max_retries + 1, ")\n", exit.stderr_tail));
+    event = Event("requeued", "worker was stopped from outside; resumes from its last checkpoint");
+  } else if (job.crash_retries() < options_.max_retries) {
+    job.set_state(v1::JOB_STATE_QUEUED);
+    job.set_device("");
+    job.set_crash_retries(job.crash_retries() + 1);
+    event = Event("retrying", absl::StrCat("worker ", how, "; retrying from the last checkpoint (retry ",
+                                           job.crash_retries(), " of ", options_.max_retries, ")\n", exit.stderr_tail));
   } else {
     job.set_state(v1::JOB_STATE_FAILED);
-    job.set_error(absl::StrCat("worker ", how, " after ", job.attempts(), " attempts: ", exit.stderr_tail));
+    job.set_error(absl::StrCat("worker ", how, " after ", job.crash_retries(), " retries: ", exit.stderr_tail));
     event = Event("failed", job.error());
   }
   if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
@@ -1021,10 +1087,14 @@ absl::Status JobManager::Generate(const v1::GenerateRequest& request, const std:
     std::vector<int32_t> ids;
     for (unsigned char c : request.prompt()) ids.push_back(c);
     if (ids.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
-    bool open = true;
-    GenerateTokens(*model, ids, o, [&](int32_t t) {
-      if (open) open = emit(std::string(1, static_cast<char>(t < 256 ? t : '?')));
-    });
+    struct ClientGone {};  // thrown out of the sampler to stop it early
+    try {
+      GenerateTokens(*model, ids, o, [&](int32_t t) {
+        if (!emit(std::string(1, static_cast<char>(t < 256 ? t : '?')))) throw ClientGone{};
+      });
+    } catch (const ClientGone&) {
+      return absl::CancelledError("the client went away");
+    }
   } catch (const EngineError& e) {
     return FromEngineError(e);
   }

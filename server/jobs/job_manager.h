@@ -30,6 +30,19 @@ namespace slim::server {
 
 class WorkerProcess;
 
+// Told about everything the manager records, e.g. to keep metrics. Calls come from the
+// manager's threads with its lock held: implementations must be quick and must not call back
+// into the JobManager.
+class JobObserver {
+ public:
+  virtual ~JobObserver() = default;
+  // After each event is stored, with the job as stored.
+  virtual void OnJobEvent(const v1::Job& job, const v1::JobEvent& event) = 0;
+  // After each scheduling pass: the devices (committed quotas, jobs) and the queued jobs.
+  virtual void OnSchedulePass(const v1::ListDevicesResponse& devices, const std::vector<v1::Job>& queued,
+                              const std::map<v1::JobState, int64_t>& jobs_by_state) = 0;
+};
+
 struct JobManagerOptions {
   std::string data_dir;       // datasets/, models/, jobs/<id>/ live here
   std::string worker_binary;  // slim-train
@@ -45,7 +58,8 @@ struct JobManagerOptions {
 
 class JobManager {
  public:
-  JobManager(Store& store, JobManagerOptions options);
+  // `observer` (optional) outlives the manager.
+  JobManager(Store& store, JobManagerOptions options, JobObserver* observer = nullptr);
   ~JobManager();  // Shutdown() if not done
 
   // Re-queues jobs a previous server left RUNNING or CANCELLING (they resume from their last
@@ -62,11 +76,14 @@ class JobManager {
   absl::StatusOr<v1::Job> CancelJob(const std::string& id);
   absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec);
   v1::ListDevicesResponse ListDevices();
+  // Active jobs (queued, running, cancelling) and the most recent `recent` others, newest first.
+  std::vector<v1::Job> JobsForStatus(int recent);
   // Events of a job after `after_sequence` (at most `limit`), for WatchJob.
   absl::StatusOr<std::vector<v1::JobEvent>> Events(const std::string& job_id, int64_t after_sequence, int limit);
 
-  // Calls `notify` (on some internal thread, without locks held) whenever job `job_id` records
-  // an event. Returns a handle for Unwatch. The callback must be quick (e.g. wake a reactor).
+  // Calls `notify` whenever job `job_id` records an event, on the recording thread with the
+  // manager's lock held: it must be quick (e.g. wake a reactor) and may call only Events().
+  // Returns a handle for Unwatch.
   int64_t Watch(const std::string& job_id, std::function<void()> notify);
   void Unwatch(int64_t handle);
 
@@ -106,8 +123,11 @@ class JobManager {
   void NotifyWatchers(const std::string& job_id);
   void Wake();
 
+  v1::ListDevicesResponse DevicesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   Store& store_;
   const JobManagerOptions options_;
+  JobObserver* const observer_;
 
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Running>> running_ ABSL_GUARDED_BY(mu_);

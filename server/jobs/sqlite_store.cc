@@ -478,6 +478,18 @@ absl::StatusOr<std::vector<v1::Job>> SqliteStore::JobsInStates(const std::vector
   }
 }
 
+absl::StatusOr<std::map<v1::JobState, int64_t>> SqliteStore::CountJobsByState() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+                                                   "counting jobs by state"));
+  std::map<v1::JobState, int64_t> counts;
+  while (true) {
+    ASSIGN_OR_RETURN(const bool row, q.Step());
+    if (!row) return counts;
+    counts[static_cast<v1::JobState>(q.ColumnInt(0))] = q.ColumnInt(1);
+  }
+}
+
 absl::StatusOr<std::vector<v1::JobEvent>> SqliteStore::ListEvents(const std::string& job_id, int64_t after_sequence,
                                                                   int limit) {
   if (limit < 1) return absl::InvalidArgumentError(absl::StrCat("limit: must be at least 1, got ", limit));

@@ -74,6 +74,7 @@ class SqliteStore : public Store {
   absl::StatusOr<Page<v1::Job>> ListJobs(const std::vector<v1::JobState>& states, int page_size,
                                          const std::string& page_token) override;
   absl::StatusOr<std::vector<v1::Job>> JobsInStates(const std::vector<v1::JobState>& states) override;
+  absl::StatusOr<std::map<v1::JobState, int64_t>> CountJobsByState() override;
   absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_sequence,
                                                        int limit) override;
   absl::Status PutDataset(const v1::Dataset& dataset) override;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,8 @@ class Store {
                                                  const std::string& page_token) = 0;
   // Every job in one of `states`, oldest first (the scheduler's and the restart's view).
   virtual absl::StatusOr<std::vector<v1::Job>> JobsInStates(const std::vector<v1::JobState>& states) = 0;
+  // How many jobs are in each state (states with none are absent).
+  virtual absl::StatusOr<std::map<v1::JobState, int64_t>> CountJobsByState() = 0;
   // Events of a job with sequence > after_sequence, in order, at most `limit`.
   virtual absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_sequence,
                                                                int limit) = 0;

@@ -15,7 +15,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$dir/slimd.log" ] && tail -20 "$dir/slimd.log" >&2; exit 1; }
 start_slimd() {
-  "$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:64MiB --worker-binary "$train" \
+  "$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:64MiB --worker-binary "$train" --metrics-address 127.0.0.1:0 \
     --checkpoint-every 10 >>"$dir/slimd.log" 2>&1 &
   slimd_pid=$!
   for _ in $(seq 1 200); do

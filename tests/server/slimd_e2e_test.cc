@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "server/common/sha256.h"
 #include "server/supervise/worker_process.h"
 #include "slim/v1/slim.grpc.pb.h"
@@ -54,15 +56,30 @@ class SlimdE2eTest : public ::testing::Test {
   void StartSlimd() {
     WorkerOptions o;
     o.argv = {SLIMD_BINARY, "--listen", socket_, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB,cpu:16MiB",
-              "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20"};
+              "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
+              "--metrics-address", "127.0.0.1:0"};
     o.log_path = dir_ + "/slimd.log";
+    // A killed slimd leaves its socket file behind; the new one must not be confused with it.
+    fs::remove(socket_.substr(std::strlen("unix:")));
+    const int started_before = Count(Log(), "slimd: listening on");
     absl::StatusOr<std::unique_ptr<WorkerProcess>> p = WorkerProcess::Start(std::move(o));
     ASSERT_TRUE(p.ok()) << p.status();
     slimd_ = *std::move(p);
+    // Serving once it says so (polled: the log is the only signal a separate process gives).
+    for (int i = 0; i < 1200 && Count(Log(), "slimd: listening on") == started_before && !slimd_->exited(); ++i) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    ASSERT_GT(Count(Log(), "slimd: listening on"), started_before) << "slimd did not start; log:\n" << Log();
     channel_ = grpc::CreateChannel(socket_, grpc::InsecureChannelCredentials());
     ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(60)))
-        << "slimd did not start; log:\n" << Log();
+        << "slimd did not answer; log:\n" << Log();
     stub_ = v1::Slim::NewStub(channel_);
+  }
+
+  static int Count(const std::string& text, const std::string& what) {
+    int n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
   }
 
   std::string Log() {
@@ -122,8 +139,28 @@ class SlimdE2eTest : public ::testing::Test {
   }
 
   // Reads the job's events from `after` until `until` returns true for one (or the stream ends).
+  // Like a real client, retries a stream the transport broke (UNAVAILABLE) from the last event.
   std::vector<v1::JobEvent> WatchUntil(const std::string& id, int64_t after,
                                        const std::function<bool(const v1::JobEvent&)>& until, int seconds = 300) {
+    std::vector<v1::JobEvent> events;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      grpc::Status status;
+      std::vector<v1::JobEvent> more = WatchOnce(id, events.empty() ? after : events.back().sequence(), until, seconds, &status);
+      events.insert(events.end(), more.begin(), more.end());
+      if (status.error_code() != grpc::StatusCode::UNAVAILABLE) {
+        if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+          ADD_FAILURE() << "WatchJob " << id << ": " << status.error_message() << "\nslimd log:\n" << Log();
+        }
+        return events;
+      }
+    }
+    ADD_FAILURE() << "WatchJob " << id << ": unavailable three times; slimd log:\n" << Log();
+    return events;
+  }
+
+  std::vector<v1::JobEvent> WatchOnce(const std::string& id, int64_t after,
+                                      const std::function<bool(const v1::JobEvent&)>& until, int seconds,
+                                      grpc::Status* status) {
     auto context = Context(seconds);
     v1::WatchJobRequest request;
     request.set_id(id);
@@ -139,10 +176,7 @@ class SlimdE2eTest : public ::testing::Test {
         break;
       }
     }
-    const grpc::Status status = reader->Finish();
-    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
-      ADD_FAILURE() << "WatchJob " << id << ": " << status.error_message() << "\nslimd log:\n" << Log();
-    }
+    *status = reader->Finish();
     return events;
   }
 

@@ -70,7 +70,7 @@ ServiceMetrics::ServiceMetrics()
 ServiceMetrics::JobSeries& ServiceMetrics::SeriesFor(const v1::Job& job) {
   auto it = jobs_.find(job.id());
   if (it != jobs_.end()) return it->second;
-  const prometheus::Labels labels = {{"job", job.id()}, {"device", job.device().empty() ? "none" : job.device()}};
+  const prometheus::Labels labels = {{"job_id", job.id()}, {"device", job.device().empty() ? "none" : job.device()}};
   JobSeries s{&job_quota_.Add(labels), &job_predicted_.Add(labels), &job_observed_.Add(labels), &job_chunk_.Add(labels),
               &job_tokens_per_second_.Add(labels), &job_loss_.Add(labels), &job_progress_.Add(labels)};
   s.tokens = job.progress().tokens();

@@ -56,9 +56,9 @@ TEST(ServiceMetrics, JobLifecycleSeries) {
   event.set_kind("progress");
   metrics.OnJobEvent(job, event);
   std::string text = Scrape(metrics);
-  EXPECT_TRUE(Has(text, "slim_job_quota_bytes{device=\"cpu:1\",job=\"job-000007\"} 8388608")) << text;
-  EXPECT_TRUE(Has(text, "slim_job_chunk_size{device=\"cpu:1\",job=\"job-000007\"} 224"));
-  EXPECT_TRUE(Has(text, "slim_job_progress_ratio{device=\"cpu:1\",job=\"job-000007\"} 0.25"));
+  EXPECT_TRUE(Has(text, "slim_job_quota_bytes{device=\"cpu:1\",job_id=\"job-000007\"} 8388608")) << text;
+  EXPECT_TRUE(Has(text, "slim_job_chunk_size{device=\"cpu:1\",job_id=\"job-000007\"} 224"));
+  EXPECT_TRUE(Has(text, "slim_job_progress_ratio{device=\"cpu:1\",job_id=\"job-000007\"} 0.25"));
   EXPECT_TRUE(Has(text, "slim_queue_wait_seconds_sum 3"));
   EXPECT_TRUE(Has(text, "slim_step_duration_seconds_count 1"));
 
@@ -72,7 +72,7 @@ TEST(ServiceMetrics, JobLifecycleSeries) {
   text = Scrape(metrics);
   EXPECT_TRUE(Has(text, "slim_jobs_finished_total{outcome=\"succeeded\"} 1"));
   EXPECT_TRUE(Has(text, "slim_jobs_finished_total{outcome=\"failed\"} 0"));
-  EXPECT_FALSE(Has(text, "job=\"job-000007\"")) << "per-job series must go when the job ends";
+  EXPECT_FALSE(Has(text, "job_id=\"job-000007\"")) << "per-job series must go when the job ends";
 }
 
 TEST(ServiceMetrics, SchedulePassAndRpcs) {

@@ -1,0 +1,542 @@
+#!/usr/bin/env bash
+# Validates the deployment files offline (no Docker, no cluster, no network after the first run):
+#   - deploy/prometheus: `promtool check config` and `check rules`, and unit tests of every
+#     alert (`promtool test rules`, with series made up below);
+#   - deploy/queries.txt: every line parses as PromQL (promtool), and it matches the dashboard's
+#     and the alerts' expressions in both directions;
+#   - deploy/grafana/slim-dashboard.json: JSON syntax (python3 -m json.tool), datasource and
+#     template variables, unique panel ids, non-overlapping layout;
+#   - deploy/kubernetes: every object validated against the Kubernetes 1.27 JSON schemas of the
+#     npm package kubernetes-models (the ServiceMonitor against the Prometheus Operator CRD
+#     schema of @kubernetes-models/prometheus-operator), unknown fields refused as
+#     `kubectl --validate=strict` would, plus cross-references (selectors, ports, probes,
+#     ConfigMap keys and slimd flags, grace period);
+#   - deploy/compose: YAML syntax (js-yaml) and references (build context, mounted files,
+#     ports, Grafana provisioning, Prometheus targets);
+#   - Dockerfile: exec-form ENTRYPOINT/HEALTHCHECK, flags slimd knows, copied files exist,
+#     runtime packages exist in the APT lists (when this machine has them).
+# Needs promtool (Debian package prometheus), node and npm, python3. The npm packages are
+# installed once into ${SLIM_NPM_CACHE:-build/npm}; later runs reuse them (a few seconds).
+# Exits non-zero, naming every failure, if anything is wrong. Works from any directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+npm_dir="${SLIM_NPM_CACHE:-build/npm}"
+case "$npm_dir" in /*) ;; *) npm_dir="$root/$npm_dir" ;; esac
+# Exact versions: kubernetes-models 5.x needs Node.js 22; 4.5.1 runs on Debian's and this
+# machine's Node.js 20 and carries the Kubernetes 1.27 schemas (gRPC probes included).
+npm_packages='{"kubernetes-models":"4.5.1","@kubernetes-models/prometheus-operator":"4.4.4","js-yaml":"4.1.0"}'
+
+die() { printf 'validate-deploy: %s\n' "$*" >&2; exit 1; }
+for tool in promtool node python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (promtool: Debian package prometheus; node: Node.js; see scripts/install-deps.sh)"
+done
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+failures=()
+ok() { printf 'ok    %s\n' "$*"; }
+bad() { printf 'FAIL  %s\n' "$*"; failures+=("$1"); }
+
+# Runs a command quietly; prints its output only when it fails.
+check() {
+  local name="$1"; shift
+  if "$@" >"$tmp/out" 2>&1; then ok "$name"; else bad "$name"; sed 's/^/      /' "$tmp/out"; fi
+}
+
+# ---- npm packages (once) -------------------------------------------------------------------------
+want="{\"name\":\"slim-validate-deploy\",\"private\":true,\"dependencies\":$npm_packages}"
+if [ ! -d "$npm_dir/node_modules" ] || [ "$(cat "$npm_dir/package.json" 2>/dev/null)" != "$want" ]; then
+  command -v npm >/dev/null 2>&1 || die "'npm' not found: needed once to install $npm_packages"
+  echo "validate-deploy: installing $npm_packages into $npm_dir"
+  mkdir -p "$npm_dir"
+  printf '%s' "$want" >"$npm_dir/package.json"
+  rm -rf "$npm_dir/node_modules" "$npm_dir/package-lock.json"
+  if ! npm install --prefix "$npm_dir" --no-audit --no-fund --loglevel=error >"$tmp/npm.log" 2>&1; then
+    cat "$tmp/npm.log" >&2
+    rm -f "$npm_dir/package.json"  # so that the next run tries again
+    die "npm install failed"
+  fi
+fi
+
+# ---- Prometheus -----------------------------------------------------------------------------------
+check "promtool check config deploy/prometheus/prometheus.yml" promtool check config deploy/prometheus/prometheus.yml
+check "promtool check rules deploy/prometheus/alerts.yml" promtool check rules deploy/prometheus/alerts.yml
+
+# Unit tests of the alerts: each fires for the series that should fire it and only for them.
+cat >"$tmp/alerts_test.yml" <<EOF
+rule_files:
+  - $root/deploy/prometheus/alerts.yml
+evaluation_interval: 1m
+tests:
+  - name: SlimdDown fires after 2 minutes without a scrape, for the down target only
+    interval: 1m
+    input_series:
+      - series: 'up{job="slimd", instance="a:9464"}'
+        values: '1 1 0 0 0 0 0 0'
+      - series: 'up{job="slimd", instance="b:9464"}'
+        values: '1x7'
+    promql_expr_test:
+      - expr: ALERTS{alertname="SlimdDown"}
+        eval_time: 1m
+        exp_samples: []
+      - expr: ALERTS{alertname="SlimdDown"}
+        eval_time: 3m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimdDown", alertstate="pending", job="slimd", instance="a:9464", severity="critical"}'
+            value: 1
+      - expr: ALERTS{alertname="SlimdDown"}
+        eval_time: 5m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimdDown", alertstate="firing", job="slimd", instance="a:9464", severity="critical"}'
+            value: 1
+  - name: SlimDeviceOvercommitted fires for the device whose quotas exceed its capacity
+    interval: 1m
+    input_series:
+      - series: 'slim_device_committed_bytes{job="slimd", instance="a:9464", device="cpu:0"}'
+        values: '100x10'
+      - series: 'slim_device_capacity_bytes{job="slimd", instance="a:9464", device="cpu:0"}'
+        values: '200x10'
+      - series: 'slim_device_committed_bytes{job="slimd", instance="a:9464", device="cpu:1"}'
+        values: '100 300x9'
+      - series: 'slim_device_capacity_bytes{job="slimd", instance="a:9464", device="cpu:1"}'
+        values: '200x10'
+    promql_expr_test:
+      - expr: ALERTS{alertname="SlimDeviceOvercommitted", alertstate="firing"}
+        eval_time: 4m
+        exp_samples: []
+      - expr: ALERTS{alertname="SlimDeviceOvercommitted", alertstate="firing"}
+        eval_time: 7m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimDeviceOvercommitted", alertstate="firing", job="slimd", instance="a:9464", device="cpu:1", severity="critical"}'
+            value: 1
+  - name: SlimJobOverQuota fires for the job whose observed peak exceeds its quota
+    interval: 1m
+    input_series:
+      - series: 'slim_job_observed_peak_bytes{job="slimd", instance="a:9464", job_id="job-000001", device="cpu:0"}'
+        values: '50 150x5'
+      - series: 'slim_job_quota_bytes{job="slimd", instance="a:9464", job_id="job-000001", device="cpu:0"}'
+        values: '100x6'
+      - series: 'slim_job_observed_peak_bytes{job="slimd", instance="a:9464", job_id="job-000002", device="cpu:0"}'
+        values: '50x6'
+      - series: 'slim_job_quota_bytes{job="slimd", instance="a:9464", job_id="job-000002", device="cpu:0"}'
+        values: '100x6'
+    promql_expr_test:
+      - expr: ALERTS{alertname="SlimJobOverQuota", alertstate="firing"}
+        eval_time: 3m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimJobOverQuota", alertstate="firing", job="slimd", instance="a:9464", job_id="job-000001", device="cpu:0", severity="warning"}'
+            value: 1
+  - name: SlimJobFailures fires on a new failure, also on a series first seen at 1
+    interval: 1m
+    input_series:
+      # first seen at 1, 10 minutes in
+      - series: 'slim_jobs_finished_total{job="slimd", instance="a:9464", outcome="failed"}'
+        values: '_x10 1x60'
+      # present from the start, one failure at 6 minutes
+      - series: 'slim_jobs_finished_total{job="slimd", instance="b:9464", outcome="failed"}'
+        values: '0x5 1x65'
+      # successes never fire
+      - series: 'slim_jobs_finished_total{job="slimd", instance="b:9464", outcome="succeeded"}'
+        values: '0+1x70'
+    promql_expr_test:
+      - expr: ALERTS{alertname="SlimJobFailures"}
+        eval_time: 3m
+        exp_samples: []
+      - expr: ALERTS{alertname="SlimJobFailures"}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimJobFailures", alertstate="firing", job="slimd", instance="a:9464", outcome="failed", severity="warning"}'
+            value: 1
+          - labels: 'ALERTS{alertname="SlimJobFailures", alertstate="firing", job="slimd", instance="b:9464", outcome="failed", severity="warning"}'
+            value: 1
+      - expr: ALERTS{alertname="SlimJobFailures"}
+        eval_time: 45m
+        exp_samples: []
+  - name: SlimQueueWaitHigh fires when the 90th percentile of queue waits exceeds 10 minutes
+    interval: 1m
+    input_series:
+      # instance a: a job placed every minute after ~1000 s in the queue
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="a:9464", le="0.1"}'
+        values: '0x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="a:9464", le="409.6"}'
+        values: '0x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="a:9464", le="819.2"}'
+        values: '0x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="a:9464", le="1638.4"}'
+        values: '0+1x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="a:9464", le="+Inf"}'
+        values: '0+1x30'
+      # instance b: every job placed at once
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="b:9464", le="0.1"}'
+        values: '0+1x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="b:9464", le="409.6"}'
+        values: '0+1x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="b:9464", le="819.2"}'
+        values: '0+1x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="b:9464", le="1638.4"}'
+        values: '0+1x30'
+      - series: 'slim_queue_wait_seconds_bucket{job="slimd", instance="b:9464", le="+Inf"}'
+        values: '0+1x30'
+    promql_expr_test:
+      - expr: ALERTS{alertname="SlimQueueWaitHigh", alertstate="firing"}
+        eval_time: 20m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimQueueWaitHigh", alertstate="firing", job="slimd", instance="a:9464", severity="warning"}'
+            value: 1
+EOF
+check "promtool test rules: alert unit tests" promtool test rules "$tmp/alerts_test.yml"
+
+# ---- Grafana dashboard syntax ---------------------------------------------------------------------
+check "python3 -m json.tool deploy/grafana/slim-dashboard.json" python3 -m json.tool deploy/grafana/slim-dashboard.json
+
+# ---- structure and cross-references (node) ----------------------------------------------------------
+# Writes $tmp/queries_rules.json (every queries.txt line as a recording rule, for promtool) and
+# $tmp/runtime_packages (the Dockerfile's runtime apt packages).
+cat >"$tmp/check.js" <<'EOF'
+"use strict";
+const fs = require("fs");
+const path = require("path");
+const { createRequire } = require("module");
+const [root, npmDir, tmp] = process.argv.slice(2);
+const req = createRequire(path.join(npmDir, "package.json"));
+const yaml = req("js-yaml");
+
+let failed = 0;
+function result(name, errors) {
+  if (errors.length === 0) { console.log(`ok    ${name}`); return; }
+  failed++;
+  console.log(`FAIL  ${name}`);
+  for (const e of errors) console.log(`      ${e}`);
+}
+function guard(name, fn) {
+  const errors = [];
+  try { fn(errors); } catch (e) { errors.push(e.message.split("\n").join("\n      ")); }
+  result(name, errors);
+}
+const read = (rel) => fs.readFileSync(path.join(root, rel), "utf8");
+const norm = (s) => s.replace(/\s+/g, " ").trim();
+const portOf = (addr) => Number(String(addr).split(":").pop());
+const subset = (a, b) => Object.entries(a || {}).every(([k, v]) => (b || {})[k] === v);
+
+// slimd's flags, from the --help text in server/main.cc.
+const usage = read("server/main.cc").split("kUsage[] = R\"(")[1].split(")\";")[0];
+const slimdFlags = new Set([...usage.matchAll(/^ {2}--([a-z][a-z-]*)\s/gm)].map((m) => m[1]));
+
+// ---- queries.txt against the dashboard and the alerts
+const sections = {};
+guard("deploy/queries.txt: sections", (errors) => {
+  let section = null;
+  read("deploy/queries.txt").split("\n").forEach((line, i) => {
+    const header = line.match(/^#\s*\[(\w+)\]\s*$/);
+    if (header) { section = header[1]; sections[section] = sections[section] || []; return; }
+    if (line.trim() === "" || line.trim().startsWith("#")) return;
+    if (section === null) errors.push(`line ${i + 1}: a query before the first "# [section]" line`);
+    else sections[section].push({ expr: norm(line), line: i + 1 });
+  });
+  for (const s of Object.keys(sections)) if (!["dashboard", "alerts"].includes(s)) errors.push(`unknown section [${s}]`);
+  // For promtool: every query as a recording rule, so that each one is parsed.
+  const rules = Object.values(sections).flat().map((q, i) => ({ record: `slim_validate_query_${i + 1}`, expr: q.expr }));
+  fs.writeFileSync(path.join(tmp, "queries_rules.json"), JSON.stringify({ groups: [{ name: "queries", rules }] }));
+});
+let dashboard = null;
+try { dashboard = JSON.parse(read("deploy/grafana/slim-dashboard.json")); } catch (e) { /* reported by json.tool */ }
+const needDashboard = () => { if (!dashboard) throw new Error("skipped: the dashboard is not valid JSON"); };
+const allPanels = [];
+((dashboard || {}).panels || []).forEach((p) => { allPanels.push(p); (p.panels || []).forEach((q) => allPanels.push(q)); });
+const variables = new Map((((dashboard || {}).templating || {}).list || []).map((v) => [v.name, v]));
+const substitute = (e) => e.replace(/\$device\b/g, ".*").replace(/\$__rate_interval\b/g, "5m");
+const alertsDoc = yaml.load(read("deploy/prometheus/alerts.yml"));
+const alertRules = [];
+for (const g of alertsDoc.groups || []) for (const r of g.rules || []) if (r.alert) alertRules.push(r);
+
+guard("deploy/queries.txt matches the dashboard and the alerts", (errors) => {
+  needDashboard();
+  const dash = new Set((sections.dashboard || []).map((q) => q.expr));
+  const alerts = new Set((sections.alerts || []).map((q) => q.expr));
+  const used = { dashboard: new Set(), alerts: new Set() };
+  for (const p of allPanels) for (const t of p.targets || []) {
+    const e = norm(substitute(t.expr || ""));
+    if (/\$/.test(e)) errors.push(`panel "${p.title}": ${t.refId}: a variable other than $device/$__rate_interval: ${e}`);
+    else if (!dash.has(e)) errors.push(`panel "${p.title}" ${t.refId}: not in [dashboard] of deploy/queries.txt: ${e}`);
+    used.dashboard.add(e);
+  }
+  for (const r of alertRules) {
+    const e = norm(String(r.expr));
+    if (!alerts.has(e)) errors.push(`alert ${r.alert}: not in [alerts] of deploy/queries.txt: ${e}`);
+    used.alerts.add(e);
+  }
+  for (const s of ["dashboard", "alerts"]) {
+    const seen = new Set();
+    for (const q of sections[s] || []) {
+      if (seen.has(q.expr)) errors.push(`deploy/queries.txt:${q.line}: listed twice`);
+      seen.add(q.expr);
+      if (!used[s].has(q.expr)) errors.push(`deploy/queries.txt:${q.line}: used by no ${s === "alerts" ? "alert" : "panel"}: ${q.expr}`);
+    }
+  }
+});
+
+guard("deploy/prometheus/alerts.yml: the five alerts, each with for, severity and annotations", (errors) => {
+  const names = alertRules.map((r) => r.alert);
+  for (const n of ["SlimDeviceOvercommitted", "SlimJobOverQuota", "SlimJobFailures", "SlimQueueWaitHigh", "SlimdDown"]) {
+    if (!names.includes(n)) errors.push(`missing alert ${n}`);
+  }
+  for (const r of alertRules) {
+    if (r.for === undefined) errors.push(`${r.alert}: no for:`);
+    if (!["critical", "warning", "info"].includes((r.labels || {}).severity)) errors.push(`${r.alert}: severity label must be critical, warning or info`);
+    for (const a of ["summary", "description"]) if (!(r.annotations || {})[a]) errors.push(`${r.alert}: no ${a} annotation`);
+  }
+});
+
+guard("deploy/grafana/slim-dashboard.json: structure", (errors) => {
+  needDashboard();
+  for (const k of ["uid", "title"]) if (!dashboard[k]) errors.push(`no ${k}`);
+  if (typeof dashboard.schemaVersion !== "number" || dashboard.schemaVersion < 36) errors.push("schemaVersion must be a number >= 36");
+  const ds = variables.get("DS_PROMETHEUS");
+  if (!ds || ds.type !== "datasource" || ds.query !== "prometheus") errors.push('no datasource variable DS_PROMETHEUS of type "prometheus"');
+  const dev = variables.get("device");
+  if (!dev || !String(JSON.stringify(dev.query)).includes("slim_device_capacity_bytes")) errors.push("no device variable over slim_device_capacity_bytes");
+  for (const v of variables.values()) {
+    if (v.type === "query" && (!v.datasource || v.datasource.uid !== "${DS_PROMETHEUS}")) errors.push(`variable ${v.name}: datasource uid must be \${DS_PROMETHEUS}`);
+  }
+  const ids = new Set();
+  const boxes = [];
+  for (const p of allPanels) {
+    if (typeof p.id !== "number" || ids.has(p.id)) errors.push(`panel "${p.title}": missing or duplicate id ${p.id}`);
+    ids.add(p.id);
+    const g = p.gridPos || {};
+    if (![g.x, g.y, g.w, g.h].every(Number.isInteger) || g.x + g.w > 24) errors.push(`panel "${p.title}": bad gridPos`);
+    for (const b of boxes) {
+      if (g.x < b.x + b.w && b.x < g.x + g.w && g.y < b.y + b.h && b.y < g.y + g.h) errors.push(`panel "${p.title}" overlaps "${b.title}"`);
+    }
+    boxes.push({ ...g, title: p.title });
+    if (p.type === "row") continue;
+    if (!p.targets || p.targets.length === 0) errors.push(`panel "${p.title}": no targets`);
+    if (p.repeat && !variables.has(p.repeat)) errors.push(`panel "${p.title}": repeats over unknown variable ${p.repeat}`);
+    for (const t of [p, ...(p.targets || [])]) {
+      if (!t.datasource || t.datasource.uid !== "${DS_PROMETHEUS}") errors.push(`panel "${p.title}" ${t.refId || ""}: datasource uid must be \${DS_PROMETHEUS}`);
+    }
+  }
+  const titles = allPanels.map((p) => p.title).join(" | ");
+  for (const want of ["Quotas packed", "Observed vs predicted", "Progress", "loss", "Tokens per second", "Queue length",
+                      "Queue wait", "Requests by method", "Error", "Jobs by state", "Step duration"]) {
+    if (!titles.toLowerCase().includes(want.toLowerCase())) errors.push(`no panel titled like "${want}"`);
+  }
+});
+
+// ---- Kubernetes
+function track(value, where, seen) {
+  if (value === null || typeof value !== "object") return value;
+  if (Array.isArray(value)) return value.map((v, i) => track(v, `${where}/${i}`, seen));
+  const copy = Object.fromEntries(Object.entries(value).map(([k, v]) => [k, track(v, `${where}/${k}`, seen)]));
+  return new Proxy(copy, { get(t, k, r) { if (typeof k === "string") seen.add(`${where}/${k}`); return Reflect.get(t, k, r); } });
+}
+function unread(value, where, seen, out) {
+  if (value === null || typeof value !== "object") return;
+  if (Array.isArray(value)) { value.forEach((v, i) => unread(v, `${where}/${i}`, seen, out)); return; }
+  for (const [k, v] of Object.entries(value)) {
+    const p = `${where}/${k}`;
+    if (!seen.has(p)) out.push(p); else unread(v, p, seen, out);
+  }
+}
+// The model class for an object: core groups from kubernetes-models, the Prometheus Operator's
+// from @kubernetes-models/prometheus-operator.
+function modelClass(doc) {
+  const modules = doc.apiVersion === "monitoring.coreos.com/v1"
+    ? ["@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1"] : [`kubernetes-models/${doc.apiVersion}`];
+  for (const m of modules) {
+    try { const cls = req(m)[doc.kind]; if (cls) return cls; } catch (e) { /* next */ }
+  }
+  return null;
+}
+// Schema validation; unknown fields are the ones the compiled schema validator never read.
+function validateObject(doc) {
+  const Cls = modelClass(doc);
+  if (!Cls) return [`no schema for ${doc.apiVersion} ${doc.kind}`];
+  const plain = JSON.parse(JSON.stringify(new Cls(doc)));
+  const seen = new Set();
+  const errors = [];
+  try { Cls.prototype.validate.call(track(plain, "", seen)); } catch (e) { errors.push(e.message); }
+  const unknown = [];
+  unread(plain, "", seen, unknown);
+  for (const u of unknown) errors.push(`unknown field ${u}`);
+  return errors;
+}
+const k8s = {};
+for (const file of ["configmap.yaml", "statefulset.yaml", "service.yaml", "servicemonitor.yaml"]) {
+  guard(`deploy/kubernetes/${file}: schema`, (errors) => {
+    const docs = yaml.loadAll(read(`deploy/kubernetes/${file}`)).filter((d) => d !== null);
+    if (docs.length === 0) errors.push("no objects");
+    for (const d of docs) {
+      const id = `${d.kind}/${(d.metadata || {}).name}`;
+      if ((d.metadata || {}).namespace) errors.push(`${id}: has a namespace (the manifests are namespace-less)`);
+      for (const e of validateObject(d)) errors.push(`${id}: ${e}`);
+      k8s[d.kind] = k8s[d.kind] || [];
+      k8s[d.kind].push(d);
+    }
+  });
+}
+guard("deploy/kubernetes: references between objects", (errors) => {
+  const one = (kind) => { const l = k8s[kind] || []; if (l.length !== 1) throw new Error(`expected one ${kind}, found ${l.length}`); return l[0]; };
+  const sts = one("StatefulSet"), svc = one("Service"), cm = one("ConfigMap"), sm = one("ServiceMonitor");
+  const pod = sts.spec.template.spec;
+  const labels = sts.spec.template.metadata.labels;
+  if (sts.spec.replicas !== 1) errors.push("StatefulSet: replicas must be 1 (one slimd per data directory)");
+  if (sts.spec.serviceName !== svc.metadata.name) errors.push(`StatefulSet: serviceName ${sts.spec.serviceName} is not the Service ${svc.metadata.name}`);
+  if (!subset(sts.spec.selector.matchLabels, labels)) errors.push("StatefulSet: selector does not match its pod labels");
+  if (!subset(svc.spec.selector, labels)) errors.push("Service: selector does not match the pod labels");
+  if (!subset(sm.spec.selector.matchLabels, svc.metadata.labels)) errors.push("ServiceMonitor: selector does not match the Service's labels");
+  const c = pod.containers.find((x) => x.name === "slimd");
+  if (!c) { errors.push("StatefulSet: no container named slimd"); return; }
+  const ports = new Map((c.ports || []).map((p) => [p.name, p.containerPort]));
+  for (const p of svc.spec.ports) {
+    if (typeof p.targetPort === "string" && !ports.has(p.targetPort)) errors.push(`Service port ${p.name}: no container port named ${p.targetPort}`);
+  }
+  for (const e of sm.spec.endpoints) {
+    if (!svc.spec.ports.some((p) => p.name === e.port)) errors.push(`ServiceMonitor: no Service port named ${e.port}`);
+  }
+  if (svc.metadata.name !== "slimd") errors.push('Service must be named slimd: it is the job label (up{job="slimd"}) through the ServiceMonitor');
+  for (const probe of ["readinessProbe", "livenessProbe"]) {
+    const g = (c[probe] || {}).grpc;
+    if (!g || g.port !== ports.get("grpc")) errors.push(`${probe}: must be a grpc probe on the grpc port ${ports.get("grpc")}`);
+  }
+  if (((c.resources || {}).limits || {})["nvidia.com/gpu"] === undefined) errors.push("no nvidia.com/gpu limit");
+  const psc = pod.securityContext || {}, csc = c.securityContext || {};
+  if (!(psc.runAsNonRoot || csc.runAsNonRoot) || !(psc.runAsUser || csc.runAsUser)) errors.push("securityContext: runAsNonRoot and a non-zero runAsUser required");
+  // slimd's configuration
+  const vol = (pod.volumes || []).find((v) => v.configMap && v.configMap.name === cm.metadata.name);
+  if (!vol) { errors.push(`no volume of ConfigMap ${cm.metadata.name}`); return; }
+  const mount = (c.volumeMounts || []).find((m) => m.name === vol.name);
+  const args = [...(c.command || []), ...(c.args || [])];
+  const configPath = args[args.indexOf("--config") + 1];
+  if (!mount || args.indexOf("--config") < 0 || !configPath.startsWith(mount.mountPath + "/")) { errors.push("slimd's --config is not in the ConfigMap's mount"); return; }
+  const key = configPath.slice(mount.mountPath.length + 1);
+  if (!(key in (cm.data || {}))) { errors.push(`ConfigMap has no key ${key}`); return; }
+  const config = yaml.load(cm.data[key]);
+  for (const k of Object.keys(config)) if (!slimdFlags.has(k.replace(/_/g, "-"))) errors.push(`${key}: ${k} is not a slimd flag (server/main.cc)`);
+  for (const k of ["data_dir", "listen", "metrics_address", "devices"]) if (!(k in config)) errors.push(`${key}: no ${k}`);
+  if (portOf(config.listen) !== ports.get("grpc")) errors.push(`${key}: listen ${config.listen} is not the grpc container port`);
+  if (portOf(config.metrics_address) !== ports.get("metrics")) errors.push(`${key}: metrics_address ${config.metrics_address} is not the metrics container port`);
+  if (!String(config.listen).startsWith("0.0.0.0:") || !String(config.metrics_address).startsWith("0.0.0.0:")) errors.push(`${key}: listen on 0.0.0.0 so that probes and the Service reach slimd`);
+  const dataMount = (c.volumeMounts || []).find((m) => m.mountPath === config.data_dir);
+  const claims = (sts.spec.volumeClaimTemplates || []).map((v) => v.metadata.name);
+  if (!dataMount || !claims.includes(dataMount.name)) errors.push(`${key}: data_dir ${config.data_dir} is not a volumeClaimTemplate's mount`);
+  const grace = Number(config.cancel_grace === undefined ? 30 : config.cancel_grace);
+  if (!(pod.terminationGracePeriodSeconds >= grace + 30)) errors.push(`terminationGracePeriodSeconds must exceed cancel_grace (${grace} s) by 30 s or more`);
+});
+
+// ---- docker compose
+guard("deploy/compose: docker-compose.yml and Grafana provisioning", (errors) => {
+  const dir = path.join(root, "deploy/compose");
+  const compose = yaml.load(read("deploy/compose/docker-compose.yml"));
+  const services = compose.services || {};
+  for (const s of ["slimd", "prometheus", "grafana"]) if (!services[s]) errors.push(`no service ${s}`);
+  if (errors.length) return;
+  const named = new Set(Object.keys(compose.volumes || {}));
+  const mounts = {};
+  for (const [name, s] of Object.entries(services)) {
+    if (!s.image && !s.build) errors.push(`${name}: no image or build`);
+    for (const v of s.volumes || []) {
+      const [src, dst] = String(v).split(":");
+      if (src.startsWith(".") || src.startsWith("/")) {
+        if (!fs.existsSync(path.resolve(dir, src))) errors.push(`${name}: mounts ${src}, which does not exist`);
+      } else if (!named.has(src)) errors.push(`${name}: volume ${src} is not declared under volumes:`);
+      mounts[`${name}:${dst}`] = path.resolve(dir, src);
+    }
+  }
+  const build = services.slimd.build;
+  const context = path.resolve(dir, typeof build === "string" ? build : build.context);
+  if (!fs.existsSync(path.join(context, (build && build.dockerfile) || "Dockerfile"))) errors.push("slimd: no Dockerfile in the build context");
+  const published = (services.slimd.ports || []).map((p) => String(p).split(":").pop());
+  for (const p of ["50051", "9464"]) if (!published.includes(p)) errors.push(`slimd: port ${p} not published`);
+  if (!(services.slimd.volumes || []).some((v) => String(v).split(":")[1] === "/var/lib/slim")) errors.push("slimd: no volume at /var/lib/slim");
+  if (!services.slimd.stop_grace_period) errors.push("slimd: no stop_grace_period (Docker's 10 s cuts the workers' checkpoints short)");
+  // Prometheus: its config is deploy/prometheus, and it scrapes the slimd service.
+  if (mounts["prometheus:/etc/prometheus"] !== path.join(root, "deploy/prometheus")) errors.push("prometheus: deploy/prometheus is not mounted at /etc/prometheus");
+  const prom = yaml.load(read("deploy/prometheus/prometheus.yml"));
+  const scrape = (prom.scrape_configs || []).find((s) => s.job_name === "slimd");
+  const targets = scrape ? scrape.static_configs.flatMap((s) => s.targets) : [];
+  if (!targets.includes("slimd:9464")) errors.push("prometheus.yml: no job slimd scraping slimd:9464");
+  if (!(prom.rule_files || []).length) errors.push("prometheus.yml: no rule_files");
+  // Grafana: provisioning mounted; the datasource points at the prometheus service; the
+  // dashboard provider's folder holds the mounted dashboard JSON.
+  const prov = mounts["grafana:/etc/grafana/provisioning"];
+  if (!prov) { errors.push("grafana: provisioning not mounted at /etc/grafana/provisioning"); return; }
+  const dsFile = yaml.load(fs.readFileSync(path.join(prov, "datasources/prometheus.yml"), "utf8"));
+  const ds = (dsFile.datasources || []).find((d) => d.type === "prometheus");
+  if (!ds || ds.name !== "Prometheus" || !/^http:\/\/prometheus:9090\/?$/.test(ds.url)) errors.push("datasources/prometheus.yml: need a prometheus datasource named Prometheus at http://prometheus:9090");
+  const dbFile = yaml.load(fs.readFileSync(path.join(prov, "dashboards/slim.yml"), "utf8"));
+  const provider = (dbFile.providers || [])[0];
+  const folder = provider && provider.options && provider.options.path;
+  const inFolder = Object.entries(mounts).filter(([k, src]) => k.startsWith(`grafana:${folder}/`) && src === path.join(root, "deploy/grafana/slim-dashboard.json"));
+  if (!folder || inFolder.length !== 1) errors.push(`dashboards/slim.yml: deploy/grafana/slim-dashboard.json is not mounted into the provider's folder ${folder}`);
+  if (!(services.grafana.volumes || []).some((v) => String(v).includes("slim-dashboard.json") && String(v).endsWith(":ro"))) errors.push("grafana: the dashboard JSON must be mounted read-only");
+});
+
+// ---- Dockerfile
+guard("Dockerfile: stages, entrypoint, healthcheck, copied files", (errors) => {
+  const text = read("Dockerfile").replace(/\\\n/g, " ");
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  const froms = lines.filter((l) => /^FROM /i.test(l));
+  if (froms.length < 2 || !/debian:bookworm\b/.test(froms[0]) || !/debian:bookworm-slim\b/.test(froms[froms.length - 1])) errors.push("want a debian:bookworm build stage and a debian:bookworm-slim runtime stage");
+  const runtime = lines.slice(lines.lastIndexOf(froms[froms.length - 1]));
+  const instr = (name) => runtime.filter((l) => l.toUpperCase().startsWith(name + " ")).map((l) => l.slice(name.length + 1).trim());
+  const json = (s, what) => { try { const v = JSON.parse(s); if (Array.isArray(v)) return v; } catch (e) { /* below */ } errors.push(`${what} is not exec form (a JSON array): ${s}`); return []; };
+  const entry = json((instr("ENTRYPOINT")[0] || ""), "ENTRYPOINT");
+  if (entry[0] !== "/usr/local/bin/slimd") errors.push("ENTRYPOINT must start /usr/local/bin/slimd");
+  for (const a of entry.slice(1)) if (a.startsWith("--") && !slimdFlags.has(a.slice(2).split("=")[0])) errors.push(`ENTRYPOINT: slimd has no flag ${a}`);
+  const health = (instr("HEALTHCHECK")[0] || "").split(/\bCMD\s+/)[1] || "";
+  const hc = json(health, "HEALTHCHECK CMD");
+  if (hc[0] !== "/usr/local/bin/slimctl" || !hc.includes("--timeout")) errors.push("HEALTHCHECK must run /usr/local/bin/slimctl with --timeout");
+  const expose = instr("EXPOSE").join(" ").split(/\s+/);
+  for (const p of ["50051", "9464"]) if (!expose.includes(p)) errors.push(`EXPOSE lacks ${p}`);
+  if (!instr("VOLUME").some((v) => v.includes("/var/lib/slim"))) errors.push("no VOLUME /var/lib/slim");
+  const user = (instr("USER").pop() || "0").split(":")[0];
+  if (user === "0" || user === "root") errors.push("runtime USER must not be root");
+  for (const c of runtime.filter((l) => /^COPY /i.test(l) && !/--from=/i.test(l))) {
+    for (const src of c.split(/\s+/).slice(1, -1)) if (!src.startsWith("--") && !fs.existsSync(path.join(root, src))) errors.push(`COPY ${src}: no such file`);
+  }
+  const bin = runtime.filter((l) => /^COPY --from=/i.test(l)).join(" ");
+  for (const b of ["build/server/slimd", "build/client/slimctl", "build/tools/slim-train"]) if (!bin.includes(b)) errors.push(`runtime stage does not copy ${b}`);
+  const apt = runtime.find((l) => /apt-get install/.test(l)) || "";
+  const pkgs = apt.split("apt-get install")[1].split("&&")[0].split(/\s+/).filter((w) => w && !w.startsWith("-"));
+  if (pkgs.length === 0) errors.push("runtime stage installs no packages");
+  fs.writeFileSync(path.join(tmp, "runtime_packages"), pkgs.join("\n") + "\n");
+});
+
+process.exit(failed ? 1 : 0);
+EOF
+if node "$tmp/check.js" "$root" "$npm_dir" "$tmp" >"$tmp/node.out" 2>&1; then
+  cat "$tmp/node.out"
+else
+  cat "$tmp/node.out"
+  failures+=("structure checks (node)")
+fi
+
+# Every query of deploy/queries.txt parses (each one a recording rule for promtool).
+if [ -f "$tmp/queries_rules.json" ]; then
+  check "promtool: every line of deploy/queries.txt parses as PromQL" promtool check rules "$tmp/queries_rules.json"
+else
+  bad "deploy/queries.txt not read"
+fi
+
+# The runtime packages exist (needs APT lists: skipped on a machine that never ran apt-get update).
+if [ -s "$tmp/runtime_packages" ] && compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null && command -v apt-cache >/dev/null; then
+  missing=()
+  while read -r p; do apt-cache show "$p" >/dev/null 2>&1 || missing+=("$p"); done <"$tmp/runtime_packages"
+  if [ ${#missing[@]} -eq 0 ]; then
+    ok "Dockerfile: runtime packages exist in APT ($(tr '\n' ' ' <"$tmp/runtime_packages"))"
+  else
+    bad "Dockerfile: runtime packages unknown to APT: ${missing[*]}"
+  fi
+else
+  echo "skip  Dockerfile runtime packages: no APT package lists here (run apt-get update)"
+fi
+
+if [ ${#failures[@]} -ne 0 ]; then
+  printf 'validate-deploy: %d check(s) failed:\n' "${#failures[@]}" >&2
+  printf '  %s\n' "${failures[@]}" >&2
+  exit 1
+fi
+echo "validate-deploy: all checks passed"

@@ -52,10 +52,9 @@ COPY --from=build /src/build/server/slimd /src/build/client/slimctl /src/build/t
      /usr/local/bin/
 COPY models/base-mini.safetensors /usr/local/share/slim/models/base-mini.safetensors
 
-# Workers calibrate the memory planner into $SLIM_CACHE_DIR: keep it in the data directory,
-# beside slimd's own calibrations, so it survives restarts and is not written to the image.
-ENV HOME=/var/lib/slim \
-    SLIM_CACHE_DIR=/var/lib/slim/calibration
+# slimd points its workers at the calibrations in the data directory itself (SLIM_CACHE_DIR);
+# HOME only gives other tools a writable home.
+ENV HOME=/var/lib/slim
 
 # Created and chowned above, before VOLUME: a new named volume starts as a copy of it.
 VOLUME /var/lib/slim

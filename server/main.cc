@@ -180,7 +180,10 @@ Options ParseOptions(int argc, char** argv) {
   flags.CheckAllUsed();
   slim::CheckArgument(!o.manager.devices.empty(), "--devices: no devices");
   slim::CheckArgument(o.manager.cancel_grace_seconds >= 0, "--cancel-grace: must be >= 0");
+  // Admission and the workers must plan from the same calibration, or a worker could measure
+  // its own and pick another chunk size: workers find it through SLIM_CACHE_DIR (inherited).
   o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
+  ::setenv("SLIM_CACHE_DIR", o.manager.data_dir.c_str(), 1);
   return o;
 }
 

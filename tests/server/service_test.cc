@@ -47,6 +47,7 @@ class ServiceTest : public ::testing::Test {
     o.checkpoint_every = 5;
     o.cancel_grace_seconds = 20;
     o.calibration_cache_dir = dir_ + "/calibration";
+    ::setenv("SLIM_CACHE_DIR", dir_.c_str(), 1);  // workers plan from the same calibrations (as slimd does)
     o.scheduler_interval_seconds = 0.2;
     manager_ = std::make_unique<JobManager>(*store_, o);
     ASSERT_TRUE(manager_->Start().ok());

@@ -136,7 +136,7 @@ Connection ResolveConnection(const tools::Flags& flags) {
   if (flags.Has("token")) c.token = flags.String("token", "");
   if (flags.Has("tls")) c.tls = flags.Bool("tls");
   if (flags.Has("ca-cert")) c.ca_cert = flags.String("ca-cert", "");
-  c.timeout_seconds = flags.Double("timeout", c.timeout_seconds);
+  if (flags.Has("timeout")) c.timeout_seconds = c.slow_timeout_seconds = flags.Double("timeout", c.timeout_seconds);
   CheckArgument(c.timeout_seconds > 0, "--timeout: must be > 0");
   if (!c.ca_cert.empty()) c.tls = true;
   return c;
@@ -162,6 +162,13 @@ std::unique_ptr<grpc::ClientContext> Client::UnaryContext() const {
   std::unique_ptr<grpc::ClientContext> context = StreamContext();
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(connection_.timeout_seconds * 1000)));
+  return context;
+}
+
+std::unique_ptr<grpc::ClientContext> Client::SlowUnaryContext() const {
+  std::unique_ptr<grpc::ClientContext> context = StreamContext();
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(connection_.slow_timeout_seconds * 1000)));
   return context;
 }
 

@@ -42,6 +42,9 @@ struct Connection {
   bool tls = false;
   std::string ca_cert;    // PEM file for TLS; empty = system roots
   double timeout_seconds = 60;  // deadline of unary calls
+  // Deadline of calls that may calibrate the planner for a new model shape first (submit, plan,
+  // models import): seconds to minutes on a busy CPU. --timeout sets both.
+  double slow_timeout_seconds = 600;
 };
 Connection ResolveConnection(const tools::Flags& flags);
 
@@ -52,6 +55,7 @@ class Client {
   v1::Slim::Stub& stub() { return *stub_; }
   // A context for a unary call (the connection's deadline) or a stream (no deadline).
   std::unique_ptr<grpc::ClientContext> UnaryContext() const;
+  std::unique_ptr<grpc::ClientContext> SlowUnaryContext() const;  // slow_timeout_seconds
   std::unique_ptr<grpc::ClientContext> StreamContext() const;
   const Connection& connection() const { return connection_; }
 

@@ -26,7 +26,8 @@ const std::string kConnectionHelp = R"(
 connection (also SLIM_SERVER, SLIM_TOKEN, SLIM_TLS=1, SLIM_CA_CERT, or ~/.config/slim/slimctl.yaml):
   --server ADDR     slimd address (default 127.0.0.1:50051; unix:/path for a socket)
   --token T         bearer token          --tls / --ca-cert FILE   TLS
-  --timeout S       deadline of each call in seconds (default 60)
+  --timeout S       deadline of each call in seconds (default 60; submit, plan and models
+                    import 600, as they may first calibrate the planner for a new model)
   --output FORMAT   table (default), json or yaml
 )";
 
@@ -237,7 +238,7 @@ int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
   *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
   flags.CheckAllUsed();
   v1::CreateJobResponse response;
-  const grpc::Status status = client.stub().CreateJob(client.UnaryContext().get(), request, &response);
+  const grpc::Status status = client.stub().CreateJob(client.SlowUnaryContext().get(), request, &response);
   if (!status.ok()) return ReportError(status, "submit");
   const v1::Job& job = response.job();
   if (format == OutputFormat::kTable) {
@@ -385,7 +386,7 @@ int Plan(Client& client, const tools::Flags& flags, OutputFormat format) {
   *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
   flags.CheckAllUsed();
   v1::PlanJobResponse response;
-  const grpc::Status status = client.stub().PlanJob(client.UnaryContext().get(), request, &response);
+  const grpc::Status status = client.stub().PlanJob(client.SlowUnaryContext().get(), request, &response);
   if (!status.ok()) return ReportError(status, "plan");
   if (format != OutputFormat::kTable) {
     PrintStructured(response, format);
@@ -540,7 +541,7 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     request.set_name(flags.String("name", "-") == "-" ? "" : flags.String("name", "-"));
     flags.CheckAllUsed();
     v1::ImportModelResponse response;
-    const grpc::Status status = client.stub().ImportModel(client.UnaryContext().get(), request, &response);
+    const grpc::Status status = client.stub().ImportModel(client.SlowUnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "models import");
     if (format == OutputFormat::kTable) {
       PrintModels({response.model()});

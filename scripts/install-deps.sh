@@ -14,7 +14,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libsqlite3-dev prometheus-cpp-dev
   # tests
-  libgtest-dev libgmock-dev python3
+  libgtest-dev libgmock-dev python3 openssl
   # observability and deployment checks: Prometheus (promtool, and a real server for the
   # integration test), headless Chromium for the status page
   prometheus chromium chromium-driver

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "engine/yaml.h"
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
+#include "server/auth/token_authenticator.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_store.h"
 #include "server/metrics/http_server.h"
@@ -59,6 +61,11 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --max-dataset-size SIZE largest dataset upload (default 1GiB)
   --executor-threads N    threads for planning, model loading and generation (default 2)
   --port-file FILE        write the port actually bound here once serving
+  --tokens-file FILE      bearer tokens (SHA-256 digests with tenant and role, docs/security.md);
+                          required unless --listen is a loopback or unix-socket address
+  --tls-cert FILE         serve gRPC over TLS with this PEM certificate chain ...
+  --tls-key FILE          ... and this PEM private key
+  --tls-client-ca FILE    with TLS: require client certificates signed by this CA
 
 SIGINT/SIGTERM: stop accepting jobs, checkpoint and stop workers (their jobs resume on the next
 start), finish streams, exit 0.
@@ -66,6 +73,7 @@ start), finish streams, exit 0.
 
 struct Options {
   std::string listen = "127.0.0.1:50051";
+  std::string tokens_file, tls_cert, tls_key, tls_client_ca;
   std::string metrics_address = "127.0.0.1:9464";
   std::string port_file;
   int executor_threads = 2;
@@ -168,6 +176,10 @@ Options ParseOptions(int argc, char** argv) {
   if (flags.Has("config")) flags.String("config", "");  // read above
   o.listen = flags.String("listen", o.listen);
   o.metrics_address = flags.String("metrics-address", o.metrics_address);
+  if (flags.Has("tokens-file")) o.tokens_file = flags.String("tokens-file", "");
+  if (flags.Has("tls-cert")) o.tls_cert = flags.String("tls-cert", "");
+  if (flags.Has("tls-key")) o.tls_key = flags.String("tls-key", "");
+  if (flags.Has("tls-client-ca")) o.tls_client_ca = flags.String("tls-client-ca", "");
   o.port_file = flags.Has("port-file") ? flags.String("port-file", "") : "";
   o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
   o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
@@ -179,12 +191,27 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
   flags.CheckAllUsed();
   slim::CheckArgument(!o.manager.devices.empty(), "--devices: no devices");
+  slim::CheckArgument(o.tls_cert.empty() == o.tls_key.empty(), "--tls-cert and --tls-key: give both or neither");
+  slim::CheckArgument(o.tls_client_ca.empty() || !o.tls_cert.empty(), "--tls-client-ca: needs --tls-cert and --tls-key");
   slim::CheckArgument(o.manager.cancel_grace_seconds >= 0, "--cancel-grace: must be >= 0");
   // Admission and the workers must plan from the same calibration, or a worker could measure
   // its own and pick another chunk size: workers find it through SLIM_CACHE_DIR (inherited).
   o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
   ::setenv("SLIM_CACHE_DIR", o.manager.data_dir.c_str(), 1);
   return o;
+}
+
+// Loopback TCP or a unix socket: reachable only from this machine.
+bool LocalOnly(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) return true;
+  const std::string host = address.substr(0, address.rfind(':'));
+  return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
+}
+
+std::string ReadPem(const std::string& path, const std::string& flag) {
+  std::ifstream in(path, std::ios::binary);
+  slim::CheckArgument(in.good(), flag + ": cannot read " + path);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
 int Serve(const Options& o) {
@@ -229,14 +256,42 @@ int Serve(const Options& o) {
     std::fprintf(stderr, "slimd: %s\n", started.ToString().c_str());
     return 1;
   }
+  std::unique_ptr<slim::server::TokenAuthenticator> auth;
+  if (o.tokens_file.empty()) {
+    if (!LocalOnly(o.listen)) {
+      std::fprintf(stderr, "slimd: --tokens-file is required when listening on %s (not loopback)\n", o.listen.c_str());
+      manager.Shutdown();
+      return 2;
+    }
+    auth = slim::server::TokenAuthenticator::AllowAll();
+    std::printf("slimd: no --tokens-file: every client on this machine is admitted as admin (loopback only)\n");
+  } else {
+    absl::StatusOr<std::unique_ptr<slim::server::TokenAuthenticator>> loaded =
+        slim::server::TokenAuthenticator::FromFile(o.tokens_file);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "slimd: %s\n", std::string(loaded.status().message()).c_str());
+      manager.Shutdown();
+      return 2;
+    }
+    auth = *std::move(loaded);
+  }
   slim::server::Executor executor(o.executor_threads);
-  slim::server::SlimService service(manager, executor);
+  slim::server::SlimService service(manager, executor, *auth);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!o.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl(o.tls_client_ca.empty()
+                                              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_key_cert_pairs.push_back({ReadPem(o.tls_key, "--tls-key"), ReadPem(o.tls_cert, "--tls-cert")});
+    if (!o.tls_client_ca.empty()) ssl.pem_root_certs = ReadPem(o.tls_client_ca, "--tls-client-ca");
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(o.listen, credentials, &port);
   builder.RegisterService(&service);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<slim::server::RpcMetricsInterceptorFactory>(metrics));
@@ -254,7 +309,8 @@ int Serve(const Options& o) {
   // A unix socket ("unix:/path") has no port to report.
   const std::string address =
       o.listen.rfind("unix:", 0) == 0 ? o.listen : o.listen.substr(0, o.listen.rfind(':')) + ":" + std::to_string(port);
-  std::printf("slimd: listening on %s, data in %s, %zu device(s):", address.c_str(), o.manager.data_dir.c_str(),
+  std::printf("slimd: listening on %s%s, data in %s, %zu device(s):", address.c_str(), o.tls_cert.empty() ? "" : " (TLS)",
+              o.manager.data_dir.c_str(),
               o.manager.devices.size());
   for (const auto& d : o.manager.devices) std::printf(" %s (%s)", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
   std::printf("\n");

@@ -28,16 +28,32 @@ absl::Status Guarded(Fn&& fn) {
   }
 }
 
+// The caller's principal from the "authorization" metadata.
+absl::StatusOr<Principal> Caller(const TokenAuthenticator& auth, const grpc::CallbackServerContext* context) {
+  std::optional<std::string> authorization;
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it != metadata.end()) authorization = std::string(it->second.data(), it->second.size());
+  return auth.Authenticate(authorization);
+}
+
 template <typename Fn>
-grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Fn fn) {
+grpc::ServerUnaryReactor* Unary(const TokenAuthenticator& auth, grpc::CallbackServerContext* context, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(Guarded(fn)));
+  const absl::StatusOr<Principal> caller = Caller(auth, context);
+  reactor->Finish(ToGrpcStatus(caller.ok() ? Guarded(fn) : caller.status()));
   return reactor;
 }
 
 template <typename Fn>
-grpc::ServerUnaryReactor* UnaryOnExecutor(Executor& executor, grpc::CallbackServerContext* context, Fn fn) {
+grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Executor& executor,
+                                          grpc::CallbackServerContext* context, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::StatusOr<Principal> caller = Caller(auth, context);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   executor.Submit([reactor, fn]() mutable { reactor->Finish(ToGrpcStatus(Guarded(fn))); });
   return reactor;
 }
@@ -54,10 +70,11 @@ struct StreamGuard {
 // other watchers never wait for it.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse> {
  public:
-  WatchReactor(JobManager& manager, const v1::WatchJobRequest& request)
+  WatchReactor(JobManager& manager, const v1::WatchJobRequest& request, const absl::Status& caller)
       : manager_(manager), guard_(std::make_shared<StreamGuard>()) {
-    absl::StatusOr<v1::Job> job = request.id().empty() ? absl::InvalidArgumentError("id: is required")
-                                                        : manager_.GetJob(request.id());
+    absl::StatusOr<v1::Job> job = !caller.ok()           ? absl::StatusOr<v1::Job>(caller)
+                                  : request.id().empty() ? absl::InvalidArgumentError("id: is required")
+                                                         : manager_.GetJob(request.id());
     if (request.after_sequence() < 0) job = absl::InvalidArgumentError("after_sequence: must be >= 0");
     if (!job.ok()) {
       finished_ = true;
@@ -150,8 +167,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
 // registers it on the executor.
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequest> {
  public:
-  UploadReactor(JobManager& manager, Executor& executor, v1::UploadDatasetResponse* response)
+  UploadReactor(JobManager& manager, Executor& executor, v1::UploadDatasetResponse* response, const absl::Status& caller)
       : manager_(manager), executor_(executor), response_(response) {
+    if (!caller.ok()) {
+      Finish(ToGrpcStatus(caller));
+      return;
+    }
     StartRead(&request_);
   }
 
@@ -228,9 +249,10 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
 // ExportModel: the file in chunks, the next read after each write completes.
 class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportModelResponse> {
  public:
-  ExportReactor(JobManager& manager, const v1::ExportModelRequest& request) {
-    absl::StatusOr<std::string> path = request.id().empty() ? absl::InvalidArgumentError("id: is required")
-                                                             : manager.ModelPath(request.id());
+  ExportReactor(JobManager& manager, const v1::ExportModelRequest& request, const absl::Status& caller) {
+    absl::StatusOr<std::string> path = !caller.ok()           ? absl::StatusOr<std::string>(caller)
+                                       : request.id().empty() ? absl::InvalidArgumentError("id: is required")
+                                                              : manager.ModelPath(request.id());
     if (!path.ok()) {
       Finish(ToGrpcStatus(path.status()));
       return;
@@ -268,8 +290,13 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportModelRespo
 // Generate: the executor samples; text pieces are coalesced while a write is in flight.
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateReactor(JobManager& manager, Executor& executor, const v1::GenerateRequest& request)
+  GenerateReactor(JobManager& manager, Executor& executor, const v1::GenerateRequest& request, const absl::Status& caller)
       : guard_(std::make_shared<StreamGuard>()) {
+    if (!caller.ok()) {
+      finished_ = true;
+      Finish(ToGrpcStatus(caller));
+      return;
+    }
     std::shared_ptr<StreamGuard> guard = guard_;
     executor.Submit([this, guard, &manager, request] {
       const absl::Status status = Guarded([&] {
@@ -340,7 +367,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 grpc::ServerUnaryReactor* SlimService::CreateJob(grpc::CallbackServerContext* context, const v1::CreateJobRequest* request,
                                                  v1::CreateJobResponse* response) {
-  return UnaryOnExecutor(executor_, context, [this, request, response]() -> absl::Status {
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response]() -> absl::Status {
     absl::StatusOr<v1::Job> job = manager_.CreateJob(*request);
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
@@ -349,7 +376,7 @@ grpc::ServerUnaryReactor* SlimService::CreateJob(grpc::CallbackServerContext* co
 
 grpc::ServerUnaryReactor* SlimService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
                                               v1::GetJobResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::Job> job = manager_.GetJob(request->id());
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
@@ -358,7 +385,7 @@ grpc::ServerUnaryReactor* SlimService::GetJob(grpc::CallbackServerContext* conte
 
 grpc::ServerUnaryReactor* SlimService::ListJobs(grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
                                                 v1::ListJobsResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::ListJobsResponse> list = manager_.ListJobs(*request);
     if (list.ok()) *response = *std::move(list);
     return list.status();
@@ -367,21 +394,21 @@ grpc::ServerUnaryReactor* SlimService::ListJobs(grpc::CallbackServerContext* con
 
 grpc::ServerUnaryReactor* SlimService::CancelJob(grpc::CallbackServerContext* context, const v1::CancelJobRequest* request,
                                                  v1::CancelJobResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::Job> job = manager_.CancelJob(request->id());
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
   });
 }
 
-grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::CallbackServerContext*,
+grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::CallbackServerContext* context,
                                                                       const v1::WatchJobRequest* request) {
-  return new WatchReactor(manager_, *request);
+  return new WatchReactor(manager_, *request, Caller(auth_, context).status());
 }
 
 grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
                                                v1::PlanJobResponse* response) {
-  return UnaryOnExecutor(executor_, context, [this, request, response]() -> absl::Status {
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response]() -> absl::Status {
     absl::StatusOr<v1::PlanJobResponse> plan = manager_.PlanJob(request->spec());
     if (plan.ok()) *response = *std::move(plan);
     return plan.status();
@@ -390,20 +417,20 @@ grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* cont
 
 grpc::ServerUnaryReactor* SlimService::ListDevices(grpc::CallbackServerContext* context, const v1::ListDevicesRequest*,
                                                    v1::ListDevicesResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     *response = manager_.ListDevices();
     return absl::OkStatus();
   });
 }
 
-grpc::ServerReadReactor<v1::UploadDatasetRequest>* SlimService::UploadDataset(grpc::CallbackServerContext*,
+grpc::ServerReadReactor<v1::UploadDatasetRequest>* SlimService::UploadDataset(grpc::CallbackServerContext* context,
                                                                               v1::UploadDatasetResponse* response) {
-  return new UploadReactor(manager_, executor_, response);
+  return new UploadReactor(manager_, executor_, response, Caller(auth_, context).status());
 }
 
 grpc::ServerUnaryReactor* SlimService::GetDataset(grpc::CallbackServerContext* context, const v1::GetDatasetRequest* request,
                                                   v1::GetDatasetResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::Dataset> dataset = manager_.GetDataset(request->id());
     if (dataset.ok()) *response->mutable_dataset() = *std::move(dataset);
     return dataset.status();
@@ -413,7 +440,7 @@ grpc::ServerUnaryReactor* SlimService::GetDataset(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext* context,
                                                     const v1::ListDatasetsRequest* request,
                                                     v1::ListDatasetsResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::ListDatasetsResponse> list = manager_.ListDatasets(*request);
     if (list.ok()) *response = *std::move(list);
     return list.status();
@@ -422,12 +449,12 @@ grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* SlimService::DeleteDataset(grpc::CallbackServerContext* context,
                                                      const v1::DeleteDatasetRequest* request, v1::DeleteDatasetResponse*) {
-  return Unary(context, [&] { return manager_.DeleteDataset(request->id()); });
+  return Unary(auth_, context, [&] { return manager_.DeleteDataset(request->id()); });
 }
 
 grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
                                                 v1::GetModelResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::Model> model = manager_.GetModel(request->id());
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();
@@ -436,7 +463,7 @@ grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* con
 
 grpc::ServerUnaryReactor* SlimService::ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
                                                   v1::ListModelsResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&]() -> absl::Status {
     absl::StatusOr<v1::ListModelsResponse> list = manager_.ListModels(*request);
     if (list.ok()) *response = *std::move(list);
     return list.status();
@@ -446,21 +473,21 @@ grpc::ServerUnaryReactor* SlimService::ListModels(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* context,
                                                    const v1::ImportModelRequest* request,
                                                    v1::ImportModelResponse* response) {
-  return UnaryOnExecutor(executor_, context, [this, request, response]() -> absl::Status {
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response]() -> absl::Status {
     absl::StatusOr<v1::Model> model = manager_.ImportModel(*request);
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();
   });
 }
 
-grpc::ServerWriteReactor<v1::ExportModelResponse>* SlimService::ExportModel(grpc::CallbackServerContext*,
+grpc::ServerWriteReactor<v1::ExportModelResponse>* SlimService::ExportModel(grpc::CallbackServerContext* context,
                                                                             const v1::ExportModelRequest* request) {
-  return new ExportReactor(manager_, *request);
+  return new ExportReactor(manager_, *request, Caller(auth_, context).status());
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* SlimService::Generate(grpc::CallbackServerContext*,
+grpc::ServerWriteReactor<v1::GenerateResponse>* SlimService::Generate(grpc::CallbackServerContext* context,
                                                                       const v1::GenerateRequest* request) {
-  return new GenerateReactor(manager_, executor_, *request);
+  return new GenerateReactor(manager_, executor_, *request, Caller(auth_, context).status());
 }
 
 }  // namespace slim::server

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "server/api/executor.h"
+#include "server/auth/token_authenticator.h"
 #include "server/jobs/job_manager.h"
 #include "slim/v1/slim.grpc.pb.h"
 
@@ -18,8 +19,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class SlimService final : public v1::Slim::CallbackService {
  public:
-  // `executor` runs planning, model loading and generation; both outlive the service.
-  SlimService(JobManager& manager, Executor& executor) : manager_(manager), executor_(executor) {}
+  // `executor` runs planning, model loading and generation; `auth` admits requests (every
+  // method requires a valid token unless it allows all). All three outlive the service.
+  SlimService(JobManager& manager, Executor& executor, const TokenAuthenticator& auth)
+      : manager_(manager), executor_(executor), auth_(auth) {}
 
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* context, const v1::CreateJobRequest* request,
                                       v1::CreateJobResponse* response) override;
@@ -57,6 +60,7 @@ class SlimService final : public v1::Slim::CallbackService {
  private:
   JobManager& manager_;
   Executor& executor_;
+  const TokenAuthenticator& auth_;
 };
 
 }  // namespace slim::server

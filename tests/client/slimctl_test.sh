@@ -168,4 +168,28 @@ set +e; wait "$watch_pid"; rc=$?; set -e
 grep -q "reconnecting" "$dir/watch2.err" || fail "watch did not reconnect: $(cat "$dir/watch2.err")"
 grep -q "requeued" "$dir/watch2.out" || fail "watch missed the requeued event"
 grep -q "SUCCEEDED" "$dir/watch2.out" || fail "watch did not see the end"
+
+# TLS and bearer tokens: a certificate made here, a tokens file with a digest only.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/key.pem" -out "$dir/cert.pem" -days 1 -subj "/CN=localhost" \
+  -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null
+printf 'tokens:\n  - {sha256: %s, tenant: alice, role: user}\n' "$(printf 'tok-alice' | sha256sum | cut -d' ' -f1)" \
+  > "$dir/tokens.yaml"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$slimd" --listen "127.0.0.1:$port" --data-dir "$dir/tls-data" --metrics-address off --worker-binary "$train" \
+  --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" --tokens-file "$dir/tokens.yaml" >>"$dir/slimd.log" 2>&1 &
+tls_pid=$!
+sock="127.0.0.1:$port"
+for _ in $(seq 1 100); do grep -q "listening on 127.0.0.1:$port (TLS)" "$dir/slimd.log" && break; sleep 0.1; done
+expect 0 devices --tls --ca-cert "$dir/cert.pem" --token tok-alice
+echo "$out" | grep -q "cpu:0" || fail "devices over TLS: $out"
+expect 7 devices --tls --ca-cert "$dir/cert.pem"
+echo "$err" | grep -q "missing bearer token" || fail "no token: $err"
+expect 7 devices --tls --ca-cert "$dir/cert.pem" --token tok-bob
+SLIM_TOKEN=tok-alice SLIM_CA_CERT="$dir/cert.pem" expect 0 devices   # from the environment
+expect 6 devices --token tok-alice --timeout 3                        # plaintext to a TLS port
+kill -TERM "$tls_pid"; wait "$tls_pid" || true
+# Without a tokens file slimd refuses to listen beyond loopback.
+set +e; "$slimd" --listen 0.0.0.0:0 --data-dir "$dir/open-data" --metrics-address off 2>"$dir/err"; rc=$?; set -e
+[ "$rc" -eq 2 ] || fail "slimd on 0.0.0.0 without tokens: exit $rc"
+grep -q "tokens-file is required" "$dir/err" || fail "no explanation: $(cat "$dir/err")"
 echo PASS

@@ -15,6 +15,7 @@
 
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
+#include "server/auth/token_authenticator.h"
 #include "server/common/sha256.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_store.h"
@@ -52,7 +53,8 @@ class ServiceTest : public ::testing::Test {
     manager_ = std::make_unique<JobManager>(*store_, o);
     ASSERT_TRUE(manager_->Start().ok());
     executor_ = std::make_unique<Executor>(2);
-    service_ = std::make_unique<SlimService>(*manager_, *executor_);
+    auth_ = MakeAuthenticator();
+    service_ = std::make_unique<SlimService>(*manager_, *executor_, *auth_);
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -144,7 +146,11 @@ class ServiceTest : public ::testing::Test {
     return out;
   }
 
+  // Everyone is admitted, as on a tokenless loopback server; AuthTest overrides this.
+  virtual std::unique_ptr<TokenAuthenticator> MakeAuthenticator() { return TokenAuthenticator::AllowAll(); }
+
   std::string dir_;
+  std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<SqliteStore> store_;
   std::unique_ptr<JobManager> manager_;
   std::unique_ptr<Executor> executor_;
@@ -466,6 +472,80 @@ TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {
     committed += d.committed_bytes();
   }
   EXPECT_EQ(committed, 10 * kMiB);
+}
+
+// A server with a tokens file: every method needs "authorization: Bearer <known token>".
+class AuthTest : public ServiceTest {
+ protected:
+  std::unique_ptr<TokenAuthenticator> MakeAuthenticator() override {
+    Sha256 sha;
+    sha.Update("s3cret-alice", 12);
+    const std::string path = dir_ + "/tokens.yaml";
+    std::ofstream(path) << "tokens:\n  - {sha256: " << sha.HexDigest() << ", tenant: alice, role: user}\n";
+    absl::StatusOr<std::unique_ptr<TokenAuthenticator>> auth = TokenAuthenticator::FromFile(path);
+    EXPECT_TRUE(auth.ok()) << auth.status();
+    return *std::move(auth);
+  }
+  static std::unique_ptr<grpc::ClientContext> WithToken(const std::string& token) {
+    auto context = Context();
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+    return context;
+  }
+};
+
+TEST_F(AuthTest, EveryMethodNeedsAValidBearerToken) {
+  v1::GetJobRequest get;
+  get.set_id("job-000001");
+  v1::GetJobResponse got;
+  EXPECT_EQ(stub_->GetJob(WithToken("").get(), get, &got).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(stub_->GetJob(WithToken("s3cret-alicE").get(), get, &got).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  // A valid token gets through to the method (which then finds no such job).
+  EXPECT_EQ(stub_->GetJob(WithToken("s3cret-alice").get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  v1::CreateJobRequest create;
+  v1::CreateJobResponse created;
+  EXPECT_EQ(stub_->CreateJob(WithToken("").get(), create, &created).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  auto context = WithToken("nope");
+  v1::WatchJobRequest watch;
+  watch.set_id("job-000001");
+  auto reader = stub_->WatchJob(context.get(), watch);
+  v1::WatchJobResponse item;
+  EXPECT_FALSE(reader->Read(&item));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  auto upload_context = WithToken("");
+  v1::UploadDatasetResponse uploaded;
+  auto writer = stub_->UploadDataset(upload_context.get(), &uploaded);
+  v1::UploadDatasetRequest header;
+  header.mutable_header()->set_name("x");
+  writer->Write(header);
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  v1::ListDevicesResponse devices;
+  EXPECT_TRUE(stub_->ListDevices(WithToken("s3cret-alice").get(), v1::ListDevicesRequest(), &devices).ok());
+}
+
+TEST(TokenAuthenticator, FileErrorsNameTheEntry) {
+  const std::string dir = ::testing::TempDir();
+  const auto load = [&](const std::string& text) {
+    const std::string path = dir + "/tokens-" + std::to_string(::getpid()) + ".yaml";
+    std::ofstream(path) << text;
+    return TokenAuthenticator::FromFile(path).status();
+  };
+  const std::string digest(64, 'a');
+  EXPECT_NE(load("tokens: []\n").message().find("no tokens"), absl::string_view::npos);
+  EXPECT_NE(load("tokens:\n  - {sha256: abc, tenant: a}\n").message().find("tokens[0].sha256"), absl::string_view::npos);
+  EXPECT_NE(load("tokens:\n  - {sha256: " + digest + ", tenant: 'a b'}\n").message().find("tokens[0].tenant"),
+            absl::string_view::npos);
+  EXPECT_NE(load("tokens:\n  - {sha256: " + digest + ", tenant: a, role: root}\n").message().find("unknown role 'root'"),
+            absl::string_view::npos);
+  EXPECT_NE(load("tokens:\n  - {sha256: " + digest + ", tenant: a}\n  - {sha256: " + digest + ", tenant: b}\n")
+                .message()
+                .find("tokens[1].sha256: listed twice"),
+            absl::string_view::npos);
+  EXPECT_TRUE(load("tokens:\n  - {sha256: " + digest + ", tenant: a, role: admin}\n").ok());
 }
 
 }  // namespace

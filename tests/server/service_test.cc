@@ -5,6 +5,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -472,6 +475,51 @@ TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {
     committed += d.committed_bytes();
   }
   EXPECT_EQ(committed, 10 * kMiB);
+}
+
+// Fault: SIGKILL one worker. Only its job is affected: it is retried from its last checkpoint
+// and completes; its neighbour on the same device keeps running with its first worker.
+TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue) {
+  const std::string dataset = UploadedDataset();
+  v1::Job victim, neighbour;
+  ASSERT_TRUE(Create(TinySpec(dataset, 60, "8MiB"), &victim).ok());
+  ASSERT_TRUE(Create(TinySpec(dataset, 60, "8MiB"), &neighbour).ok());
+  const auto wait_for = [&](const std::string& id, const std::string& kind) {
+    auto context = Context(300);
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    auto reader = stub_->WatchJob(context.get(), request);
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+      if (item.has_event() && item.event().kind() == kind) break;
+    }
+    context->TryCancel();
+    reader->Finish();
+  };
+  wait_for(victim.id(), "checkpoint");  // checkpoints every 5 steps here
+  wait_for(neighbour.id(), "progress");
+  std::ifstream pid_file(dir_ + "/jobs/" + victim.id() + "/worker.pid");
+  long pid = 0;
+  ASSERT_TRUE(pid_file >> pid);
+  ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0);
+
+  std::vector<std::string> kinds;
+  for (const v1::WatchJobResponse& item : Watch(victim.id(), 0)) {
+    if (item.has_event()) kinds.push_back(item.event().kind());
+  }
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "retrying"), kinds.end());
+  EXPECT_EQ(kinds.back(), "succeeded");
+  Watch(neighbour.id(), 0);
+  v1::GetJobRequest get;
+  v1::GetJobResponse got;
+  get.set_id(victim.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().crash_retries(), 1);
+  EXPECT_EQ(got.job().attempts(), 2);
+  get.set_id(neighbour.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(got.job().attempts(), 1) << "the neighbour must not have been restarted";
 }
 
 // A server with a tokens file: every method needs "authorization: Bearer <known token>".

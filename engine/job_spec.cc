@@ -186,31 +186,13 @@ LrScheduleKind ParseSchedule(const std::string& name, const std::string& field) 
   throw EngineError(ErrorCode::kInvalidArgument, field + ": unknown value '" + name + "' (allowed: constant, cosine)");
 }
 
-Json Str(const std::string& s) {
-  Json j;
-  j.kind = Json::kString;
-  j.text = s;
-  return j;
-}
-Json Num(double x) {
-  Json j;
-  j.kind = Json::kNumber;
-  j.number = x;
-  return j;
-}
-Json Obj() {
-  Json j;
-  j.kind = Json::kObject;
-  return j;
-}
 Json SourcesJson(const std::vector<DataSource>& sources) {
-  Json list;
-  list.kind = Json::kArray;
+  Json list = JsonArray();
   for (const DataSource& s : sources) {
-    Json o = Obj();
-    o.members["path"] = Str(s.path);
-    o.members["format"] = Str(DataFormatName(s.format));
-    o.members["text_field"] = Str(s.text_field);
+    Json o = JsonObject();
+    o.members["path"] = JsonString(s.path);
+    o.members["format"] = JsonString(DataFormatName(s.format));
+    o.members["text_field"] = JsonString(s.text_field);
     list.items.push_back(o);
   }
   return list;
@@ -352,72 +334,71 @@ void JobSpec::Validate() const {
 }
 
 Json JobSpecToJson(const JobSpec& s) {
-  Json doc = Obj();
-  Json model = Obj();
-  if (!s.base_model.empty()) model.members["base"] = Str(s.base_model);
-  if (!s.preset.empty()) model.members["preset"] = Str(s.preset);
-  model.members["init_seed"] = Num(static_cast<double>(s.init_seed));
+  Json doc = JsonObject();
+  Json model = JsonObject();
+  if (!s.base_model.empty()) model.members["base"] = JsonString(s.base_model);
+  if (!s.preset.empty()) model.members["preset"] = JsonString(s.preset);
+  model.members["init_seed"] = JsonNumber(static_cast<double>(s.init_seed));
   doc.members["model"] = model;
 
-  Json data = Obj();
+  Json data = JsonObject();
   data.members["train"] = SourcesJson(s.train_data);
   if (!s.validation_data.empty()) data.members["validation"] = SourcesJson(s.validation_data);
-  data.members["validation_fraction"] = Num(s.validation_fraction);
-  data.members["seed"] = Num(static_cast<double>(s.data_seed));
+  data.members["validation_fraction"] = JsonNumber(s.validation_fraction);
+  data.members["seed"] = JsonNumber(static_cast<double>(s.data_seed));
   doc.members["data"] = data;
 
-  Json training = Obj();
-  training.members["seq_len"] = Num(static_cast<double>(s.seq_len));
-  training.members["batch_size"] = Num(static_cast<double>(s.batch_size));
-  training.members["grad_accum"] = Num(static_cast<double>(s.grad_accum));
-  if (s.steps > 0) training.members["steps"] = Num(static_cast<double>(s.steps));
-  if (s.epochs > 0) training.members["epochs"] = Num(s.epochs);
-  training.members["grad_clip"] = Num(s.grad_clip);
-  training.members["precision"] = Str(PrecisionName(s.precision));
-  training.members["tuning"] = Str(TuningModeName(s.tuning));
-  Json opt = Obj();
-  opt.members["name"] = Str(OptimizerName(s.optimizer));
-  opt.members["lr"] = Num(s.lr);
-  opt.members["weight_decay"] = Num(s.weight_decay);
+  Json training = JsonObject();
+  training.members["seq_len"] = JsonNumber(static_cast<double>(s.seq_len));
+  training.members["batch_size"] = JsonNumber(static_cast<double>(s.batch_size));
+  training.members["grad_accum"] = JsonNumber(static_cast<double>(s.grad_accum));
+  if (s.steps > 0) training.members["steps"] = JsonNumber(static_cast<double>(s.steps));
+  if (s.epochs > 0) training.members["epochs"] = JsonNumber(s.epochs);
+  training.members["grad_clip"] = JsonNumber(s.grad_clip);
+  training.members["precision"] = JsonString(PrecisionName(s.precision));
+  training.members["tuning"] = JsonString(TuningModeName(s.tuning));
+  Json opt = JsonObject();
+  opt.members["name"] = JsonString(OptimizerName(s.optimizer));
+  opt.members["lr"] = JsonNumber(s.lr);
+  opt.members["weight_decay"] = JsonNumber(s.weight_decay);
   if (s.optimizer == OptimizerKind::kAdamW) {
-    opt.members["beta1"] = Num(s.beta1);
-    opt.members["beta2"] = Num(s.beta2);
-    opt.members["eps"] = Num(s.eps);
+    opt.members["beta1"] = JsonNumber(s.beta1);
+    opt.members["beta2"] = JsonNumber(s.beta2);
+    opt.members["eps"] = JsonNumber(s.eps);
   } else {
-    opt.members["momentum"] = Num(s.momentum);
+    opt.members["momentum"] = JsonNumber(s.momentum);
   }
   training.members["optimizer"] = opt;
-  Json sched = Obj();
-  sched.members["name"] = Str(LrScheduleName(s.schedule));
-  sched.members["warmup_steps"] = Num(static_cast<double>(s.warmup_steps));
-  if (s.schedule == LrScheduleKind::kCosine) sched.members["min_lr_ratio"] = Num(s.min_lr_ratio);
+  Json sched = JsonObject();
+  sched.members["name"] = JsonString(LrScheduleName(s.schedule));
+  sched.members["warmup_steps"] = JsonNumber(static_cast<double>(s.warmup_steps));
+  if (s.schedule == LrScheduleKind::kCosine) sched.members["min_lr_ratio"] = JsonNumber(s.min_lr_ratio);
   training.members["schedule"] = sched;
   if (s.tuning == TuningMode::kLora) {
-    Json lora = Obj();
-    lora.members["rank"] = Num(static_cast<double>(s.lora_rank));
-    lora.members["alpha"] = Num(s.lora_alpha);
-    Json targets;
-    targets.kind = Json::kArray;
-    for (const std::string& t : s.lora_targets.empty() ? LoraTargetNames() : s.lora_targets) targets.items.push_back(Str(t));
+    Json lora = JsonObject();
+    lora.members["rank"] = JsonNumber(static_cast<double>(s.lora_rank));
+    lora.members["alpha"] = JsonNumber(s.lora_alpha);
+    Json targets = JsonArray();
+    for (const std::string& t : s.lora_targets.empty() ? LoraTargetNames() : s.lora_targets) targets.items.push_back(JsonString(t));
     lora.members["targets"] = targets;
     training.members["lora"] = lora;
   }
   doc.members["training"] = training;
 
-  Json memory = Obj();
-  memory.members["device"] = Str(s.device);
-  if (s.quota_bytes > 0) memory.members["quota"] = Num(static_cast<double>(s.quota_bytes));
-  memory.members["chunk_size"] = s.chunk_size > 0 ? Num(static_cast<double>(s.chunk_size)) : Str("auto");
-  memory.members["mode"] = Str(s.mode ? StartStateModeName(*s.mode) : "auto");
+  Json memory = JsonObject();
+  memory.members["device"] = JsonString(s.device);
+  if (s.quota_bytes > 0) memory.members["quota"] = JsonNumber(static_cast<double>(s.quota_bytes));
+  memory.members["chunk_size"] = s.chunk_size > 0 ? JsonNumber(static_cast<double>(s.chunk_size)) : JsonString("auto");
+  memory.members["mode"] = JsonString(s.mode ? StartStateModeName(*s.mode) : "auto");
   doc.members["memory"] = memory;
 
-  Json eval = Obj();
-  eval.members["every"] = Num(static_cast<double>(s.eval_every));
-  eval.members["max_sequences"] = Num(static_cast<double>(s.eval_max_sequences));
+  Json eval = JsonObject();
+  eval.members["every"] = JsonNumber(static_cast<double>(s.eval_every));
+  eval.members["max_sequences"] = JsonNumber(static_cast<double>(s.eval_max_sequences));
   doc.members["eval"] = eval;
-  Json checkpoint = Obj();
-  checkpoint.members["every"] = Num(static_cast<double>(s.checkpoint_every));
-  checkpoint.members["keep"] = Num(static_cast<double>(s.checkpoints_kept));
+  Json checkpoint = JsonObject();
+  checkpoint.members["every"] = JsonNumber(static_cast<double>(s.checkpoint_every));
+  checkpoint.members["keep"] = JsonNumber(static_cast<double>(s.checkpoints_kept));
   doc.members["checkpoint"] = checkpoint;
   return doc;
 }

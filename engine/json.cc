@@ -248,4 +248,30 @@ std::string SerializeJson(const Json& value) {
   return out;
 }
 
+Json JsonString(const std::string& text) {
+  Json j;
+  j.kind = Json::kString;
+  j.text = text;
+  return j;
+}
+
+Json JsonNumber(double number) {
+  Json j;
+  j.kind = Json::kNumber;
+  j.number = number;
+  return j;
+}
+
+Json JsonObject() {
+  Json j;
+  j.kind = Json::kObject;
+  return j;
+}
+
+Json JsonArray() {
+  Json j;
+  j.kind = Json::kArray;
+  return j;
+}
+
 }  // namespace slim

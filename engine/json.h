@@ -19,6 +19,12 @@ struct Json {
   std::map<std::string, Json> members;  // kObject
 };
 
+// Values for building documents.
+Json JsonString(const std::string& text);
+Json JsonNumber(double number);
+Json JsonObject();  // empty
+Json JsonArray();   // empty
+
 // Throws std::runtime_error("... at byte N") for malformed input or trailing characters.
 Json ParseJson(const std::string& text);
 

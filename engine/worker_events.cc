@@ -11,18 +11,6 @@ constexpr EventKind kKinds[] = {EventKind::kStarted, EventKind::kProgress, Event
                                 EventKind::kCheckpoint, EventKind::kReplanned, EventKind::kWarning, EventKind::kFinished,
                                 EventKind::kStopped, EventKind::kFailed};
 
-Json Num(double x) {
-  Json j;
-  j.kind = Json::kNumber;
-  j.number = x;
-  return j;
-}
-Json Str(const std::string& s) {
-  Json j;
-  j.kind = Json::kString;
-  j.text = s;
-  return j;
-}
 
 double NumberOr(const Json& o, const char* key, double fallback) {
   const auto it = o.members.find(key);
@@ -58,48 +46,48 @@ std::string EventToJson(const TrainingEvent& e) {
   Json o;
   o.kind = Json::kObject;
   auto& m = o.members;
-  m["event"] = Str(EventKindName(e.kind));
-  m["time"] = Num(e.time);
-  m["step"] = Num(static_cast<double>(e.step));
-  m["total_steps"] = Num(static_cast<double>(e.total_steps));
+  m["event"] = JsonString(EventKindName(e.kind));
+  m["time"] = JsonNumber(e.time);
+  m["step"] = JsonNumber(static_cast<double>(e.step));
+  m["total_steps"] = JsonNumber(static_cast<double>(e.total_steps));
   switch (e.kind) {
     case EventKind::kStarted:
     case EventKind::kReplanned:
-      m["device"] = Str(e.device);
-      m["quota_bytes"] = Num(static_cast<double>(e.quota_bytes));
-      m["chunk_size"] = Num(static_cast<double>(e.chunk_size));
-      m["mode"] = Str(e.mode);
-      m["predicted_peak_bytes"] = Num(static_cast<double>(e.predicted_peak_bytes));
-      m["resumed_from_step"] = Num(static_cast<double>(e.resumed_from_step));
+      m["device"] = JsonString(e.device);
+      m["quota_bytes"] = JsonNumber(static_cast<double>(e.quota_bytes));
+      m["chunk_size"] = JsonNumber(static_cast<double>(e.chunk_size));
+      m["mode"] = JsonString(e.mode);
+      m["predicted_peak_bytes"] = JsonNumber(static_cast<double>(e.predicted_peak_bytes));
+      m["resumed_from_step"] = JsonNumber(static_cast<double>(e.resumed_from_step));
       break;
     case EventKind::kProgress:
-      m["loss"] = Num(e.loss);
-      m["lr"] = Num(e.lr);
-      m["grad_norm"] = Num(e.grad_norm);
-      m["tokens"] = Num(static_cast<double>(e.tokens));
-      m["tokens_per_second"] = Num(e.tokens_per_second);
-      m["eta_seconds"] = Num(e.eta_seconds);
-      m["peak_bytes"] = Num(static_cast<double>(e.peak_bytes));
-      m["current_bytes"] = Num(static_cast<double>(e.current_bytes));
-      m["step_seconds"] = Num(e.step_seconds);
+      m["loss"] = JsonNumber(e.loss);
+      m["lr"] = JsonNumber(e.lr);
+      m["grad_norm"] = JsonNumber(e.grad_norm);
+      m["tokens"] = JsonNumber(static_cast<double>(e.tokens));
+      m["tokens_per_second"] = JsonNumber(e.tokens_per_second);
+      m["eta_seconds"] = JsonNumber(e.eta_seconds);
+      m["peak_bytes"] = JsonNumber(static_cast<double>(e.peak_bytes));
+      m["current_bytes"] = JsonNumber(static_cast<double>(e.current_bytes));
+      m["step_seconds"] = JsonNumber(e.step_seconds);
       break;
     case EventKind::kEval:
-      m["eval_loss"] = Num(e.eval_loss);
+      m["eval_loss"] = JsonNumber(e.eval_loss);
       break;
     case EventKind::kCheckpoint:
     case EventKind::kStopped:
-      m["path"] = Str(e.path);
+      m["path"] = JsonString(e.path);
       break;
     case EventKind::kFinished:
-      m["path"] = Str(e.path);
-      if (!e.adapter_path.empty()) m["adapter_path"] = Str(e.adapter_path);
-      m["peak_bytes"] = Num(static_cast<double>(e.peak_bytes));
-      m["tokens"] = Num(static_cast<double>(e.tokens));
+      m["path"] = JsonString(e.path);
+      if (!e.adapter_path.empty()) m["adapter_path"] = JsonString(e.adapter_path);
+      m["peak_bytes"] = JsonNumber(static_cast<double>(e.peak_bytes));
+      m["tokens"] = JsonNumber(static_cast<double>(e.tokens));
       break;
     case EventKind::kWarning:
     case EventKind::kFailed:
-      m["code"] = Str(e.code);
-      m["message"] = Str(e.message);
+      m["code"] = JsonString(e.code);
+      m["message"] = JsonString(e.message);
       break;
   }
   return SerializeJson(o);

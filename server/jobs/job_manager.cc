@@ -76,23 +76,6 @@ v1::JobEvent Event(const std::string& kind, const std::string& message = "") {
   return e;
 }
 
-Json Str(const std::string& s) {
-  Json j;
-  j.kind = Json::kString;
-  j.text = s;
-  return j;
-}
-Json Num(double x) {
-  Json j;
-  j.kind = Json::kNumber;
-  j.number = x;
-  return j;
-}
-Json Obj() {
-  Json j;
-  j.kind = Json::kObject;
-  return j;
-}
 
 // "cpu:1" → "cpu" (declared CPU devices share the process's CPU), "cuda:0" stays.
 std::string WorkerDevice(const std::string& device) {
@@ -114,9 +97,9 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
 }
 
 std::string ConfigJson(const ModelConfig& config) {
-  Json o = Obj();
+  Json o = JsonObject();
   for (const auto& [k, v] : ModelConfigMetadata(config)) {
-    if (k != "format" && k != "format_version") o.members[k] = Str(v);
+    if (k != "format" && k != "format_version") o.members[k] = JsonString(v);
   }
   return SerializeJson(o);
 }
@@ -221,21 +204,20 @@ void JobManager::Shutdown() {
 // Specs and plans
 
 absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::string* device_kind) {
-  Json doc = Obj();
-  Json model = Obj();
+  Json doc = JsonObject();
+  Json model = JsonObject();
   if (!api.model().base().empty()) {
     ASSIGN_OR_RETURN(const std::string path, ModelPath(api.model().base()));
-    model.members["base"] = Str(path);
+    model.members["base"] = JsonString(path);
   }
-  if (!api.model().preset().empty()) model.members["preset"] = Str(api.model().preset());
-  if (api.model().init_seed() != 0) model.members["init_seed"] = Num(static_cast<double>(api.model().init_seed()));
+  if (!api.model().preset().empty()) model.members["preset"] = JsonString(api.model().preset());
+  if (api.model().init_seed() != 0) model.members["init_seed"] = JsonNumber(static_cast<double>(api.model().init_seed()));
   doc.members["model"] = model;
 
-  Json data = Obj();
+  Json data = JsonObject();
   const auto sources = [&](const google::protobuf::RepeatedPtrField<v1::DataRef>& refs,
                            const std::string& field) -> absl::StatusOr<Json> {
-    Json list;
-    list.kind = Json::kArray;
+    Json list = JsonArray();
     for (int i = 0; i < refs.size(); ++i) {
       const v1::DataRef& ref = refs[i];
       if (ref.dataset().empty()) {
@@ -245,10 +227,10 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::str
       if (!dataset.ok()) {
         return absl::NotFoundError(absl::StrCat("spec: data.", field, "[", i, "].dataset: no dataset '", ref.dataset(), "'"));
       }
-      Json source = Obj();
-      source.members["path"] = Str((fs::path(options_.data_dir) / "datasets" / dataset->id()).string());
-      source.members["format"] = Str(ref.format().empty() ? dataset->format() : ref.format());
-      if (!ref.text_field().empty()) source.members["text_field"] = Str(ref.text_field());
+      Json source = JsonObject();
+      source.members["path"] = JsonString((fs::path(options_.data_dir) / "datasets" / dataset->id()).string());
+      source.members["format"] = JsonString(ref.format().empty() ? dataset->format() : ref.format());
+      if (!ref.text_field().empty()) source.members["text_field"] = JsonString(ref.text_field());
       list.items.push_back(source);
     }
     return list;
@@ -259,20 +241,20 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::str
   if (api.data().validation_size() > 0) {
     ASSIGN_OR_RETURN(data.members["validation"], sources(api.data().validation(), "validation"));
   }
-  if (api.data().validation_fraction() != 0) data.members["validation_fraction"] = Num(api.data().validation_fraction());
-  if (api.data().seed() != 0) data.members["seed"] = Num(static_cast<double>(api.data().seed()));
+  if (api.data().validation_fraction() != 0) data.members["validation_fraction"] = JsonNumber(api.data().validation_fraction());
+  if (api.data().seed() != 0) data.members["seed"] = JsonNumber(static_cast<double>(api.data().seed()));
   doc.members["data"] = data;
 
   // Proto3 zero values mean "not set": only the fields that were given go into the document,
   // so the spec reader applies its defaults and its range checks to exactly what the user sent.
   const auto put = [](Json* o, const char* key, double v) {
-    if (v != 0) o->members[key] = Num(v);
+    if (v != 0) o->members[key] = JsonNumber(v);
   };
   const auto put_str = [](Json* o, const char* key, const std::string& v) {
-    if (!v.empty()) o->members[key] = Str(v);
+    if (!v.empty()) o->members[key] = JsonString(v);
   };
   const v1::TrainingSpec& t = api.training();
-  Json training = Obj();
+  Json training = JsonObject();
   put(&training, "seq_len", t.seq_len());
   put(&training, "batch_size", t.batch_size());
   put(&training, "grad_accum", t.grad_accum());
@@ -282,7 +264,7 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::str
   put_str(&training, "precision", t.precision());
   put_str(&training, "tuning", t.tuning());
   if (t.has_optimizer()) {
-    Json o = Obj();
+    Json o = JsonObject();
     put_str(&o, "name", t.optimizer().name());
     put(&o, "lr", t.optimizer().lr());
     put(&o, "weight_decay", t.optimizer().weight_decay());
@@ -293,20 +275,19 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::str
     training.members["optimizer"] = o;
   }
   if (t.has_schedule()) {
-    Json s = Obj();
+    Json s = JsonObject();
     put_str(&s, "name", t.schedule().name());
     put(&s, "warmup_steps", t.schedule().warmup_steps());
     put(&s, "min_lr_ratio", t.schedule().min_lr_ratio());
     training.members["schedule"] = s;
   }
   if (t.has_lora()) {
-    Json l = Obj();
+    Json l = JsonObject();
     put(&l, "rank", t.lora().rank());
     put(&l, "alpha", t.lora().alpha());
     if (t.lora().targets_size() > 0) {
-      Json targets;
-      targets.kind = Json::kArray;
-      for (const std::string& name : t.lora().targets()) targets.items.push_back(Str(name));
+      Json targets = JsonArray();
+      for (const std::string& name : t.lora().targets()) targets.items.push_back(JsonString(name));
       l.members["targets"] = targets;
     }
     training.members["lora"] = l;
@@ -319,22 +300,22 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::str
                                       "' (allowed: cpu, cuda, or empty for any)");
   }
   *device_kind = m.device_kind().empty() ? options_.devices.front().kind : m.device_kind();
-  Json memory = Obj();
+  Json memory = JsonObject();
   put_str(&memory, "quota", m.quota());
   put(&memory, "chunk_size", m.chunk_size());
   put_str(&memory, "mode", m.mode());
   // The device is decided at placement; plan on the first device of the kind. Without a quota
   // the default policy supplies one (Plan), so validation sees a placeholder quota.
-  memory.members["device"] = Str(*device_kind == "cuda" ? "cuda:0" : "cpu");
-  if (m.quota().empty() && m.chunk_size() == 0) memory.members["quota"] = Num(1);
+  memory.members["device"] = JsonString(*device_kind == "cuda" ? "cuda:0" : "cpu");
+  if (m.quota().empty() && m.chunk_size() == 0) memory.members["quota"] = JsonNumber(1);
   doc.members["memory"] = memory;
 
-  Json eval = Obj();
+  Json eval = JsonObject();
   put(&eval, "every", api.eval().every());
   put(&eval, "max_sequences", api.eval().max_sequences());
   doc.members["eval"] = eval;
-  Json checkpoint = Obj();
-  checkpoint.members["every"] = Num(api.checkpoint().every() != 0 ? api.checkpoint().every() : options_.checkpoint_every);
+  Json checkpoint = JsonObject();
+  checkpoint.members["every"] = JsonNumber(api.checkpoint().every() != 0 ? api.checkpoint().every() : options_.checkpoint_every);
   put(&checkpoint, "keep", api.checkpoint().keep());
   doc.members["checkpoint"] = checkpoint;
 

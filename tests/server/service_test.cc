@@ -152,6 +152,20 @@ class ServiceTest : public ::testing::Test {
   // Everyone is admitted, as on a tokenless loopback server; AuthTest overrides this.
   virtual std::unique_ptr<TokenAuthenticator> MakeAuthenticator() { return TokenAuthenticator::AllowAll(); }
 
+  // Follows the job until an event of `kind` arrives (or the stream ends).
+  void WaitForEvent(const std::string& id, const std::string& kind) {
+    auto context = Context(300);
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    auto reader = stub_->WatchJob(context.get(), request);
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+      if (item.has_event() && item.event().kind() == kind) break;
+    }
+    context->TryCancel();
+    reader->Finish();
+  }
+
   std::string dir_;
   std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<SqliteStore> store_;
@@ -313,19 +327,7 @@ TEST_F(ServiceTest, CancellingARunningJobCheckpointsAndEndsItsWatch) {
   const std::string dataset = UploadedDataset();
   v1::Job job;
   ASSERT_TRUE(Create(TinySpec(dataset, 100000), &job).ok());
-  // Wait for the first progress event, then cancel from another call.
-  {
-    auto context = Context(120);
-    v1::WatchJobRequest request;
-    request.set_id(job.id());
-    auto reader = stub_->WatchJob(context.get(), request);
-    v1::WatchJobResponse item;
-    while (reader->Read(&item)) {
-      if (item.has_event() && item.event().kind() == "progress") break;
-    }
-    context->TryCancel();
-    reader->Finish();
-  }
+  WaitForEvent(job.id(), "progress");  // then cancel from another call
   v1::CancelJobRequest cancel;
   cancel.set_id(job.id());
   v1::CancelJobResponse cancelled;
@@ -453,19 +455,7 @@ TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {
   const std::string dataset = UploadedDataset();
   v1::Job job;
   ASSERT_TRUE(Create(TinySpec(dataset, 100000, "10MiB"), &job).ok());
-  // Wait until it runs.
-  {
-    auto context = Context(120);
-    v1::WatchJobRequest request;
-    request.set_id(job.id());
-    auto reader = stub_->WatchJob(context.get(), request);
-    v1::WatchJobResponse item;
-    while (reader->Read(&item)) {
-      if (item.has_event() && item.event().kind() == "started") break;
-    }
-    context->TryCancel();
-    reader->Finish();
-  }
+  WaitForEvent(job.id(), "started");
   v1::ListDevicesResponse devices;
   ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok());
   ASSERT_EQ(devices.devices_size(), 2);
@@ -484,20 +474,8 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue)
   v1::Job victim, neighbour;
   ASSERT_TRUE(Create(TinySpec(dataset, 60, "8MiB"), &victim).ok());
   ASSERT_TRUE(Create(TinySpec(dataset, 60, "8MiB"), &neighbour).ok());
-  const auto wait_for = [&](const std::string& id, const std::string& kind) {
-    auto context = Context(300);
-    v1::WatchJobRequest request;
-    request.set_id(id);
-    auto reader = stub_->WatchJob(context.get(), request);
-    v1::WatchJobResponse item;
-    while (reader->Read(&item)) {
-      if (item.has_event() && item.event().kind() == kind) break;
-    }
-    context->TryCancel();
-    reader->Finish();
-  };
-  wait_for(victim.id(), "checkpoint");  // checkpoints every 5 steps here
-  wait_for(neighbour.id(), "progress");
+  WaitForEvent(victim.id(), "checkpoint");  // checkpoints every 5 steps here
+  WaitForEvent(neighbour.id(), "progress");
   std::ifstream pid_file(dir_ + "/jobs/" + victim.id() + "/worker.pid");
   long pid = 0;
   ASSERT_TRUE(pid_file >> pid);

@@ -473,7 +473,11 @@ grpc::ServerUnaryReactor* SlimService::ListModels(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* context,
                                                    const v1::ImportModelRequest* request,
                                                    v1::ImportModelResponse* response) {
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response]() -> absl::Status {
+  // Importing reads a file of the server's choosing: admins only.
+  const absl::StatusOr<Principal> caller = Caller(auth_, context);
+  const bool admin = caller.ok() && caller->admin();
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response, admin]() -> absl::Status {
+    if (!admin) return absl::PermissionDeniedError("ImportModel reads files on the server: admins only");
     absl::StatusOr<v1::Model> model = manager_.ImportModel(*request);
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();

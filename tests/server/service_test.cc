@@ -551,6 +551,13 @@ TEST_F(AuthTest, EveryMethodNeedsAValidBearerToken) {
 
   v1::ListDevicesResponse devices;
   EXPECT_TRUE(stub_->ListDevices(WithToken("s3cret-alice").get(), v1::ListDevicesRequest(), &devices).ok());
+
+  // Importing reads server files: a user token is not enough.
+  v1::ImportModelRequest import;
+  import.set_path(std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors");
+  v1::ImportModelResponse imported;
+  EXPECT_EQ(stub_->ImportModel(WithToken("s3cret-alice").get(), import, &imported).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
 }
 
 TEST(TokenAuthenticator, FileErrorsNameTheEntry) {

@@ -7,7 +7,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -224,23 +223,6 @@ int Serve(const Options& o) {
   std::signal(SIGPIPE, SIG_IGN);  // a dead worker's control pipe must not kill the server
   // The registry outlives every component holding metric references (STYLE.md): built first.
   slim::server::ServiceMetrics metrics;
-  // The status page renders from the manager, which exists only later; until then (and after
-  // shutdown begins) it shows nothing.
-  std::atomic<slim::server::JobManager*> page_source{nullptr};
-  std::unique_ptr<slim::server::MetricsHttpServer> http;
-  if (o.metrics_address != "off") {
-    absl::StatusOr<std::unique_ptr<slim::server::MetricsHttpServer>> started =
-        slim::server::MetricsHttpServer::Start(o.metrics_address, metrics.registry(), [&page_source] {
-          slim::server::JobManager* manager = page_source.load();
-          return manager == nullptr ? std::string("<!doctype html><p>slimd is starting</p>")
-                                    : slim::server::RenderStatusPage(manager->ListDevices(), manager->JobsForStatus(20));
-        });
-    if (!started.ok()) {
-      std::fprintf(stderr, "slimd: %s\n", std::string(started.status().message()).c_str());
-      return 2;
-    }
-    http = *std::move(started);
-  }
   slim::ConfigureRuntime();
 
   fs::create_directories(o.manager.data_dir);
@@ -251,7 +233,6 @@ int Serve(const Options& o) {
     return 1;
   }
   slim::server::JobManager manager(**store, o.manager, &metrics);
-  page_source = &manager;
   if (const absl::Status started = manager.Start(); !started.ok()) {
     std::fprintf(stderr, "slimd: %s\n", started.ToString().c_str());
     return 1;
@@ -274,6 +255,20 @@ int Serve(const Options& o) {
       return 2;
     }
     auth = *std::move(loaded);
+  }
+  // Declared after the manager it renders from, so it stops before the manager goes.
+  std::unique_ptr<slim::server::MetricsHttpServer> http;
+  if (o.metrics_address != "off") {
+    absl::StatusOr<std::unique_ptr<slim::server::MetricsHttpServer>> started =
+        slim::server::MetricsHttpServer::Start(o.metrics_address, metrics.registry(), [&manager] {
+          return slim::server::RenderStatusPage(manager.ListDevices(), manager.JobsForStatus(20));
+        });
+    if (!started.ok()) {
+      std::fprintf(stderr, "slimd: %s\n", std::string(started.status().message()).c_str());
+      manager.Shutdown();
+      return 2;
+    }
+    http = *std::move(started);
   }
   slim::server::Executor executor(o.executor_threads);
   slim::server::SlimService service(manager, executor, *auth);
@@ -334,7 +329,6 @@ int Serve(const Options& o) {
   manager.Shutdown();  // refuses new jobs, checkpoints and stops workers
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   executor.Shutdown();
-  page_source = nullptr;
   http.reset();
   std::printf("slimd: stopped\n");
   return 0;

@@ -64,12 +64,13 @@ USER 10001:10001
 # 50051: gRPC (slim.v1.Slim, grpc.health.v1.Health, reflection); 9464: /metrics and the status page.
 EXPOSE 50051 9464
 
-# Docker has no gRPC health check and Debian has no grpc_health_probe. `slimctl version` exits
-# 0 even when the server does not answer, so it cannot be the check; `slimctl devices` makes a
-# real RPC (ListDevices) with a 3 s deadline and exits non-zero when slimd does not answer
-# (6: unreachable or no answer in time). Kubernetes probes use grpc.health.v1 directly.
+# Docker has no gRPC health check and Debian has no grpc_health_probe: `slimctl health` asks
+# grpc.health.v1 (no token needed) and exits 0 only when slimd is SERVING (6 otherwise).
+# Kubernetes probes use grpc.health.v1 directly.
+# Listening on 0.0.0.0, slimd requires --tokens-file (docs/security.md): mount one and append
+# `--tokens-file /etc/slim/tokens.yaml` (compose and Kubernetes in deploy/ do).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-  CMD ["/usr/local/bin/slimctl","devices","--server","127.0.0.1:50051","--timeout","3"]
+  CMD ["/usr/local/bin/slimctl","health","--server","127.0.0.1:50051","--timeout","3"]
 
 # SIGTERM: slimd stops accepting jobs, workers checkpoint (up to --cancel-grace, 30 s) and their
 # jobs are requeued for the next start. Stop with a longer timeout than Docker's 10 s default.

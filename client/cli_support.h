@@ -58,6 +58,7 @@ class Client {
   std::unique_ptr<grpc::ClientContext> SlowUnaryContext() const;  // slow_timeout_seconds
   std::unique_ptr<grpc::ClientContext> StreamContext() const;
   const Connection& connection() const { return connection_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
  private:
   Connection connection_;

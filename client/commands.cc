@@ -2,7 +2,11 @@
 
 #include <unistd.h>
 
+#include <grpcpp/generic/generic_stub.h>
+
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -608,6 +612,44 @@ int Generate(Client& client, const tools::Flags& flags, OutputFormat) {
   return status.ok() ? kExitOk : ReportError(status, "generate");
 }
 
+// grpc.health.v1.Health/Check with an empty request, through the generic stub (the health
+// messages are not part of slim's API): the reply {status: SERVING} is the bytes 08 01.
+int Health(Client& client, const tools::Flags& flags, OutputFormat format) {
+  flags.CheckAllUsed();
+  grpc::GenericStub generic(client.channel());
+  grpc::Slice empty;
+  grpc::ByteBuffer request(&empty, 1), response;
+  auto context = client.UnaryContext();
+  std::mutex mu;
+  std::condition_variable done_cv;
+  bool done = false;
+  grpc::Status status;
+  generic.UnaryCall(context.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                    [&](grpc::Status s) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      status = std::move(s);
+                      done = true;
+                      done_cv.notify_one();
+                    });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    done_cv.wait(lock, [&] { return done; });
+  }
+  if (!status.ok()) return ReportError(status, "health");
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  const bool serving = bytes == std::string("\x08\x01", 2);
+  if (format == OutputFormat::kJson) {
+    std::printf("{\"serving\":%s}\n", serving ? "true" : "false");
+  } else {
+    std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+  }
+  return serving ? kExitOk : kExitUnavailable;
+}
+
 int Version(Client& client, const tools::Flags& flags, OutputFormat format) {
   flags.CheckAllUsed();
   v1::ListDevicesResponse response;
@@ -639,6 +681,7 @@ commands:
   models             list | get ID | import PATH | export ID --out FILE
   generate MODEL     sample text (--prompt TEXT)
   version            client and API version, and whether the server answers
+  health             the server's grpc.health.v1 status (no token needed; for probes)
 
 `slimctl <command> --help` shows a command's flags and examples.
 
@@ -695,6 +738,8 @@ examples:
 example: slimctl generate model-000002 --prompt "The planner " --max-tokens 100 --seed 1
 )"},
     {"version", "usage: slimctl version [--output json]\nexample: slimctl version --server unix:/run/slimd.sock\n"},
+    {"health", "usage: slimctl health [--output json]\n  exit 0 when SERVING, 6 otherwise (no token needed)\n"
+               "example: slimctl health --server 127.0.0.1:50051 --timeout 3\n"},
 };
 
 const std::set<std::string>& BooleanFlags() {
@@ -725,6 +770,7 @@ int RunCommand(const tools::Flags& flags) {
   if (command == "datasets") return Datasets(client, flags, format);
   if (command == "models") return Models(client, flags, format);
   if (command == "generate") return Generate(client, flags, format);
+  if (command == "health") return Health(client, flags, format);
   return Version(client, flags, format);
 }
 

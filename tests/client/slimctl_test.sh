@@ -39,6 +39,8 @@ start_slimd
 export SLIM_CONFIG="$dir/no-config.yaml"  # not the user's
 
 # version, help, usage errors
+expect 0 health
+[ "$out" = SERVING ] || fail "health: $out"
 expect 0 version --output json
 [ "$(echo "$out" | json 'd["reachable"]')" = True ] || fail "version: not reachable: $out"
 expect 0 --help
@@ -185,6 +187,7 @@ echo "$out" | grep -q "cpu:0" || fail "devices over TLS: $out"
 expect 7 devices --tls --ca-cert "$dir/cert.pem"
 echo "$err" | grep -q "missing bearer token" || fail "no token: $err"
 expect 7 devices --tls --ca-cert "$dir/cert.pem" --token tok-bob
+expect 0 health --tls --ca-cert "$dir/cert.pem"                        # health needs no token
 SLIM_TOKEN=tok-alice SLIM_CA_CERT="$dir/cert.pem" expect 0 devices   # from the environment
 expect 6 devices --token tok-alice --timeout 3                        # plaintext to a TLS port
 kill -TERM "$tls_pid"; wait "$tls_pid" || true

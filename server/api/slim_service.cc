@@ -41,7 +41,7 @@ template <typename Fn>
 grpc::ServerUnaryReactor* Unary(const TokenAuthenticator& auth, grpc::CallbackServerContext* context, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::StatusOr<Principal> caller = Caller(auth, context);
-  reactor->Finish(ToGrpcStatus(caller.ok() ? Guarded(fn) : caller.status()));
+  reactor->Finish(ToGrpcStatus(caller.ok() ? Guarded([&] { return fn(*caller); }) : caller.status()));
   return reactor;
 }
 
@@ -54,7 +54,9 @@ grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Execut
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  executor.Submit([reactor, fn]() mutable { reactor->Finish(ToGrpcStatus(Guarded(fn))); });
+  executor.Submit([reactor, fn, principal = *caller]() mutable {
+    reactor->Finish(ToGrpcStatus(Guarded([&] { return fn(principal); })));
+  });
   return reactor;
 }
 
@@ -70,11 +72,11 @@ struct StreamGuard {
 // other watchers never wait for it.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse> {
  public:
-  WatchReactor(JobManager& manager, const v1::WatchJobRequest& request, const absl::Status& caller)
+  WatchReactor(JobManager& manager, const v1::WatchJobRequest& request, const absl::StatusOr<Principal>& caller)
       : manager_(manager), guard_(std::make_shared<StreamGuard>()) {
-    absl::StatusOr<v1::Job> job = !caller.ok()           ? absl::StatusOr<v1::Job>(caller)
+    absl::StatusOr<v1::Job> job = !caller.ok()           ? absl::StatusOr<v1::Job>(caller.status())
                                   : request.id().empty() ? absl::InvalidArgumentError("id: is required")
-                                                         : manager_.GetJob(request.id());
+                                                         : manager_.GetJob(request.id(), *caller);
     if (request.after_sequence() < 0) job = absl::InvalidArgumentError("after_sequence: must be >= 0");
     if (!job.ok()) {
       finished_ = true;
@@ -167,12 +169,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
 // registers it on the executor.
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequest> {
  public:
-  UploadReactor(JobManager& manager, Executor& executor, v1::UploadDatasetResponse* response, const absl::Status& caller)
+  UploadReactor(JobManager& manager, Executor& executor, v1::UploadDatasetResponse* response,
+                const absl::StatusOr<Principal>& caller)
       : manager_(manager), executor_(executor), response_(response) {
     if (!caller.ok()) {
-      Finish(ToGrpcStatus(caller));
+      Finish(ToGrpcStatus(caller.status()));
       return;
     }
+    caller_ = *caller;
     StartRead(&request_);
   }
 
@@ -187,7 +191,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
                                                             " bytes, the header says ", header_.size_bytes())));
       }
       executor_.Submit([this] {
-        absl::StatusOr<v1::Dataset> dataset = manager_.AddDataset(header_, temp_path_);
+        absl::StatusOr<v1::Dataset> dataset = manager_.AddDataset(header_, temp_path_, caller_);
         temp_path_.clear();  // consumed by AddDataset either way
         if (dataset.ok()) *response_->mutable_dataset() = *dataset;
         Finish(ToGrpcStatus(dataset.status()));
@@ -237,6 +241,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
   JobManager& manager_;
   Executor& executor_;
   v1::UploadDatasetResponse* response_;
+  Principal caller_;
   v1::UploadDatasetRequest request_;
   v1::UploadDatasetHeader header_;
   bool has_header_ = false;
@@ -249,10 +254,10 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
 // ExportModel: the file in chunks, the next read after each write completes.
 class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportModelResponse> {
  public:
-  ExportReactor(JobManager& manager, const v1::ExportModelRequest& request, const absl::Status& caller) {
-    absl::StatusOr<std::string> path = !caller.ok()           ? absl::StatusOr<std::string>(caller)
+  ExportReactor(JobManager& manager, const v1::ExportModelRequest& request, const absl::StatusOr<Principal>& caller) {
+    absl::StatusOr<std::string> path = !caller.ok()           ? absl::StatusOr<std::string>(caller.status())
                                        : request.id().empty() ? absl::InvalidArgumentError("id: is required")
-                                                              : manager.ModelPath(request.id());
+                                                              : manager.ModelPath(request.id(), *caller);
     if (!path.ok()) {
       Finish(ToGrpcStatus(path.status()));
       return;
@@ -290,17 +295,18 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportModelRespo
 // Generate: the executor samples; text pieces are coalesced while a write is in flight.
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateReactor(JobManager& manager, Executor& executor, const v1::GenerateRequest& request, const absl::Status& caller)
+  GenerateReactor(JobManager& manager, Executor& executor, const v1::GenerateRequest& request,
+                  const absl::StatusOr<Principal>& caller)
       : guard_(std::make_shared<StreamGuard>()) {
     if (!caller.ok()) {
       finished_ = true;
-      Finish(ToGrpcStatus(caller));
+      Finish(ToGrpcStatus(caller.status()));
       return;
     }
     std::shared_ptr<StreamGuard> guard = guard_;
-    executor.Submit([this, guard, &manager, request] {
+    executor.Submit([this, guard, &manager, request, principal = *caller] {
       const absl::Status status = Guarded([&] {
-        return manager.Generate(request, [&](const std::string& piece) {
+        return manager.Generate(request, principal, [&](const std::string& piece) {
           absl::MutexLock lock(&guard->mu);
           if (cancelled_) return false;
           pending_ += piece;
@@ -367,8 +373,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 grpc::ServerUnaryReactor* SlimService::CreateJob(grpc::CallbackServerContext* context, const v1::CreateJobRequest* request,
                                                  v1::CreateJobResponse* response) {
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response]() -> absl::Status {
-    absl::StatusOr<v1::Job> job = manager_.CreateJob(*request);
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::Job> job = manager_.CreateJob(*request, caller);
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
   });
@@ -376,8 +382,8 @@ grpc::ServerUnaryReactor* SlimService::CreateJob(grpc::CallbackServerContext* co
 
 grpc::ServerUnaryReactor* SlimService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
                                               v1::GetJobResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::Job> job = manager_.GetJob(request->id());
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::Job> job = manager_.GetJob(request->id(), caller);
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
   });
@@ -385,8 +391,8 @@ grpc::ServerUnaryReactor* SlimService::GetJob(grpc::CallbackServerContext* conte
 
 grpc::ServerUnaryReactor* SlimService::ListJobs(grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
                                                 v1::ListJobsResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::ListJobsResponse> list = manager_.ListJobs(*request);
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::ListJobsResponse> list = manager_.ListJobs(*request, caller);
     if (list.ok()) *response = *std::move(list);
     return list.status();
   });
@@ -394,8 +400,8 @@ grpc::ServerUnaryReactor* SlimService::ListJobs(grpc::CallbackServerContext* con
 
 grpc::ServerUnaryReactor* SlimService::CancelJob(grpc::CallbackServerContext* context, const v1::CancelJobRequest* request,
                                                  v1::CancelJobResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::Job> job = manager_.CancelJob(request->id());
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::Job> job = manager_.CancelJob(request->id(), caller);
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
   });
@@ -403,13 +409,13 @@ grpc::ServerUnaryReactor* SlimService::CancelJob(grpc::CallbackServerContext* co
 
 grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::CallbackServerContext* context,
                                                                       const v1::WatchJobRequest* request) {
-  return new WatchReactor(manager_, *request, Caller(auth_, context).status());
+  return new WatchReactor(manager_, *request, Caller(auth_, context));
 }
 
 grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
                                                v1::PlanJobResponse* response) {
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response]() -> absl::Status {
-    absl::StatusOr<v1::PlanJobResponse> plan = manager_.PlanJob(request->spec());
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::PlanJobResponse> plan = manager_.PlanJob(request->spec(), caller);
     if (plan.ok()) *response = *std::move(plan);
     return plan.status();
   });
@@ -417,7 +423,7 @@ grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* cont
 
 grpc::ServerUnaryReactor* SlimService::ListDevices(grpc::CallbackServerContext* context, const v1::ListDevicesRequest*,
                                                    v1::ListDevicesResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
+  return Unary(auth_, context, [&](const Principal&) -> absl::Status {
     *response = manager_.ListDevices();
     return absl::OkStatus();
   });
@@ -425,13 +431,13 @@ grpc::ServerUnaryReactor* SlimService::ListDevices(grpc::CallbackServerContext* 
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* SlimService::UploadDataset(grpc::CallbackServerContext* context,
                                                                               v1::UploadDatasetResponse* response) {
-  return new UploadReactor(manager_, executor_, response, Caller(auth_, context).status());
+  return new UploadReactor(manager_, executor_, response, Caller(auth_, context));
 }
 
 grpc::ServerUnaryReactor* SlimService::GetDataset(grpc::CallbackServerContext* context, const v1::GetDatasetRequest* request,
                                                   v1::GetDatasetResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::Dataset> dataset = manager_.GetDataset(request->id());
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::Dataset> dataset = manager_.GetDataset(request->id(), caller);
     if (dataset.ok()) *response->mutable_dataset() = *std::move(dataset);
     return dataset.status();
   });
@@ -440,8 +446,8 @@ grpc::ServerUnaryReactor* SlimService::GetDataset(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext* context,
                                                     const v1::ListDatasetsRequest* request,
                                                     v1::ListDatasetsResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::ListDatasetsResponse> list = manager_.ListDatasets(*request);
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::ListDatasetsResponse> list = manager_.ListDatasets(*request, caller);
     if (list.ok()) *response = *std::move(list);
     return list.status();
   });
@@ -449,13 +455,13 @@ grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* SlimService::DeleteDataset(grpc::CallbackServerContext* context,
                                                      const v1::DeleteDatasetRequest* request, v1::DeleteDatasetResponse*) {
-  return Unary(auth_, context, [&] { return manager_.DeleteDataset(request->id()); });
+  return Unary(auth_, context, [&](const Principal& caller) { return manager_.DeleteDataset(request->id(), caller); });
 }
 
 grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
                                                 v1::GetModelResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::Model> model = manager_.GetModel(request->id());
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::Model> model = manager_.GetModel(request->id(), caller);
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();
   });
@@ -463,8 +469,8 @@ grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* con
 
 grpc::ServerUnaryReactor* SlimService::ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
                                                   v1::ListModelsResponse* response) {
-  return Unary(auth_, context, [&]() -> absl::Status {
-    absl::StatusOr<v1::ListModelsResponse> list = manager_.ListModels(*request);
+  return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<v1::ListModelsResponse> list = manager_.ListModels(*request, caller);
     if (list.ok()) *response = *std::move(list);
     return list.status();
   });
@@ -474,10 +480,8 @@ grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* 
                                                    const v1::ImportModelRequest* request,
                                                    v1::ImportModelResponse* response) {
   // Importing reads a file of the server's choosing: admins only.
-  const absl::StatusOr<Principal> caller = Caller(auth_, context);
-  const bool admin = caller.ok() && caller->admin();
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response, admin]() -> absl::Status {
-    if (!admin) return absl::PermissionDeniedError("ImportModel reads files on the server: admins only");
+  return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
+    if (!caller.admin()) return absl::PermissionDeniedError("ImportModel reads files on the server: admins only");
     absl::StatusOr<v1::Model> model = manager_.ImportModel(*request);
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();
@@ -486,12 +490,12 @@ grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* 
 
 grpc::ServerWriteReactor<v1::ExportModelResponse>* SlimService::ExportModel(grpc::CallbackServerContext* context,
                                                                             const v1::ExportModelRequest* request) {
-  return new ExportReactor(manager_, *request, Caller(auth_, context).status());
+  return new ExportReactor(manager_, *request, Caller(auth_, context));
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* SlimService::Generate(grpc::CallbackServerContext* context,
                                                                       const v1::GenerateRequest* request) {
-  return new GenerateReactor(manager_, executor_, *request, Caller(auth_, context).status());
+  return new GenerateReactor(manager_, executor_, *request, Caller(auth_, context));
 }
 
 }  // namespace slim::server

@@ -17,15 +17,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/auth/principal.h"
 
 namespace slim::server {
-
-struct Principal {
-  enum class Role { kUser, kAdmin };
-  std::string tenant;  // "" for the anonymous admin of a tokenless server
-  Role role = Role::kUser;
-  bool admin() const { return role == Role::kAdmin; }
-};
 
 class TokenAuthenticator {
  public:

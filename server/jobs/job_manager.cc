@@ -122,6 +122,26 @@ void KillOrphanedWorker(const std::string& job_dir) {
   }
 }
 
+// One page of what `caller` may see: store pages are fetched with the size still missing, so
+// every fetched item is either returned or skipped for good and the store's page token stays
+// exact. (Tenants among many others cost more fetches; a tenant column would make it one.)
+template <typename T, typename Fetch>
+absl::StatusOr<Page<T>> VisiblePage(int page_size, std::string token, const Fetch& fetch,
+                                    const std::function<bool(const T&)>& visible) {
+  Page<T> out;
+  while (true) {
+    ASSIGN_OR_RETURN(Page<T> page, fetch(page_size - static_cast<int>(out.items.size()), token));
+    for (T& item : page.items) {
+      if (visible(item)) out.items.push_back(std::move(item));
+    }
+    token = page.next_page_token;
+    if (token.empty() || static_cast<int>(out.items.size()) == page_size) {
+      out.next_page_token = token;
+      return out;
+    }
+  }
+}
+
 }  // namespace
 
 struct JobManager::Running {
@@ -203,11 +223,12 @@ void JobManager::Shutdown() {
 // ---------------------------------------------------------------------------------------------
 // Specs and plans
 
-absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::string* device_kind) {
+absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, const Principal& caller,
+                                                std::string* device_kind) {
   Json doc = JsonObject();
   Json model = JsonObject();
   if (!api.model().base().empty()) {
-    ASSIGN_OR_RETURN(const std::string path, ModelPath(api.model().base()));
+    ASSIGN_OR_RETURN(const std::string path, ModelPath(api.model().base(), caller));
     model.members["base"] = JsonString(path);
   }
   if (!api.model().preset().empty()) model.members["preset"] = JsonString(api.model().preset());
@@ -224,7 +245,7 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, std::str
         return absl::InvalidArgumentError(absl::StrCat("spec: data.", field, "[", i, "].dataset: is required"));
       }
       absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(ref.dataset());
-      if (!dataset.ok()) {
+      if (!dataset.ok() || !caller.Sees(dataset->tenant())) {
         return absl::NotFoundError(absl::StrCat("spec: data.", field, "[", i, "].dataset: no dataset '", ref.dataset(), "'"));
       }
       Json source = JsonObject();
@@ -380,16 +401,16 @@ absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec_in, con
   return response;
 }
 
-absl::StatusOr<v1::PlanJobResponse> JobManager::PlanJob(const v1::JobSpec& api) {
+absl::StatusOr<v1::PlanJobResponse> JobManager::PlanJob(const v1::JobSpec& api, const Principal& caller) {
   std::string kind;
-  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(api, &kind));
+  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(api, caller, &kind));
   return Plan(spec, kind, !api.memory().quota().empty());
 }
 
 // ---------------------------------------------------------------------------------------------
 // Jobs
 
-absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& request) {
+absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& request, const Principal& caller) {
   {
     absl::MutexLock lock(&mu_);
     if (draining_) return absl::UnavailableError("the server is shutting down; not accepting jobs");
@@ -399,7 +420,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
     return absl::InvalidArgumentError(absl::StrCat("priority: must be in [-1000, 1000], got ", request.priority()));
   }
   std::string kind;
-  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), &kind));
+  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), caller, &kind));
   const bool quota_given = !request.spec().memory().quota().empty();
   ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind, quota_given));
   int64_t largest = 0;
@@ -420,6 +441,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("job"));
   job.set_id(id);
   job.set_display_name(request.display_name());
+  job.set_tenant(caller.tenant);
   job.set_state(v1::JOB_STATE_QUEUED);
   *job.mutable_spec() = request.spec();
   job.set_priority(request.priority());
@@ -447,12 +469,14 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   return created;
 }
 
-absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id) {
+absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
-  return store_.GetJob(id);
+  absl::StatusOr<v1::Job> job = store_.GetJob(id);
+  if (job.ok() && !caller.Sees(job->tenant())) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  return job;
 }
 
-absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(const v1::ListJobsRequest& request) {
+absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(const v1::ListJobsRequest& request, const Principal& caller) {
   ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
   std::vector<v1::JobState> states;
   for (int s : request.states()) {
@@ -461,17 +485,22 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(const v1::ListJobsRequ
     }
     states.push_back(static_cast<v1::JobState>(s));
   }
-  ASSIGN_OR_RETURN(Page<v1::Job> page, store_.ListJobs(states, page_size, request.page_token()));
+  ASSIGN_OR_RETURN(Page<v1::Job> page,
+                   VisiblePage<v1::Job>(
+                       page_size, request.page_token(),
+                       [&](int size, const std::string& token) { return store_.ListJobs(states, size, token); },
+                       [&](const v1::Job& job) { return caller.Sees(job.tenant()); }));
   v1::ListJobsResponse response;
   for (v1::Job& job : page.items) *response.add_jobs() = std::move(job);
   response.set_next_page_token(page.next_page_token);
   return response;
 }
 
-absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id) {
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(id));
+  if (!caller.Sees(job.tenant())) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
   if (IsTerminal(job.state())) {
     return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(job.state()),
                                                       "; only queued or running jobs can be cancelled"));
@@ -665,7 +694,9 @@ void JobManager::SchedulePass() {
 absl::Status JobManager::Launch(const std::string& job_id, const std::string& device) {
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   std::string kind;
-  ASSIGN_OR_RETURN(JobSpec spec, ResolveSpec(job.spec(), &kind));
+  Principal owner;
+  owner.tenant = job.tenant();
+  ASSIGN_OR_RETURN(JobSpec spec, ResolveSpec(job.spec(), owner, &kind));
   spec.device = WorkerDevice(device);
   spec.quota_bytes = job.quota_bytes();
   const fs::path dir = fs::path(options_.data_dir) / "jobs" / job_id;
@@ -792,6 +823,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       model.set_id(*model_id);
       model.set_name(job.display_name().empty() ? job_id : job.display_name());
       model.set_source_job(job_id);
+      model.set_tenant(job.tenant());
       model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
       try {
         const ModelConfig config = LoadModelFile(target.string())->config();
@@ -889,7 +921,8 @@ std::string JobManager::TempPath() {
   return (fs::path(options_.data_dir) / "tmp" / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
 }
 
-absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path) {
+absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,
+                                                   const Principal& caller) {
   struct Cleanup {
     std::string path;
     ~Cleanup() {
@@ -945,6 +978,7 @@ absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader
   v1::Dataset dataset;
   dataset.set_id(id);
   dataset.set_name(header.name());
+  dataset.set_tenant(caller.tenant);
   dataset.set_format(format);
   dataset.set_size_bytes(size);
   dataset.set_sha256(digest);
@@ -957,24 +991,32 @@ absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader
   return dataset;
 }
 
-absl::StatusOr<v1::Dataset> JobManager::GetDataset(const std::string& id) {
+absl::StatusOr<v1::Dataset> JobManager::GetDataset(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
-  return store_.GetDataset(id);
+  absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(id);
+  if (dataset.ok() && !caller.Sees(dataset->tenant())) return absl::NotFoundError("dataset " + id + " not found");
+  return dataset;
 }
 
-absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::ListDatasetsRequest& request) {
+absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::ListDatasetsRequest& request,
+                                                                  const Principal& caller) {
   ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
-  ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(page_size, request.page_token()));
+  ASSIGN_OR_RETURN(Page<v1::Dataset> page,
+                   VisiblePage<v1::Dataset>(
+                       page_size, request.page_token(),
+                       [&](int size, const std::string& token) { return store_.ListDatasets(size, token); },
+                       [&](const v1::Dataset& d) { return caller.Sees(d.tenant()); }));
   v1::ListDatasetsResponse response;
   for (v1::Dataset& d : page.items) *response.add_datasets() = std::move(d);
   response.set_next_page_token(page.next_page_token);
   return response;
 }
 
-absl::Status JobManager::DeleteDataset(const std::string& id) {
+absl::Status JobManager::DeleteDataset(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(const v1::Dataset dataset, store_.GetDataset(id));
+  if (!caller.Sees(dataset.tenant())) return absl::NotFoundError("dataset " + id + " not found");
   ASSIGN_OR_RETURN(const std::vector<v1::Job> active,
                    store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
   for (const v1::Job& job : active) {
@@ -1028,27 +1070,39 @@ absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& 
   return model;
 }
 
-absl::StatusOr<v1::Model> JobManager::GetModel(const std::string& id) {
+absl::StatusOr<v1::Model> JobManager::GetModel(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
-  return store_.GetModel(id);
+  absl::StatusOr<v1::Model> model = store_.GetModel(id);
+  if (model.ok() && !caller.Sees(model->tenant(), /*shared_if_unowned=*/true)) {
+    return absl::NotFoundError("model " + id + " not found");
+  }
+  return model;
 }
 
-absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListModelsRequest& request) {
+absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListModelsRequest& request,
+                                                              const Principal& caller) {
   ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
-  ASSIGN_OR_RETURN(Page<v1::Model> page, store_.ListModels(page_size, request.page_token()));
+  ASSIGN_OR_RETURN(Page<v1::Model> page,
+                   VisiblePage<v1::Model>(
+                       page_size, request.page_token(),
+                       [&](int size, const std::string& token) { return store_.ListModels(size, token); },
+                       [&](const v1::Model& m) { return caller.Sees(m.tenant(), /*shared_if_unowned=*/true); }));
   v1::ListModelsResponse response;
   for (v1::Model& m : page.items) *response.add_models() = std::move(m);
   response.set_next_page_token(page.next_page_token);
   return response;
 }
 
-absl::StatusOr<std::string> JobManager::ModelPath(const std::string& id) {
+absl::StatusOr<std::string> JobManager::ModelPath(const std::string& id, const Principal& caller) {
   absl::StatusOr<v1::Model> model = store_.GetModel(id);
-  if (!model.ok()) return absl::NotFoundError("model: no model '" + id + "'");
+  if (!model.ok() || !caller.Sees(model->tenant(), /*shared_if_unowned=*/true)) {
+    return absl::NotFoundError("model: no model '" + id + "'");
+  }
   return (fs::path(options_.data_dir) / "models" / (model->id() + ".safetensors")).string();
 }
 
-absl::Status JobManager::Generate(const v1::GenerateRequest& request, const std::function<bool(const std::string&)>& emit) {
+absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Principal& caller,
+                                  const std::function<bool(const std::string&)>& emit) {
   if (request.max_tokens() < 0 || request.max_tokens() > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens: must be in [1, 4096] (0 means 64), got ", request.max_tokens()));
   }
@@ -1056,7 +1110,7 @@ absl::Status JobManager::Generate(const v1::GenerateRequest& request, const std:
     return absl::InvalidArgumentError("temperature: must be in [0, 100]");
   }
   if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be >= 0");
-  ASSIGN_OR_RETURN(const std::string path, ModelPath(request.model()));
+  ASSIGN_OR_RETURN(const std::string path, ModelPath(request.model(), caller));
   try {
     PerformerLM model = LoadModelFile(path);
     if (model->config().vocab_size < 256) return absl::FailedPreconditionError("model: not a byte-vocabulary model");

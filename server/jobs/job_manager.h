@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/job_spec.h"
 #include "engine/worker_events.h"
+#include "server/auth/principal.h"
 #include "server/jobs/store.h"
 #include "server/sched/scheduler.h"
 #include "slim/v1/slim.pb.h"
@@ -70,11 +71,14 @@ class JobManager {
   // cancel_grace_seconds, then SIGKILL what is left.
   void Shutdown();
 
-  absl::StatusOr<v1::Job> CreateJob(const v1::CreateJobRequest& request);
-  absl::StatusOr<v1::Job> GetJob(const std::string& id);
-  absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request);
-  absl::StatusOr<v1::Job> CancelJob(const std::string& id);
-  absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec);
+  // Tenancy: every method below acts for `caller`. A job, dataset or model belongs to the tenant
+  // that created it; others get NOT_FOUND for it (its existence is not revealed) and do not see
+  // it in lists; admins see everything; models without an owner (admin imports) are shared.
+  absl::StatusOr<v1::Job> CreateJob(const v1::CreateJobRequest& request, const Principal& caller);
+  absl::StatusOr<v1::Job> GetJob(const std::string& id, const Principal& caller);
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request, const Principal& caller);
+  absl::StatusOr<v1::Job> CancelJob(const std::string& id, const Principal& caller);
+  absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec, const Principal& caller);
   v1::ListDevicesResponse ListDevices();
   // Active jobs (queued, running, cancelling) and the most recent `recent` others, newest first.
   std::vector<v1::Job> JobsForStatus(int recent);
@@ -89,27 +93,31 @@ class JobManager {
 
   // Datasets: the RPC layer streams the upload into `temp_path` (under data_dir/tmp), then
   // calls this to verify size and checksum and register it. The temp file is consumed.
-  absl::StatusOr<v1::Dataset> AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path);
-  absl::StatusOr<v1::Dataset> GetDataset(const std::string& id);
-  absl::StatusOr<v1::ListDatasetsResponse> ListDatasets(const v1::ListDatasetsRequest& request);
-  absl::Status DeleteDataset(const std::string& id);
+  absl::StatusOr<v1::Dataset> AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,
+                                         const Principal& caller);
+  absl::StatusOr<v1::Dataset> GetDataset(const std::string& id, const Principal& caller);
+  absl::StatusOr<v1::ListDatasetsResponse> ListDatasets(const v1::ListDatasetsRequest& request, const Principal& caller);
+  absl::Status DeleteDataset(const std::string& id, const Principal& caller);
   std::string TempPath();  // a fresh file name under data_dir/tmp
   int64_t max_dataset_bytes() const { return options_.max_dataset_bytes; }
 
   // Models.
+  // Admins only (enforced by the RPC layer); imported models are shared.
   absl::StatusOr<v1::Model> ImportModel(const v1::ImportModelRequest& request);
-  absl::StatusOr<v1::Model> GetModel(const std::string& id);
-  absl::StatusOr<v1::ListModelsResponse> ListModels(const v1::ListModelsRequest& request);
-  absl::StatusOr<std::string> ModelPath(const std::string& id);
+  absl::StatusOr<v1::Model> GetModel(const std::string& id, const Principal& caller);
+  absl::StatusOr<v1::ListModelsResponse> ListModels(const v1::ListModelsRequest& request, const Principal& caller);
+  absl::StatusOr<std::string> ModelPath(const std::string& id, const Principal& caller);
   // Samples from a model; `emit` receives text pieces as they are drawn and returns false to
   // stop early (the client went away).
-  absl::Status Generate(const v1::GenerateRequest& request, const std::function<bool(const std::string&)>& emit);
+  absl::Status Generate(const v1::GenerateRequest& request, const Principal& caller,
+                        const std::function<bool(const std::string&)>& emit);
 
  private:
   struct Running;  // a job with a live worker
 
-  // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field.
-  absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, std::string* device_kind);
+  // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
+  // the datasets and model must be visible to `caller`.
+  absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind);
   // The planner's answer for `spec` on a device of `kind` (the quota policy applied).
   absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind, bool quota_given);
 

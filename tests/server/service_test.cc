@@ -503,11 +503,17 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue)
 // A server with a tokens file: every method needs "authorization: Bearer <known token>".
 class AuthTest : public ServiceTest {
  protected:
-  std::unique_ptr<TokenAuthenticator> MakeAuthenticator() override {
+  static std::string Digest(const std::string& token) {
     Sha256 sha;
-    sha.Update("s3cret-alice", 12);
+    sha.Update(token.data(), token.size());
+    return sha.HexDigest();
+  }
+  std::unique_ptr<TokenAuthenticator> MakeAuthenticator() override {
     const std::string path = dir_ + "/tokens.yaml";
-    std::ofstream(path) << "tokens:\n  - {sha256: " << sha.HexDigest() << ", tenant: alice, role: user}\n";
+    std::ofstream(path) << "tokens:\n"
+                        << "  - {sha256: " << Digest("s3cret-alice") << ", tenant: alice, role: user}\n"
+                        << "  - {sha256: " << Digest("s3cret-bob") << ", tenant: bob, role: user}\n"
+                        << "  - {sha256: " << Digest("s3cret-ops") << ", tenant: ops, role: admin}\n";
     absl::StatusOr<std::unique_ptr<TokenAuthenticator>> auth = TokenAuthenticator::FromFile(path);
     EXPECT_TRUE(auth.ok()) << auth.status();
     return *std::move(auth);
@@ -558,6 +564,111 @@ TEST_F(AuthTest, EveryMethodNeedsAValidBearerToken) {
   v1::ImportModelResponse imported;
   EXPECT_EQ(stub_->ImportModel(WithToken("s3cret-alice").get(), import, &imported).error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+}
+
+// Tenants see only their own jobs, datasets and models (others' are NOT_FOUND, as if absent);
+// admins see everything; models an admin imports are shared.
+TEST_F(AuthTest, TenantsSeeOnlyTheirOwnResources) {
+  // The admin imports the shared base model.
+  v1::ImportModelRequest import;
+  import.set_path(std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors");
+  v1::ImportModelResponse base;
+  ASSERT_TRUE(stub_->ImportModel(WithToken("s3cret-ops").get(), import, &base).ok());
+
+  // Alice uploads a dataset and runs a job on it.
+  const std::string text = SampleText(20000);
+  Sha256 sha;
+  sha.Update(text.data(), text.size());
+  auto upload_context = WithToken("s3cret-alice");
+  v1::UploadDatasetResponse uploaded;
+  auto writer = stub_->UploadDataset(upload_context.get(), &uploaded);
+  v1::UploadDatasetRequest header;
+  header.mutable_header()->set_name("alice-data");
+  header.mutable_header()->set_size_bytes(static_cast<int64_t>(text.size()));
+  header.mutable_header()->set_sha256(sha.HexDigest());
+  writer->Write(header);
+  v1::UploadDatasetRequest chunk;
+  chunk.set_chunk(text);
+  writer->Write(chunk);
+  writer->WritesDone();
+  ASSERT_TRUE(writer->Finish().ok());
+  const std::string dataset = uploaded.dataset().id();
+  EXPECT_EQ(uploaded.dataset().tenant(), "alice");
+
+  v1::CreateJobRequest create;
+  *create.mutable_spec() = TinySpec(dataset, 5);
+  v1::CreateJobResponse created;
+  ASSERT_TRUE(stub_->CreateJob(WithToken("s3cret-alice").get(), create, &created).ok());
+  const std::string job = created.job().id();
+  EXPECT_EQ(created.job().tenant(), "alice");
+
+  // Bob can neither see nor use any of it.
+  v1::GetJobRequest get;
+  get.set_id(job);
+  v1::GetJobResponse got;
+  EXPECT_EQ(stub_->GetJob(WithToken("s3cret-bob").get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job);
+  v1::CancelJobResponse cancelled;
+  EXPECT_EQ(stub_->CancelJob(WithToken("s3cret-bob").get(), cancel, &cancelled).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::GetDatasetRequest get_dataset;
+  get_dataset.set_id(dataset);
+  v1::GetDatasetResponse got_dataset;
+  EXPECT_EQ(stub_->GetDataset(WithToken("s3cret-bob").get(), get_dataset, &got_dataset).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  v1::CreateJobResponse bobs;
+  const grpc::Status borrowed = stub_->CreateJob(WithToken("s3cret-bob").get(), create, &bobs);
+  EXPECT_EQ(borrowed.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(borrowed.error_message().find("data.train[0].dataset"), std::string::npos) << borrowed.error_message();
+  {
+    auto context = WithToken("s3cret-bob");
+    v1::WatchJobRequest watch;
+    watch.set_id(job);
+    auto reader = stub_->WatchJob(context.get(), watch);
+    v1::WatchJobResponse item;
+    EXPECT_FALSE(reader->Read(&item));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  const auto count_jobs = [&](const std::string& token) {
+    v1::ListJobsResponse listed;
+    EXPECT_TRUE(stub_->ListJobs(WithToken(token).get(), v1::ListJobsRequest(), &listed).ok());
+    return listed.jobs_size();
+  };
+  EXPECT_EQ(count_jobs("s3cret-bob"), 0);
+  EXPECT_EQ(count_jobs("s3cret-alice"), 1);
+  EXPECT_EQ(count_jobs("s3cret-ops"), 1);
+  v1::ListDatasetsResponse datasets;
+  ASSERT_TRUE(stub_->ListDatasets(WithToken("s3cret-bob").get(), v1::ListDatasetsRequest(), &datasets).ok());
+  EXPECT_EQ(datasets.datasets_size(), 0);
+
+  // The job's output model is Alice's; the imported base is everyone's.
+  {
+    auto context = WithToken("s3cret-alice");
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    v1::WatchJobRequest watch;
+    watch.set_id(job);
+    auto reader = stub_->WatchJob(context.get(), watch);
+    v1::WatchJobResponse item;
+    while (reader->Read(&item)) {
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  ASSERT_TRUE(stub_->GetJob(WithToken("s3cret-alice").get(), get, &got).ok());
+  ASSERT_EQ(got.job().state(), v1::JOB_STATE_SUCCEEDED);
+  v1::GetModelRequest get_model;
+  get_model.set_id(got.job().output_model());
+  v1::GetModelResponse model;
+  ASSERT_TRUE(stub_->GetModel(WithToken("s3cret-alice").get(), get_model, &model).ok());
+  EXPECT_EQ(model.model().tenant(), "alice");
+  EXPECT_EQ(stub_->GetModel(WithToken("s3cret-bob").get(), get_model, &model).error_code(), grpc::StatusCode::NOT_FOUND);
+  get_model.set_id(base.model().id());
+  EXPECT_TRUE(stub_->GetModel(WithToken("s3cret-bob").get(), get_model, &model).ok());
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(WithToken("s3cret-bob").get(), v1::ListModelsRequest(), &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).id(), base.model().id());
+  ASSERT_TRUE(stub_->ListModels(WithToken("s3cret-alice").get(), v1::ListModelsRequest(), &models).ok());
+  EXPECT_EQ(models.models_size(), 2);
 }
 
 TEST(TokenAuthenticator, FileErrorsNameTheEntry) {

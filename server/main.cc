@@ -65,6 +65,9 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --tls-cert FILE         serve gRPC over TLS with this PEM certificate chain ...
   --tls-key FILE          ... and this PEM private key
   --tls-client-ca FILE    with TLS: require client certificates signed by this CA
+  --tenant-max-jobs N     per tenant (user tokens): queued and running jobs (default 0: none)
+  --tenant-max-quota SIZE per tenant: sum of their jobs' memory quotas (default 0: none)
+  --tenant-max-dataset-storage SIZE   per tenant: total dataset size (default 0: none)
 
 SIGINT/SIGTERM: stop accepting jobs, checkpoint and stop workers (their jobs resume on the next
 start), finish streams, exit 0.
@@ -188,6 +191,10 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.max_retries = static_cast<int>(flags.Int("max-retries", 2, 0));
   o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
   o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
+  o.manager.tenant_max_jobs = static_cast<int>(flags.Int("tenant-max-jobs", 0, 0));
+  o.manager.tenant_max_quota_bytes = flags.Has("tenant-max-quota") ? flags.Bytes("tenant-max-quota", -1) : 0;
+  o.manager.tenant_max_dataset_bytes =
+      flags.Has("tenant-max-dataset-storage") ? flags.Bytes("tenant-max-dataset-storage", -1) : 0;
   flags.CheckAllUsed();
   slim::CheckArgument(!o.manager.devices.empty(), "--devices: no devices");
   slim::CheckArgument(o.tls_cert.empty() == o.tls_key.empty(), "--tls-cert and --tls-key: give both or neither");

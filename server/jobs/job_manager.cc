@@ -459,7 +459,12 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   queued.set_quota_bytes(plan.quota_bytes());
   queued.set_chunk_size(plan.chunk_size());
   queued.set_predicted_peak_bytes(plan.predicted_peak_bytes());
-  absl::StatusOr<v1::Job> created = store_.CreateJob(job, queued);
+  absl::StatusOr<v1::Job> created;
+  {
+    absl::MutexLock admission(&admission_mu_);
+    RETURN_IF_ERROR(CheckJobLimits(caller, plan.quota_bytes()));
+    created = store_.CreateJob(job, queued);
+  }
   if (created.ok() && observer_ != nullptr) {
     absl::MutexLock lock(&mu_);
     queued.set_sequence(created->last_sequence());
@@ -915,6 +920,56 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tenant limits
+
+absl::Status JobManager::CheckJobLimits(const Principal& caller, int64_t quota_bytes) {
+  if (caller.admin() || (options_.tenant_max_jobs == 0 && options_.tenant_max_quota_bytes == 0)) {
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(const std::vector<v1::Job> active,
+                   store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
+  int jobs = 0;
+  int64_t quotas = 0;
+  for (const v1::Job& job : active) {
+    if (job.tenant() != caller.tenant) continue;
+    ++jobs;
+    quotas += job.quota_bytes();
+  }
+  if (options_.tenant_max_jobs > 0 && jobs >= options_.tenant_max_jobs) {
+    return absl::ResourceExhaustedError(absl::StrCat("tenant ", caller.tenant, " has ", jobs,
+                                                     " queued or running jobs; the limit is ", options_.tenant_max_jobs,
+                                                     " (slimd --tenant-max-jobs)"));
+  }
+  if (options_.tenant_max_quota_bytes > 0 && quotas + quota_bytes > options_.tenant_max_quota_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant ", caller.tenant, " has ", FormatBytes(quotas), " of memory quota in use; this job's ",
+        FormatBytes(quota_bytes), " would pass the limit of ", FormatBytes(options_.tenant_max_quota_bytes),
+        " (slimd --tenant-max-quota)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::CheckDatasetLimit(const Principal& caller, int64_t size_bytes) {
+  if (caller.admin() || options_.tenant_max_dataset_bytes == 0) return absl::OkStatus();
+  int64_t stored = 0;
+  std::string token;
+  do {
+    ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(1000, token));
+    for (const v1::Dataset& d : page.items) {
+      if (d.tenant() == caller.tenant) stored += d.size_bytes();
+    }
+    token = page.next_page_token;
+  } while (!token.empty());
+  if (stored + size_bytes > options_.tenant_max_dataset_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant ", caller.tenant, " stores ", FormatBytes(stored), " of datasets; this upload's ", FormatBytes(size_bytes),
+        " would pass the limit of ", FormatBytes(options_.tenant_max_dataset_bytes),
+        " (slimd --tenant-max-dataset-storage)"));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Datasets
 
 std::string JobManager::TempPath() {
@@ -970,6 +1025,8 @@ absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader
       return absl::InvalidArgumentError(std::string("data: ") + e.what());
     }
   }
+  absl::MutexLock admission(&admission_mu_);
+  RETURN_IF_ERROR(CheckDatasetLimit(caller, size));
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("ds"));
   const fs::path target = fs::path(options_.data_dir) / "datasets" / id;
   fs::rename(temp_path, target, ec);

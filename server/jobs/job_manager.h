@@ -55,6 +55,11 @@ struct JobManagerOptions {
   int64_t max_dataset_bytes = int64_t{1} << 30;
   std::string calibration_cache_dir;
   double scheduler_interval_seconds = 1.0;  // periodic pass besides the event-driven ones
+  // Per-tenant limits for user tokens (admins are exempt); 0 = no limit. Exceeding one is
+  // RESOURCE_EXHAUSTED naming the limit.
+  int tenant_max_jobs = 0;                 // queued, running and cancelling jobs
+  int64_t tenant_max_quota_bytes = 0;      // sum of the memory quotas of those jobs
+  int64_t tenant_max_dataset_bytes = 0;    // total size of the tenant's datasets
 };
 
 class JobManager {
@@ -136,6 +141,12 @@ class JobManager {
   Store& store_;
   const JobManagerOptions options_;
   JobObserver* const observer_;
+
+  // Checks tenant limits against the store; held from the check to the insert, so two requests
+  // of one tenant cannot both pass a limit that only one fits.
+  absl::Status CheckJobLimits(const Principal& caller, int64_t quota_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admission_mu_);
+  absl::Status CheckDatasetLimit(const Principal& caller, int64_t size_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admission_mu_);
+  absl::Mutex admission_mu_;
 
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Running>> running_ ABSL_GUARDED_BY(mu_);

@@ -53,6 +53,7 @@ class ServiceTest : public ::testing::Test {
     o.calibration_cache_dir = dir_ + "/calibration";
     ::setenv("SLIM_CACHE_DIR", dir_.c_str(), 1);  // workers plan from the same calibrations (as slimd does)
     o.scheduler_interval_seconds = 0.2;
+    Configure(&o);
     manager_ = std::make_unique<JobManager>(*store_, o);
     ASSERT_TRUE(manager_->Start().ok());
     executor_ = std::make_unique<Executor>(2);
@@ -151,6 +152,7 @@ class ServiceTest : public ::testing::Test {
 
   // Everyone is admitted, as on a tokenless loopback server; AuthTest overrides this.
   virtual std::unique_ptr<TokenAuthenticator> MakeAuthenticator() { return TokenAuthenticator::AllowAll(); }
+  virtual void Configure(JobManagerOptions*) {}
 
   // Follows the job until an event of `kind` arrives (or the stream ends).
   void WaitForEvent(const std::string& id, const std::string& kind) {
@@ -523,6 +525,25 @@ class AuthTest : public ServiceTest {
     if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
     return context;
   }
+  grpc::Status UploadAs(const std::string& token, const std::string& text, v1::Dataset* dataset) {
+    Sha256 sha;
+    sha.Update(text.data(), text.size());
+    auto context = WithToken(token);
+    v1::UploadDatasetResponse uploaded;
+    auto writer = stub_->UploadDataset(context.get(), &uploaded);
+    v1::UploadDatasetRequest header;
+    header.mutable_header()->set_name("data");
+    header.mutable_header()->set_size_bytes(static_cast<int64_t>(text.size()));
+    header.mutable_header()->set_sha256(sha.HexDigest());
+    writer->Write(header);
+    v1::UploadDatasetRequest chunk;
+    chunk.set_chunk(text);
+    writer->Write(chunk);
+    writer->WritesDone();
+    const grpc::Status status = writer->Finish();
+    *dataset = uploaded.dataset();
+    return status;
+  }
 };
 
 TEST_F(AuthTest, EveryMethodNeedsAValidBearerToken) {
@@ -576,24 +597,10 @@ TEST_F(AuthTest, TenantsSeeOnlyTheirOwnResources) {
   ASSERT_TRUE(stub_->ImportModel(WithToken("s3cret-ops").get(), import, &base).ok());
 
   // Alice uploads a dataset and runs a job on it.
-  const std::string text = SampleText(20000);
-  Sha256 sha;
-  sha.Update(text.data(), text.size());
-  auto upload_context = WithToken("s3cret-alice");
-  v1::UploadDatasetResponse uploaded;
-  auto writer = stub_->UploadDataset(upload_context.get(), &uploaded);
-  v1::UploadDatasetRequest header;
-  header.mutable_header()->set_name("alice-data");
-  header.mutable_header()->set_size_bytes(static_cast<int64_t>(text.size()));
-  header.mutable_header()->set_sha256(sha.HexDigest());
-  writer->Write(header);
-  v1::UploadDatasetRequest chunk;
-  chunk.set_chunk(text);
-  writer->Write(chunk);
-  writer->WritesDone();
-  ASSERT_TRUE(writer->Finish().ok());
-  const std::string dataset = uploaded.dataset().id();
-  EXPECT_EQ(uploaded.dataset().tenant(), "alice");
+  v1::Dataset uploaded;
+  ASSERT_TRUE(UploadAs("s3cret-alice", SampleText(20000), &uploaded).ok());
+  const std::string dataset = uploaded.id();
+  EXPECT_EQ(uploaded.tenant(), "alice");
 
   v1::CreateJobRequest create;
   *create.mutable_spec() = TinySpec(dataset, 5);
@@ -669,6 +676,38 @@ TEST_F(AuthTest, TenantsSeeOnlyTheirOwnResources) {
   EXPECT_EQ(models.models(0).id(), base.model().id());
   ASSERT_TRUE(stub_->ListModels(WithToken("s3cret-alice").get(), v1::ListModelsRequest(), &models).ok());
   EXPECT_EQ(models.models_size(), 2);
+}
+
+// Per-tenant limits: a tenant at its limit is refused with the limit named; another tenant and
+// admins are not affected.
+class LimitsTest : public AuthTest {
+ protected:
+  void Configure(JobManagerOptions* o) override {
+    o->tenant_max_jobs = 1;
+    o->tenant_max_dataset_bytes = 30000;
+  }
+};
+
+TEST_F(LimitsTest, TenantLimitsAreEnforcedPerTenant) {
+  v1::Dataset alice_data, bob_data, extra;
+  ASSERT_TRUE(UploadAs("s3cret-alice", SampleText(20000), &alice_data).ok());
+  grpc::Status s = UploadAs("s3cret-alice", SampleText(15000), &extra);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("--tenant-max-dataset-storage"), std::string::npos) << s.error_message();
+  ASSERT_TRUE(UploadAs("s3cret-bob", SampleText(20000), &bob_data).ok());  // bob has his own allowance
+
+  v1::CreateJobRequest create;
+  *create.mutable_spec() = TinySpec(alice_data.id(), 100000);
+  v1::CreateJobResponse created;
+  ASSERT_TRUE(stub_->CreateJob(WithToken("s3cret-alice").get(), create, &created).ok());
+  s = stub_->CreateJob(WithToken("s3cret-alice").get(), create, &created);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("the limit is 1 (slimd --tenant-max-jobs)"), std::string::npos) << s.error_message();
+  *create.mutable_spec() = TinySpec(bob_data.id(), 5);
+  EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-bob").get(), create, &created).ok());
+  // Admins are exempt: two jobs at once (on any tenant's data: admins see all).
+  EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-ops").get(), create, &created).ok());
+  EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-ops").get(), create, &created).ok());
 }
 
 TEST(TokenAuthenticator, FileErrorsNameTheEntry) {

@@ -385,10 +385,15 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   const bool track_memory = device.is_cuda() || CpuMemoryTrackerInstalled();
   if (track_memory) ResetPeakMemory(device);
 
-  TrainingEvent started;
-  started.kind = EventKind::kStarted;
-  started.step = step;
-  started.total_steps = total_steps;
+  // An event of `kind` stamped with where the run stands now.
+  const auto event = [&](EventKind kind) {
+    TrainingEvent e;
+    e.kind = kind;
+    e.step = step;
+    e.total_steps = total_steps;
+    return e;
+  };
+  TrainingEvent started = event(EventKind::kStarted);
   started.device = spec.device;
   started.quota_bytes = spec.quota_bytes;
   started.chunk_size = plan.chunk_size;
@@ -412,20 +417,14 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     SaveCheckpoint(path, *model, *optimizer, progress);
     const std::vector<std::string> all = ListCheckpoints(options.out_dir);
     for (size_t i = static_cast<size_t>(spec.checkpoints_kept); i < all.size(); ++i) fs::remove(all[i]);
-    TrainingEvent e;
-    e.kind = EventKind::kCheckpoint;
-    e.step = step;
-    e.total_steps = total_steps;
+    TrainingEvent e = event(EventKind::kCheckpoint);
     e.path = path;
     emit(e);
     return path;
   };
   auto run_eval = [&]() {
     if (data.validation_sequences.empty()) return;
-    TrainingEvent e;
-    e.kind = EventKind::kEval;
-    e.step = step;
-    e.total_steps = total_steps;
+    TrainingEvent e = event(EventKind::kEval);
     e.eval_loss = Evaluate(*model, data.validation_corpus(), data.validation_sequences, spec, plan.chunk_size, device);
     emit(e);
   };
@@ -466,10 +465,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     const double now = Now();
     if (step == total_steps || now - last_progress >= options.progress_interval_seconds) {
       last_progress = now;
-      TrainingEvent e;
-      e.kind = EventKind::kProgress;
-      e.step = step;
-      e.total_steps = total_steps;
+      TrainingEvent e = event(EventKind::kProgress);
       e.loss = loss;
       e.lr = lr;
       e.grad_norm = grad_norm;
@@ -490,16 +486,13 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
         JobSpec replanned_spec = spec;
         replanned_spec.quota_bytes = requested;
         replanned_spec.chunk_size = 0;
-        TrainingEvent e;
-        e.step = step;
-        e.total_steps = total_steps;
+        TrainingEvent e = event(EventKind::kReplanned);
         try {
           plan = PlanTraining(replanned_spec, config, options.calibration_cache_dir);
           CapDeviceMemory(spec.device, requested);
           quota_bytes = requested;
           step_options.chunk_size = plan.chunk_size;
           step_options.mode = plan.mode;
-          e.kind = EventKind::kReplanned;
           e.device = spec.device;
           e.quota_bytes = quota_bytes;
           e.chunk_size = plan.chunk_size;
@@ -519,10 +512,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
       result.outcome = TrainingOutcome::kStopped;
       result.steps = step;
       result.checkpoint_path = write_checkpoint();
-      TrainingEvent e;
-      e.kind = EventKind::kStopped;
-      e.step = step;
-      e.total_steps = total_steps;
+      TrainingEvent e = event(EventKind::kStopped);
       e.path = result.checkpoint_path;
       emit(e);
       return result;
@@ -543,10 +533,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   } else {
     SaveModelFile(*model, result.model_path);
   }
-  TrainingEvent done;
-  done.kind = EventKind::kFinished;
-  done.step = step;
-  done.total_steps = total_steps;
+  TrainingEvent done = event(EventKind::kFinished);
   done.path = result.model_path;
   done.adapter_path = result.adapter_path;
   done.tokens = tokens;

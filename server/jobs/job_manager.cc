@@ -1151,10 +1151,8 @@ absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListMode
 }
 
 absl::StatusOr<std::string> JobManager::ModelPath(const std::string& id, const Principal& caller) {
-  absl::StatusOr<v1::Model> model = store_.GetModel(id);
-  if (!model.ok() || !caller.Sees(model->tenant(), /*shared_if_unowned=*/true)) {
-    return absl::NotFoundError("model: no model '" + id + "'");
-  }
+  absl::StatusOr<v1::Model> model = GetModel(id, caller);
+  if (!model.ok()) return absl::NotFoundError("model: no model '" + id + "'");
   return (fs::path(options_.data_dir) / "models" / (model->id() + ".safetensors")).string();
 }
 

@@ -85,10 +85,12 @@ class ServiceTest : public ::testing::Test {
   }
 
   grpc::Status Upload(const std::string& name, const std::string& data, v1::Dataset* out,
-                      const std::string& digest_override = "", int64_t size_override = -1) {
+                      const std::string& digest_override = "", int64_t size_override = -1,
+                      const std::string& token = "") {
     Sha256 sha;
     sha.Update(data.data(), data.size());
     auto context = Context();
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
     v1::UploadDatasetResponse response;
     auto writer = stub_->UploadDataset(context.get(), &response);
     v1::UploadDatasetRequest header;
@@ -526,23 +528,7 @@ class AuthTest : public ServiceTest {
     return context;
   }
   grpc::Status UploadAs(const std::string& token, const std::string& text, v1::Dataset* dataset) {
-    Sha256 sha;
-    sha.Update(text.data(), text.size());
-    auto context = WithToken(token);
-    v1::UploadDatasetResponse uploaded;
-    auto writer = stub_->UploadDataset(context.get(), &uploaded);
-    v1::UploadDatasetRequest header;
-    header.mutable_header()->set_name("data");
-    header.mutable_header()->set_size_bytes(static_cast<int64_t>(text.size()));
-    header.mutable_header()->set_sha256(sha.HexDigest());
-    writer->Write(header);
-    v1::UploadDatasetRequest chunk;
-    chunk.set_chunk(text);
-    writer->Write(chunk);
-    writer->WritesDone();
-    const grpc::Status status = writer->Finish();
-    *dataset = uploaded.dataset();
-    return status;
+    return Upload("data", text, dataset, "", -1, token);
   }
 };
 

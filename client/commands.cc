@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "client/cli_support.h"
 #include "client/spec_file.h"
 #include "engine/byte_size.h"
@@ -83,7 +84,11 @@ void PrintJob(const v1::Job& job, OutputFormat format) {
       {"attempts:", std::to_string(job.attempts())},
       {"output model:", job.output_model().empty() ? "-" : job.output_model()},
   };
-  if (!job.error().empty()) rows.push_back({"error:", job.error()});
+  if (!job.error().empty()) {
+    // error_code is a google.rpc.Code, the numbering of absl::StatusCode.
+    rows.push_back({"error:", absl::StatusCodeToString(static_cast<absl::StatusCode>(job.error_code())) + " (" +
+                                  job.error() + ")"});
+  }
   PrintTable(rows);
 }
 

@@ -414,7 +414,16 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
                                     {"epoch_offset", std::to_string(sampler.offset())},
                                     {"fingerprint", fingerprint}};
     const std::string path = (fs::path(options.out_dir) / "checkpoints" / CheckpointName(step)).string();
-    SaveCheckpoint(path, *model, *optimizer, progress);
+    try {
+      SaveCheckpoint(path, *model, *optimizer, progress);
+    } catch (const EngineError& e) {
+      // A full or unwritable disk: the write left nothing behind, and older checkpoints are only
+      // pruned after a successful one, so the newest one on disk is still whole.
+      const std::vector<std::string> kept = ListCheckpoints(options.out_dir);
+      throw EngineError(e.code(), "checkpoint at step " + std::to_string(step) + " not written: " + e.what() +
+                                      (kept.empty() ? std::string("; no earlier checkpoint")
+                                                    : "; the newest checkpoint " + kept.front() + " is kept"));
+    }
     const std::vector<std::string> all = ListCheckpoints(options.out_dir);
     for (size_t i = static_cast<size_t>(spec.checkpoints_kept); i < all.size(); ++i) fs::remove(all[i]);
     TrainingEvent e = event(EventKind::kCheckpoint);

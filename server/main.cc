@@ -332,12 +332,17 @@ int Serve(const Options& o) {
   sigwait(&signals, &signal_number);
   std::printf("slimd: signal %d, shutting down\n", signal_number);
   std::fflush(stdout);
+  const auto shutdown_start = std::chrono::steady_clock::now();
   server->GetHealthCheckService()->SetServingStatus(false);
-  manager.Shutdown();  // refuses new jobs, checkpoints and stops workers
+  // Refuses new jobs, checkpoints and stops workers (at most --cancel-grace + 10 s), then ends
+  // every WatchJob stream with UNAVAILABLE once its last event is written.
+  manager.Shutdown();
+  // What is still open after 5 s (uploads, generations) is cancelled.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   executor.Shutdown();
   http.reset();
-  std::printf("slimd: stopped\n");
+  std::printf("slimd: stopped (shutdown took %.1f s)\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - shutdown_start).count());
   return 0;
 }
 

@@ -231,6 +231,17 @@ int Run(const slim::tools::Flags& flags) {
     std::fflush(events);
   };
   const bool terminal = ::isatty(STDOUT_FILENO) != 0;
+  // Reports a failure on every channel and returns the exit status.
+  auto fail = [&](const std::string& code, const std::string& message, int status) {
+    slim::TrainingEvent failed;
+    failed.kind = slim::EventKind::kFailed;
+    failed.code = code;
+    failed.message = message;
+    send(failed);
+    if (terminal) std::printf("\n");
+    std::fprintf(stderr, "slim-train: %s\n", message.c_str());
+    return status;
+  };
   try {
     slim::Json doc;
     try {
@@ -245,6 +256,9 @@ int Run(const slim::tools::Flags& flags) {
     slim::ConfigureRuntime(static_cast<int>(threads));
     std::signal(SIGTERM, RequestStop);
     std::signal(SIGINT, RequestStop);
+    // Past a file-size limit (RLIMIT_FSIZE), writes fail with EFBIG and are reported like a
+    // full disk, instead of the process being killed mid-checkpoint.
+    std::signal(SIGXFSZ, SIG_IGN);
 
     slim::TrainerOptions options;
     options.out_dir = out_dir;
@@ -264,22 +278,14 @@ int Run(const slim::tools::Flags& flags) {
     if (events != nullptr) std::fclose(events);
     return result.outcome == slim::TrainingOutcome::kStopped ? 75 : 0;
   } catch (const slim::EngineError& e) {
-    slim::TrainingEvent failed;
-    failed.kind = slim::EventKind::kFailed;
-    failed.code = ErrorCodeName(e.code());
-    failed.message = e.what();
-    send(failed);
-    if (terminal) std::printf("\n");
-    std::fprintf(stderr, "slim-train: %s\n", e.what());
-    return ExitStatus(e.code());
+    return fail(ErrorCodeName(e.code()), e.what(), ExitStatus(e.code()));
+  } catch (const c10::OutOfMemoryError& e) {
+    // The memory cap (the job's quota) refused an allocation outside a training step (e.g. in
+    // an evaluation or the optimizer): the same outcome as inside one.
+    return fail("resource_exhausted", std::string("out of memory: ") + e.what_without_backtrace(),
+                ExitStatus(slim::ErrorCode::kResourceExhausted));
   } catch (const std::exception& e) {
-    slim::TrainingEvent failed;
-    failed.kind = slim::EventKind::kFailed;
-    failed.code = "internal";
-    failed.message = e.what();
-    send(failed);
-    std::fprintf(stderr, "slim-train: internal error: %s\n", e.what());
-    return 1;
+    return fail("internal", std::string("internal error: ") + e.what(), 1);
   }
 }
 

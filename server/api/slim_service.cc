@@ -145,7 +145,15 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
         pending_.push_back(std::move(item));
       }
     }
-    if (pending_.empty()) return;  // a watcher notification brings more
+    if (pending_.empty()) {
+      // Every event is written; after a shutdown none will follow, so the stream ends here,
+      // well before the server's deadline would cancel it. Clients resume from the cursor.
+      if (manager_.stopped()) {
+        return End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                absl::StrCat("slimd is shutting down; watch again with after_sequence ", cursor_)));
+      }
+      return;  // a watcher notification brings more
+    }
     current_ = std::move(pending_.front());
     pending_.pop_front();
     in_flight_ = true;

@@ -46,6 +46,20 @@ absl::Status FromEngineError(const EngineError& e) {
   return absl::InternalError(e.what());
 }
 
+// Marks `job` FAILED with `error`; `code` classifies it for clients (Job.error_code).
+void SetFailed(v1::Job* job, absl::StatusCode code, const std::string& error) {
+  job->set_state(v1::JOB_STATE_FAILED);
+  job->set_error(error);
+  job->set_error_code(static_cast<int>(code));
+}
+
+// The worker protocol's error code names (docs/worker-protocol.md) as status codes.
+absl::StatusCode WorkerErrorCode(const std::string& name) {
+  if (name == "resource_exhausted") return absl::StatusCode::kResourceExhausted;
+  if (name == "invalid_argument") return absl::StatusCode::kInvalidArgument;
+  return absl::StatusCode::kInternal;
+}
+
 google::protobuf::Timestamp Now() {
   const int64_t micros = absl::ToUnixMicros(absl::Now());
   google::protobuf::Timestamp t;
@@ -218,6 +232,13 @@ void JobManager::Shutdown() {
     running_.clear();
   }
   finished.clear();
+  stopped_ = true;
+  std::vector<std::function<void()>> everyone;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    for (const auto& [handle, w] : watchers_) everyone.push_back(w.second);
+  }
+  for (const auto& notify : everyone) notify();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,8 +687,7 @@ void JobManager::SchedulePass() {
     if (!launched.ok()) {
       absl::StatusOr<v1::Job> job = store_.GetJob(p.job_id);
       if (job.ok()) {
-        job->set_state(v1::JOB_STATE_FAILED);
-        job->set_error(std::string(launched.message()));
+        SetFailed(&*job, launched.code(), std::string(launched.message()));
         *job->mutable_end_time() = Now();
         (void)Record(*job, Event("failed", std::string(launched.message())));
       }
@@ -810,8 +830,8 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       r.saw_terminal = true;
       absl::StatusOr<std::string> model_id = store_.NewId("model");
       if (!model_id.ok()) {
-        job.set_state(v1::JOB_STATE_FAILED);
-        job.set_error("cannot register the output model: " + std::string(model_id.status().message()));
+        SetFailed(&job, absl::StatusCode::kInternal,
+                  "cannot register the output model: " + std::string(model_id.status().message()));
         event = Event("failed", job.error());
         break;
       }
@@ -819,8 +839,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       std::error_code ec;
       fs::rename(e.path, target, ec);
       if (ec) {
-        job.set_state(v1::JOB_STATE_FAILED);
-        job.set_error("cannot move the output model: " + ec.message());
+        SetFailed(&job, absl::StatusCode::kInternal, "cannot move the output model: " + ec.message());
         event = Event("failed", job.error());
         break;
       }
@@ -839,8 +858,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       }
       *model.mutable_create_time() = Now();
       if (const absl::Status put = store_.PutModel(model); !put.ok()) {
-        job.set_state(v1::JOB_STATE_FAILED);
-        job.set_error("cannot register the output model: " + std::string(put.message()));
+        SetFailed(&job, absl::StatusCode::kInternal, "cannot register the output model: " + std::string(put.message()));
         event = Event("failed", job.error());
         break;
       }
@@ -867,8 +885,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       break;
     case EventKind::kFailed:
       r.saw_terminal = true;
-      job.set_state(v1::JOB_STATE_FAILED);
-      job.set_error(e.code + ": " + e.message);
+      SetFailed(&job, WorkerErrorCode(e.code), e.code + ": " + e.message);
       event = Event("failed", job.error());
       break;
   }
@@ -911,8 +928,8 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
     event = Event("retrying", absl::StrCat("worker ", how, "; retrying from the last checkpoint (retry ",
                                            job.crash_retries(), " of ", options_.max_retries, ")\n", exit.stderr_tail));
   } else {
-    job.set_state(v1::JOB_STATE_FAILED);
-    job.set_error(absl::StrCat("worker ", how, " after ", job.crash_retries(), " retries: ", exit.stderr_tail));
+    SetFailed(&job, absl::StatusCode::kInternal,
+              absl::StrCat("worker ", how, " after ", job.crash_retries(), " retries: ", exit.stderr_tail));
     event = Event("failed", job.error());
   }
   if (IsTerminal(job.state())) *job.mutable_end_time() = Now();

@@ -73,8 +73,11 @@ class JobManager {
   absl::Status Start();
   // Two-phase shutdown: refuse new jobs (UNAVAILABLE), SIGTERM every worker (each writes a
   // checkpoint; its job goes back to QUEUED so the next start resumes it), wait up to
-  // cancel_grace_seconds, then SIGKILL what is left.
+  // cancel_grace_seconds, then SIGKILL what is left. Then every watcher is notified once more
+  // with stopped() true, so that streams deliver the last events and end.
   void Shutdown();
+  // True once Shutdown has recorded every job's last event: nothing more will happen here.
+  bool stopped() const { return stopped_.load(); }
 
   // Tenancy: every method below acts for `caller`. A job, dataset or model belongs to the tenant
   // that created it; others get NOT_FOUND for it (its existence is not revealed) and do not see
@@ -152,6 +155,7 @@ class JobManager {
   std::map<std::string, std::unique_ptr<Running>> running_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> stopped_{false};
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   std::thread scheduler_;
   // Workers that exited, destroyed outside their own reader thread.

@@ -504,6 +504,77 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue)
   EXPECT_EQ(got.job().attempts(), 1) << "the neighbour must not have been restarted";
 }
 
+// One device, so that a failing job and its neighbour share it.
+class OneDeviceTest : public ServiceTest {
+ protected:
+  void Configure(JobManagerOptions* o) override { o->devices = {{"cpu:0", "cpu", 64 * kMiB}}; }
+};
+
+// A job whose memory model is wrong (here: a calibration made to under-count activations 50×,
+// as a stale or foreign cache would) is admitted with a chunk size that does not fit; the
+// worker's hard cap stops it at its quota. It fails alone, as RESOURCE_EXHAUSTED, and its
+// neighbour on the same device finishes without a restart.
+TEST_F(OneDeviceTest, JobExceedingItsQuotaFailsAloneAsResourceExhausted) {
+  const std::string dataset = UploadedDataset();
+  v1::JobSpec victim_spec = TinySpec(dataset, 20, "3MiB");
+  victim_spec.mutable_training()->set_seq_len(512);
+  v1::PlanJobRequest plan_request;
+  *plan_request.mutable_spec() = victim_spec;
+  v1::PlanJobResponse honest;
+  ASSERT_TRUE(stub_->PlanJob(Context(300).get(), plan_request, &honest).ok());
+  ASSERT_TRUE(honest.feasible());
+  ASSERT_LT(honest.chunk_size(), 512) << "the honest plan must need slicing for this test to mean anything";
+
+  // The only calibration so far is the victim's shape: scale its memory terms down.
+  std::vector<fs::path> cached;
+  for (const auto& entry : fs::directory_iterator(dir_ + "/calibration")) cached.push_back(entry.path());
+  ASSERT_EQ(cached.size(), 1u);
+  std::string key;
+  double k[6];
+  {
+    std::ifstream in(cached[0]);
+    ASSERT_TRUE(std::getline(in, key));
+    for (double& v : k) ASSERT_TRUE(in >> v);
+  }
+  {
+    std::ofstream out(cached[0]);
+    out.precision(17);
+    out << key << "\n" << k[0] / 50 << " " << k[1] / 50 << " " << k[2] << " " << k[3] << " " << k[4] << " " << k[5] << "\n";
+  }
+  v1::PlanJobResponse wrong;
+  ASSERT_TRUE(stub_->PlanJob(Context().get(), plan_request, &wrong).ok());
+  ASSERT_GT(wrong.chunk_size(), honest.chunk_size());
+
+  v1::Job neighbour, victim;
+  v1::JobSpec neighbour_spec = TinySpec(dataset, 40, "8MiB");
+  neighbour_spec.mutable_training()->set_batch_size(1);  // another shape: its own, honest calibration
+  ASSERT_TRUE(Create(neighbour_spec, &neighbour).ok());
+  WaitForEvent(neighbour.id(), "progress");
+  ASSERT_TRUE(Create(victim_spec, &victim).ok());
+  EXPECT_EQ(victim.chunk_size(), wrong.chunk_size());
+
+  std::vector<v1::WatchJobResponse> events = Watch(victim.id(), 0);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().event().kind(), "failed");
+  v1::GetJobRequest get;
+  v1::GetJobResponse got;
+  get.set_id(victim.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(got.job().error_code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED)) << got.job().error();
+  EXPECT_NE(got.job().error().find("memory cap exceeded"), std::string::npos) << got.job().error();
+  EXPECT_EQ(got.job().device(), "cpu:0");
+  EXPECT_EQ(got.job().attempts(), 1) << "an over-quota job is not retried: it would fail the same way";
+
+  Watch(neighbour.id(), 0);
+  get.set_id(neighbour.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().state(), v1::JOB_STATE_SUCCEEDED) << got.job().error();
+  EXPECT_EQ(got.job().device(), "cpu:0");
+  EXPECT_EQ(got.job().attempts(), 1) << "the neighbour must not have been restarted";
+  EXPECT_EQ(got.job().error_code(), 0);
+}
+
 // A server with a tokens file: every method needs "authorization: Bearer <known token>".
 class AuthTest : public ServiceTest {
  protected:

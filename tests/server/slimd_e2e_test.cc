@@ -7,6 +7,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
@@ -59,6 +63,7 @@ class SlimdE2eTest : public ::testing::Test {
               "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
               "--metrics-address", "127.0.0.1:0"};
     o.log_path = dir_ + "/slimd.log";
+    o.on_exit = [this](const WorkerExit& e) { slimd_exit_ = e; };  // read after WaitForExit
     // A killed slimd leaves its socket file behind; the new one must not be confused with it.
     fs::remove(socket_.substr(std::strlen("unix:")));
     const int started_before = Count(Log(), "slimd: listening on");
@@ -182,6 +187,7 @@ class SlimdE2eTest : public ::testing::Test {
 
   std::string dir_, socket_;
   std::unique_ptr<WorkerProcess> slimd_;
+  WorkerExit slimd_exit_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Slim::Stub> stub_;
 };
@@ -299,6 +305,93 @@ TEST_F(SlimdE2eTest, PacksShrinksCancelsSurvivesSigkillAndCompletesEveryJob) {
     }
   }
   EXPECT_EQ(Get(jobs["long"].id()).state(), v1::JOB_STATE_CANCELLED);
+}
+
+
+// SIGTERM while 3 jobs train, 60 WatchJob streams are open and unary calls keep coming: slimd
+// checkpoints and requeues every job, delivers those last events on every stream, ends each
+// stream itself (UNAVAILABLE naming the shutdown and the sequence to resume from) before it
+// exits with status 0, and leaves no worker process behind.
+TEST_F(SlimdE2eTest, GracefulShutdownUnderLoadClosesEveryStream) {
+  StartSlimd();
+  const std::string dataset = Upload(std::string(200000, 'x') + "the performer is linear in its chunk size.\n");
+  std::vector<std::string> ids;
+  for (const char* quota : {"4MiB", "4MiB", "6MiB"}) ids.push_back(Create(Spec(dataset, quota, 100000), 0).id());
+  for (const std::string& id : ids) {
+    WatchUntil(id, 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+  }
+
+  struct StreamResult {
+    grpc::Status status;
+    bool saw_requeued = false;
+  };
+  constexpr int kStreams = 60;
+  std::vector<StreamResult> results(kStreams);
+  std::atomic<int> opened{0};
+  std::vector<std::thread> streams;
+  for (int i = 0; i < kStreams; ++i) {
+    streams.emplace_back([&, i] {
+      auto context = Context(300);
+      v1::WatchJobRequest request;
+      request.set_id(ids[i % ids.size()]);
+      auto reader = stub_->WatchJob(context.get(), request);
+      v1::WatchJobResponse item;
+      bool counted = false;
+      while (reader->Read(&item)) {
+        if (!counted) opened.fetch_add(1), counted = true;
+        results[i].saw_requeued |= item.has_event() && item.event().kind() == "requeued";
+      }
+      results[i].status = reader->Finish();
+    });
+  }
+  std::atomic<bool> stop_load{false};
+  std::atomic<int> load_calls{0}, load_failures{0};
+  std::thread load([&] {
+    while (!stop_load.load()) {
+      v1::GetJobRequest get;
+      get.set_id(ids[load_calls % ids.size()]);
+      v1::GetJobResponse got;
+      const grpc::Status s = stub_->GetJob(Context(10).get(), get, &got);
+      // Reads are served until the server closes; a call racing that close is refused
+      // (UNAVAILABLE) or cut off by gRPC (CANCELLED). Anything else — an internal error, a call
+      // hanging to its deadline — is a failure.
+      if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE && s.error_code() != grpc::StatusCode::CANCELLED) {
+        load_failures.fetch_add(1);
+        ADD_FAILURE() << "GetJob during shutdown: " << s.error_code() << " " << s.error_message();
+      }
+      load_calls.fetch_add(1);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+  for (int i = 0; i < 600 && opened.load() < kStreams; ++i) absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_EQ(opened.load(), kStreams);
+
+  slimd_->Terminate(120);  // SIGTERM now; SIGKILL only if it is still alive after 120 s
+  slimd_->WaitForExit();
+  stop_load = true;
+  load.join();
+  for (std::thread& t : streams) t.join();
+
+  EXPECT_FALSE(slimd_exit_.signaled) << "slimd did not stop by itself; log:\n" << Log();
+  EXPECT_EQ(slimd_exit_.exit_status, 0) << Log();
+  EXPECT_EQ(Count(Log(), "slimd: stopped (shutdown took"), 1) << Log();
+  EXPECT_EQ(load_failures.load(), 0);
+  EXPECT_GT(load_calls.load(), 0);
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_EQ(results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE) << i << ": " << results[i].status.error_message();
+    EXPECT_NE(results[i].status.error_message().find("slimd is shutting down; watch again with after_sequence"),
+              std::string::npos)
+        << i << ": the stream must be ended by slimd, not by its exit: " << results[i].status.error_message();
+    EXPECT_TRUE(results[i].saw_requeued) << i << ": the last event (requeued) must reach every stream";
+  }
+  for (const std::string& id : ids) {
+    std::ifstream pid_file(dir_ + "/data/jobs/" + id + "/worker.pid");
+    long pid = 0;
+    if (pid_file >> pid) {
+      EXPECT_NE(::kill(static_cast<pid_t>(pid), 0), 0) << "worker " << pid << " of " << id << " outlived slimd";
+    }
+  }
+  slimd_.reset();
 }
 
 }  // namespace

@@ -10,11 +10,13 @@ packages=(
   # engine: LibTorch (CPU build) and a fast BLAS; without libopenblas0-pthread Debian's
   # LibTorch falls back to the reference BLAS (measured 7x slower on a chunked attention step)
   libtorch-dev libopenblas0-pthread
-  # service: gRPC and protobuf (with the compilers), Abseil, SQLite (job store), Prometheus client
+  # service: gRPC and protobuf (with the compilers), Abseil, SQLite (job store), libpqxx (the
+  # PostgreSQL job store; brings libpq-dev), Prometheus client
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libsqlite3-dev prometheus-cpp-dev
-  # tests
-  libgtest-dev libgmock-dev python3 openssl
+  libsqlite3-dev libpqxx-dev prometheus-cpp-dev
+  # tests; postgresql: the server the PostgreSQL store tests start on loopback
+  # (scripts/postgres-test-server.sh)
+  libgtest-dev libgmock-dev python3 openssl postgresql
   # observability and deployment checks: Prometheus (promtool, and a real server for the
   # integration test), headless Chromium for the status page
   prometheus chromium chromium-driver

@@ -27,6 +27,7 @@
 #include "server/api/slim_service.h"
 #include "server/auth/token_authenticator.h"
 #include "server/jobs/job_manager.h"
+#include "server/jobs/postgres_store.h"
 #include "server/jobs/sqlite_store.h"
 #include "server/metrics/http_server.h"
 #include "server/metrics/rpc_metrics_interceptor.h"
@@ -45,6 +46,8 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --listen ADDR           gRPC address (default 127.0.0.1:50051; port 0 picks a free one;
                           unix:/path/to/socket for a unix domain socket)
   --data-dir DIR          jobs, datasets, models and the SQLite store (default ./slimd-data)
+  --database-url URL      keep jobs, events and records in PostgreSQL instead of SQLite: a libpq
+                          URL or key=value string, e.g. postgresql://slim@db:5432/slim
   --metrics-address ADDR  HTTP address of /metrics (Prometheus) and the status page at /
                           (default 127.0.0.1:9464; port 0 picks a free one; "off" disables)
   --devices LIST          devices the scheduler packs jobs onto, comma-separated:
@@ -79,6 +82,7 @@ struct Options {
   std::string metrics_address = "127.0.0.1:9464";
   std::string port_file;
   int executor_threads = 2;
+  std::string database_url;  // empty: SQLite in the data directory
   slim::server::JobManagerOptions manager;
 };
 
@@ -183,6 +187,7 @@ Options ParseOptions(int argc, char** argv) {
   if (flags.Has("tls-key")) o.tls_key = flags.String("tls-key", "");
   if (flags.Has("tls-client-ca")) o.tls_client_ca = flags.String("tls-client-ca", "");
   o.port_file = flags.Has("port-file") ? flags.String("port-file", "") : "";
+  if (flags.Has("database-url")) o.database_url = flags.String("database-url", "");
   o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
   o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
   o.manager.devices = flags.Has("devices") ? ParseDevices(flags.String("devices", "")) : DiscoveredDevices();
@@ -214,6 +219,22 @@ bool LocalOnly(const std::string& address) {
   return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
 }
 
+// The store: PostgreSQL with --database-url, else SQLite in the data directory.
+absl::StatusOr<std::unique_ptr<slim::server::Store>> OpenStore(const Options& o) {
+  if (!o.database_url.empty()) {
+    absl::StatusOr<std::unique_ptr<slim::server::PostgresStore>> store =
+        slim::server::PostgresStore::Open(o.database_url);
+    if (!store.ok()) {
+      return absl::Status(store.status().code(), "--database-url: " + std::string(store.status().message()));
+    }
+    return std::unique_ptr<slim::server::Store>(*std::move(store));
+  }
+  absl::StatusOr<std::unique_ptr<slim::server::SqliteStore>> store =
+      slim::server::SqliteStore::Open(o.manager.data_dir + "/slimd.db");
+  if (!store.ok()) return store.status();
+  return std::unique_ptr<slim::server::Store>(*std::move(store));
+}
+
 std::string ReadPem(const std::string& path, const std::string& flag) {
   std::ifstream in(path, std::ios::binary);
   slim::CheckArgument(in.good(), flag + ": cannot read " + path);
@@ -233,8 +254,7 @@ int Serve(const Options& o) {
   slim::ConfigureRuntime();
 
   fs::create_directories(o.manager.data_dir);
-  absl::StatusOr<std::unique_ptr<slim::server::SqliteStore>> store =
-      slim::server::SqliteStore::Open(o.manager.data_dir + "/slimd.db");
+  absl::StatusOr<std::unique_ptr<slim::server::Store>> store = OpenStore(o);
   if (!store.ok()) {
     std::fprintf(stderr, "slimd: %s\n", store.status().ToString().c_str());
     return 1;

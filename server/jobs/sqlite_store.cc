@@ -2,21 +2,26 @@
 
 #include <sqlite3.h>
 
-#include <algorithm>
-#include <limits>
-#include <set>
 #include <utility>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "server/common/status_macros.h"
+#include "server/jobs/store_helpers.h"
 
 namespace slim::server {
 namespace {
 
-constexpr int kMaxPageSize = 1000;
+using store_helpers::CheckId;
+using store_helpers::CheckPageSize;
+using store_helpers::ParsePageToken;
+using store_helpers::Serialize;
+using store_helpers::StateFilter;
+
+template <typename T>
+absl::StatusOr<T> Parse(absl::string_view data, absl::string_view noun) {
+  return store_helpers::Parse<T>(data, "sqlite", noun);
+}
+
 constexpr int kBusyTimeoutMs = 5000;
 
 // Table names and the nouns used in messages; only these constants are ever spliced into SQL.
@@ -125,54 +130,6 @@ class Statement {
   std::string what_;
   absl::Status bind_status_;
 };
-
-std::string Serialize(const google::protobuf::MessageLite& message) {
-  std::string data;
-  message.SerializeToString(&data);
-  return data;
-}
-
-template <typename T>
-absl::StatusOr<T> Parse(absl::string_view data, absl::string_view noun) {
-  T message;
-  if (!message.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
-    return absl::InternalError(absl::StrCat("sqlite: stored ", noun, " record does not parse"));
-  }
-  return message;
-}
-
-absl::Status CheckId(const std::string& id, absl::string_view field) {
-  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
-  return absl::OkStatus();
-}
-
-absl::Status CheckPageSize(int page_size) {
-  if (page_size < 1 || page_size > kMaxPageSize) {
-    return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [1, ", kMaxPageSize, "], got ", page_size));
-  }
-  return absl::OkStatus();
-}
-
-// The exclusive upper bound of `seq` for the page: everything for an empty token, else the
-// seq of the previous page's last item. Strict: decimal digits only, positive, fits int64.
-absl::StatusOr<int64_t> ParsePageToken(const std::string& token) {
-  if (token.empty()) return std::numeric_limits<int64_t>::max();
-  int64_t seq = 0;
-  const bool digits = token.size() <= 19 && std::all_of(token.begin(), token.end(), [](char c) {
-                        return absl::ascii_isdigit(static_cast<unsigned char>(c));
-                      });
-  if (!digits || !absl::SimpleAtoi(token, &seq) || seq <= 0) {
-    return absl::InvalidArgumentError("page_token: malformed");
-  }
-  return seq;
-}
-
-// "" for no states, else " AND state IN (1,2)": the values are integers we format ourselves.
-std::string StateFilter(const std::vector<v1::JobState>& states) {
-  if (states.empty()) return "";
-  const std::set<int> unique(states.begin(), states.end());
-  return absl::StrCat(" AND state IN (", absl::StrJoin(unique, ","), ")");
-}
 
 // The statement is finalized before returning: a pending read would keep a read transaction
 // open, and journal_mode cannot change inside one.
@@ -386,9 +343,7 @@ absl::StatusOr<std::string> SqliteStore::NewId(const std::string& prefix) {
         w.BindInt(2, number);
         return w.Run();
       }));
-  std::string digits = absl::StrCat(number);
-  if (digits.size() < 6) digits.insert(0, 6 - digits.size(), '0');
-  return absl::StrCat(prefix, "-", digits);
+  return store_helpers::FormatId(prefix, number);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 // Durable state of the service: jobs with their ordered events, datasets and models. Records
 // are the API's own protobuf messages (proto/slim/v1/slim.proto); the store adds no meaning to
 // them beyond the indexed fields it documents. Implementations: SqliteStore (embedded, the
-// default). A PostgreSQL store for fleets is meant to follow behind the same interface.
+// default) and PostgresStore (a shared database, for fleets); tests/server/store_test.cc runs
+// this contract against both.
 //
 // Thread-safety: every method may be called from any thread concurrently.
 // Errors: NOT_FOUND for unknown ids, ALREADY_EXISTS for a duplicate insert, INTERNAL for
-// storage failures (with the SQLite message), INVALID_ARGUMENT for a malformed page token.
+// storage failures (with the backend's message), INVALID_ARGUMENT for a malformed page token,
+// UNAVAILABLE when a database server cannot be reached (PostgresStore), ABORTED when
+// concurrent transactions kept conflicting (PostgresStore, after retries). A failed call
+// changed nothing, except possibly one that PostgresStore reports as "outcome unknown" (the
+// connection was lost during COMMIT).
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,9 @@
 // tiny jobs at once whose quotas give them different chunk sizes on the same device; a
 // higher-priority job makes room by shrinking a running one; one job is cancelled mid-run;
 // slimd is killed with SIGKILL mid-training and restarted, and every job still completes with
-// its whole event history. Also: the health service answers SERVING.
+// its whole event history. Also: the health service answers SERVING; with --database-url
+// slimd keeps its records in PostgreSQL across restarts, and an unusable URL stops it at once
+// with the reason.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -27,6 +29,7 @@
 #include "server/common/sha256.h"
 #include "server/supervise/worker_process.h"
 #include "slim/v1/slim.grpc.pb.h"
+#include "tests/server/postgres_test_database.h"
 
 namespace slim::server {
 namespace {
@@ -56,12 +59,13 @@ class SlimdE2eTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
-  // Starts slimd and waits until it accepts calls.
-  void StartSlimd() {
+  // Starts slimd (with `extra_flags` after the usual ones) and waits until it accepts calls.
+  void StartSlimd(const std::vector<std::string>& extra_flags = {}) {
     WorkerOptions o;
     o.argv = {SLIMD_BINARY, "--listen", socket_, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB,cpu:16MiB",
               "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
               "--metrics-address", "127.0.0.1:0"};
+    o.argv.insert(o.argv.end(), extra_flags.begin(), extra_flags.end());
     o.log_path = dir_ + "/slimd.log";
     o.on_exit = [this](const WorkerExit& e) { slimd_exit_ = e; };  // read after WaitForExit
     // A killed slimd leaves its socket file behind; the new one must not be confused with it.
@@ -392,6 +396,75 @@ TEST_F(SlimdE2eTest, GracefulShutdownUnderLoadClosesEveryStream) {
     }
   }
   slimd_.reset();
+}
+
+// slimd with --database-url keeps jobs, events and ids in PostgreSQL (no slimd.db) and finds
+// them there after a restart.
+TEST_F(SlimdE2eTest, PostgresStoreKeepsJobsAcrossRestarts) {
+  const absl::StatusOr<std::string> server = pgtest::PostgresServerUrl();
+  ASSERT_TRUE(server.ok()) << server.status();
+  if (server->empty()) GTEST_SKIP() << "no PostgreSQL server: set SLIM_TEST_POSTGRES_URL or run through ctest";
+  const pgtest::TestDatabase database(*server);
+  StartSlimd({"--database-url", database.url()});
+
+  std::string text;
+  for (int i = 0; text.size() < 60000; ++i) text += "slim keeps its jobs in postgres " + std::to_string(i % 89) + ".\n";
+  const std::string dataset = Upload(text);
+  const v1::Job job = Create(Spec(dataset, "8MiB", 30), 0);
+  ASSERT_FALSE(job.id().empty());
+  const std::vector<v1::JobEvent> history = WatchUntil(
+      job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "succeeded" || e.kind() == "failed"; });
+  ASSERT_FALSE(history.empty());
+  ASSERT_EQ(history.back().kind(), "succeeded") << history.back().message() << "\nslimd log:\n" << Log();
+  slimd_->Terminate(30);
+  slimd_->WaitForExit();
+  slimd_.reset();
+
+  EXPECT_FALSE(fs::exists(dir_ + "/data/slimd.db"));
+  EXPECT_EQ(database.Query("SELECT COUNT(*) FROM events WHERE job_id = '" + job.id() + "'"),
+            std::to_string(history.size()));
+  EXPECT_EQ(database.Query("SELECT COUNT(*) FROM datasets WHERE id = '" + dataset + "'"), "1");
+
+  StartSlimd({"--database-url", database.url()});
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_SUCCEEDED);
+  const std::vector<v1::JobEvent> reread = WatchUntil(job.id(), 0, [](const v1::JobEvent&) { return false; });
+  ASSERT_EQ(reread.size(), history.size());
+  for (size_t i = 0; i < reread.size(); ++i) {
+    EXPECT_EQ(reread[i].sequence(), static_cast<int64_t>(i + 1));
+    EXPECT_EQ(reread[i].kind(), history[i].kind());
+  }
+  const v1::Job second = Create(Spec(dataset, "8MiB", 1), 0);
+  EXPECT_NE(second.id(), job.id());  // the id counter lives in the database too
+  EXPECT_EQ(database.Query("SELECT COUNT(*) FROM jobs"), "2");
+}
+
+// An unusable --database-url stops slimd at startup with exit status 1 and the reason.
+TEST_F(SlimdE2eTest, UnusableDatabaseUrlStopsStartupWithTheReason) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"host=127.0.0.1 bogus=1",
+       "slimd: INVALID_ARGUMENT: --database-url: postgres: malformed connection string: invalid connection option "
+       "\"bogus\""},
+      {"host=" + dir_ + "/no-such-dir dbname=slim",
+       "slimd: UNAVAILABLE: --database-url: postgres: opening the database: cannot connect: connection to server on "
+       "socket \"" + dir_ + "/no-such-dir/.s.PGSQL.5432\" failed: No such file or directory"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    WorkerOptions o;
+    o.argv = {SLIMD_BINARY, "--listen", socket_, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB",
+              "--metrics-address", "off", "--database-url", cases[i].first};
+    o.log_path = dir_ + "/bad-url-" + std::to_string(i) + ".log";
+    WorkerExit exit;
+    o.on_exit = [&exit](const WorkerExit& e) { exit = e; };
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> p = WorkerProcess::Start(std::move(o));
+    ASSERT_TRUE(p.ok()) << p.status();
+    (*p)->WaitForExit();
+    std::ifstream in(dir_ + "/bad-url-" + std::to_string(i) + ".log");
+    const std::string log((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_FALSE(exit.signaled) << cases[i].first;
+    EXPECT_EQ(exit.exit_status, 1) << cases[i].first << "\n" << log;
+    EXPECT_NE(log.find(cases[i].second), std::string::npos) << log;
+    EXPECT_EQ(log.find("listening on"), std::string::npos) << log;
+  }
 }
 
 }  // namespace

@@ -1,39 +1,62 @@
-// SqliteStore against the Store contract: ids, job/event sequencing, pagination, datasets and
-// models, argument errors, durability across reopening, concurrent updates, schema versions.
+// The Store contract, run against both backends (StoreTest/*: SqliteStore and PostgresStore):
+// ids, job/event sequencing, pagination, datasets and models, argument errors, durability
+// across reopening, concurrent updates through one and through two store objects (two
+// replicas), schema versions. Then what only one backend has: SQLite's file handling,
+// PostgreSQL's connection strings, NOTIFY, reconnection and UNAVAILABLE.
+//
+// The PostgreSQL cases need a server (tests/server/postgres_test_database.h): ctest starts one;
+// by hand, set SLIM_TEST_POSTGRES_URL or they skip. Each case creates and drops its own
+// database.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sqlite3.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <ostream>
+#include <pqxx/pqxx>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/string_view.h"
+#include "server/jobs/postgres_store.h"
 #include "server/jobs/sqlite_store.h"
+#include "tests/server/postgres_test_database.h"
 
 namespace slim::server {
 namespace {
 
+using pgtest::PostgresServerUrl;
+using pgtest::TestDatabase;
+using pgtest::WithDatabase;
 using v1::JobState;
+
+enum class Backend { kSqlite, kPostgres };
+
+void PrintTo(Backend backend, std::ostream* os) { *os << (backend == Backend::kSqlite ? "Sqlite" : "Postgres"); }
 
 // A fresh directory per test under the GoogleTest temp dir.
 std::string FreshDir() {
   const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
-                                    absl::StrCat("store_test_", info->test_suite_name(), "_", info->name());
+  std::string name = absl::StrCat("store_test_", info->test_suite_name(), "_", info->name());
+  absl::StrReplaceAll({{"/", "_"}}, &name);
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
 }
 
-std::unique_ptr<SqliteStore> OpenOrDie(const std::string& path) {
-  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(path);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? std::move(store).value() : nullptr;
-}
+// ---------------------------------------------------------------------------------------------
+// Records
 
 v1::Job MakeJob(const std::string& id, JobState state) {
   v1::Job job;
@@ -52,13 +75,61 @@ v1::JobEvent MakeEvent(const std::string& kind, JobState state) {
   return event;
 }
 
-class StoreTest : public ::testing::Test {
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+// A concrete store as a Store (a StatusOr of a derived pointer does not convert).
+template <typename T>
+absl::StatusOr<std::unique_ptr<Store>> AsStore(absl::StatusOr<std::unique_ptr<T>> opened) {
+  if (!opened.ok()) return opened.status();
+  return std::unique_ptr<Store>(std::move(opened).value());
+}
+
+// One backend's store on fresh data: a new SQLite file or a new PostgreSQL database.
+class StoreFixture : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = FreshDir();
-    path_ = dir_ + "/slim.db";
-    store_ = OpenOrDie(path_);
+  // Prepares the data and opens store_. Skips (PostgreSQL run by hand without a server) or
+  // fails; callers return if IsSkipped() or HasFatalFailure().
+  void SetUpBackend(Backend backend) {
+    backend_ = backend;
+    if (backend_ == Backend::kSqlite) {
+      path_ = FreshDir() + "/slim.db";
+    } else {
+      absl::StatusOr<std::string> server = PostgresServerUrl();
+      ASSERT_TRUE(server.ok()) << server.status();
+      if (server->empty()) {
+        GTEST_SKIP() << "no PostgreSQL server: set SLIM_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/postgres, or "
+                        "run through ctest (which starts one with scripts/postgres-test-server.sh)";
+      }
+      server_url_ = *server;
+      database_ = std::make_unique<TestDatabase>(server_url_, "");
+    }
+    store_ = OpenOrDie();
     ASSERT_NE(store_, nullptr);
+  }
+
+  // Another store object on the same data (a reopened slimd, or a second replica).
+  absl::StatusOr<std::unique_ptr<Store>> Open() {
+    if (backend_ == Backend::kSqlite) return AsStore(SqliteStore::Open(path_));
+    return AsStore(PostgresStore::Open(database_->url()));
+  }
+  std::unique_ptr<Store> OpenOrDie() {
+    absl::StatusOr<std::unique_ptr<Store>> store = Open();
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(store).value() : nullptr;
+  }
+
+  // Writes `version` as the stored schema version (store_ must be closed for SQLite).
+  void ForgeSchemaVersion(int version) {
+    if (backend_ == Backend::kSqlite) {
+      sqlite3* db = nullptr;
+      ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+      ASSERT_EQ(sqlite3_exec(db, absl::StrCat("PRAGMA user_version = ", version).c_str(), nullptr, nullptr, nullptr),
+                SQLITE_OK);
+      sqlite3_close(db);
+    } else {
+      database_->Query(absl::StrCat("UPDATE schema_version SET version = ", version));
+    }
   }
 
   // Creates a job with a fresh "job" id in `state`; returns its id.
@@ -70,12 +141,28 @@ class StoreTest : public ::testing::Test {
     return *id;
   }
 
-  std::string dir_;
-  std::string path_;
-  std::unique_ptr<SqliteStore> store_;
+  Backend backend_ = Backend::kSqlite;
+  std::string path_;                        // SQLite
+  std::string server_url_;                  // PostgreSQL
+  std::unique_ptr<TestDatabase> database_;  // PostgreSQL
+  std::unique_ptr<Store> store_;
 };
 
-TEST_F(StoreTest, IdsAreUniqueAndIncreasingPerPrefix) {
+// The contract, once per backend.
+class StoreTest : public StoreFixture, public ::testing::WithParamInterface<Backend> {
+ protected:
+  void SetUp() override { SetUpBackend(GetParam()); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return info.param == Backend::kSqlite ? "Sqlite" : "Postgres";
+                         });
+
+// ---------------------------------------------------------------------------------------------
+// The contract
+
+TEST_P(StoreTest, IdsAreUniqueAndIncreasingPerPrefix) {
   EXPECT_EQ(*store_->NewId("job"), "job-000001");
   EXPECT_EQ(*store_->NewId("job"), "job-000002");
   EXPECT_EQ(*store_->NewId("ds"), "ds-000001");  // counters are per prefix
@@ -91,7 +178,7 @@ TEST_F(StoreTest, IdsAreUniqueAndIncreasingPerPrefix) {
   EXPECT_EQ(store_->NewId("").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(StoreTest, CreateGetUpdateNumbersEventsWithoutGaps) {
+TEST_P(StoreTest, CreateGetUpdateNumbersEventsWithoutGaps) {
   v1::Job job = MakeJob("job-a", v1::JOB_STATE_QUEUED);
   job.set_last_sequence(42);  // ignored: the store numbers events
   v1::JobEvent first = MakeEvent("queued", v1::JOB_STATE_QUEUED);
@@ -141,7 +228,7 @@ TEST_F(StoreTest, CreateGetUpdateNumbersEventsWithoutGaps) {
   EXPECT_EQ(next->last_sequence(), 7);
 }
 
-TEST_F(StoreTest, DuplicateAndUnknownJobs) {
+TEST_P(StoreTest, DuplicateAndUnknownJobs) {
   ASSERT_TRUE(
       store_->CreateJob(MakeJob("job-a", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
   EXPECT_EQ(store_->CreateJob(MakeJob("job-a", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED))
@@ -163,7 +250,7 @@ TEST_F(StoreTest, DuplicateAndUnknownJobs) {
       absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(StoreTest, ListJobsPagesNewestFirst) {
+TEST_P(StoreTest, ListJobsPagesNewestFirst) {
   std::vector<std::string> ids;
   for (int i = 0; i < 7; ++i) ids.push_back(AddJob(i % 2 == 0 ? v1::JOB_STATE_QUEUED : v1::JOB_STATE_SUCCEEDED));
 
@@ -224,7 +311,7 @@ TEST_F(StoreTest, ListJobsPagesNewestFirst) {
   EXPECT_EQ(none->items[0].id(), ids[1]);
 }
 
-TEST_F(StoreTest, JobsInStatesOldestFirst) {
+TEST_P(StoreTest, JobsInStatesOldestFirst) {
   const std::string a = AddJob(v1::JOB_STATE_RUNNING);
   const std::string b = AddJob(v1::JOB_STATE_SUCCEEDED);
   const std::string c = AddJob(v1::JOB_STATE_QUEUED);
@@ -239,7 +326,24 @@ TEST_F(StoreTest, JobsInStatesOldestFirst) {
   (void)b;
 }
 
-TEST_F(StoreTest, ListEventsAfterSequenceWithLimit) {
+TEST_P(StoreTest, CountJobsByStateFollowsUpdates) {
+  absl::StatusOr<std::map<JobState, int64_t>> counts = store_->CountJobsByState();
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_TRUE(counts->empty());
+  AddJob(v1::JOB_STATE_QUEUED);
+  AddJob(v1::JOB_STATE_QUEUED);
+  const std::string running = AddJob(v1::JOB_STATE_QUEUED);
+  AddJob(v1::JOB_STATE_SUCCEEDED);
+  v1::Job job = *store_->GetJob(running);
+  job.set_state(v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(store_->UpdateJob(job, MakeEvent("started", v1::JOB_STATE_RUNNING)).ok());
+  counts = store_->CountJobsByState();
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(*counts, (std::map<JobState, int64_t>{
+                         {v1::JOB_STATE_QUEUED, 2}, {v1::JOB_STATE_RUNNING, 1}, {v1::JOB_STATE_SUCCEEDED, 1}}));
+}
+
+TEST_P(StoreTest, ListEventsAfterSequenceWithLimit) {
   const std::string id = AddJob(v1::JOB_STATE_QUEUED);
   v1::Job job = *store_->GetJob(id);
   for (int i = 0; i < 9; ++i) ASSERT_TRUE(store_->UpdateJob(job, MakeEvent("progress", v1::JOB_STATE_RUNNING)).ok());
@@ -258,7 +362,7 @@ TEST_F(StoreTest, ListEventsAfterSequenceWithLimit) {
   EXPECT_EQ(store_->ListEvents(id, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(StoreTest, DatasetsPutGetListDelete) {
+TEST_P(StoreTest, DatasetsPutGetListDelete) {
   for (int i = 1; i <= 5; ++i) {
     v1::Dataset d;
     d.set_id(absl::StrCat("ds-", i));
@@ -293,7 +397,7 @@ TEST_F(StoreTest, DatasetsPutGetListDelete) {
   EXPECT_TRUE(page->next_page_token.empty());
 }
 
-TEST_F(StoreTest, ModelsPutGetList) {
+TEST_P(StoreTest, ModelsPutGetList) {
   for (int i = 1; i <= 3; ++i) {
     v1::Model m;
     m.set_id(absl::StrCat("model-", i));
@@ -315,7 +419,26 @@ TEST_F(StoreTest, ModelsPutGetList) {
   EXPECT_TRUE(page->next_page_token.empty());
 }
 
-TEST_F(StoreTest, BadPageTokensAndSizesAreInvalidArgument) {
+TEST_P(StoreTest, SerializedRecordsRoundTripExactly) {
+  // The serialized record holds bytes that text handling would damage: NUL, bytes >= 0x80
+  // (multi-byte UTF-8 and varints), quotes, backslashes.
+  v1::Model model;
+  model.set_id("model-bytes");
+  model.set_parameters(int64_t{1} << 40);
+  const std::string config = std::string("quote ' backslash \\ nul ") + std::string(1, '\0') + " e-acute \xc3\xa9 end";
+  model.set_config_json(config);
+  ASSERT_TRUE(store_->PutModel(model).ok());
+  absl::StatusOr<v1::Model> got = store_->GetModel("model-bytes");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->config_json(), config);
+  EXPECT_EQ(got->parameters(), int64_t{1} << 40);
+  absl::StatusOr<Page<v1::Model>> page = store_->ListModels(10, "");
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->items.size(), 1u);
+  EXPECT_EQ(page->items[0].config_json(), config);
+}
+
+TEST_P(StoreTest, BadPageTokensAndSizesAreInvalidArgument) {
   AddJob(v1::JOB_STATE_QUEUED);
   for (const std::string token : {"abc", "-5", "0", "12x", " 12", "+3", "1.5", "99999999999999999999"}) {
     absl::Status status = store_->ListJobs({}, 10, token).status();
@@ -339,7 +462,7 @@ TEST_F(StoreTest, BadPageTokensAndSizesAreInvalidArgument) {
   EXPECT_TRUE(page->items.empty());
 }
 
-TEST_F(StoreTest, DataSurvivesReopening) {
+TEST_P(StoreTest, DataSurvivesReopening) {
   const std::string id = AddJob(v1::JOB_STATE_QUEUED);
   v1::Job job = *store_->GetJob(id);
   job.set_state(v1::JOB_STATE_RUNNING);
@@ -353,7 +476,7 @@ TEST_F(StoreTest, DataSurvivesReopening) {
   ASSERT_TRUE(store_->PutModel(model).ok());
   store_.reset();
 
-  store_ = OpenOrDie(path_);
+  store_ = OpenOrDie();
   ASSERT_NE(store_, nullptr);
   absl::StatusOr<v1::Job> reread = store_->GetJob(id);
   ASSERT_TRUE(reread.ok()) << reread.status();
@@ -373,65 +496,134 @@ TEST_F(StoreTest, DataSurvivesReopening) {
   EXPECT_EQ(store_->UpdateJob(*reread, MakeEvent("progress", v1::JOB_STATE_RUNNING))->last_sequence(), 3);
 }
 
-TEST_F(StoreTest, ConcurrentUpdatesGetEverySequenceOnce) {
-  const std::string id = AddJob(v1::JOB_STATE_RUNNING);
-  constexpr int kThreads = 4;
-  constexpr int kPerThread = 50;
-  std::vector<std::vector<int64_t>> returned(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
+// `threads` threads each call UpdateJob `per_thread` times on job `id`, thread t through
+// stores[t % stores.size()]; checks that the sequences returned and stored are exactly
+// 2..1+threads*per_thread (the first event is 1), each event stored once.
+void CheckConcurrentUpdates(const std::vector<Store*>& stores, const std::string& id, int threads, int per_thread) {
+  std::vector<std::vector<int64_t>> returned(threads);
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      Store& store = *stores[t % stores.size()];
       v1::Job job = MakeJob(id, v1::JOB_STATE_RUNNING);
-      for (int i = 0; i < kPerThread; ++i) {
+      for (int i = 0; i < per_thread; ++i) {
         job.mutable_progress()->set_step(i);
         v1::JobEvent event = MakeEvent("progress", v1::JOB_STATE_RUNNING);
         event.set_message(absl::StrCat(t, ":", i));
-        absl::StatusOr<v1::Job> stored = store_->UpdateJob(job, event);
+        absl::StatusOr<v1::Job> stored = store.UpdateJob(job, event);
         EXPECT_TRUE(stored.ok()) << stored.status();
         if (stored.ok()) returned[t].push_back(stored->last_sequence());
       }
     });
   }
-  for (std::thread& thread : threads) thread.join();
+  for (std::thread& worker : workers) worker.join();
 
-  constexpr int kTotal = 1 + kThreads * kPerThread;  // 201 with the first event
+  const int total = 1 + threads * per_thread;
   std::set<int64_t> all;
   for (const std::vector<int64_t>& seqs : returned) {
-    EXPECT_EQ(seqs.size(), static_cast<size_t>(kPerThread));
+    EXPECT_EQ(seqs.size(), static_cast<size_t>(per_thread));
     for (size_t i = 1; i < seqs.size(); ++i) EXPECT_LT(seqs[i - 1], seqs[i]);  // each thread's calls are ordered
     all.insert(seqs.begin(), seqs.end());
   }
-  EXPECT_EQ(all.size(), static_cast<size_t>(kThreads * kPerThread));
+  EXPECT_EQ(all.size(), static_cast<size_t>(threads * per_thread));  // no sequence handed out twice
+  ASSERT_FALSE(all.empty());
   EXPECT_EQ(*all.begin(), 2);
-  EXPECT_EQ(*all.rbegin(), kTotal);
+  EXPECT_EQ(*all.rbegin(), total);
 
-  absl::StatusOr<std::vector<v1::JobEvent>> events = store_->ListEvents(id, 0, 1000);
+  absl::StatusOr<std::vector<v1::JobEvent>> events = stores[0]->ListEvents(id, 0, 1000);
   ASSERT_TRUE(events.ok()) << events.status();
-  ASSERT_EQ(events->size(), static_cast<size_t>(kTotal));
+  ASSERT_EQ(events->size(), static_cast<size_t>(total));
   std::set<std::string> messages;
-  for (int i = 0; i < kTotal; ++i) {
+  for (int i = 0; i < total; ++i) {
     EXPECT_EQ((*events)[i].sequence(), i + 1);
     messages.insert((*events)[i].message());
   }
-  EXPECT_EQ(messages.size(), static_cast<size_t>(kTotal));  // every event stored once
-  EXPECT_EQ(store_->GetJob(id)->last_sequence(), kTotal);
+  EXPECT_EQ(messages.size(), static_cast<size_t>(total));  // every event stored once
+  for (Store* store : stores) EXPECT_EQ(store->GetJob(id)->last_sequence(), total);
 }
 
-TEST_F(StoreTest, NewerSchemaVersionIsRefused) {
+TEST_P(StoreTest, ConcurrentUpdatesGetEverySequenceOnce) {
+  const std::string id = AddJob(v1::JOB_STATE_RUNNING);
+  CheckConcurrentUpdates({store_.get()}, id, /*threads=*/4, /*per_thread=*/50);
+}
+
+// Two store objects on the same data behave as one store: two slimd replicas on one
+// PostgreSQL database (or two processes on one SQLite file).
+TEST_P(StoreTest, TwoStoresOnOneDatabaseNumberEventsAndIssueIdsOnce) {
+  std::unique_ptr<Store> other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  const std::string id = AddJob(v1::JOB_STATE_RUNNING);
+  CheckConcurrentUpdates({store_.get(), other.get()}, id, /*threads=*/4, /*per_thread=*/40);
+
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 40;
+  std::vector<std::vector<std::string>> ids(kThreads);
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      Store& store = t % 2 == 0 ? *store_ : *other;
+      for (int i = 0; i < kPerThread; ++i) {
+        absl::StatusOr<std::string> id = store.NewId("run");
+        EXPECT_TRUE(id.ok()) << id.status();
+        if (id.ok()) ids[t].push_back(*id);
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  std::set<std::string> unique;
+  for (const std::vector<std::string>& list : ids) unique.insert(list.begin(), list.end());
+  EXPECT_EQ(unique.size(), static_cast<size_t>(kThreads * kPerThread));
+  // Nothing skipped either: exactly run-000001 .. run-000160.
+  EXPECT_EQ(*unique.begin(), "run-000001");
+  EXPECT_EQ(*unique.rbegin(), absl::StrCat("run-000", kThreads * kPerThread));
+  EXPECT_EQ(*other->NewId("run"), absl::StrCat("run-000", kThreads * kPerThread + 1));
+}
+
+TEST_P(StoreTest, RacingCreatesOfOneIdInsertItOnce) {
+  std::unique_ptr<Store> other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  constexpr int kThreads = 4;
+  std::atomic<int> created{0};
+  std::atomic<int> already_exists{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      Store& store = t % 2 == 0 ? *store_ : *other;
+      v1::Job job = MakeJob("job-race", v1::JOB_STATE_QUEUED);
+      job.set_display_name(absl::StrCat("creator ", t));
+      absl::StatusOr<v1::Job> result = store.CreateJob(job, MakeEvent("queued", v1::JOB_STATE_QUEUED));
+      if (result.ok()) {
+        ++created;
+      } else if (result.status().code() == absl::StatusCode::kAlreadyExists) {
+        ++already_exists;
+      } else {
+        ADD_FAILURE() << result.status();
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  EXPECT_EQ(created.load(), 1);
+  EXPECT_EQ(already_exists.load(), kThreads - 1);
+  absl::StatusOr<std::vector<v1::JobEvent>> events = store_->ListEvents("job-race", 0, 10);
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_EQ(events->size(), 1u);
+}
+
+TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
   store_.reset();
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 2", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
-  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(path_);
+  ForgeSchemaVersion(2);
+  absl::StatusOr<std::unique_ptr<Store>> store = Open();
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(store.status().message().find("schema version 2"), absl::string_view::npos) << store.status();
 }
 
+// ---------------------------------------------------------------------------------------------
+// SQLite only
+
 TEST(SqliteStoreOpen, SetsSchemaVersionAndWal) {
   const std::string path = FreshDir() + "/new.db";
-  ASSERT_NE(OpenOrDie(path), nullptr);
+  ASSERT_TRUE(SqliteStore::Open(path).ok());
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
   auto query = [&](const char* sql) {
@@ -449,11 +641,12 @@ TEST(SqliteStoreOpen, SetsSchemaVersionAndWal) {
 }
 
 TEST(SqliteStoreOpen, InMemoryWorks) {
-  std::unique_ptr<SqliteStore> store = OpenOrDie(":memory:");
-  ASSERT_NE(store, nullptr);
-  EXPECT_EQ(*store->NewId("model"), "model-000001");
-  ASSERT_TRUE(store->CreateJob(MakeJob("job-m", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
-  EXPECT_EQ(store->GetJob("job-m")->last_sequence(), 1);
+  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(":memory:");
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(*(*store)->NewId("model"), "model-000001");
+  ASSERT_TRUE(
+      (*store)->CreateJob(MakeJob("job-m", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_EQ((*store)->GetJob("job-m")->last_sequence(), 1);
 }
 
 TEST(SqliteStoreOpen, MissingDirectoryIsInternal) {
@@ -474,6 +667,178 @@ TEST(SqliteStoreOpen, NotADatabaseIsInternal) {
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kInternal);
   EXPECT_NE(store.status().message().find("not a database"), absl::string_view::npos) << store.status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only
+
+// A loopback TCP port nobody listens on (bound, then released).
+int UnusedPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    return 1;
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(PostgresStoreOpen, MalformedUrlIsInvalidArgument) {
+  for (const std::string url : {"postgresql://127.0.0.1:5432/db?no_such_option=1", "host=127.0.0.1 bogus=1",
+                                "postgresql://[::1/db", "host='unterminated"}) {
+    absl::StatusOr<std::unique_ptr<PostgresStore>> store = PostgresStore::Open(url);
+    ASSERT_FALSE(store.ok()) << url;
+    EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument) << url << ": " << store.status();
+    EXPECT_NE(store.status().message().find("malformed connection string"), absl::string_view::npos) << store.status();
+  }
+  PostgresStoreOptions no_connections;
+  no_connections.pool_size = 0;
+  EXPECT_EQ(PostgresStore::Open("postgresql://127.0.0.1/db", no_connections).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PostgresStoreOpen, UnreachableServerIsUnavailable) {
+  const int port = UnusedPort();
+  absl::StatusOr<std::unique_ptr<PostgresStore>> store = PostgresStore::Open(
+      absl::StrCat("postgresql://slim:secret-password@127.0.0.1:", port, "/slim?connect_timeout=5"));
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable) << store.status();
+  EXPECT_NE(store.status().message().find(absl::StrCat(port)), absl::string_view::npos) << store.status();
+  EXPECT_EQ(store.status().message().find("secret-password"), absl::string_view::npos) << store.status();
+  EXPECT_EQ(store.status().message().find('\n'), absl::string_view::npos) << store.status();
+}
+
+class PostgresStoreTest : public StoreFixture {
+ protected:
+  void SetUp() override { SetUpBackend(Backend::kPostgres); }
+};
+
+TEST_F(PostgresStoreTest, MissingDatabaseIsUnavailable) {
+  absl::StatusOr<std::unique_ptr<PostgresStore>> store =
+      PostgresStore::Open(WithDatabase(server_url_, "slim_no_such_database"));
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable) << store.status();
+  EXPECT_NE(store.status().message().find("slim_no_such_database"), absl::string_view::npos) << store.status();
+}
+
+TEST_F(PostgresStoreTest, SchemaHasVersionAndFleetColumns) {
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "1");
+  EXPECT_EQ(database_->Query("SELECT COUNT(*) FROM schema_version"), "1");
+  EXPECT_EQ(database_->Query("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
+                             "information_schema.columns WHERE table_name = 'jobs' AND column_name IN "
+                             "('owner', 'lease_expires_at')"),
+            "lease_expires_at,owner");
+  EXPECT_EQ(database_->Query("SELECT data_type FROM information_schema.columns WHERE table_name = 'events' AND "
+                             "column_name = 'data'"),
+            "bytea");
+  // A record's indexed columns mirror its protobuf.
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(database_->Query(absl::StrCat("SELECT state FROM jobs WHERE id = '", id, "'")),
+            absl::StrCat(static_cast<int>(v1::JOB_STATE_QUEUED)));
+}
+
+TEST_F(PostgresStoreTest, ReplicasOpeningAnEmptyDatabaseTogetherCreateTheSchemaOnce) {
+  const TestDatabase fresh(server_url_, "_fresh");
+  constexpr int kReplicas = 4;
+  std::vector<absl::Status> results(kReplicas);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kReplicas; ++r) {
+    threads.emplace_back([&, r] { results[r] = PostgresStore::Open(fresh.url()).status(); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (const absl::Status& status : results) EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(fresh.Query("SELECT COUNT(*) FROM schema_version"), "1");
+}
+
+TEST_F(PostgresStoreTest, UpdatesLeaveTheFleetColumnsAlone) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  database_->Query(
+      absl::StrCat("UPDATE jobs SET owner = 'replica-a', lease_expires_at = now() + interval '1 minute' "
+                   "WHERE id = '",
+                   id, "'"));
+  v1::Job job = *store_->GetJob(id);
+  job.set_state(v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(store_->UpdateJob(job, MakeEvent("started", v1::JOB_STATE_RUNNING)).ok());
+  ASSERT_TRUE(store_->SaveJob(job).ok());
+  EXPECT_EQ(database_->Query(absl::StrCat("SELECT owner FROM jobs WHERE id = '", id, "'")), "replica-a");
+  EXPECT_EQ(database_->Query(absl::StrCat("SELECT lease_expires_at IS NOT NULL FROM jobs WHERE id = '", id, "'")), "t");
+}
+
+// Collects notifications of one channel on its own connection.
+class Listener : public pqxx::notification_receiver {
+ public:
+  Listener(pqxx::connection& connection, const std::string& channel)
+      : pqxx::notification_receiver(connection, channel) {}
+  void operator()(const std::string& payload, int) override { payloads.push_back(payload); }
+  // Waits for notifications until `count` have arrived or 30 s have passed.
+  void WaitFor(size_t count) {
+    for (int i = 0; i < 30 && payloads.size() < count; ++i) conn().await_notification(1, 0);
+  }
+  std::vector<std::string> payloads;
+};
+
+TEST_F(PostgresStoreTest, NotifiesEachCommittedEvent) {
+  pqxx::connection connection(database_->url());
+  Listener listener(connection, PostgresStore::kEventsChannel);
+  ASSERT_TRUE(
+      store_->CreateJob(MakeJob("job-n", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  v1::Job job = *store_->GetJob("job-n");
+  ASSERT_TRUE(store_->UpdateJob(job, MakeEvent("started", v1::JOB_STATE_RUNNING)).ok());
+  // Failed transactions notify nothing: a duplicate create, an update of an unknown job.
+  EXPECT_FALSE(
+      store_->CreateJob(MakeJob("job-n", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_FALSE(store_->UpdateJob(MakeJob("job-x", v1::JOB_STATE_RUNNING), MakeEvent("x", v1::JOB_STATE_RUNNING)).ok());
+  ASSERT_TRUE(store_->SaveJob(job).ok());  // no event, no notification
+  ASSERT_TRUE(store_->UpdateJob(job, MakeEvent("progress", v1::JOB_STATE_RUNNING)).ok());
+  listener.WaitFor(3);
+  EXPECT_EQ(listener.payloads, (std::vector<std::string>{"job-n:1", "job-n:2", "job-n:3"}));
+}
+
+TEST_F(PostgresStoreTest, ReconnectsAfterTheServerClosedItsConnections) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  // Fill the pool with several connections, then have the server close all of them.
+  CheckConcurrentUpdates({store_.get()}, id, /*threads=*/4, /*per_thread=*/5);
+  database_->TerminateConnections();
+  absl::StatusOr<v1::Job> job = store_->GetJob(id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->last_sequence(), 21);
+  absl::StatusOr<v1::Job> updated = store_->UpdateJob(*job, MakeEvent("progress", v1::JOB_STATE_RUNNING));
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->last_sequence(), 22);
+}
+
+TEST_F(PostgresStoreTest, UnreachableDatabaseIsUnavailableUntilItComesBack) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  database_->Admin(absl::StrCat("ALTER DATABASE ", database_->name(), " ALLOW_CONNECTIONS false"));
+  database_->TerminateConnections();
+  absl::StatusOr<v1::Job> job = store_->GetJob(id);
+  ASSERT_FALSE(job.ok());
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kUnavailable) << job.status();
+  EXPECT_NE(job.status().message().find("not currently accepting connections"), absl::string_view::npos)
+      << job.status();
+  EXPECT_EQ(store_->NewId("job").status().code(), absl::StatusCode::kUnavailable);
+
+  database_->Admin(absl::StrCat("ALTER DATABASE ", database_->name(), " ALLOW_CONNECTIONS true"));
+  job = store_->GetJob(id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(*store_->NewId("job"), "job-000002");  // the failed NewId issued nothing
+}
+
+TEST_F(PostgresStoreTest, ServerErrorsAreInternalWithTheServerMessage) {
+  database_->Query("DROP TABLE models");
+  absl::StatusOr<v1::Model> model = store_->GetModel("model-1");
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInternal) << model.status();
+  EXPECT_NE(model.status().message().find("relation \"models\" does not exist"), absl::string_view::npos)
+      << model.status();
+  EXPECT_EQ(model.status().message().rfind("postgres: reading model model-1: ", 0), 0u) << model.status();
+  // The connection is still good for the next call.
+  EXPECT_TRUE(store_->NewId("job").ok());
 }
 
 }  // namespace

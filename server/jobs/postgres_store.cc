@@ -1,0 +1,516 @@
+#include "server/jobs/postgres_store.h"
+
+#include <libpq-fe.h>
+
+#include <exception>
+#include <pqxx/pqxx>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "server/common/status_macros.h"
+#include "server/jobs/store_helpers.h"
+
+namespace slim::server {
+namespace {
+
+using store_helpers::CheckId;
+using store_helpers::CheckPageSize;
+using store_helpers::ParsePageToken;
+using store_helpers::Serialize;
+using store_helpers::StateFilter;
+
+// Table names; only these constants are ever spliced into SQL.
+constexpr char kDatasets[] = "datasets";
+constexpr char kModels[] = "models";
+
+// Serializes schema creation across replicas starting together ("slim_sch" in ASCII).
+constexpr int64_t kSchemaLockKey = 0x736c696d5f736368;
+// Transactions that fail on a broken connection before COMMIT run once more on a fresh
+// connection; serialization failures and deadlocks run up to this many more times.
+constexpr int kBrokenConnectionRetries = 1;
+constexpr int kConflictRetries = 3;
+
+// Version 1. Unqualified names: the tables go to the first schema of the connection's
+// search_path (a dedicated schema: `options=-csearch_path=slim` in the URL).
+constexpr char kSchema[] = R"sql(
+CREATE TABLE schema_version (
+  version INTEGER NOT NULL,
+  singleton BOOLEAN NOT NULL DEFAULT TRUE PRIMARY KEY CHECK (singleton)
+);
+CREATE TABLE jobs (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  state INTEGER NOT NULL,
+  last_sequence BIGINT NOT NULL,
+  owner TEXT,
+  lease_expires_at TIMESTAMPTZ,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  data BYTEA NOT NULL
+);
+CREATE INDEX jobs_by_state ON jobs (state, seq);
+CREATE TABLE events (
+  job_id TEXT NOT NULL REFERENCES jobs (id),
+  sequence BIGINT NOT NULL,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  data BYTEA NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+);
+CREATE TABLE datasets (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  data BYTEA NOT NULL
+);
+CREATE TABLE models (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  data BYTEA NOT NULL
+);
+CREATE TABLE counters (
+  prefix TEXT NOT NULL PRIMARY KEY,
+  next BIGINT NOT NULL
+);
+)sql";
+
+// libpq and server messages span lines ("ERROR:  ...\nDETAIL: ..."): one line for a status.
+std::string OneLine(absl::string_view message) {
+  std::string line = absl::StrReplaceAll(message, {{"\r", ""}, {"\n", " "}, {"\t", " "}});
+  while (line.find("  ") != std::string::npos) line = absl::StrReplaceAll(line, {{"  ", " "}});
+  return std::string(absl::StripAsciiWhitespace(line));
+}
+
+std::string Describe(absl::string_view what, absl::string_view message) {
+  return absl::StrCat("postgres: ", what, ": ", OneLine(message));
+}
+
+template <typename T>
+absl::StatusOr<T> Parse(absl::string_view data, absl::string_view noun) {
+  return store_helpers::Parse<T>(data, "postgres", noun);
+}
+
+// A bytea parameter (sent in binary, no escaping).
+pqxx::binarystring Bytes(const std::string& data) { return pqxx::binarystring(data.data(), data.size()); }
+
+// Calls `use` with the bytes of a bytea column.
+absl::Status WithBytes(const pqxx::field& field, const std::function<absl::Status(absl::string_view)>& use) {
+  const pqxx::binarystring bytes(field);
+  return use(absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+// The record in a bytea column.
+template <typename T>
+absl::StatusOr<T> ParseField(const pqxx::field& field, absl::string_view noun) {
+  const pqxx::binarystring bytes(field);
+  return Parse<T>(absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), noun);
+}
+
+absl::Status CheckSchemaVersion(int64_t version) {
+  if (version > PostgresStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("the database has schema version ", version,
+                                                      ", newer than this slimd supports (",
+                                                      PostgresStore::kSchemaVersion, "); use a newer slimd"));
+  }
+  return absl::OkStatus();
+}
+
+// Writes the job row (data, state, last_sequence from `job`). The row is locked.
+void WriteJob(pqxx::transaction_base& tx, const v1::Job& job) {
+  tx.exec_params("UPDATE jobs SET state = $2, last_sequence = $3, data = $4, updated_at = now() WHERE id = $1",
+                 job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)));
+}
+
+// Appends the event and notifies kEventsChannel (delivered when the transaction commits).
+void InsertEvent(pqxx::transaction_base& tx, const std::string& job_id, const v1::JobEvent& event) {
+  tx.exec_params("INSERT INTO events (job_id, sequence, data) VALUES ($1, $2, $3)", job_id, event.sequence(),
+                 Bytes(Serialize(event)));
+  tx.exec_params("SELECT pg_notify($1, $2)", std::string(PostgresStore::kEventsChannel),
+                 absl::StrCat(job_id, ":", event.sequence()));
+}
+
+// Locks the job row until the transaction ends and returns its last_sequence; NOT_FOUND if
+// absent. The lock is what serializes UpdateJob/SaveJob of one job across connections.
+absl::StatusOr<int64_t> LockJob(pqxx::transaction_base& tx, const std::string& id) {
+  const pqxx::result r = tx.exec_params("SELECT last_sequence FROM jobs WHERE id = $1 FOR UPDATE", id);
+  if (r.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  return r[0][0].as<int64_t>();
+}
+
+// One run of a transaction: its status, whether the connection is unusable afterwards, and
+// whether running it again may succeed.
+enum class Retry { kNo, kBrokenConnection, kConflict };
+struct Outcome {
+  absl::Status status;
+  bool broken = false;
+  Retry retry = Retry::kNo;
+};
+
+bool IsConnectionState(const std::string& sqlstate) {
+  // Class 08: connection exception; 57P01-03: the server is shutting down or starting.
+  return sqlstate.rfind("08", 0) == 0 || sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03";
+}
+
+Outcome RunOnce(pqxx::connection& connection, absl::string_view what,
+                const std::function<absl::Status(pqxx::transaction_base&)>& body) {
+  try {
+    pqxx::work tx(connection);
+    absl::Status status = body(tx);
+    if (!status.ok()) {
+      try {
+        tx.abort();
+      } catch (const std::exception&) {
+        return {std::move(status), /*broken=*/true};
+      }
+      return {std::move(status)};
+    }
+    tx.commit();
+    return {absl::OkStatus()};
+  } catch (const pqxx::in_doubt_error& e) {
+    return {absl::UnavailableError(
+                Describe(what, absl::StrCat("connection lost during COMMIT, outcome unknown: ", e.what()))),
+            /*broken=*/true};
+  } catch (const pqxx::broken_connection& e) {
+    return {absl::UnavailableError(Describe(what, e.what())), /*broken=*/true, Retry::kBrokenConnection};
+  } catch (const pqxx::sql_error& e) {
+    if (IsConnectionState(e.sqlstate())) {
+      return {absl::UnavailableError(Describe(what, e.what())), /*broken=*/true, Retry::kBrokenConnection};
+    }
+    if (e.sqlstate() == "40001" || e.sqlstate() == "40P01") {
+      return {absl::AbortedError(Describe(what, e.what())), /*broken=*/false, Retry::kConflict};
+    }
+    return {absl::InternalError(Describe(what, e.what()))};
+  } catch (const std::exception& e) {
+    // pqxx::failure without a connection problem, conversion errors: a bug or a corrupt row.
+    // The connection may be mid-protocol: do not reuse it.
+    return {absl::InternalError(Describe(what, e.what())), /*broken=*/true};
+  }
+}
+
+}  // namespace
+
+struct PostgresStore::Connection {
+  explicit Connection(const std::string& url) : pq(url) {}
+  pqxx::connection pq;
+};
+
+absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(const std::string& url,
+                                                                   PostgresStoreOptions options) {
+  if (options.pool_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("pool_size: must be at least 1, got ", options.pool_size));
+  }
+  // libpq reports a malformed string only when connecting, as a connection failure: check it
+  // first so that a typo is INVALID_ARGUMENT, not UNAVAILABLE.
+  char* error = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &error);
+  if (parsed == nullptr) {
+    const std::string message = error != nullptr ? error : "out of memory";
+    PQfreemem(error);
+    return absl::InvalidArgumentError(Describe("malformed connection string", message));
+  }
+  PQconninfoFree(parsed);
+  std::unique_ptr<PostgresStore> store(new PostgresStore(url, options.pool_size));
+  RETURN_IF_ERROR(store->Initialize());
+  return store;
+}
+
+PostgresStore::PostgresStore(std::string url, int pool_size) : url_(std::move(url)), pool_size_(pool_size) {}
+
+PostgresStore::~PostgresStore() = default;
+
+absl::Status PostgresStore::Initialize() {
+  return Transact("opening the database", [](pqxx::transaction_base& tx) -> absl::Status {
+    tx.exec_params("SELECT pg_advisory_xact_lock($1)", kSchemaLockKey);
+    if (tx.exec1("SELECT to_regclass('schema_version') IS NOT NULL")[0].as<bool>()) {
+      const pqxx::result version = tx.exec("SELECT version FROM schema_version");
+      if (version.size() != 1) {
+        return absl::InternalError(absl::StrCat("postgres: schema_version has ", version.size(), " rows instead of 1"));
+      }
+      return CheckSchemaVersion(version[0][0].as<int64_t>());
+    }
+    tx.exec(kSchema);
+    tx.exec_params("INSERT INTO schema_version (version) VALUES ($1)", kSchemaVersion);
+    return absl::OkStatus();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections and transactions
+
+absl::StatusOr<std::unique_ptr<PostgresStore::Connection>> PostgresStore::Acquire() {
+  {
+    absl::MutexLock lock(&mu_);
+    auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !idle_.empty() || open_ < pool_size_; };
+    mu_.Await(absl::Condition(&available));
+    if (!idle_.empty()) {
+      std::unique_ptr<Connection> connection = std::move(idle_.back());
+      idle_.pop_back();
+      return connection;
+    }
+    ++open_;  // reserve the slot; connect without holding the lock
+  }
+  std::string failure;
+  try {
+    return std::make_unique<Connection>(url_);
+  } catch (const std::exception& e) {  // pqxx::broken_connection, or a libpq failure
+    failure = e.what();
+  }
+  absl::MutexLock lock(&mu_);
+  --open_;
+  return absl::UnavailableError(OneLine(absl::StrCat("cannot connect: ", failure)));
+}
+
+void PostgresStore::Release(std::unique_ptr<Connection> connection, bool broken) {
+  std::vector<std::unique_ptr<Connection>> closing;  // closed after unlocking
+  absl::MutexLock lock(&mu_);
+  if (!broken) {
+    idle_.push_back(std::move(connection));
+    return;
+  }
+  closing.push_back(std::move(connection));
+  for (std::unique_ptr<Connection>& idle : idle_) closing.push_back(std::move(idle));
+  idle_.clear();
+  open_ -= static_cast<int>(closing.size());
+}
+
+absl::Status PostgresStore::Transact(absl::string_view what, const Body& body) {
+  int broken_retries = kBrokenConnectionRetries;
+  int conflict_retries = kConflictRetries;
+  while (true) {
+    absl::StatusOr<std::unique_ptr<Connection>> connection = Acquire();
+    if (!connection.ok()) return absl::UnavailableError(Describe(what, connection.status().message()));
+    Outcome outcome = RunOnce((*connection)->pq, what, body);
+    Release(*std::move(connection), outcome.broken);
+    if (outcome.retry == Retry::kBrokenConnection && broken_retries-- > 0) continue;
+    if (outcome.retry == Retry::kConflict && conflict_retries-- > 0) continue;
+    return outcome.status;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared record helpers
+
+absl::StatusOr<std::string> PostgresStore::GetBlob(const char* table, const char* noun, const std::string& id) {
+  std::string data;
+  RETURN_IF_ERROR(Transact(absl::StrCat("reading ", noun, " ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result r = tx.exec_params(absl::StrCat("SELECT data FROM ", table, " WHERE id = $1"), id);
+    if (r.empty()) return absl::NotFoundError(absl::StrCat(noun, " ", id, " not found"));
+    data = pqxx::binarystring(r[0][0]).str();
+    return absl::OkStatus();
+  }));
+  return data;
+}
+
+absl::Status PostgresStore::InsertRecord(const char* table, const char* noun, const std::string& id,
+                                         const std::string& data) {
+  return Transact(absl::StrCat("inserting ", noun, " ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result r =
+        tx.exec_params(absl::StrCat("INSERT INTO ", table, " (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"),
+                       id, Bytes(data));
+    if (r.affected_rows() == 0) return absl::AlreadyExistsError(absl::StrCat(noun, " ", id, " already exists"));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::string> PostgresStore::ListBlobs(const char* table, const std::string& state_filter, int page_size,
+                                                     const std::string& page_token,
+                                                     const std::function<absl::Status(absl::string_view)>& add) {
+  RETURN_IF_ERROR(CheckPageSize(page_size));
+  ASSIGN_OR_RETURN(const int64_t before, ParsePageToken(page_token));
+  pqxx::result rows;
+  RETURN_IF_ERROR(Transact(absl::StrCat("listing ", table), [&](pqxx::transaction_base& tx) -> absl::Status {
+    rows = tx.exec_params(
+        absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < $1", state_filter, " ORDER BY seq DESC LIMIT $2"),
+        before, static_cast<int64_t>(page_size) + 1);  // one extra row: is there a next page?
+    return absl::OkStatus();
+  }));
+  // The result holds its rows on the client: parse after the connection went back.
+  for (int i = 0; i < static_cast<int>(rows.size()); ++i) {
+    if (i == page_size) return absl::StrCat(rows[i - 1][0].as<int64_t>());
+    RETURN_IF_ERROR(WithBytes(rows[i][1], add));
+  }
+  return std::string();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ids
+
+absl::StatusOr<std::string> PostgresStore::NewId(const std::string& prefix) {
+  RETURN_IF_ERROR(CheckId(prefix, "prefix"));
+  int64_t number = 0;
+  RETURN_IF_ERROR(Transact(absl::StrCat("issuing a ", prefix, " id"), [&](pqxx::transaction_base& tx) {
+    number = tx.exec_params1(
+                   "INSERT INTO counters (prefix, next) VALUES ($1, 1) "
+                   "ON CONFLICT (prefix) DO UPDATE SET next = counters.next + 1 RETURNING next",
+                   prefix)[0]
+                 .as<int64_t>();
+    return absl::OkStatus();
+  }));
+  return store_helpers::FormatId(prefix, number);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+absl::StatusOr<v1::Job> PostgresStore::CreateJob(v1::Job job, v1::JobEvent first_event) {
+  RETURN_IF_ERROR(CheckId(job.id(), "job.id"));
+  job.set_last_sequence(1);
+  first_event.set_sequence(1);
+  RETURN_IF_ERROR(Transact(absl::StrCat("creating job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result r = tx.exec_params(
+        "INSERT INTO jobs (id, state, last_sequence, data) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)));
+    if (r.affected_rows() == 0) return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
+    InsertEvent(tx, job.id(), first_event);
+    return absl::OkStatus();
+  }));
+  return job;
+}
+
+absl::StatusOr<v1::Job> PostgresStore::GetJob(const std::string& id) {
+  ASSIGN_OR_RETURN(const std::string data, GetBlob("jobs", "job", id));
+  return Parse<v1::Job>(data, "job");
+}
+
+absl::StatusOr<v1::Job> PostgresStore::UpdateJob(v1::Job job, v1::JobEvent event) {
+  RETURN_IF_ERROR(Transact(absl::StrCat("updating job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
+    ASSIGN_OR_RETURN(const int64_t last, LockJob(tx, job.id()));
+    event.set_sequence(last + 1);
+    job.set_last_sequence(last + 1);
+    WriteJob(tx, job);
+    InsertEvent(tx, job.id(), event);
+    return absl::OkStatus();
+  }));
+  return job;
+}
+
+absl::Status PostgresStore::SaveJob(const v1::Job& job) {
+  return Transact(absl::StrCat("saving job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
+    ASSIGN_OR_RETURN(const int64_t last, LockJob(tx, job.id()));
+    if (last == job.last_sequence()) {
+      WriteJob(tx, job);
+    } else {
+      v1::Job copy = job;  // a snapshot taken before the newest event: keep the stored sequence
+      copy.set_last_sequence(last);
+      WriteJob(tx, copy);
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<Page<v1::Job>> PostgresStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
+                                                      const std::string& page_token) {
+  Page<v1::Job> page;
+  ASSIGN_OR_RETURN(page.next_page_token, ListBlobs("jobs", StateFilter(states), page_size, page_token,
+                                                   [&](absl::string_view data) -> absl::Status {
+                                                     ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
+                                                     page.items.push_back(std::move(job));
+                                                     return absl::OkStatus();
+                                                   }));
+  return page;
+}
+
+absl::StatusOr<std::vector<v1::Job>> PostgresStore::JobsInStates(const std::vector<v1::JobState>& states) {
+  std::vector<v1::Job> jobs;
+  if (states.empty()) return jobs;
+  pqxx::result rows;
+  RETURN_IF_ERROR(Transact("listing jobs by state", [&](pqxx::transaction_base& tx) {
+    rows = tx.exec(absl::StrCat("SELECT data FROM jobs WHERE TRUE", StateFilter(states), " ORDER BY seq ASC"));
+    return absl::OkStatus();
+  }));
+  for (const pqxx::row& row : rows) {
+    ASSIGN_OR_RETURN(v1::Job job, ParseField<v1::Job>(row[0], "job"));
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+absl::StatusOr<std::map<v1::JobState, int64_t>> PostgresStore::CountJobsByState() {
+  std::map<v1::JobState, int64_t> counts;
+  RETURN_IF_ERROR(Transact("counting jobs by state", [&](pqxx::transaction_base& tx) {
+    counts.clear();
+    for (const pqxx::row& row : tx.exec("SELECT state, COUNT(*) FROM jobs GROUP BY state")) {
+      counts[static_cast<v1::JobState>(row[0].as<int>())] = row[1].as<int64_t>();
+    }
+    return absl::OkStatus();
+  }));
+  return counts;
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> PostgresStore::ListEvents(const std::string& job_id, int64_t after_sequence,
+                                                                    int limit) {
+  if (limit < 1) return absl::InvalidArgumentError(absl::StrCat("limit: must be at least 1, got ", limit));
+  pqxx::result rows;
+  RETURN_IF_ERROR(
+      Transact(absl::StrCat("listing events of job ", job_id), [&](pqxx::transaction_base& tx) -> absl::Status {
+        if (tx.exec_params("SELECT 1 FROM jobs WHERE id = $1", job_id).empty()) {
+          return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+        }
+        rows =
+            tx.exec_params("SELECT data FROM events WHERE job_id = $1 AND sequence > $2 ORDER BY sequence ASC LIMIT $3",
+                           job_id, after_sequence, limit);
+        return absl::OkStatus();
+      }));
+  std::vector<v1::JobEvent> events;
+  for (const pqxx::row& row : rows) {
+    ASSIGN_OR_RETURN(v1::JobEvent event, ParseField<v1::JobEvent>(row[0], "event"));
+    events.push_back(std::move(event));
+  }
+  return events;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets and models
+
+absl::Status PostgresStore::PutDataset(const v1::Dataset& dataset) {
+  RETURN_IF_ERROR(CheckId(dataset.id(), "dataset.id"));
+  return InsertRecord(kDatasets, "dataset", dataset.id(), Serialize(dataset));
+}
+
+absl::StatusOr<v1::Dataset> PostgresStore::GetDataset(const std::string& id) {
+  ASSIGN_OR_RETURN(const std::string data, GetBlob(kDatasets, "dataset", id));
+  return Parse<v1::Dataset>(data, "dataset");
+}
+
+absl::StatusOr<Page<v1::Dataset>> PostgresStore::ListDatasets(int page_size, const std::string& page_token) {
+  Page<v1::Dataset> page;
+  ASSIGN_OR_RETURN(page.next_page_token,
+                   ListBlobs(kDatasets, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                     ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
+                     page.items.push_back(std::move(dataset));
+                     return absl::OkStatus();
+                   }));
+  return page;
+}
+
+absl::Status PostgresStore::DeleteDataset(const std::string& id) {
+  return Transact(absl::StrCat("deleting dataset ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    if (tx.exec_params("DELETE FROM datasets WHERE id = $1", id).affected_rows() == 0) {
+      return absl::NotFoundError(absl::StrCat("dataset ", id, " not found"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PostgresStore::PutModel(const v1::Model& model) {
+  RETURN_IF_ERROR(CheckId(model.id(), "model.id"));
+  return InsertRecord(kModels, "model", model.id(), Serialize(model));
+}
+
+absl::StatusOr<v1::Model> PostgresStore::GetModel(const std::string& id) {
+  ASSIGN_OR_RETURN(const std::string data, GetBlob(kModels, "model", id));
+  return Parse<v1::Model>(data, "model");
+}
+
+absl::StatusOr<Page<v1::Model>> PostgresStore::ListModels(int page_size, const std::string& page_token) {
+  Page<v1::Model> page;
+  ASSIGN_OR_RETURN(page.next_page_token,
+                   ListBlobs(kModels, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                     ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
+                     page.items.push_back(std::move(model));
+                     return absl::OkStatus();
+                   }));
+  return page;
+}
+
+}  // namespace slim::server

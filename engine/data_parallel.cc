@@ -254,9 +254,15 @@ std::unique_ptr<DataParallelGroup> DataParallelGroup::Join(const DataParallelOpt
   } catch (const EngineError&) {
     throw;
   } catch (const std::exception& e) {
+    // A FileStore left by an earlier launch holds that launch's addresses: joining through it
+    // fails with "connection refused" (or waits for ranks that are gone).
+    const std::string hint = StartsWith(o.init_method, kFile)
+                                 ? " (if the file existed before this launch, it is stale: use a new path per launch)"
+                                 : "";
     throw EngineError(ErrorCode::kInternal, "data-parallel group: rank " + std::to_string(o.rank) + " of " +
                                                 std::to_string(o.world_size) + " could not join at " + o.init_method +
-                                                " within " + Seconds(o.timeout_seconds) + ": " + Message(e));
+                                                " (waiting up to " + Seconds(o.timeout_seconds) + "): " + Message(e) +
+                                                hint);
   }
 #endif
   (void)device;

@@ -390,6 +390,27 @@ TEST_F(DataParallelTest, AHungRankTimesOut) {
   EXPECT_TRUE(runs[1].error);
 }
 
+// A rank that never joins: the others give up after the timeout, naming the rendezvous.
+TEST_F(DataParallelTest, AMissingRankIsReportedAfterTheTimeout) {
+  JobSpec spec = Spec();
+  spec.workers = 2;
+  Recorder recorder;
+  TrainerOptions o = Options(dir_ + "/out", &recorder);
+  o.data_parallel.world_size = 2;
+  o.data_parallel.init_method = "file://" + dir_ + "/init-alone";
+  o.data_parallel.timeout_seconds = 1;
+  try {
+    RunTraining(spec, o);
+    FAIL() << "trained without rank 1";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInternal);
+    EXPECT_NE(std::string(e.what()).find("data-parallel group: rank 0 of 2 could not join at file://"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(recorder.events.empty());
+}
+
 // Ranks given different specs refuse to train together.
 TEST_F(DataParallelTest, RanksWithDifferentSpecsAreRefused) {
   JobSpec spec = Spec();

@@ -50,9 +50,11 @@ enum class ReduceOp { kSum, kMin, kMax };
 
 class DataParallelGroup {
  public:
-  // Joins the group: blocks until all world_size ranks have joined (or throws
-  // EngineError(kInternal) after the timeout). `device` is where the tensors passed to the
-  // collectives live: CPU → Gloo; CUDA → NCCL when built with it, else Gloo.
+  // Joins the group: blocks until all world_size ranks have joined. `device` is where the
+  // tensors passed to the collectives live: CPU → Gloo; CUDA → NCCL when built with it, else
+  // Gloo. Throws EngineError(kInvalidArgument) for bad options or a build without a backend
+  // for `device`, and EngineError(kInternal) when the group cannot form (a rank missing after
+  // the timeout, a port in use, a stale file:// path).
   static std::unique_ptr<DataParallelGroup> Join(const DataParallelOptions& options, const std::string& device);
   virtual ~DataParallelGroup() = default;
 

@@ -306,6 +306,10 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir) {
   }
   memory.Finish();
 
+  Section parallel(top.Child("data_parallel"), "data_parallel");
+  s.workers = parallel.Int("workers", 1, 1);
+  parallel.Finish();
+
   Section eval(top.Child("eval"), "eval");
   s.eval_every = eval.Int("every", 0, 0);
   s.eval_max_sequences = eval.Int("max_sequences", 0, 0);
@@ -331,6 +335,19 @@ void JobSpec::Validate() const {
                                                std::to_string(steps) + " training steps");
   }
   for (const DataSource& d : train_data) CheckArgument(!d.path.empty(), "spec: data.train: empty path");
+  if (workers < 1) Bad("data_parallel.workers", "must be >= 1, got " + std::to_string(workers));
+  if (workers > batch_size) {
+    Bad("data_parallel.workers", std::to_string(workers) + " is more than training.batch_size " +
+                                     std::to_string(batch_size) +
+                                     ": every worker needs at least one sequence of each micro-batch");
+  }
+}
+
+BatchShare WorkerBatchShare(int64_t batch_size, int64_t rank, int64_t workers) {
+  CheckArgument(workers >= 1 && rank >= 0 && rank < workers && workers <= batch_size,
+                "batch share: rank " + std::to_string(rank) + " of " + std::to_string(workers) +
+                    " workers over a batch of " + std::to_string(batch_size));
+  return {batch_size * rank / workers, batch_size * (rank + 1) / workers};
 }
 
 Json JobSpecToJson(const JobSpec& s) {
@@ -392,6 +409,10 @@ Json JobSpecToJson(const JobSpec& s) {
   memory.members["mode"] = JsonString(s.mode ? StartStateModeName(*s.mode) : "auto");
   doc.members["memory"] = memory;
 
+  Json parallel = JsonObject();
+  parallel.members["workers"] = JsonNumber(static_cast<double>(s.workers));
+  doc.members["data_parallel"] = parallel;
+
   Json eval = JsonObject();
   eval.members["every"] = JsonNumber(static_cast<double>(s.eval_every));
   eval.members["max_sequences"] = JsonNumber(static_cast<double>(s.eval_max_sequences));
@@ -406,6 +427,7 @@ Json JobSpecToJson(const JobSpec& s) {
 std::string TrainingFingerprint(const JobSpec& spec) {
   Json doc = JobSpecToJson(spec);
   doc.members.erase("memory");
+  doc.members.erase("data_parallel");  // the global batch is the same for any number of workers
   doc.members.erase("eval");
   doc.members.erase("checkpoint");
   return SerializeJson(doc);

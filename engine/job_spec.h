@@ -67,6 +67,11 @@ struct JobSpec {
   int64_t chunk_size = 0;   // 0: "auto", planned to fit the quota
   std::optional<StartStateMode> mode;  // unset: "auto" (the planner's choice, or subtract)
 
+  // data_parallel: the number of workers (ranks, one device each) that share every micro-batch.
+  // The global batch, and so the math of training, does not depend on it: a checkpoint written
+  // by N workers resumes with any M (it is not part of the fingerprint).
+  int64_t workers = 1;
+
   // evaluation and checkpoints (0 disables the periodic ones; a final eval always runs when
   // there is validation data)
   int64_t eval_every = 0;
@@ -78,6 +83,14 @@ struct JobSpec {
   void Validate() const;
 };
 
+// Data parallelism splits each micro-batch of `batch_size` sequences into contiguous shares:
+// worker `rank` of `workers` takes sequences [begin, end) = [⌊rank·B/N⌋, ⌊(rank+1)·B/N⌋), so
+// shares differ by at most one sequence and, with workers ≤ batch_size, none is empty.
+struct BatchShare {
+  int64_t begin = 0, end = 0;
+};
+BatchShare WorkerBatchShare(int64_t batch_size, int64_t rank, int64_t workers);
+
 // Reads a spec from a parsed document (ParseStructuredFile). Relative data and model paths are
 // resolved against `base_dir` (the spec file's directory) when it is not empty.
 JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir = "");
@@ -87,7 +100,8 @@ Json JobSpecToJson(const JobSpec& spec);
 
 // The fields that determine the training trajectory (model, data, training and seeds), as
 // canonical JSON. A checkpoint can resume a spec only if these are equal; memory, device,
-// evaluation and checkpoint settings may change between runs (e.g. a smaller chunk size).
+// data-parallel workers, evaluation and checkpoint settings may change between runs (e.g. a
+// smaller chunk size, or the same job on fewer devices).
 std::string TrainingFingerprint(const JobSpec& spec);
 
 }  // namespace slim

@@ -66,8 +66,10 @@ namespace {
 
 SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
                            const at::Tensor& targets, const SlimStepOptions& options) {
-  const int64_t count =
-      ValidateBatch(model, tokens, targets, options.chunk_size, options.ignore_index);
+  CheckArgument(options.loss_normalizer >= 0,
+                "loss_normalizer: must be >= 0, got " + std::to_string(options.loss_normalizer));
+  const int64_t counted = ValidateBatch(model, tokens, targets, options.chunk_size, options.ignore_index);
+  const int64_t count = options.loss_normalizer > 0 ? options.loss_normalizer : counted;
   const int64_t B = tokens.size(0), L = tokens.size(1);
   const int64_t C = std::min(options.chunk_size, L);
   const int64_t N = (L + C - 1) / C;

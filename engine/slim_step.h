@@ -27,14 +27,18 @@ struct SlimStepOptions {
   StartStateMode mode = StartStateMode::kSubtract;
   Precision precision = Precision::kFp32;
   int64_t ignore_index = kIgnoreIndex;  // targets equal to this are excluded from the loss
+  // What the summed cross-entropy is divided by; 0: this batch's count of counted targets.
+  // Data-parallel ranks pass the count of the whole global batch, so that the sum over ranks
+  // of their losses and gradients is the global batch's mean loss and its gradient.
+  int64_t loss_normalizer = 0;
   // Debugging aids (cost memory O(L/C · state)); used by tests and the drift audit.
   bool audit_start_states = false;  // subtract mode: compare rebuilt starts with stored ones
   bool record_state_gradients = false;  // keep G for every slice boundary
 };
 
 struct SlimStepResult {
-  double loss = 0.0;        // Σ CE over non-ignored targets / their count
-  int64_t target_count = 0; // the global normaliser
+  double loss = 0.0;        // Σ CE over non-ignored targets / the normaliser
+  int64_t target_count = 0; // the normaliser: loss_normalizer, or the count of counted targets
   int64_t slices = 0;
   // audit_start_states: max over slices and layers of max|rebuilt − stored| / max|final state|
   // (separately for s and z, the larger is reported).

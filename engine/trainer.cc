@@ -19,6 +19,7 @@
 #include "engine/byte_size.h"
 #include "engine/calibration.h"
 #include "engine/checkpoint.h"
+#include "engine/data_parallel.h"
 #include "engine/dataset.h"
 #include "engine/devices.h"
 #include "engine/errors.h"
@@ -168,21 +169,60 @@ int64_t ProgressInt(const SafetensorsMetadata& progress, const std::string& key,
   return v;
 }
 
-// Mean loss over (at most max_sequences of) the validation sequences.
+// Mean loss over (at most max_sequences of) the validation sequences. In a data-parallel
+// group of N, batches are as large as a worker's training share (⌈B/N⌉, so evaluation fits the
+// memory planned for training), batch i is evaluated by rank i mod N and the sums are added.
 double Evaluate(PerformerLMImpl& model, const Corpus& corpus, const std::vector<int64_t>& sequences,
-                const JobSpec& spec, int64_t chunk_size, c10::Device device) {
+                const JobSpec& spec, int64_t chunk_size, c10::Device device, DataParallelGroup* group) {
   const int64_t n = spec.eval_max_sequences > 0
                         ? std::min<int64_t>(spec.eval_max_sequences, static_cast<int64_t>(sequences.size()))
                         : static_cast<int64_t>(sequences.size());
+  const int64_t batch =
+      group == nullptr ? spec.batch_size : (spec.batch_size + group->world_size() - 1) / group->world_size();
   double sum = 0;
-  for (int64_t first = 0; first < n; first += spec.batch_size) {
-    const int64_t b = std::min(spec.batch_size, n - first);
+  for (int64_t first = 0, index = 0; first < n; first += batch, ++index) {
+    if (group != nullptr && index % group->world_size() != group->rank()) continue;
+    const int64_t b = std::min(batch, n - first);
     const std::vector<int64_t> ids(sequences.begin() + first, sequences.begin() + first + b);
     const auto [inputs, targets] = MakeBatch(corpus, ids, spec.seq_len, device);
     // Every sequence has seq_len targets, so weighting batch means by b gives the token mean.
     sum += static_cast<double>(b) * SlicedLoss(model, inputs, targets, chunk_size, spec.precision);
   }
+  if (group != nullptr) sum = group->Reduce({sum}, ReduceOp::kSum, "evaluation")[0];
   return sum / static_cast<double>(n);
+}
+
+// FNV-1a: a hash that is the same in every build, so ranks can compare fingerprints.
+uint32_t StableHash(const std::string& text) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : text) h = (h ^ c) * 16777619u;
+  return h;
+}
+
+// Checks that every rank of `group` starts from the same spec and step, then copies rank 0's
+// weights and buffers to the others (they loaded the same files; this makes equality an
+// invariant rather than an assumption, as DistributedDataParallel does).
+void AlignRanks(DataParallelGroup& group, PerformerLMImpl& model, const std::string& fingerprint, int64_t step,
+                int64_t total_steps) {
+  const std::vector<double> mine = {static_cast<double>(StableHash(fingerprint)), static_cast<double>(step),
+                                    static_cast<double>(total_steps)};
+  const std::vector<double> lo = group.Reduce(mine, ReduceOp::kMin, "start check");
+  const std::vector<double> hi = group.Reduce(mine, ReduceOp::kMax, "start check");
+  if (lo[0] != hi[0] || lo[2] != hi[2]) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "data-parallel ranks were given different model, data or training specs; every rank must run "
+                      "the same spec");
+  }
+  if (lo[1] != hi[1]) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "data-parallel ranks would resume from different steps (" + std::to_string(int64_t(lo[1])) +
+                          " to " + std::to_string(int64_t(hi[1])) + "); every rank must use the same output directory");
+  }
+  std::vector<at::Tensor> state;
+  for (const at::Tensor& p : model.parameters()) state.push_back(p.detach());
+  for (const at::Tensor& b : model.buffers()) state.push_back(b);
+  at::NoGradGuard no_grad;
+  group.BroadcastFromRankZero(state, "initial weights");
 }
 
 // The training and validation sequences of a job, read and checked in full.
@@ -298,7 +338,8 @@ std::vector<std::string> ListCheckpoints(const std::string& out_dir) {
 StepShape JobStepShape(const JobSpec& spec, const ModelConfig& model) {
   StepShape shape;
   shape.model = model;
-  shape.batch = spec.batch_size;
+  // A worker holds its share of each micro-batch; the largest share has ⌈B/N⌉ sequences.
+  shape.batch = (spec.batch_size + spec.workers - 1) / spec.workers;
   shape.seq_len = spec.seq_len;
   shape.precision = spec.precision;
   shape.optimizer = spec.optimizer;
@@ -333,9 +374,25 @@ Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::stri
 TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   spec.Validate();
   CheckArgument(!options.out_dir.empty(), "output directory is required");
+  const DataParallelOptions& dp = options.data_parallel;
+  ValidateDataParallelOptions(dp);
+  if (dp.world_size != spec.workers) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      dp.world_size == 1
+                          ? "spec: data_parallel.workers: " + std::to_string(spec.workers) +
+                                " workers run as one slim-train process per rank with --dist-rank, --dist-world-size " +
+                                std::to_string(spec.workers) + " and --dist-init (docs/worker-protocol.md)"
+                          : "dist-world-size: " + std::to_string(dp.world_size) +
+                                " differs from the spec's data_parallel.workers " + std::to_string(spec.workers));
+  }
+  // Rank 0 leads: it writes every file and reports the job's events.
+  const bool lead = dp.rank == 0;
   auto emit = [&](TrainingEvent e) {
     e.time = Now();
     if (options.on_event) options.on_event(e);
+  };
+  auto emit_job_event = [&](const TrainingEvent& e) {
+    if (lead) emit(e);
   };
   const c10::Device device = ParseDevice(spec.device);
 
@@ -354,6 +411,11 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   int64_t quota_bytes = spec.quota_bytes;
   int64_t last_requested_quota = 0;  // a refused request is not retried every step
 
+  // The group forms once every rank has its model, data and plan: errors in those (the same
+  // spec on every rank) are found before anyone waits for the others.
+  std::unique_ptr<DataParallelGroup> group;
+  if (dp.world_size > 1) group = DataParallelGroup::Join(dp, spec.device);
+
   // 3. Optimizer over the trainable parameters, and the state to resume from.
   std::vector<at::Tensor> trainable;
   for (const at::Tensor& p : model->parameters()) {
@@ -363,7 +425,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   BatchSampler sampler(data.train_sequences, spec.data_seed);
   int64_t step = 0, tokens = 0, resumed_from = -1;
   const std::string fingerprint = TrainingFingerprint(spec);
-  fs::create_directories(fs::path(options.out_dir) / "checkpoints");
+  if (lead) fs::create_directories(fs::path(options.out_dir) / "checkpoints");
   if (options.resume) {
     const auto warn = [&](const std::string& message) {
       TrainingEvent w;
@@ -378,7 +440,10 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
       sampler.Seek(position->epoch, position->epoch_offset);
     }
   }
-  WriteTextAtomically((fs::path(options.out_dir) / "spec.json").string(), SerializeJson(JobSpecToJson(spec)) + "\n");
+  if (group) AlignRanks(*group, *model, fingerprint, step, total_steps);
+  if (lead) {
+    WriteTextAtomically((fs::path(options.out_dir) / "spec.json").string(), SerializeJson(JobSpecToJson(spec)) + "\n");
+  }
 
   // 4. The quota becomes a hard cap for the rest of the run.
   if (spec.quota_bytes > 0) CapDeviceMemory(spec.device, spec.quota_bytes);
@@ -400,20 +465,29 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   started.mode = StartStateModeName(plan.mode);
   started.predicted_peak_bytes = plan.predicted_peak_bytes;
   started.resumed_from_step = resumed_from;
+  started.rank = dp.rank;
+  started.world_size = dp.world_size;
   emit(started);
 
   SlimStepOptions step_options;
   step_options.chunk_size = plan.chunk_size;
   step_options.mode = plan.mode;
   step_options.precision = spec.precision;
+  // This rank's share of every micro-batch. With a group, each share's loss is divided by the
+  // global batch's target count (every sequence has seq_len targets, none ignored), so summing
+  // over ranks gives the global mean and its gradient.
+  const BatchShare share = WorkerBatchShare(spec.batch_size, dp.rank, dp.world_size);
+  if (group) step_options.loss_normalizer = spec.batch_size * spec.seq_len;
 
+  // Rank 0 writes; every rank gets the path.
   auto write_checkpoint = [&]() -> std::string {
+    const std::string path = (fs::path(options.out_dir) / "checkpoints" / CheckpointName(step)).string();
+    if (!lead) return path;
     SafetensorsMetadata progress = {{"step", std::to_string(step)},
                                     {"tokens", std::to_string(tokens)},
                                     {"epoch", std::to_string(sampler.epoch())},
                                     {"epoch_offset", std::to_string(sampler.offset())},
                                     {"fingerprint", fingerprint}};
-    const std::string path = (fs::path(options.out_dir) / "checkpoints" / CheckpointName(step)).string();
     try {
       SaveCheckpoint(path, *model, *optimizer, progress);
     } catch (const EngineError& e) {
@@ -434,8 +508,9 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   auto run_eval = [&]() {
     if (data.validation_sequences.empty()) return;
     TrainingEvent e = event(EventKind::kEval);
-    e.eval_loss = Evaluate(*model, data.validation_corpus(), data.validation_sequences, spec, plan.chunk_size, device);
-    emit(e);
+    e.eval_loss = Evaluate(*model, data.validation_corpus(), data.validation_sequences, spec, plan.chunk_size, device,
+                           group.get());
+    emit_job_event(e);
   };
 
   // 5. The loop. Each optimizer step: grad_accum SLiM steps, clip, scheduled lr, update.
@@ -447,8 +522,24 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     for (at::Tensor& p : trainable) p.mutable_grad() = at::Tensor();
     double loss = 0;
     for (int64_t micro = 0; micro < spec.grad_accum; ++micro) {
-      const auto [inputs, targets] = MakeBatch(data.train, sampler.Next(spec.batch_size), spec.seq_len, device);
+      // Every rank draws the same global micro-batch and trains on its share of it.
+      const std::vector<int64_t> batch = sampler.Next(spec.batch_size);
+      const std::vector<int64_t> mine(batch.begin() + share.begin, batch.begin() + share.end);
+      const auto [inputs, targets] = MakeBatch(data.train, mine, spec.seq_len, device);
       loss += SlimTrainingStep(*model, inputs, targets, step_options).loss;
+    }
+    if (group) {
+      // Σ over ranks of the shares' gradients (and losses) = the global batch's. Afterwards
+      // every rank holds the same gradients, so clipping and the update agree everywhere.
+      std::vector<at::Tensor> grads;
+      for (at::Tensor& p : trainable) {
+        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        if (!p.grad().is_contiguous()) p.mutable_grad() = p.grad().contiguous();
+        grads.push_back(p.grad());
+      }
+      const std::string at_step = " at step " + std::to_string(step + 1);
+      group->SumInPlace(grads, "gradient all-reduce" + at_step);
+      loss = group->Reduce({loss}, ReduceOp::kSum, "loss all-reduce" + at_step)[0];
     }
     loss /= static_cast<double>(spec.grad_accum);
     if (!std::isfinite(loss)) {
@@ -485,7 +576,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
       e.peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
       e.current_bytes = track_memory ? CurrentMemoryBytes(device) : 0;
       e.step_seconds = step_seconds;
-      emit(e);
+      emit_job_event(e);
     }
     if (spec.eval_every > 0 && step % spec.eval_every == 0 && step < total_steps) run_eval();
     if (options.requested_quota_bytes != nullptr) {
@@ -515,15 +606,19 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
         emit(e);
       }
     }
-    const bool stop = options.stop_requested != nullptr && options.stop_requested->load();
+    bool stop = options.stop_requested != nullptr && options.stop_requested->load();
+    // A stop asked of any rank stops them all after this step.
+    if (group) stop = group->Reduce({stop ? 1.0 : 0.0}, ReduceOp::kMax, "stop agreement")[0] > 0;
     if (stop && step < total_steps) {
       TrainingResult result;
       result.outcome = TrainingOutcome::kStopped;
       result.steps = step;
       result.checkpoint_path = write_checkpoint();
+      // The others exit (status 75: resumable) only once rank 0's checkpoint is on disk.
+      if (group) group->Barrier("checkpoint before stopping");
       TrainingEvent e = event(EventKind::kStopped);
       e.path = result.checkpoint_path;
-      emit(e);
+      emit_job_event(e);
       return result;
     }
     if (spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0 && step < total_steps) write_checkpoint();
@@ -534,20 +629,25 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   TrainingResult result;
   result.steps = step;
   result.model_path = (fs::path(options.out_dir) / "model.safetensors").string();
-  model->to(at::kCPU);
-  if (model->lora_enabled()) {
-    result.adapter_path = (fs::path(options.out_dir) / "adapter.safetensors").string();
-    SaveLoraAdapter(*model, result.adapter_path);
-    SaveModelFile(*model->MergedCopy(), result.model_path);
-  } else {
-    SaveModelFile(*model, result.model_path);
+  if (model->lora_enabled()) result.adapter_path = (fs::path(options.out_dir) / "adapter.safetensors").string();
+  if (lead) {
+    model->to(at::kCPU);
+    if (model->lora_enabled()) {
+      SaveLoraAdapter(*model, result.adapter_path);
+      SaveModelFile(*model->MergedCopy(), result.model_path);
+    } else {
+      SaveModelFile(*model, result.model_path);
+    }
   }
+  const int64_t peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
+  // The others finish (status 0) only once the outputs are on disk.
+  if (group) group->Barrier("final outputs");
   TrainingEvent done = event(EventKind::kFinished);
   done.path = result.model_path;
   done.adapter_path = result.adapter_path;
   done.tokens = tokens;
-  done.peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
-  emit(done);
+  done.peak_bytes = peak_bytes;
+  emit_job_event(done);
   return result;
 }
 

@@ -11,6 +11,17 @@
 // (weight and adapter init, split, per-epoch shuffle, favor+ redraws), and a checkpoint stores
 // weights, optimizer state, data position and step. On CPU a resumed run therefore produces
 // the same losses, bit for bit, as an uninterrupted one with the same chunk size.
+//
+// Data parallelism (spec data_parallel.workers = N > 1): N calls of RunTraining — one per
+// rank, usually one process per device — with the same spec and out_dir, joined through
+// options.data_parallel. Every rank draws the same global micro-batches and trains on its share
+// (WorkerBatchShare) with the loss divided by the global target count; gradients and losses are
+// summed over the ranks, and every rank applies the same clipped optimizer step, so the run
+// equals the single-worker run with the same spec up to float summation order (docs/engine.md).
+// Rank 0 writes spec.json, checkpoints and outputs and reports the job's events (progress,
+// eval, checkpoint, stopped, finished); every rank reports its own started, replanned and
+// warning events. A stop requested on any rank stops all of them after the same step, once
+// rank 0's checkpoint is written. Every rank resumes from the newest checkpoint in out_dir.
 #pragma once
 
 #include <atomic>
@@ -19,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/data_parallel.h"
 #include "engine/job_spec.h"
 #include "engine/memory_model.h"
 #include "engine/worker_events.h"
@@ -44,6 +56,9 @@ struct TrainerOptions {
   std::string calibration_cache_dir;
   // Continue from the newest intact checkpoint in out_dir, if there is one.
   bool resume = true;
+  // This run's place in a data-parallel group: world_size must equal the spec's
+  // data_parallel.workers (1: no group).
+  DataParallelOptions data_parallel;
 };
 
 enum class TrainingOutcome { kFinished, kStopped };
@@ -51,21 +66,21 @@ enum class TrainingOutcome { kFinished, kStopped };
 struct TrainingResult {
   TrainingOutcome outcome = TrainingOutcome::kFinished;
   int64_t steps = 0;             // optimizer steps completed
-  std::string model_path;        // finished
+  std::string model_path;        // finished (written by rank 0)
   std::string adapter_path;      // finished LoRA runs
-  std::string checkpoint_path;   // stopped
+  std::string checkpoint_path;   // stopped (written by rank 0)
 };
 
 // Runs (or resumes) the job. Throws EngineError: kInvalidArgument for a spec, data, model file
 // or checkpoint problem, all found before the first step where possible; kResourceExhausted
 // when the quota cannot fit the job or an allocation exceeds it; kInternal otherwise (e.g. the
-// loss became NaN).
+// loss became NaN, or another rank of a data-parallel group failed or stopped answering).
 TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options);
 
 // The learning rate for optimizer step `step` (0-based) of `total_steps`.
 double ScheduledLearningRate(const JobSpec& spec, int64_t step, int64_t total_steps);
 
-// The planner's view of a job's step.
+// The planner's view of a job's step on one worker (its share of each micro-batch).
 StepShape JobStepShape(const JobSpec& spec, const ModelConfig& model);
 
 // The chunk size and start-state mode a run of `spec` uses: the spec's fixed chunk size, or

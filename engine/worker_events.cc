@@ -59,6 +59,10 @@ std::string EventToJson(const TrainingEvent& e) {
       m["mode"] = JsonString(e.mode);
       m["predicted_peak_bytes"] = JsonNumber(static_cast<double>(e.predicted_peak_bytes));
       m["resumed_from_step"] = JsonNumber(static_cast<double>(e.resumed_from_step));
+      if (e.kind == EventKind::kStarted) {
+        m["rank"] = JsonNumber(static_cast<double>(e.rank));
+        m["world_size"] = JsonNumber(static_cast<double>(e.world_size));
+      }
       break;
     case EventKind::kProgress:
       m["loss"] = JsonNumber(e.loss);
@@ -115,6 +119,8 @@ TrainingEvent EventFromJson(const std::string& line) {
   e.mode = StringOr(o, "mode");
   e.predicted_peak_bytes = static_cast<int64_t>(NumberOr(o, "predicted_peak_bytes", 0));
   e.resumed_from_step = static_cast<int64_t>(NumberOr(o, "resumed_from_step", -1));
+  e.rank = static_cast<int64_t>(NumberOr(o, "rank", 0));
+  e.world_size = static_cast<int64_t>(NumberOr(o, "world_size", 1));
   e.loss = NumberOr(o, "loss", 0);
   e.lr = NumberOr(o, "lr", 0);
   e.grad_norm = NumberOr(o, "grad_norm", 0);

@@ -35,6 +35,9 @@ struct TrainingEvent {
   std::string mode;         // "subtract" or "boundaries"
   int64_t predicted_peak_bytes = 0;
   int64_t resumed_from_step = -1;  // -1: a fresh start
+  // started: this worker's place in its data-parallel group (0 of 1 without one)
+  int64_t rank = 0;
+  int64_t world_size = 1;
   // progress
   double loss = 0, lr = 0, grad_norm = 0;
   int64_t tokens = 0;        // training tokens consumed so far

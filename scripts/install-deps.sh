@@ -10,6 +10,8 @@ packages=(
   # engine: LibTorch (CPU build) and a fast BLAS; without libopenblas0-pthread Debian's
   # LibTorch falls back to the reference BLAS (measured 7x slower on a chunked attention step)
   libtorch-dev libopenblas0-pthread
+  # engine: Gloo's headers for c10d data-parallel groups (LibTorch links libgloo already)
+  libgloo-dev
   # service: gRPC and protobuf (with the compilers), Abseil, SQLite (job store), libpqxx (the
   # PostgreSQL job store; brings libpq-dev), Prometheus client
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev

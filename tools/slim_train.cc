@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engine/calibration.h"
+#include "engine/data_parallel.h"
 #include "engine/dataset.h"
 #include "engine/generate.h"
 #include "engine/model_file.h"
@@ -67,7 +68,18 @@ run flags:
   --control-stdin           worker mode: read control commands from stdin, one JSON per line:
                             {"command":"set_quota","quota_bytes":N} re-plans the chunk size
                             for a new quota at the next step boundary
+  --device D                train on D (cpu, cuda, cuda:N) instead of the spec's memory.device
   SIGTERM or Ctrl-C: the current step finishes, a checkpoint is written, exit status 75.
+
+data-parallel run flags (spec data_parallel.workers: N; one process per rank, all with the same
+--spec and --out; docs/worker-protocol.md):
+  --dist-rank R             this process's rank, 0..N-1; rank 0 writes checkpoints, the model
+                            and the job's events
+  --dist-world-size N       the number of ranks; must equal data_parallel.workers
+  --dist-init URL           where the ranks meet: tcp://HOST:PORT (rank 0 listens on PORT) or
+                            file://PATH (a path that does not exist yet, new for every launch)
+  --dist-timeout S          seconds to wait for the other ranks when joining and in every
+                            collective before failing (default 300)
 
 plan flags:
   --preset NAME       model preset: tiny, mini, small, paper-iv (default small)
@@ -165,6 +177,9 @@ void PrintForPeople(const slim::TrainingEvent& e, bool terminal) {
       std::printf("%s on %s: chunk size %lld (%s), %lld steps", e.resumed_from_step >= 0 ? "resuming" : "training",
                   e.device.c_str(), static_cast<long long>(e.chunk_size), e.mode.c_str(),
                   static_cast<long long>(e.total_steps));
+      if (e.world_size > 1) {
+        std::printf(", rank %lld of %lld", static_cast<long long>(e.rank), static_cast<long long>(e.world_size));
+      }
       if (e.resumed_from_step >= 0) std::printf(" from step %lld", static_cast<long long>(e.resumed_from_step));
       if (e.quota_bytes > 0) {
         std::printf(", predicted peak %s of quota %s", slim::FormatBytes(e.predicted_peak_bytes).c_str(),
@@ -216,8 +231,22 @@ int Run(const slim::tools::Flags& flags) {
   const bool no_resume = flags.Bool("no-resume");
   const int64_t threads = flags.Int("threads", 0, 0);
   const bool control_stdin = flags.Bool("control-stdin");
+  const std::string device = flags.Has("device") ? flags.String("device", "") : "";
+  slim::DataParallelOptions dist;
+  dist.rank = static_cast<int>(flags.Int("dist-rank", 0, 0));
+  dist.world_size = static_cast<int>(flags.Int("dist-world-size", 1, 1));
+  if (flags.Has("dist-init")) dist.init_method = flags.String("dist-init", "");
+  dist.timeout_seconds = flags.Double("dist-timeout", 300);
   flags.CheckAllUsed();
   slim::CheckArgument(progress_interval >= 0, "--progress-interval: must be >= 0");
+  try {
+    slim::ValidateDataParallelOptions(dist);
+  } catch (const slim::EngineError& e) {
+    throw slim::EngineError(e.code(), std::string("--") + e.what());
+  }
+  // Failures name the rank, so the logs of a group's processes can be told apart.
+  const std::string who =
+      dist.world_size > 1 ? " (rank " + std::to_string(dist.rank) + " of " + std::to_string(dist.world_size) + ")" : "";
 
   FILE* events = nullptr;
   if (events_fd > 0) {
@@ -239,7 +268,7 @@ int Run(const slim::tools::Flags& flags) {
     failed.message = message;
     send(failed);
     if (terminal) std::printf("\n");
-    std::fprintf(stderr, "slim-train: %s\n", message.c_str());
+    std::fprintf(stderr, "slim-train%s: %s\n", who.c_str(), message.c_str());
     return status;
   };
   try {
@@ -249,8 +278,8 @@ int Run(const slim::tools::Flags& flags) {
     } catch (const std::runtime_error& e) {
       throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("spec ") + e.what());
     }
-    const slim::JobSpec spec =
-        slim::JobSpecFromJson(doc, std::filesystem::path(spec_path).parent_path().string());
+    slim::JobSpec spec = slim::JobSpecFromJson(doc, std::filesystem::path(spec_path).parent_path().string());
+    if (!device.empty()) spec.device = device;
 
     slim::InstallCpuMemoryTracker();
     slim::ConfigureRuntime(static_cast<int>(threads));
@@ -270,11 +299,21 @@ int Run(const slim::tools::Flags& flags) {
     options.progress_interval_seconds = progress_interval;
     options.calibration_cache_dir = slim::DefaultCalibrationCacheDir();
     options.resume = !no_resume;
+    options.data_parallel = dist;
     options.on_event = [&](const slim::TrainingEvent& e) {
       send(e);
       PrintForPeople(e, terminal);
     };
     const slim::TrainingResult result = slim::RunTraining(spec, options);
+    if (dist.rank > 0) {  // rank 0 reports the outcome through its events; the others say it here
+      if (result.outcome == slim::TrainingOutcome::kStopped) {
+        std::printf("stopped at step %lld with the group; rank 0 wrote the checkpoint %s\n",
+                    static_cast<long long>(result.steps), result.checkpoint_path.c_str());
+      } else {
+        std::printf("done at step %lld; rank 0 wrote %s\n", static_cast<long long>(result.steps),
+                    result.model_path.c_str());
+      }
+    }
     if (events != nullptr) std::fclose(events);
     return result.outcome == slim::TrainingOutcome::kStopped ? 75 : 0;
   } catch (const slim::EngineError& e) {

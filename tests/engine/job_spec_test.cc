@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "engine/errors.h"
@@ -38,6 +39,7 @@ memory:
   quota: 2GiB
   chunk_size: auto
   mode: boundaries
+data_parallel: {workers: 3}
 eval: {every: 50, max_sequences: 16}
 checkpoint: {every: 100, keep: 3}
 )";
@@ -78,6 +80,7 @@ TEST(JobSpec, ReadsEveryField) {
   EXPECT_EQ(s.chunk_size, 0);
   ASSERT_TRUE(s.mode.has_value());
   EXPECT_EQ(*s.mode, StartStateMode::kBoundaries);
+  EXPECT_EQ(s.workers, 3);
   EXPECT_EQ(s.eval_every, 50);
   EXPECT_EQ(s.eval_max_sequences, 16);
   EXPECT_EQ(s.checkpoint_every, 100);
@@ -99,6 +102,7 @@ TEST(JobSpec, FingerprintIgnoresMemoryEvalAndCheckpointSettings) {
   t.quota_bytes = 1;
   t.eval_every = 3;
   t.checkpoint_every = 7;
+  t.workers = 1;  // the global batch, and so the math, is the same for any number of workers
   EXPECT_EQ(TrainingFingerprint(t), TrainingFingerprint(s));
   t.lr = 2e-4;
   EXPECT_NE(TrainingFingerprint(t), TrainingFingerprint(s));
@@ -114,6 +118,29 @@ TEST(JobSpec, MinimalSpecTakesDefaults) {
   EXPECT_EQ(s.tuning, TuningMode::kFull);
   EXPECT_FALSE(s.mode.has_value());
   EXPECT_EQ(s.device, "cpu");
+  EXPECT_EQ(s.workers, 1);
+}
+
+// Shares are contiguous, cover the batch exactly once and differ by at most one sequence.
+TEST(JobSpec, WorkerBatchSharesPartitionTheBatch) {
+  for (int64_t batch = 1; batch <= 9; ++batch) {
+    for (int64_t workers = 1; workers <= batch; ++workers) {
+      int64_t next = 0, smallest = batch, largest = 0;
+      for (int64_t rank = 0; rank < workers; ++rank) {
+        const BatchShare share = WorkerBatchShare(batch, rank, workers);
+        EXPECT_EQ(share.begin, next) << batch << "/" << workers;
+        next = share.end;
+        smallest = std::min(smallest, share.end - share.begin);
+        largest = std::max(largest, share.end - share.begin);
+      }
+      EXPECT_EQ(next, batch);
+      EXPECT_GE(smallest, 1);
+      EXPECT_LE(largest - smallest, 1);
+    }
+  }
+  EXPECT_EQ(WorkerBatchShare(4, 2, 3).begin, 2);  // 4 over 3: [0,1) [1,2) [2,4)
+  EXPECT_EQ(WorkerBatchShare(4, 2, 3).end, 4);
+  EXPECT_THROW(WorkerBatchShare(2, 0, 3), EngineError);
 }
 
 // Each malformed spec is refused with a message naming the field and the problem.
@@ -156,6 +183,13 @@ TEST(JobSpec, ErrorsNameTheField) {
       {ok_model + ok_data + ok_training + "memory: {chunk_size: 32, mode: sideways}\n", "memory.mode: unknown value"},
       {ok_model + ok_data + ok_training + ok_memory + "eval: {every: -1}\n", "eval.every: must be >= 0"},
       {ok_model + ok_data + ok_training + ok_memory + "extra: 1\n", "extra: unknown field"},
+      {ok_model + ok_data + ok_training + ok_memory + "data_parallel: {workers: 0}\n",
+       "data_parallel.workers: must be >= 1, got 0"},
+      {ok_model + ok_data + "training: {seq_len: 64, steps: 10, batch_size: 2}\n" + ok_memory +
+           "data_parallel: {workers: 3}\n",
+       "data_parallel.workers: 3 is more than training.batch_size 2"},
+      {ok_model + ok_data + ok_training + ok_memory + "data_parallel: {gpus: 2}\n",
+       "data_parallel.gpus: unknown field"},
   };
   for (const Case& c : cases) {
     try {
@@ -200,6 +234,14 @@ TEST(WorkerEvents, RoundTripExactly) {
   const TrainingEvent f = EventFromJson(EventToJson(failed));
   EXPECT_EQ(f.kind, EventKind::kFailed);
   EXPECT_EQ(f.message, failed.message);
+
+  TrainingEvent started;
+  started.kind = EventKind::kStarted;
+  started.rank = 1;
+  started.world_size = 4;
+  const TrainingEvent st = EventFromJson(EventToJson(started));
+  EXPECT_EQ(st.rank, 1);
+  EXPECT_EQ(st.world_size, 4);
 
   EXPECT_THROW(EventFromJson("{\"event\":\"exploded\"}"), std::runtime_error);
   EXPECT_THROW(EventFromJson("not json"), std::runtime_error);

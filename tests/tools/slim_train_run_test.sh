@@ -39,7 +39,7 @@ EOF
 [ "$(field "$dir/whole.events" finished path)" = "$dir/whole/model.safetensors" ] || fail "finished event lacks the model path"
 [ -f "$dir/whole/spec.json" ] || fail "no spec.json"
 [ "$(ls "$dir/whole/checkpoints" | wc -l)" -eq 2 ] || fail "expected the 2 newest checkpoints: $(ls "$dir/whole/checkpoints")"
-first=$(grep '"event":"progress"' "$dir/whole.events" | head -1 | sed -n 's/.*"loss":\([0-9.]*\).*/\1/p')
+first=$(grep -m1 '"event":"progress"' "$dir/whole.events" | sed -n 's/.*"loss":\([0-9.]*\).*/\1/p')
 last=$(field "$dir/whole.events" progress loss)
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' || fail "loss did not fall: $first -> $last"
 

@@ -639,6 +639,7 @@ TEST_F(SlimdE2eTest, PostgresFleetSpreadsJobsServesWatchesAnywhereAndSurvivesASi
       histories[id] = std::move(history);
     });
   };
+  ASSERT_EQ(Get(watched).state(), v1::JOB_STATE_RUNNING) << "finished too early to be watched live";
   watch_to_the_end(watched, watcher);
   for (const std::string& id : victim_jobs) watch_to_the_end(id, survivor);
 

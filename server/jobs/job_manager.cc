@@ -784,7 +784,18 @@ void JobManager::SchedulePass() {
     running.push_back({id, r->device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
                        job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
   }
-  ScheduleDecision decision = Schedule(options_.devices, running, queued);
+  // A job for which shrinks are in flight waits for their confirmation: planned again meanwhile,
+  // while the shrinking jobs still hold their old quotas and cannot be shrunk twice, it would
+  // look like a job that fits nowhere and shrink jobs on another device as well.
+  std::set<std::string> awaiting_shrinks;
+  for (const auto& [id, r] : running_) {
+    if (r->pending_quota > 0 && !r->shrink_for.empty()) awaiting_shrinks.insert(r->shrink_for);
+  }
+  std::vector<QueuedJob> schedulable;
+  for (const QueuedJob& q : queued) {
+    if (!awaiting_shrinks.count(q.id)) schedulable.push_back(q);
+  }
+  ScheduleDecision decision = Schedule(options_.devices, running, schedulable);
   if (fleet()) ReserveForShrinks(&decision.shrinks);
   for (const ShrinkOrder& s : decision.shrinks) {
     Running& r = *running_.at(s.job_id);

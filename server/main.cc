@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -47,7 +48,13 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
                           unix:/path/to/socket for a unix domain socket)
   --data-dir DIR          jobs, datasets, models and the SQLite store (default ./slimd-data)
   --database-url URL      keep jobs, events and records in PostgreSQL instead of SQLite: a libpq
-                          URL or key=value string, e.g. postgresql://slim@db:5432/slim
+                          URL or key=value string, e.g. postgresql://slim@db:5432/slim. Several
+                          slimd on one database and one shared --data-dir form a fleet
+  --replica-id ID         with --database-url: this replica's name, unique among live replicas
+                          (A-Z a-z 0-9 . _ -, at most 63; default HOSTNAME-PID)
+  --lease-seconds S       with --database-url: how long a replica's claim on a job lasts without
+                          renewal; its jobs move to other replicas this long after it dies
+                          (default 15, at least 1)
   --metrics-address ADDR  HTTP address of /metrics (Prometheus) and the status page at /
                           (default 127.0.0.1:9464; port 0 picks a free one; "off" disables)
   --devices LIST          devices the scheduler packs jobs onto, comma-separated:
@@ -135,6 +142,19 @@ std::string DefaultWorkerBinary() {
   return "slim-train";
 }
 
+// HOSTNAME-PID in the replica id alphabet: unique on a machine, and stable across restarts in
+// a container (where slimd is pid 1 and the hostname is the pod's).
+std::string DefaultReplicaId() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::snprintf(host, sizeof(host), "slimd");
+  std::string id;
+  for (const char* c = host; *c != '\0'; ++c) {
+    id += std::isalnum(static_cast<unsigned char>(*c)) || *c == '.' || *c == '_' || *c == '-' ? *c : '_';
+  }
+  const std::string pid = "-" + std::to_string(::getpid());
+  return id.substr(0, 63 - pid.size()) + pid;
+}
+
 // Config file keys become flags placed before the command line's, so the command line wins.
 std::vector<std::string> ConfigArgs(const std::string& path) {
   slim::Json doc;
@@ -188,6 +208,13 @@ Options ParseOptions(int argc, char** argv) {
   if (flags.Has("tls-client-ca")) o.tls_client_ca = flags.String("tls-client-ca", "");
   o.port_file = flags.Has("port-file") ? flags.String("port-file", "") : "";
   if (flags.Has("database-url")) o.database_url = flags.String("database-url", "");
+  slim::CheckArgument(o.database_url.empty() ? !flags.Has("replica-id") && !flags.Has("lease-seconds") : true,
+                      "--replica-id and --lease-seconds: need --database-url (replicas share a PostgreSQL store)");
+  if (!o.database_url.empty()) {
+    o.manager.replica_id = flags.Has("replica-id") ? flags.String("replica-id", "") : DefaultReplicaId();
+    o.manager.lease_seconds = flags.Double("lease-seconds", 15);
+    slim::CheckArgument(o.manager.lease_seconds >= 1, "--lease-seconds: must be >= 1");
+  }
   o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
   o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
   o.manager.devices = flags.Has("devices") ? ParseDevices(flags.String("devices", "")) : DiscoveredDevices();
@@ -222,8 +249,10 @@ bool LocalOnly(const std::string& address) {
 // The store: PostgreSQL with --database-url, else SQLite in the data directory.
 absl::StatusOr<std::unique_ptr<slim::server::Store>> OpenStore(const Options& o) {
   if (!o.database_url.empty()) {
+    slim::server::PostgresStoreOptions options;
+    options.replica_id = o.manager.replica_id;
     absl::StatusOr<std::unique_ptr<slim::server::PostgresStore>> store =
-        slim::server::PostgresStore::Open(o.database_url);
+        slim::server::PostgresStore::Open(o.database_url, options);
     if (!store.ok()) {
       return absl::Status(store.status().code(), "--database-url: " + std::string(store.status().message()));
     }
@@ -336,6 +365,10 @@ int Serve(const Options& o) {
               o.manager.devices.size());
   for (const auto& d : o.manager.devices) std::printf(" %s (%s)", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
   std::printf("\n");
+  if (!o.manager.replica_id.empty()) {
+    std::printf("slimd: replica %s (lease %g s) of the fleet on this database\n", o.manager.replica_id.c_str(),
+                o.manager.lease_seconds);
+  }
   std::fflush(stdout);
   if (http != nullptr) {
     const std::string host = o.metrics_address.substr(0, o.metrics_address.rfind(':'));

@@ -118,22 +118,30 @@ std::string ConfigJson(const ModelConfig& config) {
   return SerializeJson(o);
 }
 
-// A worker left by a server that was killed: its pid is in <job dir>/worker.pid. If that
-// process still runs slim-train, end its process group and wait for it to go, so that the
-// resumed worker is alone in the job directory.
+// A worker left by a server that was killed (or, in a fleet, by a replica that lost the job):
+// its pid is in <job dir>/worker.pid. If that process runs slim-train on this job directory on
+// this machine, end its process group and wait for it to go, so that the resumed worker is
+// alone in the job directory. (A pid written on another machine names nothing here, or a
+// process whose command line does not name this directory.)
 void KillOrphanedWorker(const std::string& job_dir) {
   std::ifstream pid_file(job_dir + "/worker.pid");
   long pid = 0;
   if (!(pid_file >> pid) || pid <= 1) return;
   std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
   std::string command((std::istreambuf_iterator<char>(cmdline)), {});
-  if (command.find("slim-train") == std::string::npos) return;  // gone, or the pid was reused
-  ::kill(-static_cast<pid_t>(pid), SIGKILL);
-  for (int i = 0; i < 500 && ::kill(static_cast<pid_t>(pid), 0) == 0; ++i) {
-    // It is not our child, so it cannot be waited for; zombies of a dead parent are reaped
-    // by init quickly.
-    absl::SleepFor(absl::Milliseconds(10));
+  // Arguments are NUL-separated: "--out\0<job dir>\0" is this job's worker.
+  if (command.find("slim-train") == std::string::npos ||
+      command.find(std::string("--out") + '\0' + job_dir + '\0') == std::string::npos) {
+    return;  // gone, the pid was reused, or another job's worker
   }
+  ::kill(-static_cast<pid_t>(pid), SIGKILL);
+  // It is not our child, so it cannot be waited for. Dead is enough: a zombie (empty command
+  // line) writes nothing, whether or not an init process reaps it soon.
+  const auto runs = [&] {
+    std::ifstream now("/proc/" + std::to_string(pid) + "/cmdline");
+    return now.good() && now.peek() != std::ifstream::traits_type::eof();
+  };
+  for (int i = 0; i < 500 && runs(); ++i) absl::SleepFor(absl::Milliseconds(10));
 }
 
 // One page of what `caller` may see: store pages are fetched with the size still missing, so
@@ -165,6 +173,9 @@ struct JobManager::Running {
   bool cancelling = false;
   bool draining = false;      // server shutdown: the job goes back to the queue
   bool saw_terminal = false;  // the worker reported finished, stopped or failed
+  bool lost = false;          // fleet: the job is not this replica's any more; record nothing
+  int64_t fence_epoch = 0;    // fence_epoch_ at launch: a later one means self-fencing killed it
+  int64_t stopped_step = -1;  // fleet, draining: where the worker stopped
   int64_t pending_quota = 0;  // shrink requested, not yet confirmed by the worker
   bool shrink_refused = false;  // the worker could not fit a smaller quota
   std::string shrink_for;     // the job the shrink makes room for
@@ -175,16 +186,39 @@ JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* obs
 
 JobManager::~JobManager() { Shutdown(); }
 
+std::string JobManager::TempDir() const {
+  const fs::path tmp = fs::path(options_.data_dir) / "tmp";
+  return (fleet() ? tmp / options_.replica_id : tmp).string();
+}
+
 absl::Status JobManager::Start() {
-  for (const char* dir : {"datasets", "models", "jobs", "tmp"}) {
+  for (const std::string& dir : {std::string("datasets"), std::string("models"), std::string("jobs"), TempDir()}) {
     std::error_code ec;
     fs::create_directories(fs::path(options_.data_dir) / dir, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", options_.data_dir, "/", dir, ": ", ec.message()));
   }
-  // Uploads in progress when a previous server stopped are incomplete: remove them.
-  for (const auto& entry : fs::directory_iterator(fs::path(options_.data_dir) / "tmp")) {
+  // Uploads in progress when a previous server stopped are incomplete: remove them (in a
+  // fleet only this replica's: the others' may be in progress).
+  for (const auto& entry : fs::directory_iterator(TempDir())) {
     std::error_code ec;
-    fs::remove(entry.path(), ec);
+    if (entry.is_regular_file(ec)) fs::remove(entry.path(), ec);
+  }
+  if (fleet()) {
+    // Listening first: nothing recorded by another replica from here on goes unheard.
+    RETURN_IF_ERROR(store_.Listen([this](const StoreNotification& n) { OnStoreNotification(n); }));
+    const auto asked = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(const std::vector<JobLease> owned, store_.RenewLeases(Lease()));
+    NoteRenewal(asked);
+    {
+      // This replica id's jobs from before a restart: their workers are gone or are killed
+      // here; the others' jobs are theirs until their leases expire.
+      absl::MutexLock lock(&mu_);
+      for (const JobLease& lease : owned) SettleOwnedJob(lease, "the server restarted; resuming from the last checkpoint");
+    }
+    lease_thread_ = std::thread([this] { LeaseLoop(); });
+    fence_thread_ = std::thread([this] { FenceLoop(); });
+    scheduler_ = std::thread([this] { SchedulerLoop(); });
+    return absl::OkStatus();
   }
   // A previous server's running jobs: their workers are gone (they die with the server's
   // process group or were killed); resume them from their last checkpoints.
@@ -217,22 +251,36 @@ void JobManager::Shutdown() {
       r->draining = true;
       r->worker->Terminate(options_.cancel_grace_seconds);
     }
-    // Workers checkpoint and exit; OnWorkerExit removes them.
+    // Workers checkpoint and exit; OnWorkerExit removes them. (In a fleet the lease thread
+    // keeps their leases meanwhile.)
     const auto all_exited = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_.empty(); };
     mu_.AwaitWithTimeout(absl::Condition(&all_exited), absl::Seconds(options_.cancel_grace_seconds + 10));
     stopping_ = true;
     wake_ = true;
   }
   if (scheduler_.joinable()) scheduler_.join();
+  if (lease_thread_.joinable()) {
+    {
+      absl::MutexLock lock(&fence_mu_);
+      lease_stop_ = true;
+    }
+    lease_thread_.join();
+  }
+  if (fence_thread_.joinable()) fence_thread_.join();
   std::vector<std::unique_ptr<WorkerProcess>> finished;
   {
     absl::MutexLock lock(&mu_);
+    for (const std::string& id : reserved_) (void)store_.ReleaseJob(id);  // others may run them now
+    reserved_.clear();
     finished.swap(finished_workers_);
     for (auto& [id, r] : running_) finished.push_back(std::move(r->worker));  // still alive: killed
     running_.clear();
+    absl::MutexLock fence(&fence_mu_);
+    live_workers_.clear();
   }
   finished.clear();
   stopped_ = true;
+  store_.StopListening();
   std::vector<std::function<void()>> everyone;
   {
     absl::MutexLock lock(&watch_mu_);
@@ -533,16 +581,50 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id, const Princ
   }
   if (job.state() == v1::JOB_STATE_CANCELLING) return job;
   const auto it = running_.find(id);
-  if (it == running_.end()) {  // queued
-    job.set_state(v1::JOB_STATE_CANCELLED);
-    job.set_queue_position(0);
-    *job.mutable_end_time() = Now();
-    return Record(job, Event("cancelled", "cancelled while queued"));
+  if (it != running_.end() && !it->second->lost) return CancelRunning(job, "");
+  if (!fleet()) return CancelQueued(job, "cancelled while queued");
+  // A fleet: the job is queued, or another replica runs it. Reads race with other replicas,
+  // so a refused write means "look again".
+  for (int attempt = 1;; ++attempt) {
+    if (job.state() == v1::JOB_STATE_QUEUED) {
+      absl::StatusOr<v1::Job> cancelled = CancelQueued(job, "cancelled while queued");
+      if (cancelled.ok() || (cancelled.status().code() != absl::StatusCode::kAborted &&
+                             cancelled.status().code() != absl::StatusCode::kFailedPrecondition)) {
+        return cancelled;
+      }
+    }
+    // Claimed or run by a replica (possibly this one, between a worker and its record): its
+    // owner carries it out within a pass.
+    absl::StatusOr<std::string> owner = store_.RequestCancel(id);
+    if (owner.ok()) return job;
+    if (owner.status().code() != absl::StatusCode::kFailedPrecondition) return owner.status();
+    if (attempt == 3) {
+      return absl::AbortedError(absl::StrCat("job ", id, " kept changing while being cancelled; try again"));
+    }
+    ASSIGN_OR_RETURN(job, store_.GetJob(id));
+    if (IsTerminal(job.state())) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(job.state()),
+                                                        "; only queued or running jobs can be cancelled"));
+    }
+    if (job.state() == v1::JOB_STATE_CANCELLING) return job;
   }
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelQueued(v1::Job job, const std::string& why) {
+  job.set_state(v1::JOB_STATE_CANCELLED);
+  job.set_queue_position(0);
+  *job.mutable_end_time() = Now();
+  absl::StatusOr<v1::Job> cancelled = Record(job, Event("cancelled", why));
+  if (cancelled.ok()) reserved_.erase(job.id());
+  return cancelled;
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelRunning(v1::Job job, const std::string& why) {
+  Running& r = *running_.at(job.id());
   job.set_state(v1::JOB_STATE_CANCELLING);
-  it->second->cancelling = true;
-  it->second->worker->Terminate(options_.cancel_grace_seconds);
-  return Record(job, Event("cancelling", "the worker finishes its step, writes a checkpoint and stops"));
+  r.cancelling = true;
+  r.worker->Terminate(options_.cancel_grace_seconds);
+  return Record(job, Event("cancelling", "the worker finishes its step, writes a checkpoint and stops" + why));
 }
 
 absl::StatusOr<std::vector<v1::JobEvent>> JobManager::Events(const std::string& job_id, int64_t after_sequence,
@@ -571,6 +653,31 @@ void JobManager::NotifyWatchers(const std::string& job_id) {
     }
   }
   for (const auto& f : to_call) f();
+}
+
+void JobManager::NotifyAllWatchers() {
+  std::vector<std::function<void()>> to_call;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    for (const auto& [handle, w] : watchers_) to_call.push_back(w.second);
+  }
+  for (const auto& f : to_call) f();
+}
+
+void JobManager::OnStoreNotification(const StoreNotification& n) {
+  switch (n.kind) {
+    case StoreNotification::Kind::kEvent:
+      NotifyWatchers(n.job_id);  // often this replica's own event: then a spurious wake-up
+      break;
+    case StoreNotification::Kind::kQueued:           // claimable now
+    case StoreNotification::Kind::kCancelRequested:  // perhaps ours: the pass finds out
+      poke_ = true;
+      break;
+    case StoreNotification::Kind::kResync:
+      NotifyAllWatchers();
+      poke_ = true;
+      break;
+  }
 }
 
 absl::StatusOr<v1::Job> JobManager::Record(v1::Job job, v1::JobEvent event) {
@@ -638,10 +745,11 @@ void JobManager::SchedulerLoop() {
     std::vector<std::unique_ptr<WorkerProcess>> finished;
     {
       absl::MutexLock lock(&mu_);
-      const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stopping_; };
+      const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stopping_ || poke_.load(); };
       mu_.AwaitWithTimeout(absl::Condition(&woken), absl::Seconds(options_.scheduler_interval_seconds));
       if (stopping_) return;
       wake_ = false;
+      poke_ = false;
       finished.swap(finished_workers_);
     }
     finished.clear();  // joins their reader threads, outside the lock
@@ -652,6 +760,10 @@ void JobManager::SchedulerLoop() {
 void JobManager::SchedulePass() {
   absl::MutexLock lock(&mu_);
   if (draining_) return;
+  if (fleet()) {
+    if (!RenewAndReconcile()) return;
+    TakeOverExpiredJobs();
+  }
   absl::StatusOr<std::vector<v1::Job>> queued_jobs = store_.JobsInStates({v1::JOB_STATE_QUEUED});
   if (!queued_jobs.ok()) {
     std::fprintf(stderr, "slimd: scheduler: %s\n", queued_jobs.status().ToString().c_str());
@@ -672,7 +784,19 @@ void JobManager::SchedulePass() {
     running.push_back({id, r->device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
                        job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
   }
-  const ScheduleDecision decision = Schedule(options_.devices, running, queued);
+  // A job for which shrinks are in flight waits for their confirmation: planned again meanwhile,
+  // while the shrinking jobs still hold their old quotas and cannot be shrunk twice, it would
+  // look like a job that fits nowhere and shrink jobs on another device as well.
+  std::set<std::string> awaiting_shrinks;
+  for (const auto& [id, r] : running_) {
+    if (r->pending_quota > 0 && !r->shrink_for.empty()) awaiting_shrinks.insert(r->shrink_for);
+  }
+  std::vector<QueuedJob> schedulable;
+  for (const QueuedJob& q : queued) {
+    if (!awaiting_shrinks.count(q.id)) schedulable.push_back(q);
+  }
+  ScheduleDecision decision = Schedule(options_.devices, running, schedulable);
+  if (fleet()) ReserveForShrinks(&decision.shrinks);
   for (const ShrinkOrder& s : decision.shrinks) {
     Running& r = *running_.at(s.job_id);
     const absl::Status sent = r.worker->SendControl(
@@ -682,7 +806,27 @@ void JobManager::SchedulePass() {
       r.shrink_for = s.for_job_id;
     }
   }
+  std::set<std::string> placed;
   for (const Placement& p : decision.placements) {
+    if (fleet()) {
+      // Another replica may be placing the same job right now: the claim decides.
+      absl::StatusOr<JobClaim> claim = store_.ClaimJob(p.job_id, Lease());
+      if (!claim.ok()) {
+        if (claim.status().code() != absl::StatusCode::kAborted &&
+            claim.status().code() != absl::StatusCode::kFailedPrecondition) {
+          std::fprintf(stderr, "slimd: scheduler: %s\n", claim.status().ToString().c_str());
+        }
+        continue;
+      }
+      placed.insert(p.job_id);
+      reserved_.erase(p.job_id);
+      if (claim->cancel_requested) {
+        (void)CancelQueued(claim->job, "cancelled while queued");
+        continue;
+      }
+    } else {
+      placed.insert(p.job_id);
+    }
     const absl::Status launched = Launch(p.job_id, p.device);
     if (!launched.ok()) {
       absl::StatusOr<v1::Job> job = store_.GetJob(p.job_id);
@@ -693,9 +837,9 @@ void JobManager::SchedulePass() {
       }
     }
   }
-  // Queue positions for the jobs still waiting.
-  std::set<std::string> placed;
-  for (const Placement& p : decision.placements) placed.insert(p.job_id);
+  if (fleet()) ReleaseUnneededReservations(placed);
+  // Queue positions for the jobs still waiting. (In a fleet every replica computes the same
+  // order; a write that races another replica is refused by the store and skipped.)
   std::vector<QueuedJob> waiting;
   for (const QueuedJob& q : queued) {
     if (!placed.count(q.id)) waiting.push_back(q);
@@ -728,6 +872,9 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::string& de
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError("cannot create " + dir.string() + ": " + ec.message());
+  // A worker of an earlier attempt that is still alive here (a replica that died or lost the
+  // job on this machine) must not write checkpoints next to the new one.
+  KillOrphanedWorker(dir.string());
   const std::string spec_path = (dir / "worker-spec.json").string();
   RETURN_IF_ERROR(WriteFileAtomically(spec_path, SerializeJson(JobSpecToJson(spec)) + "\n"));
 
@@ -746,25 +893,44 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::string& de
   auto r = std::make_unique<Running>();
   r->device = device;
   r->attempt = attempt;
+  r->fence_epoch = fence_epoch_.load();
   const pid_t pid = worker->pid();
+  {
+    absl::MutexLock fence(&fence_mu_);
+    live_workers_.insert(worker.get());
+  }
   r->worker = std::move(worker);
+  Running& running = *r;
   running_[job_id] = std::move(r);
 
   job.set_state(v1::JOB_STATE_RUNNING);
   job.set_device(device);
+  job.set_replica(options_.replica_id);
   job.set_attempts(attempt);
   job.set_queue_position(0);
   *job.mutable_start_time() = Now();
-  v1::JobEvent event = Event("started", absl::StrCat("worker pid ", pid, " on ", device, ", attempt ", attempt));
+  v1::JobEvent event = Event("started", absl::StrCat("worker pid ", pid, " on ", device,
+                                                     fleet() ? " of replica " + options_.replica_id : std::string(),
+                                                     ", attempt ", attempt));
   event.set_quota_bytes(job.quota_bytes());
-  return Record(job, event).status();
+  const absl::StatusOr<v1::Job> recorded = Record(job, event);
+  if (!recorded.ok()) {
+    // Not recorded (the store is unreachable, or in a fleet the job is not ours any more): the
+    // worker must not run unrecorded. The job stays QUEUED; in a fleet a pass releases it.
+    std::fprintf(stderr, "slimd: job %s: cannot record its start, stopping its worker: %s\n", job_id.c_str(),
+                 recorded.status().ToString().c_str());
+    running.lost = true;
+    running.worker->Kill();
+  }
+  return absl::OkStatus();
 }
 
 void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e) {
   absl::MutexLock lock(&mu_);
   const auto it = running_.find(job_id);
+  if (it == running_.end() || it->second->lost) return;
   absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
-  if (it == running_.end() || !stored.ok()) return;
+  if (!stored.ok()) return;
   Running& r = *it->second;
   v1::Job job = *stored;
   v1::JobProgress& progress = *job.mutable_progress();
@@ -872,6 +1038,11 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
         r.saw_terminal = true;
         job.set_state(v1::JOB_STATE_CANCELLED);
         event = Event("cancelled", absl::StrCat("stopped at step ", e.step, " after a checkpoint"));
+      } else if (r.draining && fleet()) {
+        // Requeued once the process is gone (OnWorkerExit): another replica may claim the
+        // job at once, and must not start a worker while this one still runs.
+        r.stopped_step = e.step;
+        return;
       } else if (r.draining) {
         r.saw_terminal = true;
         job.set_state(v1::JOB_STATE_QUEUED);
@@ -890,7 +1061,15 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       break;
   }
   if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
-  (void)Record(job, event);
+  const absl::StatusOr<v1::Job> recorded = Record(job, event);
+  if (fleet() && (recorded.status().code() == absl::StatusCode::kFailedPrecondition ||
+                  recorded.status().code() == absl::StatusCode::kAborted)) {
+    // Another replica owns the job now (it took over after our lease lapsed): stop at once.
+    std::fprintf(stderr, "slimd: job %s is not this replica's any more (%s); stopping its worker\n", job_id.c_str(),
+                 std::string(recorded.status().message()).c_str());
+    r.lost = true;
+    r.worker->Kill();
+  }
 }
 
 void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const WorkerExit& exit) {
@@ -899,8 +1078,13 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
   if (it == running_.end() || it->second->attempt != attempt) return;
   std::unique_ptr<Running> r = std::move(it->second);
   running_.erase(it);
+  {
+    absl::MutexLock fence(&fence_mu_);
+    live_workers_.erase(r->worker.get());
+  }
   finished_workers_.push_back(std::move(r->worker));
   wake_ = true;
+  if (r->lost) return;  // not this replica's job (any more): nothing to record
   absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
   if (!stored.ok()) return;
   v1::Job job = *stored;
@@ -908,6 +1092,7 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
   if (r->saw_terminal && job.state() != v1::JOB_STATE_CANCELLING) return;
   const std::string how = exit.signaled ? absl::StrCat("killed by signal ", exit.signal)
                                         : absl::StrCat("exited with status ", exit.exit_status);
+  const bool fenced = r->fence_epoch != fence_epoch_.load();
   v1::JobEvent event;
   if (r->cancelling) {
     job.set_state(v1::JOB_STATE_CANCELLED);
@@ -915,15 +1100,28 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
   } else if (r->draining) {
     job.set_state(v1::JOB_STATE_QUEUED);
     job.set_device("");
-    event = Event("requeued", "worker " + how + " during server shutdown; resumes from its last checkpoint");
+    job.set_replica("");
+    event = Event("requeued", r->stopped_step >= 0
+                                  ? absl::StrCat("stopped at step ", r->stopped_step,
+                                                 " (server shutdown); resumes from its checkpoint")
+                                  : "worker " + how + " during server shutdown; resumes from its last checkpoint");
+  } else if (fenced) {
+    job.set_state(v1::JOB_STATE_QUEUED);
+    job.set_device("");
+    job.set_replica("");
+    event = Event("requeued", absl::StrCat("replica ", options_.replica_id,
+                                           " could not renew its leases in time and stopped the worker (", how,
+                                           "); resumes from its last checkpoint"));
   } else if (!exit.signaled && exit.exit_status == 75) {
     // Stopped from outside after a checkpoint: not a crash, resume it.
     job.set_state(v1::JOB_STATE_QUEUED);
     job.set_device("");
+    job.set_replica("");
     event = Event("requeued", "worker was stopped from outside; resumes from its last checkpoint");
   } else if (job.crash_retries() < options_.max_retries) {
     job.set_state(v1::JOB_STATE_QUEUED);
     job.set_device("");
+    job.set_replica("");
     job.set_crash_retries(job.crash_retries() + 1);
     event = Event("retrying", absl::StrCat("worker ", how, "; retrying from the last checkpoint (retry ",
                                            job.crash_retries(), " of ", options_.max_retries, ")\n", exit.stderr_tail));
@@ -934,6 +1132,203 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
   }
   if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
   (void)Record(job, event);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas (fleets)
+
+void JobManager::NoteRenewal(std::chrono::steady_clock::time_point asked) {
+  absl::MutexLock lock(&fence_mu_);
+  renewed_at_ = std::max(renewed_at_, asked);
+  fenced_ = false;
+  if (renew_failing_) std::fprintf(stderr, "slimd: replica %s: leases renewed again\n", options_.replica_id.c_str());
+  renew_failing_ = false;
+}
+
+void JobManager::LeaseLoop() {
+  const absl::Duration lease = Lease();
+  const auto renew_every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(absl::ToDoubleSeconds(lease) / 4));
+  while (true) {
+    std::chrono::steady_clock::time_point renewed_at;
+    {
+      absl::MutexLock lock(&fence_mu_);
+      fence_mu_.AwaitWithTimeout(absl::Condition(&lease_stop_), lease / 8);
+      if (lease_stop_) return;
+      renewed_at = renewed_at_;
+    }
+    // Passes renew about every second; this thread covers passes that are slow or stuck (a
+    // long worker kill, a store call waiting under mu_).
+    const auto asked = std::chrono::steady_clock::now();
+    if (asked - renewed_at < renew_every) continue;
+    const absl::StatusOr<std::vector<JobLease>> renewed = store_.RenewLeases(lease);
+    if (renewed.ok()) {
+      NoteRenewal(asked);
+      continue;
+    }
+    absl::MutexLock lock(&fence_mu_);
+    if (!renew_failing_) {
+      std::fprintf(stderr, "slimd: replica %s: cannot renew leases: %s\n", options_.replica_id.c_str(),
+                   renewed.status().ToString().c_str());
+    }
+    renew_failing_ = true;
+  }
+}
+
+void JobManager::FenceLoop() {
+  // The database's lease ends after `renewed_at_ + lease` (it counts from when the renewal ran,
+  // later than when it was asked for). Killing between 2/3 and 3/4 of it leaves the rest for the
+  // kill to land before any replica may take the jobs over. This thread never waits for the
+  // store, which may hang for as long as the network does.
+  const absl::Duration lease = Lease();
+  const auto fence_after = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(absl::ToDoubleSeconds(lease) * 2 / 3));
+  absl::MutexLock lock(&fence_mu_);
+  while (!lease_stop_) {
+    fence_mu_.AwaitWithTimeout(absl::Condition(&lease_stop_), lease / 12);
+    const auto silent = std::chrono::steady_clock::now() - renewed_at_;
+    if (lease_stop_ || fenced_ || live_workers_.empty() || silent < fence_after) continue;
+    fenced_ = true;
+    ++fence_epoch_;
+    std::fprintf(stderr,
+                 "slimd: replica %s: no lease renewal for %.1f s; stopping its %zu worker(s) before another replica "
+                 "may take their jobs over\n",
+                 options_.replica_id.c_str(), std::chrono::duration<double>(silent).count(), live_workers_.size());
+    for (WorkerProcess* worker : live_workers_) worker->Kill();
+  }
+}
+
+bool JobManager::RenewAndReconcile() {
+  const auto asked = std::chrono::steady_clock::now();
+  const absl::StatusOr<std::vector<JobLease>> leases = store_.RenewLeases(Lease());
+  if (!leases.ok()) return false;  // the lease thread reports it (once per outage)
+  NoteRenewal(asked);
+  std::map<std::string, const JobLease*> owned;
+  for (const JobLease& lease : *leases) owned[lease.job_id] = &lease;
+  // Ours no more: another replica took it over after our lease lapsed. Its writes would be
+  // refused anyway; its worker must stop writing into the job directory now.
+  for (auto& [id, r] : running_) {
+    // (A worker that reported its outcome released the job itself and is about to exit.)
+    if (owned.count(id) || r->lost || r->saw_terminal) continue;
+    std::fprintf(stderr, "slimd: job %s is not replica %s's any more (taken over); stopping its worker\n", id.c_str(),
+                 options_.replica_id.c_str());
+    r->lost = true;
+    r->worker->Kill();
+  }
+  for (auto it = reserved_.begin(); it != reserved_.end();) {
+    it = owned.count(*it) ? std::next(it) : reserved_.erase(it);
+  }
+  for (const JobLease& lease : *leases) {
+    const auto running = running_.find(lease.job_id);
+    if (running != running_.end()) {
+      Running& r = *running->second;
+      if (!lease.cancel_requested || r.cancelling || r.lost || r.draining || r.saw_terminal) continue;
+      absl::StatusOr<v1::Job> job = store_.GetJob(lease.job_id);
+      if (job.ok() && job->state() == v1::JOB_STATE_RUNNING) {
+        (void)CancelRunning(*job, " (requested through another replica)");
+      }
+    } else if (reserved_.count(lease.job_id)) {
+      if (!lease.cancel_requested) continue;
+      absl::StatusOr<v1::Job> job = store_.GetJob(lease.job_id);
+      if (job.ok()) (void)CancelQueued(*job, "cancelled while queued (requested through another replica)");
+    } else {
+      SettleOwnedJob(lease, absl::StrCat("its worker on replica ", options_.replica_id,
+                                         " is gone and its end was not recorded; resuming from the last checkpoint"));
+    }
+  }
+  return true;
+}
+
+void JobManager::SettleOwnedJob(const JobLease& lease, const std::string& why) {
+  KillOrphanedWorker((fs::path(options_.data_dir) / "jobs" / lease.job_id).string());
+  absl::StatusOr<v1::Job> job = store_.GetJob(lease.job_id);
+  if (!job.ok()) return;
+  absl::Status settled;
+  if (job->state() == v1::JOB_STATE_QUEUED) {
+    settled = lease.cancel_requested
+                  ? CancelQueued(*job, "cancelled while queued (requested through another replica)").status()
+                  : store_.ReleaseJob(job->id());
+  } else if (job->state() == v1::JOB_STATE_CANCELLING || lease.cancel_requested) {
+    const bool was_cancelling = job->state() == v1::JOB_STATE_CANCELLING;
+    job->set_state(v1::JOB_STATE_CANCELLED);
+    *job->mutable_end_time() = Now();
+    settled = Record(*job, Event("cancelled", was_cancelling ? "its worker is gone; the cancellation is complete"
+                                                             : "its worker is gone; cancelled as requested"))
+                  .status();
+  } else if (job->state() == v1::JOB_STATE_RUNNING) {
+    job->set_state(v1::JOB_STATE_QUEUED);
+    job->set_device("");
+    job->set_replica("");
+    settled = Record(*job, Event("requeued", why)).status();
+  }
+  if (!settled.ok()) {
+    std::fprintf(stderr, "slimd: job %s: %s\n", lease.job_id.c_str(), settled.ToString().c_str());
+  }
+}
+
+void JobManager::TakeOverExpiredJobs() {
+  const absl::StatusOr<std::vector<JobClaim>> claims = store_.TakeOverExpiredJobs(Lease());
+  if (!claims.ok()) {
+    std::fprintf(stderr, "slimd: taking over jobs: %s\n", claims.status().ToString().c_str());
+    return;
+  }
+  for (const JobClaim& claim : *claims) {
+    const std::string who =
+        claim.previous_owner.empty() ? std::string("a slimd without replica id") : "replica " + claim.previous_owner;
+    // On one machine the lost replica's worker may still run (a frozen replica): end it first.
+    KillOrphanedWorker((fs::path(options_.data_dir) / "jobs" / claim.job.id()).string());
+    v1::Job job = claim.job;
+    v1::JobEvent event;
+    if (job.state() == v1::JOB_STATE_CANCELLING || claim.cancel_requested) {
+      job.set_state(v1::JOB_STATE_CANCELLED);
+      *job.mutable_end_time() = Now();
+      event = Event("cancelled", who + " stopped renewing its lease while the job was being cancelled");
+    } else {
+      job.set_state(v1::JOB_STATE_QUEUED);
+      job.set_device("");
+      job.set_replica("");
+      event = Event("requeued", absl::StrCat(who, " stopped renewing its lease (it stopped, crashed or lost the "
+                                                  "database); taken over by replica ",
+                                             options_.replica_id, ", resuming from the last checkpoint"));
+    }
+    std::fprintf(stderr, "slimd: replica %s took over job %s from %s\n", options_.replica_id.c_str(),
+                 job.id().c_str(), who.c_str());
+    if (const absl::Status recorded = Record(job, event).status(); !recorded.ok()) {
+      std::fprintf(stderr, "slimd: job %s: %s\n", job.id().c_str(), recorded.ToString().c_str());
+    }
+  }
+}
+
+void JobManager::ReserveForShrinks(std::vector<ShrinkOrder>* shrinks) {
+  std::map<std::string, bool> held;  // job the shrinks are for → this replica holds it
+  for (const ShrinkOrder& s : *shrinks) {
+    if (held.count(s.for_job_id)) continue;
+    if (reserved_.count(s.for_job_id)) {
+      held[s.for_job_id] = true;
+      continue;
+    }
+    const absl::StatusOr<JobClaim> claim = store_.ClaimJob(s.for_job_id, Lease());
+    held[s.for_job_id] = claim.ok() && !claim->cancel_requested;
+    if (claim.ok()) reserved_.insert(s.for_job_id);  // a cancel request is carried out next pass
+  }
+  shrinks->erase(std::remove_if(shrinks->begin(), shrinks->end(),
+                                [&](const ShrinkOrder& s) { return !held[s.for_job_id]; }),
+                 shrinks->end());
+}
+
+void JobManager::ReleaseUnneededReservations(const std::set<std::string>& placed) {
+  std::set<std::string> awaited;  // jobs that shrinks in flight make room for
+  for (const auto& [id, r] : running_) {
+    if (r->pending_quota > 0 && !r->shrink_for.empty()) awaited.insert(r->shrink_for);
+  }
+  for (auto it = reserved_.begin(); it != reserved_.end();) {
+    if (placed.count(*it) || awaited.count(*it)) {
+      ++it;
+      continue;
+    }
+    (void)store_.ReleaseJob(*it);  // not ours any more, or not queued: nothing to give back
+    it = reserved_.erase(it);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -990,7 +1385,7 @@ absl::Status JobManager::CheckDatasetLimit(const Principal& caller, int64_t size
 // Datasets
 
 std::string JobManager::TempPath() {
-  return (fs::path(options_.data_dir) / "tmp" / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
+  return (fs::path(TempDir()) / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
 }
 
 absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,

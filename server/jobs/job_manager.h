@@ -7,12 +7,41 @@
 // Thread-safety: every public method may be called from any thread. Long work (calibrating the
 // planner for a new model shape, generation) runs on the calling thread, so the RPC layer calls
 // those methods from its own worker threads, never from gRPC's callback threads.
+//
+// Fleets (options.replica_id set; the store is a PostgresStore opened with the same id; see
+// docs/operations.md "Running a fleet"): several managers, one per slimd replica, share the
+// store and the data directory, each with its own devices.
+//  - Scheduling: a pass considers every QUEUED job but launches one on its devices only after
+//    Store::ClaimJob succeeded (a lost claim means another replica took it). Shrink-to-fit
+//    claims the job it makes room for first (a reservation), so that two replicas never shrink
+//    their jobs for the same one; a reservation that is not needed any more is released.
+//  - Leases: every pass renews this replica's leases (Store::RenewLeases) and reconciles: a
+//    job it runs that is no longer its own (taken over) loses its worker at once, a cancel
+//    request from another replica is carried out, and a job it owns without a worker (its end
+//    could not be recorded) is requeued. A lease thread renews too, independently of passes.
+//  - Self-fencing: if no renewal has succeeded for 2/3 of the lease, a fence thread SIGKILLs
+//    every worker (their jobs are requeued once the store can be written), so that a replica
+//    cut off from the database stops writing into job directories before its leases can
+//    expire and another replica resumes those jobs there.
+//  - Takeover: each pass takes over RUNNING/CANCELLING jobs whose owner's lease expired and
+//    requeues them (event `requeued` naming the replica) or finishes their cancellation; any
+//    replica then claims them and they resume from their checkpoints in the shared directory.
+//    Before a worker starts, a worker of an earlier attempt still alive on this machine
+//    (jobs/<id>/worker.pid) is killed.
+//  - Start() recovers only the jobs this replica id owns, not every RUNNING job.
+//  - Watchers are woken by the store's notifications (Store::Listen), so WatchJob through any
+//    replica streams the events another one records. CancelJob of a job another replica runs
+//    sets its cancel request (Store::RequestCancel); the owner acts on it within a pass, and
+//    the returned job still shows the state before.
+//  - Uploads go to tmp/<replica id>/, and Start() clears only that folder.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +49,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/job_spec.h"
 #include "engine/worker_events.h"
 #include "server/auth/principal.h"
@@ -60,6 +90,11 @@ struct JobManagerOptions {
   int tenant_max_jobs = 0;                 // queued, running and cancelling jobs
   int64_t tenant_max_quota_bytes = 0;      // sum of the memory quotas of those jobs
   int64_t tenant_max_dataset_bytes = 0;    // total size of the tenant's datasets
+  // Fleets (see the class comment): this replica's id, "" for a single slimd; and how long a
+  // claim lasts without renewal. Renewals happen about every second (passes) and every
+  // lease/4 (the lease thread); self-fencing at 2/3 of it.
+  std::string replica_id;
+  double lease_seconds = 15;
 };
 
 class JobManager {
@@ -69,7 +104,8 @@ class JobManager {
   ~JobManager();  // Shutdown() if not done
 
   // Re-queues jobs a previous server left RUNNING or CANCELLING (they resume from their last
-  // checkpoints), finishes cancellations of jobs whose workers are gone, starts scheduling.
+  // checkpoints), finishes cancellations of jobs whose workers are gone, starts scheduling. In
+  // a fleet only the jobs this replica id owns, and it starts listening to the store first.
   absl::Status Start();
   // Two-phase shutdown: refuse new jobs (UNAVAILABLE), SIGTERM every worker (each writes a
   // checkpoint; its job goes back to QUEUED so the next start resumes it), wait up to
@@ -93,8 +129,9 @@ class JobManager {
   // Events of a job after `after_sequence` (at most `limit`), for WatchJob.
   absl::StatusOr<std::vector<v1::JobEvent>> Events(const std::string& job_id, int64_t after_sequence, int limit);
 
-  // Calls `notify` whenever job `job_id` records an event, on the recording thread with the
-  // manager's lock held: it must be quick (e.g. wake a reactor) and may call only Events().
+  // Calls `notify` whenever job `job_id` records an event (in a fleet: on any replica), on the
+  // recording thread with the manager's lock held or on the store's listening thread: it must
+  // be quick (e.g. wake a reactor) and may call only Events(). Spurious calls happen.
   // Returns a handle for Unwatch.
   int64_t Watch(const std::string& job_id, std::function<void()> notify);
   void Unwatch(int64_t handle);
@@ -106,7 +143,7 @@ class JobManager {
   absl::StatusOr<v1::Dataset> GetDataset(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::ListDatasetsResponse> ListDatasets(const v1::ListDatasetsRequest& request, const Principal& caller);
   absl::Status DeleteDataset(const std::string& id, const Principal& caller);
-  std::string TempPath();  // a fresh file name under data_dir/tmp
+  std::string TempPath();  // a fresh file name under data_dir/tmp (tmp/<replica id> in a fleet)
   int64_t max_dataset_bytes() const { return options_.max_dataset_bytes; }
 
   // Models.
@@ -131,13 +168,44 @@ class JobManager {
 
   void SchedulerLoop();
   void SchedulePass();
-  absl::Status Launch(const std::string& job_id, const std::string& device);
+  // Launches a worker for the job on `device`. An error means the job could not start (the
+  // caller fails it); a start the store refused to record (the job is not ours any more) ends
+  // the new worker and returns OK.
+  absl::Status Launch(const std::string& job_id, const std::string& device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnWorkerEvent(const std::string& job_id, const TrainingEvent& event);
   void OnWorkerExit(const std::string& job_id, int attempt, const struct WorkerExit& exit);
   // Stores job + event and wakes the job's watchers. Caller holds mu_.
   absl::StatusOr<v1::Job> Record(v1::Job job, v1::JobEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CANCELLING: SIGTERM to the worker, which checkpoints and stops. `why` ends the event's message.
+  absl::StatusOr<v1::Job> CancelRunning(v1::Job job, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CANCELLED straight from QUEUED.
+  absl::StatusOr<v1::Job> CancelQueued(v1::Job job, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NotifyWatchers(const std::string& job_id);
+  void NotifyAllWatchers();
   void Wake();
+
+  // Fleets (see the class comment).
+  bool fleet() const { return !options_.replica_id.empty(); }
+  absl::Duration Lease() const { return absl::Seconds(options_.lease_seconds); }
+  // Renews this replica's leases and reconciles running_ and reserved_ with them. False if the
+  // store could not be reached: then nothing may be launched.
+  bool RenewAndReconcile() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A job this replica owns but runs no worker for: requeued (RUNNING), finished (CANCELLING,
+  // or a cancel request), released (QUEUED). `why` is the requeue's message.
+  void SettleOwnedJob(const JobLease& lease, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TakeOverExpiredJobs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Claims the jobs that the decision's shrinks make room for; drops shrinks whose job another
+  // replica holds.
+  void ReserveForShrinks(std::vector<ShrinkOrder>* shrinks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Releases reservations that neither a placement of this pass nor a pending shrink needs.
+  void ReleaseUnneededReservations(const std::set<std::string>& placed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnStoreNotification(const StoreNotification& notification);
+  // The lease thread renews; the fence thread kills every worker when no renewal succeeded
+  // for 2/3 of the lease (it never calls the store, so a hanging store call cannot delay it).
+  void LeaseLoop();
+  void FenceLoop();
+  void NoteRenewal(std::chrono::steady_clock::time_point asked) ABSL_LOCKS_EXCLUDED(fence_mu_);
+  std::string TempDir() const;  // tmp/, or tmp/<replica id>/ in a fleet
 
   v1::ListDevicesResponse DevicesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -157,7 +225,26 @@ class JobManager {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> stopped_{false};
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  // Set without mu_ (store notifications must not wait for a pass); read by the scheduler's
+  // wait, which sees it at the next release of mu_ or after its interval.
+  std::atomic<bool> poke_{false};
   std::thread scheduler_;
+  // Fleets: QUEUED jobs this replica claimed to shrink running jobs for.
+  std::set<std::string> reserved_ ABSL_GUARDED_BY(mu_);
+
+  // Fleets: the lease and fence threads' state. Lock order: mu_ before fence_mu_.
+  absl::Mutex fence_mu_;
+  std::thread lease_thread_;
+  std::thread fence_thread_;
+  bool lease_stop_ ABSL_GUARDED_BY(fence_mu_) = false;
+  // When the newest successful renewal was asked for (its lease runs from a later moment).
+  std::chrono::steady_clock::time_point renewed_at_ ABSL_GUARDED_BY(fence_mu_);
+  bool fenced_ ABSL_GUARDED_BY(fence_mu_) = false;  // workers killed since the last renewal
+  bool renew_failing_ ABSL_GUARDED_BY(fence_mu_) = false;  // logged once per outage
+  // Every worker that has not exited, for the fence thread to kill without mu_.
+  std::set<WorkerProcess*> live_workers_ ABSL_GUARDED_BY(fence_mu_);
+  // Counts self-fencings; a worker started in an earlier epoch was killed by one.
+  std::atomic<int64_t> fence_epoch_{0};
   // Workers that exited, destroyed outside their own reader thread.
   std::vector<std::unique_ptr<WorkerProcess>> finished_workers_ ABSL_GUARDED_BY(mu_);
 

@@ -2,6 +2,11 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <pqxx/pqxx>
 #include <utility>
@@ -9,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
 #include "server/common/status_macros.h"
 #include "server/jobs/store_helpers.h"
 
@@ -32,7 +38,7 @@ constexpr int64_t kSchemaLockKey = 0x736c696d5f736368;
 constexpr int kBrokenConnectionRetries = 1;
 constexpr int kConflictRetries = 3;
 
-// Version 1. Unqualified names: the tables go to the first schema of the connection's
+// Version 2. Unqualified names: the tables go to the first schema of the connection's
 // search_path (a dedicated schema: `options=-csearch_path=slim` in the URL).
 constexpr char kSchema[] = R"sql(
 CREATE TABLE schema_version (
@@ -46,11 +52,13 @@ CREATE TABLE jobs (
   last_sequence BIGINT NOT NULL,
   owner TEXT,
   lease_expires_at TIMESTAMPTZ,
+  cancel_requested BOOLEAN NOT NULL DEFAULT false,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   data BYTEA NOT NULL
 );
 CREATE INDEX jobs_by_state ON jobs (state, seq);
+CREATE INDEX jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 CREATE TABLE events (
   job_id TEXT NOT NULL REFERENCES jobs (id),
   sequence BIGINT NOT NULL,
@@ -73,6 +81,28 @@ CREATE TABLE counters (
   next BIGINT NOT NULL
 );
 )sql";
+
+// Version 1 → 2: cancel requests between replicas, and finding a replica's jobs quickly.
+constexpr char kUpgradeFrom1[] = R"sql(
+ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
+UPDATE schema_version SET version = 2;
+)sql";
+
+constexpr int kQueued = v1::JOB_STATE_QUEUED;
+constexpr int kRunning = v1::JOB_STATE_RUNNING;
+constexpr int kCancelling = v1::JOB_STATE_CANCELLING;
+
+bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+std::string StateName(int state) {
+  return v1::JobState_IsValid(state) ? v1::JobState_Name(static_cast<v1::JobState>(state)) : absl::StrCat(state);
+}
+
+// A lease as a parameter of make_interval(secs => ...).
+double Seconds(absl::Duration lease) { return absl::ToDoubleSeconds(lease); }
 
 // libpq and server messages span lines ("ERROR:  ...\nDETAIL: ..."): one line for a status.
 std::string OneLine(absl::string_view message) {
@@ -121,6 +151,20 @@ void WriteJob(pqxx::transaction_base& tx, const v1::Job& job) {
                  job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)));
 }
 
+// After a transition to QUEUED or an end: the job has no owner any more; a pending cancel
+// request stays with a queued job (its next owner acts on it) and goes with an ended one. A
+// QUEUED job is announced as claimable.
+void ReleaseIfDone(pqxx::transaction_base& tx, const v1::Job& job) {
+  if (job.state() == v1::JOB_STATE_QUEUED) {
+    tx.exec_params("UPDATE jobs SET owner = NULL, lease_expires_at = NULL WHERE id = $1", job.id());
+    tx.exec_params("SELECT pg_notify($1, $2)", std::string(PostgresStore::kControlChannel),
+                   absl::StrCat("queued:", job.id()));
+  } else if (IsTerminal(job.state())) {
+    tx.exec_params("UPDATE jobs SET owner = NULL, lease_expires_at = NULL, cancel_requested = false WHERE id = $1",
+                   job.id());
+  }
+}
+
 // Appends the event and notifies kEventsChannel (delivered when the transaction commits).
 void InsertEvent(pqxx::transaction_base& tx, const std::string& job_id, const v1::JobEvent& event) {
   tx.exec_params("INSERT INTO events (job_id, sequence, data) VALUES ($1, $2, $3)", job_id, event.sequence(),
@@ -131,10 +175,23 @@ void InsertEvent(pqxx::transaction_base& tx, const std::string& job_id, const v1
 
 // Locks the job row until the transaction ends and returns its last_sequence; NOT_FOUND if
 // absent. The lock is what serializes UpdateJob/SaveJob of one job across connections.
-absl::StatusOr<int64_t> LockJob(pqxx::transaction_base& tx, const std::string& id) {
-  const pqxx::result r = tx.exec_params("SELECT last_sequence FROM jobs WHERE id = $1 FOR UPDATE", id);
+// With a replica id (`replica` non-empty) it also fences: FAILED_PRECONDITION if another
+// replica owns the job, ABORTED if `expected_sequence` is not the stored last_sequence.
+absl::StatusOr<int64_t> LockJob(pqxx::transaction_base& tx, const std::string& id, const std::string& replica,
+                                int64_t expected_sequence) {
+  const pqxx::result r = tx.exec_params("SELECT last_sequence, owner FROM jobs WHERE id = $1 FOR UPDATE", id);
   if (r.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
-  return r[0][0].as<int64_t>();
+  const int64_t last = r[0][0].as<int64_t>();
+  if (replica.empty()) return last;
+  if (!r[0][1].is_null() && r[0][1].as<std::string>() != replica) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " is owned by replica ", r[0][1].as<std::string>(), ", not by ", replica));
+  }
+  if (last != expected_sequence) {
+    return absl::AbortedError(absl::StrCat("job ", id, " changed concurrently: its last event is ", last,
+                                           ", the update was based on ", expected_sequence));
+  }
+  return last;
 }
 
 // One run of a transaction: its status, whether the connection is unusable afterwards, and
@@ -209,14 +266,22 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(const std::st
     return absl::InvalidArgumentError(Describe("malformed connection string", message));
   }
   PQconninfoFree(parsed);
-  std::unique_ptr<PostgresStore> store(new PostgresStore(url, options.pool_size));
+  const std::string& replica = options.replica_id;
+  if (replica.size() > 63 || std::any_of(replica.begin(), replica.end(), [](char c) {
+        return !absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-';
+      })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replica_id: at most 63 characters of A-Z a-z 0-9 . _ -, got '", replica, "'"));
+  }
+  std::unique_ptr<PostgresStore> store(new PostgresStore(url, options.pool_size, replica));
   RETURN_IF_ERROR(store->Initialize());
   return store;
 }
 
-PostgresStore::PostgresStore(std::string url, int pool_size) : url_(std::move(url)), pool_size_(pool_size) {}
+PostgresStore::PostgresStore(std::string url, int pool_size, std::string replica_id)
+    : url_(std::move(url)), pool_size_(pool_size), replica_id_(std::move(replica_id)) {}
 
-PostgresStore::~PostgresStore() = default;
+PostgresStore::~PostgresStore() { StopListening(); }
 
 absl::Status PostgresStore::Initialize() {
   return Transact("opening the database", [](pqxx::transaction_base& tx) -> absl::Status {
@@ -226,7 +291,10 @@ absl::Status PostgresStore::Initialize() {
       if (version.size() != 1) {
         return absl::InternalError(absl::StrCat("postgres: schema_version has ", version.size(), " rows instead of 1"));
       }
-      return CheckSchemaVersion(version[0][0].as<int64_t>());
+      const int64_t stored = version[0][0].as<int64_t>();
+      RETURN_IF_ERROR(CheckSchemaVersion(stored));
+      if (stored == 1) tx.exec(kUpgradeFrom1);
+      return absl::OkStatus();
     }
     tx.exec(kSchema);
     tx.exec_params("INSERT INTO schema_version (version) VALUES ($1)", kSchemaVersion);
@@ -362,6 +430,9 @@ absl::StatusOr<v1::Job> PostgresStore::CreateJob(v1::Job job, v1::JobEvent first
         job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)));
     if (r.affected_rows() == 0) return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
     InsertEvent(tx, job.id(), first_event);
+    if (job.state() == v1::JOB_STATE_QUEUED) {
+      tx.exec_params("SELECT pg_notify($1, $2)", std::string(kControlChannel), absl::StrCat("queued:", job.id()));
+    }
     return absl::OkStatus();
   }));
   return job;
@@ -373,20 +444,23 @@ absl::StatusOr<v1::Job> PostgresStore::GetJob(const std::string& id) {
 }
 
 absl::StatusOr<v1::Job> PostgresStore::UpdateJob(v1::Job job, v1::JobEvent event) {
+  v1::Job stored;
   RETURN_IF_ERROR(Transact(absl::StrCat("updating job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
-    ASSIGN_OR_RETURN(const int64_t last, LockJob(tx, job.id()));
+    ASSIGN_OR_RETURN(const int64_t last, LockJob(tx, job.id(), replica_id_, job.last_sequence()));
+    stored = job;  // `job` stays as given (the fence compares its sequence) should this run again
+    stored.set_last_sequence(last + 1);
     event.set_sequence(last + 1);
-    job.set_last_sequence(last + 1);
-    WriteJob(tx, job);
-    InsertEvent(tx, job.id(), event);
+    WriteJob(tx, stored);
+    ReleaseIfDone(tx, stored);
+    InsertEvent(tx, stored.id(), event);
     return absl::OkStatus();
   }));
-  return job;
+  return stored;
 }
 
 absl::Status PostgresStore::SaveJob(const v1::Job& job) {
   return Transact(absl::StrCat("saving job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
-    ASSIGN_OR_RETURN(const int64_t last, LockJob(tx, job.id()));
+    ASSIGN_OR_RETURN(const int64_t last, LockJob(tx, job.id(), replica_id_, job.last_sequence()));
     if (last == job.last_sequence()) {
       WriteJob(tx, job);
     } else {
@@ -511,6 +585,263 @@ absl::StatusOr<Page<v1::Model>> PostgresStore::ListModels(int page_size, const s
                      return absl::OkStatus();
                    }));
   return page;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas
+
+absl::Status PostgresStore::CheckReplica(absl::Duration lease) const {
+  if (replica_id_.empty()) {
+    return absl::UnimplementedError("postgres: this store was opened without a replica id: it coordinates no replicas");
+  }
+  if (lease <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("lease: must be positive, got ", absl::FormatDuration(lease)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JobClaim> PostgresStore::ClaimJob(const std::string& id, absl::Duration lease) {
+  RETURN_IF_ERROR(CheckReplica(lease));
+  RETURN_IF_ERROR(CheckId(id, "id"));
+  JobClaim claim;
+  RETURN_IF_ERROR(Transact(absl::StrCat("claiming job ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result r = tx.exec_params(
+        "UPDATE jobs SET owner = $2, lease_expires_at = now() + make_interval(secs => $3) "
+        "WHERE id = $1 AND state = $4 AND (owner IS NULL OR owner = $2 OR lease_expires_at < now()) "
+        "RETURNING data, cancel_requested",
+        id, replica_id_, Seconds(lease), kQueued);
+    if (!r.empty()) {
+      ASSIGN_OR_RETURN(claim.job, ParseField<v1::Job>(r[0][0], "job"));
+      claim.cancel_requested = r[0][1].as<bool>();
+      return absl::OkStatus();
+    }
+    const pqxx::result row = tx.exec_params("SELECT state, owner FROM jobs WHERE id = $1", id);
+    if (row.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+    const int state = row[0][0].as<int>();
+    if (state != kQueued) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(state), ", not queued"));
+    }
+    return absl::AbortedError(absl::StrCat("job ", id, " is claimed by replica ", row[0][1].c_str()));
+  }));
+  return claim;
+}
+
+absl::StatusOr<std::vector<JobLease>> PostgresStore::RenewLeases(absl::Duration lease) {
+  RETURN_IF_ERROR(CheckReplica(lease));
+  pqxx::result rows;
+  RETURN_IF_ERROR(Transact("renewing leases", [&](pqxx::transaction_base& tx) {
+    rows = tx.exec_params(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2) WHERE owner = $1 "
+        "RETURNING seq, id, state, cancel_requested",
+        replica_id_, Seconds(lease));
+    return absl::OkStatus();
+  }));
+  std::vector<std::pair<int64_t, JobLease>> ordered;
+  for (const pqxx::row& row : rows) {
+    JobLease lease_of_job;
+    lease_of_job.job_id = row[1].as<std::string>();
+    lease_of_job.state = static_cast<v1::JobState>(row[2].as<int>());
+    lease_of_job.cancel_requested = row[3].as<bool>();
+    ordered.emplace_back(row[0].as<int64_t>(), std::move(lease_of_job));
+  }
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<JobLease> leases;
+  for (auto& [seq, l] : ordered) leases.push_back(std::move(l));
+  return leases;
+}
+
+absl::Status PostgresStore::ReleaseJob(const std::string& id) {
+  RETURN_IF_ERROR(CheckReplica());
+  RETURN_IF_ERROR(CheckId(id, "id"));
+  return Transact(absl::StrCat("releasing job ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result r = tx.exec_params(
+        "UPDATE jobs SET owner = NULL, lease_expires_at = NULL WHERE id = $1 AND owner = $2 AND state = $3", id,
+        replica_id_, kQueued);
+    if (r.affected_rows() > 0) {
+      tx.exec_params("SELECT pg_notify($1, $2)", std::string(kControlChannel), absl::StrCat("queued:", id));
+      return absl::OkStatus();
+    }
+    const pqxx::result row = tx.exec_params("SELECT state, owner FROM jobs WHERE id = $1", id);
+    if (row.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(row[0][0].as<int>()),
+                                                      " and owned by ", row[0][1].is_null() ? "no replica" : "replica ",
+                                                      row[0][1].is_null() ? "" : row[0][1].c_str(), ", not queued by ",
+                                                      replica_id_));
+  });
+}
+
+absl::StatusOr<std::vector<JobClaim>> PostgresStore::TakeOverExpiredJobs(absl::Duration lease) {
+  RETURN_IF_ERROR(CheckReplica(lease));
+  pqxx::result rows;
+  RETURN_IF_ERROR(Transact("taking over jobs of expired leases", [&](pqxx::transaction_base& tx) {
+    // SKIP LOCKED: a row another replica is taking over right now is its; READ COMMITTED
+    // re-checks the condition on rows whose owner changed since the statement began.
+    rows = tx.exec_params(
+        "WITH expired AS ("
+        "  SELECT id, owner FROM jobs WHERE state IN ($3, $4) AND"
+        "    (owner IS NULL OR (owner <> $1 AND lease_expires_at < now()))"
+        "  ORDER BY seq FOR UPDATE SKIP LOCKED) "
+        "UPDATE jobs SET owner = $1, lease_expires_at = now() + make_interval(secs => $2) FROM expired "
+        "WHERE jobs.id = expired.id RETURNING jobs.seq, jobs.data, expired.owner, jobs.cancel_requested",
+        replica_id_, Seconds(lease), kRunning, kCancelling);
+    return absl::OkStatus();
+  }));
+  std::vector<std::pair<int64_t, JobClaim>> ordered;
+  for (const pqxx::row& row : rows) {
+    JobClaim claim;
+    ASSIGN_OR_RETURN(claim.job, ParseField<v1::Job>(row[1], "job"));
+    claim.previous_owner = row[2].is_null() ? "" : row[2].as<std::string>();
+    claim.cancel_requested = row[3].as<bool>();
+    ordered.emplace_back(row[0].as<int64_t>(), std::move(claim));
+  }
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<JobClaim> claims;
+  for (auto& [seq, claim] : ordered) claims.push_back(std::move(claim));
+  return claims;
+}
+
+absl::StatusOr<std::string> PostgresStore::RequestCancel(const std::string& id) {
+  RETURN_IF_ERROR(CheckReplica());
+  RETURN_IF_ERROR(CheckId(id, "id"));
+  std::string owner;
+  RETURN_IF_ERROR(
+      Transact(absl::StrCat("requesting cancellation of job ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+        const pqxx::result r = tx.exec_params(
+            "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND owner IS NOT NULL AND state IN ($2, $3, $4) "
+            "RETURNING owner",
+            id, kQueued, kRunning, kCancelling);
+        if (!r.empty()) {
+          owner = r[0][0].as<std::string>();
+          tx.exec_params("SELECT pg_notify($1, $2)", std::string(kControlChannel), absl::StrCat("cancel:", id));
+          return absl::OkStatus();
+        }
+        const pqxx::result row = tx.exec_params("SELECT state FROM jobs WHERE id = $1", id);
+        if (row.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+        const int state = row[0][0].as<int>();
+        if (state == kQueued || state == kRunning || state == kCancelling) {
+          return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(state), " and owned by no replica"));
+        }
+        return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateName(state), ": it has ended"));
+      }));
+  return owner;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications
+
+namespace {
+
+// One LISTEN channel on the listener's connection; turns payloads into notifications.
+class Receiver : public pqxx::notification_receiver {
+ public:
+  Receiver(pqxx::connection_base& connection, const std::string& channel,
+           const std::function<void(const StoreNotification&)>& deliver)
+      : pqxx::notification_receiver(connection, channel), deliver_(deliver) {}
+
+  void operator()(const std::string& payload, int) override {
+    StoreNotification n;
+    if (channel() == PostgresStore::kEventsChannel) {
+      const size_t colon = payload.rfind(':');
+      if (colon == std::string::npos) return;
+      n.kind = StoreNotification::Kind::kEvent;
+      n.job_id = payload.substr(0, colon);
+      n.sequence = std::atoll(payload.c_str() + colon + 1);
+    } else if (payload.rfind("queued:", 0) == 0) {
+      n.kind = StoreNotification::Kind::kQueued;
+      n.job_id = payload.substr(std::strlen("queued:"));
+    } else if (payload.rfind("cancel:", 0) == 0) {
+      n.kind = StoreNotification::Kind::kCancelRequested;
+      n.job_id = payload.substr(std::strlen("cancel:"));
+    } else {
+      return;  // a newer slimd's kind: not ours to interpret
+    }
+    deliver_(n);
+  }
+
+ private:
+  const std::function<void(const StoreNotification&)>& deliver_;
+};
+
+// A query every this often finds a connection that broke without the socket saying so.
+constexpr auto kListenCheckInterval = std::chrono::seconds(5);
+// How long the loop waits for notifications at a time (the latency of StopListening).
+constexpr long kListenPollMicros = 200000;
+
+}  // namespace
+
+absl::Status PostgresStore::Listen(std::function<void(const StoreNotification&)> callback) {
+  absl::MutexLock lock(&listen_mu_);
+  if (listener_.joinable()) return absl::FailedPreconditionError("postgres: already listening");
+  stop_listening_ = false;
+  absl::Status first_status;
+  absl::Notification first;
+  listener_ = std::thread([this, callback = std::move(callback), &first_status, &first] {
+    ListenLoop(callback, &first_status, &first);
+  });
+  first.WaitForNotification();
+  if (!first_status.ok()) {
+    stop_listening_ = true;
+    listener_.join();
+  }
+  return first_status;
+}
+
+void PostgresStore::StopListening() {
+  absl::MutexLock lock(&listen_mu_);
+  if (!listener_.joinable()) return;
+  stop_listening_ = true;
+  listener_.join();
+}
+
+void PostgresStore::ListenLoop(std::function<void(const StoreNotification&)> callback, absl::Status* first_status,
+                               absl::Notification* first) {
+  bool connected_before = false;
+  bool failing = false;  // log one line per outage, not one per attempt
+  while (!stop_listening_) {
+    try {
+      pqxx::connection connection(url_);
+      Receiver events(connection, kEventsChannel, callback);
+      Receiver control(connection, kControlChannel, callback);
+      if (first != nullptr) {
+        first->Notify();  // *first_status stays OK
+        first = nullptr;
+      }
+      if (failing) std::fprintf(stderr, "slimd: postgres: listening again\n");
+      failing = false;
+      // Whatever was notified while no connection listened is lost: say so.
+      if (connected_before) callback(StoreNotification{StoreNotification::Kind::kResync, "", 0});
+      connected_before = true;
+      // libpqxx may re-establish a broken connection by itself (and LISTEN again) instead of
+      // throwing: a new server process behind it means the same as a reconnect.
+      int backend = connection.backendpid();
+      auto checked = std::chrono::steady_clock::now();
+      while (!stop_listening_) {
+        connection.await_notification(0, kListenPollMicros);
+        if (std::chrono::steady_clock::now() - checked >= kListenCheckInterval) {
+          pqxx::nontransaction check(connection);
+          check.exec("SELECT 1");
+          checked = std::chrono::steady_clock::now();
+        }
+        const int now_backend = connection.backendpid();
+        if (now_backend != 0 && now_backend != backend) {
+          backend = now_backend;
+          callback(StoreNotification{StoreNotification::Kind::kResync, "", 0});
+        }
+      }
+    } catch (const std::exception& e) {
+      if (first != nullptr) {
+        *first_status = absl::UnavailableError(Describe("listening for notifications", e.what()));
+        first->Notify();
+        return;
+      }
+      if (!failing) {
+        std::fprintf(stderr, "slimd: %s; retrying every second\n",
+                     Describe("listening for notifications", e.what()).c_str());
+      }
+      failing = true;
+      for (int i = 0; i < 5 && !stop_listening_; ++i) absl::SleepFor(absl::Microseconds(kListenPollMicros));
+    }
+  }
 }
 
 }  // namespace slim::server

@@ -1,31 +1,43 @@
 // PostgresStore: the Store on a PostgreSQL database (libpqxx), for fleets of slimd replicas
-// sharing one job store (DESIGN.md §7). Same contract and semantics as SqliteStore.
+// sharing one job store (DESIGN.md §7, docs/operations.md "Running a fleet"). Same contract and
+// semantics as SqliteStore, plus the Store's replica methods when opened with a replica id.
 //
-// Layout (schema version 1, in the one-row table `schema_version`): each record is its
+// Layout (schema version 2, in the one-row table `schema_version`): each record is its
 // serialized protobuf message in a `data` BYTEA, next to the columns the queries need:
 //   jobs(seq BIGINT IDENTITY PRIMARY KEY, id TEXT UNIQUE, state INTEGER, last_sequence BIGINT,
-//        owner TEXT, lease_expires_at TIMESTAMPTZ, created_at, updated_at TIMESTAMPTZ,
-//        data BYTEA)                                  -- state/last_sequence mirror the blob
+//        owner TEXT, lease_expires_at TIMESTAMPTZ, cancel_requested BOOLEAN,
+//        created_at, updated_at TIMESTAMPTZ, data BYTEA)  -- state/last_sequence mirror the blob
 //   events(job_id TEXT REFERENCES jobs(id), sequence BIGINT, created_at TIMESTAMPTZ,
 //          data BYTEA, PRIMARY KEY(job_id, sequence))
 //   datasets(seq BIGINT IDENTITY PRIMARY KEY, id TEXT UNIQUE, data BYTEA)
 //   models(seq BIGINT IDENTITY PRIMARY KEY, id TEXT UNIQUE, data BYTEA)
 //   counters(prefix TEXT PRIMARY KEY, next BIGINT)    -- NewId's last issued number per prefix
 // `seq` is the insertion order from an identity sequence, never reused, so "newest first" is
-// "descending seq" and page tokens (the decimal seq of the last item) survive deletes. The
-// owner/lease columns are reserved for replicas claiming jobs (`FOR UPDATE SKIP LOCKED`
-// under a lease); this class leaves them NULL and never touches them, so a claim survives
-// UpdateJob/SaveJob. Schema creation is idempotent and serialized across replicas by a
-// transaction-level advisory lock, so replicas may start at the same time.
+// "descending seq" and page tokens (the decimal seq of the last item) survive deletes. Schema
+// creation and the upgrade from version 1 (which lacked cancel_requested) are idempotent and
+// serialized across replicas by a transaction-level advisory lock, so replicas may start at
+// the same time.
+//
+// Replicas: `owner` is the replica id that owns the job, `lease_expires_at` when its lease
+// ends by the database's clock (now()), `cancel_requested` a pending RequestCancel. Claims are
+// conditional UPDATEs (`... WHERE state = QUEUED AND (owner IS NULL OR lease_expires_at <
+// now())`), takeovers `SELECT ... FOR UPDATE SKIP LOCKED`, so racing replicas never both win.
+// Fencing (store.h) runs inside UpdateJob/SaveJob's transaction, on the locked row.
 //
 // Sequencing: UpdateJob and SaveJob lock the job row (`SELECT ... FOR UPDATE`) before reading
 // last_sequence, so concurrent updates from any number of connections or replicas serialize
 // per job and every event gets a distinct sequence with no gaps. NewId is one
 // `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` (atomic across replicas).
 //
-// Notifications: every inserted event sends `NOTIFY slim_job_events, '<job id>:<sequence>'`
-// (kEventsChannel) inside its transaction, so listeners hear of it only once it is committed
-// and readable. The job id is everything before the last ':'.
+// Notifications, sent inside the writing transaction (so listeners hear of a change only once
+// it is committed and readable):
+//   `NOTIFY slim_job_events, '<job id>:<sequence>'` (kEventsChannel) for every inserted event;
+//     the job id is everything before the last ':';
+//   `NOTIFY slim_job_control, 'queued:<job id>'` (kControlChannel) when a job is stored QUEUED
+//     (created or requeued), and `'cancel:<job id>'` on RequestCancel.
+// Listen runs one more connection (outside the pool) with LISTEN on both channels, on its own
+// thread; a broken one is replaced after a second, and a check query every 5 s finds one that
+// broke silently.
 //
 // Errors: beyond the Store's codes, UNAVAILABLE when the server cannot be reached or a
 // connection broke (with libpq's message), INVALID_ARGUMENT for a malformed connection string
@@ -41,11 +53,13 @@
 // A broken connection is closed, and with it every idle one (they usually broke together).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -53,6 +67,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "server/jobs/store.h"
 #include "slim/v1/slim.pb.h"
 
@@ -65,14 +81,19 @@ namespace slim::server {
 struct PostgresStoreOptions {
   // Connections open at most at once (one per concurrent call). At least 1.
   int pool_size = 4;
+  // The replica this store acts for ("" = none: no fencing, no replica methods). 1 to 63
+  // characters of [A-Za-z0-9._-]; unique among the live replicas of one database.
+  std::string replica_id;
 };
 
 class PostgresStore : public Store {
  public:
   // The schema version this code reads and writes.
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
   // The LISTEN/NOTIFY channel of new events (payload "<job id>:<sequence>").
   static constexpr char kEventsChannel[] = "slim_job_events";
+  // Claimable jobs and cancel requests (payloads "queued:<job id>", "cancel:<job id>").
+  static constexpr char kControlChannel[] = "slim_job_control";
 
   // Connects to `url`, a libpq connection string: a URI
   // ("postgresql://user:password@host:5432/dbname?sslmode=require") or key=value pairs
@@ -80,9 +101,10 @@ class PostgresStore : public Store {
   // Creates the schema if missing. Errors: INVALID_ARGUMENT if `url` does not parse or
   // pool_size < 1; UNAVAILABLE if the server cannot be reached or refuses the connection;
   // FAILED_PRECONDITION if the database has a newer schema version than kSchemaVersion;
-  // INTERNAL if creating the schema fails (e.g. no privilege).
+  // INTERNAL if creating the schema fails (e.g. no privilege). INVALID_ARGUMENT for a malformed
+  // replica_id.
   static absl::StatusOr<std::unique_ptr<PostgresStore>> Open(const std::string& url, PostgresStoreOptions options = {});
-  // Closes the pooled connections. No call may be in progress.
+  // Stops listening and closes the pooled connections. No call may be in progress.
   ~PostgresStore() override;
 
   PostgresStore(const PostgresStore&) = delete;
@@ -111,11 +133,24 @@ class PostgresStore : public Store {
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override;
   absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token) override;
 
+  // Replicas (store.h). Every method but Listen needs a replica id (else UNIMPLEMENTED); a
+  // lease must be positive (else INVALID_ARGUMENT). Listen fails with UNAVAILABLE if its first
+  // connection cannot be made (then nothing keeps trying); later failures are retried.
+  std::string replica_id() const override { return replica_id_; }
+  absl::StatusOr<JobClaim> ClaimJob(const std::string& id, absl::Duration lease) override;
+  absl::StatusOr<std::vector<JobLease>> RenewLeases(absl::Duration lease) override;
+  absl::Status ReleaseJob(const std::string& id) override;
+  absl::StatusOr<std::vector<JobClaim>> TakeOverExpiredJobs(absl::Duration lease) override;
+  absl::StatusOr<std::string> RequestCancel(const std::string& id) override;
+  absl::Status Listen(std::function<void(const StoreNotification&)> callback) override
+      ABSL_LOCKS_EXCLUDED(listen_mu_);
+  void StopListening() override ABSL_LOCKS_EXCLUDED(listen_mu_);
+
  private:
   struct Connection;  // one libpqxx connection
   using Body = std::function<absl::Status(pqxx::transaction_base&)>;
 
-  PostgresStore(std::string url, int pool_size);
+  PostgresStore(std::string url, int pool_size, std::string replica_id);
 
   // A pooled connection: an idle one, else a new one while fewer than pool_size_ are open,
   // else waits for one to be released. UNAVAILABLE if connecting fails.
@@ -127,8 +162,14 @@ class PostgresStore : public Store {
   // as the class comment describes, so `body` must only have effects through the transaction
   // (or recompute them on every run).
   absl::Status Transact(absl::string_view what, const Body& body) ABSL_LOCKS_EXCLUDED(mu_);
-  // Creates or checks the schema; called once by Open.
+  // Creates, upgrades or checks the schema; called once by Open.
   absl::Status Initialize();
+  // UNIMPLEMENTED without a replica id; INVALID_ARGUMENT for a lease <= 0.
+  absl::Status CheckReplica(absl::Duration lease = absl::Seconds(1)) const;
+  // The listening thread: connects, LISTENs, delivers, reconnects. Reports the first
+  // attempt's outcome through `first`.
+  void ListenLoop(std::function<void(const StoreNotification&)> callback, absl::Status* first_status,
+                  absl::Notification* first);
 
   // Shared by the datasets and models tables (`table` is one of the constants in the .cc).
   absl::StatusOr<std::string> GetBlob(const char* table, const char* noun, const std::string& id);
@@ -141,9 +182,14 @@ class PostgresStore : public Store {
 
   const std::string url_;
   const int pool_size_;
+  const std::string replica_id_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;  // idle and borrowed
+
+  absl::Mutex listen_mu_;  // serializes Listen and StopListening
+  std::thread listener_ ABSL_GUARDED_BY(listen_mu_);
+  std::atomic<bool> stop_listening_{false};
 };
 
 }  // namespace slim::server

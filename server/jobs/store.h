@@ -4,6 +4,18 @@
 // default) and PostgresStore (a shared database, for fleets); tests/server/store_test.cc runs
 // this contract against both.
 //
+// Replicas (fleets of slimd sharing one store, docs/operations.md "Running a fleet"): a store
+// opened for a replica (PostgresStore with PostgresStoreOptions::replica_id) also coordinates
+// which replica runs which job, with the methods of the last section below. A job is *owned*
+// by at most one replica at a time, under a lease that the owner renews and that expires by
+// the database's clock. Only the owner may write an owned job (fencing): UpdateJob/SaveJob of
+// a job owned by another replica are FAILED_PRECONDITION, whether or not that replica's lease
+// has expired (expired jobs change owner only through TakeOverExpiredJobs), and a write based
+// on an outdated read (job.last_sequence differs from the stored one) is ABORTED. UpdateJob
+// releases the job (no owner) when it stores a QUEUED or terminal state. Stores without a
+// replica id (SqliteStore, and PostgresStore opened without one) do not fence, and their
+// replica methods are UNIMPLEMENTED; the default implementations below say so.
+//
 // Thread-safety: every method may be called from any thread concurrently.
 // Errors: NOT_FOUND for unknown ids, ALREADY_EXISTS for a duplicate insert, INTERNAL for
 // storage failures (with the backend's message), INVALID_ARGUMENT for a malformed page token,
@@ -14,12 +26,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "slim/v1/slim.pb.h"
 
 namespace slim::server {
@@ -29,6 +43,34 @@ template <typename T>
 struct Page {
   std::vector<T> items;
   std::string next_page_token;  // empty on the last page
+};
+
+// A job a replica owns, as RenewLeases reports it.
+struct JobLease {
+  std::string job_id;
+  v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
+  bool cancel_requested = false;  // another replica asked for it to be cancelled (RequestCancel)
+};
+
+// A job that ClaimJob or TakeOverExpiredJobs gave to this replica.
+struct JobClaim {
+  v1::Job job;                    // as stored
+  bool cancel_requested = false;  // cancel it instead of running it
+  std::string previous_owner;     // TakeOverExpiredJobs: whose lease expired ("" if none had one)
+};
+
+// What a Listen callback hears, from any replica (PostgreSQL LISTEN/NOTIFY).
+struct StoreNotification {
+  enum class Kind {
+    kEvent,            // job_id recorded the event `sequence`
+    kQueued,           // job_id was stored QUEUED (created or requeued): it may be claimed
+    kCancelRequested,  // RequestCancel(job_id) was called
+    kResync,           // notifications may have been lost (the listening connection was
+                       // re-established): re-read whatever depends on them; job_id is empty
+  };
+  Kind kind = Kind::kEvent;
+  std::string job_id;
+  int64_t sequence = 0;  // kEvent only
 };
 
 class Store {
@@ -68,6 +110,39 @@ class Store {
   virtual absl::Status PutModel(const v1::Model& model) = 0;
   virtual absl::StatusOr<v1::Model> GetModel(const std::string& id) = 0;
   virtual absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token) = 0;
+
+  // ---- Replicas (see the file comment). Leases count from the database's clock, so replicas'
+  // clocks need not agree. Errors beyond the Store's: UNIMPLEMENTED without a replica id.
+
+  // This store's replica id; "" when it coordinates no replicas.
+  virtual std::string replica_id() const { return ""; }
+  // Claims QUEUED job `id` for this replica for `lease`, if no other replica holds it under a
+  // live lease (claiming a job this replica holds renews it). Atomic: of replicas racing for a
+  // job exactly one wins. NOT_FOUND for an unknown job; FAILED_PRECONDITION if it is not QUEUED;
+  // ABORTED naming the holder if another replica's lease on it is live.
+  virtual absl::StatusOr<JobClaim> ClaimJob(const std::string& id, absl::Duration lease);
+  // Renews for `lease` every job this replica owns (expired leases too: no one took them over)
+  // and returns them, oldest first. A job missing from the answer is no longer this replica's.
+  virtual absl::StatusOr<std::vector<JobLease>> RenewLeases(absl::Duration lease);
+  // Gives up the claim of a job that is still QUEUED. FAILED_PRECONDITION if this replica does
+  // not own it or it is not QUEUED.
+  virtual absl::Status ReleaseJob(const std::string& id);
+  // Takes over, for `lease`, every RUNNING or CANCELLING job whose owner's lease expired (or
+  // that has no owner: left by a slimd that ran without replicas); of replicas racing for one,
+  // exactly one gets it. The caller then requeues or finishes each.
+  virtual absl::StatusOr<std::vector<JobClaim>> TakeOverExpiredJobs(absl::Duration lease);
+  // Asks the replica that owns job `id` (QUEUED, RUNNING or CANCELLING) to cancel it; the flag
+  // stays until the job ends, so whoever owns it next sees it too. Returns the owner. NOT_FOUND
+  // for an unknown job; FAILED_PRECONDITION if no replica owns it (cancel it directly) or it
+  // has ended.
+  virtual absl::StatusOr<std::string> RequestCancel(const std::string& id);
+  // Delivers notifications of every replica's writes to `callback`, on a thread of the store,
+  // one at a time, until StopListening; re-establishes a broken connection by itself (then
+  // delivers kResync). The callback must be quick. OK and nothing delivered for stores that
+  // coordinate no replicas (one process: the caller knows its own writes).
+  virtual absl::Status Listen(std::function<void(const StoreNotification&)> callback);
+  // Stops delivering; when it returns, no callback runs or will run. No-op if not listening.
+  virtual void StopListening() {}
 };
 
 }  // namespace slim::server

@@ -4,7 +4,9 @@
 // slimd is killed with SIGKILL mid-training and restarted, and every job still completes with
 // its whole event history. Also: the health service answers SERVING; with --database-url
 // slimd keeps its records in PostgreSQL across restarts, and an unusable URL stops it at once
-// with the reason.
+// with the reason; a killed slimd's workers die by themselves; and a fleet of three replicas on
+// one PostgreSQL database spreads jobs, serves WatchJob and CancelJob for any job from any
+// replica, and takes over the jobs of a replica killed mid-training.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -13,6 +15,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "server/common/sha256.h"
@@ -56,6 +60,13 @@ class SlimdE2eTest : public ::testing::Test {
       slimd_->Terminate(30);
       slimd_->WaitForExit();
     }
+    for (auto& [id, r] : replicas_) {
+      if (r.process != nullptr) r.process->Terminate(30);
+    }
+    for (auto& [id, r] : replicas_) {
+      if (r.process != nullptr) r.process->WaitForExit();
+    }
+    replicas_.clear();
     fs::remove_all(dir_);
   }
 
@@ -91,9 +102,59 @@ class SlimdE2eTest : public ::testing::Test {
     return n;
   }
 
-  std::string Log() {
-    std::ifstream in(dir_ + "/slimd.log");
+  std::string Log() { return ReadFile(dir_ + "/slimd.log"); }
+
+  // Log() and the logs of replicas (StartReplica), for failure messages.
+  std::string AllLogs() {
+    std::string all = Log();
+    for (const auto& [id, r] : replicas_) all += "\n--- replica " + id + " ---\n" + ReadFile(r.log);
+    return all;
+  }
+
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream in(path);
     return std::string((std::istreambuf_iterator<char>(in)), {});
+  }
+
+  // One slimd of a fleet: its own socket, log and devices; the shared data directory and
+  // database.
+  struct Replica {
+    std::string socket, log;
+    std::unique_ptr<WorkerProcess> process;
+    std::unique_ptr<v1::Slim::Stub> stub;
+  };
+
+  void StartReplica(const std::string& id, const std::string& database_url, const std::string& lease_seconds) {
+    Replica& r = replicas_[id];
+    r.socket = "unix:" + dir_ + "/" + id + ".sock";
+    r.log = dir_ + "/replica-" + id + ".log";
+    WorkerOptions o;
+    o.argv = {SLIMD_BINARY, "--listen", r.socket, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB",
+              "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
+              "--metrics-address", "127.0.0.1:0", "--database-url", database_url, "--replica-id", id,
+              "--lease-seconds", lease_seconds};
+    o.log_path = r.log;
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> p = WorkerProcess::Start(std::move(o));
+    ASSERT_TRUE(p.ok()) << p.status();
+    r.process = *std::move(p);
+    for (int i = 0; i < 1200 && Count(ReadFile(r.log), "slimd: listening on") == 0 && !r.process->exited(); ++i) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    ASSERT_GT(Count(ReadFile(r.log), "slimd: listening on"), 0) << "replica " << id << " did not start:\n"
+                                                               << ReadFile(r.log);
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(r.socket, grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(60)));
+    r.stub = v1::Slim::NewStub(channel);
+  }
+
+  // Like Get, through the replica `stub`.
+  v1::Job GetThrough(v1::Slim::Stub* stub, const std::string& id) {
+    v1::GetJobRequest request;
+    request.set_id(id);
+    v1::GetJobResponse response;
+    const grpc::Status s = stub->GetJob(Context().get(), request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.job();
   }
 
   std::string Upload(const std::string& text) {
@@ -149,32 +210,36 @@ class SlimdE2eTest : public ::testing::Test {
 
   // Reads the job's events from `after` until `until` returns true for one (or the stream ends).
   // Like a real client, retries a stream the transport broke (UNAVAILABLE) from the last event.
+  // `stub`: the slimd to ask (default: the one StartSlimd started).
   std::vector<v1::JobEvent> WatchUntil(const std::string& id, int64_t after,
-                                       const std::function<bool(const v1::JobEvent&)>& until, int seconds = 300) {
+                                       const std::function<bool(const v1::JobEvent&)>& until, int seconds = 300,
+                                       v1::Slim::Stub* stub = nullptr) {
     std::vector<v1::JobEvent> events;
     for (int attempt = 0; attempt < 3; ++attempt) {
       grpc::Status status;
-      std::vector<v1::JobEvent> more = WatchOnce(id, events.empty() ? after : events.back().sequence(), until, seconds, &status);
+      std::vector<v1::JobEvent> more =
+          WatchOnce(stub != nullptr ? stub : stub_.get(), id, events.empty() ? after : events.back().sequence(), until,
+                    seconds, &status);
       events.insert(events.end(), more.begin(), more.end());
       if (status.error_code() != grpc::StatusCode::UNAVAILABLE) {
         if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
-          ADD_FAILURE() << "WatchJob " << id << ": " << status.error_message() << "\nslimd log:\n" << Log();
+          ADD_FAILURE() << "WatchJob " << id << ": " << status.error_message() << "\nslimd log:\n" << AllLogs();
         }
         return events;
       }
     }
-    ADD_FAILURE() << "WatchJob " << id << ": unavailable three times; slimd log:\n" << Log();
+    ADD_FAILURE() << "WatchJob " << id << ": unavailable three times; slimd log:\n" << AllLogs();
     return events;
   }
 
-  std::vector<v1::JobEvent> WatchOnce(const std::string& id, int64_t after,
+  std::vector<v1::JobEvent> WatchOnce(v1::Slim::Stub* stub, const std::string& id, int64_t after,
                                       const std::function<bool(const v1::JobEvent&)>& until, int seconds,
                                       grpc::Status* status) {
     auto context = Context(seconds);
     v1::WatchJobRequest request;
     request.set_id(id);
     request.set_after_sequence(after);
-    auto reader = stub_->WatchJob(context.get(), request);
+    auto reader = stub->WatchJob(context.get(), request);
     std::vector<v1::JobEvent> events;
     v1::WatchJobResponse item;
     while (reader->Read(&item)) {
@@ -190,6 +255,7 @@ class SlimdE2eTest : public ::testing::Test {
   }
 
   std::string dir_, socket_;
+  std::map<std::string, Replica> replicas_;  // fleet tests
   std::unique_ptr<WorkerProcess> slimd_;
   WorkerExit slimd_exit_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -436,6 +502,263 @@ TEST_F(SlimdE2eTest, PostgresStoreKeepsJobsAcrossRestarts) {
   const v1::Job second = Create(Spec(dataset, "8MiB", 1), 0);
   EXPECT_NE(second.id(), job.id());  // the id counter lives in the database too
   EXPECT_EQ(database.Query("SELECT COUNT(*) FROM jobs"), "2");
+}
+
+// A process that runs (not gone, not a zombie): zombies have an empty command line.
+bool ProcessRuns(long pid) {
+  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+  return cmdline.good() && cmdline.peek() != std::ifstream::traits_type::eof();
+}
+
+// The worker pid a "started" event names ("worker pid 123 on cpu:0 ...").
+long StartedPid(const v1::JobEvent& started) {
+  const std::string& m = started.message();
+  const size_t at = m.find("worker pid ");
+  return at == std::string::npos ? 0 : std::atol(m.c_str() + at + std::strlen("worker pid "));
+}
+
+// A killed slimd leaves no worker running for long: each dies at its next event write (the
+// event pipe has no reader any more: SIGPIPE), without a new slimd to clean up after it.
+TEST_F(SlimdE2eTest, WorkersOfAKilledSlimdDieByThemselves) {
+  StartSlimd();
+  const std::string dataset = Upload(std::string(200000, 'y') + "orphaned workers must not train on.\n");
+  const v1::Job job = Create(Spec(dataset, "8MiB", 1000000), 0);
+  const std::vector<v1::JobEvent> events =
+      WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+  long pid = 0;
+  for (const v1::JobEvent& e : events) {
+    if (e.kind() == "started") pid = StartedPid(e);
+  }
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(ProcessRuns(pid));
+  slimd_->Kill();
+  slimd_->WaitForExit();
+  slimd_.reset();
+  for (int i = 0; i < 1200 && ProcessRuns(pid); ++i) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_FALSE(ProcessRuns(pid)) << "worker " << pid << " kept running after its slimd was killed";
+}
+
+// Three replicas (one 16 MiB CPU device each) on one PostgreSQL database and one data
+// directory, leases of 3 s. Six jobs submitted through one replica spread over all three; a
+// job is watched live through a replica that does not run it; a job is cancelled through a
+// replica that does not run it; one replica is SIGKILLed mid-training and its jobs are taken
+// over after the lease, resume from their checkpoints on the others and succeed, with
+// complete, contiguous histories (watched through a surviving replica across the kill), and
+// never with two workers at once.
+TEST_F(SlimdE2eTest, PostgresFleetSpreadsJobsServesWatchesAnywhereAndSurvivesASigkilledReplica) {
+  const absl::StatusOr<std::string> server = pgtest::PostgresServerUrl();
+  ASSERT_TRUE(server.ok()) << server.status();
+  if (server->empty()) GTEST_SKIP() << "no PostgreSQL server: set SLIM_TEST_POSTGRES_URL or run through ctest";
+  const pgtest::TestDatabase database(*server);
+  const std::vector<std::string> names = {"r1", "r2", "r3"};
+  for (const std::string& name : names) {
+    StartReplica(name, database.url(), "3");
+    ASSERT_FALSE(HasFatalFailure());
+  }
+  // Uploads, submissions and plain reads go through r1.
+  stub_ = v1::Slim::NewStub(grpc::CreateChannel(replicas_["r1"].socket, grpc::InsecureChannelCredentials()));
+
+  std::string text;
+  for (int i = 0; text.size() < 120000; ++i) text += "replicas share one queue of fine-tuning jobs " + std::to_string(i % 83) + ".\n";
+  const std::string dataset = Upload(text);
+  // 8 MiB each: two fit a replica's device, so six need all three replicas. The last one is
+  // long, to be cancelled.
+  std::vector<v1::Job> jobs;
+  for (int i = 0; i < 6; ++i) jobs.push_back(Create(Spec(dataset, "8MiB", i == 5 ? 1000000 : 250), 0));
+  std::map<std::string, std::vector<std::string>> by_replica;  // replica → its jobs
+  std::map<std::string, std::string> runner;                   // job → replica
+  for (const v1::Job& job : jobs) {
+    const std::vector<v1::JobEvent> events =
+        WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+    ASSERT_FALSE(events.empty()) << AllLogs();
+    const v1::Job now = Get(job.id());
+    ASSERT_EQ(now.state(), v1::JOB_STATE_RUNNING) << job.id();
+    ASSERT_TRUE(replicas_.count(now.replica())) << job.id() << " runs on '" << now.replica() << "'";
+    runner[job.id()] = now.replica();
+    by_replica[now.replica()].push_back(job.id());
+    for (const v1::JobEvent& e : events) {
+      if (e.kind() == "started") {
+        EXPECT_NE(e.message().find("of replica " + now.replica()), std::string::npos) << e.message();
+      }
+    }
+  }
+  EXPECT_GE(by_replica.size(), 2u) << "jobs did not spread over replicas";
+  for (const auto& [replica, ids] : by_replica) EXPECT_LE(ids.size(), 2u) << replica << " holds more than its device";
+
+  // A replica other than `not_this` (and other than `nor_this`).
+  const auto other = [&](const std::string& not_this, const std::string& nor_this = "") {
+    for (const std::string& name : names) {
+      if (name != not_this && name != nor_this) return name;
+    }
+    return std::string();
+  };
+
+  // Cancel the long job through a replica that does not run it: its owner carries it out.
+  const std::string long_job = jobs[5].id();
+  {
+    v1::CancelJobRequest cancel;
+    cancel.set_id(long_job);
+    v1::CancelJobResponse response;
+    const grpc::Status s = replicas_[other(runner[long_job])].stub->CancelJob(Context().get(), cancel, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    const std::vector<v1::JobEvent> history = WatchUntil(
+        long_job, 0, [](const v1::JobEvent&) { return false; }, 300, replicas_[other(runner[long_job])].stub.get());
+    ASSERT_FALSE(history.empty());
+    EXPECT_EQ(history.back().kind(), "cancelled") << history.back().message();
+    bool requested = false;
+    for (const v1::JobEvent& e : history) {
+      requested |= e.kind() == "cancelling" && e.message().find("requested through another replica") != std::string::npos;
+    }
+    EXPECT_TRUE(requested);
+  }
+
+  // The victim runs jobs[0]; `watched` is a job on another replica, watched live through the
+  // third replica; the victim's jobs are watched through a survivor across the kill.
+  const std::string victim = runner[jobs[0].id()];
+  std::string watched;
+  for (const v1::Job& job : jobs) {
+    if (job.id() != long_job && runner[job.id()] != victim && watched.empty()) watched = job.id();
+  }
+  ASSERT_FALSE(watched.empty()) << "every job ran on " << victim;
+  const std::string watcher = other(victim, runner[watched]);
+  const std::string survivor = other(victim);
+  std::vector<std::string> victim_jobs;
+  for (const std::string& id : by_replica[victim]) {
+    if (id != long_job) victim_jobs.push_back(id);
+  }
+
+  std::map<std::string, std::vector<v1::JobEvent>> histories;
+  absl::Mutex histories_mu;
+  std::vector<std::thread> watches;
+  const auto watch_to_the_end = [&](const std::string& id, const std::string& through) {
+    watches.emplace_back([&, id, through] {
+      std::vector<v1::JobEvent> history =
+          WatchUntil(id, 0, [](const v1::JobEvent& e) { return e.kind() == "succeeded" || e.kind() == "failed"; }, 600,
+                     replicas_[through].stub.get());
+      absl::MutexLock lock(&histories_mu);
+      histories[id] = std::move(history);
+    });
+  };
+  ASSERT_EQ(Get(watched).state(), v1::JOB_STATE_RUNNING) << "finished too early to be watched live";
+  watch_to_the_end(watched, watcher);
+  for (const std::string& id : victim_jobs) watch_to_the_end(id, survivor);
+
+  // Kill the victim once each of its jobs has a checkpoint to resume from.
+  std::vector<long> victim_pids;
+  for (const std::string& id : victim_jobs) {
+    const std::vector<v1::JobEvent> events = WatchUntil(
+        id, 0, [](const v1::JobEvent& e) { return e.kind() == "checkpoint"; }, 300, replicas_[survivor].stub.get());
+    for (const v1::JobEvent& e : events) {
+      if (e.kind() == "started") victim_pids.push_back(StartedPid(e));
+    }
+    EXPECT_EQ(Get(id).state(), v1::JOB_STATE_RUNNING) << id << " finished too early for the test";
+  }
+  replicas_[victim].process->Kill();
+  replicas_[victim].process->WaitForExit();
+  // From here on plain calls go through a survivor.
+  stub_ = v1::Slim::NewStub(grpc::CreateChannel(replicas_[survivor].socket, grpc::InsecureChannelCredentials()));
+  for (std::thread& watch : watches) watch.join();
+
+  // Watched live through a replica that did not run it, to the end.
+  ASSERT_TRUE(histories.count(watched));
+  ASSERT_FALSE(histories[watched].empty());
+  EXPECT_EQ(histories[watched].back().kind(), "succeeded") << histories[watched].back().message() << AllLogs();
+  EXPECT_EQ(Get(watched).replica(), runner[watched]);
+
+  for (const std::string& id : victim_jobs) {
+    const std::vector<v1::JobEvent>& history = histories[id];
+    ASSERT_FALSE(history.empty()) << id;
+    EXPECT_EQ(history.front().kind(), "queued") << id;
+    EXPECT_EQ(history.back().kind(), "succeeded") << id << ": " << history.back().message() << AllLogs();
+    bool requeued = false, resumed = false;
+    int started = 0;
+    for (size_t i = 0; i < history.size(); ++i) {
+      const v1::JobEvent& e = history[i];
+      EXPECT_EQ(e.sequence(), static_cast<int64_t>(i + 1)) << id << ": events must be contiguous";
+      requeued |= e.kind() == "requeued" && e.message().find("replica " + victim + " stopped renewing its lease") !=
+                                                 std::string::npos;
+      resumed |= e.kind() == "planned" && e.message().find("resumed from step") != std::string::npos;
+      if (e.kind() == "started") {
+        ++started;
+        // A worker starts only from the queue: never while another one runs the job.
+        ASSERT_GT(i, 0u);
+        EXPECT_EQ(history[i - 1].state(), v1::JOB_STATE_QUEUED) << id << ": " << history[i - 1].kind() << " before "
+                                                                << e.message();
+        if (started > 1) {
+          EXPECT_EQ(e.message().find("of replica " + victim), std::string::npos) << e.message();
+        }
+      }
+    }
+    EXPECT_TRUE(requeued) << id;
+    EXPECT_TRUE(resumed) << id;
+    EXPECT_GE(started, 2) << id;
+    const v1::Job job = Get(id);
+    EXPECT_EQ(job.attempts(), started) << id;
+    EXPECT_EQ(job.progress().step(), 250) << id;
+    EXPECT_NE(job.replica(), victim) << id;
+    EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << id;
+  }
+  // The victim's workers did not outlive it (they die at their next event, or the replica
+  // that takes their jobs over ends them before starting new ones).
+  for (long pid : victim_pids) EXPECT_FALSE(ProcessRuns(pid)) << "worker " << pid << " of " << victim;
+  // Every other job ends too.
+  for (const v1::Job& job : jobs) {
+    if (job.id() == long_job) continue;
+    const std::vector<v1::JobEvent> rest = WatchUntil(
+        job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "succeeded" || e.kind() == "failed"; }, 600);
+    ASSERT_FALSE(rest.empty());
+    EXPECT_EQ(rest.back().kind(), "succeeded") << job.id() << ": " << rest.back().message();
+  }
+  EXPECT_EQ(database.Query("SELECT COUNT(*) FROM jobs WHERE owner IS NOT NULL"), "0");
+}
+
+// Self-fencing: a replica that cannot reach the database for 2/3 of its lease stops its
+// workers (another replica could take their jobs over after the lease); once the database is
+// back it requeues the job, which resumes from its checkpoint and succeeds.
+TEST_F(SlimdE2eTest, PostgresFleetReplicaCutOffFromTheDatabaseStopsItsWorkers) {
+  const absl::StatusOr<std::string> server = pgtest::PostgresServerUrl();
+  ASSERT_TRUE(server.ok()) << server.status();
+  if (server->empty()) GTEST_SKIP() << "no PostgreSQL server: set SLIM_TEST_POSTGRES_URL or run through ctest";
+  const pgtest::TestDatabase database(*server);
+  StartReplica("r1", database.url(), "3");
+  ASSERT_FALSE(HasFatalFailure());
+  stub_ = v1::Slim::NewStub(grpc::CreateChannel(replicas_["r1"].socket, grpc::InsecureChannelCredentials()));
+  const std::string dataset = Upload(std::string(150000, 'z') + "a replica without its database must stop.\n");
+  const v1::Job job = Create(Spec(dataset, "8MiB", 250), 0);
+  long pid = 0;
+  for (const v1::JobEvent& e : WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "checkpoint"; })) {
+    if (e.kind() == "started") pid = StartedPid(e);
+  }
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING) << "finished too early for the test";
+
+  // The database refuses every connection, and drops the ones it had.
+  database.Admin("ALTER DATABASE " + database.name() + " ALLOW_CONNECTIONS false");
+  database.TerminateConnections();
+  const std::string& log = replicas_["r1"].log;
+  for (int i = 0; i < 1200 && Count(ReadFile(log), "stopping its 1 worker(s)") == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const bool fenced = Count(ReadFile(log), "stopping its 1 worker(s)") > 0;
+  for (int i = 0; i < 1200 && ProcessRuns(pid); ++i) absl::SleepFor(absl::Milliseconds(50));
+  const bool worker_stopped = !ProcessRuns(pid);
+  database.Admin("ALTER DATABASE " + database.name() + " ALLOW_CONNECTIONS true");
+  ASSERT_TRUE(fenced) << AllLogs();
+  EXPECT_TRUE(worker_stopped) << "worker " << pid;
+
+  const std::vector<v1::JobEvent> history = WatchUntil(
+      job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "succeeded" || e.kind() == "failed"; }, 600);
+  ASSERT_FALSE(history.empty());
+  EXPECT_EQ(history.back().kind(), "succeeded") << history.back().message() << AllLogs();
+  bool requeued = false, resumed = false;
+  for (size_t i = 0; i < history.size(); ++i) {
+    EXPECT_EQ(history[i].sequence(), static_cast<int64_t>(i + 1));
+    requeued |= history[i].kind() == "requeued";
+    resumed |= history[i].kind() == "planned" && history[i].message().find("resumed from step") != std::string::npos;
+  }
+  EXPECT_TRUE(requeued);
+  EXPECT_TRUE(resumed);
+  EXPECT_EQ(Get(job.id()).attempts(), 2);
 }
 
 // An unusable --database-url stops slimd at startup with exit status 1 and the reason.

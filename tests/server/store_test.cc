@@ -2,7 +2,9 @@
 // ids, job/event sequencing, pagination, datasets and models, argument errors, durability
 // across reopening, concurrent updates through one and through two store objects (two
 // replicas), schema versions. Then what only one backend has: SQLite's file handling,
-// PostgreSQL's connection strings, NOTIFY, reconnection and UNAVAILABLE.
+// PostgreSQL's connection strings, NOTIFY, reconnection and UNAVAILABLE, and its replica
+// methods (PostgresStoreReplicaTest: claims, leases, fencing, takeover, cancel requests, LISTEN,
+// the schema upgrade).
 //
 // The PostgreSQL cases need a server (tests/server/postgres_test_database.h): ctest starts one;
 // by hand, set SLIM_TEST_POSTGRES_URL or they skip. Each case creates and drops its own
@@ -17,6 +19,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <pqxx/pqxx>
@@ -28,6 +31,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "server/jobs/postgres_store.h"
 #include "server/jobs/sqlite_store.h"
 #include "tests/server/postgres_test_database.h"
@@ -611,11 +616,11 @@ TEST_P(StoreTest, RacingCreatesOfOneIdInsertItOnce) {
 
 TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
   store_.reset();
-  ForgeSchemaVersion(2);
+  ForgeSchemaVersion(99);
   absl::StatusOr<std::unique_ptr<Store>> store = Open();
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(store.status().message().find("schema version 2"), absl::string_view::npos) << store.status();
+  EXPECT_NE(store.status().message().find("schema version 99"), absl::string_view::npos) << store.status();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -638,6 +643,21 @@ TEST(SqliteStoreOpen, SetsSchemaVersionAndWal) {
   EXPECT_EQ(query("PRAGMA user_version"), "1");
   EXPECT_EQ(query("PRAGMA journal_mode"), "wal");  // persistent in the file
   sqlite3_close(db);
+}
+
+TEST(SqliteStoreOpen, CoordinatesNoReplicas) {
+  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(":memory:");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE(
+      (*store)->CreateJob(MakeJob("job-s", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_EQ((*store)->replica_id(), "");
+  EXPECT_EQ((*store)->ClaimJob("job-s", absl::Seconds(5)).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*store)->RenewLeases(absl::Seconds(5)).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*store)->TakeOverExpiredJobs(absl::Seconds(5)).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*store)->RequestCancel("job-s").status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*store)->ReleaseJob("job-s").code(), absl::StatusCode::kUnimplemented);
+  EXPECT_TRUE((*store)->Listen([](const StoreNotification&) {}).ok());  // nothing to hear
+  (*store)->StopListening();
 }
 
 TEST(SqliteStoreOpen, InMemoryWorks) {
@@ -727,12 +747,12 @@ TEST_F(PostgresStoreTest, MissingDatabaseIsUnavailable) {
 }
 
 TEST_F(PostgresStoreTest, SchemaHasVersionAndFleetColumns) {
-  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "1");
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "2");
   EXPECT_EQ(database_->Query("SELECT COUNT(*) FROM schema_version"), "1");
   EXPECT_EQ(database_->Query("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
                              "information_schema.columns WHERE table_name = 'jobs' AND column_name IN "
-                             "('owner', 'lease_expires_at')"),
-            "lease_expires_at,owner");
+                             "('owner', 'lease_expires_at', 'cancel_requested')"),
+            "cancel_requested,lease_expires_at,owner");
   EXPECT_EQ(database_->Query("SELECT data_type FROM information_schema.columns WHERE table_name = 'events' AND "
                              "column_name = 'data'"),
             "bytea");
@@ -839,6 +859,360 @@ TEST_F(PostgresStoreTest, ServerErrorsAreInternalWithTheServerMessage) {
   EXPECT_EQ(model.status().message().rfind("postgres: reading model model-1: ", 0), 0u) << model.status();
   // The connection is still good for the next call.
   EXPECT_TRUE(store_->NewId("job").ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: replicas (claims, leases, fencing, takeover, cancel requests, notifications)
+
+class PostgresStoreReplicaTest : public PostgresStoreTest {
+ protected:
+  // Another store on the same database acting for replica `id`.
+  std::unique_ptr<PostgresStore> Replica(const std::string& id) {
+    PostgresStoreOptions options;
+    options.replica_id = id;
+    absl::StatusOr<std::unique_ptr<PostgresStore>> store = PostgresStore::Open(database_->url(), options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(store).value() : nullptr;
+  }
+  std::string Column(const std::string& column, const std::string& id) {
+    return database_->Query(absl::StrCat("SELECT ", column, " FROM jobs WHERE id = '", id, "'"));
+  }
+  // Stores `state` with an event through `store` (the job as `store` reads it).
+  absl::StatusOr<v1::Job> Move(Store& store, const std::string& id, JobState state, const std::string& kind) {
+    absl::StatusOr<v1::Job> job = store.GetJob(id);
+    if (!job.ok()) return job.status();
+    job->set_state(state);
+    return store.UpdateJob(*job, MakeEvent(kind, state));
+  }
+};
+
+TEST_F(PostgresStoreReplicaTest, ReplicaMethodsNeedAWellFormedReplicaId) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(store_->ClaimJob(id, absl::Seconds(5)).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(store_->RenewLeases(absl::Seconds(5)).status().code(), absl::StatusCode::kUnimplemented);
+  for (const std::string& bad : std::vector<std::string>{"has space", "slash/y", std::string(64, 'r')}) {
+    PostgresStoreOptions options;
+    options.replica_id = bad;
+    absl::StatusOr<std::unique_ptr<PostgresStore>> store = PostgresStore::Open(database_->url(), options);
+    ASSERT_FALSE(store.ok()) << bad;
+    EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument) << store.status();
+    EXPECT_NE(store.status().message().find("replica_id"), absl::string_view::npos) << store.status();
+  }
+  std::unique_ptr<PostgresStore> r1 = Replica("host-1.r_1");
+  ASSERT_NE(r1, nullptr);
+  EXPECT_EQ(r1->replica_id(), "host-1.r_1");
+  EXPECT_EQ(r1->ClaimJob(id, absl::ZeroDuration()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(PostgresStoreReplicaTest, ExactlyOneOfRacingReplicasClaimsAQueuedJob) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  constexpr int kReplicas = 4;
+  std::vector<std::unique_ptr<PostgresStore>> replicas;
+  for (int r = 0; r < kReplicas; ++r) replicas.push_back(Replica(absl::StrCat("r", r)));
+  std::vector<absl::StatusOr<JobClaim>> results(kReplicas, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kReplicas; ++r) {
+    threads.emplace_back([&, r] { results[r] = replicas[r]->ClaimJob(id, absl::Seconds(60)); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  int winner = -1;
+  for (int r = 0; r < kReplicas; ++r) {
+    if (results[r].ok()) {
+      EXPECT_EQ(winner, -1) << "two replicas claimed " << id;
+      winner = r;
+      EXPECT_EQ(results[r]->job.id(), id);
+      EXPECT_FALSE(results[r]->cancel_requested);
+    }
+  }
+  ASSERT_NE(winner, -1);
+  const std::string owner = absl::StrCat("r", winner);
+  for (int r = 0; r < kReplicas; ++r) {
+    if (r == winner) continue;
+    EXPECT_EQ(results[r].status().code(), absl::StatusCode::kAborted) << results[r].status();
+    EXPECT_NE(results[r].status().message().find("claimed by replica " + owner), absl::string_view::npos)
+        << results[r].status();
+  }
+  EXPECT_EQ(Column("owner", id), owner);
+  EXPECT_EQ(Column("lease_expires_at > now() + interval '30 seconds'", id), "t");
+  EXPECT_TRUE(replicas[winner]->ClaimJob(id, absl::Seconds(60)).ok());  // its own again: renewed
+
+  ASSERT_TRUE(Move(*replicas[winner], id, v1::JOB_STATE_RUNNING, "started").ok());
+  const absl::StatusOr<JobClaim> running = replicas[(winner + 1) % kReplicas]->ClaimJob(id, absl::Seconds(60));
+  EXPECT_EQ(running.status().code(), absl::StatusCode::kFailedPrecondition) << running.status();
+  EXPECT_NE(running.status().message().find("JOB_STATE_RUNNING, not queued"), absl::string_view::npos)
+      << running.status();
+  EXPECT_EQ(replicas[0]->ClaimJob("job-none", absl::Seconds(60)).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PostgresStoreReplicaTest, LeasesExpireUnlessRenewedAndClaimsCanBeReleased) {
+  std::unique_ptr<PostgresStore> r1 = Replica("r1");
+  std::unique_ptr<PostgresStore> r2 = Replica("r2");
+  const std::string lapsed = AddJob(v1::JOB_STATE_QUEUED);
+  const std::string renewed = AddJob(v1::JOB_STATE_QUEUED);
+  ASSERT_TRUE(r1->ClaimJob(lapsed, absl::Milliseconds(1)).ok());
+  ASSERT_TRUE(r1->ClaimJob(renewed, absl::Milliseconds(1)).ok());
+  absl::SleepFor(absl::Milliseconds(50));  // both leases are over by the database's clock
+  // A renewal extends even an expired lease that no one took over.
+  ASSERT_TRUE(r1->ClaimJob(renewed, absl::Milliseconds(1)).ok());
+  absl::StatusOr<std::vector<JobLease>> leases = r1->RenewLeases(absl::Seconds(60));
+  ASSERT_TRUE(leases.ok()) << leases.status();
+  ASSERT_EQ(leases->size(), 2u);
+  EXPECT_EQ((*leases)[0].job_id, lapsed);  // oldest first
+  EXPECT_EQ((*leases)[1].job_id, renewed);
+  EXPECT_EQ((*leases)[1].state, v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(r2->ClaimJob(renewed, absl::Seconds(60)).status().code(), absl::StatusCode::kAborted);
+
+  // Expired: the other replica may claim it, and the first one no longer owns it.
+  ASSERT_TRUE(r1->ClaimJob(lapsed, absl::Milliseconds(1)).ok());
+  absl::SleepFor(absl::Milliseconds(50));
+  absl::StatusOr<JobClaim> taken = r2->ClaimJob(lapsed, absl::Seconds(60));
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  leases = r1->RenewLeases(absl::Seconds(60));
+  ASSERT_TRUE(leases.ok());
+  ASSERT_EQ(leases->size(), 1u);
+  EXPECT_EQ((*leases)[0].job_id, renewed);
+  EXPECT_EQ(r1->ReleaseJob(lapsed).code(), absl::StatusCode::kFailedPrecondition);
+
+  ASSERT_TRUE(r2->ReleaseJob(lapsed).ok());
+  EXPECT_EQ(Column("owner IS NULL AND lease_expires_at IS NULL", lapsed), "t");
+  EXPECT_TRUE(r2->RenewLeases(absl::Seconds(60))->empty());
+  EXPECT_EQ(r2->ReleaseJob("job-none").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PostgresStoreReplicaTest, OnlyTheOwnerWritesAJobAndNeverFromAStaleRead) {
+  std::unique_ptr<PostgresStore> r1 = Replica("r1");
+  std::unique_ptr<PostgresStore> r2 = Replica("r2");
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  const v1::Job queued = *r2->GetJob(id);
+  ASSERT_TRUE(r1->ClaimJob(id, absl::Seconds(60)).ok());
+
+  // Another replica cannot write it, with or without an event.
+  v1::Job clobber = queued;
+  clobber.set_state(v1::JOB_STATE_CANCELLED);
+  absl::StatusOr<v1::Job> refused = r2->UpdateJob(clobber, MakeEvent("cancelled", v1::JOB_STATE_CANCELLED));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("owned by replica r1"), absl::string_view::npos) << refused.status();
+  EXPECT_EQ(r2->SaveJob(clobber).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r1->GetJob(id)->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(r1->GetJob(id)->last_sequence(), 1);
+
+  // The owner can, from a current read; an outdated read is refused.
+  absl::StatusOr<v1::Job> started = Move(*r1, id, v1::JOB_STATE_RUNNING, "started");
+  ASSERT_TRUE(started.ok()) << started.status();
+  EXPECT_EQ(started->last_sequence(), 2);
+  EXPECT_EQ(Column("owner", id), "r1");  // RUNNING keeps the owner
+  v1::Job stale = queued;                // last_sequence 1
+  stale.set_state(v1::JOB_STATE_RUNNING);
+  absl::StatusOr<v1::Job> outdated = r1->UpdateJob(stale, MakeEvent("progress", v1::JOB_STATE_RUNNING));
+  EXPECT_EQ(outdated.status().code(), absl::StatusCode::kAborted) << outdated.status();
+  EXPECT_EQ(r1->SaveJob(stale).code(), absl::StatusCode::kAborted);
+  v1::Job current = *started;
+  current.mutable_progress()->set_step(7);
+  ASSERT_TRUE(r1->SaveJob(current).ok());
+  EXPECT_EQ(r2->GetJob(id)->progress().step(), 7);
+
+  // Requeueing releases the job; then a current write from anyone is fine again.
+  ASSERT_TRUE(Move(*r1, id, v1::JOB_STATE_QUEUED, "requeued").ok());
+  EXPECT_EQ(Column("owner IS NULL AND lease_expires_at IS NULL", id), "t");
+  ASSERT_TRUE(r2->ClaimJob(id, absl::Seconds(60)).ok());
+  ASSERT_TRUE(Move(*r2, id, v1::JOB_STATE_RUNNING, "started").ok());
+  EXPECT_EQ(Move(*r1, id, v1::JOB_STATE_RUNNING, "progress").status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(Move(*r2, id, v1::JOB_STATE_SUCCEEDED, "succeeded").ok());
+  EXPECT_EQ(Column("owner IS NULL", id), "t");
+  EXPECT_EQ(r1->GetJob(id)->last_sequence(), 5);  // queued, started, requeued, started, succeeded
+}
+
+TEST_F(PostgresStoreReplicaTest, ExactlyOneReplicaTakesOverEachJobWhoseLeaseExpired) {
+  std::unique_ptr<PostgresStore> dead = Replica("dead");
+  std::unique_ptr<PostgresStore> alive = Replica("alive");
+  const std::string lapsed = AddJob(v1::JOB_STATE_QUEUED);
+  const std::string held = AddJob(v1::JOB_STATE_QUEUED);
+  const std::string cancelling = AddJob(v1::JOB_STATE_QUEUED);
+  const std::string ownerless = AddJob(v1::JOB_STATE_RUNNING);  // left by a slimd without replicas
+  const std::string waiting = AddJob(v1::JOB_STATE_QUEUED);     // claimed, lapsed, but QUEUED
+  for (const std::string& id : {lapsed, cancelling, waiting}) ASSERT_TRUE(dead->ClaimJob(id, absl::Seconds(60)).ok());
+  ASSERT_TRUE(alive->ClaimJob(held, absl::Seconds(60)).ok());
+  ASSERT_TRUE(Move(*dead, lapsed, v1::JOB_STATE_RUNNING, "started").ok());
+  ASSERT_TRUE(Move(*dead, cancelling, v1::JOB_STATE_CANCELLING, "cancelling").ok());
+  ASSERT_TRUE(Move(*alive, held, v1::JOB_STATE_RUNNING, "started").ok());
+  ASSERT_TRUE(alive->RequestCancel(lapsed).ok());
+  ASSERT_TRUE(dead->RenewLeases(absl::Milliseconds(1)).ok());  // its last renewal
+  absl::SleepFor(absl::Milliseconds(50));
+
+  constexpr int kTakers = 3;
+  std::vector<std::unique_ptr<PostgresStore>> takers;
+  for (int t = 0; t < kTakers; ++t) takers.push_back(Replica(absl::StrCat("taker", t)));
+  std::vector<absl::StatusOr<std::vector<JobClaim>>> results(kTakers, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kTakers; ++t) {
+    threads.emplace_back([&, t] { results[t] = takers[t]->TakeOverExpiredJobs(absl::Seconds(60)); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  std::map<std::string, int> taken;  // job → how many takers got it
+  std::map<std::string, JobClaim> claims;
+  std::map<std::string, std::string> taker_of;
+  for (int t = 0; t < kTakers; ++t) {
+    ASSERT_TRUE(results[t].ok()) << results[t].status();
+    for (const JobClaim& claim : *results[t]) {
+      ++taken[claim.job.id()];
+      claims[claim.job.id()] = claim;
+      taker_of[claim.job.id()] = absl::StrCat("taker", t);
+    }
+  }
+  EXPECT_EQ(taken, (std::map<std::string, int>{{lapsed, 1}, {cancelling, 1}, {ownerless, 1}}));
+  EXPECT_EQ(claims[lapsed].previous_owner, "dead");
+  EXPECT_EQ(claims[lapsed].job.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_TRUE(claims[lapsed].cancel_requested);
+  EXPECT_EQ(claims[cancelling].job.state(), v1::JOB_STATE_CANCELLING);
+  EXPECT_FALSE(claims[cancelling].cancel_requested);
+  EXPECT_EQ(claims[ownerless].previous_owner, "");
+  EXPECT_EQ(Column("owner", lapsed), taker_of[lapsed]);
+  EXPECT_EQ(Column("owner", held), "alive");
+
+  // The dead replica, back, finds it owns only the queued claim and may not write the others.
+  absl::StatusOr<std::vector<JobLease>> leases = dead->RenewLeases(absl::Seconds(60));
+  ASSERT_TRUE(leases.ok());
+  ASSERT_EQ(leases->size(), 1u);
+  EXPECT_EQ((*leases)[0].job_id, waiting);
+  EXPECT_EQ(Move(*dead, lapsed, v1::JOB_STATE_RUNNING, "progress").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // The taker requeues it: released, claimable by anyone.
+  PostgresStore& taker = *takers[taker_of[lapsed].back() - '0'];
+  ASSERT_TRUE(Move(taker, lapsed, v1::JOB_STATE_QUEUED, "requeued").ok());
+  EXPECT_EQ(Column("owner IS NULL", lapsed), "t");
+  EXPECT_TRUE(alive->TakeOverExpiredJobs(absl::Seconds(60))->empty());  // nothing left
+}
+
+TEST_F(PostgresStoreReplicaTest, CancelRequestsReachTheOwnerAndOutliveARequeue) {
+  std::unique_ptr<PostgresStore> r1 = Replica("r1");
+  std::unique_ptr<PostgresStore> r2 = Replica("r2");
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  absl::StatusOr<std::string> unowned = r2->RequestCancel(id);
+  EXPECT_EQ(unowned.status().code(), absl::StatusCode::kFailedPrecondition) << unowned.status();
+  EXPECT_NE(unowned.status().message().find("owned by no replica"), absl::string_view::npos) << unowned.status();
+
+  ASSERT_TRUE(r1->ClaimJob(id, absl::Seconds(60)).ok());
+  ASSERT_TRUE(Move(*r1, id, v1::JOB_STATE_RUNNING, "started").ok());
+  EXPECT_FALSE((*r1->RenewLeases(absl::Seconds(60)))[0].cancel_requested);
+  absl::StatusOr<std::string> owner = r2->RequestCancel(id);
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  EXPECT_EQ(*owner, "r1");
+  absl::StatusOr<std::vector<JobLease>> leases = r1->RenewLeases(absl::Seconds(60));
+  ASSERT_TRUE(leases.ok());
+  ASSERT_EQ(leases->size(), 1u);
+  EXPECT_TRUE((*leases)[0].cancel_requested);
+  EXPECT_EQ((*leases)[0].state, v1::JOB_STATE_RUNNING);
+
+  // Requeued before acting on it (e.g. the owner shut down): the next owner sees it.
+  ASSERT_TRUE(Move(*r1, id, v1::JOB_STATE_QUEUED, "requeued").ok());
+  absl::StatusOr<JobClaim> claim = r2->ClaimJob(id, absl::Seconds(60));
+  ASSERT_TRUE(claim.ok()) << claim.status();
+  EXPECT_TRUE(claim->cancel_requested);
+  ASSERT_TRUE(Move(*r2, id, v1::JOB_STATE_CANCELLED, "cancelled").ok());
+  EXPECT_EQ(Column("cancel_requested", id), "f");
+  EXPECT_EQ(Column("owner IS NULL", id), "t");
+  absl::StatusOr<std::string> ended = r1->RequestCancel(id);
+  EXPECT_EQ(ended.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(ended.status().message().find("it has ended"), absl::string_view::npos) << ended.status();
+  EXPECT_EQ(r1->RequestCancel("job-none").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Collects what a store's Listen delivers.
+class Heard {
+ public:
+  std::function<void(const StoreNotification&)> Callback() {
+    return [this](const StoreNotification& n) {
+      absl::MutexLock lock(&mu_);
+      heard_.push_back(n);
+    };
+  }
+  // Waits up to 30 s for a notification matching `kind`, `job` and `sequence` (0 = any).
+  bool WaitFor(StoreNotification::Kind kind, const std::string& job, int64_t sequence = 0) {
+    absl::MutexLock lock(&mu_);
+    auto found = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      for (const StoreNotification& n : heard_) {
+        if (n.kind == kind && n.job_id == job && (sequence == 0 || n.sequence == sequence)) return true;
+      }
+      return false;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&found), absl::Seconds(30));
+  }
+  int Count(StoreNotification::Kind kind, const std::string& job) {
+    absl::MutexLock lock(&mu_);
+    int n = 0;
+    for (const StoreNotification& h : heard_) n += h.kind == kind && h.job_id == job;
+    return n;
+  }
+  size_t size() {
+    absl::MutexLock lock(&mu_);
+    return heard_.size();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<StoreNotification> heard_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(PostgresStoreReplicaTest, ListenHearsEveryReplicaAndResyncsAfterReconnecting) {
+  std::unique_ptr<PostgresStore> listener = Replica("r1");
+  std::unique_ptr<PostgresStore> writer = Replica("r2");
+  Heard heard;
+  ASSERT_TRUE(listener->Listen(heard.Callback()).ok());
+  EXPECT_EQ(listener->Listen(heard.Callback()).code(), absl::StatusCode::kFailedPrecondition);
+
+  ASSERT_TRUE(writer->CreateJob(MakeJob("job-l", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kEvent, "job-l", 1));
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kQueued, "job-l"));
+  ASSERT_TRUE(writer->ClaimJob("job-l", absl::Seconds(60)).ok());
+  ASSERT_TRUE(Move(*writer, "job-l", v1::JOB_STATE_RUNNING, "started").ok());
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kEvent, "job-l", 2));
+  ASSERT_TRUE(listener->RequestCancel("job-l").ok());
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kCancelRequested, "job-l"));
+  EXPECT_EQ(heard.Count(StoreNotification::Kind::kQueued, "job-l"), 1);  // RUNNING is not claimable
+
+  // The server drops every connection: the listener reconnects, says so, and hears on.
+  database_->TerminateConnections();
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kResync, ""));
+  ASSERT_TRUE(Move(*writer, "job-l", v1::JOB_STATE_QUEUED, "requeued").ok());
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kEvent, "job-l", 3));
+  EXPECT_TRUE(heard.WaitFor(StoreNotification::Kind::kQueued, "job-l"));
+  EXPECT_EQ(heard.Count(StoreNotification::Kind::kQueued, "job-l"), 2);
+
+  listener->StopListening();
+  const size_t before = heard.size();
+  ASSERT_TRUE(writer->ClaimJob("job-l", absl::Seconds(60)).ok());
+  ASSERT_TRUE(Move(*writer, "job-l", v1::JOB_STATE_RUNNING, "started").ok());
+  // No callback runs after StopListening returned (a later one would land here).
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(heard.size(), before);
+}
+
+TEST_F(PostgresStoreReplicaTest, UnreachableServerFailsListen) {
+  PostgresStoreOptions options;
+  options.replica_id = "r1";
+  absl::StatusOr<std::unique_ptr<PostgresStore>> store = PostgresStore::Open(database_->url(), options);
+  ASSERT_TRUE(store.ok());
+  database_->Admin(absl::StrCat("ALTER DATABASE ", database_->name(), " ALLOW_CONNECTIONS false"));
+  Heard heard;
+  const absl::Status listening = (*store)->Listen(heard.Callback());
+  database_->Admin(absl::StrCat("ALTER DATABASE ", database_->name(), " ALLOW_CONNECTIONS true"));
+  EXPECT_EQ(listening.code(), absl::StatusCode::kUnavailable) << listening;
+  EXPECT_TRUE((*store)->Listen(heard.Callback()).ok());  // nothing left running from the failure
+}
+
+TEST_F(PostgresStoreReplicaTest, UpgradesAVersion1Database) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  store_.reset();
+  database_->Query("DROP INDEX jobs_by_owner");
+  database_->Query("ALTER TABLE jobs DROP COLUMN cancel_requested");
+  database_->Query("UPDATE schema_version SET version = 1");
+  std::unique_ptr<PostgresStore> r1 = Replica("r1");
+  ASSERT_NE(r1, nullptr);
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "2");
+  EXPECT_EQ(Column("cancel_requested", id), "f");
+  ASSERT_TRUE(r1->ClaimJob(id, absl::Seconds(60)).ok());
+  EXPECT_TRUE(Replica("r2")->RequestCancel(id).ok());
+  EXPECT_EQ(Column("cancel_requested", id), "t");
 }
 
 }  // namespace

@@ -6,11 +6,16 @@
 #     and the alerts' expressions in both directions;
 #   - deploy/grafana/slim-dashboard.json: JSON syntax (python3 -m json.tool), datasource and
 #     template variables, unique panel ids, non-overlapping layout;
-#   - deploy/kubernetes: every object validated against the Kubernetes 1.27 JSON schemas of the
-#     npm package kubernetes-models (the ServiceMonitor against the Prometheus Operator CRD
-#     schema of @kubernetes-models/prometheus-operator), unknown fields refused as
-#     `kubectl --validate=strict` would, plus cross-references (selectors, ports, probes,
-#     ConfigMap keys and slimd flags, grace period);
+#   - deploy/kubernetes (one slimd) and deploy/kubernetes-fleet (replicas, shared volume,
+#     optional PostgreSQL in postgres/): every object of every *.yaml file validated against the
+#     Kubernetes 1.27 JSON schemas of the npm package kubernetes-models (the ServiceMonitor
+#     against the Prometheus Operator CRD schema of @kubernetes-models/prometheus-operator),
+#     unknown fields refused as `kubectl --validate=strict` would, plus cross-references
+#     (selectors, ports, probes, ConfigMap keys and slimd flags, command-line flags, grace
+#     period); for the fleet: replicas >= 2, one ReadWriteMany claim for the data directory,
+#     --database-url from a Secret, --replica-id from the pod name, the same security context,
+#     probes and grace period as deploy/kubernetes, and the in-cluster PostgreSQL's Service
+#     against the example connection strings (postgres.yaml's comments, docs/operations.md);
 #   - deploy/compose: YAML syntax (js-yaml) and references (build context, mounted files,
 #     ports, Grafana provisioning, Prometheus targets);
 #   - Dockerfile: exec-form ENTRYPOINT/HEALTHCHECK, flags slimd knows, copied files exist,
@@ -363,32 +368,65 @@ function validateObject(doc) {
   for (const u of unknown) errors.push(`unknown field ${u}`);
   return errors;
 }
-const k8s = {};
-for (const file of ["configmap.yaml", "statefulset.yaml", "service.yaml", "servicemonitor.yaml"]) {
-  guard(`deploy/kubernetes/${file}: schema`, (errors) => {
-    const docs = yaml.loadAll(read(`deploy/kubernetes/${file}`)).filter((d) => d !== null);
-    if (docs.length === 0) errors.push("no objects");
-    for (const d of docs) {
-      const id = `${d.kind}/${(d.metadata || {}).name}`;
-      if ((d.metadata || {}).namespace) errors.push(`${id}: has a namespace (the manifests are namespace-less)`);
-      for (const e of validateObject(d)) errors.push(`${id}: ${e}`);
-      k8s[d.kind] = k8s[d.kind] || [];
-      k8s[d.kind].push(d);
+// Every object of a manifest directory and its subdirectories (*.yaml, *.yml), each validated
+// against its schema. Returns [{doc, file}] in file order.
+function loadManifests(dir) {
+  const files = [];
+  const walk = (rel) => {
+    for (const e of fs.readdirSync(path.join(root, rel), { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      if (e.isDirectory()) walk(`${rel}/${e.name}`);
+      else if (/\.ya?ml$/.test(e.name)) files.push(`${rel}/${e.name}`);
     }
+  };
+  const objects = [];
+  guard(`${dir}: manifest files`, (errors) => {
+    walk(dir);
+    if (files.length === 0) errors.push("no *.yaml files");
   });
+  for (const file of files) {
+    guard(`${file}: schema`, (errors) => {
+      const docs = yaml.loadAll(read(file)).filter((d) => d !== null);
+      if (docs.length === 0) errors.push("no objects");
+      for (const d of docs) {
+        const id = `${d.kind}/${(d.metadata || {}).name}`;
+        if ((d.metadata || {}).namespace) errors.push(`${id}: has a namespace (the manifests are namespace-less)`);
+        for (const e of validateObject(d)) errors.push(`${id}: ${e}`);
+        objects.push({ doc: d, file });
+      }
+    });
+  }
+  return objects;
 }
-guard("deploy/kubernetes: references between objects", (errors) => {
-  const one = (kind) => { const l = k8s[kind] || []; if (l.length !== 1) throw new Error(`expected one ${kind}, found ${l.length}`); return l[0]; };
-  const sts = one("StatefulSet"), svc = one("Service"), cm = one("ConfigMap"), sm = one("ServiceMonitor");
+const ofKind = (objects, kind) => objects.filter((o) => o.doc.kind === kind).map((o) => o.doc);
+// slimd's flags on a container's command line: {name: value} for `--name value` and
+// `--name=value` (the image's ENTRYPOINT is replaced by `command`, checked below).
+function cmdFlags(c) {
+  const argv = [...(c.command || []).slice(1), ...(c.args || [])].map(String);
+  const flags = {};
+  for (let i = 0; i < argv.length; i++) {
+    const m = argv[i].match(/^--([a-z][a-z-]*)(?:=(.*))?$/s);
+    if (!m) continue;
+    if (m[2] !== undefined) flags[m[1]] = m[2];
+    else if (i + 1 < argv.length && !argv[i + 1].startsWith("--")) flags[m[1]] = argv[++i];
+    else flags[m[1]] = true;
+  }
+  return flags;
+}
+// Canonical JSON (sorted keys), to compare pieces of two manifests.
+const canon = (v) => JSON.stringify(v, (k, x) => (x && typeof x === "object" && !Array.isArray(x)
+  ? Object.fromEntries(Object.keys(x).sort().map((key) => [key, x[key]])) : x));
+
+// The checks shared by one slimd and a fleet: the objects around the slimd StatefulSet, and its
+// configuration file. Returns what the fleet checks need, or null when the basics are missing.
+function checkSlimd(sts, svc, cm, sm, errors) {
   const pod = sts.spec.template.spec;
   const labels = sts.spec.template.metadata.labels;
-  if (sts.spec.replicas !== 1) errors.push("StatefulSet: replicas must be 1 (one slimd per data directory)");
   if (sts.spec.serviceName !== svc.metadata.name) errors.push(`StatefulSet: serviceName ${sts.spec.serviceName} is not the Service ${svc.metadata.name}`);
   if (!subset(sts.spec.selector.matchLabels, labels)) errors.push("StatefulSet: selector does not match its pod labels");
   if (!subset(svc.spec.selector, labels)) errors.push("Service: selector does not match the pod labels");
   if (!subset(sm.spec.selector.matchLabels, svc.metadata.labels)) errors.push("ServiceMonitor: selector does not match the Service's labels");
   const c = pod.containers.find((x) => x.name === "slimd");
-  if (!c) { errors.push("StatefulSet: no container named slimd"); return; }
+  if (!c) { errors.push("StatefulSet: no container named slimd"); return null; }
   const ports = new Map((c.ports || []).map((p) => [p.name, p.containerPort]));
   for (const p of svc.spec.ports) {
     if (typeof p.targetPort === "string" && !ports.has(p.targetPort)) errors.push(`Service port ${p.name}: no container port named ${p.targetPort}`);
@@ -397,33 +435,227 @@ guard("deploy/kubernetes: references between objects", (errors) => {
     if (!svc.spec.ports.some((p) => p.name === e.port)) errors.push(`ServiceMonitor: no Service port named ${e.port}`);
   }
   if (svc.metadata.name !== "slimd") errors.push('Service must be named slimd: it is the job label (up{job="slimd"}) through the ServiceMonitor');
-  for (const probe of ["readinessProbe", "livenessProbe"]) {
+  for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
     const g = (c[probe] || {}).grpc;
     if (!g || g.port !== ports.get("grpc")) errors.push(`${probe}: must be a grpc probe on the grpc port ${ports.get("grpc")}`);
   }
-  if (((c.resources || {}).limits || {})["nvidia.com/gpu"] === undefined) errors.push("no nvidia.com/gpu limit");
+  const gpus = Number(((c.resources || {}).limits || {})["nvidia.com/gpu"]);
+  if (!(gpus >= 1)) errors.push("no nvidia.com/gpu limit");
+  const gpuRequest = ((c.resources || {}).requests || {})["nvidia.com/gpu"];
+  if (gpuRequest !== undefined && Number(gpuRequest) !== gpus) errors.push(`nvidia.com/gpu: request ${gpuRequest} differs from the limit ${gpus} (extended resources need them equal)`);
   const psc = pod.securityContext || {}, csc = c.securityContext || {};
   if (!(psc.runAsNonRoot || csc.runAsNonRoot) || !(psc.runAsUser || csc.runAsUser)) errors.push("securityContext: runAsNonRoot and a non-zero runAsUser required");
-  // slimd's configuration
+  // slimd's configuration: the config file from the ConfigMap, plus the command line's flags.
+  if ((c.command || [])[0] !== "/usr/local/bin/slimd") errors.push("command must be /usr/local/bin/slimd: the image's ENTRYPOINT flags would win over the config file");
   const vol = (pod.volumes || []).find((v) => v.configMap && v.configMap.name === cm.metadata.name);
-  if (!vol) { errors.push(`no volume of ConfigMap ${cm.metadata.name}`); return; }
+  if (!vol) { errors.push(`no volume of ConfigMap ${cm.metadata.name}`); return null; }
   const mount = (c.volumeMounts || []).find((m) => m.name === vol.name);
-  const args = [...(c.command || []), ...(c.args || [])];
-  const configPath = args[args.indexOf("--config") + 1];
-  if (!mount || args.indexOf("--config") < 0 || !configPath.startsWith(mount.mountPath + "/")) { errors.push("slimd's --config is not in the ConfigMap's mount"); return; }
+  const flags = cmdFlags(c);
+  const configPath = flags.config;
+  if (!mount || typeof configPath !== "string" || !configPath.startsWith(mount.mountPath + "/")) { errors.push("slimd's --config is not in the ConfigMap's mount"); return null; }
   const key = configPath.slice(mount.mountPath.length + 1);
-  if (!(key in (cm.data || {}))) { errors.push(`ConfigMap has no key ${key}`); return; }
+  if (!(key in (cm.data || {}))) { errors.push(`ConfigMap has no key ${key}`); return null; }
   const config = yaml.load(cm.data[key]);
   for (const k of Object.keys(config)) if (!slimdFlags.has(k.replace(/_/g, "-"))) errors.push(`${key}: ${k} is not a slimd flag (server/main.cc)`);
-  for (const k of ["data_dir", "listen", "metrics_address", "devices"]) if (!(k in config)) errors.push(`${key}: no ${k}`);
-  if (portOf(config.listen) !== ports.get("grpc")) errors.push(`${key}: listen ${config.listen} is not the grpc container port`);
-  if (portOf(config.metrics_address) !== ports.get("metrics")) errors.push(`${key}: metrics_address ${config.metrics_address} is not the metrics container port`);
-  if (!String(config.listen).startsWith("0.0.0.0:") || !String(config.metrics_address).startsWith("0.0.0.0:")) errors.push(`${key}: listen on 0.0.0.0 so that probes and the Service reach slimd`);
-  const dataMount = (c.volumeMounts || []).find((m) => m.mountPath === config.data_dir);
-  const claims = (sts.spec.volumeClaimTemplates || []).map((v) => v.metadata.name);
-  if (!dataMount || !claims.includes(dataMount.name)) errors.push(`${key}: data_dir ${config.data_dir} is not a volumeClaimTemplate's mount`);
-  const grace = Number(config.cancel_grace === undefined ? 30 : config.cancel_grace);
+  for (const f of Object.keys(flags)) if (!slimdFlags.has(f)) errors.push(`command line: --${f} is not a slimd flag (server/main.cc)`);
+  // A key that is also on the command line is silently overridden there: one place per flag.
+  for (const k of Object.keys(config)) {
+    const f = k.replace(/_/g, "-");
+    if (f !== "config" && f in flags) errors.push(`${key}: ${k} is also given on the command line (--${f}), which wins: keep it in one place`);
+  }
+  const effective = (name, dflt) => (name in flags ? flags[name] : name.replace(/-/g, "_") in config ? config[name.replace(/-/g, "_")] : dflt);
+  for (const k of ["data_dir", "listen", "metrics_address", "devices"]) if (effective(k.replace(/_/g, "-")) === undefined) errors.push(`${key}: no ${k}`);
+  const listen = effective("listen"), metrics = effective("metrics-address");
+  if (portOf(listen) !== ports.get("grpc")) errors.push(`${key}: listen ${listen} is not the grpc container port`);
+  if (portOf(metrics) !== ports.get("metrics")) errors.push(`${key}: metrics_address ${metrics} is not the metrics container port`);
+  if (!String(listen).startsWith("0.0.0.0:") || !String(metrics).startsWith("0.0.0.0:")) errors.push(`${key}: listen on 0.0.0.0 so that probes and the Service reach slimd`);
+  const devices = [].concat(effective("devices", [])).join(",").split(",").filter((d) => d);
+  for (const d of devices) {
+    const m = d.match(/^cuda:(\d+)/);
+    if (m && !(Number(m[1]) < gpus)) errors.push(`${key}: device ${d}, but the pod has ${gpus || 0} nvidia.com/gpu (cuda:0..cuda:${gpus - 1} inside the container)`);
+  }
+  const grace = Number(effective("cancel-grace", 30));
   if (!(pod.terminationGracePeriodSeconds >= grace + 30)) errors.push(`terminationGracePeriodSeconds must exceed cancel_grace (${grace} s) by 30 s or more`);
+  const dataDir = effective("data-dir");
+  const dataMount = (c.volumeMounts || []).find((m) => m.mountPath === dataDir);
+  return { pod, labels, c, ports, flags, config, key, dataDir, dataMount, gpus };
+}
+
+// ---- Kubernetes: one slimd (deploy/kubernetes)
+const single = loadManifests("deploy/kubernetes");
+let singleSts = null;
+guard("deploy/kubernetes: references between objects", (errors) => {
+  const one = (kind) => { const l = ofKind(single, kind); if (l.length !== 1) throw new Error(`expected one ${kind}, found ${l.length}`); return l[0]; };
+  const sts = one("StatefulSet"), svc = one("Service"), cm = one("ConfigMap"), sm = one("ServiceMonitor");
+  singleSts = sts;
+  if (sts.spec.replicas !== 1) errors.push("StatefulSet: replicas must be 1 (one slimd per data directory)");
+  const s = checkSlimd(sts, svc, cm, sm, errors);
+  if (!s) return;
+  const claims = (sts.spec.volumeClaimTemplates || []).map((v) => v.metadata.name);
+  if (!s.dataMount || !claims.includes(s.dataMount.name)) errors.push(`${s.key}: data_dir ${s.dataDir} is not a volumeClaimTemplate's mount`);
+  if ("database-url" in s.flags || "database_url" in s.config) errors.push("--database-url: this is the single-replica deployment (SQLite on its own volume); fleets are deploy/kubernetes-fleet");
+});
+
+// ---- Kubernetes: a fleet (deploy/kubernetes-fleet, with the optional PostgreSQL in postgres/)
+const fleet = loadManifests("deploy/kubernetes-fleet");
+const fleetDocs = fleet.map((o) => o.doc);
+const podLabels = (sts) => sts.spec.template.metadata.labels || {};
+const hasContainer = (sts, pred) => ((sts.spec.template.spec || {}).containers || []).some(pred);
+let F = null;  // the fleet's slimd objects and what checkSlimd found, for the checks below
+guard("deploy/kubernetes-fleet: references between objects", (errors) => {
+  const slimdSets = ofKind(fleet, "StatefulSet").filter((s) => hasContainer(s, (c) => c.name === "slimd"));
+  if (slimdSets.length !== 1) throw new Error(`expected one StatefulSet with a container slimd, found ${slimdSets.length}`);
+  const sts = slimdSets[0];
+  const svc = ofKind(fleet, "Service").find((s) => s.metadata.name === sts.spec.serviceName);
+  if (!svc) throw new Error(`no Service ${sts.spec.serviceName} (the StatefulSet's serviceName)`);
+  const cms = ofKind(fleet, "ConfigMap"), sms = ofKind(fleet, "ServiceMonitor");
+  if (cms.length !== 1 || sms.length !== 1) throw new Error(`expected one ConfigMap and one ServiceMonitor, found ${cms.length} and ${sms.length}`);
+  const s = checkSlimd(sts, svc, cms[0], sms[0], errors);
+  if (!s) return;
+  // Selectors of other objects: no Service or budget of another app selects slimd's pods, and
+  // slimd's selects no one else's (the in-cluster PostgreSQL).
+  for (const other of ofKind(fleet, "StatefulSet").filter((x) => x !== sts)) {
+    if (subset(svc.spec.selector, podLabels(other))) errors.push(`Service ${svc.metadata.name}: selector also matches the pods of StatefulSet ${other.metadata.name}`);
+  }
+  for (const pdb of ofKind(fleet, "PodDisruptionBudget")) {
+    if (!subset(pdb.spec.selector.matchLabels, s.labels)) errors.push(`PodDisruptionBudget ${pdb.metadata.name}: selector does not match slimd's pod labels`);
+    if (pdb.spec.maxUnavailable === undefined && pdb.spec.minAvailable === undefined) errors.push(`PodDisruptionBudget ${pdb.metadata.name}: neither maxUnavailable nor minAvailable`);
+  }
+  F = { sts, svc, cm: cms[0], ...s };
+});
+const needFleet = () => { if (!F) throw new Error("skipped: the fleet's slimd objects are missing (above)"); };
+
+guard("deploy/kubernetes-fleet: two or more replicas on one shared ReadWriteMany data volume", (errors) => {
+  needFleet();
+  const { sts, pod, dataMount, dataDir, key } = F;
+  if (!(Number.isInteger(sts.spec.replicas) && sts.spec.replicas >= 2)) errors.push(`StatefulSet: replicas ${sts.spec.replicas}: a fleet has 2 or more (one slimd: deploy/kubernetes)`);
+  if (sts.spec.podManagementPolicy !== "Parallel") errors.push("StatefulSet: podManagementPolicy must be Parallel (replicas do not wait for each other)");
+  if (!dataMount) { errors.push(`${key}: data_dir ${dataDir} is not a volume mount of the slimd container`); return; }
+  if ((sts.spec.volumeClaimTemplates || []).some((t) => t.metadata.name === dataMount.name)) {
+    errors.push(`data volume ${dataMount.name} is a volumeClaimTemplate: each replica would get its own data directory; use one ReadWriteMany PersistentVolumeClaim`);
+    return;
+  }
+  const vol = (pod.volumes || []).find((v) => v.name === dataMount.name);
+  const claimName = vol && vol.persistentVolumeClaim && vol.persistentVolumeClaim.claimName;
+  if (!claimName) { errors.push(`data volume ${dataMount.name} is not a persistentVolumeClaim`); return; }
+  const pvc = ofKind(fleet, "PersistentVolumeClaim").find((p) => p.metadata.name === claimName);
+  if (!pvc) { errors.push(`no PersistentVolumeClaim ${claimName} in deploy/kubernetes-fleet`); return; }
+  if (!(pvc.spec.accessModes || []).includes("ReadWriteMany")) errors.push(`PersistentVolumeClaim ${claimName}: accessModes ${JSON.stringify(pvc.spec.accessModes)} lack ReadWriteMany: replicas on several nodes mount it`);
+  if (dataMount.readOnly || dataMount.subPathExpr) errors.push(`data mount: must be read-write and the same directory in every pod (no subPathExpr)`);
+});
+
+guard("deploy/kubernetes-fleet: --database-url from a Secret, --replica-id from the pod name", (errors) => {
+  needFleet();
+  const { c, flags, config, key, cm } = F;
+  const envRef = (flag) => {
+    const v = flags[flag];
+    if (v === undefined) { errors.push(`command line: no --${flag}`); return null; }
+    const m = String(v).match(/^\$\(([A-Za-z_][A-Za-z0-9_]*)\)$/);
+    if (!m) { errors.push(`--${flag} ${v}: a literal; must be $(VAR) of an env var`); return null; }
+    const e = (c.env || []).find((x) => x.name === m[1]);
+    if (!e) { errors.push(`--${flag} $(${m[1]}): no env var ${m[1]} (the kubelet would pass "$(${m[1]})" literally)`); return null; }
+    return e;
+  };
+  const db = envRef("database-url");
+  if (db) {
+    const ref = (db.valueFrom || {}).secretKeyRef;
+    if (!ref) errors.push(`--database-url: env ${db.name} must come from a Secret (valueFrom.secretKeyRef), not ${db.value !== undefined ? "a literal value" : JSON.stringify(db.valueFrom)}`);
+    else if (ref.optional) errors.push(`--database-url: secretKeyRef ${ref.name}/${ref.key} must not be optional`);
+    else F.databaseSecret = ref;
+  }
+  const id = envRef("replica-id");
+  if (id && ((id.valueFrom || {}).fieldRef || {}).fieldPath !== "metadata.name") errors.push(`--replica-id: env ${id.name} must be the pod name (valueFrom.fieldRef.fieldPath: metadata.name)`);
+  for (const k of ["database_url", "replica_id"]) if (k in config) errors.push(`${key}: ${k} must not be in the ConfigMap (${k === "database_url" ? "the password belongs in a Secret" : "it differs per pod"})`);
+  for (const [k, v] of Object.entries(cm.data || {})) if (/postgres(ql)?:\/\/|\bpassword=/i.test(v)) errors.push(`ConfigMap ${cm.metadata.name} ${k}: holds a connection string`);
+  for (const e of c.env || []) if (e.value !== undefined && /postgres(ql)?:\/\/|\bpassword=/i.test(e.value)) errors.push(`env ${e.name}: a literal connection string`);
+});
+
+guard("deploy/kubernetes-fleet: same security context, probes and grace period as deploy/kubernetes", (errors) => {
+  needFleet();
+  if (!singleSts) throw new Error("skipped: deploy/kubernetes has no StatefulSet");
+  const a = singleSts.spec.template.spec, b = F.pod;
+  const ca = a.containers.find((x) => x.name === "slimd") || {}, cb = F.c;
+  const pairs = [["terminationGracePeriodSeconds", a.terminationGracePeriodSeconds, b.terminationGracePeriodSeconds],
+                 ["pod securityContext", a.securityContext, b.securityContext],
+                 ["container securityContext", ca.securityContext, cb.securityContext],
+                 ["startupProbe", ca.startupProbe, cb.startupProbe],
+                 ["readinessProbe", ca.readinessProbe, cb.readinessProbe],
+                 ["livenessProbe", ca.livenessProbe, cb.livenessProbe]];
+  for (const [what, x, y] of pairs) if (canon(x) !== canon(y)) errors.push(`${what} differs: ${canon(x)} (deploy/kubernetes) vs ${canon(y)}`);
+});
+
+// The optional PostgreSQL, and the example Secrets that connect slimd to it: the
+// `kubectl create secret generic NAME --from-literal=KEY=VALUE` commands in postgres.yaml's
+// comments and in docs/operations.md's "Kubernetes fleet" section.
+function secretExamples(text) {
+  const joined = text.replace(/\\\n[ \t]*#?[ \t]*/g, " ");
+  const out = [];
+  for (const m of joined.matchAll(/kubectl\b[^\n]*?\bcreate secret generic\s+([\w.-]+)([^\n]*)/g)) {
+    for (const l of m[2].matchAll(/--from-literal=([\w.-]+)=(?:"([^"]*)"|'([^']*)'|(\S+))/g)) {
+      out.push({ secret: m[1], key: l[1], value: l[2] ?? l[3] ?? l[4] });
+    }
+  }
+  return out;
+}
+guard("deploy/kubernetes-fleet/postgres: in-cluster PostgreSQL, its Service and the example Secrets", (errors) => {
+  needFleet();
+  const pgSets = ofKind(fleet, "StatefulSet").filter((s) => hasContainer(s, (c) => /^postgres:/.test(c.image || "")));
+  if (pgSets.length !== 1) throw new Error(`expected one StatefulSet running the postgres image, found ${pgSets.length}`);
+  const pg = pgSets[0];
+  const pgFile = fleet.find((o) => o.doc === pg).file;
+  const c = pg.spec.template.spec.containers.find((x) => /^postgres:/.test(x.image));
+  const major = Number((c.image.match(/^postgres:(\d+)/) || [])[1]);
+  if (!(major >= 13)) errors.push(`${c.image}: slimd needs PostgreSQL 13 or newer`);
+  if (pg.spec.replicas !== 1) errors.push("postgres StatefulSet: replicas must be 1 (no replication here)");
+  const env = new Map((c.env || []).map((e) => [e.name, e]));
+  const literal = (n, dflt) => (env.has(n) ? env.get(n).value : dflt);
+  const user = literal("POSTGRES_USER", "postgres"), db = literal("POSTGRES_DB", user);
+  const pwRef = ((env.get("POSTGRES_PASSWORD") || {}).valueFrom || {}).secretKeyRef;
+  if (!pwRef) errors.push("POSTGRES_PASSWORD must come from a Secret (valueFrom.secretKeyRef)");
+  // Its data on its own ReadWriteOnce volume (PGDATA inside a volumeClaimTemplate's mount).
+  const pgdata = literal("PGDATA", "/var/lib/postgresql/data");
+  const mount = (c.volumeMounts || []).find((m) => pgdata === m.mountPath || pgdata.startsWith(m.mountPath + "/"));
+  const tmpl = mount && (pg.spec.volumeClaimTemplates || []).find((t) => t.metadata.name === mount.name);
+  if (!tmpl) errors.push(`PGDATA ${pgdata} is not on a volumeClaimTemplate's mount`);
+  else if (!(tmpl.spec.accessModes || []).includes("ReadWriteOnce")) errors.push(`volumeClaimTemplate ${tmpl.metadata.name}: want ReadWriteOnce`);
+  if (mount && pgdata === mount.mountPath) errors.push(`PGDATA ${pgdata}: use a subdirectory of the mount (initdb refuses a volume root holding lost+found)`);
+  // Its Service.
+  const svc = ofKind(fleet, "Service").find((s) => s.metadata.name === pg.spec.serviceName);
+  if (!svc) { errors.push(`no Service ${pg.spec.serviceName} (the postgres StatefulSet's serviceName)`); return; }
+  if (!subset(svc.spec.selector, podLabels(pg))) errors.push(`Service ${svc.metadata.name}: selector does not match the postgres pod labels`);
+  if (subset(svc.spec.selector, F.labels)) errors.push(`Service ${svc.metadata.name}: selector also matches slimd's pods`);
+  if (!subset(pg.spec.selector.matchLabels, podLabels(pg))) errors.push("postgres StatefulSet: selector does not match its pod labels");
+  const ports = new Map((c.ports || []).map((p) => [p.name, p.containerPort]));
+  const sp = (svc.spec.ports || [])[0] || {};
+  const target = typeof sp.targetPort === "string" ? ports.get(sp.targetPort) : (sp.targetPort || sp.port);
+  if (target === undefined) errors.push(`Service ${svc.metadata.name}: targetPort ${sp.targetPort} names no port of the postgres container`);
+  else if (target !== 5432) errors.push(`Service ${svc.metadata.name}: port ${sp.name} reaches container port ${target}, not the server's 5432`);
+  // The example Secrets agree with the Service, the server's settings and slimd's secretKeyRef.
+  const section = (read("docs/operations.md").split(/^### Kubernetes fleet\s*$/m)[1] || "").split(/^## /m)[0];
+  if (!section) errors.push('docs/operations.md: no "### Kubernetes fleet" section');
+  if (!F.databaseSecret) { errors.push("example Secrets not checked: slimd's --database-url does not come from a Secret (above)"); return; }
+  for (const [where, text] of [[pgFile, read(pgFile)], ["docs/operations.md (Kubernetes fleet)", section]]) {
+    const ex = secretExamples(text);
+    const urls = ex.filter((e) => e.secret === F.databaseSecret.name && !/^\$\{?\w+\}?$/.test(e.value));
+    const pws = ex.filter((e) => pwRef && e.secret === pwRef.name);
+    if (urls.length === 0) errors.push(`${where}: no example \`kubectl create secret generic ${F.databaseSecret.name} --from-literal=${F.databaseSecret.key}=postgresql://...\``);
+    if (pwRef && pws.length === 0) errors.push(`${where}: no example \`kubectl create secret generic ${pwRef.name} --from-literal=${pwRef.key}=...\``);
+    for (const p of pws) if (p.key !== pwRef.key) errors.push(`${where}: secret ${p.secret} key ${p.key}, but postgres reads key ${pwRef.key}`);
+    for (const u of urls) {
+      if (u.key !== F.databaseSecret.key) errors.push(`${where}: secret ${u.secret} key ${u.key}, but slimd reads key ${F.databaseSecret.key}`);
+      let url;
+      try { url = new URL(u.value); } catch (e) { errors.push(`${where}: not a URL: ${u.value}`); continue; }
+      const host = url.hostname, port = Number(url.port || 5432);
+      if (!["postgresql:", "postgres:"].includes(url.protocol)) errors.push(`${where}: ${u.value}: not a postgresql:// URL`);
+      if (host !== svc.metadata.name && !host.startsWith(svc.metadata.name + ".")) errors.push(`${where}: URL host ${host} is not the Service ${svc.metadata.name}`);
+      if (port !== sp.port) errors.push(`${where}: URL port ${port} is not the Service's port ${sp.port}`);
+      if (decodeURIComponent(url.username) !== user) errors.push(`${where}: URL user ${url.username} is not POSTGRES_USER ${user}`);
+      if (decodeURIComponent(url.pathname.slice(1)) !== db) errors.push(`${where}: URL database ${url.pathname.slice(1)} is not POSTGRES_DB ${db}`);
+      if (!url.searchParams.has("connect_timeout")) errors.push(`${where}: URL without connect_timeout (an unreachable host blocks for minutes)`);
+      const pw = decodeURIComponent(url.password);
+      if (pws.length && !pws.some((p) => p.value === pw)) errors.push(`${where}: URL password ${pw} is not the one given to secret ${pwRef.name} (${pws.map((p) => p.value).join(", ")})`);
+    }
+  }
 });
 
 // ---- docker compose

@@ -15,6 +15,9 @@ packages=(
   libsqlite3-dev prometheus-cpp-dev
   # tests
   libgtest-dev libgmock-dev python3 openssl
+  # fuzzing (scripts/fuzz.sh): clang, libFuzzer and the sanitizer runtimes (libclang_rt.*,
+  # which clang only recommends), llvm-symbolizer for readable reports
+  clang libclang-rt-dev llvm
   # observability and deployment checks: Prometheus (promtool, and a real server for the
   # integration test), headless Chromium for the status page
   prometheus chromium chromium-driver

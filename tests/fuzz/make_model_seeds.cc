@@ -1,4 +1,5 @@
 // Writes the model-file seeds of the fuzz corpus (tests/fuzz/corpus/model_file) into a folder:
+//   cmake --build build --target make_model_seeds
 //   build/tests/fuzz/make_model_seeds tests/fuzz/corpus/model_file
 // Models and adapters of FuzzModelConfig, each also without its checksum: mutations of a
 // checksummed file stop at "corrupted", so the unchecked copies are what lets the fuzzer reach

@@ -38,12 +38,17 @@ std::string YamlScalar(const Json& v) {
     case Json::kNumber: return SerializeJson(v);
     case Json::kString: {
       const std::string& s = v.text;
-      bool plain = !s.empty() && s.find_first_of(":#{}[],&*!|>'\"%@`\n") == std::string::npos && s.front() != ' ' &&
+      bool plain = !s.empty() && s.find_first_of(":#{}[],&*!|>'\"%@`\n\r") == std::string::npos && s.front() != ' ' &&
                    s.back() != ' ' && s.front() != '-' && s.front() != '?';
       if (plain) {
-        // Strings that would read back as another type are quoted.
-        const Json reread = ParseYaml(s);
-        plain = reread.kind == Json::kString && reread.text == s;
+        // Strings that would read back as another type, or not read back at all (a leading
+        // tab), are quoted.
+        try {
+          const Json reread = ParseYaml(s);
+          plain = reread.kind == Json::kString && reread.text == s;
+        } catch (const EngineError&) {
+          plain = false;
+        }
       }
       return plain ? s : "\"" + JsonEscape(s) + "\"";
     }

@@ -36,9 +36,15 @@ const RotaryCache& RotaryAngles(int64_t offset, int64_t T, int64_t d, double bas
 
 // One (position, head) row: o = [x1·cos − x2·sin, x1·sin + x2·cos] (sign = +1) or the
 // inverse rotation (sign = −1). Cloned for AVX2 and the baseline ISA (chosen when the library
-// loads); neither clone uses FMA, so both round identically.
+// loads); neither clone uses FMA, so both round identically. Clang (the fuzz build,
+// scripts/fuzz.sh) does not support target_clones on templates and gets the baseline only.
+#if defined(__clang__)
+#define SLIM_AVX2_CLONES
+#else
+#define SLIM_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
 template <typename scalar_t>
-__attribute__((target_clones("avx2", "default"))) void RotateRow(
+SLIM_AVX2_CLONES void RotateRow(
     const scalar_t* x, scalar_t* o, const scalar_t* c, const scalar_t* s, int64_t half,
     scalar_t sign) {
   for (int64_t i = 0; i < half; ++i) {

@@ -139,6 +139,7 @@ DataSplit SplitSequences(int64_t n, double validation_fraction, uint64_t seed) {
   const std::vector<int64_t> order = ShuffledOrder(n, seed);
   int64_t validation = static_cast<int64_t>(std::llround(validation_fraction * n));
   if (validation_fraction > 0 && n >= 2) validation = std::clamp<int64_t>(validation, 1, n - 1);
+  if (n >= 1) validation = std::min(validation, n - 1);  // one sequence trains; none is held out
   DataSplit split;
   split.train.assign(order.begin(), order.end() - validation);
   split.validation.assign(order.end() - validation, order.end());

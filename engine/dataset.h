@@ -46,7 +46,7 @@ struct DataSplit {
 
 // Shuffles sequence indices with `seed` (the same on every platform) and puts the last
 // round(validation_fraction · n) of them in `validation` (at least one when the fraction is
-// > 0 and n ≥ 2; never all of them).
+// > 0 and n ≥ 2; never all of them, so a single sequence is always a training sequence).
 DataSplit SplitSequences(int64_t num_sequences, double validation_fraction, uint64_t seed);
 
 }  // namespace slim

@@ -98,6 +98,8 @@ class Section {
     if (v == nullptr) return 0;
     if (v->kind == Json::kString) return ParseBytes(v->text, "spec: " + Field(key));
     if (v->kind == Json::kNumber && v->number >= 0 && v->number == std::floor(v->number)) {
+      // The bound ParseBytes applies to sizes with units; beyond int64 the cast is undefined.
+      if (v->number > 9.2e18) Bad(Field(key), "is too large, got " + Describe(*v));
       return static_cast<int64_t>(v->number);
     }
     Bad(Field(key), "must be a size such as 2GiB or a number of bytes, got " + Describe(*v));

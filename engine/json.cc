@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/errors.h"
+
 namespace slim {
 
 void AppendUtf8(unsigned cp, std::string* out) {
@@ -43,10 +45,45 @@ class Parser {
   static constexpr int kMaxDepth = 64;
 
   [[noreturn]] void Fail(const std::string& what) const {
-    throw std::runtime_error(what + " at byte " + std::to_string(i_));
+    throw EngineError(ErrorCode::kInvalidArgument, what + " at byte " + std::to_string(i_));
   }
+  // RFC 8259 whitespace only (std::isspace would also take \v and \f).
   void Space() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+  size_t Digits() {
+    const size_t start = i_;
+    while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+    return i_ - start;
+  }
+  // The RFC 8259 number grammar, checked by hand before strtod so that strtod's extensions
+  // ("-inf", "-nan", hex floats, "01", "1.") never apply; a number too large for a double is an
+  // error rather than an infinity that nothing downstream expects.
+  double Number() {
+    const size_t start = i_;
+    if (s_[i_] == '-') ++i_;
+    const size_t int_start = i_;
+    const size_t int_digits = Digits();
+    if (int_digits == 0) Fail("bad number");
+    if (int_digits > 1 && s_[int_start] == '0') {
+      i_ = int_start;
+      Fail("bad number (leading zero)");
+    }
+    if (i_ < s_.size() && s_[i_] == '.') {
+      ++i_;
+      if (Digits() == 0) Fail("bad number (no digits after '.')");
+    }
+    if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
+      ++i_;
+      if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
+      if (Digits() == 0) Fail("bad number (no digits in the exponent)");
+    }
+    const double v = std::strtod(s_.substr(start, i_ - start).c_str(), nullptr);
+    if (!std::isfinite(v)) {
+      i_ = start;
+      Fail("number out of range");
+    }
+    return v;
   }
   char Peek() {
     Space();
@@ -155,11 +192,7 @@ class Parser {
       }
     } else if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
       v.kind = Json::kNumber;
-      const char* begin = s_.c_str() + i_;
-      char* end = nullptr;
-      v.number = std::strtod(begin, &end);
-      if (end == begin) Fail("bad number");
-      i_ += static_cast<size_t>(end - begin);
+      v.number = Number();
     } else if (Literal("true")) {
       v.kind = Json::kBool;
       v.boolean = true;
@@ -206,7 +239,9 @@ void Serialize(const Json& v, std::string* out) {
     case Json::kBool: *out += v.boolean ? "true" : "false"; return;
     case Json::kString: *out += '"' + JsonEscape(v.text) + '"'; return;
     case Json::kNumber: {
-      if (!std::isfinite(v.number)) throw std::runtime_error("JSON cannot hold a non-finite number");
+      if (!std::isfinite(v.number)) {
+        throw EngineError(ErrorCode::kInvalidArgument, "JSON cannot hold a non-finite number");
+      }
       char buf[32];
       if (v.number == std::floor(v.number) && std::fabs(v.number) < 9007199254740992.0) {
         std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(v.number));

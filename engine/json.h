@@ -4,7 +4,6 @@
 #pragma once
 
 #include <map>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,12 +24,14 @@ Json JsonNumber(double number);
 Json JsonObject();  // empty
 Json JsonArray();   // empty
 
-// Throws std::runtime_error("... at byte N") for malformed input or trailing characters.
+// RFC 8259 JSON: strict number grammar, a number beyond the range of a double is an error, a
+// duplicate object key keeps the last value. Throws EngineError(kInvalidArgument, "... at byte
+// N") (engine/errors.h; a std::runtime_error) for malformed input or trailing characters.
 Json ParseJson(const std::string& text);
 
 // Compact JSON text for `value`: object members in key order (std::map), integral numbers
 // below 2^53 without a fraction, others with 17 significant digits (they read back exactly).
-// Throws std::runtime_error for a non-finite number (JSON has none).
+// Throws EngineError(kInvalidArgument) for a non-finite number (JSON has none).
 std::string SerializeJson(const Json& value);
 
 // Appends code point `cp` (≤ 0x10FFFF) to `out` as UTF-8.

@@ -69,6 +69,30 @@ PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
   RedrawFeatures(0);
 }
 
+std::map<std::string, std::vector<int64_t>> PerformerLMImpl::TensorShapes(const ModelConfig& config) {
+  config.Validate();
+  const int64_t D = config.d_model, F = config.d_ff, V = config.vocab_size;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  shapes["embed.weight"] = {V, D};
+  for (int64_t i = 0; i < config.n_layers; ++i) {
+    const std::string layer = "layers." + std::to_string(i) + ".";
+    for (const char* norm : {"ln1", "ln2"}) {
+      shapes[layer + norm + ".weight"] = {D};
+      shapes[layer + norm + ".bias"] = {D};
+    }
+    for (const char* proj : {"wq", "wk", "wv", "wo"}) shapes[layer + proj + ".weight"] = {D, D};
+    shapes[layer + "w1.weight"] = {F, D};
+    shapes[layer + "w1.bias"] = {F};
+    shapes[layer + "w2.weight"] = {D, F};
+    shapes[layer + "w2.bias"] = {D};
+  }
+  shapes["ln_f.weight"] = {D};
+  shapes["ln_f.bias"] = {D};
+  if (!config.tie_embeddings) shapes["head.weight"] = {V, D};
+  shapes["projection"] = {config.n_layers, config.n_heads, config.features_per_head(), config.head_dim()};
+  return shapes;
+}
+
 at::ScalarType PerformerLMImpl::activation_dtype() const {
   return embed_->weight.scalar_type();
 }
@@ -147,7 +171,7 @@ void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<s
   CheckArgument(rank >= 1 && rank <= config_.d_model,
                 "lora_rank: " + std::to_string(rank) + " is out of range [1, " +
                     std::to_string(config_.d_model) + "]");
-  CheckArgument(alpha > 0, "lora_alpha: must be > 0");
+  CheckArgument(std::isfinite(alpha) && alpha > 0, "lora_alpha: must be a finite number > 0, got " + std::to_string(alpha));
   std::array<bool, 6> wanted{};
   for (int i = 0; i < 6; ++i) wanted[i] = targets.empty();
   for (const std::string& t : targets) {

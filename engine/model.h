@@ -14,6 +14,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <array>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,12 @@ class PerformerLMImpl : public torch::nn::Module {
   // Weights are drawn from a generator seeded with `init_seed` (independent of global RNG);
   // favor+ projections from config.feature_seed (draw 0).
   PerformerLMImpl(const ModelConfig& config, uint64_t init_seed);
+
+  // The name and shape of every parameter and buffer the constructor registers for `config`
+  // (no adapters), computed without allocating: loaders check a file against these before they
+  // build a model, so a small file declaring a huge config is refused, not allocated. Agrees
+  // with named_parameters() and named_buffers() (ModelTest checks).
+  static std::map<std::string, std::vector<int64_t>> TensorShapes(const ModelConfig& config);
 
   const ModelConfig& config() const { return config_; }
   int64_t n_layers() const { return config_.n_layers; }
@@ -77,8 +84,8 @@ class PerformerLMImpl : public torch::nn::Module {
   // Adapters are parameters named "layers.<i>.<proj>.lora_a" (rank × in, N(0, 1/in)) and
   // ".lora_b" (out × rank, zeros), so the model computes the same function until they train;
   // their output is scaled by alpha / rank. Deterministic in the model's init seed. Throws
-  // EngineError(kInvalidArgument) for a rank outside [1, d_model], an unknown target, or when
-  // already enabled.
+  // EngineError(kInvalidArgument) for a rank outside [1, d_model], an alpha that is not a finite
+  // number > 0, an unknown target, or when already enabled.
   void EnableLora(int64_t rank, double alpha, const std::vector<std::string>& targets = {});
   int64_t lora_rank() const { return lora_rank_; }
   double lora_alpha() const { return lora_alpha_; }

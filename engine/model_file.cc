@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <vector>
@@ -65,8 +66,10 @@ void EnableLoraFromMetadata(const SafetensorsMetadata& m, const std::string& pat
   char* end = nullptr;
   const long long r = std::strtoll(rank->second.c_str(), &end, 10);
   if (rank->second.empty() || *end != '\0') Invalid(kind, path, "lora_rank '" + rank->second + "' is not an integer");
+  const double a = std::strtod(alpha->second.c_str(), &end);
+  if (alpha->second.empty() || *end != '\0') Invalid(kind, path, "lora_alpha '" + alpha->second + "' is not a number");
   try {
-    model.EnableLora(r, std::strtod(alpha->second.c_str(), nullptr), names);
+    model.EnableLora(r, a, names);
   } catch (const EngineError& e) {
     Invalid(kind, path, std::string("LoRA metadata is invalid: ") + e.what());
   }
@@ -94,11 +97,25 @@ ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& 
   c.n_heads = integer("n_heads");
   c.d_ff = integer("d_ff");
   c.n_features = integer("n_features");
-  c.rope_base = std::strtod(get("rope_base").c_str(), nullptr);
-  c.tie_embeddings = get("tie_embeddings") == "true";
+  {
+    const std::string v = get("rope_base");
+    char* end = nullptr;
+    c.rope_base = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0') Invalid(kind, path, "metadata 'rope_base' is not a number: '" + v + "'");
+  }
+  const std::string tie = get("tie_embeddings");
+  if (tie != "true" && tie != "false") Invalid(kind, path, "metadata 'tie_embeddings' is '" + tie + "', not true or false");
+  c.tie_embeddings = tie == "true";
   c.attention_block = integer("attention_block");
   c.redraw_interval = integer("redraw_interval");
-  c.feature_seed = static_cast<uint64_t>(std::strtoull(get("feature_seed").c_str(), nullptr, 10));
+  {
+    const std::string v = get("feature_seed");
+    errno = 0;
+    c.feature_seed = static_cast<uint64_t>(std::strtoull(v.c_str(), nullptr, 10));
+    if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || errno == ERANGE) {
+      Invalid(kind, path, "metadata 'feature_seed' is not an unsigned 64-bit integer: '" + v + "'");
+    }
+  }
   try {
     c.feature_map = ParseFeatureMap(get("feature_map"));
     c.Validate();
@@ -125,6 +142,19 @@ void SaveModelFile(PerformerLMImpl& model, const std::string& path) {
 PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string& path,
                               const std::string& kind, const std::string& prefix) {
   const ModelConfig config = ConfigFromMetadata(file.metadata, path, kind);
+  // Every tensor the config needs must be in the file with its shape before the model is
+  // built: a header declaring a huge config over a few bytes of data is refused here, before
+  // anything that size is allocated (the file's own tensors were bounded by its size).
+  for (const auto& [name, shape] : PerformerLMImpl::TensorShapes(config)) {
+    const auto t = file.tensors.find(prefix + name);
+    if (t == file.tensors.end()) Invalid(kind, path, "missing tensor '" + prefix + name + "'");
+    if (t->second.sizes() != at::IntArrayRef(shape)) {
+      std::ostringstream msg;
+      msg << "tensor '" << prefix << name << "' has shape " << t->second.sizes() << " but the config needs "
+          << at::IntArrayRef(shape);
+      Invalid(kind, path, msg.str());
+    }
+  }
   PerformerLM model(config, /*init_seed=*/0);
   EnableLoraFromMetadata(file.metadata, path, kind, *model);
   const NamedTensorMap expected = ModelTensors(*model, prefix);

@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -20,6 +22,7 @@ namespace slim {
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;  // the safetensors limit
+constexpr size_t kMaxDims = 32;  // far more than any model tensor; bounds a hostile shape list
 constexpr char kChecksumKey[] = "checksum";
 constexpr char kZeroChecksum[] = "00000000";
 
@@ -153,31 +156,37 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
   std::ifstream in(path, std::ios::binary);
   if (!in) throw invalid("cannot open");
   in.seekg(0, std::ios::end);
-  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
+  const std::streamoff end_offset = in.tellg();
   in.seekg(0);
+  if (!in || end_offset < 0) throw invalid("cannot read (not a regular file?)");
+  const uint64_t file_size = static_cast<uint64_t>(end_offset);
   if (file_size < 8) throw invalid("truncated: " + std::to_string(file_size) + " bytes, no header size");
   char prefix[8];
-  in.read(prefix, 8);
+  if (!in.read(prefix, 8)) throw invalid("read error");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t{static_cast<unsigned char>(prefix[i])} << (8 * i);
   if (n > kMaxHeaderBytes || n > file_size - 8) {
     throw invalid("header size " + std::to_string(n) + " exceeds the file (" + std::to_string(file_size) + " bytes)");
   }
   std::string header(n, '\0');
-  in.read(header.data(), static_cast<std::streamsize>(n));
+  if (!in.read(header.data(), static_cast<std::streamsize>(n))) throw invalid("read error");
   Json root;
   try {
     root = ParseJson(header);
-  } catch (const std::exception& e) {
+  } catch (const EngineError& e) {
     throw invalid(std::string("header is not valid JSON: ") + e.what());
   }
   if (root.kind != Json::kObject) throw invalid("header is not a JSON object");
   SafetensorsContents out;
   const uint64_t data_start = 8 + n, data_size = file_size - data_start;
   std::string stored_checksum;
+  // Every entry is checked against the file before anything is allocated: the tensors then
+  // take at most the data region's size in memory, whatever the header claims.
   struct Extent {
+    std::string name;
+    at::ScalarType type;
+    std::vector<int64_t> dims;
     uint64_t begin, end;
-    at::Tensor tensor;
   };
   std::vector<Extent> extents;
   for (const auto& [name, entry] : root.members) {
@@ -194,35 +203,65 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
     const auto shape = entry.members.find("shape");
     const auto offsets = entry.members.find("data_offsets");
     if (entry.kind != Json::kObject || dtype == entry.members.end() || shape == entry.members.end() ||
-        offsets == entry.members.end() || offsets->second.items.size() != 2) {
+        offsets == entry.members.end()) {
       throw invalid("tensor '" + name + "' lacks dtype, shape or data_offsets");
     }
-    at::ScalarType type;
-    if (!DtypeFromName(dtype->second.text, &type)) throw invalid("tensor '" + name + "' has unsupported dtype '" + dtype->second.text + "'");
-    std::vector<int64_t> dims;
-    uint64_t numel = 1;
-    for (const Json& d : shape->second.items) {
-      if (d.kind != Json::kNumber || d.number < 0) throw invalid("tensor '" + name + "' has a bad shape");
-      dims.push_back(static_cast<int64_t>(d.number));
-      numel *= static_cast<uint64_t>(d.number);
+    Extent e{name, at::kByte, {}, 0, 0};
+    if (dtype->second.kind != Json::kString || !DtypeFromName(dtype->second.text, &e.type)) {
+      throw invalid("tensor '" + name + "' has unsupported dtype " + SerializeJson(dtype->second) +
+                    " (supported: F32, F64, BF16, I64, U8)");
     }
-    const uint64_t begin = static_cast<uint64_t>(offsets->second.items[0].number);
-    const uint64_t end = static_cast<uint64_t>(offsets->second.items[1].number);
-    if (end < begin || end - begin != numel * c10::elementSize(type)) {
+    // Sizes and offsets are whole numbers ≤ 2^53 (exact in a double); the data size of the
+    // shape is computed without overflow and must fit in the file.
+    auto whole = [](const Json& v) {
+      return v.kind == Json::kNumber && v.number >= 0 && v.number <= 9007199254740992.0 &&
+             v.number == std::floor(v.number);
+    };
+    if (shape->second.kind != Json::kArray) throw invalid("tensor '" + name + "' has a shape that is not a list");
+    if (shape->second.items.size() > kMaxDims) {
+      throw invalid("tensor '" + name + "' has " + std::to_string(shape->second.items.size()) +
+                    " dimensions (at most " + std::to_string(kMaxDims) + ")");
+    }
+    // The bytes spanned by the non-zero dimensions must fit int64 even when another dimension is
+    // 0: LibTorch multiplies the sizes in order and refuses (c10::Error) on an overflow midway.
+    uint64_t extent = c10::elementSize(e.type);
+    bool overflow = false, empty = false;
+    for (const Json& d : shape->second.items) {
+      if (!whole(d)) throw invalid("tensor '" + name + "' has a bad shape: " + SerializeJson(shape->second));
+      e.dims.push_back(static_cast<int64_t>(d.number));
+      if (d.number == 0) empty = true;
+      else overflow = __builtin_mul_overflow(extent, static_cast<uint64_t>(d.number), &extent) || overflow;
+    }
+    if (overflow || extent > static_cast<uint64_t>(INT64_MAX)) {
+      throw invalid("tensor '" + name + "' has a shape too large for any file: " + SerializeJson(shape->second));
+    }
+    const uint64_t bytes = empty ? 0 : extent;
+    if (offsets->second.kind != Json::kArray || offsets->second.items.size() != 2 ||
+        !whole(offsets->second.items[0]) || !whole(offsets->second.items[1])) {
+      throw invalid("tensor '" + name + "' has bad data_offsets (expected [begin, end] in bytes)");
+    }
+    e.begin = static_cast<uint64_t>(offsets->second.items[0].number);
+    e.end = static_cast<uint64_t>(offsets->second.items[1].number);
+    if (e.end < e.begin || e.end - e.begin != bytes) {
       throw invalid("tensor '" + name + "' has data_offsets that do not match its shape");
     }
-    if (end > data_size) {
-      throw invalid("truncated: tensor '" + name + "' ends at byte " + std::to_string(data_start + end) + " of " +
+    if (e.end > data_size) {
+      throw invalid("truncated: tensor '" + name + "' ends at byte " + std::to_string(data_start + e.end) + " of " +
                     std::to_string(file_size));
     }
-    at::Tensor t = at::empty(dims, at::TensorOptions().dtype(type));
-    out.tensors[name] = t;
-    extents.push_back({begin, end, t});
+    extents.push_back(std::move(e));
+  }
+  std::sort(extents.begin(), extents.end(),
+            [](const Extent& a, const Extent& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  for (size_t i = 1; i < extents.size(); ++i) {
+    if (extents[i].begin < extents[i - 1].end) {
+      throw invalid("tensors '" + extents[i - 1].name + "' and '" + extents[i].name + "' overlap at data offset " +
+                    std::to_string(extents[i].begin));
+    }
   }
 
   // One pass over the data region in file order, straight into the tensors (no second copy of
   // the file in memory), with the checksum accumulated on the way.
-  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
   std::string zeroed = header;
   if (!stored_checksum.empty()) {
     const std::string slot = Quote(kChecksumKey) + ":" + Quote(stored_checksum);
@@ -247,10 +286,11 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
   };
   uint64_t position = 0;
   for (const Extent& e : extents) {
-    if (e.begin < position) throw invalid("tensors overlap at data offset " + std::to_string(e.begin));
+    at::Tensor t = at::empty(e.dims, at::TensorOptions().dtype(e.type));
     skip(e.begin - position);
-    read_into(static_cast<char*>(e.tensor.data_ptr()), e.end - e.begin);
+    read_into(static_cast<char*>(t.data_ptr()), e.end - e.begin);
     position = e.end;
+    out.tensors[e.name] = std::move(t);
   }
   skip(data_size - position);
   if (!stored_checksum.empty() && Hex8(crc) != stored_checksum) {

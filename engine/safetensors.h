@@ -28,6 +28,8 @@ void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metada
 // Throws EngineError(kInvalidArgument) "<what> <path>: ..." for an unreadable, truncated or
 // malformed file and for a checksum mismatch ("corrupted"). Files without a checksum (written
 // by other tools) are accepted. `what` names the kind of file in messages ("model file").
+// The whole header is checked before any tensor is allocated (whole-number shapes and offsets,
+// tensors inside the file and not overlapping), so the tensors take at most the file's size.
 SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what);
 
 }  // namespace slim

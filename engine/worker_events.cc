@@ -1,7 +1,8 @@
 #include "engine/worker_events.h"
 
-#include <stdexcept>
+#include <cmath>
 
+#include "engine/errors.h"
 #include "engine/json.h"
 
 namespace slim {
@@ -12,16 +13,29 @@ constexpr EventKind kKinds[] = {EventKind::kStarted, EventKind::kProgress, Event
                                 EventKind::kStopped, EventKind::kFailed};
 
 
+[[noreturn]] void Bad(const std::string& message) {
+  throw EngineError(ErrorCode::kInvalidArgument, message);
+}
+
 double NumberOr(const Json& o, const char* key, double fallback) {
   const auto it = o.members.find(key);
   if (it == o.members.end()) return fallback;
-  if (it->second.kind != Json::kNumber) throw std::runtime_error(std::string("event field '") + key + "' is not a number");
+  if (it->second.kind != Json::kNumber) Bad(std::string("event field '") + key + "' is not a number");
   return it->second.number;
+}
+// Counts and byte sizes: whole numbers that fit int64 (converting any other double is undefined
+// behaviour). The bound is 2^63, exactly representable as a double.
+int64_t IntOr(const Json& o, const char* key, int64_t fallback) {
+  const double v = NumberOr(o, key, static_cast<double>(fallback));
+  if (v != std::floor(v) || v < -9223372036854775808.0 || v >= 9223372036854775808.0) {
+    Bad(std::string("event field '") + key + "' is not an integer in the int64 range");
+  }
+  return static_cast<int64_t>(v);
 }
 std::string StringOr(const Json& o, const char* key) {
   const auto it = o.members.find(key);
   if (it == o.members.end()) return "";
-  if (it->second.kind != Json::kString) throw std::runtime_error(std::string("event field '") + key + "' is not a string");
+  if (it->second.kind != Json::kString) Bad(std::string("event field '") + key + "' is not a string");
   return it->second.text;
 }
 
@@ -99,7 +113,7 @@ std::string EventToJson(const TrainingEvent& e) {
 
 TrainingEvent EventFromJson(const std::string& line) {
   const Json o = ParseJson(line);
-  if (o.kind != Json::kObject) throw std::runtime_error("event is not a JSON object");
+  if (o.kind != Json::kObject) Bad("event is not a JSON object");
   TrainingEvent e;
   const std::string kind = StringOr(o, "event");
   bool known = false;
@@ -109,26 +123,26 @@ TrainingEvent EventFromJson(const std::string& line) {
       known = true;
     }
   }
-  if (!known) throw std::runtime_error("unknown event '" + kind + "'");
+  if (!known) Bad("unknown event '" + kind + "'");
   e.time = NumberOr(o, "time", 0);
-  e.step = static_cast<int64_t>(NumberOr(o, "step", 0));
-  e.total_steps = static_cast<int64_t>(NumberOr(o, "total_steps", 0));
+  e.step = IntOr(o, "step", 0);
+  e.total_steps = IntOr(o, "total_steps", 0);
   e.device = StringOr(o, "device");
-  e.quota_bytes = static_cast<int64_t>(NumberOr(o, "quota_bytes", 0));
-  e.chunk_size = static_cast<int64_t>(NumberOr(o, "chunk_size", 0));
+  e.quota_bytes = IntOr(o, "quota_bytes", 0);
+  e.chunk_size = IntOr(o, "chunk_size", 0);
   e.mode = StringOr(o, "mode");
-  e.predicted_peak_bytes = static_cast<int64_t>(NumberOr(o, "predicted_peak_bytes", 0));
-  e.resumed_from_step = static_cast<int64_t>(NumberOr(o, "resumed_from_step", -1));
-  e.rank = static_cast<int64_t>(NumberOr(o, "rank", 0));
-  e.world_size = static_cast<int64_t>(NumberOr(o, "world_size", 1));
+  e.predicted_peak_bytes = IntOr(o, "predicted_peak_bytes", 0);
+  e.resumed_from_step = IntOr(o, "resumed_from_step", -1);
+  e.rank = IntOr(o, "rank", 0);
+  e.world_size = IntOr(o, "world_size", 1);
   e.loss = NumberOr(o, "loss", 0);
   e.lr = NumberOr(o, "lr", 0);
   e.grad_norm = NumberOr(o, "grad_norm", 0);
-  e.tokens = static_cast<int64_t>(NumberOr(o, "tokens", 0));
+  e.tokens = IntOr(o, "tokens", 0);
   e.tokens_per_second = NumberOr(o, "tokens_per_second", 0);
   e.eta_seconds = NumberOr(o, "eta_seconds", 0);
-  e.peak_bytes = static_cast<int64_t>(NumberOr(o, "peak_bytes", 0));
-  e.current_bytes = static_cast<int64_t>(NumberOr(o, "current_bytes", 0));
+  e.peak_bytes = IntOr(o, "peak_bytes", 0);
+  e.current_bytes = IntOr(o, "current_bytes", 0);
   e.step_seconds = NumberOr(o, "step_seconds", 0);
   e.eval_loss = NumberOr(o, "eval_loss", 0);
   e.path = StringOr(o, "path");

@@ -57,7 +57,9 @@ struct TrainingEvent {
 
 // One line of JSON without the newline: {"event":"progress","step":12,...}.
 std::string EventToJson(const TrainingEvent& event);
-// Reads a line written by EventToJson. Throws std::runtime_error for malformed lines.
+// Reads a line written by EventToJson. Throws EngineError(kInvalidArgument) for a malformed line:
+// not a JSON object, an unknown event, a field of the wrong type, a count that is not an integer
+// in the int64 range.
 TrainingEvent EventFromJson(const std::string& line);
 
 }  // namespace slim

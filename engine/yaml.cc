@@ -10,16 +10,18 @@
 #include <string>
 #include <vector>
 
+#include "engine/errors.h"
+
 namespace slim {
 namespace {
 
 constexpr int kMaxDepth = 64;
 
 // Keeps the position apart from the text so that ParseStructuredFile can say path:line:column.
-class YamlError : public std::runtime_error {
+class YamlError : public EngineError {
  public:
   YamlError(size_t line, size_t column, const std::string& detail)
-      : std::runtime_error("line " + std::to_string(line) + ", column " + std::to_string(column) +
+      : EngineError(ErrorCode::kInvalidArgument, "line " + std::to_string(line) + ", column " + std::to_string(column) +
                            ": " + detail),
         line(line),
         column(column),
@@ -120,15 +122,15 @@ Json String(std::string text) {
 class Parser {
  public:
   explicit Parser(const std::string& text) {
+    // Line breaks are LF, CRLF or a lone CR (YAML 1.2 b-break), as JSON takes CR as whitespace.
     size_t start = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
     while (start < text.size()) {
-      size_t end = text.find('\n', start);
+      size_t end = text.find_first_of("\r\n", start);
       if (end == std::string::npos) end = text.size();
       lines_.push_back(text.substr(start, end - start));
-      if (!lines_.back().empty() && lines_.back().back() == '\r') lines_.back().pop_back();
-      start = end + 1;
+      start = end + (text.compare(end, 2, "\r\n") == 0 ? 2 : 1);
     }
-    final_newline_ = !text.empty() && text.back() == '\n';
+    final_newline_ = !text.empty() && (text.back() == '\n' || text.back() == '\r');
   }
 
   Json Document() {
@@ -582,16 +584,16 @@ Json ParseYaml(const std::string& text) { return Parser(text).Document(); }
 
 Json ParseStructuredFile(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) throw std::runtime_error(path + ": cannot read file");
+  if (f == nullptr) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot read file");
   std::string text;
   char buf[1 << 16];
   size_t n;
   while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
   const bool failed = std::ferror(f) != 0;  // e.g. a directory
   std::fclose(f);
-  if (failed) throw std::runtime_error(path + ": cannot read file");
+  if (failed) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot read file");
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
-    throw std::runtime_error(path + ": empty file");
+    throw EngineError(ErrorCode::kInvalidArgument, path + ": empty file");
   }
   const size_t dot = path.find_last_of('.');
   const size_t slash = path.find_last_of('/');
@@ -602,14 +604,14 @@ Json ParseStructuredFile(const std::string& path) {
   if (ext == "json") {
     try {
       return ParseJson(text);
-    } catch (const std::runtime_error& e) {
-      throw std::runtime_error(JsonErrorWithPath(path, text, e.what()));
+    } catch (const EngineError& e) {
+      throw EngineError(ErrorCode::kInvalidArgument, JsonErrorWithPath(path, text, e.what()));
     }
   }
   try {
     return ParseYaml(text);
   } catch (const YamlError& e) {
-    throw std::runtime_error(path + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) +
+    throw EngineError(ErrorCode::kInvalidArgument, path + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) +
                              ": " + e.detail);
   }
 }

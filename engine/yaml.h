@@ -16,8 +16,9 @@
 //     surrogate pairs, decoded to UTF-8).
 //   - Block scalars: literal `|` and folded `>`, with clip (default), strip `-` or keep `+`
 //     chomping; their indentation is that of the first non-empty line.
-//   - Comments (`#` at a line start or after whitespace, not inside quotes), blank lines, CRLF
-//     line ends, a UTF-8 BOM, an optional leading `---` line and an optional trailing `...` line.
+//   - Comments (`#` at a line start or after whitespace, not inside quotes), blank lines, LF,
+//     CRLF or lone CR line ends, a UTF-8 BOM, an optional leading `---` line and an optional
+//     trailing `...` line.
 //   Plain scalars resolve as in the YAML 1.2 core schema: `null`, `Null`, `NULL`, `~` and an empty
 //   value are kNull; true/True/TRUE/false/False/FALSE are kBool; decimal integers, 0x/0o
 //   integers, floats (`1e-4`, `.5`, `-3.0`, `1.`), `.inf`/`-.inf`/`.nan` (and their `.Inf`,
@@ -31,7 +32,8 @@
 // sequences (`[a: 1]`). Also errors: tabs in indentation, a mapping and a sequence mixed at one
 // level, bad indentation, unterminated quotes or flow collections, nesting deeper than 64.
 //
-// Errors throw std::runtime_error("line L, column C: <what is wrong>") with 1-based positions.
+// Errors throw EngineError(kInvalidArgument, "line L, column C: <what is wrong>") (engine/errors.h;
+// a std::runtime_error) with 1-based positions.
 #pragma once
 
 #include <string>

@@ -19,6 +19,9 @@ packages=(
   # tests; postgresql: the server the PostgreSQL store tests start on loopback
   # (scripts/postgres-test-server.sh)
   libgtest-dev libgmock-dev python3 openssl postgresql
+  # fuzzing (scripts/fuzz.sh): clang, libFuzzer and the sanitizer runtimes (libclang_rt.*,
+  # which clang only recommends), llvm-symbolizer for readable reports
+  clang libclang-rt-dev llvm
   # observability and deployment checks: Prometheus (promtool, and a real server for the
   # integration test), headless Chromium for the status page
   prometheus chromium chromium-driver

@@ -93,6 +93,12 @@ TEST(Dataset, PackingAndSplitting) {
   all.insert(a.validation.begin(), a.validation.end());
   EXPECT_EQ(all.size(), 50u);  // disjoint and complete
   EXPECT_EQ(SplitSequences(2, 0.01, 1).validation.size(), 1u);  // at least one
+  // One sequence stays a training sequence (found by dataset_fuzz: a fraction >= 0.5 used to put
+  // it into validation, leaving nothing to train on).
+  for (double fraction : {0.1, 0.5, 0.9}) {
+    EXPECT_EQ(SplitSequences(1, fraction, 1).train, std::vector<int64_t>{0}) << fraction;
+    EXPECT_TRUE(SplitSequences(1, fraction, 1).validation.empty()) << fraction;
+  }
   EXPECT_EQ(SplitSequences(2, 0.9, 1).train.size(), 1u);        // never all
   EXPECT_TRUE(SplitSequences(5, 0.0, 1).validation.empty());
   EXPECT_THROW(SplitSequences(5, 1.0, 1), EngineError);

@@ -180,6 +180,8 @@ TEST(JobSpec, ErrorsNameTheField) {
        "warmup_steps: 11 is more than the 10 training steps"},
       {ok_model + ok_data + ok_training, "chunk_size 'auto' needs a quota"},
       {ok_model + ok_data + ok_training + "memory: {quota: 2XB}\n", "memory.quota: unknown unit 'XB'"},
+      // Beyond int64 the conversion was undefined behaviour (found by job_spec_fuzz with UBSan).
+      {ok_model + ok_data + ok_training + "memory: {quota: 1e300}\n", "memory.quota: is too large, got 1.0000000000000001e+300"},
       {ok_model + ok_data + ok_training + "memory: {chunk_size: 32, mode: sideways}\n", "memory.mode: unknown value"},
       {ok_model + ok_data + ok_training + ok_memory + "eval: {every: -1}\n", "eval.every: must be >= 0"},
       {ok_model + ok_data + ok_training + ok_memory + "extra: 1\n", "extra: unknown field"},
@@ -243,8 +245,27 @@ TEST(WorkerEvents, RoundTripExactly) {
   EXPECT_EQ(st.rank, 1);
   EXPECT_EQ(st.world_size, 4);
 
-  EXPECT_THROW(EventFromJson("{\"event\":\"exploded\"}"), std::runtime_error);
-  EXPECT_THROW(EventFromJson("not json"), std::runtime_error);
+  EXPECT_THROW(EventFromJson("{\"event\":\"exploded\"}"), EngineError);
+  EXPECT_THROW(EventFromJson("not json"), EngineError);
+}
+
+// Counts and sizes in an event line must be integers in the int64 range: converting any other
+// double is undefined behaviour (found by worker_event_fuzz with UBSan), and slimd reads these
+// lines from worker processes.
+TEST(WorkerEvents, CountsMustBeInt64Integers) {
+  for (const char* line : {R"({"event":"progress","step":1e300})", R"({"event":"progress","step":1.5})",
+                           R"({"event":"started","quota_bytes":-1e19})",
+                           R"({"event":"progress","tokens":9223372036854775808})"}) {
+    try {
+      EventFromJson(line);
+      ADD_FAILURE() << "accepted " << line;
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("is not an integer in the int64 range"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(EventFromJson(R"({"event":"progress","peak_bytes":-9223372036854775808})").peak_bytes, INT64_MIN);
+  EXPECT_EQ(EventFromJson(R"({"event":"progress","tokens":9007199254740993})").tokens, int64_t{9007199254740992});
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "engine/errors.h"
 #include "engine/safetensors.h"
@@ -128,6 +129,126 @@ TEST(ModelFile, ReadableByAPlainSafetensorsReader) {
   EXPECT_NE(text.find(expected), std::string::npos) << text;
   std::remove(path.c_str());
   std::remove(out.c_str());
+}
+
+// A small file whose metadata declares a huge config is refused before the model is built:
+// building it first (as the loader did) allocates the declared embeddings alone — 2^24 × 65536
+// floats, 4 TiB — and fails with an allocator error instead of naming the problem.
+TEST(ModelFile, HugeConfigOverSmallDataIsRefusedBeforeAllocating) {
+  PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 1);
+  SafetensorsMetadata meta = ModelConfigMetadata(model->config());
+  meta["vocab_size"] = std::to_string(1 << 24);
+  meta["d_model"] = "65536";
+  meta["n_heads"] = "1";
+  meta["d_ff"] = std::to_string(1 << 20);
+  meta["n_layers"] = "1024";
+  const std::string path = testing::TempPath("huge");
+  WriteSafetensors(path, meta, ModelTensors(*model));
+  const std::string error = LoadError(path);
+  EXPECT_NE(error.find("tensor 'embed.weight' has shape [256, 32] but the config needs [16777216, 65536]"),
+            std::string::npos)
+      << error;
+  std::remove(path.c_str());
+}
+
+// The config keys in a model file's metadata are read strictly: trailing text, a boolean that
+// is neither true nor false, a negative seed are refused by name.
+TEST(ModelFile, MetadataValuesAreReadStrictly) {
+  PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 1);
+  const std::string path = testing::TempPath("strict");
+  struct Case {
+    const char* key;
+    const char* value;
+    const char* expected;
+  };
+  for (const Case& c : {Case{"rope_base", "10000x", "metadata 'rope_base' is not a number: '10000x'"},
+                        Case{"rope_base", "nan", "rope_base: nan must be > 1"},
+                        Case{"tie_embeddings", "yes", "metadata 'tie_embeddings' is 'yes', not true or false"},
+                        Case{"feature_seed", "-1", "metadata 'feature_seed' is not an unsigned 64-bit integer"},
+                        Case{"feature_seed", "18446744073709551616", "is not an unsigned 64-bit integer"},
+                        Case{"d_model", "32.5", "metadata 'd_model' is not an integer: '32.5'"}}) {
+    SafetensorsMetadata meta = ModelConfigMetadata(model->config());
+    meta[c.key] = c.value;
+    WriteSafetensors(path, meta, ModelTensors(*model));
+    const std::string error = LoadError(path);
+    EXPECT_NE(error.find(c.expected), std::string::npos) << c.key << "=" << c.value << ": " << error;
+  }
+  std::remove(path.c_str());
+}
+
+// An adapter's lora_alpha must be a whole finite number > 0 ("inf" made every output infinite).
+TEST(ModelFile, AdapterAlphaMustBeAFiniteNumber) {
+  PerformerLM adapted(testing::TinyConfig(FeatureMap::kFavorPlus), 1);
+  adapted->EnableLora(2, 4.0);
+  const std::string path = testing::TempPath("adapter");
+  SaveLoraAdapter(*adapted, path);
+  const SafetensorsContents good = ReadSafetensors(path, "test");
+  for (const char* alpha : {"inf", "4x", "", "-1"}) {
+    SafetensorsMetadata meta = good.metadata;
+    meta["lora_alpha"] = alpha;
+    WriteSafetensors(path, meta, good.tensors);
+    PerformerLM base(testing::TinyConfig(FeatureMap::kFavorPlus), 1);
+    try {
+      LoadLoraAdapter(path, *base);
+      ADD_FAILURE() << "accepted lora_alpha '" << alpha << "'";
+    } catch (const EngineError& e) {
+      EXPECT_NE(std::string(e.what()).find("lora_alpha"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(base->lora_enabled());
+  }
+  std::remove(path.c_str());
+}
+
+// A safetensors file is 8 bytes of little-endian header size, the JSON header, the data.
+std::string RawSafetensors(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  return out + header + data;
+}
+
+// Hostile headers are refused by name before any tensor is allocated: shapes whose byte size
+// overflows (which used to wrap around to match the offsets and reach the allocator),
+// fractional, negative or non-list shapes, offsets that are not whole numbers, too many
+// dimensions, and overlapping tensors (checked before allocating, so a header listing the same
+// bytes many times cannot multiply the memory used).
+TEST(Safetensors, HostileHeadersAreRefusedByName) {
+  const std::string path = testing::TempPath("hostile");
+  struct Case {
+    std::string header, expected;
+  };
+  const std::string dims33 = "[1" + [] { std::string s; for (int i = 0; i < 32; ++i) s += ",1"; return s; }() + "]";
+  const std::vector<Case> cases = {
+      {R"({"t":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
+       "tensor 't' has a shape too large for any file"},
+      {R"({"t":{"dtype":"U8","shape":[9007199254740992,9007199254740992,0],"data_offsets":[0,0]}})",
+       "tensor 't' has a shape too large for any file"},  // empty, but LibTorch's size product overflows
+      {R"({"t":{"dtype":"F32","shape":[0,3],"data_offsets":[8,8]}})", ""},  // valid: empty tensor at the end
+      {R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})",
+       "tensor 't' has a bad shape"},  // beyond 2^53
+      {R"({"t":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})", "tensor 't' has a bad shape: [1.5]"},
+      {R"({"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", "tensor 't' has a bad shape"},
+      {R"({"t":{"dtype":"U8","shape":4,"data_offsets":[0,4]}})", "tensor 't' has a shape that is not a list"},
+      {R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,1e300]}})", "tensor 't' has bad data_offsets"},
+      {R"({"t":{"dtype":"U8","shape":[4],"data_offsets":["0",4]}})", "tensor 't' has bad data_offsets"},
+      {R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4,8]}})", "tensor 't' has bad data_offsets"},
+      {R"({"t":{"dtype":7,"shape":[4],"data_offsets":[0,4]}})", "tensor 't' has unsupported dtype 7"},
+      {R"({"t":{"dtype":"U8","shape":)" + dims33 + R"(,"data_offsets":[0,1]}})", "has 33 dimensions (at most 32)"},
+      {R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+       "tensors 'a' and 'b' overlap at data offset 2"},
+      {R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}} )", ""},  // valid: the baseline
+  };
+  for (const Case& c : cases) {
+    testing::WriteFileBytes(path, RawSafetensors(c.header, std::string(8, 'x')));
+    try {
+      ReadSafetensors(path, "model file");
+      EXPECT_EQ(c.expected, "") << c.header;
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(c.expected, "") << e.what();
+      EXPECT_NE(std::string(e.what()).find(c.expected), std::string::npos) << e.what();
+    }
+  }
+  std::remove(path.c_str());
 }
 
 TEST(ModelFile, LoraModelsMustBeMergedFirst) {

@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+#include <vector>
+
 #include "engine/errors.h"
 #include "engine/model.h"
 #include "tests/engine/test_util.h"
@@ -138,6 +142,25 @@ TEST(Model, SameSeedSameWeights) {
     for (auto& p : a->parameters()) n += p.numel();
     return n - a->config().ParameterCount();
   }());
+}
+
+// TensorShapes lists exactly what the constructor registers (model files are checked against
+// it before a model is built).
+TEST(Model, TensorShapesAreWhatTheModelRegisters) {
+  ModelConfig tied = TinyConfig(FeatureMap::kSquare);
+  tied.tie_embeddings = true;
+  ModelConfig odd = TinyConfig(FeatureMap::kFavorPlus);
+  odd.vocab_size = 300;
+  odd.n_layers = 3;
+  odd.d_ff = 48;
+  odd.n_features = 5;
+  for (const ModelConfig& c : {TinyConfig(FeatureMap::kFavorPlus), tied, odd}) {
+    PerformerLM model(c, 1);
+    std::map<std::string, std::vector<int64_t>> actual;
+    for (const auto& p : model->named_parameters()) actual[p.key()] = p.value().sizes().vec();
+    for (const auto& b : model->named_buffers()) actual[b.key()] = b.value().sizes().vec();
+    EXPECT_EQ(PerformerLMImpl::TensorShapes(c), actual);
+  }
 }
 
 TEST(ModelConfig, ValidationNamesTheField) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/errors.h"
 #include "engine/json.h"
 
 namespace slim {
@@ -275,6 +276,47 @@ TEST(YamlTest, CommentsMarkersAndLineEndings) {
       "a: 1\n",
       R"({"a": 1})");
   ExpectSameAsJson("a: 1\n\t# a comment after a tab\n", R"({"a": 1})");
+}
+
+// Numbers follow RFC 8259 exactly: strtod's extensions are refused, and a number beyond a
+// double's range is an error, not an infinity that the readers of specs and events would then
+// convert to an integer (undefined behaviour; found by the fuzz targets). Whitespace is space,
+// tab, LF and CR. Errors are EngineError(kInvalidArgument) with the byte offset.
+TEST(JsonTest, NumbersAndWhitespaceFollowRfc8259) {
+  EXPECT_EQ(ParseJson("0").number, 0);
+  EXPECT_EQ(ParseJson("-0").number, 0);
+  EXPECT_EQ(ParseJson("-3.25").number, -3.25);
+  EXPECT_EQ(ParseJson("1E+2").number, 100);
+  EXPECT_EQ(ParseJson("2.5e-3").number, 2.5e-3);
+  EXPECT_EQ(ParseJson("1e-400").number, 0);  // underflow rounds to zero, as in every reader
+  EXPECT_EQ(ParseJson(" \t\r\n[1]\r\n").items.size(), 1u);
+  for (const char* bad : {"-inf", "-nan", "-infinity", "0x10", "-0x1p3", "01", "-01", "1.", ".5", "+1",
+                          "1e", "1e+", "-", "1e999", "-1e400", "[1e309]", "\v1", "1\f"}) {
+    try {
+      ParseJson(bad);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << bad;
+    }
+  }
+  try {
+    ParseJson("[1, 1e999]");
+    ADD_FAILURE() << "accepted 1e999";
+  } catch (const EngineError& e) {
+    EXPECT_STREQ(e.what(), "number out of range at byte 4");
+  }
+  EXPECT_THROW(SerializeJson(JsonNumber(std::nan(""))), EngineError);
+}
+
+// A lone CR breaks lines, as in YAML 1.2 and as JSON takes it for whitespace: a JSON document
+// with CR line ends is the same tree for both readers (found by job_spec_fuzz: "\r true " was
+// the string "\r true" for ParseYaml and true for ParseJson).
+TEST(YamlTest, LoneCarriageReturnsBreakLines) {
+  ExpectSameAsJson("\r true ", "true");
+  ExpectSameAsJson("a: 1\rb:\r  - x\r  - y\r", R"({"a": 1, "b": ["x", "y"]})");
+  ExpectSameAsJson("{\"a\": [1,\r2]}\r", R"({"a": [1, 2]})");
+  ExpectSameAsJson("a: |\r  one\r  two\r", R"({"a": "one\ntwo\n"})");
+  EXPECT_THROW(ParseYaml("a: \"one\rtwo\"\n"), EngineError);  // quoted scalars end on their line
 }
 
 TEST(YamlTest, Errors) {

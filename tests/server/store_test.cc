@@ -1,5 +1,6 @@
 // SqliteStore against the Store contract: ids, job/event sequencing, pagination, datasets and
-// models, argument errors, durability across reopening, concurrent updates, schema versions.
+// models, argument errors, durability across reopening, concurrent updates, reads beside a
+// write in progress, schema versions.
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "server/jobs/sqlite_store.h"
 
 namespace slim::server {
@@ -415,6 +417,41 @@ TEST_F(StoreTest, ConcurrentUpdatesGetEverySequenceOnce) {
   }
   EXPECT_EQ(messages.size(), static_cast<size_t>(kTotal));  // every event stored once
   EXPECT_EQ(store_->GetJob(id)->last_sequence(), kTotal);
+}
+
+// Reads have their own connection: a write that is waiting for SQLite's write lock (held here by
+// another connection, as a slow commit's fsync would hold it) does not hold up reads of what is
+// committed. With one shared connection every read below would wait until the write gave up.
+TEST_F(StoreTest, ReadsDoNotWaitForAWriteInProgress) {
+  const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  absl::Notification write_started, write_done;
+  absl::Status written;
+  std::thread writer([&] {
+    write_started.Notify();
+    // Waits for the lock (busy_timeout, 5 s) while holding whatever the store holds for a write.
+    written = store_->UpdateJob(MakeJob(id, v1::JOB_STATE_RUNNING), MakeEvent("started", v1::JOB_STATE_RUNNING)).status();
+    write_done.Notify();
+  });
+  write_started.WaitForNotification();
+  for (int i = 0; i < 1000; ++i) {
+    absl::StatusOr<v1::Job> job = store_->GetJob(id);
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);  // the committed state
+    absl::StatusOr<std::vector<v1::JobEvent>> events = store_->ListEvents(id, 0, 10);
+    ASSERT_TRUE(events.ok()) << events.status();
+    EXPECT_EQ(events->size(), 1u);
+  }
+  EXPECT_FALSE(write_done.HasBeenNotified()) << "the reads waited for the write";
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  writer.join();
+  sqlite3_close(other);
+  ASSERT_TRUE(written.ok()) << written;  // the lock came free within busy_timeout
+  // A committed write is visible to the next read at once.
+  EXPECT_EQ(store_->GetJob(id)->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(store_->ListEvents(id, 0, 10)->size(), 2u);
 }
 
 TEST_F(StoreTest, NewerSchemaVersionIsRefused) {

@@ -77,6 +77,14 @@ std::string LoadAverage() {
 class LoadRun {
  public:
   LoadRun(const LoadOptions& options, std::ostream& log) : o_(options), log_(log), rng_(options.seed) {}
+  ~LoadRun() {
+    // A stream that never ended is still gRPC's: leaked rather than destroyed under its feet.
+    for (auto* group : {&streams_, &monitors_}) {
+      for (auto& stream : *group) {
+        if (!stream->stats().done) (void)stream.release();
+      }
+    }
+  }
 
   absl::StatusOr<Json> Run() {
     origin_ = absl::Now();
@@ -127,8 +135,12 @@ class LoadRun {
     v1::ListDevicesResponse devices;
     grpc::Status s = Stub(0).ListDevices(Context(o_.call_timeout_seconds).get(), {}, &devices);
     if (!s.ok()) return FromGrpc(s, "ListDevices");
+    if (devices.devices().empty()) return absl::FailedPreconditionError("the server has no devices");
+    // Specs without memory.device_kind go to the kind of the server's first device.
     int64_t largest = 0;
-    for (const v1::Device& d : devices.devices()) largest = std::max(largest, d.capacity_bytes());
+    for (const v1::Device& d : devices.devices()) {
+      if (d.kind() == devices.devices(0).kind()) largest = std::max(largest, d.capacity_bytes());
+    }
     queued_quota_ = o_.queued_quota.empty() ? std::to_string(largest) : o_.queued_quota;
 
     absl::Status uploaded = UploadDataset();
@@ -395,10 +407,13 @@ class LoadRun {
   // Streams first (a cancelled training job would end them), then the queued jobs (they would
   // start once the training jobs are gone), then the training jobs.
   void Cleanup() {
+    if (stubs_.empty()) return;
     for (auto* group : {&streams_, &monitors_}) {
       for (const auto& stream : *group) stream->Cancel();
       for (const auto& stream : *group) {
-        if (!stream->WaitDone(absl::Seconds(30))) Log("a WatchJob stream did not end within 30 s of its cancel");
+        if (!stream->WaitDone(absl::Seconds(30))) {
+          Log("a WatchJob stream on " + stream->stats().job_id + " did not end within 30 s of its cancel");
+        }
       }
     }
     std::vector<std::string> created;
@@ -530,6 +545,14 @@ class LoadRun {
         job.members["load_steps_per_s"] = during ? Num(*during) : Json();
         job.members["ratio"] = before && during && *before > 0 ? Num(*during / *before) : Json();
         job.members["longest_progress_interval_s"] = Num(cadence);
+        Json series = JsonArray();  // [seconds since the tool started, step] per progress event
+        for (const auto& [sequence, p] : points) {
+          Json point = JsonArray();
+          point.items = {Num(std::round(absl::ToDoubleSeconds(p.time - origin_) * 1000) / 1000),
+                         Num(static_cast<double>(p.step))};
+          series.items.push_back(point);
+        }
+        job.members["progress"] = series;
         jobs.items.push_back(job);
         if (before && during) {
           baseline_sum += *before;
@@ -584,10 +607,10 @@ class LoadRun {
   absl::Time baseline_from_, baseline_to_, load_from_, load_to_;
   double max_issue_lag_ms_ = 0;
   std::map<std::string, MethodStats> methods_;  // one per method, inserted before the first call
+  std::mt19937_64 rng_;                         // the issuing thread's only
   Json report_;
 
   absl::Mutex mu_;
-  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> created_ ABSL_GUARDED_BY(mu_);
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, ProgressLog> progress_ ABSL_GUARDED_BY(mu_);

@@ -14,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -270,10 +271,14 @@ class LoadRun {
     for (size_t i = 0; i < training_.size(); ++i) {
       monitors_.push_back(OpenStream(training_[i], last_sequence[training_[i]], i));
     }
-    Log(absl::StrCat("baseline: ", o_.baseline_seconds, " s without load"));
-    baseline_from_ = absl::Now();
+    if (o_.warmup_seconds > 0) {
+      Log(absl::StrCat("warm-up: ", o_.warmup_seconds, " s"));
+      absl::SleepFor(absl::Seconds(o_.warmup_seconds));
+    }
+    Log(absl::StrCat("baseline before the load: ", o_.baseline_seconds, " s"));
+    before_from_ = absl::Now();
     absl::SleepFor(absl::Seconds(o_.baseline_seconds));
-    baseline_to_ = absl::Now();
+    before_to_ = absl::Now();
 
     // The load streams, spread over the training jobs and the channels; wait for every
     // snapshot before the window opens, so that opening them is not part of the window.
@@ -319,12 +324,30 @@ class LoadRun {
     load_to_ = absl::Now();
     rss_load_end_ = o_.server_pid > 0 ? ReadRssKib(o_.server_pid) : std::nullopt;
     Log("load done; waiting for the calls in flight");
-    absl::MutexLock lock(&mu_);
-    const auto drained = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&drained), absl::Seconds(o_.call_timeout_seconds + 10))) {
-      return absl::DeadlineExceededError(absl::StrCat(in_flight_, " calls did not complete"));
+    {
+      absl::MutexLock lock(&mu_);
+      const auto drained = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
+      if (!mu_.AwaitWithTimeout(absl::Condition(&drained), absl::Seconds(o_.call_timeout_seconds + 10))) {
+        return absl::DeadlineExceededError(absl::StrCat(in_flight_, " calls did not complete"));
+      }
     }
+    // The same measurement once more without load (the streams closed, no calls), so that a
+    // drift in the machine's speed over the run shows instead of passing for the load's effect.
+    CloseStreams(streams_);
+    Log(absl::StrCat("baseline after the load: ", o_.baseline_seconds, " s"));
+    after_from_ = absl::Now();
+    absl::SleepFor(absl::Seconds(o_.baseline_seconds));
+    after_to_ = absl::Now();
     return absl::OkStatus();
+  }
+
+  void CloseStreams(const std::vector<std::unique_ptr<WatchStream>>& streams) {
+    for (const auto& stream : streams) stream->Cancel();
+    for (const auto& stream : streams) {
+      if (!stream->WaitDone(absl::Seconds(30))) {
+        Log("a WatchJob stream on " + stream->stats().job_id + " did not end within 30 s of its cancel");
+      }
+    }
   }
 
   // A call in flight: everything gRPC needs until the callback runs.
@@ -408,14 +431,8 @@ class LoadRun {
   // start once the training jobs are gone), then the training jobs.
   void Cleanup() {
     if (stubs_.empty()) return;
-    for (auto* group : {&streams_, &monitors_}) {
-      for (const auto& stream : *group) stream->Cancel();
-      for (const auto& stream : *group) {
-        if (!stream->WaitDone(absl::Seconds(30))) {
-          Log("a WatchJob stream on " + stream->stats().job_id + " did not end within 30 s of its cancel");
-        }
-      }
-    }
+    CloseStreams(streams_);  // no-ops for streams already closed
+    CloseStreams(monitors_);
     std::vector<std::string> created;
     {
       absl::MutexLock lock(&mu_);
@@ -458,6 +475,7 @@ class LoadRun {
                                                     ",list=", o_.list_weight));
     config.members["list_page_size"] = Num(o_.list_page_size);
     config.members["baseline_s"] = Num(o_.baseline_seconds);
+    config.members["warmup_s"] = Num(o_.warmup_seconds);
     config.members["jobs_training"] = Num(o_.jobs_training);
     config.members["training_spec"] = JsonString(absl::StrCat("preset=", o_.preset, " seq_len=", o_.seq_len,
                                                               " batch=", o_.batch_size, " quota=", o_.quota));
@@ -527,7 +545,8 @@ class LoadRun {
     streams.members["per_stream"] = per_stream;
     report_.members["streams"] = streams;
 
-    // Training: steps/s in the baseline and in the load window, from the same jobs.
+    // Training: steps/s under load against the mean of the baselines before and after it, from
+    // the same jobs.
     Json training = JsonObject();
     Json jobs = JsonArray();
     double baseline_sum = 0, load_sum = 0;
@@ -536,14 +555,20 @@ class LoadRun {
       absl::MutexLock lock(&mu_);
       for (const std::string& id : training_) {
         const ProgressLog& points = progress_[id];
-        const std::optional<double> before = StepsPerSecond(points, baseline_from_, baseline_to_);
+        const std::optional<double> before = StepsPerSecond(points, before_from_, before_to_);
+        const std::optional<double> after = StepsPerSecond(points, after_from_, after_to_);
         const std::optional<double> during = StepsPerSecond(points, load_from_, load_to_);
+        // (Plain values rather than an optional: GCC 12 warns of an uninitialized optional here.)
+        const bool measured = before.has_value() && after.has_value() && during.has_value();
+        const double baseline = measured ? (*before + *after) / 2 : 0;
         const double cadence = LongestProgressIntervalSeconds(points, load_from_, load_to_);
         Json job = JsonObject();
         job.members["id"] = JsonString(id);
-        job.members["baseline_steps_per_s"] = before ? Num(*before) : Json();
+        job.members["before_steps_per_s"] = before ? Num(*before) : Json();
+        job.members["after_steps_per_s"] = after ? Num(*after) : Json();
+        job.members["baseline_steps_per_s"] = measured ? Num(baseline) : Json();
         job.members["load_steps_per_s"] = during ? Num(*during) : Json();
-        job.members["ratio"] = before && during && *before > 0 ? Num(*during / *before) : Json();
+        job.members["ratio"] = measured && baseline > 0 ? Num(*during / baseline) : Json();
         job.members["longest_progress_interval_s"] = Num(cadence);
         Json series = JsonArray();  // [seconds since the tool started, step] per progress event
         for (const auto& [sequence, p] : points) {
@@ -554,8 +579,8 @@ class LoadRun {
         }
         job.members["progress"] = series;
         jobs.items.push_back(job);
-        if (before && during) {
-          baseline_sum += *before;
+        if (measured) {
+          baseline_sum += baseline;
           load_sum += *during;
         } else {
           complete = false;
@@ -566,6 +591,15 @@ class LoadRun {
     training.members["baseline_steps_per_s"] = complete ? Num(baseline_sum) : Json();
     training.members["load_steps_per_s"] = complete ? Num(load_sum) : Json();
     training.members["ratio"] = complete && baseline_sum > 0 ? Num(load_sum / baseline_sum) : Json();
+    Json windows = JsonObject();  // seconds since the tool started
+    for (const auto& [name, from, to] : {std::tuple<const char*, absl::Time, absl::Time>{"before", before_from_, before_to_},
+                                         {"load", load_from_, load_to_},
+                                         {"after", after_from_, after_to_}}) {
+      Json window = JsonArray();
+      window.items = {Num(absl::ToDoubleSeconds(from - origin_)), Num(absl::ToDoubleSeconds(to - origin_))};
+      windows.members[name] = window;
+    }
+    training.members["windows_s"] = windows;
     report_.members["training"] = training;
 
     if (rss_ != nullptr) {
@@ -604,7 +638,7 @@ class LoadRun {
   std::vector<std::unique_ptr<WatchStream>> monitors_, streams_;
   std::unique_ptr<RssSampler> rss_;
   std::optional<int64_t> rss_load_start_, rss_load_end_;
-  absl::Time baseline_from_, baseline_to_, load_from_, load_to_;
+  absl::Time before_from_, before_to_, load_from_, load_to_, after_from_, after_to_;
   double max_issue_lag_ms_ = 0;
   std::map<std::string, MethodStats> methods_;  // one per method, inserted before the first call
   std::mt19937_64 rng_;                         // the issuing thread's only
@@ -665,11 +699,14 @@ std::string FormatSummary(const Json& report) {
       num(delivery, "max"));
   const Json& training = at(report, "training");
   for (const Json& job : at(training, "jobs").items) {
-    out += absl::StrFormat("training %s: %.2f steps/s baseline, %.2f under load (ratio %.3f); longest progress interval %.2f s\n",
-                           at(job, "id").text, num(job, "baseline_steps_per_s"), num(job, "load_steps_per_s"),
-                           num(job, "ratio"), num(job, "longest_progress_interval_s"));
+    out += absl::StrFormat(
+        "training %s: %.2f steps/s under load vs %.2f before and %.2f after (ratio %.3f); longest progress interval "
+        "%.2f s\n",
+        at(job, "id").text, num(job, "load_steps_per_s"), num(job, "before_steps_per_s"), num(job, "after_steps_per_s"),
+        num(job, "ratio"), num(job, "longest_progress_interval_s"));
   }
-  out += absl::StrFormat("training total: ratio %.3f (under load / baseline)\n", num(training, "ratio"));
+  out += absl::StrFormat("training total: ratio %.3f (steps/s under load / mean of before and after)\n",
+                         num(training, "ratio"));
   const Json& rss = at(report, "server_rss");
   if (rss.kind == Json::kObject) {
     out += absl::StrFormat("slimd RSS: start %.1f MiB, load start %.1f MiB, max in load %.1f MiB, load end %.1f MiB, end %.1f MiB\n",

@@ -5,15 +5,17 @@
 // resident memory. Leaves the server as it found it: every job it created is cancelled.
 //
 // Phases: connect → upload the dataset (reused if the same bytes exist) → create the training
-// jobs → wait until each is RUNNING and has stepped → baseline (one monitor stream per job, no
-// other traffic) → open the load streams and wait for their snapshots → load window (requests
-// at fixed intervals whatever the answers: latency is measured from each call's scheduled time,
-// so a slow server cannot hide behind fewer calls) → drain the calls → cancel the streams, the
-// queued jobs, then the training jobs.
+// jobs → wait until each is RUNNING and has stepped → warm-up → baseline (one monitor stream per
+// job, no other traffic) → open the load streams and wait for their snapshots → load window
+// (requests at fixed intervals whatever the answers: latency is measured from each call's
+// scheduled time, so a slow server cannot hide behind fewer calls) → drain the calls → close
+// the load streams → baseline again → cancel the queued jobs, then the training jobs.
 //
 // Training speed is steps per second from the progress events' server timestamps and steps
 // (one monitor stream per training job, open throughout), so it is exact to the event and
-// independent of how late a stream delivers.
+// independent of how late a stream delivers. The ratio compares the load window with the mean
+// of the baselines before and after it, so that a machine whose speed drifts during the run
+// (warm-up, other work) does not pass its drift off as the effect of the load.
 #pragma once
 
 #include <sys/types.h>
@@ -37,7 +39,8 @@ struct LoadOptions {
   // Relative weights of the request mix.
   double create_weight = 1, get_weight = 8, list_weight = 1;
   int list_page_size = 50;
-  double baseline_seconds = 15;              // training speed without load
+  double warmup_seconds = 10;                // training runs this long before the first baseline
+  double baseline_seconds = 15;              // training speed without load, before and after
   pid_t server_pid = 0;                      // slimd's pid for RSS sampling; 0: not sampled
   double call_timeout_seconds = 30;          // deadline of each call under load
   double ready_timeout_seconds = 600;        // jobs must be RUNNING and stepping by then

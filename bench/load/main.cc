@@ -17,9 +17,9 @@ namespace {
 constexpr char kUsage[] = R"(usage: slim-load [flags]
 
 Against a running slimd: starts training jobs, measures their speed alone, then holds WatchJob
-streams open on them while issuing an open-loop mix of CreateJob / GetJob / ListJobs; reports
-per-method latency, what the streams received, training speed under load vs alone, and slimd's
-RSS. Every job it creates is cancelled at the end.
+streams open on them while issuing an open-loop mix of CreateJob / GetJob / ListJobs, then
+measures their speed alone again; reports per-method latency, what the streams received,
+training speed under load vs alone, and slimd's RSS. Every job it creates is cancelled.
 
 connection:
   --address ADDR          slimd (default 127.0.0.1:50051; unix:/path for a socket)
@@ -32,7 +32,8 @@ load:
   --rate R                requests per second, open loop (default 50)
   --mix C,G,L             relative weights of CreateJob, GetJob, ListJobs (default 1,8,1)
   --list-page-size N      ListJobs page size (default 50)
-  --baseline S            seconds of training without load first (default 15)
+  --warmup S              seconds of training before the first baseline (default 10)
+  --baseline S            seconds of training without load, before and after it (default 15)
   --server-pid PID        sample slimd's VmRSS from /proc/PID/status once a second
   --call-timeout S        deadline of each call under load (default 30)
   --seed N                request mix and GetJob targets (default 1)
@@ -85,6 +86,7 @@ slim::load::LoadOptions ParseOptions(int argc, char** argv, std::string* json_ou
                         "--mix: weights must be >= 0, not all 0");
   }
   o.list_page_size = static_cast<int>(flags.Int("list-page-size", o.list_page_size, 1));
+  o.warmup_seconds = flags.Double("warmup", o.warmup_seconds);
   o.baseline_seconds = flags.Double("baseline", o.baseline_seconds);
   o.server_pid = static_cast<pid_t>(flags.Int("server-pid", 0, 0));
   o.call_timeout_seconds = flags.Double("call-timeout", o.call_timeout_seconds);
@@ -103,6 +105,7 @@ slim::load::LoadOptions ParseOptions(int argc, char** argv, std::string* json_ou
   slim::CheckArgument(o.duration_seconds > 0, "--duration: must be > 0");
   slim::CheckArgument(o.rate > 0, "--rate: must be > 0");
   slim::CheckArgument(o.baseline_seconds > 0, "--baseline: must be > 0");
+  slim::CheckArgument(o.warmup_seconds >= 0, "--warmup: must be >= 0");
   slim::CheckArgument(o.call_timeout_seconds > 0, "--call-timeout: must be > 0");
   return o;
 }

@@ -26,7 +26,7 @@ for _ in $(seq 1 600); do
 done
 grep -q "slimd: listening on" "$dir/slimd.log" || fail "slimd did not start"
 
-"$load" --address "$sock" --duration 5 --streams 20 --rate 10 --baseline 3 --jobs-training 2 --quota 8MiB \
+"$load" --address "$sock" --duration 5 --streams 20 --rate 10 --warmup 1 --baseline 3 --jobs-training 2 --quota 8MiB \
   --server-pid "$slimd_pid" --json-out "$dir/load.json" >"$dir/summary.txt" 2>"$dir/load.log" ||
   { cat "$dir/load.log" >&2; fail "slim-load exited with $?"; }
 cat "$dir/summary.txt"
@@ -60,9 +60,12 @@ check(s["delivery_delay_ms"]["count"] == s["events_total"] > 0, "delivery delays
 t = r["training"]
 check(len(t["jobs"]) == 2, f"training jobs: {t['jobs']}")
 for job in t["jobs"]:
-    check(job["baseline_steps_per_s"] is not None and job["baseline_steps_per_s"] > 0, f"baseline of {job}")
+    for key in ("before_steps_per_s", "after_steps_per_s", "baseline_steps_per_s"):
+        check(job[key] is not None and job[key] > 0, f"{key} of {job['id']}: {job[key]}")
     check(job["load_steps_per_s"] is not None and job["ratio"] is not None, f"load rate of {job}")
 check(t["ratio"] is not None and t["ratio"] > 0, f"training ratio {t['ratio']}")
+w = t["windows_s"]
+check(w["before"][1] <= w["load"][0] and w["load"][1] <= w["after"][0], f"windows out of order: {w}")
 rss = r["server_rss"]
 check(rss["start_kib"] > 0 and rss["max_kib"] >= rss["max_in_load_kib"] > 0 and rss["end_kib"] > 0, f"rss {rss}")
 check(len(rss["samples"]) >= 5, f"{len(rss['samples'])} RSS samples")

@@ -67,6 +67,8 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --checkpoint-every N    checkpoint cadence for specs that leave it at 0 (default 50)
   --max-retries N         restarts of a crashed worker from its last checkpoint (default 2)
   --cancel-grace S        seconds between SIGTERM and SIGKILL for a worker (default 30)
+  --worker-nice N         workers run N niceness steps below slimd, 0..19 (default 10), so that
+                          RPCs are answered promptly while workers keep the cores busy
   --max-dataset-size SIZE largest dataset upload (default 1GiB)
   --executor-threads N    threads for planning, model loading and generation (default 2)
   --port-file FILE        write the port actually bound here once serving
@@ -222,6 +224,8 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.checkpoint_every = static_cast<int>(flags.Int("checkpoint-every", 50, 1));
   o.manager.max_retries = static_cast<int>(flags.Int("max-retries", 2, 0));
   o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
+  o.manager.worker_nice = static_cast<int>(flags.Int("worker-nice", 10, 0));
+  slim::CheckArgument(o.manager.worker_nice <= 19, "--worker-nice: must be in [0, 19]");
   o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
   o.manager.tenant_max_jobs = static_cast<int>(flags.Int("tenant-max-jobs", 0, 0));
   o.manager.tenant_max_quota_bytes = flags.Has("tenant-max-quota") ? flags.Bytes("tenant-max-quota", -1) : 0;

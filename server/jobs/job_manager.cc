@@ -883,6 +883,7 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::string& de
   w.argv = {options_.worker_binary, "run", "--spec", spec_path, "--out", dir.string(),
             "--events-fd", "3", "--control-stdin", "--progress-interval", "1"};
   w.log_path = (dir / "worker.log").string();
+  w.nice = options_.worker_nice;
   w.on_event = [this, job_id](const TrainingEvent& e) { OnWorkerEvent(job_id, e); };
   w.on_exit = [this, job_id, attempt](const WorkerExit& exit) { OnWorkerExit(job_id, attempt, exit); };
   ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcess> worker, WorkerProcess::Start(std::move(w)));

@@ -82,6 +82,10 @@ struct JobManagerOptions {
   int checkpoint_every = 50;
   double cancel_grace_seconds = 30;  // SIGTERM → SIGKILL
   int max_retries = 2;               // crashed workers restarted from their last checkpoint
+  // Workers run this many niceness steps below slimd (0..19), so that on a machine whose cores
+  // the workers keep busy, RPCs and WatchJob streams still get the CPU as soon as they need it
+  // (docs/operations.md, "Load"). slimd needs little CPU, so training loses little.
+  int worker_nice = 10;
   int64_t max_dataset_bytes = int64_t{1} << 30;
   std::string calibration_cache_dir;
   double scheduler_interval_seconds = 1.0;  // periodic pass besides the event-driven ones

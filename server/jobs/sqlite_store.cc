@@ -148,6 +148,50 @@ absl::Status CheckSchemaVersion(int64_t version) {
   return absl::OkStatus();
 }
 
+// Shared by the job, dataset and model tables (`table` is one of the constants above), on either
+// connection (the caller holds its mutex).
+absl::StatusOr<bool> Exists(sqlite3* db, const char* table, const std::string& id) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db, absl::StrCat("SELECT 1 FROM ", table, " WHERE id = ?1"),
+                                                   absl::StrCat("looking up ", table)));
+  q.BindText(1, id);
+  return q.Step();
+}
+
+// The data blob of `id`, NOT_FOUND "`noun` <id> not found" if absent.
+absl::StatusOr<std::string> GetBlob(sqlite3* db, const char* table, const char* noun, const std::string& id) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db, absl::StrCat("SELECT data FROM ", table, " WHERE id = ?1"),
+                                                   absl::StrCat("reading ", noun, " ", id)));
+  q.BindText(1, id);
+  ASSIGN_OR_RETURN(const bool row, q.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat(noun, " ", id, " not found"));
+  return std::string(q.ColumnBlob(0));
+}
+
+// Blobs of one page, newest first. `state_filter` is "" or an "AND state IN (...)" clause with
+// literal integers. Each blob is passed to `add`; returns the next page token.
+absl::StatusOr<std::string> ListBlobs(sqlite3* db, const char* table, const std::string& state_filter, int page_size,
+                                      const std::string& page_token,
+                                      const std::function<absl::Status(absl::string_view)>& add) {
+  RETURN_IF_ERROR(CheckPageSize(page_size));
+  ASSIGN_OR_RETURN(const int64_t before, ParsePageToken(page_token));
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db,
+                                                   absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < ?1",
+                                                                state_filter, " ORDER BY seq DESC LIMIT ?2"),
+                                                   absl::StrCat("listing ", table)));
+  q.BindInt(1, before);
+  q.BindInt(2, static_cast<int64_t>(page_size) + 1);  // one extra row: is there a next page?
+  int count = 0;
+  int64_t last_seq = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(const bool row, q.Step());
+    if (!row) return std::string();
+    if (count == page_size) return absl::StrCat(last_seq);
+    last_seq = q.ColumnInt(0);
+    RETURN_IF_ERROR(add(q.ColumnBlob(1)));
+    ++count;
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string& path) {
@@ -168,12 +212,28 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string
       return absl::Status(status.code(), absl::StrCat(status.message(), " (database ", path, ")"));
     }
   }
+  if (path != ":memory:") {
+    // The read connection, opened once the schema and WAL mode are in place.
+    sqlite3* reader = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &reader, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK ||
+        sqlite3_busy_timeout(reader, kBusyTimeoutMs) != SQLITE_OK) {
+      const std::string message = reader != nullptr ? sqlite3_errmsg(reader) : "out of memory";
+      sqlite3_close(reader);
+      return absl::InternalError(absl::StrCat("sqlite: opening ", path, " for reading: ", message));
+    }
+    absl::MutexLock lock(&store->read_mu_);
+    store->reader_ = reader;
+  }
   return store;
 }
 
 SqliteStore::~SqliteStore() {
-  absl::MutexLock lock(&mu_);
   // Every Statement is finalized when its call returns, so close cannot be refused as busy.
+  {
+    absl::MutexLock lock(&read_mu_);
+    sqlite3_close(reader_);  // a no-op for nullptr
+  }
+  absl::MutexLock lock(&mu_);
   sqlite3_close(db_);
 }
 
@@ -235,27 +295,11 @@ absl::Status SqliteStore::Initialize() {
 // ---------------------------------------------------------------------------------------------
 // Shared record helpers
 
-absl::StatusOr<bool> SqliteStore::Exists(const char* table, const std::string& id) {
-  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, absl::StrCat("SELECT 1 FROM ", table, " WHERE id = ?1"),
-                                                   absl::StrCat("looking up ", table)));
-  q.BindText(1, id);
-  return q.Step();
-}
-
-absl::StatusOr<std::string> SqliteStore::GetBlob(const char* table, const char* noun, const std::string& id) {
-  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, absl::StrCat("SELECT data FROM ", table, " WHERE id = ?1"),
-                                                   absl::StrCat("reading ", noun, " ", id)));
-  q.BindText(1, id);
-  ASSIGN_OR_RETURN(const bool row, q.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat(noun, " ", id, " not found"));
-  return std::string(q.ColumnBlob(0));
-}
-
 absl::Status SqliteStore::InsertRecord(const char* table, const char* noun, const std::string& id,
                                        const std::string& data) {
   return InTransaction(
       absl::StrCat("inserting ", noun, " ", id), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
-        ASSIGN_OR_RETURN(const bool exists, Exists(table, id));
+        ASSIGN_OR_RETURN(const bool exists, Exists(db_, table, id));
         if (exists) return absl::AlreadyExistsError(absl::StrCat(noun, " ", id, " already exists"));
         ASSIGN_OR_RETURN(Statement insert,
                          Statement::Prepare(db_, absl::StrCat("INSERT INTO ", table, " (id, data) VALUES (?1, ?2)"),
@@ -264,29 +308,6 @@ absl::Status SqliteStore::InsertRecord(const char* table, const char* noun, cons
         insert.BindBlob(2, data);
         return insert.Run();
       });
-}
-
-absl::StatusOr<std::string> SqliteStore::ListBlobs(const char* table, const std::string& state_filter, int page_size,
-                                                   const std::string& page_token,
-                                                   const std::function<absl::Status(absl::string_view)>& add) {
-  RETURN_IF_ERROR(CheckPageSize(page_size));
-  ASSIGN_OR_RETURN(const int64_t before, ParsePageToken(page_token));
-  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_,
-                                                   absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < ?1",
-                                                                state_filter, " ORDER BY seq DESC LIMIT ?2"),
-                                                   absl::StrCat("listing ", table)));
-  q.BindInt(1, before);
-  q.BindInt(2, static_cast<int64_t>(page_size) + 1);  // one extra row: is there a next page?
-  int count = 0;
-  int64_t last_seq = 0;
-  while (true) {
-    ASSIGN_OR_RETURN(const bool row, q.Step());
-    if (!row) return std::string();
-    if (count == page_size) return absl::StrCat(last_seq);
-    last_seq = q.ColumnInt(0);
-    RETURN_IF_ERROR(add(q.ColumnBlob(1)));
-    ++count;
-  }
 }
 
 absl::Status SqliteStore::WriteJob(const v1::Job& job) {
@@ -356,7 +377,7 @@ absl::StatusOr<v1::Job> SqliteStore::CreateJob(v1::Job job, v1::JobEvent first_e
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(
       InTransaction(absl::StrCat("creating job ", job.id()), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
-        ASSIGN_OR_RETURN(const bool exists, Exists(kJobs, job.id()));
+        ASSIGN_OR_RETURN(const bool exists, Exists(db_, kJobs, job.id()));
         if (exists) {
           return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
         }
@@ -375,9 +396,10 @@ absl::StatusOr<v1::Job> SqliteStore::CreateJob(v1::Job job, v1::JobEvent first_e
 }
 
 absl::StatusOr<v1::Job> SqliteStore::GetJob(const std::string& id) {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(const std::string data, GetBlob(kJobs, "job", id));
-  return Parse<v1::Job>(data, "job");
+  return Read([&](sqlite3* db) -> absl::StatusOr<v1::Job> {
+    ASSIGN_OR_RETURN(const std::string data, GetBlob(db, kJobs, "job", id));
+    return Parse<v1::Job>(data, "job");
+  });
 }
 
 absl::StatusOr<v1::Job> SqliteStore::UpdateJob(v1::Job job, v1::JobEvent event) {
@@ -406,65 +428,69 @@ absl::Status SqliteStore::SaveJob(const v1::Job& job) {
 
 absl::StatusOr<Page<v1::Job>> SqliteStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
                                                     const std::string& page_token) {
-  Page<v1::Job> page;
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(page.next_page_token, ListBlobs(kJobs, StateFilter(states), page_size, page_token,
-                                                   [&](absl::string_view data) -> absl::Status {
-                                                     ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
-                                                     page.items.push_back(std::move(job));
-                                                     return absl::OkStatus();
-                                                   }));
-  return page;
+  return Read([&](sqlite3* db) -> absl::StatusOr<Page<v1::Job>> {
+    Page<v1::Job> page;
+    ASSIGN_OR_RETURN(page.next_page_token, ListBlobs(db, kJobs, StateFilter(states), page_size, page_token,
+                                                     [&](absl::string_view data) -> absl::Status {
+                                                       ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
+                                                       page.items.push_back(std::move(job));
+                                                       return absl::OkStatus();
+                                                     }));
+    return page;
+  });
 }
 
 absl::StatusOr<std::vector<v1::Job>> SqliteStore::JobsInStates(const std::vector<v1::JobState>& states) {
-  std::vector<v1::Job> jobs;
-  if (states.empty()) return jobs;
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(
-      Statement q,
-      Statement::Prepare(db_, absl::StrCat("SELECT data FROM jobs WHERE 1", StateFilter(states), " ORDER BY seq ASC"),
-                         "listing jobs by state"));
-  while (true) {
-    ASSIGN_OR_RETURN(const bool row, q.Step());
-    if (!row) return jobs;
-    ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(q.ColumnBlob(0), "job"));
-    jobs.push_back(std::move(job));
-  }
+  if (states.empty()) return std::vector<v1::Job>();
+  return Read([&](sqlite3* db) -> absl::StatusOr<std::vector<v1::Job>> {
+    ASSIGN_OR_RETURN(
+        Statement q,
+        Statement::Prepare(db, absl::StrCat("SELECT data FROM jobs WHERE 1", StateFilter(states), " ORDER BY seq ASC"),
+                           "listing jobs by state"));
+    std::vector<v1::Job> jobs;
+    while (true) {
+      ASSIGN_OR_RETURN(const bool row, q.Step());
+      if (!row) return jobs;
+      ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(q.ColumnBlob(0), "job"));
+      jobs.push_back(std::move(job));
+    }
+  });
 }
 
 absl::StatusOr<std::map<v1::JobState, int64_t>> SqliteStore::CountJobsByState() {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state",
-                                                   "counting jobs by state"));
-  std::map<v1::JobState, int64_t> counts;
-  while (true) {
-    ASSIGN_OR_RETURN(const bool row, q.Step());
-    if (!row) return counts;
-    counts[static_cast<v1::JobState>(q.ColumnInt(0))] = q.ColumnInt(1);
-  }
+  return Read([&](sqlite3* db) -> absl::StatusOr<std::map<v1::JobState, int64_t>> {
+    ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db, "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+                                                     "counting jobs by state"));
+    std::map<v1::JobState, int64_t> counts;
+    while (true) {
+      ASSIGN_OR_RETURN(const bool row, q.Step());
+      if (!row) return counts;
+      counts[static_cast<v1::JobState>(q.ColumnInt(0))] = q.ColumnInt(1);
+    }
+  });
 }
 
 absl::StatusOr<std::vector<v1::JobEvent>> SqliteStore::ListEvents(const std::string& job_id, int64_t after_sequence,
                                                                   int limit) {
   if (limit < 1) return absl::InvalidArgumentError(absl::StrCat("limit: must be at least 1, got ", limit));
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(const bool exists, Exists(kJobs, job_id));
-  if (!exists) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
-  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_,
-                                                   "SELECT data FROM events WHERE job_id = ?1 AND sequence > ?2 "
-                                                   "ORDER BY sequence ASC LIMIT ?3",
-                                                   absl::StrCat("listing events of job ", job_id)));
-  q.BindText(1, job_id);
-  q.BindInt(2, after_sequence);
-  q.BindInt(3, limit);
-  std::vector<v1::JobEvent> events;
-  while (true) {
-    ASSIGN_OR_RETURN(const bool row, q.Step());
-    if (!row) return events;
-    ASSIGN_OR_RETURN(v1::JobEvent event, Parse<v1::JobEvent>(q.ColumnBlob(0), "event"));
-    events.push_back(std::move(event));
-  }
+  return Read([&](sqlite3* db) -> absl::StatusOr<std::vector<v1::JobEvent>> {
+    ASSIGN_OR_RETURN(const bool exists, Exists(db, kJobs, job_id));
+    if (!exists) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+    ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db,
+                                                     "SELECT data FROM events WHERE job_id = ?1 AND sequence > ?2 "
+                                                     "ORDER BY sequence ASC LIMIT ?3",
+                                                     absl::StrCat("listing events of job ", job_id)));
+    q.BindText(1, job_id);
+    q.BindInt(2, after_sequence);
+    q.BindInt(3, limit);
+    std::vector<v1::JobEvent> events;
+    while (true) {
+      ASSIGN_OR_RETURN(const bool row, q.Step());
+      if (!row) return events;
+      ASSIGN_OR_RETURN(v1::JobEvent event, Parse<v1::JobEvent>(q.ColumnBlob(0), "event"));
+      events.push_back(std::move(event));
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,21 +503,23 @@ absl::Status SqliteStore::PutDataset(const v1::Dataset& dataset) {
 }
 
 absl::StatusOr<v1::Dataset> SqliteStore::GetDataset(const std::string& id) {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(const std::string data, GetBlob(kDatasets, "dataset", id));
-  return Parse<v1::Dataset>(data, "dataset");
+  return Read([&](sqlite3* db) -> absl::StatusOr<v1::Dataset> {
+    ASSIGN_OR_RETURN(const std::string data, GetBlob(db, kDatasets, "dataset", id));
+    return Parse<v1::Dataset>(data, "dataset");
+  });
 }
 
 absl::StatusOr<Page<v1::Dataset>> SqliteStore::ListDatasets(int page_size, const std::string& page_token) {
-  Page<v1::Dataset> page;
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(page.next_page_token,
-                   ListBlobs(kDatasets, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
-                     ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
-                     page.items.push_back(std::move(dataset));
-                     return absl::OkStatus();
-                   }));
-  return page;
+  return Read([&](sqlite3* db) -> absl::StatusOr<Page<v1::Dataset>> {
+    Page<v1::Dataset> page;
+    ASSIGN_OR_RETURN(page.next_page_token,
+                     ListBlobs(db, kDatasets, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                       ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
+                       page.items.push_back(std::move(dataset));
+                       return absl::OkStatus();
+                     }));
+    return page;
+  });
 }
 
 absl::Status SqliteStore::DeleteDataset(const std::string& id) {
@@ -511,21 +539,23 @@ absl::Status SqliteStore::PutModel(const v1::Model& model) {
 }
 
 absl::StatusOr<v1::Model> SqliteStore::GetModel(const std::string& id) {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(const std::string data, GetBlob(kModels, "model", id));
-  return Parse<v1::Model>(data, "model");
+  return Read([&](sqlite3* db) -> absl::StatusOr<v1::Model> {
+    ASSIGN_OR_RETURN(const std::string data, GetBlob(db, kModels, "model", id));
+    return Parse<v1::Model>(data, "model");
+  });
 }
 
 absl::StatusOr<Page<v1::Model>> SqliteStore::ListModels(int page_size, const std::string& page_token) {
-  Page<v1::Model> page;
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(page.next_page_token,
-                   ListBlobs(kModels, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
-                     ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
-                     page.items.push_back(std::move(model));
-                     return absl::OkStatus();
-                   }));
-  return page;
+  return Read([&](sqlite3* db) -> absl::StatusOr<Page<v1::Model>> {
+    Page<v1::Model> page;
+    ASSIGN_OR_RETURN(page.next_page_token,
+                     ListBlobs(db, kModels, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                       ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
+                       page.items.push_back(std::move(model));
+                       return absl::OkStatus();
+                     }));
+    return page;
+  });
 }
 
 }  // namespace slim::server

@@ -23,9 +23,15 @@
 // INVALID_ARGUMENT "page_token: malformed". Lists fetch one row past the page to know whether
 // a next page exists, so the last page always has an empty next_page_token.
 //
-// Thread-safety: one connection, every method holds `mu_` for its whole duration (SQLite
-// serializes writers anyway; reads are short). Other processes may open the same file: writes
-// take the write lock up front (BEGIN IMMEDIATE) and wait up to busy_timeout for it.
+// Thread-safety: two connections. Writes use one, each holding `mu_` for its whole duration
+// (SQLite serializes writers anyway). Reads use the other, under `read_mu_`, so that a read
+// never queues behind a write: with synchronous=FULL every commit waits for an fsync of the WAL
+// (milliseconds, tens under I/O load), and GetJob, ListJobs and WatchJob's event reads are on the
+// RPC path. In WAL mode a read sees every transaction committed before it starts, so a write
+// that returned is visible to the next read. ":memory:" has no second connection (it would be a
+// database of its own): its reads share the writer's connection and `mu_`. Other processes may
+// open the same file: writes take the write lock up front (BEGIN IMMEDIATE) and wait up to
+// busy_timeout for it.
 #pragma once
 
 #include <cstdint>
@@ -88,6 +94,18 @@ class SqliteStore : public Store {
  private:
   explicit SqliteStore(sqlite3* db) : db_(db) {}
 
+  // Runs `fn(connection)` for a read: on the read connection under read_mu_, or on the writer's
+  // under mu_ when there is none.
+  template <typename Fn>
+  auto Read(Fn&& fn) {
+    if (reader_ != nullptr) {
+      absl::MutexLock lock(&read_mu_);
+      return fn(reader_);
+    }
+    absl::MutexLock lock(&mu_);
+    return fn(db_);
+  }
+
   // Runs `sql` (no parameters, no result rows); INTERNAL "`what`: <sqlite message>" on error.
   absl::Status Exec(const char* sql, absl::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs `body` between BEGIN IMMEDIATE and COMMIT; rolls back if either fails.
@@ -96,18 +114,7 @@ class SqliteStore : public Store {
   // Pragmas, version check and schema creation; called once by Open.
   absl::Status Initialize() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Shared by the job, dataset and model tables (`table` is one of those constants).
-  absl::StatusOr<bool> Exists(const char* table, const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The data blob of `id`, NOT_FOUND "`noun` <id> not found" if absent.
-  absl::StatusOr<std::string> GetBlob(const char* table, const char* noun, const std::string& id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status InsertRecord(const char* table, const char* noun, const std::string& id, const std::string& data)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Blobs of one page, newest first. `state_filter` is "" or an "AND state IN (...)" clause
-  // with literal integers. Each blob is passed to `add`; returns the next page token.
-  absl::StatusOr<std::string> ListBlobs(const char* table, const std::string& state_filter, int page_size,
-                                        const std::string& page_token,
-                                        const std::function<absl::Status(absl::string_view)>& add)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes the job row (data, state, last_sequence from `job`); NOT_FOUND if absent.
   absl::Status WriteJob(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -117,6 +124,8 @@ class SqliteStore : public Store {
 
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+  absl::Mutex read_mu_;
+  sqlite3* reader_ ABSL_PT_GUARDED_BY(read_mu_) = nullptr;  // set by Open, before the store is shared
 };
 
 }  // namespace slim::server

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <utility>
@@ -225,6 +227,19 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(WorkerOption
   // executable) here, as the return value, rather than through a child exiting 127.
   err = posix_spawn(&pid, argv[0], &setup.actions, &setup.attr, argv.data(), environ);
   if (err != 0) return ErrnoError(absl::StrCat("cannot start ", options.argv[0]), err);
+  if (options.nice > 0) {
+    // The worker has only just exec'd (glibc returns once the exec succeeded), long before a
+    // worker loading its libraries starts threads; PRIO_PGRP reaches every thread of the group
+    // either way. Raising one's own child's niceness is always permitted; ESRCH means it is
+    // already gone, which the reader thread reports.
+    errno = 0;
+    const int base = getpriority(PRIO_PROCESS, 0);
+    const int niceness = std::min(19, (errno == 0 ? base : 0) + options.nice);
+    if (setpriority(PRIO_PGRP, pid, niceness) != 0 && errno != ESRCH) {
+      std::fprintf(stderr, "slimd: cannot lower the priority of worker %d: %s\n", static_cast<int>(pid),
+                   std::strerror(errno));
+    }
+  }
 
   // The child holds its own copies now; closing ours lets EOF on fd 3 and EPIPE on stdin mean
   // what they say.

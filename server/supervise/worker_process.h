@@ -58,6 +58,11 @@ struct WorkerOptions {
   std::function<void(const TrainingEvent&)> on_event;
   // Called once, after the event pipe is drained and the process has been reaped. May be empty.
   std::function<void(const WorkerExit&)> on_exit;
+  // Niceness steps below the spawning thread's (0..19; the result is capped at 19), so that the
+  // host's own threads (slimd answering RPCs) get the CPU first when it is short. Applied to the
+  // worker's whole process group right after the spawn: the kernel renices every thread of the
+  // group, and threads and processes created later inherit their creator's niceness.
+  int nice = 0;
 };
 
 class WorkerProcess {

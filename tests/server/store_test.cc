@@ -32,6 +32,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "server/jobs/postgres_store.h"
 #include "server/jobs/sqlite_store.h"
@@ -625,6 +626,46 @@ TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
 
 // ---------------------------------------------------------------------------------------------
 // SQLite only
+
+// Reads have their own connection: a write that is waiting for SQLite's write lock (held here by
+// another connection, as a slow commit's fsync would hold it) does not hold up reads of what is
+// committed. With one shared connection every read below would wait until the write gave up.
+TEST(SqliteStoreOpen, ReadsDoNotWaitForAWriteInProgress) {
+  const std::string path = FreshDir() + "/reads.db";
+  absl::StatusOr<std::unique_ptr<SqliteStore>> opened = SqliteStore::Open(path);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::unique_ptr<SqliteStore> store = *std::move(opened);
+  const std::string id = "job-000001";
+  ASSERT_TRUE(store->CreateJob(MakeJob(id, v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  absl::Notification write_started, write_done;
+  absl::Status written;
+  std::thread writer([&] {
+    write_started.Notify();
+    // Waits for the lock (busy_timeout, 5 s) while holding whatever the store holds for a write.
+    written = store->UpdateJob(MakeJob(id, v1::JOB_STATE_RUNNING), MakeEvent("started", v1::JOB_STATE_RUNNING)).status();
+    write_done.Notify();
+  });
+  write_started.WaitForNotification();
+  for (int i = 0; i < 1000; ++i) {
+    absl::StatusOr<v1::Job> job = store->GetJob(id);
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);  // the committed state
+    absl::StatusOr<std::vector<v1::JobEvent>> events = store->ListEvents(id, 0, 10);
+    ASSERT_TRUE(events.ok()) << events.status();
+    EXPECT_EQ(events->size(), 1u);
+  }
+  EXPECT_FALSE(write_done.HasBeenNotified()) << "the reads waited for the write";
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  writer.join();
+  sqlite3_close(other);
+  ASSERT_TRUE(written.ok()) << written;  // the lock came free within busy_timeout
+  // A committed write is visible to the next read at once.
+  EXPECT_EQ(store->GetJob(id)->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(store->ListEvents(id, 0, 10)->size(), 2u);
+}
 
 TEST(SqliteStoreOpen, SetsSchemaVersionAndWal) {
   const std::string path = FreshDir() + "/new.db";

@@ -8,9 +8,11 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -378,6 +380,30 @@ TEST_F(WorkerProcessTest, LeftoverChildrenDieWithTheWorkerAndDoNotDelayOnExit) {
   EXPECT_EQ(exit.exit_status, 0);
   EXPECT_TRUE(WaitForPidfd(child_fd)) << "the worker's leftover child is still running";
   close(child_fd);
+}
+
+// The worker, a child it started at once (possibly before the priority was lowered) and one it
+// starts afterwards all run `nice` steps below the spawning thread (capped at 19).
+TEST_F(WorkerProcessTest, NiceLowersThePriorityOfTheWholeGroup) {
+  const std::string out = TempPath(".out");
+  WorkerOptions options = ScriptOptions(
+      "sleep 1000 & first=$!\n"
+      "read line\n"  // the test's "go": Start has returned
+      "sleep 1000 & second=$!\n"
+      "echo $(cut -d' ' -f19 /proc/$$/stat) $(cut -d' ' -f19 /proc/$first/stat) $(cut -d' ' -f19 /proc/$second/stat) "
+      "> \"$1\"\n"
+      "exit 0\n",
+      {out});
+  options.nice = 7;
+  errno = 0;
+  const int base = getpriority(PRIO_PROCESS, 0);
+  ASSERT_EQ(errno, 0);
+  auto process = StartOrDie(std::move(options));
+  ASSERT_NE(process, nullptr);
+  ASSERT_TRUE(process->SendControl("go").ok());
+  EXPECT_EQ(ExitOf(*process).exit_status, 0);
+  const std::string n = std::to_string(std::min(19, base + 7));
+  EXPECT_EQ(ReadFile(out), n + " " + n + " " + n + "\n");
 }
 
 TEST_F(WorkerProcessTest, SendControlWritesALineToStdin) {

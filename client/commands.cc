@@ -16,16 +16,15 @@
 
 #include "absl/status/status.h"
 #include "client/cli_support.h"
+#include "client/dataset_upload.h"
 #include "client/spec_file.h"
 #include "engine/byte_size.h"
 #include "engine/errors.h"
-#include "server/common/sha256.h"
 
 namespace slim::client {
 namespace {
 
 constexpr char kVersion[] = "0.5.0";
-constexpr size_t kUploadChunk = 256 * 1024;
 
 const std::string kConnectionHelp = R"(
 connection (also SLIM_SERVER, SLIM_TOKEN, SLIM_TLS=1, SLIM_CA_CERT, or ~/.config/slim/slimctl.yaml):
@@ -98,55 +97,25 @@ std::string UploadFile(Client& client, const std::string& path, const std::strin
                        bool show_progress, grpc::Status* status, v1::Dataset* out) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot read file");
-  const std::string data((std::istreambuf_iterator<char>(in)), {});
-  if (data.empty()) throw EngineError(ErrorCode::kInvalidArgument, path + ": empty file");
-  server::Sha256 sha;
-  sha.Update(data.data(), data.size());
-  const std::string digest = sha.HexDigest();
-
-  // Same bytes and format already uploaded? Reuse it.
-  std::string token;
-  do {
-    v1::ListDatasetsRequest request;
-    request.set_page_size(1000);
-    request.set_page_token(token);
-    v1::ListDatasetsResponse response;
-    *status = client.stub().ListDatasets(client.UnaryContext().get(), request, &response);
-    if (!status->ok()) return "";
-    for (const v1::Dataset& d : response.datasets()) {
-      if (d.sha256() == digest && d.format() == format && d.size_bytes() == static_cast<int64_t>(data.size())) {
-        if (out != nullptr) *out = d;
-        return d.id();
-      }
-    }
-    token = response.next_page_token();
-  } while (!token.empty());
-
-  auto context = client.StreamContext();
-  v1::UploadDatasetResponse response;
-  auto writer = client.stub().UploadDataset(context.get(), &response);
-  v1::UploadDatasetRequest header;
-  header.mutable_header()->set_name(name);
-  header.mutable_header()->set_format(format);
-  header.mutable_header()->set_size_bytes(static_cast<int64_t>(data.size()));
-  header.mutable_header()->set_sha256(digest);
-  bool open = writer->Write(header);
-  for (size_t sent = 0; open && sent < data.size(); sent += kUploadChunk) {
-    v1::UploadDatasetRequest chunk;
-    chunk.set_chunk(data.substr(sent, kUploadChunk));
-    open = writer->Write(chunk);
-    if (show_progress && Terminal()) {
-      const size_t done = std::min(data.size(), sent + kUploadChunk);
-      const int width = 30, filled = static_cast<int>(width * done / data.size());
-      std::fprintf(stderr, "\r[%s%s] %s / %s", std::string(filled, '#').c_str(), std::string(width - filled, '-').c_str(),
-                   FormatBytes(static_cast<int64_t>(done)).c_str(), FormatBytes(static_cast<int64_t>(data.size())).c_str());
-    }
-  }
-  if (show_progress && Terminal()) std::fprintf(stderr, "\n");
-  writer->WritesDone();
-  *status = writer->Finish();
-  if (out != nullptr) *out = response.dataset();
-  return response.dataset().id();
+  DatasetUpload upload{name, format, std::string((std::istreambuf_iterator<char>(in)), {})};
+  if (upload.data.empty()) throw EngineError(ErrorCode::kInvalidArgument, path + ": empty file");
+  const bool bar = show_progress && Terminal();
+  bool drew = false;
+  const auto progress = [&drew](size_t done, size_t total) {
+    drew = true;
+    const int width = 30, filled = static_cast<int>(width * done / total);
+    std::fprintf(stderr, "\r[%s%s] %s / %s", std::string(filled, '#').c_str(), std::string(width - filled, '-').c_str(),
+                 FormatBytes(static_cast<int64_t>(done)).c_str(), FormatBytes(static_cast<int64_t>(total)).c_str());
+  };
+  v1::Dataset dataset;
+  *status = FindOrUploadDataset(
+      client.stub(),
+      [&](bool streaming) { return streaming ? client.StreamContext() : client.UnaryContext(); }, upload,
+      bar ? std::function<void(size_t, size_t)>(progress) : nullptr, &dataset);
+  if (drew) std::fprintf(stderr, "\n");
+  if (!status->ok()) return "";
+  if (out != nullptr) *out = dataset;
+  return dataset.id();
 }
 
 v1::JobSpec LoadSpecWithUploads(Client& client, const tools::Flags& flags, const std::string& path) {

@@ -26,14 +26,13 @@
 #include "bench/load/rss_sampler.h"
 #include "bench/load/stats.h"
 #include "bench/load/watch_stream.h"
-#include "server/common/sha256.h"
+#include "client/dataset_upload.h"
 #include "slim/v1/slim.grpc.pb.h"
 
 namespace slim::load {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr size_t kUploadChunk = 256 * 1024;
 constexpr double kSlowCallSeconds = 600;  // CreateJob may first calibrate the planner
 
 absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
@@ -182,47 +181,16 @@ class LoadRun {
   }
 
   absl::Status UploadDataset() {
-    const std::string data = o_.data_path.empty() ? GeneratedText() : ReadFile(o_.data_path);
-    if (data.empty()) return absl::InvalidArgumentError("--data: " + o_.data_path + " is empty or unreadable");
-    server::Sha256 sha;
-    sha.Update(data.data(), data.size());
-    const std::string digest = sha.HexDigest();
-    // The same bytes uploaded before (a rerun against the same server): reuse them, as slimctl does.
-    std::string token;
-    do {
-      v1::ListDatasetsRequest request;
-      request.set_page_size(1000);
-      request.set_page_token(token);
-      v1::ListDatasetsResponse response;
-      const grpc::Status s = Stub(0).ListDatasets(Context(o_.call_timeout_seconds).get(), request, &response);
-      if (!s.ok()) return FromGrpc(s, "ListDatasets");
-      for (const v1::Dataset& d : response.datasets()) {
-        if (d.sha256() == digest && d.format() == "text" && d.size_bytes() == static_cast<int64_t>(data.size())) {
-          dataset_ = d.id();
-        }
-      }
-      token = response.next_page_token();
-    } while (!token.empty() && dataset_.empty());
-    if (dataset_.empty()) {
-      auto context = Context(kSlowCallSeconds);
-      v1::UploadDatasetResponse response;
-      auto writer = Stub(0).UploadDataset(context.get(), &response);
-      v1::UploadDatasetRequest header;
-      header.mutable_header()->set_name("slim-load");
-      header.mutable_header()->set_format("text");
-      header.mutable_header()->set_size_bytes(static_cast<int64_t>(data.size()));
-      header.mutable_header()->set_sha256(digest);
-      bool open = writer->Write(header);
-      for (size_t sent = 0; open && sent < data.size(); sent += kUploadChunk) {
-        v1::UploadDatasetRequest chunk;
-        chunk.set_chunk(data.substr(sent, kUploadChunk));
-        open = writer->Write(chunk);
-      }
-      writer->WritesDone();
-      const grpc::Status s = writer->Finish();
-      if (!s.ok()) return FromGrpc(s, "UploadDataset");
-      dataset_ = response.dataset().id();
-    }
+    client::DatasetUpload upload{"slim-load", "text", o_.data_path.empty() ? GeneratedText() : ReadFile(o_.data_path)};
+    if (upload.data.empty()) return absl::InvalidArgumentError("--data: " + o_.data_path + " is empty or unreadable");
+    // The same bytes uploaded before (a rerun against the same server) are reused, as slimctl does.
+    v1::Dataset dataset;
+    const grpc::Status s = client::FindOrUploadDataset(
+        Stub(0),
+        [this](bool streaming) { return Context(streaming ? kSlowCallSeconds : o_.call_timeout_seconds); }, upload,
+        nullptr, &dataset);
+    if (!s.ok()) return FromGrpc(s, "UploadDataset");
+    dataset_ = dataset.id();
     Log("dataset " + dataset_);
     return absl::OkStatus();
   }

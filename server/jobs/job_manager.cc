@@ -281,12 +281,7 @@ void JobManager::Shutdown() {
   finished.clear();
   stopped_ = true;
   store_.StopListening();
-  std::vector<std::function<void()>> everyone;
-  {
-    absl::MutexLock lock(&watch_mu_);
-    for (const auto& [handle, w] : watchers_) everyone.push_back(w.second);
-  }
-  for (const auto& notify : everyone) notify();
+  NotifyAllWatchers();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -62,6 +62,14 @@ int ExitForJob(v1::JobState s) {
   return kExitOk;
 }
 
+// "cpu:0", or every device of a data-parallel job ("cpu:0,cpu:1"); "-" when it has none.
+std::string DevicesText(const v1::Job& job) {
+  if (job.devices_size() <= 1) return job.device().empty() ? "-" : job.device();
+  std::string text;
+  for (const std::string& device : job.devices()) text += (text.empty() ? "" : ",") + device;
+  return text;
+}
+
 void PrintJob(const v1::Job& job, OutputFormat format) {
   if (format != OutputFormat::kTable) return PrintStructured(job, format);
   const v1::JobProgress& p = job.progress();
@@ -70,8 +78,9 @@ void PrintJob(const v1::Job& job, OutputFormat format) {
       {"name:", job.display_name().empty() ? "-" : job.display_name()},
       {"state:", StateName(job.state()) + (job.queue_position() > 0 ? " (position " + std::to_string(job.queue_position()) + ")" : "")},
       {"priority:", std::to_string(job.priority())},
-      {"device:", job.device().empty() ? "-" : job.device()},
-      {"quota:", Bytes(job.quota_bytes()) + " (minimum " + Bytes(job.min_quota_bytes()) + ")"},
+      {"device:", DevicesText(job)},
+      {"quota:", Bytes(job.quota_bytes()) + (job.spec().data_parallel().workers() > 1 ? " per worker" : "") +
+                     " (minimum " + Bytes(job.min_quota_bytes()) + ")"},
       {"chunk size:", std::to_string(job.chunk_size()) + " (" + job.mode() + ")"},
       {"peak memory:", "predicted " + Bytes(job.predicted_peak_bytes()) + ", observed " + Bytes(job.observed_peak_bytes())},
       {"progress:", ProgressText(job) + " steps, " + std::to_string(p.tokens()) + " tokens"},
@@ -275,7 +284,7 @@ int List(Client& client, const tools::Flags& flags, OutputFormat format) {
   std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "STATE", "PRIO", "DEVICE", "QUOTA", "CHUNK", "PROGRESS", "LOSS", "AGE"}};
   for (const v1::Job& j : all.jobs()) {
     rows.push_back({j.id(), j.display_name().empty() ? "-" : j.display_name(), StateName(j.state()),
-                    std::to_string(j.priority()), j.device().empty() ? "-" : j.device(), Bytes(j.quota_bytes()),
+                    std::to_string(j.priority()), DevicesText(j), Bytes(j.quota_bytes()),
                     std::to_string(j.chunk_size()), ProgressText(j), Loss(j.progress().loss()), Age(j.create_time())});
   }
   PrintTable(rows);

@@ -71,6 +71,18 @@ google::protobuf::Timestamp Now() {
 // "RUNNING" for JOB_STATE_RUNNING: the name people see in messages.
 std::string StateName(v1::JobState s) { return v1::JobState_Name(s).substr(std::strlen("JOB_STATE_")); }
 
+// The job has no devices any more (it went back to the queue).
+void ClearPlacement(v1::Job* job) {
+  job->set_device("");
+  job->clear_devices();
+}
+
+// Data-parallel ranks of a job (1 for an ordinary job).
+int Workers(const v1::JobSpec& spec) { return std::max(1, spec.data_parallel().workers()); }
+
+// Memory a job commits on all its devices together: its quota is per worker.
+int64_t CommittedBytes(const v1::Job& job) { return job.quota_bytes() * Workers(job.spec()); }
+
 bool IsTerminal(v1::JobState s) {
   return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
@@ -118,15 +130,14 @@ std::string ConfigJson(const ModelConfig& config) {
   return SerializeJson(o);
 }
 
-// A worker left by a server that was killed (or, in a fleet, by a replica that lost the job):
-// its pid is in <job dir>/worker.pid. If that process runs slim-train on this job directory on
-// this machine, end its process group and wait for it to go, so that the resumed worker is
-// alone in the job directory. (A pid written on another machine names nothing here, or a
-// process whose command line does not name this directory.)
-void KillOrphanedWorker(const std::string& job_dir) {
-  std::ifstream pid_file(job_dir + "/worker.pid");
-  long pid = 0;
-  if (!(pid_file >> pid) || pid <= 1) return;
+// Workers left by a server that was killed (or, in a fleet, by a replica that lost the job):
+// their pids are in <job dir>/worker.pid, one per line (one per rank of a data-parallel job).
+// Each that runs slim-train on this job directory on this machine has its process group ended
+// and is waited for, so that the resumed workers are alone in the job directory. (A pid
+// written on another machine names nothing here, or a process whose command line does not
+// name this directory.)
+void KillOrphanedWorker(const std::string& job_dir, long pid) {
+  if (pid <= 1) return;
   std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
   std::string command((std::istreambuf_iterator<char>(cmdline)), {});
   // Arguments are NUL-separated: "--out\0<job dir>\0" is this job's worker.
@@ -142,6 +153,12 @@ void KillOrphanedWorker(const std::string& job_dir) {
     return now.good() && now.peek() != std::ifstream::traits_type::eof();
   };
   for (int i = 0; i < 500 && runs(); ++i) absl::SleepFor(absl::Milliseconds(10));
+}
+
+void KillOrphanedWorkers(const std::string& job_dir) {
+  std::ifstream pid_file(job_dir + "/worker.pid");
+  long pid = 0;
+  while (pid_file >> pid) KillOrphanedWorker(job_dir, pid);
 }
 
 // One page of what `caller` may see: store pages are fetched with the size still missing, so
@@ -166,10 +183,20 @@ absl::StatusOr<Page<T>> VisiblePage(int page_size, std::string token, const Fetc
 
 }  // namespace
 
-struct JobManager::Running {
+// One worker process of a running job: the only one of an ordinary job, one rank of a
+// data-parallel one.
+struct JobManager::Rank {
   std::string device;
+  std::unique_ptr<WorkerProcess> worker;  // null once it exited (moved to finished_workers_)
+  bool exited = false;
+  WorkerExit exit;                        // once exited
+  std::string failed_code;                // its `failed` event, if it reported one
+  std::string failed_message;
+};
+
+struct JobManager::Running {
+  std::vector<Rank> ranks;  // rank 0 first
   int attempt = 0;
-  std::unique_ptr<WorkerProcess> worker;
   bool cancelling = false;
   bool draining = false;      // server shutdown: the job goes back to the queue
   bool saw_terminal = false;  // the worker reported finished, stopped or failed
@@ -179,6 +206,20 @@ struct JobManager::Running {
   int64_t pending_quota = 0;  // shrink requested, not yet confirmed by the worker
   bool shrink_refused = false;  // the worker could not fit a smaller quota
   std::string shrink_for;     // the job the shrink makes room for
+  bool group_ending = false;  // data-parallel: a rank ended abnormally; the others were told to stop
+
+  WorkerProcess& worker() { return *ranks.front().worker; }  // rank 0, while it runs
+  bool data_parallel() const { return ranks.size() > 1; }
+  void TerminateAll(double grace_seconds) {
+    for (Rank& k : ranks) {
+      if (k.worker != nullptr) k.worker->Terminate(grace_seconds);
+    }
+  }
+  void KillAll() {
+    for (Rank& k : ranks) {
+      if (k.worker != nullptr) k.worker->Kill();
+    }
+  }
 };
 
 JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* observer)
@@ -227,10 +268,10 @@ absl::Status JobManager::Start() {
   {
     absl::MutexLock lock(&mu_);
     for (v1::Job job : left) {
-      KillOrphanedWorker((fs::path(options_.data_dir) / "jobs" / job.id()).string());
+      KillOrphanedWorkers((fs::path(options_.data_dir) / "jobs" / job.id()).string());
       const bool cancelling = job.state() == v1::JOB_STATE_CANCELLING;
       job.set_state(cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_QUEUED);
-      job.set_device("");
+      ClearPlacement(&job);
       if (cancelling) *job.mutable_end_time() = Now();
       RETURN_IF_ERROR(Record(job, Event(cancelling ? "cancelled" : "requeued",
                                         cancelling ? "the server restarted during cancellation"
@@ -249,7 +290,7 @@ void JobManager::Shutdown() {
     draining_ = true;
     for (auto& [id, r] : running_) {
       r->draining = true;
-      r->worker->Terminate(options_.cancel_grace_seconds);
+      r->TerminateAll(options_.cancel_grace_seconds);
     }
     // Workers checkpoint and exit; OnWorkerExit removes them. (In a fleet the lease thread
     // keeps their leases meanwhile.)
@@ -273,7 +314,11 @@ void JobManager::Shutdown() {
     for (const std::string& id : reserved_) (void)store_.ReleaseJob(id);  // others may run them now
     reserved_.clear();
     finished.swap(finished_workers_);
-    for (auto& [id, r] : running_) finished.push_back(std::move(r->worker));  // still alive: killed
+    for (auto& [id, r] : running_) {
+      for (Rank& k : r->ranks) {
+        if (k.worker != nullptr) finished.push_back(std::move(k.worker));  // still alive: killed
+      }
+    }
     running_.clear();
     absl::MutexLock fence(&fence_mu_);
     live_workers_.clear();
@@ -403,6 +448,11 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, const Pr
   checkpoint.members["every"] = JsonNumber(api.checkpoint().every() != 0 ? api.checkpoint().every() : options_.checkpoint_every);
   put(&checkpoint, "keep", api.checkpoint().keep());
   doc.members["checkpoint"] = checkpoint;
+  if (api.data_parallel().workers() != 0) {
+    Json parallel = JsonObject();
+    parallel.members["workers"] = JsonNumber(api.data_parallel().workers());
+    doc.members["data_parallel"] = parallel;
+  }
 
   try {
     JobSpec spec = JobSpecFromJson(doc);
@@ -488,8 +538,19 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   const bool quota_given = !request.spec().memory().quota().empty();
   ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind, quota_given));
   int64_t largest = 0;
+  int devices_of_kind = 0;
   for (const DeviceCapacity& d : options_.devices) {
-    if (d.kind == kind) largest = std::max(largest, d.capacity_bytes);
+    if (d.kind != kind) continue;
+    largest = std::max(largest, d.capacity_bytes);
+    ++devices_of_kind;
+  }
+  // The ranks of a data-parallel job run on this server's devices (their rendezvous is a file
+  // in the job directory), one device each.
+  const int workers = Workers(request.spec());
+  if (workers > devices_of_kind) {
+    return absl::FailedPreconditionError(absl::StrCat("spec: data_parallel.workers: ", workers,
+                                                      " workers need as many ", kind, " devices; this server has ",
+                                                      devices_of_kind));
   }
   if (plan.quota_bytes() > largest) {
     return absl::ResourceExhaustedError(absl::StrCat("spec: memory.quota: ", FormatBytes(plan.quota_bytes()),
@@ -526,7 +587,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   absl::StatusOr<v1::Job> created;
   {
     absl::MutexLock admission(&admission_mu_);
-    RETURN_IF_ERROR(CheckJobLimits(caller, plan.quota_bytes()));
+    RETURN_IF_ERROR(CheckJobLimits(caller, plan.quota_bytes() * workers));
     created = store_.CreateJob(job, queued);
   }
   if (created.ok() && observer_ != nullptr) {
@@ -618,7 +679,7 @@ absl::StatusOr<v1::Job> JobManager::CancelRunning(v1::Job job, const std::string
   Running& r = *running_.at(job.id());
   job.set_state(v1::JOB_STATE_CANCELLING);
   r.cancelling = true;
-  r.worker->Terminate(options_.cancel_grace_seconds);
+  r.TerminateAll(options_.cancel_grace_seconds);
   return Record(job, Event("cancelling", "the worker finishes its step, writes a checkpoint and stops" + why));
 }
 
@@ -715,13 +776,17 @@ v1::ListDevicesResponse JobManager::DevicesLocked() {
     device->set_description(d.kind == "cpu" ? "CPU memory declared to the scheduler" : "CUDA GPU");
     device->set_capacity_bytes(d.capacity_bytes);
     for (const auto& [id, r] : running_) {
-      if (r->device != d.name) continue;
+      const auto on_device = std::find_if(r->ranks.begin(), r->ranks.end(),
+                                          [&](const Rank& k) { return k.device == d.name; });
+      if (on_device == r->ranks.end()) continue;
       absl::StatusOr<v1::Job> job = store_.GetJob(id);
       if (!job.ok()) continue;
       device->add_job_ids(id);
       device->set_committed_bytes(device->committed_bytes() + job->quota_bytes());
-      device->set_observed_bytes(device->observed_bytes() + job->observed_peak_bytes());
-      device->set_current_bytes(device->current_bytes() + job->progress().current_bytes());
+      if (on_device == r->ranks.begin()) {  // a data-parallel job's measurements are rank 0's
+        device->set_observed_bytes(device->observed_bytes() + job->observed_peak_bytes());
+        device->set_current_bytes(device->current_bytes() + job->progress().current_bytes());
+      }
     }
   }
   return response;
@@ -768,16 +833,20 @@ void JobManager::SchedulePass() {
   for (const v1::Job& job : *queued_jobs) {
     if (running_.count(job.id())) continue;  // its previous worker has not exited yet
     queued.push_back({job.id(), job.spec().memory().device_kind(), job.priority(), job.quota_bytes(),
-                      job.create_time().seconds() * 1000000000 + job.create_time().nanos()});
+                      job.create_time().seconds() * 1000000000 + job.create_time().nanos(), Workers(job.spec())});
   }
   std::vector<RunningJob> running;
   for (const auto& [id, r] : running_) {
     absl::StatusOr<v1::Job> job = store_.GetJob(id);
     if (!job.ok()) continue;
     // A job with a shrink in flight keeps its old quota committed and is not shrunk again.
-    const bool shrinkable = r->pending_quota == 0 && !r->shrink_refused && !r->cancelling && !r->draining;
-    running.push_back({id, r->device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
-                       job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
+    // Data-parallel jobs are never shrunk (server/sched/scheduler.h).
+    const bool shrinkable = r->pending_quota == 0 && !r->shrink_refused && !r->cancelling && !r->draining &&
+                            !r->data_parallel();
+    for (const Rank& k : r->ranks) {
+      running.push_back({id, k.device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
+                         job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
+    }
   }
   // A job for which shrinks are in flight waits for their confirmation: planned again meanwhile,
   // while the shrinking jobs still hold their old quotas and cannot be shrunk twice, it would
@@ -794,7 +863,7 @@ void JobManager::SchedulePass() {
   if (fleet()) ReserveForShrinks(&decision.shrinks);
   for (const ShrinkOrder& s : decision.shrinks) {
     Running& r = *running_.at(s.job_id);
-    const absl::Status sent = r.worker->SendControl(
+    const absl::Status sent = r.worker().SendControl(
         absl::StrCat("{\"command\":\"set_quota\",\"quota_bytes\":", s.quota_bytes, "}"));
     if (sent.ok()) {
       r.pending_quota = s.quota_bytes;
@@ -822,7 +891,7 @@ void JobManager::SchedulePass() {
     } else {
       placed.insert(p.job_id);
     }
-    const absl::Status launched = Launch(p.job_id, p.device);
+    const absl::Status launched = Launch(p.job_id, p.devices);
     if (!launched.ok()) {
       absl::StatusOr<v1::Job> job = store_.GetJob(p.job_id);
       if (job.ok()) {
@@ -855,89 +924,148 @@ void JobManager::SchedulePass() {
   }
 }
 
-absl::Status JobManager::Launch(const std::string& job_id, const std::string& device) {
+absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std::string>& devices) {
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   std::string kind;
   Principal owner;
   owner.tenant = job.tenant();
   ASSIGN_OR_RETURN(JobSpec spec, ResolveSpec(job.spec(), owner, &kind));
-  spec.device = WorkerDevice(device);
+  spec.device = WorkerDevice(devices.front());
   spec.quota_bytes = job.quota_bytes();
   const fs::path dir = fs::path(options_.data_dir) / "jobs" / job_id;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError("cannot create " + dir.string() + ": " + ec.message());
-  // A worker of an earlier attempt that is still alive here (a replica that died or lost the
-  // job on this machine) must not write checkpoints next to the new one.
-  KillOrphanedWorker(dir.string());
+  // Workers of an earlier attempt that are still alive here (a replica that died or lost the
+  // job on this machine) must not write checkpoints next to the new ones.
+  KillOrphanedWorkers(dir.string());
   const std::string spec_path = (dir / "worker-spec.json").string();
   RETURN_IF_ERROR(WriteFileAtomically(spec_path, SerializeJson(JobSpecToJson(spec)) + "\n"));
 
   const int attempt = job.attempts() + 1;
-  WorkerOptions w;
-  w.argv = {options_.worker_binary, "run", "--spec", spec_path, "--out", dir.string(),
-            "--events-fd", "3", "--control-stdin", "--progress-interval", "1"};
-  w.log_path = (dir / "worker.log").string();
-  w.nice = options_.worker_nice;
-  w.on_event = [this, job_id](const TrainingEvent& e) { OnWorkerEvent(job_id, e); };
-  w.on_exit = [this, job_id, attempt](const WorkerExit& exit) { OnWorkerExit(job_id, attempt, exit); };
-  ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcess> worker, WorkerProcess::Start(std::move(w)));
-
-  // The worker runs in its own process group and would outlive a killed server: the next server
-  // reads this file and ends it before resuming the job (KillOrphanedWorker).
-  (void)WriteFileAtomically((dir / "worker.pid").string(), absl::StrCat(worker->pid(), "\n"));
+  const int world_size = static_cast<int>(devices.size());
+  // Data-parallel ranks meet through a c10d FileStore that must not exist yet: a new file per
+  // attempt, and those of earlier attempts (left by crashed groups) removed.
+  std::string rendezvous;
+  if (world_size > 1) {
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      if (entry.path().filename().string().rfind("dist-init.", 0) == 0) fs::remove(entry.path(), ec);
+    }
+    rendezvous = "file://" + (dir / absl::StrCat("dist-init.", attempt)).string();
+  }
   auto r = std::make_unique<Running>();
-  r->device = device;
   r->attempt = attempt;
   r->fence_epoch = fence_epoch_.load();
-  const pid_t pid = worker->pid();
-  {
+  r->ranks.resize(devices.size());
+  std::string pids;
+  absl::Status started;
+  for (int rank = 0; rank < world_size && started.ok(); ++rank) {
+    WorkerOptions w;
+    w.argv = {options_.worker_binary, "run", "--spec", spec_path, "--out", dir.string(),
+              "--events-fd", "3", "--control-stdin", "--progress-interval", "1"};
+    if (world_size > 1) {
+      for (const std::string& arg : {std::string("--dist-rank"), std::to_string(rank), std::string("--dist-world-size"),
+                                     std::to_string(world_size), std::string("--dist-init"), rendezvous,
+                                     std::string("--device"), WorkerDevice(devices[rank])}) {
+        w.argv.push_back(arg);
+      }
+    }
+    w.log_path = (dir / (rank == 0 ? std::string("worker.log") : absl::StrCat("worker-rank", rank, ".log"))).string();
+    w.nice = options_.worker_nice;
+    w.on_event = [this, job_id, rank](const TrainingEvent& e) { OnWorkerEvent(job_id, rank, e); };
+    w.on_exit = [this, job_id, attempt, rank](const WorkerExit& exit) { OnWorkerExit(job_id, attempt, rank, exit); };
+    Rank& k = r->ranks[rank];
+    k.device = devices[rank];
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> worker = WorkerProcess::Start(std::move(w));
+    if (!worker.ok()) {
+      started = worker.status();
+      break;
+    }
+    k.worker = *std::move(worker);
+    absl::StrAppend(&pids, k.worker->pid(), "\n");
     absl::MutexLock fence(&fence_mu_);
-    live_workers_.insert(worker.get());
+    live_workers_.insert(k.worker.get());
   }
-  r->worker = std::move(worker);
+  // The workers run in their own process groups and would outlive a killed server: the next
+  // server reads this file and ends them before resuming the job (KillOrphanedWorkers).
+  (void)WriteFileAtomically((dir / "worker.pid").string(), pids);
   Running& running = *r;
   running_[job_id] = std::move(r);
+  if (!started.ok()) {
+    // A rank could not start: the ones that did are ended (their exits are not recorded) and
+    // the caller fails the job.
+    running.lost = true;
+    for (Rank& k : running.ranks) k.exited = k.worker == nullptr;
+    running.KillAll();
+    if (std::all_of(running.ranks.begin(), running.ranks.end(), [](const Rank& k) { return k.exited; })) {
+      running_.erase(job_id);
+    }
+    return started;
+  }
 
   job.set_state(v1::JOB_STATE_RUNNING);
-  job.set_device(device);
+  job.set_device(devices.front());
+  job.clear_devices();
+  for (const std::string& device : devices) job.add_devices(device);
   job.set_replica(options_.replica_id);
   job.set_attempts(attempt);
   job.set_queue_position(0);
   *job.mutable_start_time() = Now();
-  v1::JobEvent event = Event("started", absl::StrCat("worker pid ", pid, " on ", device,
-                                                     fleet() ? " of replica " + options_.replica_id : std::string(),
+  std::string where;
+  for (int rank = 0; rank < world_size; ++rank) {
+    absl::StrAppend(&where, rank == 0 ? "" : ", ", world_size > 1 ? absl::StrCat("rank ", rank, ": ") : "", "worker pid ",
+                    running.ranks[rank].worker->pid(), " on ", devices[rank]);
+  }
+  v1::JobEvent event = Event("started", absl::StrCat(where, fleet() ? " of replica " + options_.replica_id : std::string(),
                                                      ", attempt ", attempt));
   event.set_quota_bytes(job.quota_bytes());
   const absl::StatusOr<v1::Job> recorded = Record(job, event);
   if (!recorded.ok()) {
     // Not recorded (the store is unreachable, or in a fleet the job is not ours any more): the
-    // worker must not run unrecorded. The job stays QUEUED; in a fleet a pass releases it.
-    std::fprintf(stderr, "slimd: job %s: cannot record its start, stopping its worker: %s\n", job_id.c_str(),
+    // workers must not run unrecorded. The job stays QUEUED; in a fleet a pass releases it.
+    std::fprintf(stderr, "slimd: job %s: cannot record its start, stopping its workers: %s\n", job_id.c_str(),
                  recorded.status().ToString().c_str());
     running.lost = true;
-    running.worker->Kill();
+    running.KillAll();
   }
   return absl::OkStatus();
 }
 
-void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e) {
+void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const TrainingEvent& e) {
   absl::MutexLock lock(&mu_);
   const auto it = running_.find(job_id);
   if (it == running_.end() || it->second->lost) return;
+  Running& r = *it->second;
+  if (r.data_parallel() && e.kind == EventKind::kFailed) {
+    // The group's outcome is decided when every rank has exited (OnWorkerExit): a rank's
+    // failure makes the others fail too, and the first reason is not always the real one.
+    Rank& k = r.ranks[rank];
+    k.failed_code = e.code;
+    k.failed_message = e.message;
+    if (!r.group_ending) {
+      r.group_ending = true;
+      r.TerminateAll(options_.cancel_grace_seconds);
+    }
+    return;
+  }
+  // Ranks other than 0 report only their own plan and warnings (docs/worker-protocol.md).
+  if (rank > 0 && e.kind != EventKind::kStarted && e.kind != EventKind::kWarning) return;
+  // "rank 1 on cpu:1: " before the per-rank messages of a data-parallel job.
+  const std::string who = r.data_parallel() ? absl::StrCat("rank ", rank, " on ", r.ranks[rank].device, ": ") : "";
   absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
   if (!stored.ok()) return;
-  Running& r = *it->second;
   v1::Job job = *stored;
   v1::JobProgress& progress = *job.mutable_progress();
   v1::JobEvent event;
   switch (e.kind) {
     case EventKind::kStarted:
-      job.set_chunk_size(e.chunk_size);
-      job.set_mode(e.mode);
-      job.set_predicted_peak_bytes(e.predicted_peak_bytes);
-      progress.set_total_steps(e.total_steps);
-      event = Event("planned", absl::StrCat("chunk size ", e.chunk_size, " (", e.mode, "), predicted peak ",
+      if (rank == 0) {
+        job.set_chunk_size(e.chunk_size);
+        job.set_mode(e.mode);
+        job.set_predicted_peak_bytes(e.predicted_peak_bytes);
+        progress.set_total_steps(e.total_steps);
+      }
+      event = Event("planned", absl::StrCat(who, "chunk size ", e.chunk_size, " (", e.mode, "), predicted peak ",
                                             FormatBytes(e.predicted_peak_bytes), " of quota ", FormatBytes(e.quota_bytes),
                                             e.resumed_from_step >= 0 ? absl::StrCat(", resumed from step ", e.resumed_from_step)
                                                                      : std::string()));
@@ -986,7 +1114,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
         r.shrink_refused = true;
         wake_ = true;
       }
-      event = Event("warning", e.message);
+      event = Event("warning", who + e.message);
       break;
     case EventKind::kFinished: {
       r.saw_terminal = true;
@@ -1042,7 +1170,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
       } else if (r.draining) {
         r.saw_terminal = true;
         job.set_state(v1::JOB_STATE_QUEUED);
-        job.set_device("");
+        ClearPlacement(&job);
         event = Event("requeued", absl::StrCat("stopped at step ", e.step, " (server shutdown); resumes from its checkpoint"));
       } else {
         // Stopped by someone else (a signal from outside): OnWorkerExit requeues it once the
@@ -1064,21 +1192,33 @@ void JobManager::OnWorkerEvent(const std::string& job_id, const TrainingEvent& e
     std::fprintf(stderr, "slimd: job %s is not this replica's any more (%s); stopping its worker\n", job_id.c_str(),
                  std::string(recorded.status().message()).c_str());
     r.lost = true;
-    r.worker->Kill();
+    r.KillAll();
   }
 }
 
-void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const WorkerExit& exit) {
+void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, const WorkerExit& rank_exit) {
   absl::MutexLock lock(&mu_);
   const auto it = running_.find(job_id);
   if (it == running_.end() || it->second->attempt != attempt) return;
-  std::unique_ptr<Running> r = std::move(it->second);
-  running_.erase(it);
+  Running& group = *it->second;
+  Rank& ended = group.ranks[rank];
+  ended.exited = true;
+  ended.exit = rank_exit;
   {
     absl::MutexLock fence(&fence_mu_);
-    live_workers_.erase(r->worker.get());
+    live_workers_.erase(ended.worker.get());
   }
-  finished_workers_.push_back(std::move(r->worker));
+  finished_workers_.push_back(std::move(ended.worker));
+  const bool abnormal = rank_exit.signaled || (rank_exit.exit_status != 0 && rank_exit.exit_status != 75);
+  if (group.data_parallel() && abnormal && !group.group_ending) {
+    // The others fail at their next collective anyway; make sure none is left behind.
+    group.group_ending = true;
+    group.TerminateAll(options_.cancel_grace_seconds);
+  }
+  if (!std::all_of(group.ranks.begin(), group.ranks.end(), [](const Rank& k) { return k.exited; })) return;
+  // Every rank is gone: only now may the job run again.
+  std::unique_ptr<Running> r = std::move(it->second);
+  running_.erase(it);
   wake_ = true;
   if (r->lost) return;  // not this replica's job (any more): nothing to record
   absl::StatusOr<v1::Job> stored = store_.GetJob(job_id);
@@ -1086,44 +1226,71 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, const Work
   v1::Job job = *stored;
   // A job whose outcome was recorded is done, unless a cancel arrived after that record.
   if (r->saw_terminal && job.state() != v1::JOB_STATE_CANCELLING) return;
+
+  // The rank whose end explains the group's (the only one of an ordinary job): one that reported
+  // a failure of its own, else one killed by a signal, else one that exited abnormally, else
+  // rank 0. The others' failures only say that a peer went away ("another rank exited, ..."
+  // or "could not join at ...", engine/data_parallel.cc).
+  const auto own_failure = [](const Rank& k) {
+    return !k.failed_code.empty() && k.failed_message.find("another rank exited") == std::string::npos &&
+           k.failed_message.find("could not join at") == std::string::npos;
+  };
+  const auto signaled = [](const Rank& k) { return k.exit.signaled; };
+  const auto abnormal_exit = [](const Rank& k) {
+    return k.exit.signaled || (k.exit.exit_status != 0 && k.exit.exit_status != 75);
+  };
+  auto culprit = std::find_if(r->ranks.begin(), r->ranks.end(), own_failure);
+  if (culprit == r->ranks.end()) culprit = std::find_if(r->ranks.begin(), r->ranks.end(), signaled);
+  if (culprit == r->ranks.end()) culprit = std::find_if(r->ranks.begin(), r->ranks.end(), abnormal_exit);
+  if (culprit == r->ranks.end()) culprit = r->ranks.begin();
+  const WorkerExit& exit = culprit->exit;
+  const std::string worker =
+      r->data_parallel() ? absl::StrCat("rank ", culprit - r->ranks.begin(), " of ", r->ranks.size(), " (",
+                                        culprit->device, ")")
+                         : "worker";
   const std::string how = exit.signaled ? absl::StrCat("killed by signal ", exit.signal)
                                         : absl::StrCat("exited with status ", exit.exit_status);
   const bool fenced = r->fence_epoch != fence_epoch_.load();
   v1::JobEvent event;
   if (r->cancelling) {
     job.set_state(v1::JOB_STATE_CANCELLED);
-    event = Event("cancelled", "worker " + how);
+    event = Event("cancelled", worker + " " + how);
   } else if (r->draining) {
     job.set_state(v1::JOB_STATE_QUEUED);
-    job.set_device("");
+    ClearPlacement(&job);
     job.set_replica("");
     event = Event("requeued", r->stopped_step >= 0
                                   ? absl::StrCat("stopped at step ", r->stopped_step,
                                                  " (server shutdown); resumes from its checkpoint")
-                                  : "worker " + how + " during server shutdown; resumes from its last checkpoint");
+                                  : worker + " " + how + " during server shutdown; resumes from its last checkpoint");
   } else if (fenced) {
     job.set_state(v1::JOB_STATE_QUEUED);
-    job.set_device("");
+    ClearPlacement(&job);
     job.set_replica("");
     event = Event("requeued", absl::StrCat("replica ", options_.replica_id,
                                            " could not renew its leases in time and stopped the worker (", how,
                                            "); resumes from its last checkpoint"));
+  } else if (own_failure(*culprit)) {
+    // A data-parallel rank's own failure (an ordinary worker's was recorded when reported).
+    SetFailed(&job, WorkerErrorCode(culprit->failed_code),
+              absl::StrCat(culprit->failed_code, ": ", worker, ": ", culprit->failed_message));
+    event = Event("failed", job.error());
   } else if (!exit.signaled && exit.exit_status == 75) {
     // Stopped from outside after a checkpoint: not a crash, resume it.
     job.set_state(v1::JOB_STATE_QUEUED);
-    job.set_device("");
+    ClearPlacement(&job);
     job.set_replica("");
-    event = Event("requeued", "worker was stopped from outside; resumes from its last checkpoint");
+    event = Event("requeued", worker + " was stopped from outside; resumes from its last checkpoint");
   } else if (job.crash_retries() < options_.max_retries) {
     job.set_state(v1::JOB_STATE_QUEUED);
-    job.set_device("");
+    ClearPlacement(&job);
     job.set_replica("");
     job.set_crash_retries(job.crash_retries() + 1);
-    event = Event("retrying", absl::StrCat("worker ", how, "; retrying from the last checkpoint (retry ",
+    event = Event("retrying", absl::StrCat(worker, " ", how, "; retrying from the last checkpoint (retry ",
                                            job.crash_retries(), " of ", options_.max_retries, ")\n", exit.stderr_tail));
   } else {
     SetFailed(&job, absl::StatusCode::kInternal,
-              absl::StrCat("worker ", how, " after ", job.crash_retries(), " retries: ", exit.stderr_tail));
+              absl::StrCat(worker, " ", how, " after ", job.crash_retries(), " retries: ", exit.stderr_tail));
     event = Event("failed", job.error());
   }
   if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
@@ -1209,7 +1376,7 @@ bool JobManager::RenewAndReconcile() {
     std::fprintf(stderr, "slimd: job %s is not replica %s's any more (taken over); stopping its worker\n", id.c_str(),
                  options_.replica_id.c_str());
     r->lost = true;
-    r->worker->Kill();
+    r->KillAll();
   }
   for (auto it = reserved_.begin(); it != reserved_.end();) {
     it = owned.count(*it) ? std::next(it) : reserved_.erase(it);
@@ -1236,7 +1403,7 @@ bool JobManager::RenewAndReconcile() {
 }
 
 void JobManager::SettleOwnedJob(const JobLease& lease, const std::string& why) {
-  KillOrphanedWorker((fs::path(options_.data_dir) / "jobs" / lease.job_id).string());
+  KillOrphanedWorkers((fs::path(options_.data_dir) / "jobs" / lease.job_id).string());
   absl::StatusOr<v1::Job> job = store_.GetJob(lease.job_id);
   if (!job.ok()) return;
   absl::Status settled;
@@ -1253,7 +1420,7 @@ void JobManager::SettleOwnedJob(const JobLease& lease, const std::string& why) {
                   .status();
   } else if (job->state() == v1::JOB_STATE_RUNNING) {
     job->set_state(v1::JOB_STATE_QUEUED);
-    job->set_device("");
+    ClearPlacement(&*job);
     job->set_replica("");
     settled = Record(*job, Event("requeued", why)).status();
   }
@@ -1272,7 +1439,7 @@ void JobManager::TakeOverExpiredJobs() {
     const std::string who =
         claim.previous_owner.empty() ? std::string("a slimd without replica id") : "replica " + claim.previous_owner;
     // On one machine the lost replica's worker may still run (a frozen replica): end it first.
-    KillOrphanedWorker((fs::path(options_.data_dir) / "jobs" / claim.job.id()).string());
+    KillOrphanedWorkers((fs::path(options_.data_dir) / "jobs" / claim.job.id()).string());
     v1::Job job = claim.job;
     v1::JobEvent event;
     if (job.state() == v1::JOB_STATE_CANCELLING || claim.cancel_requested) {
@@ -1281,7 +1448,7 @@ void JobManager::TakeOverExpiredJobs() {
       event = Event("cancelled", who + " stopped renewing its lease while the job was being cancelled");
     } else {
       job.set_state(v1::JOB_STATE_QUEUED);
-      job.set_device("");
+      ClearPlacement(&job);
       job.set_replica("");
       event = Event("requeued", absl::StrCat(who, " stopped renewing its lease (it stopped, crashed or lost the "
                                                   "database); taken over by replica ",
@@ -1341,7 +1508,7 @@ absl::Status JobManager::CheckJobLimits(const Principal& caller, int64_t quota_b
   for (const v1::Job& job : active) {
     if (job.tenant() != caller.tenant) continue;
     ++jobs;
-    quotas += job.quota_bytes();
+    quotas += CommittedBytes(job);
   }
   if (options_.tenant_max_jobs > 0 && jobs >= options_.tenant_max_jobs) {
     return absl::ResourceExhaustedError(absl::StrCat("tenant ", caller.tenant, " has ", jobs,

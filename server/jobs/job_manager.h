@@ -1,7 +1,9 @@
 // The core of slimd (DESIGN.md §3): job admission through the planner, the job state machine,
 // placement through the scheduler, one supervised worker process per running job, recording
 // every worker event durably, shrink-to-fit, cancellation, retries, restart recovery, and
-// datasets and models. Knows nothing of gRPC: methods take and return the API's messages and
+// datasets and models. Data-parallel jobs (spec.data_parallel.workers = N > 1) run as N worker
+// processes on N devices of this server, placed together and ended together; the job's events
+// come from rank 0. Knows nothing of gRPC: methods take and return the API's messages and
 // absl::Status; the RPC layer (server/api) is a thin adapter over it.
 //
 // Thread-safety: every public method may be called from any thread. Long work (calibrating the
@@ -162,7 +164,8 @@ class JobManager {
                         const std::function<bool(const std::string&)>& emit);
 
  private:
-  struct Running;  // a job with a live worker
+  struct Rank;     // one worker process of a running job
+  struct Running;  // a job with live workers
 
   // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
   // the datasets and model must be visible to `caller`.
@@ -172,12 +175,18 @@ class JobManager {
 
   void SchedulerLoop();
   void SchedulePass();
-  // Launches a worker for the job on `device`. An error means the job could not start (the
-  // caller fails it); a start the store refused to record (the job is not ours any more) ends
-  // the new worker and returns OK.
-  absl::Status Launch(const std::string& job_id, const std::string& device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnWorkerEvent(const std::string& job_id, const TrainingEvent& event);
-  void OnWorkerExit(const std::string& job_id, int attempt, const struct WorkerExit& exit);
+  // Launches the job's workers: one on devices[0], or for a data-parallel job one rank per
+  // device, joined through a new rendezvous file in the job directory. An error means the job
+  // could not start (the caller fails it); a start the store refused to record (the job is not
+  // ours any more) ends the new workers and returns OK.
+  absl::Status Launch(const std::string& job_id, const std::vector<std::string>& devices)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A worker's event. Ranks other than 0 of a data-parallel job contribute their plans and
+  // warnings; a rank's failure is held until the whole group has exited.
+  void OnWorkerEvent(const std::string& job_id, int rank, const TrainingEvent& event);
+  // A worker exited. A data-parallel group ends when its last rank exits: then its outcome is
+  // recorded as one job's (docs/worker-protocol.md, "How slimd runs a data-parallel job").
+  void OnWorkerExit(const std::string& job_id, int attempt, int rank, const struct WorkerExit& exit);
   // Stores job + event and wakes the job's watchers. Caller holds mu_.
   absl::StatusOr<v1::Job> Record(v1::Job job, v1::JobEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // CANCELLING: SIGTERM to the worker, which checkpoints and stops. `why` ends the event's message.

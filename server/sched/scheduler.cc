@@ -58,13 +58,31 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
   SortByPriorityThenAge(&queued);
   ScheduleDecision decision;
   for (const QueuedJob& job : queued) {
+    if (job.workers > 1) {
+      // A gang: `workers` devices with room each, the tightest first, or none at all.
+      std::vector<const DeviceCapacity*> fitting;
+      for (const DeviceCapacity& d : devices) {
+        if (KindMatches(job, d) && !reserved.count(d.name) && free[d.name] >= job.quota_bytes) fitting.push_back(&d);
+      }
+      if (static_cast<int>(fitting.size()) < job.workers) continue;  // stays queued; others may backfill
+      std::stable_sort(fitting.begin(), fitting.end(), [&](const DeviceCapacity* a, const DeviceCapacity* b) {
+        return free[a->name] < free[b->name];
+      });
+      Placement placement{job.id, fitting[0]->name, {}};
+      for (int rank = 0; rank < job.workers; ++rank) {
+        placement.devices.push_back(fitting[rank]->name);
+        free[fitting[rank]->name] -= job.quota_bytes;
+      }
+      decision.placements.push_back(std::move(placement));
+      continue;
+    }
     const DeviceCapacity* best = nullptr;
     for (const DeviceCapacity& d : devices) {
       if (!KindMatches(job, d) || reserved.count(d.name) || free[d.name] < job.quota_bytes) continue;
       if (best == nullptr || free[d.name] < free[best->name]) best = &d;
     }
     if (best != nullptr) {
-      decision.placements.push_back({job.id, best->name});
+      decision.placements.push_back({job.id, best->name, {best->name}});
       free[best->name] -= job.quota_bytes;
       continue;
     }

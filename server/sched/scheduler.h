@@ -30,6 +30,7 @@ struct DeviceCapacity {
   int64_t capacity_bytes = 0;
 };
 
+// One per device a running job uses: a data-parallel job has one entry per rank.
 struct RunningJob {
   std::string id;
   std::string device;
@@ -45,11 +46,13 @@ struct QueuedJob {
   int priority = 0;
   int64_t quota_bytes = 0;
   int64_t create_order = 0;  // smaller = older
+  int workers = 1;           // data-parallel ranks, one device each; the quota is per worker
 };
 
 struct Placement {
   std::string job_id;
-  std::string device;
+  std::string device;                // rank 0's
+  std::vector<std::string> devices;  // every rank's, in rank order (devices[0] == device)
 };
 
 struct ShrinkOrder {

@@ -88,5 +88,31 @@ TEST(Scheduler, NoShrinkForEqualPriorityOrBeyondMinimums) {
   EXPECT_TRUE(d.shrinks.empty());
 }
 
+TEST(Scheduler, GangTakesEveryDeviceItNeedsAtOnceOrWaits) {
+  const std::vector<DeviceCapacity> three = {
+      {"cpu:0", "cpu", 100 * kMiB}, {"cpu:1", "cpu", 60 * kMiB}, {"cpu:2", "cpu", 80 * kMiB}};
+  // 2 ranks of 50 MiB: all three devices have room; the tightest two are taken, rank 0 on the tightest.
+  ScheduleDecision d = Schedule(three, {}, {{"gang", "", 0, 50 * kMiB, 1, 2}});
+  ASSERT_EQ(d.placements.size(), 1u);
+  EXPECT_EQ(d.placements[0].device, "cpu:1");
+  EXPECT_EQ(d.placements[0].devices, (std::vector<std::string>{"cpu:1", "cpu:2"}));
+
+  // Only one device still has room for a 3-rank gang of 70 MiB: nothing is placed, no shrinks,
+  // and a later small job backfills.
+  const std::vector<RunningJob> running = {{"r", "cpu:2", 0, 30 * kMiB, 10 * kMiB, 1}};
+  d = Schedule(three, running, {{"gang", "", 5, 70 * kMiB, 2, 3}, {"small", "", 0, 20 * kMiB, 3}});
+  ASSERT_EQ(d.placements.size(), 1u);
+  EXPECT_EQ(d.placements[0].job_id, "small");
+  EXPECT_EQ(d.placements[0].devices, (std::vector<std::string>{"cpu:2"}));
+  EXPECT_TRUE(d.shrinks.empty()) << "gangs do not shrink other jobs";
+
+  // A gang's ranks commit memory on each of their devices, and are never shrunk.
+  const std::vector<RunningJob> gang = {{"gang", "cpu:0", 0, 60 * kMiB, 0, 1}, {"gang", "cpu:1", 0, 60 * kMiB, 0, 1}};
+  d = Schedule(three, gang, {{"a", "", 9, 50 * kMiB, 2}, {"b", "", 9, 50 * kMiB, 3}});
+  ASSERT_EQ(d.placements.size(), 1u);
+  EXPECT_EQ(d.placements[0].device, "cpu:2");
+  EXPECT_TRUE(d.shrinks.empty());
+}
+
 }  // namespace
 }  // namespace slim::server

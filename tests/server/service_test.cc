@@ -14,6 +14,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "server/api/executor.h"
@@ -502,6 +503,133 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue)
   ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
   EXPECT_EQ(got.job().state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(got.job().attempts(), 1) << "the neighbour must not have been restarted";
+}
+
+// The pids in <job dir>/worker.pid, one per rank.
+std::vector<pid_t> WorkerPids(const std::string& job_dir) {
+  std::ifstream in(job_dir + "/worker.pid");
+  std::vector<pid_t> pids;
+  for (long pid = 0; in >> pid;) pids.push_back(static_cast<pid_t>(pid));
+  return pids;
+}
+
+// A data-parallel job runs as two ranks on both devices at once, and trains like one worker
+// with the same global batch (the engine's own tests check the weights; here the losses).
+TEST_F(ServiceTest, DataParallelJobRunsOnTwoDevicesAndTrainsLikeOneWorker) {
+  const std::string dataset = UploadedDataset();
+  v1::Job single, parallel;
+  ASSERT_TRUE(Create(TinySpec(dataset, 40), &single).ok());
+  v1::JobSpec parallel_spec = TinySpec(dataset, 40);
+  parallel_spec.mutable_data_parallel()->set_workers(2);
+  const grpc::Status created = Create(parallel_spec, &parallel);
+  ASSERT_TRUE(created.ok()) << created.error_message();
+  EXPECT_EQ(parallel.quota_bytes(), 8 * kMiB) << "the quota is per worker";
+
+  // While it runs, both devices carry it.
+  WaitForEvent(parallel.id(), "progress");
+  v1::ListDevicesResponse devices;
+  ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok());
+  ASSERT_EQ(devices.devices_size(), 2);
+  for (const v1::Device& d : devices.devices()) {
+    EXPECT_NE(std::find(d.job_ids().begin(), d.job_ids().end(), parallel.id()), d.job_ids().end()) << d.name();
+  }
+  EXPECT_EQ(WorkerPids(dir_ + "/jobs/" + parallel.id()).size(), 2u);
+
+  std::vector<std::string> planned;
+  for (const v1::WatchJobResponse& item : Watch(parallel.id(), 0)) {
+    if (item.has_event() && item.event().kind() == "planned") planned.push_back(item.event().message());
+  }
+  ASSERT_EQ(planned.size(), 2u) << "one plan per rank";
+  std::sort(planned.begin(), planned.end());
+  EXPECT_EQ(planned[0].rfind("rank 0 on cpu:", 0), 0u) << planned[0];
+  EXPECT_EQ(planned[1].rfind("rank 1 on cpu:", 0), 0u) << planned[1];
+  Watch(single.id(), 0);
+
+  v1::GetJobRequest get;
+  v1::GetJobResponse one, two;
+  get.set_id(single.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &one).ok());
+  get.set_id(parallel.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &two).ok());
+  ASSERT_EQ(one.job().state(), v1::JOB_STATE_SUCCEEDED) << one.job().error();
+  ASSERT_EQ(two.job().state(), v1::JOB_STATE_SUCCEEDED) << two.job().error();
+  ASSERT_EQ(two.job().devices_size(), 2);
+  EXPECT_NE(two.job().devices(0), two.job().devices(1));
+  EXPECT_EQ(two.job().device(), two.job().devices(0));
+  EXPECT_EQ(two.job().attempts(), 1);
+  EXPECT_EQ(two.job().progress().step(), 40);
+  EXPECT_EQ(two.job().progress().tokens(), one.job().progress().tokens()) << "the same global batch";
+  EXPECT_NEAR(two.job().progress().loss(), one.job().progress().loss(), 1e-5 * one.job().progress().loss());
+  EXPECT_NEAR(two.job().progress().eval_loss(), one.job().progress().eval_loss(), 1e-4 * one.job().progress().eval_loss());
+  EXPECT_FALSE(two.job().output_model().empty());
+  EXPECT_EQ(one.job().devices_size(), 1);
+
+  // More workers than devices, or than sequences per batch: refused, naming the field.
+  v1::JobSpec three = TinySpec(dataset, 5);
+  three.mutable_training()->set_batch_size(4);
+  three.mutable_data_parallel()->set_workers(3);
+  grpc::Status s = Create(three, nullptr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("data_parallel.workers: 3 workers need as many cpu devices; this server has 2"),
+            std::string::npos)
+      << s.error_message();
+  three.mutable_training()->set_batch_size(2);
+  s = Create(three, nullptr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("data_parallel.workers"), std::string::npos) << s.error_message();
+}
+
+// A rank killed mid-training ends its group; the job is retried as a whole from its checkpoint
+// and succeeds. A cancelled group stops every rank.
+TEST_F(ServiceTest, DataParallelGroupIsRetriedAsAWholeAndCancelledAsAWhole) {
+  const std::string dataset = UploadedDataset();
+  v1::JobSpec spec = TinySpec(dataset, 60);
+  spec.mutable_data_parallel()->set_workers(2);
+  v1::Job victim;
+  ASSERT_TRUE(Create(spec, &victim).ok());
+  WaitForEvent(victim.id(), "checkpoint");  // every 5 steps here
+  const std::vector<pid_t> pids = WorkerPids(dir_ + "/jobs/" + victim.id());
+  ASSERT_EQ(pids.size(), 2u);
+  ASSERT_EQ(::kill(pids[1], SIGKILL), 0);
+
+  std::vector<v1::JobEvent> events;
+  for (const v1::WatchJobResponse& item : Watch(victim.id(), 0)) {
+    if (item.has_event()) events.push_back(item.event());
+  }
+  ASSERT_FALSE(events.empty());
+  const auto retrying = std::find_if(events.begin(), events.end(), [](const v1::JobEvent& e) { return e.kind() == "retrying"; });
+  ASSERT_NE(retrying, events.end());
+  EXPECT_EQ(retrying->message().rfind("rank 1 of 2 (cpu:", 0), 0u) << "the killed rank is named: " << retrying->message();
+  EXPECT_NE(retrying->message().find("killed by signal 9"), std::string::npos) << retrying->message();
+  EXPECT_EQ(events.back().kind(), "succeeded");
+  v1::GetJobRequest get;
+  v1::GetJobResponse got;
+  get.set_id(victim.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().attempts(), 2);
+  EXPECT_EQ(got.job().crash_retries(), 1);
+  EXPECT_EQ(got.job().progress().step(), 60);
+  for (const pid_t pid : pids) EXPECT_NE(::kill(pid, 0), 0) << "pid " << pid << " of the first attempt still runs";
+
+  v1::Job cancelled;
+  spec.mutable_training()->set_steps(100000);
+  ASSERT_TRUE(Create(spec, &cancelled).ok());
+  WaitForEvent(cancelled.id(), "progress");
+  const std::vector<pid_t> running = WorkerPids(dir_ + "/jobs/" + cancelled.id());
+  ASSERT_EQ(running.size(), 2u);
+  v1::CancelJobRequest cancel;
+  cancel.set_id(cancelled.id());
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &response).ok());
+  std::vector<v1::WatchJobResponse> items = Watch(cancelled.id(), 0);
+  ASSERT_FALSE(items.empty());
+  EXPECT_EQ(items.back().event().kind(), "cancelled") << items.back().event().message();
+  // The job's record comes from rank 0's checkpoint; the group is gone by the next pass.
+  for (int i = 0; i < 100 && manager_->ListDevices().devices(0).job_ids_size() +
+                                     manager_->ListDevices().devices(1).job_ids_size() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (const pid_t pid : running) EXPECT_NE(::kill(pid, 0), 0) << "rank pid " << pid << " outlived its cancelled job";
 }
 
 // One device, so that a failing job and its neighbour share it.

@@ -6,7 +6,8 @@
 // slimd keeps its records in PostgreSQL across restarts, and an unusable URL stops it at once
 // with the reason; a killed slimd's workers die by themselves; and a fleet of three replicas on
 // one PostgreSQL database spreads jobs, serves WatchJob and CancelJob for any job from any
-// replica, and takes over the jobs of a replica killed mid-training.
+// replica, and takes over the jobs of a replica killed mid-training; a replica stopped with
+// SIGTERM hands its jobs (here a data-parallel one) to another.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -121,19 +122,22 @@ class SlimdE2eTest : public ::testing::Test {
   struct Replica {
     std::string socket, log;
     std::unique_ptr<WorkerProcess> process;
+    WorkerExit exit;  // read after process->WaitForExit()
     std::unique_ptr<v1::Slim::Stub> stub;
   };
 
-  void StartReplica(const std::string& id, const std::string& database_url, const std::string& lease_seconds) {
+  void StartReplica(const std::string& id, const std::string& database_url, const std::string& lease_seconds,
+                    const std::string& devices = "cpu:16MiB") {
     Replica& r = replicas_[id];
     r.socket = "unix:" + dir_ + "/" + id + ".sock";
     r.log = dir_ + "/replica-" + id + ".log";
     WorkerOptions o;
-    o.argv = {SLIMD_BINARY, "--listen", r.socket, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB",
+    o.argv = {SLIMD_BINARY, "--listen", r.socket, "--data-dir", dir_ + "/data", "--devices", devices,
               "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
               "--metrics-address", "127.0.0.1:0", "--database-url", database_url, "--replica-id", id,
               "--lease-seconds", lease_seconds};
     o.log_path = r.log;
+    o.on_exit = [&r](const WorkerExit& e) { r.exit = e; };  // map nodes stay where they are
     absl::StatusOr<std::unique_ptr<WorkerProcess>> p = WorkerProcess::Start(std::move(o));
     ASSERT_TRUE(p.ok()) << p.status();
     r.process = *std::move(p);
@@ -759,6 +763,75 @@ TEST_F(SlimdE2eTest, PostgresFleetReplicaCutOffFromTheDatabaseStopsItsWorkers) {
   EXPECT_TRUE(requeued);
   EXPECT_TRUE(resumed);
   EXPECT_EQ(Get(job.id()).attempts(), 2);
+}
+
+// A replica stopped with SIGTERM hands its jobs over: its workers checkpoint and stop, their
+// jobs go back to the queue, and another replica resumes them — here a data-parallel job, whose
+// two ranks move together to the other replica's two devices.
+TEST_F(SlimdE2eTest, PostgresFleetSigtermedReplicaHandsItsDataParallelJobToAnother) {
+  const absl::StatusOr<std::string> server = pgtest::PostgresServerUrl();
+  ASSERT_TRUE(server.ok()) << server.status();
+  if (server->empty()) GTEST_SKIP() << "no PostgreSQL server: set SLIM_TEST_POSTGRES_URL or run through ctest";
+  const pgtest::TestDatabase database(*server);
+  for (const std::string name : {"r1", "r2"}) {
+    StartReplica(name, database.url(), "3", "cpu:16MiB,cpu:16MiB");
+    ASSERT_FALSE(HasFatalFailure());
+  }
+  stub_ = v1::Slim::NewStub(grpc::CreateChannel(replicas_["r1"].socket, grpc::InsecureChannelCredentials()));
+  const std::string dataset = Upload(std::string(150000, 'd') + "two ranks share every batch of this job.\n");
+  v1::JobSpec spec = Spec(dataset, "8MiB", 250);
+  spec.mutable_data_parallel()->set_workers(2);
+  const v1::Job job = Create(spec, 0);
+  WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "checkpoint"; });
+  const v1::Job running = Get(job.id());
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << "finished too early for the test";
+  ASSERT_EQ(running.devices_size(), 2);
+  const std::string victim = running.replica();
+  ASSERT_TRUE(victim == "r1" || victim == "r2") << victim;
+  const std::string survivor = victim == "r1" ? "r2" : "r1";
+  std::vector<long> first_pids;
+  {
+    std::ifstream pids(dir_ + "/data/jobs/" + job.id() + "/worker.pid");
+    for (long pid = 0; pids >> pid;) first_pids.push_back(pid);
+  }
+  ASSERT_EQ(first_pids.size(), 2u);
+
+  stub_ = v1::Slim::NewStub(grpc::CreateChannel(replicas_[survivor].socket, grpc::InsecureChannelCredentials()));
+  replicas_[victim].process->Terminate(120);  // SIGTERM; SIGKILL only after 120 s
+  replicas_[victim].process->WaitForExit();
+  EXPECT_FALSE(replicas_[victim].exit.signaled) << AllLogs();
+  EXPECT_EQ(replicas_[victim].exit.exit_status, 0) << AllLogs();
+  EXPECT_EQ(Count(ReadFile(replicas_[victim].log), "slimd: stopped (shutdown took"), 1) << AllLogs();
+  for (long pid : first_pids) EXPECT_FALSE(ProcessRuns(pid)) << "rank pid " << pid << " outlived its replica";
+
+  const std::vector<v1::JobEvent> history = WatchUntil(
+      job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "succeeded" || e.kind() == "failed"; }, 600);
+  ASSERT_FALSE(history.empty());
+  EXPECT_EQ(history.back().kind(), "succeeded") << history.back().message() << AllLogs();
+  bool handed_over = false;
+  int started = 0, resumed_ranks = 0;
+  for (size_t i = 0; i < history.size(); ++i) {
+    const v1::JobEvent& e = history[i];
+    EXPECT_EQ(e.sequence(), static_cast<int64_t>(i + 1)) << "events must be contiguous";
+    handed_over |= e.kind() == "requeued" && e.message().find("(server shutdown)") != std::string::npos;
+    if (e.kind() == "started") {
+      ++started;
+      EXPECT_NE(e.message().find("rank 1: worker pid"), std::string::npos) << e.message();
+      if (started == 2) {
+        EXPECT_NE(e.message().find("of replica " + survivor), std::string::npos) << e.message();
+      }
+    }
+    if (started == 2 && e.kind() == "planned" && e.message().find("resumed from step") != std::string::npos) ++resumed_ranks;
+  }
+  EXPECT_TRUE(handed_over) << AllLogs();
+  EXPECT_EQ(started, 2);
+  EXPECT_EQ(resumed_ranks, 2) << "both ranks resume from the checkpoint";
+  const v1::Job done = Get(job.id());
+  EXPECT_EQ(done.replica(), survivor);
+  EXPECT_EQ(done.attempts(), 2);
+  EXPECT_EQ(done.crash_retries(), 0) << "a graceful stop is not a crash";
+  EXPECT_EQ(done.progress().step(), 250);
+  EXPECT_EQ(database.Query("SELECT COUNT(*) FROM jobs WHERE owner IS NOT NULL"), "0");
 }
 
 // An unusable --database-url stops slimd at startup with exit status 1 and the reason.

@@ -108,6 +108,9 @@ echo "$err" | grep -q "training.optimizer.lr" || fail "field not named: $err"
 expect 2 submit "$dir/job.yaml" --set training.optimiser.lr=1
 expect 4 submit "$dir/job.yaml" --set model.base=model-999999
 expect 2 submit "$dir/missing.yaml"
+expect 5 submit "$dir/job.yaml" --set data_parallel.workers=2   # one device here
+echo "$err" | grep -q "data_parallel.workers: 2 workers need as many cpu devices; this server has 1" ||
+  fail "data-parallel job on one device: $err"
 
 expect 0 submit "$dir/job.yaml" --name first --watch
 echo "$out" | grep -q "job .* SUCCEEDED" || fail "submit --watch: $out"

@@ -78,7 +78,7 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --tls-key FILE          ... and this PEM private key
   --tls-client-ca FILE    with TLS: require client certificates signed by this CA
   --tenant-max-jobs N     per tenant (user tokens): queued and running jobs (default 0: none)
-  --tenant-max-quota SIZE per tenant: sum of their jobs' memory quotas (default 0: none)
+  --tenant-max-quota SIZE per tenant: sum of their jobs' memory quotas, × workers (default 0: none)
   --tenant-max-dataset-storage SIZE   per tenant: total dataset size (default 0: none)
 
 SIGINT/SIGTERM: stop accepting jobs, checkpoint and stop workers (their jobs resume on the next

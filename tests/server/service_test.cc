@@ -869,6 +869,7 @@ class LimitsTest : public AuthTest {
  protected:
   void Configure(JobManagerOptions* o) override {
     o->tenant_max_jobs = 1;
+    o->tenant_max_quota_bytes = 12 * kMiB;
     o->tenant_max_dataset_bytes = 30000;
   }
 };
@@ -888,7 +889,15 @@ TEST_F(LimitsTest, TenantLimitsAreEnforcedPerTenant) {
   s = stub_->CreateJob(WithToken("s3cret-alice").get(), create, &created);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(s.error_message().find("the limit is 1 (slimd --tenant-max-jobs)"), std::string::npos) << s.error_message();
+  // A data-parallel job commits its per-worker quota on each of its devices: 2 × 8 MiB > 12 MiB.
   *create.mutable_spec() = TinySpec(bob_data.id(), 5);
+  create.mutable_spec()->mutable_data_parallel()->set_workers(2);
+  s = stub_->CreateJob(WithToken("s3cret-bob").get(), create, &created);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("this job's 16.0 MiB would pass the limit of 12.0 MiB (slimd --tenant-max-quota)"),
+            std::string::npos)
+      << s.error_message();
+  create.mutable_spec()->clear_data_parallel();
   EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-bob").get(), create, &created).ok());
   // Admins are exempt: two jobs at once (on any tenant's data: admins see all).
   EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-ops").get(), create, &created).ok());

@@ -6,6 +6,7 @@
 # Writes $OUT.json and $OUT.txt here (OUT=results by default).
 # Usage: [SLIMD=path] [SLIMD_FLAGS="..."] [OUT=name] run.sh [build dir] [extra slim-load flags...]
 #   e.g. SLIMD_FLAGS="--worker-nice 0" OUT=ablation-worker-nice-0 run.sh build
+# The environment passes through to slimd and its workers (e.g. OPENBLAS_NUM_THREADS=1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "${1:-build}" && pwd)
@@ -27,8 +28,8 @@ slimd_pid=$!
 for _ in $(seq 1 600); do [ -f "$dir/port" ] && break; sleep 0.1; done
 [ -f "$dir/port" ] || { cat "$dir/slimd.log"; exit 1; }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); before: $(uptime)" |
-  tee "$out.txt"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);" \
+  "OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-unset} SLIMD_FLAGS=${SLIMD_FLAGS:-none}; before: $(uptime)" | tee "$out.txt"
 "$build/bench/load/slim-load" --address "127.0.0.1:$(cat "$dir/port")" --server-pid "$slimd_pid" \
   --duration 60 --streams 200 --rate 50 --mix 1,8,1 --jobs-training 2 --warmup 10 --baseline 15 \
   --json-out "$out.json" "$@" | tee -a "$out.txt"

@@ -93,6 +93,7 @@ void PrintJob(const v1::Job& job, OutputFormat format) {
       {"output model:", job.output_model().empty() ? "-" : job.output_model()},
   };
   if (!job.replica().empty()) rows.insert(rows.begin() + 5, {"replica:", job.replica()});
+  if (p.blas_threads() > 0) rows.push_back({"BLAS threads:", std::to_string(p.blas_threads())});
   if (!job.error().empty()) {
     // error_code is a google.rpc.Code, the numbering of absl::StatusCode.
     rows.push_back({"error:", absl::StatusCodeToString(static_cast<absl::StatusCode>(job.error_code())) + " (" +

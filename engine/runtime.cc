@@ -3,6 +3,7 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <climits>
@@ -30,6 +31,33 @@ int ConfigureRuntime(int threads) {
   }
   return threads;
 }
+
+namespace {
+
+// OpenBLAS's thread-count functions, looked up at run time: libblas.so.3 is whichever BLAS
+// the machine's alternatives point to, and only OpenBLAS has them.
+using SetThreadsFn = void (*)(int);
+using GetThreadsFn = int (*)();
+
+SetThreadsFn OpenBlasSetThreads() {
+  static const auto fn = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  return fn;
+}
+
+GetThreadsFn OpenBlasGetThreads() {
+  static const auto fn = reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return fn;
+}
+
+}  // namespace
+
+int SetBlasThreads(int threads) {
+  if (OpenBlasSetThreads() == nullptr || threads < 1) return BlasThreads();
+  OpenBlasSetThreads()(threads);
+  return BlasThreads();
+}
+
+int BlasThreads() { return OpenBlasGetThreads() == nullptr ? 0 : OpenBlasGetThreads()(); }
 
 bool CudaAvailable() { return at::hasCUDA(); }
 

@@ -22,6 +22,15 @@ namespace slim {
 // Returns the intra-op thread count set.
 int ConfigureRuntime(int threads = 0);
 
+// The BLAS library's own thread pool (OpenBLAS, which LibTorch uses for CPU matmuls through
+// libblas.so.3). When several CPU workers share a machine, each pool sized to every core makes
+// them spin against each other; slimd gives each worker its share of the cores
+// (docs/service.md, "CPU threads"). SetBlasThreads(n) asks for n >= 1 threads and returns the
+// count in effect; both return 0 when the BLAS is not OpenBLAS (nothing to set). Call it only
+// between BLAS calls of this process (at a step boundary), never during one.
+int SetBlasThreads(int threads);
+int BlasThreads();
+
 // Parses "cpu", "cuda", "cuda:N". Throws EngineError(kInvalidArgument) for anything else or
 // for a CUDA device this process cannot use.
 c10::Device ParseDevice(const std::string& name);

@@ -576,9 +576,14 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
       e.peak_bytes = track_memory ? PeakMemoryBytes(device) : 0;
       e.current_bytes = track_memory ? CurrentMemoryBytes(device) : 0;
       e.step_seconds = step_seconds;
+      e.blas_threads = BlasThreads();
       emit_job_event(e);
     }
     if (spec.eval_every > 0 && step % spec.eval_every == 0 && step < total_steps) run_eval();
+    if (options.requested_blas_threads != nullptr) {
+      const int threads = options.requested_blas_threads->load();
+      if (threads >= 1 && threads != BlasThreads()) SetBlasThreads(threads);
+    }
     if (options.requested_quota_bytes != nullptr) {
       const int64_t requested = options.requested_quota_bytes->load();
       if (requested > 0 && requested != quota_bytes && requested != last_requested_quota) {

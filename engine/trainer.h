@@ -50,6 +50,10 @@ struct TrainerOptions {
   // lowered, and a `replanned` event reports the new plan. The math of training is unchanged.
   // A quota that cannot fit the job is refused with a warning and the old one kept.
   const std::atomic<int64_t>* requested_quota_bytes = nullptr;
+  // Checked after every optimizer step: a value >= 1 that differs from the BLAS library's
+  // thread count becomes it (SetBlasThreads; the host divides the machine's cores among its
+  // CPU workers). Progress events report the count in effect.
+  const std::atomic<int>* requested_blas_threads = nullptr;
   // Minimum seconds between progress events (0: after every step). The last step always reports.
   double progress_interval_seconds = 1.0;
   // Where planner calibrations are cached ("" measures every time).

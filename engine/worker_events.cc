@@ -88,6 +88,7 @@ std::string EventToJson(const TrainingEvent& e) {
       m["peak_bytes"] = JsonNumber(static_cast<double>(e.peak_bytes));
       m["current_bytes"] = JsonNumber(static_cast<double>(e.current_bytes));
       m["step_seconds"] = JsonNumber(e.step_seconds);
+      m["blas_threads"] = JsonNumber(static_cast<double>(e.blas_threads));
       break;
     case EventKind::kEval:
       m["eval_loss"] = JsonNumber(e.eval_loss);
@@ -144,6 +145,7 @@ TrainingEvent EventFromJson(const std::string& line) {
   e.peak_bytes = IntOr(o, "peak_bytes", 0);
   e.current_bytes = IntOr(o, "current_bytes", 0);
   e.step_seconds = NumberOr(o, "step_seconds", 0);
+  e.blas_threads = IntOr(o, "blas_threads", 0);
   e.eval_loss = NumberOr(o, "eval_loss", 0);
   e.path = StringOr(o, "path");
   e.adapter_path = StringOr(o, "adapter_path");

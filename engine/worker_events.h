@@ -46,6 +46,7 @@ struct TrainingEvent {
   int64_t peak_bytes = 0;    // observed peak of tensor memory on the device
   int64_t current_bytes = 0; // tensor memory in use at the report
   double step_seconds = 0;   // duration of the last optimizer step
+  int64_t blas_threads = 0;  // the BLAS library's threads now (0: not OpenBLAS, not known)
   // eval
   double eval_loss = 0;
   // checkpoint, finished (the output model), stopped (the checkpoint)

@@ -69,6 +69,10 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --cancel-grace S        seconds between SIGTERM and SIGKILL for a worker (default 30)
   --worker-nice N         workers run N niceness steps below slimd, 0..19 (default 10), so that
                           RPCs are answered promptly while workers keep the cores busy
+  --worker-cpu-threads N  cores divided among the CPU workers' BLAS thread pools, each worker
+                          getting its share as jobs start and end (default 0: the cores slimd
+                          may use, after CPU affinity and a cgroup CPU limit; -1: leave every
+                          worker's BLAS at its default, all cores)
   --max-dataset-size SIZE largest dataset upload (default 1GiB)
   --executor-threads N    threads for planning, model loading and generation (default 2)
   --port-file FILE        write the port actually bound here once serving
@@ -226,6 +230,8 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
   o.manager.worker_nice = static_cast<int>(flags.Int("worker-nice", 10, 0));
   slim::CheckArgument(o.manager.worker_nice <= 19, "--worker-nice: must be in [0, 19]");
+  o.manager.worker_cpu_threads = static_cast<int>(flags.Int("worker-cpu-threads", 0, -1));
+  slim::CheckArgument(o.manager.worker_cpu_threads <= 4096, "--worker-cpu-threads: must be in [-1, 4096]");
   o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
   o.manager.tenant_max_jobs = static_cast<int>(flags.Int("tenant-max-jobs", 0, 0));
   o.manager.tenant_max_quota_bytes = flags.Has("tenant-max-quota") ? flags.Bytes("tenant-max-quota", -1) : 0;

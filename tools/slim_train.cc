@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cmath>
@@ -65,9 +66,13 @@ run flags:
   --no-resume               start over even if DIR has checkpoints (they are kept until
                             replaced)
   --threads N               LibTorch intra-op threads (default 1, see docs/engine.md)
+  --blas-threads N          OpenBLAS threads for matmuls (default: the library's, every core);
+                            slimd gives each CPU worker its share of the cores
   --control-stdin           worker mode: read control commands from stdin, one JSON per line:
                             {"command":"set_quota","quota_bytes":N} re-plans the chunk size
-                            for a new quota at the next step boundary
+                            for a new quota at the next step boundary;
+                            {"command":"set_threads","threads":N} sets the OpenBLAS threads
+                            at the next step boundary
   --device D                train on D (cpu, cuda, cuda:N) instead of the spec's memory.device
   SIGTERM or Ctrl-C: the current step finishes, a checkpoint is written, exit status 75.
 
@@ -112,9 +117,12 @@ examples:
 std::atomic<bool> g_stop_requested{false};
 // Set by a `set_quota` control command (--control-stdin); applied at the next step boundary.
 std::atomic<int64_t> g_requested_quota{0};
+// Set by a `set_threads` control command; applied at the next step boundary.
+std::atomic<int> g_requested_blas_threads{0};
 
 // Reads control commands, one JSON object per line, from stdin until EOF:
 //   {"command":"set_quota","quota_bytes":N}   shrink-to-fit (or grow) at the next step boundary
+//   {"command":"set_threads","threads":N}      OpenBLAS threads from the next step boundary
 // Anything else is reported on stderr and ignored.
 void ReadControlCommands() {
   std::string line;
@@ -126,6 +134,13 @@ void ReadControlCommands() {
       if (name != command.members.end() && name->second.text == "set_quota" && quota != command.members.end() &&
           quota->second.kind == slim::Json::kNumber && quota->second.number > 0) {
         g_requested_quota.store(static_cast<int64_t>(quota->second.number));
+        continue;
+      }
+      const auto threads = command.members.find("threads");
+      if (name != command.members.end() && name->second.text == "set_threads" && threads != command.members.end() &&
+          threads->second.kind == slim::Json::kNumber && threads->second.number >= 1 &&
+          threads->second.number <= 4096) {
+        g_requested_blas_threads.store(static_cast<int>(threads->second.number));
         continue;
       }
     } catch (const std::exception&) {
@@ -230,6 +245,7 @@ int Run(const slim::tools::Flags& flags) {
   const double progress_interval = flags.Double("progress-interval", 1.0);
   const bool no_resume = flags.Bool("no-resume");
   const int64_t threads = flags.Int("threads", 0, 0);
+  const int64_t blas_threads = flags.Int("blas-threads", 0, 0);
   const bool control_stdin = flags.Bool("control-stdin");
   const std::string device = flags.Has("device") ? flags.String("device", "") : "";
   slim::DataParallelOptions dist;
@@ -283,6 +299,7 @@ int Run(const slim::tools::Flags& flags) {
 
     slim::InstallCpuMemoryTracker();
     slim::ConfigureRuntime(static_cast<int>(threads));
+    if (blas_threads > 0) slim::SetBlasThreads(static_cast<int>(std::min<int64_t>(blas_threads, 4096)));
     std::signal(SIGTERM, RequestStop);
     std::signal(SIGINT, RequestStop);
     // Past a file-size limit (RLIMIT_FSIZE), writes fail with EFBIG and are reported like a
@@ -295,6 +312,7 @@ int Run(const slim::tools::Flags& flags) {
     if (control_stdin) {
       std::thread(ReadControlCommands).detach();  // blocks on stdin; ends with the process
       options.requested_quota_bytes = &g_requested_quota;
+      options.requested_blas_threads = &g_requested_blas_threads;
     }
     options.progress_interval_seconds = progress_interval;
     options.calibration_cache_dir = slim::DefaultCalibrationCacheDir();

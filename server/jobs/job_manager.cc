@@ -25,6 +25,7 @@
 #include "engine/json.h"
 #include "engine/model_file.h"
 #include "engine/trainer.h"
+#include "server/common/cpu_cores.h"
 #include "server/common/sha256.h"
 #include "server/common/status_macros.h"
 #include "server/supervise/worker_process.h"
@@ -103,10 +104,10 @@ v1::JobEvent Event(const std::string& kind, const std::string& message = "") {
 }
 
 
+bool IsCpuDevice(const std::string& device) { return device.rfind("cpu", 0) == 0; }
+
 // "cpu:1" → "cpu" (declared CPU devices share the process's CPU), "cuda:0" stays.
-std::string WorkerDevice(const std::string& device) {
-  return device.rfind("cpu", 0) == 0 ? "cpu" : device;
-}
+std::string WorkerDevice(const std::string& device) { return IsCpuDevice(device) ? "cpu" : device; }
 
 absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
@@ -192,6 +193,7 @@ struct JobManager::Rank {
   WorkerExit exit;                        // once exited
   std::string failed_code;                // its `failed` event, if it reported one
   std::string failed_message;
+  int blas_threads = 0;                   // CPU workers: the BLAS threads it was last given
 };
 
 struct JobManager::Running {
@@ -902,6 +904,7 @@ void JobManager::SchedulePass() {
     }
   }
   if (fleet()) ReleaseUnneededReservations(placed);
+  BalanceCpuThreads();
   // Queue positions for the jobs still waiting. (In a fleet every replica computes the same
   // order; a write that races another replica is refused by the store and skipped.)
   std::vector<QueuedJob> waiting;
@@ -953,6 +956,13 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
     }
     rendezvous = "file://" + (dir / absl::StrCat("dist-init.", attempt)).string();
   }
+  // New CPU workers start with an even share of the cores; BalanceCpuThreads at the end of
+  // this pass evens out every worker's.
+  int cpu_workers = static_cast<int>(std::count_if(devices.begin(), devices.end(), IsCpuDevice));
+  for (const auto& [id, other] : running_) {
+    for (const Rank& k : other->ranks) cpu_workers += k.worker != nullptr && IsCpuDevice(k.device) ? 1 : 0;
+  }
+  const int start_threads = CpuThreadBudget() > 0 ? std::max(1, CpuThreadBudget() / std::max(1, cpu_workers)) : 0;
   auto r = std::make_unique<Running>();
   r->attempt = attempt;
   r->fence_epoch = fence_epoch_.load();
@@ -970,12 +980,17 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
         w.argv.push_back(arg);
       }
     }
+    Rank& k = r->ranks[rank];
+    k.device = devices[rank];
+    if (start_threads > 0 && IsCpuDevice(k.device)) {
+      w.argv.push_back("--blas-threads");
+      w.argv.push_back(std::to_string(start_threads));
+      k.blas_threads = start_threads;
+    }
     w.log_path = (dir / (rank == 0 ? std::string("worker.log") : absl::StrCat("worker-rank", rank, ".log"))).string();
     w.nice = options_.worker_nice;
     w.on_event = [this, job_id, rank](const TrainingEvent& e) { OnWorkerEvent(job_id, rank, e); };
     w.on_exit = [this, job_id, attempt, rank](const WorkerExit& exit) { OnWorkerExit(job_id, attempt, rank, exit); };
-    Rank& k = r->ranks[rank];
-    k.device = devices[rank];
     absl::StatusOr<std::unique_ptr<WorkerProcess>> worker = WorkerProcess::Start(std::move(w));
     if (!worker.ok()) {
       started = worker.status();
@@ -1082,6 +1097,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
       progress.set_eta_seconds(e.eta_seconds);
       progress.set_current_bytes(e.current_bytes);
       progress.set_step_seconds(e.step_seconds);
+      progress.set_blas_threads(static_cast<int32_t>(e.blas_threads));
       job.set_observed_peak_bytes(std::max(job.observed_peak_bytes(), e.peak_bytes));
       event = Event("progress");
       event.set_observed_peak_bytes(job.observed_peak_bytes());
@@ -1295,6 +1311,32 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
   }
   if (IsTerminal(job.state())) *job.mutable_end_time() = Now();
   (void)Record(job, event);
+}
+
+int JobManager::CpuThreadBudget() const {
+  if (options_.worker_cpu_threads < 0) return 0;
+  if (options_.worker_cpu_threads > 0) return options_.worker_cpu_threads;
+  return AvailableCpuCores();
+}
+
+void JobManager::BalanceCpuThreads() {
+  const int budget = CpuThreadBudget();
+  if (budget == 0) return;
+  std::vector<Rank*> cpu;  // live CPU workers, in job id and rank order
+  for (auto& [id, r] : running_) {
+    for (Rank& k : r->ranks) {
+      if (k.worker != nullptr && !r->lost && IsCpuDevice(k.device)) cpu.push_back(&k);
+    }
+  }
+  const int n = static_cast<int>(cpu.size());
+  for (int i = 0; i < n; ++i) {
+    // An even split; the first budget % n workers get the cores left over.
+    const int share = std::max(1, budget / n + (i < budget % n ? 1 : 0));
+    if (cpu[i]->blas_threads == share) continue;
+    if (cpu[i]->worker->SendControl(absl::StrCat("{\"command\":\"set_threads\",\"threads\":", share, "}")).ok()) {
+      cpu[i]->blas_threads = share;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

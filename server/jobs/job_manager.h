@@ -88,6 +88,12 @@ struct JobManagerOptions {
   // the workers keep busy, RPCs and WatchJob streams still get the CPU as soon as they need it
   // (docs/operations.md, "Load"). slimd needs little CPU, so training loses little.
   int worker_nice = 10;
+  // CPU workers' BLAS thread pools (OpenBLAS: every core each, by default) spin against each
+  // other when several workers share the machine; the manager divides this many cores among
+  // the live CPU workers, telling each its share at launch and whenever the count changes
+  // (docs/service.md, "CPU threads"). 0: the cores this process may use (AvailableCpuCores:
+  // affinity and cgroup CPU limit); -1: leave the workers alone.
+  int worker_cpu_threads = 0;
   int64_t max_dataset_bytes = int64_t{1} << 30;
   std::string calibration_cache_dir;
   double scheduler_interval_seconds = 1.0;  // periodic pass besides the event-driven ones
@@ -193,6 +199,10 @@ class JobManager {
   absl::StatusOr<v1::Job> CancelRunning(v1::Job job, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // CANCELLED straight from QUEUED.
   absl::StatusOr<v1::Job> CancelQueued(v1::Job job, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives every live CPU worker its share of options_.worker_cpu_threads (set_threads).
+  void BalanceCpuThreads() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The cores to divide among CPU workers; 0 when the manager leaves their threads alone.
+  int CpuThreadBudget() const;
   void NotifyWatchers(const std::string& job_id);
   void NotifyAllWatchers();
   void Wake();

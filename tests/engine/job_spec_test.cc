@@ -218,6 +218,7 @@ TEST(WorkerEvents, RoundTripExactly) {
   e.tokens_per_second = 5123.25;
   e.eta_seconds = 88;
   e.peak_bytes = int64_t{3} << 30;
+  e.blas_threads = 2;
   const std::string line = EventToJson(e);
   EXPECT_EQ(line.find('\n'), std::string::npos);
   const TrainingEvent back = EventFromJson(line);
@@ -227,6 +228,7 @@ TEST(WorkerEvents, RoundTripExactly) {
   EXPECT_EQ(back.lr, e.lr);
   EXPECT_EQ(back.tokens, e.tokens);
   EXPECT_EQ(back.peak_bytes, e.peak_bytes);
+  EXPECT_EQ(back.blas_threads, 2);
   EXPECT_EQ(EventToJson(back), line);
 
   TrainingEvent failed;

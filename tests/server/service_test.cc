@@ -703,6 +703,45 @@ TEST_F(OneDeviceTest, JobExceedingItsQuotaFailsAloneAsResourceExhausted) {
   EXPECT_EQ(got.job().error_code(), 0);
 }
 
+// CPU workers share the cores: slimd divides --worker-cpu-threads (here 4) among the live CPU
+// workers' BLAS pools, and re-divides when one starts or ends.
+class CpuThreadsTest : public ServiceTest {
+ protected:
+  void Configure(JobManagerOptions* o) override { o->worker_cpu_threads = 4; }
+
+  // Polls GetJob until the job reports `threads` BLAS threads; the count it reported last.
+  int WaitForThreads(const std::string& id, int threads) {
+    v1::GetJobRequest get;
+    get.set_id(id);
+    v1::GetJobResponse got;
+    for (int i = 0; i < 600; ++i) {
+      if (!stub_->GetJob(Context().get(), get, &got).ok()) break;
+      if (got.job().progress().blas_threads() == threads) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return got.job().progress().blas_threads();
+  }
+};
+
+TEST_F(CpuThreadsTest, CpuWorkersShareTheCoresAsJobsStartAndEnd) {
+  const std::string dataset = UploadedDataset();
+  v1::Job first, second;
+  ASSERT_TRUE(Create(TinySpec(dataset, 1000000), &first).ok());
+  EXPECT_EQ(WaitForThreads(first.id(), 4), 4) << "alone, a worker gets every core";
+  ASSERT_TRUE(Create(TinySpec(dataset, 1000000), &second).ok());
+  EXPECT_EQ(WaitForThreads(second.id(), 2), 2);
+  EXPECT_EQ(WaitForThreads(first.id(), 2), 2) << "the running worker gives half back";
+  v1::CancelJobRequest cancel;
+  v1::CancelJobResponse response;
+  cancel.set_id(second.id());
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &response).ok());
+  Watch(second.id(), 0);
+  EXPECT_EQ(WaitForThreads(first.id(), 4), 4) << "the survivor gets the cores back";
+  cancel.set_id(first.id());
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &response).ok());
+  Watch(first.id(), 0);
+}
+
 // A server with a tokens file: every method needs "authorization: Bearer <known token>".
 class AuthTest : public ServiceTest {
  protected:

@@ -75,12 +75,17 @@ table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bot
        "<th>chunk</th><th>peak (predicted / observed)</th><th>progress</th><th>loss</th><th>tokens/s</th></tr>\n";
   for (const v1::Job& j : jobs) {
     const v1::JobProgress& p = j.progress();
+    std::string devices = j.device();  // every rank's for a data-parallel job
+    if (j.devices_size() > 1) {
+      devices.clear();
+      for (const std::string& d : j.devices()) devices += (devices.empty() ? "" : ", ") + d;
+    }
     const double done = p.total_steps() > 0 ? static_cast<double>(p.step()) / static_cast<double>(p.total_steps()) : 0;
     char loss[32], tps[32];
     std::snprintf(loss, sizeof(loss), "%.4f", p.loss());
     std::snprintf(tps, sizeof(tps), "%.0f", p.tokens_per_second());
     h += "<tr class=\"job\"><td>" + Html(j.id()) + "</td><td>" + Html(j.display_name()) + "</td><td>" + State(j.state()) +
-         (j.queue_position() > 0 ? " #" + std::to_string(j.queue_position()) : "") + "</td><td>" + Html(j.device()) +
+         (j.queue_position() > 0 ? " #" + std::to_string(j.queue_position()) : "") + "</td><td>" + Html(devices) +
          "</td><td>" + FormatBytes(j.quota_bytes()) + "</td><td>" + std::to_string(j.chunk_size()) + " " + Html(j.mode()) +
          "</td><td>" + FormatBytes(j.predicted_peak_bytes()) + " / " + FormatBytes(j.observed_peak_bytes()) +
          "</td><td><span class=\"prog\"><div style=\"width:" + Percent(done) + "\"></div></span> " +

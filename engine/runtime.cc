@@ -49,10 +49,18 @@ GetThreadsFn OpenBlasGetThreads() {
   return fn;
 }
 
+// 0 sequential, 1 its own pthread pool, 2 OpenMP; -1 when not OpenBLAS.
+int OpenBlasParallelism() {
+  static const auto fn = reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+  return fn == nullptr ? -1 : fn();
+}
+
 }  // namespace
 
 int SetBlasThreads(int threads) {
-  if (OpenBlasSetThreads() == nullptr || threads < 1) return BlasThreads();
+  // Only the pthread build: OpenMP builds set the calling thread's OpenMP threads, which are
+  // LibTorch's intra-op threads too (kept at 1 on purpose, see ConfigureRuntime).
+  if (OpenBlasSetThreads() == nullptr || threads < 1 || OpenBlasParallelism() != 1) return BlasThreads();
   OpenBlasSetThreads()(threads);
   return BlasThreads();
 }

@@ -26,7 +26,9 @@ int ConfigureRuntime(int threads = 0);
 // libblas.so.3). When several CPU workers share a machine, each pool sized to every core makes
 // them spin against each other; slimd gives each worker its share of the cores
 // (docs/service.md, "CPU threads"). SetBlasThreads(n) asks for n >= 1 threads and returns the
-// count in effect; both return 0 when the BLAS is not OpenBLAS (nothing to set). Call it only
+// count in effect; both return 0 when the BLAS is not OpenBLAS (nothing to set). Only
+// OpenBLAS's pthread build is changed: its OpenMP build would also change LibTorch's OpenMP
+// threads, so there SetBlasThreads leaves the count alone and returns it. Call it only
 // between BLAS calls of this process (at a step boundary), never during one.
 int SetBlasThreads(int threads);
 int BlasThreads();

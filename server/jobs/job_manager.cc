@@ -131,35 +131,38 @@ std::string ConfigJson(const ModelConfig& config) {
   return SerializeJson(o);
 }
 
+// A process that has not exited (a zombie's command line is empty).
+bool ProcessRuns(long pid) {
+  std::ifstream now("/proc/" + std::to_string(pid) + "/cmdline");
+  return now.good() && now.peek() != std::ifstream::traits_type::eof();
+}
+
 // Workers left by a server that was killed (or, in a fleet, by a replica that lost the job):
 // their pids are in <job dir>/worker.pid, one per line (one per rank of a data-parallel job).
 // Each that runs slim-train on this job directory on this machine has its process group ended
 // and is waited for, so that the resumed workers are alone in the job directory. (A pid
 // written on another machine names nothing here, or a process whose command line does not
 // name this directory.)
-void KillOrphanedWorker(const std::string& job_dir, long pid) {
-  if (pid <= 1) return;
-  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string command((std::istreambuf_iterator<char>(cmdline)), {});
-  // Arguments are NUL-separated: "--out\0<job dir>\0" is this job's worker.
-  if (command.find("slim-train") == std::string::npos ||
-      command.find(std::string("--out") + '\0' + job_dir + '\0') == std::string::npos) {
-    return;  // gone, the pid was reused, or another job's worker
-  }
-  ::kill(-static_cast<pid_t>(pid), SIGKILL);
-  // It is not our child, so it cannot be waited for. Dead is enough: a zombie (empty command
-  // line) writes nothing, whether or not an init process reaps it soon.
-  const auto runs = [&] {
-    std::ifstream now("/proc/" + std::to_string(pid) + "/cmdline");
-    return now.good() && now.peek() != std::ifstream::traits_type::eof();
-  };
-  for (int i = 0; i < 500 && runs(); ++i) absl::SleepFor(absl::Milliseconds(10));
-}
-
 void KillOrphanedWorkers(const std::string& job_dir) {
   std::ifstream pid_file(job_dir + "/worker.pid");
-  long pid = 0;
-  while (pid_file >> pid) KillOrphanedWorker(job_dir, pid);
+  std::vector<long> killed;
+  for (long pid = 0; pid_file >> pid;) {
+    if (pid <= 1) continue;
+    std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string command((std::istreambuf_iterator<char>(cmdline)), {});
+    // Arguments are NUL-separated: "--out\0<job dir>\0" is this job's worker.
+    if (command.find("slim-train") == std::string::npos ||
+        command.find(std::string("--out") + '\0' + job_dir + '\0') == std::string::npos) {
+      continue;  // gone, the pid was reused, or another job's worker
+    }
+    ::kill(-static_cast<pid_t>(pid), SIGKILL);
+    killed.push_back(pid);
+  }
+  // They are not our children, so they cannot be waited for. Dead is enough: a zombie (empty
+  // command line) writes nothing, whether or not an init process reaps it soon.
+  for (int i = 0; i < 500 && std::any_of(killed.begin(), killed.end(), ProcessRuns); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
 }
 
 // One page of what `caller` may see: store pages are fetched with the size still missing, so
@@ -190,11 +193,20 @@ struct JobManager::Rank {
   std::string device;
   std::unique_ptr<WorkerProcess> worker;  // null once it exited (moved to finished_workers_)
   bool exited = false;
+  int exit_order = 0;                     // 1 for the group's first rank to exit, 2, ...
+  bool told_to_stop = false;              // slimd sent it SIGTERM or SIGKILL
   WorkerExit exit;                        // once exited
   std::string failed_code;                // its `failed` event, if it reported one
   std::string failed_message;
   int blas_threads = 0;                   // CPU workers: the BLAS threads it was last given
 };
+
+// A data-parallel rank's `failed` event that is about itself, not about a peer that went away
+// ("another rank exited, ..." or "could not join at ...", engine/data_parallel.cc).
+bool JobManager::OwnFailure(const Rank& k) {
+  return !k.failed_code.empty() && k.failed_message.find("another rank exited") == std::string::npos &&
+         k.failed_message.find("could not join at") == std::string::npos;
+}
 
 struct JobManager::Running {
   std::vector<Rank> ranks;  // rank 0 first
@@ -208,24 +220,37 @@ struct JobManager::Running {
   int64_t pending_quota = 0;  // shrink requested, not yet confirmed by the worker
   bool shrink_refused = false;  // the worker could not fit a smaller quota
   std::string shrink_for;     // the job the shrink makes room for
-  bool group_ending = false;  // data-parallel: a rank ended abnormally; the others were told to stop
+  // Data-parallel: the rank whose own failure or unrequested abnormal end came first (-1: none
+  // yet); from then on the group is ending and the others have been told to stop.
+  int culprit = -1;
 
   WorkerProcess& worker() { return *ranks.front().worker; }  // rank 0, while it runs
   bool data_parallel() const { return ranks.size() > 1; }
+  // SIGTERM (SIGKILL after the grace) to every live rank not told to stop yet: a second
+  // SIGTERM would end a worker at once, before its checkpoint.
   void TerminateAll(double grace_seconds) {
     for (Rank& k : ranks) {
-      if (k.worker != nullptr) k.worker->Terminate(grace_seconds);
+      if (k.worker == nullptr || k.told_to_stop) continue;
+      k.told_to_stop = true;
+      k.worker->Terminate(grace_seconds);
     }
   }
   void KillAll() {
     for (Rank& k : ranks) {
-      if (k.worker != nullptr) k.worker->Kill();
+      if (k.worker == nullptr) continue;
+      k.told_to_stop = true;
+      k.worker->Kill();
     }
   }
 };
 
 JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* observer)
-    : store_(store), options_(std::move(options)), observer_(observer) {}
+    : store_(store),
+      options_(std::move(options)),
+      observer_(observer),
+      cpu_thread_budget_(options_.worker_cpu_threads < 0   ? 0
+                         : options_.worker_cpu_threads > 0 ? options_.worker_cpu_threads
+                                                           : AvailableCpuCores()) {}
 
 JobManager::~JobManager() { Shutdown(); }
 
@@ -834,7 +859,11 @@ void JobManager::SchedulePass() {
   std::vector<QueuedJob> queued;
   for (const v1::Job& job : *queued_jobs) {
     if (running_.count(job.id())) continue;  // its previous worker has not exited yet
-    queued.push_back({job.id(), job.spec().memory().device_kind(), job.priority(), job.quota_bytes(),
+    // A data-parallel job's ranks must share one kind of device (one process group): without
+    // a kind, the one CreateJob planned and counted devices for.
+    std::string kind = job.spec().memory().device_kind();
+    if (kind.empty() && Workers(job.spec()) > 1) kind = options_.devices.front().kind;
+    queued.push_back({job.id(), kind, job.priority(), job.quota_bytes(),
                       job.create_time().seconds() * 1000000000 + job.create_time().nanos(), Workers(job.spec())});
   }
   std::vector<RunningJob> running;
@@ -951,9 +980,10 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
   // attempt, and those of earlier attempts (left by crashed groups) removed.
   std::string rendezvous;
   if (world_size > 1) {
-    for (const auto& entry : fs::directory_iterator(dir, ec)) {
-      if (entry.path().filename().string().rfind("dist-init.", 0) == 0) fs::remove(entry.path(), ec);
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->path().filename().string().rfind("dist-init.", 0) == 0) fs::remove(it->path(), ec);
     }
+    ec.clear();
     rendezvous = "file://" + (dir / absl::StrCat("dist-init.", attempt)).string();
   }
   // New CPU workers start with an even share of the cores; BalanceCpuThreads at the end of
@@ -962,7 +992,7 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
   for (const auto& [id, other] : running_) {
     for (const Rank& k : other->ranks) cpu_workers += k.worker != nullptr && IsCpuDevice(k.device) ? 1 : 0;
   }
-  const int start_threads = CpuThreadBudget() > 0 ? std::max(1, CpuThreadBudget() / std::max(1, cpu_workers)) : 0;
+  const int start_threads = cpu_thread_budget_ > 0 ? std::max(1, cpu_thread_budget_ / std::max(1, cpu_workers)) : 0;
   auto r = std::make_unique<Running>();
   r->attempt = attempt;
   r->fence_epoch = fence_epoch_.load();
@@ -1057,10 +1087,8 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
     Rank& k = r.ranks[rank];
     k.failed_code = e.code;
     k.failed_message = e.message;
-    if (!r.group_ending) {
-      r.group_ending = true;
-      r.TerminateAll(options_.cancel_grace_seconds);
-    }
+    if (r.culprit < 0 && OwnFailure(k)) r.culprit = rank;
+    r.TerminateAll(options_.cancel_grace_seconds);
     return;
   }
   // Ranks other than 0 report only their own plan and warnings (docs/worker-protocol.md).
@@ -1219,6 +1247,8 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
   Running& group = *it->second;
   Rank& ended = group.ranks[rank];
   ended.exited = true;
+  ended.exit_order = static_cast<int>(
+      std::count_if(group.ranks.begin(), group.ranks.end(), [](const Rank& k) { return k.exited; }));
   ended.exit = rank_exit;
   {
     absl::MutexLock fence(&fence_mu_);
@@ -1226,9 +1256,11 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
   }
   finished_workers_.push_back(std::move(ended.worker));
   const bool abnormal = rank_exit.signaled || (rank_exit.exit_status != 0 && rank_exit.exit_status != 75);
-  if (group.data_parallel() && abnormal && !group.group_ending) {
-    // The others fail at their next collective anyway; make sure none is left behind.
-    group.group_ending = true;
+  // A rank that crashed or was killed by someone else, without reporting that a peer went away.
+  if (group.culprit < 0 && abnormal && !ended.told_to_stop && ended.failed_code.empty()) group.culprit = rank;
+  if (group.data_parallel() && (abnormal || rank == 0)) {
+    // The others fail at their next collective anyway, and after rank 0 (which writes the
+    // outputs and checkpoints) there is nothing left to wait for: make sure none is left behind.
     group.TerminateAll(options_.cancel_grace_seconds);
   }
   if (!std::all_of(group.ranks.begin(), group.ranks.end(), [](const Rank& k) { return k.exited; })) return;
@@ -1243,21 +1275,26 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
   // A job whose outcome was recorded is done, unless a cancel arrived after that record.
   if (r->saw_terminal && job.state() != v1::JOB_STATE_CANCELLING) return;
 
-  // The rank whose end explains the group's (the only one of an ordinary job): one that reported
-  // a failure of its own, else one killed by a signal, else one that exited abnormally, else
-  // rank 0. The others' failures only say that a peer went away ("another rank exited, ..."
-  // or "could not join at ...", engine/data_parallel.cc).
-  const auto own_failure = [](const Rank& k) {
-    return !k.failed_code.empty() && k.failed_message.find("another rank exited") == std::string::npos &&
-           k.failed_message.find("could not join at") == std::string::npos;
-  };
-  const auto signaled = [](const Rank& k) { return k.exit.signaled; };
+  // The rank whose end explains the group's (the only one of an ordinary job): the first that
+  // reported a failure of its own, or crashed or was killed before slimd stopped any rank
+  // (r->culprit); else the first to end abnormally without reporting that a peer went away
+  // (it may have been killed from outside just as slimd was stopping it); else the first to
+  // end abnormally; else rank 0.
   const auto abnormal_exit = [](const Rank& k) {
     return k.exit.signaled || (k.exit.exit_status != 0 && k.exit.exit_status != 75);
   };
-  auto culprit = std::find_if(r->ranks.begin(), r->ranks.end(), own_failure);
-  if (culprit == r->ranks.end()) culprit = std::find_if(r->ranks.begin(), r->ranks.end(), signaled);
-  if (culprit == r->ranks.end()) culprit = std::find_if(r->ranks.begin(), r->ranks.end(), abnormal_exit);
+  const auto first_exit_where = [&](const auto& pred) {
+    auto found = r->ranks.end();
+    for (auto k = r->ranks.begin(); k != r->ranks.end(); ++k) {
+      if (pred(*k) && (found == r->ranks.end() || k->exit_order < found->exit_order)) found = k;
+    }
+    return found;
+  };
+  auto culprit = r->culprit >= 0 ? r->ranks.begin() + r->culprit : r->ranks.end();
+  if (culprit == r->ranks.end()) {
+    culprit = first_exit_where([&](const Rank& k) { return abnormal_exit(k) && k.failed_code.empty(); });
+  }
+  if (culprit == r->ranks.end()) culprit = first_exit_where(abnormal_exit);
   if (culprit == r->ranks.end()) culprit = r->ranks.begin();
   const WorkerExit& exit = culprit->exit;
   const std::string worker =
@@ -1286,7 +1323,7 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
     event = Event("requeued", absl::StrCat("replica ", options_.replica_id,
                                            " could not renew its leases in time and stopped the worker (", how,
                                            "); resumes from its last checkpoint"));
-  } else if (own_failure(*culprit)) {
+  } else if (r->data_parallel() && OwnFailure(*culprit)) {
     // A data-parallel rank's own failure (an ordinary worker's was recorded when reported).
     SetFailed(&job, WorkerErrorCode(culprit->failed_code),
               absl::StrCat(culprit->failed_code, ": ", worker, ": ", culprit->failed_message));
@@ -1313,14 +1350,9 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
   (void)Record(job, event);
 }
 
-int JobManager::CpuThreadBudget() const {
-  if (options_.worker_cpu_threads < 0) return 0;
-  if (options_.worker_cpu_threads > 0) return options_.worker_cpu_threads;
-  return AvailableCpuCores();
-}
 
 void JobManager::BalanceCpuThreads() {
-  const int budget = CpuThreadBudget();
+  const int budget = cpu_thread_budget_;
   if (budget == 0) return;
   std::vector<Rank*> cpu;  // live CPU workers, in job id and rank order
   for (auto& [id, r] : running_) {

@@ -172,6 +172,7 @@ class JobManager {
  private:
   struct Rank;     // one worker process of a running job
   struct Running;  // a job with live workers
+  static bool OwnFailure(const Rank& rank);
 
   // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
   // the datasets and model must be visible to `caller`.
@@ -201,8 +202,6 @@ class JobManager {
   absl::StatusOr<v1::Job> CancelQueued(v1::Job job, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives every live CPU worker its share of options_.worker_cpu_threads (set_threads).
   void BalanceCpuThreads() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The cores to divide among CPU workers; 0 when the manager leaves their threads alone.
-  int CpuThreadBudget() const;
   void NotifyWatchers(const std::string& job_id);
   void NotifyAllWatchers();
   void Wake();
@@ -235,6 +234,9 @@ class JobManager {
   Store& store_;
   const JobManagerOptions options_;
   JobObserver* const observer_;
+  // The cores to divide among CPU workers (read once: affinity and cgroup limits at start);
+  // 0 when the manager leaves their threads alone.
+  const int cpu_thread_budget_;
 
   // Checks tenant limits against the store; held from the check to the insert, so two requests
   // of one tenant cannot both pass a limit that only one fits.

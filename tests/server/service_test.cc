@@ -632,6 +632,36 @@ TEST_F(ServiceTest, DataParallelGroupIsRetriedAsAWholeAndCancelledAsAWhole) {
   for (const pid_t pid : running) EXPECT_NE(::kill(pid, 0), 0) << "rank pid " << pid << " outlived its cancelled job";
 }
 
+// slimd SIGKILLs the ranks it stops 50 ms after SIGTERM here, so the survivors of a killed rank
+// usually die by slimd's signal before they notice the loss themselves.
+class QuickKillTest : public ServiceTest {
+ protected:
+  void Configure(JobManagerOptions* o) override { o->cancel_grace_seconds = 0.05; }
+};
+
+// The rank that was killed from outside is named, not the ranks slimd stopped after it (which
+// also died by a signal).
+TEST_F(QuickKillTest, DataParallelRetryBlamesTheKilledRankNotTheOnesSlimdStopped) {
+  const std::string dataset = UploadedDataset();
+  v1::JobSpec spec = TinySpec(dataset, 40);
+  spec.mutable_data_parallel()->set_workers(2);
+  v1::Job job;
+  ASSERT_TRUE(Create(spec, &job).ok());
+  WaitForEvent(job.id(), "progress");
+  const std::vector<pid_t> pids = WorkerPids(dir_ + "/jobs/" + job.id());
+  ASSERT_EQ(pids.size(), 2u);
+  ASSERT_EQ(::kill(pids[1], SIGKILL), 0);
+  std::vector<v1::JobEvent> events;
+  for (const v1::WatchJobResponse& item : Watch(job.id(), 0)) {
+    if (item.has_event()) events.push_back(item.event());
+  }
+  const auto retry = std::find_if(events.begin(), events.end(), [](const v1::JobEvent& e) { return e.kind() == "retrying"; });
+  ASSERT_NE(retry, events.end());
+  EXPECT_EQ(retry->message().rfind("rank 1 of 2 (cpu:", 0), 0u) << retry->message();
+  EXPECT_NE(retry->message().find("killed by signal 9"), std::string::npos) << retry->message();
+  EXPECT_EQ(events.back().kind(), "succeeded") << events.back().message();
+}
+
 // One device, so that a failing job and its neighbour share it.
 class OneDeviceTest : public ServiceTest {
  protected:

@@ -866,6 +866,17 @@ void JobManager::SchedulePass() {
     queued.push_back({job.id(), kind, job.priority(), job.quota_bytes(),
                       job.create_time().seconds() * 1000000000 + job.create_time().nanos(), Workers(job.spec())});
   }
+  if (!fleet()) {
+    // A job this server's devices can never take (it was restarted with fewer or smaller
+    // devices) waits, like any other, but says why, once per run of the server. (In a fleet,
+    // another replica may have the devices.)
+    for (const QueuedJob& q : queued) {
+      const std::string why = WhyNeverPlaceable(options_.devices, q);
+      if (why.empty() || !never_placeable_.insert(q.id).second) continue;
+      absl::StatusOr<v1::Job> job = store_.GetJob(q.id);
+      if (job.ok()) (void)Record(*job, Event("warning", "cannot be placed on this server's devices: " + why));
+    }
+  }
   std::vector<RunningJob> running;
   for (const auto& [id, r] : running_) {
     absl::StatusOr<v1::Job> job = store_.GetJob(id);

@@ -256,6 +256,8 @@ class JobManager {
   std::thread scheduler_;
   // Fleets: QUEUED jobs this replica claimed to shrink running jobs for.
   std::set<std::string> reserved_ ABSL_GUARDED_BY(mu_);
+  // Queued jobs whose "cannot be placed" warning was recorded in this run.
+  std::set<std::string> never_placeable_ ABSL_GUARDED_BY(mu_);
 
   // Fleets: the lease and fence threads' state. Lock order: mu_ before fence_mu_.
   absl::Mutex fence_mu_;

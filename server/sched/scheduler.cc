@@ -1,6 +1,9 @@
 #include "server/sched/scheduler.h"
 
 #include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/byte_size.h"
 #include <map>
 #include <set>
 #include <utility>
@@ -109,6 +112,19 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
     }
   }
   return decision;
+}
+
+std::string WhyNeverPlaceable(const std::vector<DeviceCapacity>& devices, const QueuedJob& job) {
+  int fitting = 0;
+  for (const DeviceCapacity& d : devices) {
+    if (KindMatches(job, d) && d.capacity_bytes >= job.quota_bytes) ++fitting;
+  }
+  const int needed = std::max(1, job.workers);
+  if (fitting >= needed) return "";
+  const std::string kind = job.device_kind.empty() ? "" : job.device_kind + " ";
+  return absl::StrCat("needs ", needed, " ", kind, needed == 1 ? "device" : "devices", " with ",
+                      FormatBytes(job.quota_bytes), needed == 1 ? "" : " each", "; there ", fitting == 1 ? "is " : "are ",
+                      fitting);
 }
 
 std::vector<std::pair<std::string, int>> QueuePositions(std::vector<QueuedJob> queued) {

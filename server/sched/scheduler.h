@@ -69,6 +69,11 @@ struct ScheduleDecision {
 ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,
                           std::vector<QueuedJob> queued);
 
+// Why `job` could not be placed even on these devices empty (its quota is larger than every
+// device of its kind, or it needs more devices of its kind than there are), e.g. "needs 2 cpu
+// devices with 8.0 MiB each; there are 1"; "" when it could.
+std::string WhyNeverPlaceable(const std::vector<DeviceCapacity>& devices, const QueuedJob& job);
+
 // 1-based positions of the queued jobs in the order Schedule considers them.
 std::vector<std::pair<std::string, int>> QueuePositions(std::vector<QueuedJob> queued);
 

@@ -114,5 +114,16 @@ TEST(Scheduler, GangTakesEveryDeviceItNeedsAtOnceOrWaits) {
   EXPECT_TRUE(d.shrinks.empty());
 }
 
+TEST(Scheduler, JobsThatCanNeverBePlacedSayWhy) {
+  const std::vector<DeviceCapacity> devices = {{"cpu:0", "cpu", 100 * kMiB}, {"cpu:1", "cpu", 60 * kMiB}};
+  EXPECT_EQ(WhyNeverPlaceable(devices, {"a", "cpu", 0, 80 * kMiB, 1}), "");
+  EXPECT_EQ(WhyNeverPlaceable(devices, {"a", "", 0, 50 * kMiB, 1, 2}), "");
+  EXPECT_EQ(WhyNeverPlaceable(devices, {"a", "cpu", 0, 80 * kMiB, 1, 2}),
+            "needs 2 cpu devices with 80.0 MiB each; there is 1");
+  EXPECT_EQ(WhyNeverPlaceable(devices, {"a", "cpu", 0, 10 * kMiB, 1, 3}),
+            "needs 3 cpu devices with 10.0 MiB each; there are 2");
+  EXPECT_EQ(WhyNeverPlaceable(devices, {"a", "cuda", 0, 10 * kMiB, 1}), "needs 1 cuda device with 10.0 MiB; there are 0");
+}
+
 }  // namespace
 }  // namespace slim::server

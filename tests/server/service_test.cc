@@ -772,6 +772,32 @@ TEST_F(CpuThreadsTest, CpuWorkersShareTheCoresAsJobsStartAndEnd) {
   Watch(first.id(), 0);
 }
 
+// A queued job that this server's devices can never take (here a 2-worker job put in the store
+// directly, as a server restarted with fewer devices finds it) waits and says why.
+TEST_F(OneDeviceTest, JobTheDevicesCanNeverTakeWaitsAndSaysWhy) {
+  const std::string dataset = UploadedDataset();
+  v1::Job job;
+  job.set_id(*store_->NewId("job"));
+  job.set_state(v1::JOB_STATE_QUEUED);
+  *job.mutable_spec() = TinySpec(dataset, 5);
+  job.mutable_spec()->mutable_data_parallel()->set_workers(2);
+  job.set_quota_bytes(8 * kMiB);
+  v1::JobEvent queued;
+  queued.set_kind("queued");
+  ASSERT_TRUE(store_->CreateJob(job, queued).ok());
+  WaitForEvent(job.id(), "warning");
+  std::vector<std::string> warnings;
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job.id());
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &response).ok());
+  for (const v1::WatchJobResponse& item : Watch(job.id(), 0)) {
+    if (item.has_event() && item.event().kind() == "warning") warnings.push_back(item.event().message());
+  }
+  ASSERT_EQ(warnings.size(), 1u) << "said once, not at every pass";
+  EXPECT_EQ(warnings[0], "cannot be placed on this server's devices: needs 2 cpu devices with 8.0 MiB each; there is 1");
+}
+
 // A server with a tokens file: every method needs "authorization: Bearer <known token>".
 class AuthTest : public ServiceTest {
  protected:

@@ -165,9 +165,13 @@ void KillOrphanedWorkers(const std::string& job_dir) {
   }
 }
 
-// One page of what `caller` may see: store pages are fetched with the size still missing, so
-// every fetched item is either returned or skipped for good and the store's page token stays
-// exact. (Tenants among many others cost more fetches; a tenant column would make it one.)
+// The store listing for `caller`: its tenant's records (and shared models), or all for admins.
+ListScope Scope(const Principal& caller) { return caller.admin() ? ListScope::All() : ListScope::Of(caller.tenant); }
+
+// One page of what `caller` may see. The store lists the caller's tenant only (Scope), so one
+// fetch fills a page; `visible` checks again. Store pages are fetched with the size still
+// missing, so every fetched item is either returned or skipped for good and the store's page
+// token stays exact.
 template <typename T, typename Fetch>
 absl::StatusOr<Page<T>> VisiblePage(int page_size, std::string token, const Fetch& fetch,
                                     const std::function<bool(const T&)>& visible) {
@@ -645,7 +649,7 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(const v1::ListJobsRequ
   ASSIGN_OR_RETURN(Page<v1::Job> page,
                    VisiblePage<v1::Job>(
                        page_size, request.page_token(),
-                       [&](int size, const std::string& token) { return store_.ListJobs(states, size, token); },
+                       [&](int size, const std::string& token) { return store_.ListJobs(states, size, token, Scope(caller)); },
                        [&](const v1::Job& job) { return caller.Sees(job.tenant()); }));
   v1::ListJobsResponse response;
   for (v1::Job& job : page.items) *response.add_jobs() = std::move(job);
@@ -1614,7 +1618,7 @@ absl::Status JobManager::CheckDatasetLimit(const Principal& caller, int64_t size
   int64_t stored = 0;
   std::string token;
   do {
-    ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(1000, token));
+    ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(1000, token, ListScope::Of(caller.tenant)));
     for (const v1::Dataset& d : page.items) {
       if (d.tenant() == caller.tenant) stored += d.size_bytes();
     }
@@ -1721,7 +1725,7 @@ absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::List
   ASSIGN_OR_RETURN(Page<v1::Dataset> page,
                    VisiblePage<v1::Dataset>(
                        page_size, request.page_token(),
-                       [&](int size, const std::string& token) { return store_.ListDatasets(size, token); },
+                       [&](int size, const std::string& token) { return store_.ListDatasets(size, token, Scope(caller)); },
                        [&](const v1::Dataset& d) { return caller.Sees(d.tenant()); }));
   v1::ListDatasetsResponse response;
   for (v1::Dataset& d : page.items) *response.add_datasets() = std::move(d);
@@ -1802,7 +1806,7 @@ absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListMode
   ASSIGN_OR_RETURN(Page<v1::Model> page,
                    VisiblePage<v1::Model>(
                        page_size, request.page_token(),
-                       [&](int size, const std::string& token) { return store_.ListModels(size, token); },
+                       [&](int size, const std::string& token) { return store_.ListModels(size, token, Scope(caller)); },
                        [&](const v1::Model& m) { return caller.Sees(m.tenant(), /*shared_if_unowned=*/true); }));
   v1::ListModelsResponse response;
   for (v1::Model& m : page.items) *response.add_models() = std::move(m);

@@ -38,7 +38,7 @@ constexpr int64_t kSchemaLockKey = 0x736c696d5f736368;
 constexpr int kBrokenConnectionRetries = 1;
 constexpr int kConflictRetries = 3;
 
-// Version 2. Unqualified names: the tables go to the first schema of the connection's
+// Version 3. Unqualified names: the tables go to the first schema of the connection's
 // search_path (a dedicated schema: `options=-csearch_path=slim` in the URL).
 constexpr char kSchema[] = R"sql(
 CREATE TABLE schema_version (
@@ -55,9 +55,11 @@ CREATE TABLE jobs (
   cancel_requested BOOLEAN NOT NULL DEFAULT false,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-  data BYTEA NOT NULL
+  data BYTEA NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX jobs_by_state ON jobs (state, seq);
+CREATE INDEX jobs_by_tenant ON jobs (tenant, seq);
 CREATE INDEX jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 CREATE TABLE events (
   job_id TEXT NOT NULL REFERENCES jobs (id),
@@ -69,13 +71,17 @@ CREATE TABLE events (
 CREATE TABLE datasets (
   seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   id TEXT NOT NULL UNIQUE,
-  data BYTEA NOT NULL
+  data BYTEA NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX datasets_by_tenant ON datasets (tenant, seq);
 CREATE TABLE models (
   seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   id TEXT NOT NULL UNIQUE,
-  data BYTEA NOT NULL
+  data BYTEA NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX models_by_tenant ON models (tenant, seq);
 CREATE TABLE counters (
   prefix TEXT NOT NULL PRIMARY KEY,
   next BIGINT NOT NULL
@@ -88,6 +94,18 @@ ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
 CREATE INDEX jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 UPDATE schema_version SET version = 2;
 )sql";
+
+// Version 2 → 3: listings by tenant (the columns are filled from the records by UpgradeFrom2).
+constexpr char kUpgradeFrom2[] = R"sql(
+ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX jobs_by_tenant ON jobs (tenant, seq);
+ALTER TABLE datasets ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX datasets_by_tenant ON datasets (tenant, seq);
+ALTER TABLE models ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX models_by_tenant ON models (tenant, seq);
+UPDATE schema_version SET version = 3;
+)sql";
+
 
 constexpr int kQueued = v1::JOB_STATE_QUEUED;
 constexpr int kRunning = v1::JOB_STATE_RUNNING;
@@ -134,6 +152,19 @@ template <typename T>
 absl::StatusOr<T> ParseField(const pqxx::field& field, absl::string_view noun) {
   const pqxx::binarystring bytes(field);
   return Parse<T>(absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), noun);
+}
+
+// Fills `table`'s tenant column from its records (version 2 → 3).
+template <typename T>
+absl::Status FillTenants(pqxx::transaction_base& tx, const char* table, absl::string_view noun) {
+  const pqxx::result rows = tx.exec(absl::StrCat("SELECT id, data FROM ", table));
+  for (const pqxx::row& row : rows) {
+    ASSIGN_OR_RETURN(const T record, ParseField<T>(row[1], noun));
+    if (record.tenant().empty()) continue;
+    tx.exec_params(absl::StrCat("UPDATE ", table, " SET tenant = $2 WHERE id = $1"), row[0].as<std::string>(),
+                   record.tenant());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckSchemaVersion(int64_t version) {
@@ -294,6 +325,12 @@ absl::Status PostgresStore::Initialize() {
       const int64_t stored = version[0][0].as<int64_t>();
       RETURN_IF_ERROR(CheckSchemaVersion(stored));
       if (stored == 1) tx.exec(kUpgradeFrom1);
+      if (stored <= 2) {
+        tx.exec(kUpgradeFrom2);
+        RETURN_IF_ERROR(FillTenants<v1::Job>(tx, "jobs", "job"));
+        RETURN_IF_ERROR(FillTenants<v1::Dataset>(tx, "datasets", "dataset"));
+        RETURN_IF_ERROR(FillTenants<v1::Model>(tx, "models", "model"));
+      }
       return absl::OkStatus();
     }
     tx.exec(kSchema);
@@ -370,26 +407,31 @@ absl::StatusOr<std::string> PostgresStore::GetBlob(const char* table, const char
 }
 
 absl::Status PostgresStore::InsertRecord(const char* table, const char* noun, const std::string& id,
-                                         const std::string& data) {
+                                         const std::string& tenant, const std::string& data) {
   return Transact(absl::StrCat("inserting ", noun, " ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
-    const pqxx::result r =
-        tx.exec_params(absl::StrCat("INSERT INTO ", table, " (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"),
-                       id, Bytes(data));
+    const pqxx::result r = tx.exec_params(
+        absl::StrCat("INSERT INTO ", table, " (id, data, tenant) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING"), id,
+        Bytes(data), tenant);
     if (r.affected_rows() == 0) return absl::AlreadyExistsError(absl::StrCat(noun, " ", id, " already exists"));
     return absl::OkStatus();
   });
 }
 
-absl::StatusOr<std::string> PostgresStore::ListBlobs(const char* table, const std::string& state_filter, int page_size,
+absl::StatusOr<std::string> PostgresStore::ListBlobs(const char* table, const std::string& state_filter,
+                                                     const ListScope& scope, bool with_shared, int page_size,
                                                      const std::string& page_token,
                                                      const std::function<absl::Status(absl::string_view)>& add) {
   RETURN_IF_ERROR(CheckPageSize(page_size));
   ASSIGN_OR_RETURN(const int64_t before, ParsePageToken(page_token));
+  // All tenants: a filter that holds, so that the statement takes the same parameters.
+  const std::string tenant_filter =
+      scope.all_tenants ? " AND $3::text IS NOT NULL" : (with_shared ? " AND tenant IN ($3, '')" : " AND tenant = $3");
   pqxx::result rows;
   RETURN_IF_ERROR(Transact(absl::StrCat("listing ", table), [&](pqxx::transaction_base& tx) -> absl::Status {
-    rows = tx.exec_params(
-        absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < $1", state_filter, " ORDER BY seq DESC LIMIT $2"),
-        before, static_cast<int64_t>(page_size) + 1);  // one extra row: is there a next page?
+    rows = tx.exec_params(absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < $1", state_filter, tenant_filter,
+                                       " ORDER BY seq DESC LIMIT $2"),
+                          before, static_cast<int64_t>(page_size) + 1,  // one extra row: is there a next page?
+                          scope.tenant);
     return absl::OkStatus();
   }));
   // The result holds its rows on the client: parse after the connection went back.
@@ -426,8 +468,9 @@ absl::StatusOr<v1::Job> PostgresStore::CreateJob(v1::Job job, v1::JobEvent first
   first_event.set_sequence(1);
   RETURN_IF_ERROR(Transact(absl::StrCat("creating job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
     const pqxx::result r = tx.exec_params(
-        "INSERT INTO jobs (id, state, last_sequence, data) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)));
+        "INSERT INTO jobs (id, state, last_sequence, data, tenant) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (id) DO NOTHING",
+        job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)), job.tenant());
     if (r.affected_rows() == 0) return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
     InsertEvent(tx, job.id(), first_event);
     if (job.state() == v1::JOB_STATE_QUEUED) {
@@ -473,9 +516,9 @@ absl::Status PostgresStore::SaveJob(const v1::Job& job) {
 }
 
 absl::StatusOr<Page<v1::Job>> PostgresStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                                      const std::string& page_token) {
+                                                      const std::string& page_token, const ListScope& scope) {
   Page<v1::Job> page;
-  ASSIGN_OR_RETURN(page.next_page_token, ListBlobs("jobs", StateFilter(states), page_size, page_token,
+  ASSIGN_OR_RETURN(page.next_page_token, ListBlobs("jobs", StateFilter(states), scope, false, page_size, page_token,
                                                    [&](absl::string_view data) -> absl::Status {
                                                      ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
                                                      page.items.push_back(std::move(job));
@@ -538,7 +581,7 @@ absl::StatusOr<std::vector<v1::JobEvent>> PostgresStore::ListEvents(const std::s
 
 absl::Status PostgresStore::PutDataset(const v1::Dataset& dataset) {
   RETURN_IF_ERROR(CheckId(dataset.id(), "dataset.id"));
-  return InsertRecord(kDatasets, "dataset", dataset.id(), Serialize(dataset));
+  return InsertRecord(kDatasets, "dataset", dataset.id(), dataset.tenant(), Serialize(dataset));
 }
 
 absl::StatusOr<v1::Dataset> PostgresStore::GetDataset(const std::string& id) {
@@ -546,10 +589,11 @@ absl::StatusOr<v1::Dataset> PostgresStore::GetDataset(const std::string& id) {
   return Parse<v1::Dataset>(data, "dataset");
 }
 
-absl::StatusOr<Page<v1::Dataset>> PostgresStore::ListDatasets(int page_size, const std::string& page_token) {
+absl::StatusOr<Page<v1::Dataset>> PostgresStore::ListDatasets(int page_size, const std::string& page_token,
+                                                              const ListScope& scope) {
   Page<v1::Dataset> page;
   ASSIGN_OR_RETURN(page.next_page_token,
-                   ListBlobs(kDatasets, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                   ListBlobs(kDatasets, "", scope, false, page_size, page_token, [&](absl::string_view data) -> absl::Status {
                      ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
                      page.items.push_back(std::move(dataset));
                      return absl::OkStatus();
@@ -568,7 +612,7 @@ absl::Status PostgresStore::DeleteDataset(const std::string& id) {
 
 absl::Status PostgresStore::PutModel(const v1::Model& model) {
   RETURN_IF_ERROR(CheckId(model.id(), "model.id"));
-  return InsertRecord(kModels, "model", model.id(), Serialize(model));
+  return InsertRecord(kModels, "model", model.id(), model.tenant(), Serialize(model));
 }
 
 absl::StatusOr<v1::Model> PostgresStore::GetModel(const std::string& id) {
@@ -576,10 +620,11 @@ absl::StatusOr<v1::Model> PostgresStore::GetModel(const std::string& id) {
   return Parse<v1::Model>(data, "model");
 }
 
-absl::StatusOr<Page<v1::Model>> PostgresStore::ListModels(int page_size, const std::string& page_token) {
+absl::StatusOr<Page<v1::Model>> PostgresStore::ListModels(int page_size, const std::string& page_token,
+                                                          const ListScope& scope) {
   Page<v1::Model> page;
   ASSIGN_OR_RETURN(page.next_page_token,
-                   ListBlobs(kModels, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                   ListBlobs(kModels, "", scope, true, page_size, page_token, [&](absl::string_view data) -> absl::Status {
                      ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
                      page.items.push_back(std::move(model));
                      return absl::OkStatus();

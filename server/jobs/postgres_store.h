@@ -89,7 +89,9 @@ struct PostgresStoreOptions {
 class PostgresStore : public Store {
  public:
   // The schema version this code reads and writes.
-  static constexpr int kSchemaVersion = 2;
+  // 2: cancel requests; 3: tenant columns for listings by tenant. Older schemas are upgraded
+  // when a store is opened.
+  static constexpr int kSchemaVersion = 3;
   // The LISTEN/NOTIFY channel of new events (payload "<job id>:<sequence>").
   static constexpr char kEventsChannel[] = "slim_job_events";
   // Claimable jobs and cancel requests (payloads "queued:<job id>", "cancel:<job id>").
@@ -119,19 +121,24 @@ class PostgresStore : public Store {
   absl::StatusOr<v1::Job> GetJob(const std::string& id) override;
   absl::StatusOr<v1::Job> UpdateJob(v1::Job job, v1::JobEvent event) override;
   absl::Status SaveJob(const v1::Job& job) override;
+  using Store::ListDatasets;
+  using Store::ListJobs;
+  using Store::ListModels;
   absl::StatusOr<Page<v1::Job>> ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                         const std::string& page_token) override;
+                                         const std::string& page_token, const ListScope& scope) override;
   absl::StatusOr<std::vector<v1::Job>> JobsInStates(const std::vector<v1::JobState>& states) override;
   absl::StatusOr<std::map<v1::JobState, int64_t>> CountJobsByState() override;
   absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_sequence,
                                                        int limit) override;
   absl::Status PutDataset(const v1::Dataset& dataset) override;
   absl::StatusOr<v1::Dataset> GetDataset(const std::string& id) override;
-  absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token) override;
+  absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token,
+                                                 const ListScope& scope) override;
   absl::Status DeleteDataset(const std::string& id) override;
   absl::Status PutModel(const v1::Model& model) override;
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override;
-  absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token) override;
+  absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,
+                                             const ListScope& scope) override;
 
   // Replicas (store.h). Every method but Listen needs a replica id (else UNIMPLEMENTED); a
   // lease must be positive (else INVALID_ARGUMENT). Listen fails with UNAVAILABLE if its first
@@ -173,11 +180,13 @@ class PostgresStore : public Store {
 
   // Shared by the datasets and models tables (`table` is one of the constants in the .cc).
   absl::StatusOr<std::string> GetBlob(const char* table, const char* noun, const std::string& id);
-  absl::Status InsertRecord(const char* table, const char* noun, const std::string& id, const std::string& data);
+  absl::Status InsertRecord(const char* table, const char* noun, const std::string& id, const std::string& tenant,
+                            const std::string& data);
   // Blobs of one page, newest first. `state_filter` is "" or an "AND state IN (...)" clause
-  // with literal integers. Each blob is passed to `add`; returns the next page token.
-  absl::StatusOr<std::string> ListBlobs(const char* table, const std::string& state_filter, int page_size,
-                                        const std::string& page_token,
+  // with literal integers. `scope` restricts the tenant; `with_shared` adds the records
+  // without one (models). Each blob is passed to `add`; returns the next page token.
+  absl::StatusOr<std::string> ListBlobs(const char* table, const std::string& state_filter, const ListScope& scope,
+                                        bool with_shared, int page_size, const std::string& page_token,
                                         const std::function<absl::Status(absl::string_view)>& add);
 
   const std::string url_;

@@ -35,9 +35,11 @@ CREATE TABLE jobs (
   id TEXT NOT NULL UNIQUE,
   state INTEGER NOT NULL,
   last_sequence INTEGER NOT NULL,
-  data BLOB NOT NULL
+  data BLOB NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX jobs_by_state ON jobs(state, seq);
+CREATE INDEX jobs_by_tenant ON jobs(tenant, seq);
 CREATE TABLE events (
   job_id TEXT NOT NULL REFERENCES jobs(id),
   sequence INTEGER NOT NULL,
@@ -47,17 +49,31 @@ CREATE TABLE events (
 CREATE TABLE datasets (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
-  data BLOB NOT NULL
+  data BLOB NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX datasets_by_tenant ON datasets(tenant, seq);
 CREATE TABLE models (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
-  data BLOB NOT NULL
+  data BLOB NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX models_by_tenant ON models(tenant, seq);
 CREATE TABLE counters (
   prefix TEXT PRIMARY KEY,
   next INTEGER NOT NULL
 );
+)sql";
+
+// Version 1 had no tenant columns; UpgradeFrom1 fills them from the records after this.
+constexpr char kUpgradeFrom1[] = R"sql(
+ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX jobs_by_tenant ON jobs(tenant, seq);
+ALTER TABLE datasets ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX datasets_by_tenant ON datasets(tenant, seq);
+ALTER TABLE models ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE INDEX models_by_tenant ON models(tenant, seq);
 )sql";
 
 absl::Status SqliteError(sqlite3* db, absl::string_view what) {
@@ -168,18 +184,24 @@ absl::StatusOr<std::string> GetBlob(sqlite3* db, const char* table, const char* 
 }
 
 // Blobs of one page, newest first. `state_filter` is "" or an "AND state IN (...)" clause with
-// literal integers. Each blob is passed to `add`; returns the next page token.
-absl::StatusOr<std::string> ListBlobs(sqlite3* db, const char* table, const std::string& state_filter, int page_size,
+// literal integers. `scope` restricts the tenant; `with_shared` adds the records without one
+// (models). Each blob is passed to `add`; returns the next page token.
+absl::StatusOr<std::string> ListBlobs(sqlite3* db, const char* table, const std::string& state_filter,
+                                      const ListScope& scope, bool with_shared, int page_size,
                                       const std::string& page_token,
                                       const std::function<absl::Status(absl::string_view)>& add) {
   RETURN_IF_ERROR(CheckPageSize(page_size));
   ASSIGN_OR_RETURN(const int64_t before, ParsePageToken(page_token));
+  const std::string tenant_filter =
+      scope.all_tenants ? "" : (with_shared ? " AND tenant IN (?3, '')" : " AND tenant = ?3");
   ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db,
                                                    absl::StrCat("SELECT seq, data FROM ", table, " WHERE seq < ?1",
-                                                                state_filter, " ORDER BY seq DESC LIMIT ?2"),
+                                                                state_filter, tenant_filter,
+                                                                " ORDER BY seq DESC LIMIT ?2"),
                                                    absl::StrCat("listing ", table)));
   q.BindInt(1, before);
   q.BindInt(2, static_cast<int64_t>(page_size) + 1);  // one extra row: is there a next page?
+  if (!scope.all_tenants) q.BindText(3, scope.tenant);
   int count = 0;
   int64_t last_seq = 0;
   while (true) {
@@ -279,33 +301,77 @@ absl::Status SqliteStore::Initialize() {
   RETURN_IF_ERROR(Exec("PRAGMA synchronous = FULL", "setting synchronous"));
   RETURN_IF_ERROR(Exec("PRAGMA foreign_keys = ON", "enabling foreign_keys"));
 
-  if (version == 0) {
-    // Re-read the version inside the write lock: another process may have created the schema
-    // between our read and now.
-    return InTransaction("creating the schema", [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
-      ASSIGN_OR_RETURN(const int64_t now, ReadUserVersion(db_));
-      if (now != 0) return CheckSchemaVersion(now);
-      RETURN_IF_ERROR(Exec(kSchema, "creating the schema"));
-      return Exec(absl::StrCat("PRAGMA user_version = ", kSchemaVersion).c_str(), "setting user_version");
-    });
-  }
-  return absl::OkStatus();
+  if (version == kSchemaVersion) return absl::OkStatus();
+  // Create or upgrade. Re-read the version inside the write lock: another process may have
+  // done it between our read and now.
+  return InTransaction(version == 0 ? "creating the schema" : "upgrading the schema",
+                       [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+                         ASSIGN_OR_RETURN(const int64_t now, ReadUserVersion(db_));
+                         RETURN_IF_ERROR(CheckSchemaVersion(now));
+                         if (now == kSchemaVersion) return absl::OkStatus();
+                         if (now == 0) {
+                           RETURN_IF_ERROR(Exec(kSchema, "creating the schema"));
+                         } else {
+                           RETURN_IF_ERROR(UpgradeFrom1());
+                         }
+                         return Exec(absl::StrCat("PRAGMA user_version = ", kSchemaVersion).c_str(),
+                                     "setting user_version");
+                       });
+}
+
+absl::Status SqliteStore::UpgradeFrom1() {
+  RETURN_IF_ERROR(Exec(kUpgradeFrom1, "upgrading the schema from version 1"));
+  // Every record's tenant into its column (records without one keep '').
+  const auto fill = [&](const char* table, const auto& tenant_of) -> absl::Status {
+    ASSIGN_OR_RETURN(Statement rows, Statement::Prepare(db_, absl::StrCat("SELECT id, data FROM ", table),
+                                                        absl::StrCat("reading ", table, " to upgrade")));
+    std::vector<std::pair<std::string, std::string>> tenants;
+    while (true) {
+      ASSIGN_OR_RETURN(const bool row, rows.Step());
+      if (!row) break;
+      ASSIGN_OR_RETURN(const std::string tenant, tenant_of(rows.ColumnBlob(1)));
+      if (!tenant.empty()) tenants.emplace_back(std::string(rows.ColumnText(0)), tenant);
+    }
+    for (const auto& [id, tenant] : tenants) {
+      ASSIGN_OR_RETURN(Statement update,
+                       Statement::Prepare(db_, absl::StrCat("UPDATE ", table, " SET tenant = ?2 WHERE id = ?1"),
+                                          absl::StrCat("upgrading ", table, " ", id)));
+      update.BindText(1, id);
+      update.BindText(2, tenant);
+      RETURN_IF_ERROR(update.Run());
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(fill(kJobs, [](absl::string_view data) -> absl::StatusOr<std::string> {
+    ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
+    return job.tenant();
+  }));
+  RETURN_IF_ERROR(fill(kDatasets, [](absl::string_view data) -> absl::StatusOr<std::string> {
+    ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
+    return dataset.tenant();
+  }));
+  return fill(kModels, [](absl::string_view data) -> absl::StatusOr<std::string> {
+    ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
+    return model.tenant();
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shared record helpers
 
 absl::Status SqliteStore::InsertRecord(const char* table, const char* noun, const std::string& id,
-                                       const std::string& data) {
+                                       const std::string& tenant, const std::string& data) {
   return InTransaction(
       absl::StrCat("inserting ", noun, " ", id), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
         ASSIGN_OR_RETURN(const bool exists, Exists(db_, table, id));
         if (exists) return absl::AlreadyExistsError(absl::StrCat(noun, " ", id, " already exists"));
         ASSIGN_OR_RETURN(Statement insert,
-                         Statement::Prepare(db_, absl::StrCat("INSERT INTO ", table, " (id, data) VALUES (?1, ?2)"),
+                         Statement::Prepare(db_,
+                                            absl::StrCat("INSERT INTO ", table, " (id, data, tenant) VALUES (?1, ?2, ?3)"),
                                             absl::StrCat("inserting ", noun, " ", id)));
         insert.BindText(1, id);
         insert.BindBlob(2, data);
+        insert.BindText(3, tenant);
         return insert.Run();
       });
 }
@@ -383,12 +449,13 @@ absl::StatusOr<v1::Job> SqliteStore::CreateJob(v1::Job job, v1::JobEvent first_e
         }
         ASSIGN_OR_RETURN(Statement insert, Statement::Prepare(db_,
                                                               "INSERT INTO jobs (id, state, last_sequence, "
-                                                              "data) VALUES (?1, ?2, ?3, ?4)",
+                                                              "data, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
                                                               absl::StrCat("inserting job ", job.id())));
         insert.BindText(1, job.id());
         insert.BindInt(2, job.state());
         insert.BindInt(3, job.last_sequence());
         insert.BindBlob(4, Serialize(job));
+        insert.BindText(5, job.tenant());
         RETURN_IF_ERROR(insert.Run());
         return InsertEvent(job.id(), first_event);
       }));
@@ -427,10 +494,10 @@ absl::Status SqliteStore::SaveJob(const v1::Job& job) {
 }
 
 absl::StatusOr<Page<v1::Job>> SqliteStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                                    const std::string& page_token) {
+                                                    const std::string& page_token, const ListScope& scope) {
   return Read([&](sqlite3* db) -> absl::StatusOr<Page<v1::Job>> {
     Page<v1::Job> page;
-    ASSIGN_OR_RETURN(page.next_page_token, ListBlobs(db, kJobs, StateFilter(states), page_size, page_token,
+    ASSIGN_OR_RETURN(page.next_page_token, ListBlobs(db, kJobs, StateFilter(states), scope, false, page_size, page_token,
                                                      [&](absl::string_view data) -> absl::Status {
                                                        ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(data, "job"));
                                                        page.items.push_back(std::move(job));
@@ -499,7 +566,7 @@ absl::StatusOr<std::vector<v1::JobEvent>> SqliteStore::ListEvents(const std::str
 absl::Status SqliteStore::PutDataset(const v1::Dataset& dataset) {
   RETURN_IF_ERROR(CheckId(dataset.id(), "dataset.id"));
   absl::MutexLock lock(&mu_);
-  return InsertRecord(kDatasets, "dataset", dataset.id(), Serialize(dataset));
+  return InsertRecord(kDatasets, "dataset", dataset.id(), dataset.tenant(), Serialize(dataset));
 }
 
 absl::StatusOr<v1::Dataset> SqliteStore::GetDataset(const std::string& id) {
@@ -509,11 +576,12 @@ absl::StatusOr<v1::Dataset> SqliteStore::GetDataset(const std::string& id) {
   });
 }
 
-absl::StatusOr<Page<v1::Dataset>> SqliteStore::ListDatasets(int page_size, const std::string& page_token) {
+absl::StatusOr<Page<v1::Dataset>> SqliteStore::ListDatasets(int page_size, const std::string& page_token,
+                                                            const ListScope& scope) {
   return Read([&](sqlite3* db) -> absl::StatusOr<Page<v1::Dataset>> {
     Page<v1::Dataset> page;
     ASSIGN_OR_RETURN(page.next_page_token,
-                     ListBlobs(db, kDatasets, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                     ListBlobs(db, kDatasets, "", scope, false, page_size, page_token, [&](absl::string_view data) -> absl::Status {
                        ASSIGN_OR_RETURN(v1::Dataset dataset, Parse<v1::Dataset>(data, "dataset"));
                        page.items.push_back(std::move(dataset));
                        return absl::OkStatus();
@@ -535,7 +603,7 @@ absl::Status SqliteStore::DeleteDataset(const std::string& id) {
 absl::Status SqliteStore::PutModel(const v1::Model& model) {
   RETURN_IF_ERROR(CheckId(model.id(), "model.id"));
   absl::MutexLock lock(&mu_);
-  return InsertRecord(kModels, "model", model.id(), Serialize(model));
+  return InsertRecord(kModels, "model", model.id(), model.tenant(), Serialize(model));
 }
 
 absl::StatusOr<v1::Model> SqliteStore::GetModel(const std::string& id) {
@@ -545,11 +613,12 @@ absl::StatusOr<v1::Model> SqliteStore::GetModel(const std::string& id) {
   });
 }
 
-absl::StatusOr<Page<v1::Model>> SqliteStore::ListModels(int page_size, const std::string& page_token) {
+absl::StatusOr<Page<v1::Model>> SqliteStore::ListModels(int page_size, const std::string& page_token,
+                                                        const ListScope& scope) {
   return Read([&](sqlite3* db) -> absl::StatusOr<Page<v1::Model>> {
     Page<v1::Model> page;
     ASSIGN_OR_RETURN(page.next_page_token,
-                     ListBlobs(db, kModels, "", page_size, page_token, [&](absl::string_view data) -> absl::Status {
+                     ListBlobs(db, kModels, "", scope, true, page_size, page_token, [&](absl::string_view data) -> absl::Status {
                        ASSIGN_OR_RETURN(v1::Model model, Parse<v1::Model>(data, "model"));
                        page.items.push_back(std::move(model));
                        return absl::OkStatus();

@@ -55,9 +55,12 @@ namespace slim::server {
 class SqliteStore : public Store {
  public:
   // The schema version this code reads and writes.
-  static constexpr int kSchemaVersion = 1;
+  // 2: a tenant column (indexed) in jobs, datasets and models, filled from the records when a
+  // version 1 database is opened.
+  static constexpr int kSchemaVersion = 2;
 
-  // Opens `path`, creating the file and the schema if missing (the directory must exist).
+  // Opens `path`, creating the file and the schema if missing, upgrading an older schema (the
+  // directory must exist).
   // ":memory:" gives a private, non-durable store (tests). Errors: FAILED_PRECONDITION if the
   // file has a newer schema version than kSchemaVersion; INTERNAL with the SQLite message if
   // it cannot be opened or is not a database.
@@ -77,19 +80,24 @@ class SqliteStore : public Store {
   absl::StatusOr<v1::Job> GetJob(const std::string& id) override;
   absl::StatusOr<v1::Job> UpdateJob(v1::Job job, v1::JobEvent event) override;
   absl::Status SaveJob(const v1::Job& job) override;
+  using Store::ListDatasets;
+  using Store::ListJobs;
+  using Store::ListModels;
   absl::StatusOr<Page<v1::Job>> ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                         const std::string& page_token) override;
+                                         const std::string& page_token, const ListScope& scope) override;
   absl::StatusOr<std::vector<v1::Job>> JobsInStates(const std::vector<v1::JobState>& states) override;
   absl::StatusOr<std::map<v1::JobState, int64_t>> CountJobsByState() override;
   absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_sequence,
                                                        int limit) override;
   absl::Status PutDataset(const v1::Dataset& dataset) override;
   absl::StatusOr<v1::Dataset> GetDataset(const std::string& id) override;
-  absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token) override;
+  absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token,
+                                                 const ListScope& scope) override;
   absl::Status DeleteDataset(const std::string& id) override;
   absl::Status PutModel(const v1::Model& model) override;
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override;
-  absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token) override;
+  absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,
+                                             const ListScope& scope) override;
 
  private:
   explicit SqliteStore(sqlite3* db) : db_(db) {}
@@ -113,8 +121,11 @@ class SqliteStore : public Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pragmas, version check and schema creation; called once by Open.
   absl::Status Initialize() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Version 1 → 2 inside the caller's transaction: the tenant columns, filled from the records.
+  absl::Status UpgradeFrom1() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::Status InsertRecord(const char* table, const char* noun, const std::string& id, const std::string& data)
+  absl::Status InsertRecord(const char* table, const char* noun, const std::string& id, const std::string& tenant,
+                            const std::string& data)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes the job row (data, state, last_sequence from `job`); NOT_FOUND if absent.
   absl::Status WriteJob(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -45,6 +45,17 @@ struct Page {
   std::string next_page_token;  // empty on the last page
 };
 
+// Whose records a listing returns: every tenant's (the default), or one tenant's — for models
+// also the shared ones, which have no tenant (an admin's imports). Tenants are the records'
+// `tenant` fields, kept in an indexed column, so a tenant's page costs the same however many
+// records others have.
+struct ListScope {
+  bool all_tenants = true;
+  std::string tenant;
+  static ListScope All() { return {}; }
+  static ListScope Of(std::string tenant) { return {false, std::move(tenant)}; }
+};
+
 // A job a replica owns, as RenewLeases reports it.
 struct JobLease {
   std::string job_id;
@@ -91,9 +102,14 @@ class Store {
   virtual absl::StatusOr<v1::Job> UpdateJob(v1::Job job, v1::JobEvent event) = 0;
   // Replaces the stored job without an event (e.g. progress snapshots between events).
   virtual absl::Status SaveJob(const v1::Job& job) = 0;
-  // Newest first (by creation). `states` empty = all. page_size in [1, 1000].
+  // Newest first (by creation). `states` empty = all. page_size in [1, 1000]. Page tokens are
+  // valid only with the same states and scope.
   virtual absl::StatusOr<Page<v1::Job>> ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                                 const std::string& page_token) = 0;
+                                                 const std::string& page_token, const ListScope& scope) = 0;
+  absl::StatusOr<Page<v1::Job>> ListJobs(const std::vector<v1::JobState>& states, int page_size,
+                                         const std::string& page_token) {
+    return ListJobs(states, page_size, page_token, ListScope::All());
+  }
   // Every job in one of `states`, oldest first (the scheduler's and the restart's view).
   virtual absl::StatusOr<std::vector<v1::Job>> JobsInStates(const std::vector<v1::JobState>& states) = 0;
   // How many jobs are in each state (states with none are absent).
@@ -105,11 +121,19 @@ class Store {
   // Datasets and models: insert (ALREADY_EXISTS if the id exists), get, list newest first.
   virtual absl::Status PutDataset(const v1::Dataset& dataset) = 0;
   virtual absl::StatusOr<v1::Dataset> GetDataset(const std::string& id) = 0;
-  virtual absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token) = 0;
+  virtual absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token,
+                                                         const ListScope& scope) = 0;
+  absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token) {
+    return ListDatasets(page_size, page_token, ListScope::All());
+  }
   virtual absl::Status DeleteDataset(const std::string& id) = 0;
   virtual absl::Status PutModel(const v1::Model& model) = 0;
   virtual absl::StatusOr<v1::Model> GetModel(const std::string& id) = 0;
-  virtual absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token) = 0;
+  virtual absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,
+                                                     const ListScope& scope) = 0;
+  absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token) {
+    return ListModels(page_size, page_token, ListScope::All());
+  }
 
   // ---- Replicas (see the file comment). Leases count from the database's clock, so replicas'
   // clocks need not agree. Errors beyond the Store's: UNIMPLEMENTED without a replica id.

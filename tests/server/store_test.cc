@@ -615,6 +615,68 @@ TEST_P(StoreTest, RacingCreatesOfOneIdInsertItOnce) {
   EXPECT_EQ(events->size(), 1u);
 }
 
+// Listings for one tenant return its records only (and shared models), page by page, without
+// scanning the others' (an indexed tenant column).
+TEST_P(StoreTest, ListingsForATenantReturnOnlyItsRecords) {
+  const auto add_job = [&](const std::string& tenant, JobState state) {
+    const std::string id = *store_->NewId("job");
+    v1::Job job = MakeJob(id, state);
+    job.set_tenant(tenant);
+    EXPECT_TRUE(store_->CreateJob(job, MakeEvent("queued", state)).ok());
+    return id;
+  };
+  const std::string a1 = add_job("alice", v1::JOB_STATE_QUEUED);
+  add_job("bob", v1::JOB_STATE_QUEUED);
+  const std::string a2 = add_job("alice", v1::JOB_STATE_SUCCEEDED);
+  add_job("", v1::JOB_STATE_QUEUED);
+  const std::string a3 = add_job("alice", v1::JOB_STATE_QUEUED);
+  for (int i = 0; i < 3; ++i) add_job("bob", v1::JOB_STATE_QUEUED);
+
+  // Alice's jobs, newest first, one per page.
+  std::vector<std::string> seen;
+  std::string token;
+  do {
+    absl::StatusOr<Page<v1::Job>> page = store_->ListJobs({}, 1, token, ListScope::Of("alice"));
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const v1::Job& job : page->items) seen.push_back(job.id());
+    token = page->next_page_token;
+  } while (!token.empty() && seen.size() < 10);
+  EXPECT_EQ(seen, (std::vector<std::string>{a3, a2, a1}));
+  absl::StatusOr<Page<v1::Job>> queued = store_->ListJobs({v1::JOB_STATE_QUEUED}, 10, "", ListScope::Of("alice"));
+  ASSERT_TRUE(queued.ok());
+  ASSERT_EQ(queued->items.size(), 2u);
+  EXPECT_EQ(queued->items[0].id(), a3);
+  EXPECT_EQ(store_->ListJobs({}, 100, "", ListScope::Of("carol"))->items.size(), 0u);
+  EXPECT_EQ(store_->ListJobs({}, 100, "")->items.size(), 8u) << "no scope: every tenant";
+
+  for (const auto& [id, tenant] : std::vector<std::pair<std::string, std::string>>{
+           {"ds-1", "alice"}, {"ds-2", "bob"}, {"ds-3", "alice"}}) {
+    v1::Dataset d;
+    d.set_id(id);
+    d.set_tenant(tenant);
+    ASSERT_TRUE(store_->PutDataset(d).ok());
+  }
+  absl::StatusOr<Page<v1::Dataset>> datasets = store_->ListDatasets(10, "", ListScope::Of("alice"));
+  ASSERT_TRUE(datasets.ok()) << datasets.status();
+  ASSERT_EQ(datasets->items.size(), 2u);
+  EXPECT_EQ(datasets->items[0].id(), "ds-3");
+  EXPECT_EQ(datasets->items[1].id(), "ds-1");
+
+  for (const auto& [id, tenant] : std::vector<std::pair<std::string, std::string>>{
+           {"model-1", ""}, {"model-2", "bob"}, {"model-3", "alice"}}) {
+    v1::Model m;
+    m.set_id(id);
+    m.set_tenant(tenant);
+    ASSERT_TRUE(store_->PutModel(m).ok());
+  }
+  absl::StatusOr<Page<v1::Model>> models = store_->ListModels(10, "", ListScope::Of("alice"));
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->items.size(), 2u) << "its own and the shared one";
+  EXPECT_EQ(models->items[0].id(), "model-3");
+  EXPECT_EQ(models->items[1].id(), "model-1");
+  EXPECT_EQ(store_->ListModels(10, "")->items.size(), 3u);
+}
+
 TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
   store_.reset();
   ForgeSchemaVersion(99);
@@ -626,6 +688,49 @@ TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
 
 // ---------------------------------------------------------------------------------------------
 // SQLite only
+
+// A database of schema version 1 (no tenant columns) is upgraded when opened, the columns
+// filled from the records.
+TEST(SqliteStoreOpen, UpgradesAVersion1Database) {
+  const std::string path = FreshDir() + "/v1.db";
+  {
+    absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    v1::Job job = MakeJob("job-000001", v1::JOB_STATE_QUEUED);
+    job.set_tenant("alice");
+    ASSERT_TRUE((*store)->CreateJob(job, MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+    ASSERT_TRUE((*store)->CreateJob(MakeJob("job-000002", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+    v1::Dataset dataset;
+    dataset.set_id("ds-000001");
+    dataset.set_tenant("alice");
+    ASSERT_TRUE((*store)->PutDataset(dataset).ok());
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  for (const char* table : {"jobs", "datasets", "models"}) {
+    ASSERT_EQ(sqlite3_exec(db, absl::StrCat("DROP INDEX ", table, "_by_tenant; ALTER TABLE ", table, " DROP COLUMN tenant")
+                                   .c_str(),
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(db);
+  }
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 1", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+
+  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<Page<v1::Job>> alices = (*store)->ListJobs({}, 10, "", ListScope::Of("alice"));
+  ASSERT_TRUE(alices.ok()) << alices.status();
+  ASSERT_EQ(alices->items.size(), 1u);
+  EXPECT_EQ(alices->items[0].id(), "job-000001");
+  EXPECT_EQ((*store)->ListJobs({}, 10, "")->items.size(), 2u);
+  EXPECT_EQ((*store)->ListDatasets(10, "", ListScope::Of("alice"))->items.size(), 1u);
+  // New records after the upgrade carry their tenant too.
+  v1::Job later = MakeJob("job-000003", v1::JOB_STATE_QUEUED);
+  later.set_tenant("alice");
+  ASSERT_TRUE((*store)->CreateJob(later, MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_EQ((*store)->ListJobs({}, 10, "", ListScope::Of("alice"))->items.size(), 2u);
+}
 
 // Reads have their own connection: a write that is waiting for SQLite's write lock (held here by
 // another connection, as a slow commit's fsync would hold it) does not hold up reads of what is
@@ -681,7 +786,7 @@ TEST(SqliteStoreOpen, SetsSchemaVersionAndWal) {
     sqlite3_finalize(stmt);
     return value;
   };
-  EXPECT_EQ(query("PRAGMA user_version"), "1");
+  EXPECT_EQ(query("PRAGMA user_version"), "2");
   EXPECT_EQ(query("PRAGMA journal_mode"), "wal");  // persistent in the file
   sqlite3_close(db);
 }
@@ -788,12 +893,12 @@ TEST_F(PostgresStoreTest, MissingDatabaseIsUnavailable) {
 }
 
 TEST_F(PostgresStoreTest, SchemaHasVersionAndFleetColumns) {
-  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "2");
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "3");
   EXPECT_EQ(database_->Query("SELECT COUNT(*) FROM schema_version"), "1");
   EXPECT_EQ(database_->Query("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
                              "information_schema.columns WHERE table_name = 'jobs' AND column_name IN "
-                             "('owner', 'lease_expires_at', 'cancel_requested')"),
-            "cancel_requested,lease_expires_at,owner");
+                             "('owner', 'lease_expires_at', 'cancel_requested', 'tenant')"),
+            "cancel_requested,lease_expires_at,owner,tenant");
   EXPECT_EQ(database_->Query("SELECT data_type FROM information_schema.columns WHERE table_name = 'events' AND "
                              "column_name = 'data'"),
             "bytea");
@@ -1243,13 +1348,31 @@ TEST_F(PostgresStoreReplicaTest, UnreachableServerFailsListen) {
 
 TEST_F(PostgresStoreReplicaTest, UpgradesAVersion1Database) {
   const std::string id = AddJob(v1::JOB_STATE_QUEUED);
+  v1::Job owned = MakeJob("job-alice", v1::JOB_STATE_SUCCEEDED);
+  owned.set_tenant("alice");
+  ASSERT_TRUE(store_->CreateJob(owned, MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  v1::Model model;
+  model.set_id("model-alice");
+  model.set_tenant("alice");
+  ASSERT_TRUE(store_->PutModel(model).ok());
   store_.reset();
+  // What version 1 had: no cancel requests, no tenant columns.
   database_->Query("DROP INDEX jobs_by_owner");
   database_->Query("ALTER TABLE jobs DROP COLUMN cancel_requested");
+  for (const char* table : {"jobs", "datasets", "models"}) {
+    database_->Query(absl::StrCat("ALTER TABLE ", table, " DROP COLUMN tenant"));
+  }
   database_->Query("UPDATE schema_version SET version = 1");
   std::unique_ptr<PostgresStore> r1 = Replica("r1");
   ASSERT_NE(r1, nullptr);
-  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "2");
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "3");
+  // The tenant columns were filled from the records.
+  absl::StatusOr<Page<v1::Job>> alices = r1->ListJobs({}, 10, "", ListScope::Of("alice"));
+  ASSERT_TRUE(alices.ok()) << alices.status();
+  ASSERT_EQ(alices->items.size(), 1u);
+  EXPECT_EQ(alices->items[0].id(), "job-alice");
+  EXPECT_EQ(r1->ListModels(10, "", ListScope::Of("alice"))->items.size(), 1u);
+  EXPECT_EQ(r1->ListModels(10, "", ListScope::Of("bob"))->items.size(), 0u);
   EXPECT_EQ(Column("cancel_requested", id), "f");
   ASSERT_TRUE(r1->ClaimJob(id, absl::Seconds(60)).ok());
   EXPECT_TRUE(Replica("r2")->RequestCancel(id).ok());

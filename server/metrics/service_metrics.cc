@@ -51,6 +51,10 @@ ServiceMetrics::ServiceMetrics()
       job_tokens_per_second_(BuildGauge().Name("slim_job_tokens_per_second").Help("An active job's training throughput").Register(*registry_)),
       job_loss_(BuildGauge().Name("slim_job_loss").Help("An active job's last training loss (nats per token)").Register(*registry_)),
       job_progress_(BuildGauge().Name("slim_job_progress_ratio").Help("Steps done / total steps of an active job").Register(*registry_)),
+      job_blas_threads_(BuildGauge()
+                            .Name("slim_job_blas_threads")
+                            .Help("OpenBLAS threads of an active CPU job's worker: its share of the cores (0: unknown)")
+                            .Register(*registry_)),
       step_duration_(BuildHistogram().Name("slim_step_duration_seconds").Help("Duration of optimizer steps (sampled at each progress report)")
                          .Register(*registry_).Add({}, SecondsBuckets(0.005, 16))),
       tokens_trained_(BuildCounter().Name("slim_tokens_trained_total").Help("Training tokens processed by all jobs").Register(*registry_).Add({})),
@@ -72,7 +76,8 @@ ServiceMetrics::JobSeries& ServiceMetrics::SeriesFor(const v1::Job& job) {
   if (it != jobs_.end()) return it->second;
   const prometheus::Labels labels = {{"job_id", job.id()}, {"device", job.device().empty() ? "none" : job.device()}};
   JobSeries s{&job_quota_.Add(labels), &job_predicted_.Add(labels), &job_observed_.Add(labels), &job_chunk_.Add(labels),
-              &job_tokens_per_second_.Add(labels), &job_loss_.Add(labels), &job_progress_.Add(labels)};
+              &job_tokens_per_second_.Add(labels), &job_loss_.Add(labels), &job_progress_.Add(labels),
+              &job_blas_threads_.Add(labels)};
   s.tokens = job.progress().tokens();
   return jobs_.emplace(job.id(), s).first->second;
 }
@@ -88,6 +93,7 @@ void ServiceMetrics::RemoveSeries(const std::string& job_id) {
   job_tokens_per_second_.Remove(s.tokens_per_second);
   job_loss_.Remove(s.loss);
   job_progress_.Remove(s.progress);
+  job_blas_threads_.Remove(s.blas_threads);
   jobs_.erase(it);
 }
 
@@ -122,6 +128,7 @@ void ServiceMetrics::OnJobEvent(const v1::Job& job, const v1::JobEvent& event) {
   s.tokens_per_second->Set(p.tokens_per_second());
   s.loss->Set(p.loss());
   s.progress->Set(p.total_steps() > 0 ? static_cast<double>(p.step()) / static_cast<double>(p.total_steps()) : 0.0);
+  s.blas_threads->Set(p.blas_threads());
   if (kind == "progress") {
     if (p.tokens() > s.tokens) tokens_trained_.Increment(static_cast<double>(p.tokens() - s.tokens));
     s.tokens = p.tokens();

@@ -38,7 +38,7 @@ class ServiceMetrics : public JobObserver {
 
  private:
   struct JobSeries {
-    prometheus::Gauge *quota, *predicted, *observed, *chunk, *tokens_per_second, *loss, *progress;
+    prometheus::Gauge *quota, *predicted, *observed, *chunk, *tokens_per_second, *loss, *progress, *blas_threads;
     int64_t tokens = 0;  // last reported, for the tokens-trained counter
   };
   struct DeviceSeries {
@@ -65,6 +65,7 @@ class ServiceMetrics : public JobObserver {
   prometheus::Family<prometheus::Gauge>& job_tokens_per_second_;
   prometheus::Family<prometheus::Gauge>& job_loss_;
   prometheus::Family<prometheus::Gauge>& job_progress_;
+  prometheus::Family<prometheus::Gauge>& job_blas_threads_;
   prometheus::Histogram& step_duration_;
   prometheus::Counter& tokens_trained_;
   prometheus::Counter& worker_restarts_;

@@ -33,6 +33,7 @@ v1::Job RunningJob() {
   job.mutable_progress()->set_step(5);
   job.mutable_progress()->set_total_steps(20);
   job.mutable_progress()->set_tokens(5000);
+  job.mutable_progress()->set_blas_threads(2);
   job.mutable_progress()->set_loss(2.5);
   job.mutable_progress()->set_tokens_per_second(1000);
   job.mutable_progress()->set_step_seconds(0.25);
@@ -59,6 +60,7 @@ TEST(ServiceMetrics, JobLifecycleSeries) {
   EXPECT_TRUE(Has(text, "slim_job_quota_bytes{device=\"cpu:1\",job_id=\"job-000007\"} 8388608")) << text;
   EXPECT_TRUE(Has(text, "slim_job_chunk_size{device=\"cpu:1\",job_id=\"job-000007\"} 224"));
   EXPECT_TRUE(Has(text, "slim_job_progress_ratio{device=\"cpu:1\",job_id=\"job-000007\"} 0.25"));
+  EXPECT_TRUE(Has(text, "slim_job_blas_threads{device=\"cpu:1\",job_id=\"job-000007\"} 2"));
   EXPECT_TRUE(Has(text, "slim_queue_wait_seconds_sum 3"));
   EXPECT_TRUE(Has(text, "slim_step_duration_seconds_count 1"));
 

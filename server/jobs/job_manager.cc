@@ -281,6 +281,7 @@ absl::Status JobManager::Start() {
     const auto asked = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(const std::vector<JobLease> owned, store_.RenewLeases(Lease()));
     NoteRenewal(asked);
+    RETURN_IF_ERROR(store_.PublishDevices(DeclaredDevices()));
     {
       // This replica id's jobs from before a restart: their workers are gone or are killed
       // here; the others' jobs are theirs until their leases expire.
@@ -494,12 +495,50 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, const Pr
   }
 }
 
-absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec_in, const std::string& kind, bool quota_given) {
-  int64_t largest = 0;
+v1::ListDevicesResponse JobManager::DeclaredDevices() const {
+  v1::ListDevicesResponse response;
   for (const DeviceCapacity& d : options_.devices) {
-    if (d.kind == kind) largest = std::max(largest, d.capacity_bytes);
+    v1::Device* device = response.add_devices();
+    device->set_name(d.name);
+    device->set_kind(d.kind);
+    device->set_capacity_bytes(d.capacity_bytes);
   }
-  if (largest == 0) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
+  return response;
+}
+
+JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
+  KindCapacity capacity;
+  const auto add = [&](const std::vector<std::pair<std::string, int64_t>>& devices) {
+    int count = 0;
+    for (const auto& [device_kind, bytes] : devices) {
+      if (device_kind != kind) continue;
+      capacity.largest = std::max(capacity.largest, bytes);
+      ++count;
+    }
+    capacity.most_on_one_server = std::max(capacity.most_on_one_server, count);
+  };
+  std::vector<std::pair<std::string, int64_t>> local;
+  for (const DeviceCapacity& d : options_.devices) local.emplace_back(d.kind, d.capacity_bytes);
+  add(local);
+  capacity.here = capacity.largest > 0;
+  if (!fleet()) return capacity;
+  // Every live replica's devices (published with their lease renewals); without the store,
+  // this replica's own.
+  absl::StatusOr<std::vector<v1::ListDevicesResponse>> fleet_devices = store_.FleetDevices(Lease());
+  if (!fleet_devices.ok()) return capacity;
+  for (const v1::ListDevicesResponse& replica : *fleet_devices) {
+    std::vector<std::pair<std::string, int64_t>> devices;
+    for (const v1::Device& d : replica.devices()) devices.emplace_back(d.kind(), d.capacity_bytes());
+    add(devices);
+  }
+  return capacity;
+}
+
+absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec_in, const std::string& kind, bool quota_given) {
+  const KindCapacity capacity = CapacityOf(kind);
+  // Planning calibrates on a device of the kind here.
+  if (!capacity.here) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
+  const int64_t largest = capacity.largest;
   JobSpec spec = spec_in;
   v1::PlanJobResponse response;
   response.set_device_kind(kind);
@@ -568,20 +607,17 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), caller, &kind));
   const bool quota_given = !request.spec().memory().quota().empty();
   ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind, quota_given));
-  int64_t largest = 0;
-  int devices_of_kind = 0;
-  for (const DeviceCapacity& d : options_.devices) {
-    if (d.kind != kind) continue;
-    largest = std::max(largest, d.capacity_bytes);
-    ++devices_of_kind;
-  }
-  // The ranks of a data-parallel job run on this server's devices (their rendezvous is a file
+  // In a fleet: the devices of every live replica.
+  const KindCapacity capacity = CapacityOf(kind);
+  const int64_t largest = capacity.largest;
+  // The ranks of a data-parallel job run on one server's devices (their rendezvous is a file
   // in the job directory), one device each.
   const int workers = Workers(request.spec());
-  if (workers > devices_of_kind) {
+  if (workers > capacity.most_on_one_server) {
     return absl::FailedPreconditionError(absl::StrCat("spec: data_parallel.workers: ", workers,
-                                                      " workers need as many ", kind, " devices; this server has ",
-                                                      devices_of_kind));
+                                                      " workers need as many ", kind, " devices; ",
+                                                      fleet() ? "the replica with the most has " : "this server has ",
+                                                      capacity.most_on_one_server));
   }
   if (plan.quota_bytes() > largest) {
     return absl::ResourceExhaustedError(absl::StrCat("spec: memory.quota: ", FormatBytes(plan.quota_bytes()),
@@ -1455,6 +1491,8 @@ bool JobManager::RenewAndReconcile() {
   const absl::StatusOr<std::vector<JobLease>> leases = store_.RenewLeases(Lease());
   if (!leases.ok()) return false;  // the lease thread reports it (once per outage)
   NoteRenewal(asked);
+  // For the other replicas' admission; published as long as this replica lives.
+  (void)store_.PublishDevices(DeclaredDevices());
   std::map<std::string, const JobLease*> owned;
   for (const JobLease& lease : *leases) owned[lease.job_id] = &lease;
   // Ours no more: another replica took it over after our lease lapsed. Its writes would be

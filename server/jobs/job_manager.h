@@ -177,6 +177,16 @@ class JobManager {
   // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
   // the datasets and model must be visible to `caller`.
   absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind);
+  // The devices of one kind that admission may count on: this server's, and in a fleet every
+  // live replica's (Store::FleetDevices).
+  struct KindCapacity {
+    int64_t largest = 0;         // bytes of the largest device of the kind
+    int most_on_one_server = 0;  // the most devices of the kind one server (replica) has
+    bool here = false;           // this server has one (planning calibrates on it)
+  };
+  KindCapacity CapacityOf(const std::string& kind);
+  // This server's devices as declared (names, kinds, capacities), as published to a fleet.
+  v1::ListDevicesResponse DeclaredDevices() const;
   // The planner's answer for `spec` on a device of `kind` (the quota policy applied).
   absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind, bool quota_given);
 

@@ -86,6 +86,11 @@ CREATE TABLE counters (
   prefix TEXT NOT NULL PRIMARY KEY,
   next BIGINT NOT NULL
 );
+CREATE TABLE replicas (
+  id TEXT NOT NULL PRIMARY KEY,
+  devices BYTEA NOT NULL,
+  seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 )sql";
 
 // Version 1 → 2: cancel requests between replicas, and finding a replica's jobs quickly.
@@ -95,8 +100,14 @@ CREATE INDEX jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 UPDATE schema_version SET version = 2;
 )sql";
 
-// Version 2 → 3: listings by tenant (the columns are filled from the records by UpgradeFrom2).
+// Version 2 → 3: listings by tenant (the columns are filled from the records by FillTenants),
+// and the replicas' devices for fleet-wide admission.
 constexpr char kUpgradeFrom2[] = R"sql(
+CREATE TABLE replicas (
+  id TEXT NOT NULL PRIMARY KEY,
+  devices BYTEA NOT NULL,
+  seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
 CREATE INDEX jobs_by_tenant ON jobs (tenant, seq);
 ALTER TABLE datasets ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
@@ -693,6 +704,34 @@ absl::StatusOr<std::vector<JobLease>> PostgresStore::RenewLeases(absl::Duration 
   std::vector<JobLease> leases;
   for (auto& [seq, l] : ordered) leases.push_back(std::move(l));
   return leases;
+}
+
+absl::Status PostgresStore::PublishDevices(const v1::ListDevicesResponse& devices) {
+  RETURN_IF_ERROR(CheckReplica());
+  return Transact("publishing this replica's devices", [&](pqxx::transaction_base& tx) {
+    tx.exec_params(
+        "INSERT INTO replicas (id, devices, seen_at) VALUES ($1, $2, now()) "
+        "ON CONFLICT (id) DO UPDATE SET devices = excluded.devices, seen_at = now()",
+        replica_id_, Bytes(Serialize(devices)));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<v1::ListDevicesResponse>> PostgresStore::FleetDevices(absl::Duration max_age) {
+  RETURN_IF_ERROR(CheckReplica());
+  pqxx::result rows;
+  RETURN_IF_ERROR(Transact("reading the replicas' devices", [&](pqxx::transaction_base& tx) {
+    rows = tx.exec_params(
+        "SELECT devices FROM replicas WHERE seen_at > now() - make_interval(secs => $1) ORDER BY id",
+        Seconds(max_age));
+    return absl::OkStatus();
+  }));
+  std::vector<v1::ListDevicesResponse> fleet;
+  for (const pqxx::row& row : rows) {
+    ASSIGN_OR_RETURN(v1::ListDevicesResponse devices, ParseField<v1::ListDevicesResponse>(row[0], "devices"));
+    fleet.push_back(std::move(devices));
+  }
+  return fleet;
 }
 
 absl::Status PostgresStore::ReleaseJob(const std::string& id) {

@@ -149,6 +149,8 @@ class PostgresStore : public Store {
   absl::Status ReleaseJob(const std::string& id) override;
   absl::StatusOr<std::vector<JobClaim>> TakeOverExpiredJobs(absl::Duration lease) override;
   absl::StatusOr<std::string> RequestCancel(const std::string& id) override;
+  absl::Status PublishDevices(const v1::ListDevicesResponse& devices) override;
+  absl::StatusOr<std::vector<v1::ListDevicesResponse>> FleetDevices(absl::Duration max_age) override;
   absl::Status Listen(std::function<void(const StoreNotification&)> callback) override
       ABSL_LOCKS_EXCLUDED(listen_mu_);
   void StopListening() override ABSL_LOCKS_EXCLUDED(listen_mu_);

@@ -17,5 +17,7 @@ absl::Status Store::ReleaseJob(const std::string&) { return NoReplicas(); }
 absl::StatusOr<std::vector<JobClaim>> Store::TakeOverExpiredJobs(absl::Duration) { return NoReplicas(); }
 absl::StatusOr<std::string> Store::RequestCancel(const std::string&) { return NoReplicas(); }
 absl::Status Store::Listen(std::function<void(const StoreNotification&)>) { return absl::OkStatus(); }
+absl::Status Store::PublishDevices(const v1::ListDevicesResponse&) { return NoReplicas(); }
+absl::StatusOr<std::vector<v1::ListDevicesResponse>> Store::FleetDevices(absl::Duration) { return NoReplicas(); }
 
 }  // namespace slim::server

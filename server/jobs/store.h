@@ -167,6 +167,12 @@ class Store {
   virtual absl::Status Listen(std::function<void(const StoreNotification&)> callback);
   // Stops delivering; when it returns, no callback runs or will run. No-op if not listening.
   virtual void StopListening() {}
+  // This replica's devices (names, kinds, capacities), for the other replicas' admission; also
+  // marks it alive now (by the database's clock).
+  virtual absl::Status PublishDevices(const v1::ListDevicesResponse& devices);
+  // The devices of every replica (this one included) that published within `max_age`, one
+  // entry per replica, ordered by replica id.
+  virtual absl::StatusOr<std::vector<v1::ListDevicesResponse>> FleetDevices(absl::Duration max_age);
 };
 
 }  // namespace slim::server

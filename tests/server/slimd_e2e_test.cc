@@ -834,6 +834,41 @@ TEST_F(SlimdE2eTest, PostgresFleetSigtermedReplicaHandsItsDataParallelJobToAnoth
   EXPECT_EQ(database.Query("SELECT COUNT(*) FROM jobs WHERE owner IS NOT NULL"), "0");
 }
 
+// Admission in a fleet counts every live replica's devices: a replica with one device accepts a
+// two-worker job, which a replica with two devices runs.
+TEST_F(SlimdE2eTest, PostgresFleetAdmitsAJobOnlyAnotherReplicaCanRun) {
+  const absl::StatusOr<std::string> server = pgtest::PostgresServerUrl();
+  ASSERT_TRUE(server.ok()) << server.status();
+  if (server->empty()) GTEST_SKIP() << "no PostgreSQL server: set SLIM_TEST_POSTGRES_URL or run through ctest";
+  const pgtest::TestDatabase database(*server);
+  StartReplica("small", database.url(), "3", "cpu:16MiB");
+  ASSERT_FALSE(HasFatalFailure());
+  StartReplica("large", database.url(), "3", "cpu:16MiB,cpu:16MiB");
+  ASSERT_FALSE(HasFatalFailure());
+  stub_ = v1::Slim::NewStub(grpc::CreateChannel(replicas_["small"].socket, grpc::InsecureChannelCredentials()));
+  const std::string dataset = Upload(std::string(150000, 'f') + "one replica admits, another runs.\n");
+  v1::JobSpec spec = Spec(dataset, "8MiB", 30);
+  spec.mutable_data_parallel()->set_workers(2);
+  const v1::Job job = Create(spec, 0);
+  ASSERT_FALSE(job.id().empty());
+  const std::vector<v1::JobEvent> history = WatchUntil(
+      job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "succeeded" || e.kind() == "failed"; }, 600);
+  ASSERT_FALSE(history.empty());
+  EXPECT_EQ(history.back().kind(), "succeeded") << history.back().message() << AllLogs();
+  EXPECT_EQ(Get(job.id()).replica(), "large");
+  // More workers than any replica has devices: refused, naming the count.
+  spec.mutable_training()->set_batch_size(4);
+  spec.mutable_data_parallel()->set_workers(3);
+  v1::CreateJobRequest request;
+  *request.mutable_spec() = spec;
+  v1::CreateJobResponse response;
+  const grpc::Status refused = stub_->CreateJob(Context(120).get(), request, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.error_message().find("3 workers need as many cpu devices; the replica with the most has 2"),
+            std::string::npos)
+      << refused.error_message();
+}
+
 // An unusable --database-url stops slimd at startup with exit status 1 and the reason.
 TEST_F(SlimdE2eTest, UnusableDatabaseUrlStopsStartupWithTheReason) {
   const std::vector<std::pair<std::string, std::string>> cases = {

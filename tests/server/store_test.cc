@@ -1346,6 +1346,38 @@ TEST_F(PostgresStoreReplicaTest, UnreachableServerFailsListen) {
   EXPECT_TRUE((*store)->Listen(heard.Callback()).ok());  // nothing left running from the failure
 }
 
+// Replicas publish their devices for each other's admission; one that stopped publishing drops
+// out after `max_age`.
+TEST_F(PostgresStoreReplicaTest, ReplicasPublishTheirDevices) {
+  std::unique_ptr<PostgresStore> r1 = Replica("r1");
+  std::unique_ptr<PostgresStore> r2 = Replica("r2");
+  ASSERT_NE(r1, nullptr);
+  ASSERT_NE(r2, nullptr);
+  const auto devices = [](int count) {
+    v1::ListDevicesResponse response;
+    for (int i = 0; i < count; ++i) {
+      v1::Device* d = response.add_devices();
+      d->set_name(absl::StrCat("cpu:", i));
+      d->set_kind("cpu");
+      d->set_capacity_bytes(int64_t{16} << 20);
+    }
+    return response;
+  };
+  ASSERT_TRUE(r1->PublishDevices(devices(1)).ok());
+  ASSERT_TRUE(r2->PublishDevices(devices(3)).ok());
+  ASSERT_TRUE(r2->PublishDevices(devices(2)).ok());  // the newest replaces the older
+  absl::StatusOr<std::vector<v1::ListDevicesResponse>> fleet = r1->FleetDevices(absl::Seconds(60));
+  ASSERT_TRUE(fleet.ok()) << fleet.status();
+  ASSERT_EQ(fleet->size(), 2u);
+  EXPECT_EQ((*fleet)[0].devices_size(), 1);  // r1
+  EXPECT_EQ((*fleet)[1].devices_size(), 2);  // r2
+  database_->Query("UPDATE replicas SET seen_at = now() - interval '1 hour' WHERE id = 'r2'");
+  fleet = r1->FleetDevices(absl::Seconds(60));
+  ASSERT_TRUE(fleet.ok()) << fleet.status();
+  ASSERT_EQ(fleet->size(), 1u) << "r2 stopped publishing";
+  EXPECT_EQ((*fleet)[0].devices_size(), 1);
+}
+
 TEST_F(PostgresStoreReplicaTest, UpgradesAVersion1Database) {
   const std::string id = AddJob(v1::JOB_STATE_QUEUED);
   v1::Job owned = MakeJob("job-alice", v1::JOB_STATE_SUCCEEDED);
@@ -1362,6 +1394,7 @@ TEST_F(PostgresStoreReplicaTest, UpgradesAVersion1Database) {
   for (const char* table : {"jobs", "datasets", "models"}) {
     database_->Query(absl::StrCat("ALTER TABLE ", table, " DROP COLUMN tenant"));
   }
+  database_->Query("DROP TABLE replicas");
   database_->Query("UPDATE schema_version SET version = 1");
   std::unique_ptr<PostgresStore> r1 = Replica("r1");
   ASSERT_NE(r1, nullptr);

@@ -286,6 +286,7 @@ absl::Status JobManager::Start() {
       // This replica id's jobs from before a restart: their workers are gone or are killed
       // here; the others' jobs are theirs until their leases expire.
       absl::MutexLock lock(&mu_);
+      devices_published_at_ = std::chrono::steady_clock::now();
       for (const JobLease& lease : owned) SettleOwnedJob(lease, "the server restarted; resuming from the last checkpoint");
     }
     lease_thread_ = std::thread([this] { LeaseLoop(); });
@@ -508,28 +509,23 @@ v1::ListDevicesResponse JobManager::DeclaredDevices() const {
 
 JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
   KindCapacity capacity;
-  const auto add = [&](const std::vector<std::pair<std::string, int64_t>>& devices) {
+  const auto add = [&](const v1::ListDevicesResponse& server) {
     int count = 0;
-    for (const auto& [device_kind, bytes] : devices) {
-      if (device_kind != kind) continue;
-      capacity.largest = std::max(capacity.largest, bytes);
+    for (const v1::Device& d : server.devices()) {
+      if (d.kind() != kind) continue;
+      capacity.largest = std::max(capacity.largest, d.capacity_bytes());
       ++count;
     }
     capacity.most_on_one_server = std::max(capacity.most_on_one_server, count);
   };
-  std::vector<std::pair<std::string, int64_t>> local;
-  for (const DeviceCapacity& d : options_.devices) local.emplace_back(d.kind, d.capacity_bytes);
-  add(local);
+  add(DeclaredDevices());
   capacity.here = capacity.largest > 0;
   if (!fleet()) return capacity;
   // Every live replica's devices (published with their lease renewals); without the store,
   // this replica's own.
   absl::StatusOr<std::vector<v1::ListDevicesResponse>> fleet_devices = store_.FleetDevices(Lease());
-  if (!fleet_devices.ok()) return capacity;
-  for (const v1::ListDevicesResponse& replica : *fleet_devices) {
-    std::vector<std::pair<std::string, int64_t>> devices;
-    for (const v1::Device& d : replica.devices()) devices.emplace_back(d.kind(), d.capacity_bytes());
-    add(devices);
+  if (fleet_devices.ok()) {
+    for (const v1::ListDevicesResponse& replica : *fleet_devices) add(replica);
   }
   return capacity;
 }
@@ -1491,8 +1487,13 @@ bool JobManager::RenewAndReconcile() {
   const absl::StatusOr<std::vector<JobLease>> leases = store_.RenewLeases(Lease());
   if (!leases.ok()) return false;  // the lease thread reports it (once per outage)
   NoteRenewal(asked);
-  // For the other replicas' admission; published as long as this replica lives.
-  (void)store_.PublishDevices(DeclaredDevices());
+  // For the other replicas' admission, as long as this replica lives. Every lease/4 is enough:
+  // a replica counts as live while its publication is younger than a lease.
+  const auto now = std::chrono::steady_clock::now();
+  if (now - devices_published_at_ >= std::chrono::duration<double>(options_.lease_seconds / 4) &&
+      store_.PublishDevices(DeclaredDevices()).ok()) {
+    devices_published_at_ = now;
+  }
   std::map<std::string, const JobLease*> owned;
   for (const JobLease& lease : *leases) owned[lease.job_id] = &lease;
   // Ours no more: another replica took it over after our lease lapsed. Its writes would be

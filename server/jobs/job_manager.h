@@ -266,6 +266,8 @@ class JobManager {
   std::thread scheduler_;
   // Fleets: QUEUED jobs this replica claimed to shrink running jobs for.
   std::set<std::string> reserved_ ABSL_GUARDED_BY(mu_);
+  // Fleets: when this replica last published its devices (Store::PublishDevices).
+  std::chrono::steady_clock::time_point devices_published_at_ ABSL_GUARDED_BY(mu_);
   // Queued jobs whose "cannot be placed" warning was recorded in this run.
   std::set<std::string> never_placeable_ ABSL_GUARDED_BY(mu_);
 

@@ -28,7 +28,7 @@ namespace slim {
 namespace {
 
 // Bump when the probe design or the model terms change: old cache entries become misses.
-constexpr int kCalibrationVersion = 2;
+constexpr int kCalibrationVersion = 3;
 
 using Probe = CalibrationProbe;
 

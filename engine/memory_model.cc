@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "engine/errors.h"
@@ -44,6 +45,13 @@ int64_t StateSetBytes(const StepShape& s) {
   return s.model.n_layers * s.batch * s.model.n_heads * M * (d + 1) * kFloatBytes;
 }
 
+int64_t ExactSumBytes(const StepShape& s) {
+  // fp32 states (bf16 runs keep fp32 states too); ExactSum::BytesPerElement(kFloat), written
+  // out because this file must not include LibTorch (MemoryModel.ExactSumBytes checks).
+  constexpr int64_t kExactSumBytesPerElement = 9 * 8 + 1;
+  return StateSetBytes(s) / kFloatBytes * kExactSumBytesPerElement;
+}
+
 MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMode mode,
                             const MemoryCoefficients& k) {
   const int64_t L = s.seq_len;
@@ -60,10 +68,11 @@ MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMo
   m.optimizer_state = trainable * kFloatBytes * (s.optimizer == OptimizerKind::kAdamW ? 2 : 1);
   m.carried_states = slices > 1 ? kLiveStateSets * StateSetBytes(s) : 0;
   m.boundaries = mode == StartStateMode::kBoundaries ? (slices - 1) * StateSetBytes(s) : 0;
+  m.exact_sums = mode == StartStateMode::kSubtract && slices > 1 ? ExactSumBytes(s) : 0;
   m.token_ids = 2 * s.batch * L * kIdBytes;
   m.activations = static_cast<int64_t>(std::llround(k.activation_bytes_per_token * s.batch * C));
   m.workspace = static_cast<int64_t>(std::llround(k.workspace_bytes));
-  m.total = m.weights + m.gradients + m.optimizer_state + m.carried_states + m.boundaries +
+  m.total = m.weights + m.gradients + m.optimizer_state + m.carried_states + m.boundaries + m.exact_sums +
             m.token_ids + m.activations + m.workspace;
   return m;
 }
@@ -95,20 +104,22 @@ PlanResult PlanChunkSize(const StepShape& shape, int64_t quota_bytes, const Memo
   };
   PlanResult result;
   // Candidates in decreasing order: L itself, then multiples of the attention block below L.
-  // Peak grows with C in subtract mode, so the first that fits is the largest.
+  // Both modes are exact; stored boundaries are preferred where they fit (no exact sums to
+  // keep, no time spent on them), subtraction otherwise. The first candidate that fits in
+  // either mode is the largest; the minimum quota is the smallest peak of any candidate.
   const int64_t largest_multiple = ((L - 1) / block) * block;
+  double min_peak = std::numeric_limits<double>::infinity();
   for (int64_t C = L; C >= 1; C = (C == L ? largest_multiple : C - block)) {
     if (C <= 0) break;
+    const Plan stored = plan_for(C, StartStateMode::kBoundaries);
     const Plan sub = plan_for(C, StartStateMode::kSubtract);
-    if (sub.predicted_peak_bytes <= budget) {
-      const Plan stored = plan_for(C, StartStateMode::kBoundaries);
+    min_peak = std::min({min_peak, static_cast<double>(stored.predicted_peak_bytes),
+                         static_cast<double>(sub.predicted_peak_bytes)});
+    if (!result.feasible && (stored.predicted_peak_bytes <= budget || sub.predicted_peak_bytes <= budget)) {
       result.feasible = true;
       result.plan = stored.predicted_peak_bytes <= budget ? stored : sub;
-      break;
     }
   }
-  const int64_t smallest = std::min(L, block);
-  const double min_peak = static_cast<double>(plan_for(smallest, StartStateMode::kSubtract).predicted_peak_bytes);
   result.min_quota_bytes = static_cast<int64_t>(std::ceil(min_peak / (1.0 - margin)));
   return result;
 }

@@ -49,6 +49,7 @@ struct MemoryBreakdown {
   int64_t optimizer_state = 0;
   int64_t carried_states = 0;  // states, their gradients and temporaries, all layers
   int64_t boundaries = 0;      // stored start states (boundaries mode)
+  int64_t exact_sums = 0;      // subtract mode: the states as exact integer sums (ExactSum)
   int64_t token_ids = 0;
   int64_t activations = 0;     // a · B · C
   int64_t workspace = 0;       // b
@@ -58,6 +59,9 @@ struct MemoryBreakdown {
 int64_t TrainableParameterCount(const StepShape& shape);
 // Bytes of one full set of per-layer attention states (s and z) for the batch.
 int64_t StateSetBytes(const StepShape& shape);
+// Bytes of the exact sums subtract mode carries instead of float states: per state element,
+// 9 limbs of 8 bytes and a flag (engine/exact_sum.h), 18.25 times StateSetBytes.
+int64_t ExactSumBytes(const StepShape& shape);
 
 // C is clamped to [1, L]; C ≥ L is ordinary backprop.
 MemoryBreakdown PredictPeak(const StepShape& shape, int64_t chunk_size, StartStateMode mode,
@@ -80,8 +84,9 @@ struct PlanResult {
 inline constexpr double kDefaultPlanMargin = 0.05;
 
 // The largest chunk size (a multiple of the attention block, or L itself) whose predicted peak
-// is ≤ quota · (1 − margin); stored boundaries when they also fit at that size, subtraction
-// otherwise. If nothing fits, feasible = false and min_quota_bytes says what would.
+// is ≤ quota · (1 − margin) in either start-state mode (both are exact); stored boundaries
+// when they fit at that size, subtraction otherwise. min_quota_bytes is the smallest quota for
+// which some chunk size fits; if the quota is below it, feasible = false.
 PlanResult PlanChunkSize(const StepShape& shape, int64_t quota_bytes, const MemoryCoefficients& k,
                          double margin = kDefaultPlanMargin);
 

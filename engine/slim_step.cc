@@ -5,9 +5,11 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "engine/errors.h"
+#include "engine/exact_sum.h"
 #include "engine/precision.h"
 
 namespace slim {
@@ -58,7 +60,24 @@ at::Tensor SliceLossSum(const at::Tensor& logits, const at::Tensor& targets, int
                                 at::Reduction::Sum, ignore_index);
 }
 
-double MaxAbs(const at::Tensor& t) { return t.abs().max().item<double>(); }
+// max|a − b| / max|b| (0 when both are zero).
+double RelativeToMax(const at::Tensor& a, const at::Tensor& b) {
+  const double diff = (a - b).abs().max().item<double>(), scale = b.abs().max().item<double>();
+  return diff == 0.0 ? 0.0 : diff / std::max(scale, 1e-300);
+}
+
+// Throws EngineError(kInternal) unless the layer's exact sums are back at zero (NaN aside: a
+// non-finite state already makes the loss non-finite, which the trainer reports).
+void CheckClosed(ExactSum& sum_s, ExactSum& sum_z, int64_t layer) {
+  const double residual = std::max(sum_s.Value().abs().max().item<double>(),
+                                    sum_z.Value().abs().max().item<double>());
+  if (std::isnan(residual) || residual == 0.0) return;
+  std::ostringstream m;
+  m << "subtract mode: layer " << layer << " did not recompute its slices bit for bit (the state "
+    << "sums end at " << residual << " instead of 0), so rebuilt start states cannot be trusted "
+    << "on this device; use memory.mode: boundaries";
+  throw EngineError(ErrorCode::kInternal, m.str());
+}
 
 }  // namespace
 
@@ -77,6 +96,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   const at::ScalarType sd = model.state_dtype();
   const bool subtract = options.mode == StartStateMode::kSubtract;
   const bool audit = subtract && options.audit_start_states;
+  const int64_t H = model.config().n_heads, block = model.config().attention_block;
   auto slice = [&](const at::Tensor& t, int64_t n) { return t.narrow(1, n * C, std::min(C, L - n * C)); };
 
   SlimStepResult result;
@@ -88,22 +108,46 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   const ModelState zero = model.ZeroState(B);
 
   // Forward sweep: states at the end of slices 0 .. N−2 (the start of the last slice).
+  // Subtract mode carries each layer's state as an exact sum of the slices' contributions, so
+  // that the backward sweep can remove them again bit for bit (engine/exact_sum.h): the start
+  // state a slice sees is the same in both sweeps, whatever the magnitudes of the features.
   ModelState state = zero;
   std::vector<ModelState> boundaries;  // boundaries[n] = start state of slice n
   if (!subtract || audit) boundaries.resize(N);
+  std::vector<ExactSum> sum_s, sum_z;  // subtract mode: exact Σ over slices, per layer
+  if (subtract && N > 1) {
+    for (int64_t r = 0; r < R; ++r) {
+      sum_s.emplace_back(zero[r].s);
+      sum_z.emplace_back(zero[r].z);
+    }
+  }
   {
     at::NoGradGuard no_grad;
     for (int64_t n = 0; n + 1 < N; ++n) {
       if (!boundaries.empty()) boundaries[n] = state;
       at::Tensor x = model.Embed(slice(tokens, n));
       for (int64_t r = 0; r < R; ++r) {
-        if (r + 1 == R) {
-          // The last layer's output feeds only the head, which the forward sweep skips.
-          const LayerProjections p = model.Project(r, x, n * C, /*need_query=*/false);
+        // The last layer's output feeds only the head, which the forward sweep skips, so its
+        // queries are not needed — except in subtract mode, where the keys and values must be
+        // computed exactly as in the backward sweep: without queries the q/k/v projection is a
+        // GEMM of another width, which a BLAS may round differently.
+        const bool last = r + 1 == R;
+        const LayerProjections p = model.Project(r, x, n * C, /*need_query=*/!last || subtract);
+        if (subtract) {
+          // The same per-block contributions (and so the same bits) as the backward sweep.
+          const at::Tensor deltas = AttentionBlockDeltas(p.phi_k, p.v, sd, block);
+          if (!last) {
+            AttentionState unused;
+            x = model.Mix(r, x, p, state[r], &unused, deltas);
+          }
+          const AttentionState d = SumBlockDeltas(deltas, B, H);
+          sum_s[r].Add(d.s);
+          sum_z[r].Add(d.z);
+          state[r] = {sum_s[r].Value(), sum_z[r].Value()};
+        } else if (last) {
           const AttentionState d = AttentionStateDelta(p.phi_k, p.v, sd);
           state[r] = {state[r].s + d.s, state[r].z + d.z};
         } else {
-          const LayerProjections p = model.Project(r, x, n * C);
           AttentionState end;
           x = model.Mix(r, x, p, state[r], &end);
           state[r] = std::move(end);
@@ -112,16 +156,9 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
     }
     if (!boundaries.empty()) boundaries[N - 1] = state;
   }
-  double final_scale_s = 0.0, final_scale_z = 0.0;
-  if (audit) {
-    for (const auto& st : state) {
-      final_scale_s = std::max(final_scale_s, MaxAbs(st.s));
-      final_scale_z = std::max(final_scale_z, MaxAbs(st.z));
-    }
-  }
 
-  // Backward sweep. `end` holds the end state of slice n (= start of slice n+1).
-  ModelState end = state;
+  // Backward sweep. In subtract mode sum_s/sum_z hold Σ over slices 0..n of the contributions
+  // when slice n+1 has been processed; removing slice n's gives slice n's start.
   std::vector<at::Tensor> grad_s(R), grad_z(R);  // G for the end state of slice n
   at::Tensor loss_total = at::zeros({}, tokens.options().dtype(at::kDouble));
   for (int64_t n = N - 1; n >= 0; --n) {
@@ -133,23 +170,37 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
       at::Tensor deltas;  // the slice's per-block state contributions, when rebuilt here
       if (n == 0) {
         start = zero[r];  // exact zeros, never rebuilt
+        if (!sum_s.empty()) {
+          // Closing the round trip: without slice 0's contribution the sums must be exactly
+          // zero. They are iff every slice was recomputed bit for bit as in the forward sweep,
+          // which exact subtraction relies on (a BLAS or device that rounds the same product
+          // differently from one call to the next would break it).
+          at::NoGradGuard no_grad;
+          deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd, block);
+          const AttentionState d = SumBlockDeltas(deltas, B, H);
+          sum_s[r].Subtract(d.s);
+          sum_z[r].Subtract(d.z);
+          CheckClosed(sum_s[r], sum_z[r], r);
+        }
       } else if (n + 1 == N) {
         start = state[r];
       } else if (!subtract) {
         start = boundaries[n][r];
       } else {
         at::NoGradGuard no_grad;
-        // The attention needs these per-block sums anyway; computing them once here and
-        // handing them to Mix saves recomputing them inside the attention.
-        deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd,
-                                      model.config().attention_block);
-        const AttentionState d = SumBlockDeltas(deltas, B, model.config().n_heads);
-        start = {end[r].s - d.s, end[r].z - d.z};
+        // The attention needs these per-block sums anyway; handing them to Mix saves
+        // recomputing them there (and keeps its arithmetic that of the forward sweep).
+        deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd, block);
+        const AttentionState d = SumBlockDeltas(deltas, B, H);
+        sum_s[r].Subtract(d.s);
+        sum_z[r].Subtract(d.z);
+        start = {sum_s[r].Value(), sum_z[r].Value()};
         if (audit) {
-          result.max_start_state_drift = std::max(
-              {result.max_start_state_drift,
-               MaxAbs(start.s - boundaries[n][r].s) / std::max(final_scale_s, 1e-300),
-               MaxAbs(start.z - boundaries[n][r].z) / std::max(final_scale_z, 1e-300)});
+          const AttentionState& stored = boundaries[n][r];
+          result.max_start_state_drift =
+              std::max({result.max_start_state_drift, RelativeToMax(start.s, stored.s),
+                        RelativeToMax(start.z, stored.z)});
+          ++result.audited_states;
         }
       }
       if (n > 0) start = {start.s.detach().requires_grad_(true), start.z.detach().requires_grad_(true)};
@@ -174,7 +225,6 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
       const at::Tensor gs = starts[r].s.grad(), gz = starts[r].z.grad();
       grad_s[r] = gs.defined() ? gs : at::zeros_like(starts[r].s);
       grad_z[r] = gz.defined() ? gz : at::zeros_like(starts[r].z);
-      end[r] = {starts[r].s.detach(), starts[r].z.detach()};
     }
     if (options.record_state_gradients) {
       ModelState g(R);

@@ -6,7 +6,9 @@
 // N..1 in reverse; each is re-run with autograd from its start state (a leaf), and
 // slice_loss_n + Σ_layers ⟨G, state_end⟩ is backpropagated, so parameter gradients accumulate
 // and G ← ∂/∂state_start. Start states come from subtracting the slice's own contribution from
-// its end state (O(1) memory in L) or from the boundaries stored by the forward sweep.
+// its end state (O(1) memory in L) or from the boundaries stored by the forward sweep. The
+// subtraction is exact: states are carried as exact integer sums (engine/exact_sum.h), so a
+// rebuilt start state equals the forward sweep's bit for bit, on any weights.
 // C ≥ L is one slice: ordinary backprop, no forward sweep.
 #pragma once
 
@@ -40,9 +42,12 @@ struct SlimStepResult {
   double loss = 0.0;        // Σ CE over non-ignored targets / the normaliser
   int64_t target_count = 0; // the normaliser: loss_normalizer, or the count of counted targets
   int64_t slices = 0;
-  // audit_start_states: max over slices and layers of max|rebuilt − stored| / max|final state|
-  // (separately for s and z, the larger is reported).
+  // audit_start_states: max over slices and layers of max|rebuilt − stored| / max|stored|
+  // (separately for s and z, the larger is reported), and how many layer states were compared.
+  // Relative to the stored state itself, not to the final one: a state small next to the
+  // final one is exactly where subtraction in floating point fails.
   double max_start_state_drift = 0.0;
+  int64_t audited_states = 0;
   // record_state_gradients: state_gradients[n][r] = ∂loss/∂(state at the end of slice n) for
   // layer r, n = 0 .. slices−2.
   std::vector<ModelState> state_gradients;

@@ -595,6 +595,9 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
         try {
           plan = PlanTraining(replanned_spec, config, options.calibration_cache_dir);
           CapDeviceMemory(spec.device, requested);
+          // The peak reported from here on is the new quota's: a job that was shrunk must not
+          // show a peak above the quota it now runs in.
+          if (track_memory) ResetPeakMemory(device);
           quota_bytes = requested;
           step_options.chunk_size = plan.chunk_size;
           step_options.mode = plan.mode;

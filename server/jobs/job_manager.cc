@@ -221,8 +221,9 @@ struct JobManager::Running {
   bool lost = false;          // fleet: the job is not this replica's any more; record nothing
   int64_t fence_epoch = 0;    // fence_epoch_ at launch: a later one means self-fencing killed it
   int64_t stopped_step = -1;  // fleet, draining: where the worker stopped
-  int64_t pending_quota = 0;  // shrink requested, not yet confirmed by the worker
+  int64_t pending_quota = 0;  // shrink or grow requested, not yet confirmed by the worker
   bool shrink_refused = false;  // the worker could not fit a smaller quota
+  bool grow_refused = false;    // the worker could not take its requested quota back
   std::string shrink_for;     // the job the shrink makes room for
   // Data-parallel: the rank whose own failure or unrequested abnormal end came first (-1: none
   // yet); from then on the group is ending and the others have been told to stop.
@@ -634,6 +635,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   *job.mutable_spec() = request.spec();
   job.set_priority(request.priority());
   job.set_quota_bytes(plan.quota_bytes());
+  job.set_requested_quota_bytes(plan.quota_bytes());
   job.set_chunk_size(plan.chunk_size());
   job.set_mode(plan.mode());
   job.set_predicted_peak_bytes(plan.predicted_peak_bytes());
@@ -921,9 +923,16 @@ void JobManager::SchedulePass() {
     // Data-parallel jobs are never shrunk (server/sched/scheduler.h).
     const bool shrinkable = r->pending_quota == 0 && !r->shrink_refused && !r->cancelling && !r->draining &&
                             !r->data_parallel();
+    // A growing job commits its larger quota at once (before the worker may use it); a
+    // shrinking one keeps its old quota until the worker confirms.
+    const int64_t committed = std::max(job->quota_bytes(), r->pending_quota);
+    const bool may_grow = !r->grow_refused && !r->cancelling && !r->draining && !r->data_parallel();
     for (const Rank& k : r->ranks) {
-      running.push_back({id, k.device, job->priority(), job->quota_bytes(), shrinkable ? job->min_quota_bytes() : 0,
-                         job->create_time().seconds() * 1000000000 + job->create_time().nanos()});
+      RunningJob running_job{id, k.device, job->priority(), committed, shrinkable ? job->min_quota_bytes() : 0,
+                             job->create_time().seconds() * 1000000000 + job->create_time().nanos()};
+      running_job.requested_quota_bytes = may_grow ? job->requested_quota_bytes() : 0;
+      running_job.quota_change_pending = r->pending_quota > 0;
+      running.push_back(running_job);
     }
   }
   // A job for which shrinks are in flight waits for their confirmation: planned again meanwhile,
@@ -947,6 +956,12 @@ void JobManager::SchedulePass() {
       r.pending_quota = s.quota_bytes;
       r.shrink_for = s.for_job_id;
     }
+  }
+  for (const GrowOrder& g : decision.grows) {
+    Running& r = *running_.at(g.job_id);
+    const absl::Status sent = r.worker().SendControl(
+        absl::StrCat("{\"command\":\"set_quota\",\"quota_bytes\":", g.quota_bytes, "}"));
+    if (sent.ok()) r.pending_quota = g.quota_bytes;
   }
   std::set<std::string> placed;
   for (const Placement& p : decision.placements) {
@@ -1178,20 +1193,26 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
       event.set_observed_peak_bytes(job.observed_peak_bytes());
       break;
     case EventKind::kEval:
+      progress.set_step(e.step);  // the step it was taken at (progress is throttled to ~1 s)
       progress.set_eval_loss(e.eval_loss);
       event = Event("eval", absl::StrCat("validation loss ", e.eval_loss));
       break;
     case EventKind::kCheckpoint:
       event = Event("checkpoint", absl::StrCat("step ", e.step));
       break;
-    case EventKind::kReplanned:
+    case EventKind::kReplanned: {
+      const bool grown = e.quota_bytes > job.quota_bytes();
       job.set_quota_bytes(e.quota_bytes);
       job.set_chunk_size(e.chunk_size);
       job.set_mode(e.mode);
       job.set_predicted_peak_bytes(e.predicted_peak_bytes);
-      event = Event("shrunk", absl::StrCat("quota ", FormatBytes(e.quota_bytes), ", chunk size ", e.chunk_size, " (",
-                                           e.mode, ") from step ", e.step,
-                                           r.shrink_for.empty() ? std::string() : ", making room for " + r.shrink_for));
+      job.set_observed_peak_bytes(0);  // the worker's peak restarts with the new quota
+      event = Event(grown ? "grown" : "shrunk",
+                    absl::StrCat("quota ", FormatBytes(e.quota_bytes), ", chunk size ", e.chunk_size, " (", e.mode,
+                                 ") from step ", e.step,
+                                 grown ? std::string(", the quota it asked for")
+                                 : r.shrink_for.empty() ? std::string()
+                                                        : ", making room for " + r.shrink_for));
       event.set_chunk_size(e.chunk_size);
       event.set_quota_bytes(e.quota_bytes);
       event.set_predicted_peak_bytes(e.predicted_peak_bytes);
@@ -1199,10 +1220,12 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
       r.shrink_for.clear();
       wake_ = true;  // the room is there now
       break;
+    }
     case EventKind::kWarning:
       if (r.pending_quota > 0 && e.code == "resource_exhausted") {
-        r.pending_quota = 0;  // the shrink was refused; do not ask this worker again
-        r.shrink_refused = true;
+        // The change was refused; do not ask this worker for that kind of change again.
+        (r.pending_quota > job.quota_bytes() ? r.grow_refused : r.shrink_refused) = true;
+        r.pending_quota = 0;
         wake_ = true;
       }
       event = Event("warning", who + e.message);

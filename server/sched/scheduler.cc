@@ -48,6 +48,38 @@ std::vector<ShrinkOrder> PlanShrinks(const std::string& device, int priority, in
   return orders;
 }
 
+// Grow-back (see scheduler.h): shrunk jobs on devices nobody is waiting for get their
+// requested quotas back where the room is there.
+void PlanGrows(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,
+               const std::vector<const QueuedJob*>& still_queued, const std::set<std::string>& reserved,
+               std::map<std::string, int64_t>* free, ScheduleDecision* decision) {
+  std::set<std::string> touched = reserved;  // devices with a placement, shrink or change in flight
+  for (const Placement& p : decision->placements) touched.insert(p.devices.begin(), p.devices.end());
+  for (const RunningJob& r : running) {
+    if (r.quota_change_pending) touched.insert(r.device);
+  }
+  std::vector<const RunningJob*> shrunk;
+  for (const RunningJob& r : running) {
+    if (r.requested_quota_bytes > r.quota_bytes && !r.quota_change_pending) shrunk.push_back(&r);
+  }
+  std::sort(shrunk.begin(), shrunk.end(), [](const RunningJob* a, const RunningJob* b) {
+    if (a->priority != b->priority) return a->priority > b->priority;
+    return a->create_order < b->create_order;
+  });
+  for (const RunningJob* r : shrunk) {
+    const auto device = std::find_if(devices.begin(), devices.end(),
+                                     [&](const DeviceCapacity& d) { return d.name == r->device; });
+    if (device == devices.end() || touched.count(r->device)) continue;
+    const bool wanted = std::any_of(still_queued.begin(), still_queued.end(), [&](const QueuedJob* q) {
+      return KindMatches(*q, *device) && device->capacity_bytes >= q->quota_bytes;
+    });
+    const int64_t more = r->requested_quota_bytes - r->quota_bytes;
+    if (wanted || (*free)[r->device] < more) continue;
+    (*free)[r->device] -= more;
+    decision->grows.push_back({r->id, r->requested_quota_bytes});
+  }
+}
+
 }  // namespace
 
 ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,
@@ -57,6 +89,7 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
   for (const RunningJob& r : running) free[r.device] -= r.quota_bytes;
   std::set<std::string> reserved;  // devices being shrunk for a job in this pass
   std::set<std::string> shrinking;  // running jobs already ordered to shrink
+  std::vector<const QueuedJob*> still_queued;  // not placed and not made room for
 
   SortByPriorityThenAge(&queued);
   ScheduleDecision decision;
@@ -67,7 +100,10 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
       for (const DeviceCapacity& d : devices) {
         if (KindMatches(job, d) && !reserved.count(d.name) && free[d.name] >= job.quota_bytes) fitting.push_back(&d);
       }
-      if (static_cast<int>(fitting.size()) < job.workers) continue;  // stays queued; others may backfill
+      if (static_cast<int>(fitting.size()) < job.workers) {  // stays queued; others may backfill
+        still_queued.push_back(&job);
+        continue;
+      }
       std::stable_sort(fitting.begin(), fitting.end(), [&](const DeviceCapacity* a, const DeviceCapacity* b) {
         return free[a->name] < free[b->name];
       });
@@ -96,7 +132,7 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
       if (!KindMatches(job, d) || reserved.count(d.name) || d.capacity_bytes < job.quota_bytes) continue;
       std::vector<RunningJob> available;
       for (const RunningJob& r : running) {
-        if (!shrinking.count(r.id)) available.push_back(r);
+        if (!shrinking.count(r.id) && !r.quota_change_pending) available.push_back(r);
       }
       std::vector<ShrinkOrder> orders = PlanShrinks(d.name, job.priority, job.quota_bytes - free[d.name], available, job.id);
       if (!orders.empty() && (chosen.empty() || orders.size() < chosen.size())) {
@@ -104,13 +140,17 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
         chosen_device = d.name;
       }
     }
-    if (chosen.empty()) continue;  // stays queued; later jobs may backfill other devices
+    if (chosen.empty()) {  // stays queued; later jobs may backfill other devices
+      still_queued.push_back(&job);
+      continue;
+    }
     reserved.insert(chosen_device);
     for (const ShrinkOrder& s : chosen) {
       shrinking.insert(s.job_id);
       decision.shrinks.push_back(s);
     }
   }
+  PlanGrows(devices, running, still_queued, reserved, &free, &decision);
   return decision;
 }
 

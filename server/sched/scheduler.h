@@ -16,6 +16,11 @@
 //     other placements in this pass.
 //   - Jobs that fit nowhere even with shrinking stay queued; later jobs may still be placed on
 //     other devices (backfill), so one large job does not block small ones forever.
+//   - Grow-back: a shrunk job gets its requested quota back once its device has room for it
+//     again and no queued job could use that room — the device has no quota change in flight,
+//     takes no placement or shrink in this pass, and no job still queued after this pass fits
+//     the device (by kind and capacity). Higher priority first, then the oldest. Growth is to
+//     the full requested quota only, so a job's quota moves at most twice per shrink.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +43,8 @@ struct RunningJob {
   int64_t quota_bytes = 0;      // committed now
   int64_t min_quota_bytes = 0;  // smallest quota it can be shrunk to (0: not shrinkable)
   int64_t create_order = 0;
+  int64_t requested_quota_bytes = 0;  // the quota it was admitted with (0: quota_bytes)
+  bool quota_change_pending = false;  // a shrink or grow is in flight: not shrunk or grown again
 };
 
 struct QueuedJob {
@@ -61,9 +68,15 @@ struct ShrinkOrder {
   std::string for_job_id;     // the job it makes room for
 };
 
+struct GrowOrder {
+  std::string job_id;
+  int64_t quota_bytes = 0;  // the new, larger quota: the job's requested one
+};
+
 struct ScheduleDecision {
   std::vector<Placement> placements;
   std::vector<ShrinkOrder> shrinks;
+  std::vector<GrowOrder> grows;
 };
 
 ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,

@@ -1,5 +1,5 @@
 // The scheduler's placement policy: priority then FIFO, best fit, many jobs per device, kinds,
-// backfill, and shrink-to-fit of lower-priority jobs.
+// backfill, shrink-to-fit of lower-priority jobs and their growing back.
 #include "server/sched/scheduler.h"
 
 #include <gtest/gtest.h>
@@ -76,6 +76,56 @@ TEST(Scheduler, HigherPriorityJobShrinksLowerPriorityOnes) {
   const ScheduleDecision next = Schedule(one, shrunk, {{"vip", "", 3, 35 * kMiB, 4}});
   ASSERT_EQ(next.placements.size(), 1u);
   EXPECT_TRUE(next.shrinks.empty());
+}
+
+RunningJob Shrunk(const std::string& id, int64_t quota, int64_t requested, int priority, int64_t order) {
+  RunningJob r{id, "cpu:0", priority, quota, quota / 2, order};
+  r.requested_quota_bytes = requested;
+  return r;
+}
+
+TEST(Scheduler, ShrunkJobsGrowBackWhenNobodyWaitsForTheRoom) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB}};
+  // The vip that shrank them has ended: 45 MiB free; low-old wants 25 more, low-new 10 more.
+  const std::vector<RunningJob> running = {Shrunk("low-old", 25 * kMiB, 50 * kMiB, 0, 1),
+                                           Shrunk("low-new", 30 * kMiB, 40 * kMiB, 0, 2)};
+  const ScheduleDecision d = Schedule(one, running, {});
+  ASSERT_EQ(d.grows.size(), 2u);
+  EXPECT_EQ(d.grows[0].job_id, "low-old");  // oldest first among equal priorities
+  EXPECT_EQ(d.grows[0].quota_bytes, 50 * kMiB);
+  EXPECT_EQ(d.grows[1].job_id, "low-new");
+  EXPECT_EQ(d.grows[1].quota_bytes, 40 * kMiB);
+
+  // Room for only one: the higher priority grows, the other waits (no partial growth).
+  const std::vector<RunningJob> tight = {Shrunk("low", 25 * kMiB, 50 * kMiB, 0, 1),
+                                         Shrunk("mid", 30 * kMiB, 60 * kMiB, 1, 2),
+                                         {"other", "cpu:0", 0, 15 * kMiB, 0, 3}};
+  const ScheduleDecision t = Schedule(one, tight, {});
+  ASSERT_EQ(t.grows.size(), 1u);
+  EXPECT_EQ(t.grows[0].job_id, "mid");
+}
+
+TEST(Scheduler, NoGrowBackWhileAQueuedJobCouldUseTheRoomOrAChangeIsInFlight) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB}};
+  const std::vector<RunningJob> running = {Shrunk("low", 25 * kMiB, 50 * kMiB, 0, 1)};
+  // A queued job too large for the free 75 MiB, but not for the device: it waits for room
+  // (shrinking `low` further is not possible: priority 0 cannot shrink priority 0).
+  const ScheduleDecision waiting = Schedule(one, running, {{"big", "", 0, 90 * kMiB, 2}});
+  EXPECT_TRUE(waiting.placements.empty());
+  EXPECT_TRUE(waiting.grows.empty());
+  // A queued job no device of its kind can take does not block growth.
+  const ScheduleDecision other_kind = Schedule(one, running, {{"gpu", "cuda", 0, 10 * kMiB, 2}});
+  ASSERT_EQ(other_kind.grows.size(), 1u);
+  // A job placed in this pass takes the room first; growth waits for the next pass.
+  const ScheduleDecision placed = Schedule(one, running, {{"small", "", 0, 10 * kMiB, 2}});
+  ASSERT_EQ(placed.placements.size(), 1u);
+  EXPECT_TRUE(placed.grows.empty());
+  // A shrink or grow in flight on the device: nothing more until the worker confirms.
+  RunningJob pending = Shrunk("low", 25 * kMiB, 50 * kMiB, 0, 1);
+  pending.quota_change_pending = true;
+  EXPECT_TRUE(Schedule(one, {pending}, {}).grows.empty());
+  // Not shrunk: nothing to grow.
+  EXPECT_TRUE(Schedule(one, {{"full", "cpu:0", 0, 50 * kMiB, 25 * kMiB, 1}}, {}).grows.empty());
 }
 
 TEST(Scheduler, NoShrinkForEqualPriorityOrBeyondMinimums) {

@@ -382,6 +382,77 @@ TEST_F(SlimdE2eTest, PacksShrinksCancelsSurvivesSigkillAndCompletesEveryJob) {
 }
 
 
+// Shrink-to-fit keeps the mathematics: a job shrunk for a higher-priority one (smaller chunk
+// size, possibly another start-state mode) and grown back when that one ends trains exactly
+// like its twin that ran at its requested quota throughout — same data order, one BLAS thread
+// each (--worker-cpu-threads 1), so the only difference is the chunk size. Its observed peak
+// is the current quota's: never above the quota it runs in.
+TEST_F(SlimdE2eTest, ShrunkJobGrowsBackAndTrainsLikeItsUnshrunkTwin) {
+  StartSlimd({"--devices", "cpu:16MiB", "--worker-cpu-threads", "1"});
+  std::string text;
+  for (int i = 0; text.size() < 120000; ++i) text += "slim grows shrunk jobs back when room returns " + std::to_string(i % 89) + ".\n";
+  const std::string dataset = Upload(text);
+  auto spec = [&](const std::string& quota, int steps) {
+    v1::JobSpec s = Spec(dataset, quota, steps);
+    s.mutable_eval()->set_every(20);
+    return s;
+  };
+  const v1::Job job = Create(spec("6MiB", 160), 0);
+  WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+  // 12 MiB at priority 5 does not fit beside 6 MiB on 16: the job shrinks to make room.
+  const v1::Job vip = Create(spec("12MiB", 20), 5);
+  const std::vector<v1::JobEvent> vip_events = WatchUntil(vip.id(), 0, [](const v1::JobEvent&) { return false; });
+  ASSERT_FALSE(vip_events.empty());
+  EXPECT_EQ(vip_events.back().kind(), "succeeded") << vip_events.back().message();
+
+  const std::vector<v1::JobEvent> events = WatchUntil(job.id(), 0, [](const v1::JobEvent&) { return false; });
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().kind(), "succeeded") << events.back().message();
+  const v1::JobEvent *shrunk = nullptr, *grown = nullptr;
+  std::map<int64_t, double> evals;  // step → validation loss
+  double final_loss = 0;
+  for (const v1::JobEvent& e : events) {
+    if (e.kind() == "shrunk" && shrunk == nullptr) shrunk = &e;
+    if (e.kind() == "grown" && grown == nullptr) grown = &e;
+    if (e.kind() == "eval") evals[e.progress().step()] = e.progress().eval_loss();
+    if (e.kind() == "progress") final_loss = e.progress().loss();
+  }
+  ASSERT_NE(shrunk, nullptr) << "the job was never shrunk";
+  ASSERT_NE(grown, nullptr) << "the job never grew back";
+  EXPECT_LT(shrunk->sequence(), grown->sequence());
+  EXPECT_LT(shrunk->quota_bytes(), 6 * kMiB);
+  EXPECT_LT(shrunk->chunk_size(), job.chunk_size());
+  EXPECT_EQ(grown->quota_bytes(), 6 * kMiB);
+  EXPECT_EQ(grown->chunk_size(), job.chunk_size());  // the requested quota's plan again
+  const v1::Job done = Get(job.id());
+  EXPECT_EQ(done.quota_bytes(), 6 * kMiB);
+  EXPECT_EQ(done.requested_quota_bytes(), 6 * kMiB);
+  EXPECT_GT(done.observed_peak_bytes(), 0);
+  EXPECT_LE(done.observed_peak_bytes(), done.quota_bytes());
+
+  // The twin, alone on the device: never shrunk.
+  const v1::Job twin = Create(spec("6MiB", 160), 0);
+  const std::vector<v1::JobEvent> twin_events = WatchUntil(twin.id(), 0, [](const v1::JobEvent&) { return false; });
+  ASSERT_FALSE(twin_events.empty());
+  EXPECT_EQ(twin_events.back().kind(), "succeeded");
+  std::map<int64_t, double> twin_evals;
+  double twin_final_loss = 0;
+  for (const v1::JobEvent& e : twin_events) {
+    EXPECT_NE(e.kind(), "shrunk");
+    if (e.kind() == "eval") twin_evals[e.progress().step()] = e.progress().eval_loss();
+    if (e.kind() == "progress") twin_final_loss = e.progress().loss();
+  }
+  ASSERT_EQ(evals.size(), twin_evals.size());
+  ASSERT_GE(evals.size(), 7u);
+  for (const auto& [step, loss] : twin_evals) {
+    ASSERT_TRUE(evals.count(step)) << step;
+    std::printf("[ twin ] step %lld validation loss shrunk job %.9f twin %.9f (%.1e)\n",
+                static_cast<long long>(step), evals[step], loss, std::abs(evals[step] - loss) / loss);
+    EXPECT_NEAR(evals[step], loss, 1e-4 * loss) << "step " << step;
+  }
+  EXPECT_NEAR(final_loss, twin_final_loss, 1e-4 * twin_final_loss);
+}
+
 // SIGTERM while 3 jobs train, 60 WatchJob streams are open and unary calls keep coming: slimd
 // checkpoints and requeues every job, delivers those last events on every stream, ends each
 // stream itself (UNAVAILABLE naming the shutdown and the sequence to resume from) before it

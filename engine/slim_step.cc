@@ -160,6 +160,17 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   // Backward sweep. In subtract mode sum_s/sum_z hold Σ over slices 0..n of the contributions
   // when slice n+1 has been processed; removing slice n's gives slice n's start.
   std::vector<at::Tensor> grad_s(R), grad_z(R);  // G for the end state of slice n
+  // Subtract mode: removes the slice's contribution from layer r's sums and returns its
+  // per-block parts, which the attention needs anyway (handing them to Mix saves recomputing
+  // them there, and keeps its arithmetic that of the forward sweep).
+  auto remove_slice = [&](int64_t r, const LayerProjections& p) {
+    at::NoGradGuard no_grad;
+    at::Tensor deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd, block);
+    const AttentionState d = SumBlockDeltas(deltas, B, H);
+    sum_s[r].Subtract(d.s);
+    sum_z[r].Subtract(d.z);
+    return deltas;
+  };
   at::Tensor loss_total = at::zeros({}, tokens.options().dtype(at::kDouble));
   for (int64_t n = N - 1; n >= 0; --n) {
     at::Tensor x = model.Embed(slice(tokens, n));
@@ -175,11 +186,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
           // zero. They are iff every slice was recomputed bit for bit as in the forward sweep,
           // which exact subtraction relies on (a BLAS or device that rounds the same product
           // differently from one call to the next would break it).
-          at::NoGradGuard no_grad;
-          deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd, block);
-          const AttentionState d = SumBlockDeltas(deltas, B, H);
-          sum_s[r].Subtract(d.s);
-          sum_z[r].Subtract(d.z);
+          deltas = remove_slice(r, p);
           CheckClosed(sum_s[r], sum_z[r], r);
         }
       } else if (n + 1 == N) {
@@ -188,12 +195,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
         start = boundaries[n][r];
       } else {
         at::NoGradGuard no_grad;
-        // The attention needs these per-block sums anyway; handing them to Mix saves
-        // recomputing them there (and keeps its arithmetic that of the forward sweep).
-        deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd, block);
-        const AttentionState d = SumBlockDeltas(deltas, B, H);
-        sum_s[r].Subtract(d.s);
-        sum_z[r].Subtract(d.z);
+        deltas = remove_slice(r, p);
         start = {sum_s[r].Value(), sum_z[r].Value()};
         if (audit) {
           const AttentionState& stored = boundaries[n][r];

@@ -8,16 +8,17 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace slim {
 
-// Layout. Element e of the sum is Σ_j limbs[e][j] · 2^(32j + kLowExp). A float x = m · 2^q
-// (m the integer significand with its hidden bit, q the exponent of its last bit) has its last
-// bit at position p = q − kLowExp ≥ 0, so m·2^(p mod 32) (at most 2^55 for fp32, 2^84 for
-// fp64) is split into 32-bit digits added to limbs ⌊p/32⌋, ⌊p/32⌋+1, (+2). Each limb then
-// moves by less than 2^32 per addition, so int64 limbs can take 2^31 additions before their
-// carries must be propagated (Normalize, which Value() runs).
+// Layout. Element e of the sum is Σ_j limb[e][j] · 2^(32j + low_exp), kept normalized: limbs
+// 0..n−2 are digits in [0, 2^32) (stored as the int32 with the same bits), the top limb is a
+// signed int32 (two's complement over all limbs). A float x = m · 2^q (m the integer
+// significand with its hidden bit, q the exponent of its last bit) has its last bit at position
+// p = q − low_exp ≥ 0, so m·2^(p mod 32) (below 2^55 for fp32, 2^85 for fp64) is split into
+// 32-bit digits added at limbs ⌊p/32⌋, ⌊p/32⌋+1 (, +2), with the carry rippled upwards.
 
 namespace {
 
@@ -28,8 +29,8 @@ struct Format {
   int64_t limbs;
 };
 
-// fp32: positions 0..276 (2^-149 .. 2^128) plus headroom: 9 limbs reach 2^139.
-// fp64: positions 0..2097 plus headroom: 67 limbs.
+// fp32: positions 0..276 (2^-149 .. 2^128) plus headroom: 9 limbs reach 2^138 (the top one
+// signed). fp64: positions 0..2097 plus headroom: 67 limbs.
 Format FormatOf(at::ScalarType dtype) {
   if (dtype == at::kDouble) return {52, 0x7ff, -1074, 67};
   TORCH_CHECK(dtype == at::kFloat, "ExactSum: fp32 or fp64 tensors only, got ", dtype);
@@ -37,18 +38,37 @@ Format FormatOf(at::ScalarType dtype) {
 }
 
 constexpr int64_t kDigit = int64_t{1} << 32;
-constexpr int64_t kMaxPendingAdds = int64_t{1} << 30;
+constexpr int64_t kDigitMask = kDigit - 1;
 
 std::atomic<bool> force_generic{false};
 
 // ---- CPU loops ----
 
+// Adds sign · Σ_t digits[t] · 2^(32(first + t)) to the normalized limbs L, rippling the carry.
+inline void AddDigits(int32_t* L, int64_t nl, int64_t first, const int64_t* digits, int count, int64_t sign) {
+  int64_t carry = 0;
+  for (int64_t j = first, t = 0; j < nl; ++j, ++t) {
+    if (t >= count && carry == 0) return;
+    const bool top = j == nl - 1;
+    int64_t v = top ? int64_t{L[j]} : int64_t{static_cast<uint32_t>(L[j])};
+    v += carry + (t < count ? sign * digits[t] : 0);
+    if (top) {
+      L[j] = static_cast<int32_t>(v);  // within range by the headroom above
+      return;
+    }
+    L[j] = static_cast<int32_t>(static_cast<uint32_t>(v & kDigitMask));
+    carry = v >> 32;  // arithmetic shift: floor(v / 2^32)
+  }
+}
+
 template <typename scalar_t>
-void AddCpu(const scalar_t* x, int64_t n, bool negate, const Format& f, int64_t* limbs,
-            bool* poison) {
+void AddCpu(const scalar_t* x, int64_t n, bool negate, const Format& f, int32_t* limbs, bool* poison) {
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
-      int64_t* L = limbs + e * f.limbs;
+      int64_t digits[3];
+      int count;
+      uint64_t p;
+      bool negative;
       if constexpr (std::is_same_v<scalar_t, float>) {
         uint32_t bits;
         std::memcpy(&bits, x + e, sizeof bits);
@@ -59,17 +79,12 @@ void AddCpu(const scalar_t* x, int64_t n, bool negate, const Format& f, int64_t*
         }
         const uint64_t m = (bits & 0x7fffffu) | (E != 0 ? 0x800000u : 0u);
         if (m == 0) continue;
-        const uint32_t p = E != 0 ? E - 1 : 0;
+        p = E != 0 ? E - 1 : 0;
         const uint64_t v = m << (p & 31);
-        const int64_t lo = static_cast<int64_t>(v & 0xffffffffu), hi = static_cast<int64_t>(v >> 32);
-        L += p >> 5;
-        if (((bits >> 31) != 0) != negate) {
-          L[0] -= lo;
-          L[1] -= hi;
-        } else {
-          L[0] += lo;
-          L[1] += hi;
-        }
+        digits[0] = static_cast<int64_t>(v & kDigitMask);
+        digits[1] = static_cast<int64_t>(v >> 32);
+        count = 2;
+        negative = (bits >> 31) != 0;
       } else {
         uint64_t bits;
         std::memcpy(&bits, x + e, sizeof bits);
@@ -80,32 +95,17 @@ void AddCpu(const scalar_t* x, int64_t n, bool negate, const Format& f, int64_t*
         }
         const uint64_t m = (bits & ((uint64_t{1} << 52) - 1)) | (E != 0 ? uint64_t{1} << 52 : 0);
         if (m == 0) continue;
-        const uint64_t p = E != 0 ? E - 1 : 0;
+        p = E != 0 ? E - 1 : 0;
         const unsigned __int128 v = static_cast<unsigned __int128>(m) << (p & 31);
-        const int64_t d0 = static_cast<int64_t>(static_cast<uint64_t>(v) & 0xffffffffu);
-        const int64_t d1 = static_cast<int64_t>(static_cast<uint64_t>(v >> 32) & 0xffffffffu);
-        const int64_t d2 = static_cast<int64_t>(static_cast<uint64_t>(v >> 64));
-        L += p >> 5;
-        const int64_t s = ((bits >> 63) != 0) != negate ? -1 : 1;
-        L[0] += s * d0;
-        L[1] += s * d1;
-        L[2] += s * d2;
+        digits[0] = static_cast<int64_t>(static_cast<uint64_t>(v) & kDigitMask);
+        digits[1] = static_cast<int64_t>(static_cast<uint64_t>(v >> 32) & kDigitMask);
+        digits[2] = static_cast<int64_t>(static_cast<uint64_t>(v >> 64));
+        count = 3;
+        negative = (bits >> 63) != 0;
       }
+      AddDigits(limbs + e * f.limbs, f.limbs, static_cast<int64_t>(p >> 5), digits, count,
+                negative != negate ? -1 : 1);
     }
-  });
-}
-
-void NormalizeOne(int64_t* L, int64_t nl) {
-  for (int64_t j = 0; j + 1 < nl; ++j) {
-    const int64_t carry = L[j] >> 32;  // arithmetic shift: floor(L[j] / 2^32)
-    L[j] -= carry * kDigit;
-    L[j + 1] += carry;
-  }
-}
-
-void NormalizeCpu(int64_t n, int64_t nl, int64_t* limbs) {
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) NormalizeOne(limbs + e * nl, nl);
   });
 }
 
@@ -114,7 +114,7 @@ void NormalizeCpu(int64_t n, int64_t nl, int64_t* limbs) {
 // sums are exact until the value's leading 53 bits are in, so the double is within an ulp of
 // the exact sum whatever cancelled.
 template <typename scalar_t>
-void ValueCpu(int64_t n, const Format& f, const int64_t* limbs, const bool* poison, scalar_t* out) {
+void ValueCpu(int64_t n, const Format& f, const int32_t* limbs, const bool* poison, scalar_t* out) {
   // 2^(32j + low_exp); fp64's top limbs overflow to inf, which only a value beyond the dtype's
   // range multiplies (zero limbs are skipped).
   std::vector<double> scales(static_cast<size_t>(f.limbs));
@@ -122,10 +122,19 @@ void ValueCpu(int64_t n, const Format& f, const int64_t* limbs, const bool* pois
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> mag(static_cast<size_t>(f.limbs));
     for (int64_t e = begin; e < end; ++e) {
-      const int64_t* L = limbs + e * f.limbs;
+      const int32_t* L = limbs + e * f.limbs;
       const bool negative = L[f.limbs - 1] < 0;
-      for (int64_t j = 0; j < f.limbs; ++j) mag[j] = negative ? -L[j] : L[j];
-      if (negative) NormalizeOne(mag.data(), f.limbs);
+      // −value limb by limb: the complement of every digit, plus one at the bottom.
+      int64_t carry = negative ? 1 : 0;
+      for (int64_t j = 0; j < f.limbs; ++j) {
+        const int64_t digit = static_cast<uint32_t>(L[j]);
+        int64_t v = negative ? (kDigitMask - digit) + carry : digit;
+        if (negative) {
+          carry = v >> 32;
+          v &= kDigitMask;
+        }
+        mag[j] = v;
+      }
       double acc = 0;
       for (int64_t j = f.limbs - 1; j >= 0; --j) {
         if (mag[j] != 0) acc += static_cast<double>(mag[j]) * scales[j];  // exact: a power of 2
@@ -144,12 +153,29 @@ void ValueCpu(int64_t n, const Format& f, const int64_t* limbs, const bool* pois
 }
 
 // ---- LibTorch ops (any device) ----
+// The limbs are widened to int64 for each call (a transient the size of 2·limbs), the digits
+// scattered in, the carries propagated, and the result stored back as int32.
 
-void AddGeneric(const at::Tensor& x, bool negate, const Format& f, at::Tensor& limbs,
-                at::Tensor& poison) {
-  at::Tensor bits, E, mant, neg;
+// Limbs as int64: digits in [0, 2^32), the top limb signed.
+at::Tensor Widen(const at::Tensor& limbs) {
+  at::Tensor wide = limbs.to(at::kLong);
+  wide.narrow(1, 0, limbs.size(1) - 1).bitwise_and_(kDigitMask);
+  return wide;
+}
+
+void NormalizeGeneric(at::Tensor& wide) {
+  for (int64_t j = 0; j + 1 < wide.size(1); ++j) {
+    at::Tensor limb = wide.select(1, j);
+    const at::Tensor carry = limb.__rshift__(32);
+    limb.sub_(carry * kDigit);
+    wide.select(1, j + 1).add_(carry);
+  }
+}
+
+void AddGeneric(const at::Tensor& x, bool negate, const Format& f, at::Tensor& limbs, at::Tensor& poison) {
+  at::Tensor bits, E, neg;
   if (x.scalar_type() == at::kFloat) {
-    bits = x.view(at::kInt).to(at::kLong).bitwise_and(int64_t{0xffffffff});
+    bits = x.view(at::kInt).to(at::kLong).bitwise_and(kDigitMask);
     E = bits.__rshift__(23).bitwise_and(0xff);
     neg = bits.__rshift__(31).bitwise_and(1);
   } else {
@@ -159,17 +185,18 @@ void AddGeneric(const at::Tensor& x, bool negate, const Format& f, at::Tensor& l
   }
   const at::Tensor nonfinite = E.eq(f.exponent_mask);
   poison.logical_or_(nonfinite);
-  mant = bits.bitwise_and((int64_t{1} << f.mantissa_bits) - 1)
-             .bitwise_or(E.gt(0).to(at::kLong).__lshift__(f.mantissa_bits));
+  at::Tensor mant = bits.bitwise_and((int64_t{1} << f.mantissa_bits) - 1)
+                        .bitwise_or(E.gt(0).to(at::kLong).__lshift__(f.mantissa_bits));
   mant.masked_fill_(nonfinite, 0);
   const at::Tensor p = (E - 1).clamp_min(0);
   // ±1 per element: the value's sign, flipped when subtracting.
   const at::Tensor sign = 1 - 2 * (negate ? 1 - neg : neg);
+  at::Tensor wide = Widen(limbs);
   auto place = [&](const at::Tensor& chunk, const at::Tensor& q) {  // chunk < 2^27
     const at::Tensor idx = q.__rshift__(5);
     const at::Tensor v = chunk.__lshift__(q.bitwise_and(31));
-    limbs.scatter_add_(1, idx.unsqueeze(1), (v.bitwise_and(int64_t{0xffffffff}) * sign).unsqueeze(1));
-    limbs.scatter_add_(1, (idx + 1).unsqueeze(1), (v.__rshift__(32) * sign).unsqueeze(1));
+    wide.scatter_add_(1, idx.unsqueeze(1), (v.bitwise_and(kDigitMask) * sign).unsqueeze(1));
+    wide.scatter_add_(1, (idx + 1).unsqueeze(1), (v.__rshift__(32) * sign).unsqueeze(1));
   };
   if (x.scalar_type() == at::kFloat) {
     place(mant, p);
@@ -177,22 +204,16 @@ void AddGeneric(const at::Tensor& x, bool negate, const Format& f, at::Tensor& l
     place(mant.bitwise_and((1 << 26) - 1), p);
     place(mant.__rshift__(26), p + 26);
   }
-}
-
-void NormalizeGeneric(at::Tensor& limbs) {
-  for (int64_t j = 0; j + 1 < limbs.size(1); ++j) {
-    at::Tensor limb = limbs.select(1, j);
-    const at::Tensor carry = limb.__rshift__(32);
-    limb.sub_(carry * kDigit);
-    limbs.select(1, j + 1).add_(carry);
-  }
+  NormalizeGeneric(wide);
+  limbs.copy_(wide);  // digits ≥ 2^31 wrap to the int32 with the same bits
 }
 
 at::Tensor ValueGeneric(const at::Tensor& limbs, const at::Tensor& poison, const Format& f,
                         at::ScalarType dtype) {
   // As ValueCpu: the magnitude, top limb first.
-  const at::Tensor negative = limbs.select(1, limbs.size(1) - 1).lt(0);
-  at::Tensor mag = at::where(negative.unsqueeze(1), -limbs, limbs);
+  const at::Tensor wide = Widen(limbs);
+  const at::Tensor negative = wide.select(1, wide.size(1) - 1).lt(0);
+  at::Tensor mag = at::where(negative.unsqueeze(1), -wide, wide);
   NormalizeGeneric(mag);
   at::Tensor acc = at::zeros({limbs.size(0)}, limbs.options().dtype(at::kDouble));
   for (int64_t j = limbs.size(1) - 1; j >= 0; --j) {
@@ -220,7 +241,7 @@ bool UseCpuLoops(const at::Tensor& limbs) {
 ExactSum::ExactSum(const at::Tensor& like)
     : dtype_(like.scalar_type()), shape_(like.sizes().vec()) {
   const Format f = FormatOf(dtype_);
-  limbs_ = at::zeros({like.numel(), f.limbs}, like.options().dtype(at::kLong));
+  limbs_ = at::zeros({like.numel(), f.limbs}, like.options().dtype(at::kInt));
   poison_ = at::zeros({like.numel()}, like.options().dtype(at::kBool));
 }
 
@@ -236,11 +257,9 @@ void ExactSum::Accumulate(const at::Tensor& x_in, bool negate) {
   at::NoGradGuard no_grad;
   const at::Tensor x = x_in.detach().contiguous().view({-1});
   const Format f = FormatOf(dtype_);
-  if (pending_adds_ >= kMaxPendingAdds) Normalize();
-  ++pending_adds_;
   if (UseCpuLoops(limbs_)) {
     AT_DISPATCH_FLOATING_TYPES(dtype_, "exact_sum_add", [&] {
-      AddCpu<scalar_t>(x.data_ptr<scalar_t>(), x.numel(), negate, f, limbs_.data_ptr<int64_t>(),
+      AddCpu<scalar_t>(x.data_ptr<scalar_t>(), x.numel(), negate, f, limbs_.data_ptr<int32_t>(),
                        poison_.data_ptr<bool>());
     });
   } else {
@@ -248,24 +267,14 @@ void ExactSum::Accumulate(const at::Tensor& x_in, bool negate) {
   }
 }
 
-void ExactSum::Normalize() {
-  if (UseCpuLoops(limbs_)) {
-    NormalizeCpu(limbs_.size(0), limbs_.size(1), limbs_.data_ptr<int64_t>());
-  } else {
-    NormalizeGeneric(limbs_);
-  }
-  pending_adds_ = 0;
-}
-
-at::Tensor ExactSum::Value() {
+at::Tensor ExactSum::Value() const {
   TORCH_CHECK(defined(), "ExactSum: not initialised");
   at::NoGradGuard no_grad;
-  Normalize();
   const Format f = FormatOf(dtype_);
   if (!UseCpuLoops(limbs_)) return ValueGeneric(limbs_, poison_, f, dtype_).view(shape_);
   at::Tensor out = at::empty(shape_, limbs_.options().dtype(dtype_));
   AT_DISPATCH_FLOATING_TYPES(dtype_, "exact_sum_value", [&] {
-    ValueCpu<scalar_t>(limbs_.size(0), f, limbs_.data_ptr<int64_t>(), poison_.data_ptr<bool>(),
+    ValueCpu<scalar_t>(limbs_.size(0), f, limbs_.data_ptr<int32_t>(), poison_.data_ptr<bool>(),
                        out.data_ptr<scalar_t>());
   });
   return out;

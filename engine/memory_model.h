@@ -60,7 +60,7 @@ int64_t TrainableParameterCount(const StepShape& shape);
 // Bytes of one full set of per-layer attention states (s and z) for the batch.
 int64_t StateSetBytes(const StepShape& shape);
 // Bytes of the exact sums subtract mode carries instead of float states: per state element,
-// 9 limbs of 8 bytes and a flag (engine/exact_sum.h), 18.25 times StateSetBytes.
+// 9 limbs of 4 bytes and a flag (engine/exact_sum.h), 9.25 times StateSetBytes.
 int64_t ExactSumBytes(const StepShape& shape);
 
 // C is clamped to [1, L]; C ≥ L is ordinary backprop.

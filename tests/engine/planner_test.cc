@@ -100,7 +100,7 @@ TEST(Planner, InfeasibleQuotaReportsMinimumThatWorks) {
   EXPECT_TRUE(PlanChunkSize(s, r.min_quota_bytes, k).feasible);
   EXPECT_FALSE(PlanChunkSize(s, r.min_quota_bytes - 64, k).feasible);
   // The minimum is the smallest predicted peak of any candidate chunk size in either mode
-  // (subtraction's exact sums weigh 18.25 state sets, so a few stored boundaries can be less).
+  // (subtraction's exact sums weigh 9.25 state sets, so a few stored boundaries can be less).
   const Plan at_min = PlanChunkSize(s, r.min_quota_bytes, k).plan;
   int64_t smallest = std::numeric_limits<int64_t>::max();
   for (int64_t C = s.model.attention_block; C < s.seq_len; C += s.model.attention_block) {

@@ -419,6 +419,14 @@ TEST_F(SlimdE2eTest, ShrunkJobGrowsBackAndTrainsLikeItsUnshrunkTwin) {
   }
   ASSERT_NE(shrunk, nullptr) << "the job was never shrunk";
   ASSERT_NE(grown, nullptr) << "the job never grew back";
+  // While shrunk, the peak it reports is the smaller quota's, and within it.
+  int shrunk_progress = 0;
+  for (const v1::JobEvent& e : events) {
+    if (e.kind() != "progress" || e.sequence() < shrunk->sequence() || e.sequence() > grown->sequence()) continue;
+    EXPECT_LE(e.observed_peak_bytes(), shrunk->quota_bytes()) << "step " << e.progress().step();
+    ++shrunk_progress;
+  }
+  EXPECT_GT(shrunk_progress, 0);
   EXPECT_LT(shrunk->sequence(), grown->sequence());
   EXPECT_LT(shrunk->quota_bytes(), 6 * kMiB);
   EXPECT_LT(shrunk->chunk_size(), job.chunk_size());

@@ -80,7 +80,10 @@ void PrintJob(const v1::Job& job, OutputFormat format) {
       {"priority:", std::to_string(job.priority())},
       {"device:", DevicesText(job)},
       {"quota:", Bytes(job.quota_bytes()) + (job.spec().data_parallel().workers() > 1 ? " per worker" : "") +
-                     " (minimum " + Bytes(job.min_quota_bytes()) + ")"},
+                     (job.requested_quota_bytes() > job.quota_bytes()
+                          ? " (shrunk from " + Bytes(job.requested_quota_bytes()) + "; minimum "
+                          : " (minimum ") +
+                     Bytes(job.min_quota_bytes()) + ")"},
       {"chunk size:", std::to_string(job.chunk_size()) + " (" + job.mode() + ")"},
       {"peak memory:", "predicted " + Bytes(job.predicted_peak_bytes()) + ", observed " + Bytes(job.observed_peak_bytes())},
       {"progress:", ProgressText(job) + " steps, " + std::to_string(p.tokens()) + " tokens"},

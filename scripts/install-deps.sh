@@ -16,6 +16,8 @@ packages=(
   # PostgreSQL job store; brings libpq-dev), Prometheus client
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libsqlite3-dev libpqxx-dev prometheus-cpp-dev
+  # service: OpenSSL's libcrypto for SHA-256 (gRPC links it; the headers come from libssl-dev)
+  libssl-dev
   # tests; postgresql: the server the PostgreSQL store tests start on loopback
   # (scripts/postgres-test-server.sh)
   libgtest-dev libgmock-dev python3 openssl postgresql

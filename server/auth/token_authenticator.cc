@@ -29,13 +29,6 @@ std::optional<std::string> FromHex(const std::string& hex) {
 }
 
 // Equal without data-dependent branches or early exit.
-bool ConstantTimeEqual(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 bool ValidTenant(const std::string& t) {
   if (t.empty() || t.size() > 64) return false;
   for (char c : t) {

@@ -1,26 +1,31 @@
-// SHA-256 (FIPS 180-4), incremental, for verifying uploaded datasets without OpenSSL.
+// SHA-256, incremental, through OpenSSL's EVP digest API (libcrypto, which gRPC links already):
+// dataset checksums and token digests.
 #pragma once
 
-#include <array>
 #include <cstddef>
-#include <cstdint>
 #include <string>
+
+struct evp_md_ctx_st;
 
 namespace slim::server {
 
 class Sha256 {
  public:
   Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
   void Update(const void* data, size_t size);
   // The digest as 64 lowercase hex characters. Call once; the object is spent afterwards.
   std::string HexDigest();
 
  private:
-  void Block(const uint8_t* p);
-  std::array<uint32_t, 8> h_;
-  std::array<uint8_t, 64> buffer_{};
-  size_t buffered_ = 0;
-  uint64_t total_bytes_ = 0;
+  evp_md_ctx_st* ctx_;
 };
+
+// Equality of two strings in time that depends only on their lengths (OpenSSL's
+// CRYPTO_memcmp): for comparing secrets' digests.
+bool ConstantTimeEqual(const std::string& a, const std::string& b);
 
 }  // namespace slim::server

@@ -1,4 +1,5 @@
-// SHA-256 against the FIPS 180-4 test vectors, fed whole and in odd-sized pieces.
+// SHA-256 (OpenSSL) against the FIPS 180-4 test vectors, fed whole and in odd-sized pieces;
+// the constant-time comparison of digests.
 #include "server/common/sha256.h"
 
 #include <gtest/gtest.h>
@@ -22,6 +23,13 @@ TEST(Sha256, KnownVectors) {
   const std::string million(1000000, 'a');
   EXPECT_EQ(Digest(million, 4096), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
   EXPECT_EQ(Digest(million, 1000000), Digest(million, 63));
+}
+
+TEST(ConstantTimeEqual, ComparesContentAndLength) {
+  EXPECT_TRUE(ConstantTimeEqual("", ""));
+  EXPECT_TRUE(ConstantTimeEqual(std::string("a\0b", 3), std::string("a\0b", 3)));
+  EXPECT_FALSE(ConstantTimeEqual(std::string("a\0b", 3), std::string("a\0c", 3)));
+  EXPECT_FALSE(ConstantTimeEqual("abc", "abcd"));
 }
 
 }  // namespace

@@ -430,7 +430,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
     const auto warn = [&](const std::string& message) {
       TrainingEvent w;
       w.kind = EventKind::kWarning;
-      w.code = "invalid_argument";
+      w.code = ErrorCodeName(ErrorCode::kInvalidArgument);
       w.message = message;
       emit(w);
     };
@@ -608,7 +608,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
           e.predicted_peak_bytes = plan.predicted_peak_bytes;
         } catch (const EngineError& error) {
           e.kind = EventKind::kWarning;
-          e.code = "resource_exhausted";
+          e.code = ErrorCodeName(ErrorCode::kResourceExhausted);
           e.message = std::string("new quota refused, keeping ") + FormatBytes(quota_bytes) + ": " + error.what();
         }
         emit(e);

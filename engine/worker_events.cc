@@ -154,4 +154,36 @@ TrainingEvent EventFromJson(const std::string& line) {
   return e;
 }
 
+std::string ControlToJson(const ControlCommand& c) {
+  Json o;
+  o.kind = Json::kObject;
+  if (c.kind == ControlCommand::Kind::kSetQuota) {
+    o.members["command"] = JsonString("set_quota");
+    o.members["quota_bytes"] = JsonNumber(static_cast<double>(c.quota_bytes));
+  } else {
+    o.members["command"] = JsonString("set_threads");
+    o.members["threads"] = JsonNumber(static_cast<double>(c.threads));
+  }
+  return SerializeJson(o);
+}
+
+ControlCommand ControlFromJson(const std::string& line) {
+  const Json o = ParseJson(line);
+  if (o.kind != Json::kObject) Bad("control command is not a JSON object");
+  const std::string name = StringOr(o, "command");
+  ControlCommand c;
+  if (name == "set_quota") {
+    c.kind = ControlCommand::Kind::kSetQuota;
+    c.quota_bytes = IntOr(o, "quota_bytes", 0);
+    if (c.quota_bytes <= 0) Bad("set_quota: quota_bytes must be > 0");
+  } else if (name == "set_threads") {
+    c.kind = ControlCommand::Kind::kSetThreads;
+    c.threads = IntOr(o, "threads", 0);
+    if (c.threads < 1 || c.threads > 4096) Bad("set_threads: threads must be in [1, 4096]");
+  } else {
+    Bad("unknown control command '" + name + "' (known: set_quota, set_threads)");
+  }
+  return c;
+}
+
 }  // namespace slim

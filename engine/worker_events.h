@@ -52,7 +52,7 @@ struct TrainingEvent {
   // checkpoint, finished (the output model), stopped (the checkpoint)
   std::string path;
   std::string adapter_path;  // finished, LoRA runs
-  // warning, failed: code is "invalid_argument", "resource_exhausted" or "internal"
+  // warning, failed: code is an ErrorCodeName (engine/errors.h)
   std::string code, message;
 };
 
@@ -62,5 +62,21 @@ std::string EventToJson(const TrainingEvent& event);
 // not a JSON object, an unknown event, a field of the wrong type, a count that is not an integer
 // in the int64 range.
 TrainingEvent EventFromJson(const std::string& line);
+
+// What slimd asks of a running worker, one JSON object per line on its stdin
+// (slim-train run --control-stdin); applied at the worker's next step boundary.
+struct ControlCommand {
+  enum class Kind {
+    kSetQuota,    // {"command":"set_quota","quota_bytes":N}: re-plan for quota N (> 0)
+    kSetThreads,  // {"command":"set_threads","threads":N}: OpenBLAS threads, 1..4096
+  };
+  Kind kind = Kind::kSetQuota;
+  int64_t quota_bytes = 0;
+  int64_t threads = 0;
+};
+std::string ControlToJson(const ControlCommand& command);
+// Throws EngineError(kInvalidArgument) naming what is wrong: not a JSON object, an unknown
+// command, a missing or out-of-range argument.
+ControlCommand ControlFromJson(const std::string& line);
 
 }  // namespace slim

@@ -128,48 +128,21 @@ void ReadControlCommands() {
   std::string line;
   while (std::getline(std::cin, line)) {
     try {
-      const slim::Json command = slim::ParseJson(line);
-      const auto name = command.members.find("command");
-      const auto quota = command.members.find("quota_bytes");
-      if (name != command.members.end() && name->second.text == "set_quota" && quota != command.members.end() &&
-          quota->second.kind == slim::Json::kNumber && quota->second.number > 0) {
-        g_requested_quota.store(static_cast<int64_t>(quota->second.number));
-        continue;
+      const slim::ControlCommand command = slim::ControlFromJson(line);
+      if (command.kind == slim::ControlCommand::Kind::kSetQuota) {
+        g_requested_quota.store(command.quota_bytes);
+      } else {
+        g_requested_blas_threads.store(static_cast<int>(command.threads));
       }
-      const auto threads = command.members.find("threads");
-      if (name != command.members.end() && name->second.text == "set_threads" && threads != command.members.end() &&
-          threads->second.kind == slim::Json::kNumber && threads->second.number >= 1 &&
-          threads->second.number <= 4096) {
-        g_requested_blas_threads.store(static_cast<int>(threads->second.number));
-        continue;
-      }
-    } catch (const std::exception&) {
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "slim-train: ignoring control line '%s': %s\n", line.c_str(), e.what());
     }
-    std::fprintf(stderr, "slim-train: ignoring control line '%s'\n", line.c_str());
   }
 }
 
 extern "C" void RequestStop(int signal_number) {
   g_stop_requested.store(true);
   std::signal(signal_number, SIG_DFL);  // a second signal ends the process at once
-}
-
-std::string ErrorCodeName(slim::ErrorCode code) {
-  switch (code) {
-    case slim::ErrorCode::kInvalidArgument: return "invalid_argument";
-    case slim::ErrorCode::kResourceExhausted: return "resource_exhausted";
-    case slim::ErrorCode::kInternal: return "internal";
-  }
-  return "internal";
-}
-
-int ExitStatus(slim::ErrorCode code) {
-  switch (code) {
-    case slim::ErrorCode::kInvalidArgument: return 2;
-    case slim::ErrorCode::kResourceExhausted: return 3;
-    case slim::ErrorCode::kInternal: return 1;
-  }
-  return 1;
 }
 
 std::string FormatDuration(double seconds) {
@@ -335,14 +308,16 @@ int Run(const slim::tools::Flags& flags) {
     if (events != nullptr) std::fclose(events);
     return result.outcome == slim::TrainingOutcome::kStopped ? 75 : 0;
   } catch (const slim::EngineError& e) {
-    return fail(ErrorCodeName(e.code()), e.what(), ExitStatus(e.code()));
+    return fail(slim::ErrorCodeName(e.code()), e.what(), slim::ExitStatus(e.code()));
   } catch (const c10::OutOfMemoryError& e) {
     // The memory cap (the job's quota) refused an allocation outside a training step (e.g. in
     // an evaluation or the optimizer): the same outcome as inside one.
-    return fail("resource_exhausted", std::string("out of memory: ") + e.what_without_backtrace(),
-                ExitStatus(slim::ErrorCode::kResourceExhausted));
+    return fail(slim::ErrorCodeName(slim::ErrorCode::kResourceExhausted),
+                std::string("out of memory: ") + e.what_without_backtrace(),
+                slim::ExitStatus(slim::ErrorCode::kResourceExhausted));
   } catch (const std::exception& e) {
-    return fail("internal", std::string("internal error: ") + e.what(), 1);
+    return fail(slim::ErrorCodeName(slim::ErrorCode::kInternal), std::string("internal error: ") + e.what(),
+                slim::ExitStatus(slim::ErrorCode::kInternal));
   }
 }
 
@@ -515,6 +490,6 @@ int main(int argc, char** argv) {
   } catch (const slim::EngineError& e) {
     std::cerr << "slim-train: " << e.what() << "\n";
     if (e.code() == slim::ErrorCode::kInvalidArgument) std::cerr << "run 'slim-train --help' for usage\n";
-    return ExitStatus(e.code());
+    return slim::ExitStatus(e.code());
   }
 }

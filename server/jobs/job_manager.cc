@@ -56,9 +56,21 @@ void SetFailed(v1::Job* job, absl::StatusCode code, const std::string& error) {
 
 // The worker protocol's error code names (docs/worker-protocol.md) as status codes.
 absl::StatusCode WorkerErrorCode(const std::string& name) {
-  if (name == "resource_exhausted") return absl::StatusCode::kResourceExhausted;
-  if (name == "invalid_argument") return absl::StatusCode::kInvalidArgument;
-  return absl::StatusCode::kInternal;
+  return static_cast<absl::StatusCode>(GrpcCode(ErrorCodeFromName(name)));
+}
+
+std::string QuotaCommand(int64_t quota_bytes) {
+  ControlCommand c;
+  c.kind = ControlCommand::Kind::kSetQuota;
+  c.quota_bytes = quota_bytes;
+  return ControlToJson(c);
+}
+
+std::string ThreadsCommand(int64_t threads) {
+  ControlCommand c;
+  c.kind = ControlCommand::Kind::kSetThreads;
+  c.threads = threads;
+  return ControlToJson(c);
 }
 
 google::protobuf::Timestamp Now() {
@@ -951,7 +963,7 @@ void JobManager::SchedulePass() {
   for (const ShrinkOrder& s : decision.shrinks) {
     Running& r = *running_.at(s.job_id);
     const absl::Status sent = r.worker().SendControl(
-        absl::StrCat("{\"command\":\"set_quota\",\"quota_bytes\":", s.quota_bytes, "}"));
+        QuotaCommand(s.quota_bytes));
     if (sent.ok()) {
       r.pending_quota = s.quota_bytes;
       r.shrink_for = s.for_job_id;
@@ -960,7 +972,7 @@ void JobManager::SchedulePass() {
   for (const GrowOrder& g : decision.grows) {
     Running& r = *running_.at(g.job_id);
     const absl::Status sent = r.worker().SendControl(
-        absl::StrCat("{\"command\":\"set_quota\",\"quota_bytes\":", g.quota_bytes, "}"));
+        QuotaCommand(g.quota_bytes));
     if (sent.ok()) r.pending_quota = g.quota_bytes;
   }
   std::set<std::string> placed;
@@ -1222,7 +1234,7 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
       break;
     }
     case EventKind::kWarning:
-      if (r.pending_quota > 0 && e.code == "resource_exhausted") {
+      if (r.pending_quota > 0 && ErrorCodeFromName(e.code) == ErrorCode::kResourceExhausted) {
         // The change was refused; do not ask this worker for that kind of change again.
         (r.pending_quota > job.quota_bytes() ? r.grow_refused : r.shrink_refused) = true;
         r.pending_quota = 0;
@@ -1435,7 +1447,7 @@ void JobManager::BalanceCpuThreads() {
     // An even split; the first budget % n workers get the cores left over.
     const int share = std::max(1, budget / n + (i < budget % n ? 1 : 0));
     if (cpu[i]->blas_threads == share) continue;
-    if (cpu[i]->worker->SendControl(absl::StrCat("{\"command\":\"set_threads\",\"threads\":", share, "}")).ok()) {
+    if (cpu[i]->worker->SendControl(ThreadsCommand(share)).ok()) {
       cpu[i]->blas_threads = share;
     }
   }

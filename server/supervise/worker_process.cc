@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/errors.h"
 
 extern char** environ;
 
@@ -151,7 +152,7 @@ TrainingEvent Warning(std::string message) {
   TrainingEvent event;
   event.kind = EventKind::kWarning;
   event.time = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
-  event.code = "internal";
+  event.code = ErrorCodeName(ErrorCode::kInternal);
   event.message = std::move(message);
   return event;
 }

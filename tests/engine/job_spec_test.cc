@@ -270,5 +270,52 @@ TEST(WorkerEvents, CountsMustBeInt64Integers) {
   EXPECT_EQ(EventFromJson(R"({"event":"progress","tokens":9007199254740993})").tokens, int64_t{9007199254740992});
 }
 
+TEST(WorkerControl, CommandsRoundTripAndBadOnesNameWhatIsWrong) {
+  ControlCommand quota;
+  quota.kind = ControlCommand::Kind::kSetQuota;
+  quota.quota_bytes = int64_t{3} << 30;
+  EXPECT_EQ(ControlToJson(quota), R"({"command":"set_quota","quota_bytes":3221225472})");
+  const ControlCommand q = ControlFromJson(ControlToJson(quota));
+  EXPECT_EQ(q.kind, ControlCommand::Kind::kSetQuota);
+  EXPECT_EQ(q.quota_bytes, quota.quota_bytes);
+  ControlCommand threads;
+  threads.kind = ControlCommand::Kind::kSetThreads;
+  threads.threads = 3;
+  const ControlCommand t = ControlFromJson(ControlToJson(threads));
+  EXPECT_EQ(t.kind, ControlCommand::Kind::kSetThreads);
+  EXPECT_EQ(t.threads, 3);
+  const std::pair<const char*, const char*> bad[] = {
+      {"[1]", "not a JSON object"},
+      {R"({"command":"reboot"})", "unknown control command 'reboot'"},
+      {R"({"command":"set_quota"})", "quota_bytes must be > 0"},
+      {R"({"command":"set_quota","quota_bytes":-5})", "quota_bytes must be > 0"},
+      {R"({"command":"set_quota","quota_bytes":1.5})", "not an integer"},
+      {R"({"command":"set_threads","threads":0})", "threads must be in [1, 4096]"},
+      {R"({"command":"set_threads","threads":5000})", "threads must be in [1, 4096]"},
+  };
+  for (const auto& [line, why] : bad) {
+    try {
+      ControlFromJson(line);
+      ADD_FAILURE() << "accepted " << line;
+    } catch (const EngineError& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << line << ": " << e.what();
+    }
+  }
+}
+
+TEST(ErrorCodes, OneTableForNamesExitStatusesAndGrpcCodes) {
+  for (const ErrorCodeInfo& info : kErrorCodes) {
+    EXPECT_EQ(ErrorCodeFromName(info.name), info.code);
+    EXPECT_EQ(ErrorCodeName(info.code), info.name);
+  }
+  EXPECT_EQ(ExitStatus(ErrorCode::kInvalidArgument), 2);
+  EXPECT_EQ(ExitStatus(ErrorCode::kResourceExhausted), 3);
+  EXPECT_EQ(ExitStatus(ErrorCode::kInternal), 1);
+  EXPECT_EQ(GrpcCode(ErrorCode::kInvalidArgument), 3);    // INVALID_ARGUMENT
+  EXPECT_EQ(GrpcCode(ErrorCode::kResourceExhausted), 8);  // RESOURCE_EXHAUSTED
+  EXPECT_EQ(GrpcCode(ErrorCode::kInternal), 13);          // INTERNAL
+  EXPECT_EQ(ErrorCodeFromName("something_new"), ErrorCode::kInternal);
+}
+
 }  // namespace
 }  // namespace slim

@@ -1,4 +1,4 @@
-// Causal linear attention in block form, with a carried prefix state (DESIGN.md §1).
+// Causal linear attention in block form, with a carried prefix state (docs/engine.md).
 //
 // For every position i:  out_i = S_iᵀ φq_i / z_iᵀ φq_i,
 //   S_i = S_start + Σ_{j≤i} φk_j v_jᵀ  (M×d),   z_i = z_start + Σ_{j≤i} φk_j  (M).

@@ -1,5 +1,5 @@
 // Predicted peak memory and time of one training step as a function of the job's shape and its
-// chunk size (DESIGN.md §4), and the planner that picks the chunk size fitting a quota.
+// chunk size (docs/memory-planner.md), and the planner that picks the chunk size fitting a quota.
 //
 //   peak(C) = weights + gradients + optimizer state + carried states (+ stored boundaries)
 //             + token ids + a · B · C + b

@@ -1,4 +1,4 @@
-// A decoder-only causal Performer language model (DESIGN.md §2), pre-LayerNorm:
+// A decoder-only causal Performer language model (docs/engine.md), pre-LayerNorm:
 //   x = Embed(tokens)
 //   per layer: x = x + W_o·CausalFavorAttention(LN1(x));  x = x + W2·GELU(W1·LN2(x) + b1) + b2
 //   logits = Head(LN_f(x))

@@ -1,4 +1,4 @@
-// Configuration of a causal Performer language model (DESIGN.md §2). Plain C++: safe to
+// Configuration of a causal Performer language model (docs/engine.md). Plain C++: safe to
 // include from code that must not see LibTorch.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The SLiM training step (DESIGN.md §1): exact gradients of the mean next-token loss with
+// The SLiM training step (docs/engine.md): exact gradients of the mean next-token loss with
 // activation memory proportional to the chunk size C instead of the sequence length L.
 //
 // Forward sweep (no autograd): slices 1..N−1 in order, all layers per slice, carrying only the

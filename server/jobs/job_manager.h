@@ -1,4 +1,4 @@
-// The core of slimd (DESIGN.md §3): job admission through the planner, the job state machine,
+// The core of slimd (docs/service.md): job admission through the planner, the job state machine,
 // placement through the scheduler, one supervised worker process per running job, recording
 // every worker event durably, shrink-to-fit, cancellation, retries, restart recovery, and
 // datasets and models. Data-parallel jobs (spec.data_parallel.workers = N > 1) run as N worker

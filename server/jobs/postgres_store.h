@@ -1,5 +1,5 @@
 // PostgresStore: the Store on a PostgreSQL database (libpqxx), for fleets of slimd replicas
-// sharing one job store (DESIGN.md §7, docs/operations.md "Running a fleet"). Same contract and
+// sharing one job store (docs/operations.md "Running a fleet"). Same contract and
 // semantics as SqliteStore, plus the Store's replica methods when opened with a replica id.
 //
 // Layout (schema version 2, in the one-row table `schema_version`): each record is its

@@ -1,4 +1,4 @@
-// Placement of fine-tuning jobs on devices under memory quotas (DESIGN.md §3, §4). Pure logic:
+// Placement of fine-tuning jobs on devices under memory quotas (docs/service.md, docs/memory-planner.md). Pure logic:
 // the caller passes a snapshot of devices, running jobs and queued jobs and applies the
 // decision. No I/O, no clocks, no locks: deterministic and tested directly.
 //

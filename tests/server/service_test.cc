@@ -477,7 +477,9 @@ TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {
 TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue) {
   const std::string dataset = UploadedDataset();
   v1::Job victim, neighbour;
-  ASSERT_TRUE(Create(TinySpec(dataset, 60, "8MiB"), &victim).ok());
+  // Long enough that the kill lands mid-run even when the checkpoint event arrives late (a
+  // loaded CI machine once delivered it after the 60 steps the victim had were done).
+  ASSERT_TRUE(Create(TinySpec(dataset, 300, "8MiB"), &victim).ok());
   ASSERT_TRUE(Create(TinySpec(dataset, 60, "8MiB"), &neighbour).ok());
   WaitForEvent(victim.id(), "checkpoint");  // checkpoints every 5 steps here
   WaitForEvent(neighbour.id(), "progress");

@@ -47,7 +47,8 @@ int64_t StateSetBytes(const StepShape& s) {
 
 int64_t ExactSumBytes(const StepShape& s) {
   // fp32 states (bf16 runs keep fp32 states too); ExactSum::BytesPerElement(kFloat), written
-  // out because this file must not include LibTorch (MemoryModel.ExactSumBytes checks).
+  // out because this file must not include LibTorch (Planner.ExactSumsAreCountedInSubtractMode
+  // checks they agree).
   constexpr int64_t kExactSumBytesPerElement = 9 * 4 + 1;
   return StateSetBytes(s) / kFloatBytes * kExactSumBytesPerElement;
 }

@@ -66,11 +66,32 @@ double RelativeToMax(const at::Tensor& a, const at::Tensor& b) {
   return diff == 0.0 ? 0.0 : diff / std::max(scale, 1e-300);
 }
 
+// One layer's state (s, z) in subtract mode: exact sums of the slices' contributions.
+class ExactLayerState {
+ public:
+  explicit ExactLayerState(const AttentionState& zero) : s_(zero.s), z_(zero.z) {}
+  // Adds (sign +1) or removes (−1) a slice's contribution, given as its AttentionBlockDeltas.
+  void Accumulate(const at::Tensor& block_deltas, int64_t batch, int64_t heads, int sign) {
+    const AttentionState d = SumBlockDeltas(block_deltas, batch, heads);
+    if (sign > 0) {
+      s_.Add(d.s);
+      z_.Add(d.z);
+    } else {
+      s_.Subtract(d.s);
+      z_.Subtract(d.z);
+    }
+  }
+  AttentionState Value() const { return {s_.Value(), z_.Value()}; }
+
+ private:
+  ExactSum s_, z_;
+};
+
 // Throws EngineError(kInternal) unless the layer's exact sums are back at zero (NaN aside: a
 // non-finite state already makes the loss non-finite, which the trainer reports).
-void CheckClosed(ExactSum& sum_s, ExactSum& sum_z, int64_t layer) {
-  const double residual = std::max(sum_s.Value().abs().max().item<double>(),
-                                    sum_z.Value().abs().max().item<double>());
+void CheckClosed(const ExactLayerState& sums, int64_t layer) {
+  const AttentionState v = sums.Value();
+  const double residual = std::max(v.s.abs().max().item<double>(), v.z.abs().max().item<double>());
   if (std::isnan(residual) || residual == 0.0) return;
   std::ostringstream m;
   m << "subtract mode: layer " << layer << " did not recompute its slices bit for bit (the state "
@@ -114,12 +135,9 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   ModelState state = zero;
   std::vector<ModelState> boundaries;  // boundaries[n] = start state of slice n
   if (!subtract || audit) boundaries.resize(N);
-  std::vector<ExactSum> sum_s, sum_z;  // subtract mode: exact Σ over slices, per layer
+  std::vector<ExactLayerState> sums;  // subtract mode: exact Σ over slices, per layer
   if (subtract && N > 1) {
-    for (int64_t r = 0; r < R; ++r) {
-      sum_s.emplace_back(zero[r].s);
-      sum_z.emplace_back(zero[r].z);
-    }
+    for (int64_t r = 0; r < R; ++r) sums.emplace_back(zero[r]);
   }
   {
     at::NoGradGuard no_grad;
@@ -140,10 +158,8 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
             AttentionState unused;
             x = model.Mix(r, x, p, state[r], &unused, deltas);
           }
-          const AttentionState d = SumBlockDeltas(deltas, B, H);
-          sum_s[r].Add(d.s);
-          sum_z[r].Add(d.z);
-          state[r] = {sum_s[r].Value(), sum_z[r].Value()};
+          sums[r].Accumulate(deltas, B, H, +1);
+          state[r] = sums[r].Value();
         } else if (last) {
           const AttentionState d = AttentionStateDelta(p.phi_k, p.v, sd);
           state[r] = {state[r].s + d.s, state[r].z + d.z};
@@ -157,7 +173,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
     if (!boundaries.empty()) boundaries[N - 1] = state;
   }
 
-  // Backward sweep. In subtract mode sum_s/sum_z hold Σ over slices 0..n of the contributions
+  // Backward sweep. In subtract mode `sums` hold Σ over slices 0..n of the contributions
   // when slice n+1 has been processed; removing slice n's gives slice n's start.
   std::vector<at::Tensor> grad_s(R), grad_z(R);  // G for the end state of slice n
   // Subtract mode: removes the slice's contribution from layer r's sums and returns its
@@ -166,9 +182,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   auto remove_slice = [&](int64_t r, const LayerProjections& p) {
     at::NoGradGuard no_grad;
     at::Tensor deltas = AttentionBlockDeltas(p.phi_k.detach(), p.v.detach(), sd, block);
-    const AttentionState d = SumBlockDeltas(deltas, B, H);
-    sum_s[r].Subtract(d.s);
-    sum_z[r].Subtract(d.z);
+    sums[r].Accumulate(deltas, B, H, -1);
     return deltas;
   };
   at::Tensor loss_total = at::zeros({}, tokens.options().dtype(at::kDouble));
@@ -181,13 +195,13 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
       at::Tensor deltas;  // the slice's per-block state contributions, when rebuilt here
       if (n == 0) {
         start = zero[r];  // exact zeros, never rebuilt
-        if (!sum_s.empty()) {
+        if (!sums.empty()) {
           // Closing the round trip: without slice 0's contribution the sums must be exactly
           // zero. They are iff every slice was recomputed bit for bit as in the forward sweep,
           // which exact subtraction relies on (a BLAS or device that rounds the same product
           // differently from one call to the next would break it).
           deltas = remove_slice(r, p);
-          CheckClosed(sum_s[r], sum_z[r], r);
+          CheckClosed(sums[r], r);
         }
       } else if (n + 1 == N) {
         start = state[r];
@@ -196,7 +210,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
       } else {
         at::NoGradGuard no_grad;
         deltas = remove_slice(r, p);
-        start = {sum_s[r].Value(), sum_z[r].Value()};
+        start = sums[r].Value();
         if (audit) {
           const AttentionState& stored = boundaries[n][r];
           result.max_start_state_drift =

@@ -82,7 +82,7 @@ PerformerLM InDouble(PerformerLMImpl& m32) {
 
 // Real text: a fixed copy of this repository's docs (tests/engine/data/exactness-text.txt),
 // so that editing the docs does not change what these tests compute.
-std::string FixtureText() { return testing::ReadFileBytes(SourcePath("tests/engine/data/exactness-text.txt")); }
+std::string FixtureText() { if (const char* e = std::getenv("SLIM_TEXT")) return testing::ReadFileBytes(e); return testing::ReadFileBytes(SourcePath("tests/engine/data/exactness-text.txt")); }
 
 // B sequences of real text, targets the next bytes.
 testing::Batch TextBatch(int64_t batch, int64_t length) {
@@ -254,6 +254,79 @@ TEST(TrainedExactnessAudit, LongSequenceAtTheSmallestPlannedChunkSize) {
               static_cast<long long>(L), static_cast<long long>(C), r.loss, truth.loss, worst_slim,
               name_slim.c_str(), worst_full, name_full.c_str());
   EXPECT_LE(worst_slim, std::max(1e-4, 2 * worst_full));
+}
+
+// relu features are not differentiable at 0. A pre-activation within fp32 rounding of 0 can
+// land on either side depending on how a GEMM of another shape rounds it, and the gradient of
+// that feature then jumps: no fp32 computation, ordinary backprop included, can promise 1e-4
+// there. On this text (an older docs/engine.md) the 64-token slices' q/k projection puts one
+// key pre-activation of layer 3 at +2.5e-7 where fp64 has it below 0 (found on the machine CI
+// runs on), and layers.3.wk.lora_b moves 1.8e-4 from fp64 while ordinary backprop is 1.3e-6
+// away. So here every gradient must be within 1e-4 of ordinary backprop's unless a feature is
+// on another side of the kink in the slices' (or ordinary backprop's) fp32 forward than in
+// fp64's — the only allowed explanation — and the loss within 1e-5 always.
+
+// Which relu pre-activations (q and k, every layer) are above 0 when `model` runs `tokens` in
+// slices of C: relu(x) + 1e-3 equals the constant 1e-3 of the model's dtype exactly when x ≤ 0.
+at::Tensor ReluSides(PerformerLMImpl& model, const at::Tensor& tokens, int64_t C) {
+  at::NoGradGuard no_grad;
+  const int64_t L = tokens.size(1), R = model.n_layers();
+  ModelState state = model.ZeroState(tokens.size(0));
+  std::vector<std::vector<at::Tensor>> per_layer(R);
+  for (int64_t start = 0; start < L; start += C) {
+    at::Tensor x = model.Embed(tokens.narrow(1, start, std::min(C, L - start)));
+    for (int64_t r = 0; r < R; ++r) {
+      const LayerProjections p = model.Project(r, x, start);
+      const at::Tensor floor = at::full({}, 1e-3, p.phi_k.options());
+      per_layer[r].push_back(at::cat({p.phi_q != floor, p.phi_k != floor}, -1));
+      AttentionState end;
+      x = model.Mix(r, x, p, state[r], &end);
+      state[r] = std::move(end);
+    }
+  }
+  std::vector<at::Tensor> layers;
+  for (auto& slices : per_layer) layers.push_back(at::cat(slices, 2));
+  return at::stack(layers);
+}
+
+TEST(TrainedExactnessReluKink, GradientsDifferOnlyWhereAFeatureCrossesTheKink) {
+  PerformerLM model = TrainedModel(FeatureMap::kRelu, 3.0, /*lora=*/true);
+  PerformerLM model64 = InDouble(*model);
+  const std::string text = testing::ReadFileBytes(SourcePath("tests/engine/data/relu-kink-text.txt"));
+  const int64_t batch = 4;
+  ASSERT_GT(static_cast<int64_t>(text.size()), batch * 997 + kL + 1);
+  at::Tensor ids = at::empty({batch, kL + 1}, at::kLong);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t <= kL; ++t) ids[b][t] = static_cast<int64_t>(static_cast<unsigned char>(text[b * 997 + t]));
+  }
+  const testing::Batch b{ids.narrow(1, 0, kL).contiguous(), ids.narrow(1, 1, kL).clone()};
+  const Outcome full = Step(*model, b, kL, StartStateMode::kSubtract);
+  const Outcome truth = Step(*model64, b, kL, StartStateMode::kSubtract);
+  const at::Tensor true_sides = ReluSides(*model64, b.tokens, kL);
+  // Ordinary backprop's own crossings count too: either side of the comparison may be the one
+  // that moved.
+  const int64_t full_crossings = (ReluSides(*model, b.tokens, kL) != true_sides).sum().item<int64_t>();
+  int explained = 0;
+  for (int64_t C : {int64_t{7}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{128}}) {
+    const int64_t crossings =
+        full_crossings + (ReluSides(*model, b.tokens, C) != true_sides).sum().item<int64_t>();
+    for (StartStateMode mode : {StartStateMode::kSubtract, StartStateMode::kBoundaries}) {
+      const std::string what = std::string(StartStateModeName(mode)) + " C=" + std::to_string(C);
+      const Outcome slim = Step(*model, b, C, mode);
+      EXPECT_LE(std::abs(slim.loss - full.loss), 1e-5 * std::abs(full.loss)) << what;
+      std::string name;
+      const double worst = WorstGradient(slim.grads, full.grads, &name);
+      if (worst > 1e-4) {
+        EXPECT_GT(crossings, 0) << what << ": " << name << " is " << worst
+                                << " from ordinary backprop with every feature on fp64's side of the kink";
+        ++explained;
+      }
+      std::printf("[ kink ] %s: %lld features on the other side of the kink, worst gradient %.3e (%s)\n",
+                  what.c_str(), static_cast<long long>(crossings), worst, name.c_str());
+    }
+  }
+  // Not asserted: whether a crossing happens at all depends on the BLAS's rounding.
+  std::printf("[ kink ] %d of 10 runs past 1e-4, each with a feature across the kink\n", explained);
 }
 
 }  // namespace

@@ -371,6 +371,43 @@ Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::stri
   return plan;
 }
 
+AdmissionPlan PlanAdmission(const JobSpec& spec_in, const ModelConfig& model, const std::string& calibration_cache_dir,
+                            bool default_quota) {
+  JobSpec spec = spec_in;
+  const int64_t largest = spec.quota_bytes;
+  if (default_quota) {
+    JobSpec full = spec;
+    full.chunk_size = spec.seq_len;
+    const Plan at_full_length = PlanTraining(full, model, calibration_cache_dir);
+    const int64_t wanted =
+        static_cast<int64_t>(std::ceil(static_cast<double>(at_full_length.predicted_peak_bytes) / (1.0 - kDefaultPlanMargin))) +
+        (int64_t{1} << 20);
+    spec.quota_bytes = std::min(largest, wanted);
+  }
+  const StepShape shape = JobStepShape(spec, model);
+  CalibrationOptions calibration;
+  calibration.cache_dir = calibration_cache_dir;
+  const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
+  const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
+  AdmissionPlan answer;
+  answer.quota_bytes = spec.quota_bytes;
+  answer.min_quota_bytes = r.min_quota_bytes;
+  answer.mode = spec.mode.value_or(StartStateMode::kSubtract);
+  if (spec.chunk_size > 0) {
+    answer.chunk_size = spec.chunk_size;
+    answer.predicted_peak_bytes = PredictPeak(shape, spec.chunk_size, answer.mode, k).total;
+    answer.feasible = answer.predicted_peak_bytes <= spec.quota_bytes;
+    answer.est_step_seconds = PredictStepSeconds(shape, spec.chunk_size, k);
+  } else if (r.feasible) {
+    answer.feasible = true;
+    answer.chunk_size = r.plan.chunk_size;
+    answer.mode = spec.mode.value_or(r.plan.mode);
+    answer.predicted_peak_bytes = r.plan.predicted_peak_bytes;
+    answer.est_step_seconds = r.plan.est_step_seconds;
+  }
+  return answer;
+}
+
 TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   spec.Validate();
   CheckArgument(!options.out_dir.empty(), "output directory is required");

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "engine/data_parallel.h"
+#include "engine/command_answers.h"
 #include "engine/job_spec.h"
 #include "engine/memory_model.h"
 #include "engine/worker_events.h"
@@ -93,6 +94,15 @@ StepShape JobStepShape(const JobSpec& spec, const ModelConfig& model);
 // set whenever there is a quota. Throws EngineError(kResourceExhausted) naming the minimum quota
 // when the quota cannot fit the job.
 Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::string& calibration_cache_dir);
+
+// Admission's answer for `spec` (slimd's PlanJob and CreateJob, through `slim-train plan --spec
+// FILE --json`), from the same calibration and planner as PlanTraining. With `default_quota`
+// the spec gave no quota and spec.quota_bytes is the largest device of its kind: the quota
+// becomes what ordinary backprop (C = L, the fastest step) needs with the planner's margin, at
+// most that. Unlike PlanTraining, a quota that cannot fit is an answer (feasible false, with
+// min_quota_bytes), not an error.
+AdmissionPlan PlanAdmission(const JobSpec& spec, const ModelConfig& model, const std::string& calibration_cache_dir,
+                            bool default_quota);
 
 // Checkpoint files in out_dir, newest (highest step) first.
 std::vector<std::string> ListCheckpoints(const std::string& out_dir);

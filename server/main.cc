@@ -22,7 +22,6 @@
 #include "engine/byte_size.h"
 #include "engine/devices.h"
 #include "engine/errors.h"
-#include "engine/runtime.h"
 #include "engine/yaml.h"
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
@@ -34,6 +33,7 @@
 #include "server/metrics/rpc_metrics_interceptor.h"
 #include "server/metrics/service_metrics.h"
 #include "server/metrics/status_page.h"
+#include "server/supervise/engine_commands.h"
 #include "tools/flags.h"
 
 namespace {
@@ -99,9 +99,22 @@ struct Options {
   slim::server::JobManagerOptions manager;
 };
 
-std::vector<slim::server::DeviceCapacity> ParseDevices(const std::string& list) {
+// The machine's devices, as `slim-train devices` finds them: slimd links no LibTorch (and so
+// holds no CUDA context), so discovery runs in a subprocess like all tensor work.
+std::vector<slim::DeviceInfo> DiscoverDevices(const std::string& worker_binary, const std::string& data_dir) {
+  slim::server::EngineCommands commands({worker_binary, "", data_dir + "/tmp"});
+  absl::StatusOr<std::vector<slim::DeviceInfo>> found = commands.Devices();
+  if (!found.ok()) {
+    throw slim::EngineError(slim::ErrorCode::kInternal,
+                            "cannot discover devices with " + worker_binary + ": " + std::string(found.status().message()));
+  }
+  return *found;
+}
+
+std::vector<slim::server::DeviceCapacity> ParseDevices(const std::string& list, const std::string& worker_binary,
+                                                       const std::string& data_dir) {
   std::vector<slim::server::DeviceCapacity> devices;
-  const std::vector<slim::DeviceInfo> found = slim::DiscoverDevices();
+  std::vector<slim::DeviceInfo> found;  // discovered at the first CUDA entry
   int cpus = 0;
   std::stringstream items(list);
   for (std::string item; std::getline(items, item, ',');) {
@@ -116,6 +129,7 @@ std::vector<slim::server::DeviceCapacity> ParseDevices(const std::string& list) 
       const size_t second = rest.find(':');
       const std::string name = "cuda:" + rest.substr(0, second);
       int64_t capacity = 0;
+      if (found.empty()) found = DiscoverDevices(worker_binary, data_dir);
       for (const slim::DeviceInfo& d : found) {
         if (d.name == name) capacity = d.total_bytes * 95 / 100;
       }
@@ -130,9 +144,9 @@ std::vector<slim::server::DeviceCapacity> ParseDevices(const std::string& list) 
   return devices;
 }
 
-std::vector<slim::server::DeviceCapacity> DiscoveredDevices() {
+std::vector<slim::server::DeviceCapacity> DiscoveredDevices(const std::string& worker_binary, const std::string& data_dir) {
   std::vector<slim::server::DeviceCapacity> devices;
-  for (const slim::DeviceInfo& d : slim::DiscoverDevices()) {
+  for (const slim::DeviceInfo& d : DiscoverDevices(worker_binary, data_dir)) {
     if (d.kind == "cpu") devices.push_back({"cpu:0", "cpu", d.total_bytes / 2});
     if (d.kind == "cuda") devices.push_back({d.name, "cuda", d.total_bytes * 95 / 100});
   }
@@ -223,8 +237,10 @@ Options ParseOptions(int argc, char** argv) {
   }
   o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
   o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
-  o.manager.devices = flags.Has("devices") ? ParseDevices(flags.String("devices", "")) : DiscoveredDevices();
   o.manager.worker_binary = flags.Has("worker-binary") ? flags.String("worker-binary", "") : DefaultWorkerBinary();
+  o.manager.devices = flags.Has("devices")
+                          ? ParseDevices(flags.String("devices", ""), o.manager.worker_binary, o.manager.data_dir)
+                          : DiscoveredDevices(o.manager.worker_binary, o.manager.data_dir);
   o.manager.checkpoint_every = static_cast<int>(flags.Int("checkpoint-every", 50, 1));
   o.manager.max_retries = static_cast<int>(flags.Int("max-retries", 2, 0));
   o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
@@ -242,10 +258,9 @@ Options ParseOptions(int argc, char** argv) {
   slim::CheckArgument(o.tls_cert.empty() == o.tls_key.empty(), "--tls-cert and --tls-key: give both or neither");
   slim::CheckArgument(o.tls_client_ca.empty() || !o.tls_cert.empty(), "--tls-client-ca: needs --tls-cert and --tls-key");
   slim::CheckArgument(o.manager.cancel_grace_seconds >= 0, "--cancel-grace: must be >= 0");
-  // Admission and the workers must plan from the same calibration, or a worker could measure
-  // its own and pick another chunk size: workers find it through SLIM_CACHE_DIR (inherited).
+  // Admission and the workers plan from the same calibration, or a worker could measure its
+  // own and pick another chunk size: both are given this directory (--calibration-cache).
   o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
-  ::setenv("SLIM_CACHE_DIR", o.manager.data_dir.c_str(), 1);
   return o;
 }
 
@@ -290,7 +305,6 @@ int Serve(const Options& o) {
   std::signal(SIGPIPE, SIG_IGN);  // a dead worker's control pipe must not kill the server
   // The registry outlives every component holding metric references (STYLE.md): built first.
   slim::server::ServiceMetrics metrics;
-  slim::ConfigureRuntime();
 
   fs::create_directories(o.manager.data_dir);
   absl::StatusOr<std::unique_ptr<slim::server::Store>> store = OpenStore(o);

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <string>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "engine/calibration.h"
+#include "engine/command_answers.h"
 #include "engine/data_parallel.h"
 #include "engine/dataset.h"
 #include "engine/generate.h"
@@ -47,10 +49,13 @@ constexpr char kUsage[] = R"(usage: slim-train <command> [flags]
 commands:
   run       --spec FILE --out DIR: fine-tune as the spec says (docs/job-spec.md); resumes from
             the newest checkpoint in DIR
-  plan      the largest chunk size whose predicted peak memory fits a quota
+  plan      the largest chunk size whose predicted peak memory fits a quota: for a whole spec
+            (--spec FILE [--default-quota-cap BYTES]) or a shape (--preset, --seq-len, ...)
   devices   the devices this process can use, with total and free memory
+  inspect   --model FILE: load a model file whole and print its config and parameter count
   init      --preset P --out FILE [--seed S]: a model file with random weights
-  generate  --model FILE --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--seed S]
+  generate  --model FILE --prompt TEXT|--prompt-file FILE [--max-tokens N] [--temperature T]
+            [--top-k K] [--seed S] [--ids: only the new token ids, one per line]
   eval      --model FILE --data FILE [--format text|jsonl|ids-u16|ids-u32] --seq-len L
             [--chunk C] [--batch B]: prints {"loss", "bits_per_byte", "tokens"} as JSON
   merge     --base FILE --adapter FILE --out FILE: a model file with the LoRA adapters merged in
@@ -74,6 +79,8 @@ run flags:
                             {"command":"set_threads","threads":N} sets the OpenBLAS threads
                             at the next step boundary
   --device D                train on D (cpu, cuda, cuda:N) instead of the spec's memory.device
+  --calibration-cache DIR   where memory calibrations are cached (default $SLIM_CACHE_DIR,
+                            else ~/.cache/slim); plan takes it too
   SIGTERM or Ctrl-C: the current step finishes, a checkpoint is written, exit status 75.
 
 data-parallel run flags (spec data_parallel.workers: N; one process per rank, all with the same
@@ -86,7 +93,13 @@ data-parallel run flags (spec data_parallel.workers: N; one process per rank, al
   --dist-timeout S          seconds to wait for the other ranks when joining and in every
                             collective before failing (default 300)
 
-plan flags:
+plan flags, for a whole spec (what slimd runs at admission; prints the quota, min_quota_bytes,
+feasible, chunk size, mode, predicted peak and step time):
+  --spec FILE               job spec, as for run
+  --default-quota-cap BYTES when the spec has no memory.quota, pick the default one: what
+                            ordinary backprop (C = L) needs, at most BYTES
+  --calibration-cache DIR   as for run
+plan flags, for a shape:
   --preset NAME       model preset: tiny, mini, small, paper-iv (default small)
   --seq-len L         sequence length (required)
   --batch B           sequences per step (default 1)
@@ -211,6 +224,16 @@ void PrintForPeople(const slim::TrainingEvent& e, bool terminal) {
   std::fflush(stdout);
 }
 
+// The calibration cache: --calibration-cache DIR (slimd passes its own), else the default.
+std::string CalibrationCache(const slim::tools::Flags& flags) {
+  return flags.String("calibration-cache", slim::DefaultCalibrationCacheDir());
+}
+
+// The model a spec trains: its base file's config, or its preset's.
+slim::ModelConfig SpecModelConfig(const slim::JobSpec& spec) {
+  return spec.base_model.empty() ? slim::PresetConfig(spec.preset) : slim::LoadModelFile(spec.base_model)->config();
+}
+
 int Run(const slim::tools::Flags& flags) {
   const std::string spec_path = flags.String("spec", "");
   const std::string out_dir = flags.String("out", "");
@@ -221,6 +244,7 @@ int Run(const slim::tools::Flags& flags) {
   const int64_t blas_threads = flags.Int("blas-threads", 0, 0);
   const bool control_stdin = flags.Bool("control-stdin");
   const std::string device = flags.Has("device") ? flags.String("device", "") : "";
+  const std::string calibration_cache = CalibrationCache(flags);
   slim::DataParallelOptions dist;
   dist.rank = static_cast<int>(flags.Int("dist-rank", 0, 0));
   dist.world_size = static_cast<int>(flags.Int("dist-world-size", 1, 1));
@@ -288,7 +312,7 @@ int Run(const slim::tools::Flags& flags) {
       options.requested_blas_threads = &g_requested_blas_threads;
     }
     options.progress_interval_seconds = progress_interval;
-    options.calibration_cache_dir = slim::DefaultCalibrationCacheDir();
+    options.calibration_cache_dir = calibration_cache;
     options.resume = !no_resume;
     options.data_parallel = dist;
     options.on_event = [&](const slim::TrainingEvent& e) {
@@ -333,7 +357,50 @@ int Merge(const slim::tools::Flags& flags) {
   return 0;
 }
 
+// plan --spec FILE: admission's answer for a whole spec (slimd runs this; docs/worker-protocol.md).
+int PlanSpec(const slim::tools::Flags& flags) {
+  const std::string spec_path = flags.String("spec", "");
+  const int64_t default_cap = flags.Bytes("default-quota-cap", 0);
+  const std::string cache = CalibrationCache(flags);
+  const bool json = flags.Bool("json");
+  flags.CheckAllUsed();
+  slim::Json doc;
+  try {
+    doc = slim::ParseStructuredFile(spec_path);
+  } catch (const std::runtime_error& e) {
+    throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("spec ") + e.what());
+  }
+  // Without memory.quota the default policy picks one, at most --default-quota-cap (the
+  // largest device of the kind): the spec is read with that cap as its quota.
+  bool default_quota = false;
+  if (default_cap > 0 && doc.kind == slim::Json::kObject) {
+    slim::Json& memory = doc.members["memory"];
+    if (memory.kind == slim::Json::kNull) memory = slim::JsonObject();
+    if (memory.kind == slim::Json::kObject && memory.members.count("quota") == 0) {
+      memory.members["quota"] = slim::JsonNumber(static_cast<double>(default_cap));
+      default_quota = true;
+    }
+  }
+  const slim::JobSpec spec = slim::JobSpecFromJson(doc, std::filesystem::path(spec_path).parent_path().string());
+  slim::InstallCpuMemoryTracker();
+  slim::ConfigureRuntime();
+  const slim::AdmissionPlan plan = slim::PlanAdmission(spec, SpecModelConfig(spec), cache, default_quota);
+  if (json) {
+    std::printf("%s\n", slim::AdmissionPlanToJson(plan).c_str());
+  } else if (plan.feasible) {
+    std::printf("quota %s: chunk size %lld (%s), predicted peak %s, about %.3g s per step; minimum quota %s\n",
+                slim::FormatBytes(plan.quota_bytes).c_str(), static_cast<long long>(plan.chunk_size),
+                slim::StartStateModeName(plan.mode).c_str(), slim::FormatBytes(plan.predicted_peak_bytes).c_str(),
+                plan.est_step_seconds, slim::FormatBytes(plan.min_quota_bytes).c_str());
+  } else {
+    std::printf("quota %s cannot fit this job; the minimum is %s (%lld bytes)\n", slim::FormatBytes(plan.quota_bytes).c_str(),
+                slim::FormatBytes(plan.min_quota_bytes).c_str(), static_cast<long long>(plan.min_quota_bytes));
+  }
+  return 0;
+}
+
 int Plan(const slim::tools::Flags& flags) {
+  if (flags.Has("spec")) return PlanSpec(flags);
   slim::StepShape shape;
   shape.model = slim::PresetConfig(flags.String("preset", "small"));
   shape.seq_len = flags.Int("seq-len", -1, 1);
@@ -352,7 +419,8 @@ int Plan(const slim::tools::Flags& flags) {
   slim::InstallCpuMemoryTracker();
   slim::ConfigureRuntime();
   slim::CalibrationOptions options;
-  if (!flags.Bool("recalibrate")) options.cache_dir = slim::DefaultCalibrationCacheDir();
+  const std::string cache = CalibrationCache(flags);
+  if (!flags.Bool("recalibrate")) options.cache_dir = cache;
   const slim::MemoryCoefficients k = slim::Calibrate(shape, device, options);
   const slim::PlanResult r = slim::PlanChunkSize(shape, quota, k, margin);
   if (!r.feasible) {
@@ -386,19 +454,35 @@ int Devices(const slim::tools::Flags& flags) {
   const bool json = flags.Bool("json");
   flags.CheckAllUsed();
   const std::vector<slim::DeviceInfo> devices = slim::DiscoverDevices();
-  if (json) std::printf("[");
-  for (size_t i = 0; i < devices.size(); ++i) {
-    const slim::DeviceInfo& d = devices[i];
-    if (json) {
-      std::printf("%s{\"name\":\"%s\",\"kind\":\"%s\",\"description\":\"%s\",\"total_bytes\":%lld,\"free_bytes\":%lld}",
-                  i ? "," : "", d.name.c_str(), d.kind.c_str(), slim::JsonEscape(d.description).c_str(),
-                  static_cast<long long>(d.total_bytes), static_cast<long long>(d.free_bytes));
-    } else {
-      std::printf("%-8s %-30s total %-10s free %s\n", d.name.c_str(), d.description.c_str(),
-                  slim::FormatBytes(d.total_bytes).c_str(), slim::FormatBytes(d.free_bytes).c_str());
-    }
+  if (json) {
+    std::printf("%s\n", slim::DevicesToJson(devices).c_str());
+    return 0;
   }
-  if (json) std::printf("]\n");
+  for (const slim::DeviceInfo& d : devices) {
+    std::printf("%-8s %-30s total %-10s free %s\n", d.name.c_str(), d.description.c_str(),
+                slim::FormatBytes(d.total_bytes).c_str(), slim::FormatBytes(d.free_bytes).c_str());
+  }
+  return 0;
+}
+
+// inspect --model FILE: loads the whole file (every tensor checked against its config).
+int Inspect(const slim::tools::Flags& flags) {
+  const std::string path = flags.String("model", "");
+  const bool json = flags.Bool("json");
+  flags.CheckAllUsed();
+  slim::ConfigureRuntime();
+  const slim::PerformerLM model = slim::LoadModelFile(path);
+  slim::ModelSummary summary;
+  for (const auto& [k, v] : slim::ModelConfigMetadata(model->config())) {
+    if (k != "format" && k != "format_version") summary.config[k] = v;
+  }
+  summary.parameters = model->config().ParameterCount();
+  if (json) {
+    std::printf("%s\n", slim::ModelSummaryToJson(summary).c_str());
+  } else {
+    std::printf("%s: %lld parameters\n", path.c_str(), static_cast<long long>(summary.parameters));
+    for (const auto& [k, v] : summary.config) std::printf("  %-16s %s\n", k.c_str(), v.c_str());
+  }
   return 0;
 }
 
@@ -416,21 +500,38 @@ int Init(const slim::tools::Flags& flags) {
 int Generate(const slim::tools::Flags& flags) {
   slim::ConfigureRuntime();
   slim::PerformerLM model = slim::LoadModelFile(flags.String("model", ""));
-  const std::string prompt = flags.String("prompt", "");
+  std::string prompt = flags.Has("prompt") ? flags.String("prompt", "") : "";
+  const std::string prompt_file = flags.Has("prompt-file") ? flags.String("prompt-file", "") : "";
+  // --ids: only the generated token ids, one per line, flushed as each is drawn (slimd streams
+  // them to its client); otherwise the prompt and its continuation as text.
+  const bool ids_only = flags.Bool("ids");
   slim::SamplingOptions o;
   o.max_new_tokens = flags.Int("max-tokens", 64, 0);
   o.temperature = flags.Double("temperature", 1.0);
   o.top_k = flags.Int("top-k", 0, 0);
   o.seed = static_cast<uint64_t>(flags.Int("seed", 0, 0));
   flags.CheckAllUsed();
+  if (!prompt_file.empty()) {
+    std::ifstream in(prompt_file, std::ios::binary);
+    if (!in) throw slim::EngineError(slim::ErrorCode::kInvalidArgument, "prompt-file: cannot read " + prompt_file);
+    prompt.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  slim::CheckArgument(!prompt.empty(), "prompt: must not be empty");
+  slim::CheckArgument(model->config().vocab_size >= 256,
+                      "model: not a byte-vocabulary model (vocab_size " + std::to_string(model->config().vocab_size) +
+                          "); prompts are bytes");
   std::vector<int32_t> ids;
   for (unsigned char c : prompt) ids.push_back(c);  // byte vocabulary
-  std::fwrite(prompt.data(), 1, prompt.size(), stdout);
-  slim::GenerateTokens(*model, ids, o, [](int32_t t) {
-    std::fputc(t < 256 ? t : '?', stdout);
+  if (!ids_only) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  slim::GenerateTokens(*model, ids, o, [&](int32_t t) {
+    if (ids_only) {
+      std::printf("%d\n", t);
+    } else {
+      std::fputc(t < 256 ? t : '?', stdout);
+    }
     std::fflush(stdout);
   });
-  std::fputc('\n', stdout);
+  if (!ids_only) std::fputc('\n', stdout);
   return 0;
 }
 
@@ -483,6 +584,7 @@ int main(int argc, char** argv) {
     if (command == "merge") return Merge(flags);
     if (command == "plan") return Plan(flags);
     if (command == "devices") return Devices(flags);
+    if (command == "inspect") return Inspect(flags);
     if (command == "init") return Init(flags);
     if (command == "generate") return Generate(flags);
     if (command == "eval") return Eval(flags);

@@ -18,13 +18,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/byte_size.h"
-#include "engine/calibration.h"
 #include "engine/dataset.h"
 #include "engine/errors.h"
-#include "engine/generate.h"
 #include "engine/json.h"
-#include "engine/model_file.h"
-#include "engine/trainer.h"
 #include "server/common/cpu_cores.h"
 #include "server/common/sha256.h"
 #include "server/common/status_macros.h"
@@ -135,11 +131,10 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
   return absl::OkStatus();
 }
 
-std::string ConfigJson(const ModelConfig& config) {
+// Model.config_json: the model file's config metadata.
+std::string ConfigJson(const ModelSummary& summary) {
   Json o = JsonObject();
-  for (const auto& [k, v] : ModelConfigMetadata(config)) {
-    if (k != "format" && k != "format_version") o.members[k] = JsonString(v);
-  }
+  for (const auto& [k, v] : summary.config) o.members[k] = JsonString(v);
   return SerializeJson(o);
 }
 
@@ -267,7 +262,8 @@ JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* obs
       observer_(observer),
       cpu_thread_budget_(options_.worker_cpu_threads < 0   ? 0
                          : options_.worker_cpu_threads > 0 ? options_.worker_cpu_threads
-                                                           : AvailableCpuCores()) {}
+                                                           : AvailableCpuCores()),
+      engine_(EngineCommandsOptions{options_.worker_binary, options_.calibration_cache_dir, TempDir()}) {}
 
 JobManager::~JobManager() { Shutdown(); }
 
@@ -543,54 +539,27 @@ JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
   return capacity;
 }
 
-absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec_in, const std::string& kind, bool quota_given) {
+absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const std::string& kind, bool quota_given) {
   const KindCapacity capacity = CapacityOf(kind);
   // Planning calibrates on a device of the kind here.
   if (!capacity.here) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
-  const int64_t largest = capacity.largest;
-  JobSpec spec = spec_in;
+  // slim-train plans with the worker's own planner; without a quota (spec.quota_bytes 0) it
+  // applies the default policy (docs/service.md), capped at the largest device of the kind.
+  JobSpec planned = spec;
+  if (!quota_given) planned.quota_bytes = 0;
+  ASSIGN_OR_RETURN(const AdmissionPlan plan, engine_.Plan(planned, capacity.largest));
   v1::PlanJobResponse response;
   response.set_device_kind(kind);
-  try {
-    const ModelConfig config =
-        spec.base_model.empty() ? PresetConfig(spec.preset) : LoadModelFile(spec.base_model)->config();
-    if (!quota_given) {
-      // Default policy (docs/service.md): enough for ordinary backprop (C = L, the fastest step),
-      // capped at the largest device of the kind, where the planner then picks a smaller C.
-      JobSpec full = spec;
-      full.quota_bytes = largest;
-      full.chunk_size = spec.seq_len;
-      const slim::Plan at_full_length = PlanTraining(full, config, options_.calibration_cache_dir);
-      const int64_t wanted = static_cast<int64_t>(std::ceil(static_cast<double>(at_full_length.predicted_peak_bytes) /
-                                                            (1.0 - kDefaultPlanMargin))) + (int64_t{1} << 20);
-      spec.quota_bytes = std::min(largest, wanted);
-    }
-    response.set_quota_bytes(spec.quota_bytes);
-    const StepShape shape = JobStepShape(spec, config);
-    CalibrationOptions calibration;
-    calibration.cache_dir = options_.calibration_cache_dir;
-    const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
-    const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
-    response.set_min_quota_bytes(r.min_quota_bytes);
-    if (spec.chunk_size > 0) {
-      const MemoryBreakdown peak = PredictPeak(shape, spec.chunk_size, spec.mode.value_or(StartStateMode::kSubtract), k);
-      response.set_feasible(peak.total <= spec.quota_bytes);
-      response.set_chunk_size(spec.chunk_size);
-      response.set_mode(StartStateModeName(spec.mode.value_or(StartStateMode::kSubtract)));
-      response.set_predicted_peak_bytes(peak.total);
-      response.set_est_step_seconds(PredictStepSeconds(shape, spec.chunk_size, k));
-    } else if (r.feasible) {
-      response.set_feasible(true);
-      response.set_chunk_size(r.plan.chunk_size);
-      response.set_mode(StartStateModeName(spec.mode.value_or(r.plan.mode)));
-      response.set_predicted_peak_bytes(r.plan.predicted_peak_bytes);
-      response.set_est_step_seconds(r.plan.est_step_seconds);
-    }
-    response.set_total_steps(spec.steps);
-  } catch (const EngineError& e) {
-    return FromEngineError(e);
+  response.set_quota_bytes(plan.quota_bytes);
+  response.set_min_quota_bytes(plan.min_quota_bytes);
+  response.set_feasible(plan.feasible && plan.quota_bytes <= capacity.largest);
+  if (plan.chunk_size > 0) {
+    response.set_chunk_size(plan.chunk_size);
+    response.set_mode(StartStateModeName(plan.mode));
+    response.set_predicted_peak_bytes(plan.predicted_peak_bytes);
+    response.set_est_step_seconds(plan.est_step_seconds);
   }
-  if (spec.quota_bytes > largest) response.set_feasible(false);
+  response.set_total_steps(spec.steps);
   return response;
 }
 
@@ -1077,6 +1046,11 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
     WorkerOptions w;
     w.argv = {options_.worker_binary, "run", "--spec", spec_path, "--out", dir.string(),
               "--events-fd", "3", "--control-stdin", "--progress-interval", "1"};
+    // The cache admission planned with (EngineCommands), so both plan from one calibration.
+    if (!options_.calibration_cache_dir.empty()) {
+      w.argv.push_back("--calibration-cache");
+      w.argv.push_back(options_.calibration_cache_dir);
+    }
     if (world_size > 1) {
       for (const std::string& arg : {std::string("--dist-rank"), std::to_string(rank), std::string("--dist-world-size"),
                                      std::to_string(world_size), std::string("--dist-init"), rendezvous,
@@ -1265,12 +1239,11 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
       model.set_source_job(job_id);
       model.set_tenant(job.tenant());
       model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
-      try {
-        const ModelConfig config = LoadModelFile(target.string())->config();
-        model.set_parameters(config.ParameterCount());
-        model.set_config_json(ConfigJson(config));
-      } catch (const EngineError& error) {
-        std::fprintf(stderr, "slimd: %s\n", error.what());
+      if (const absl::StatusOr<ModelSummary> summary = engine_.Inspect(target.string()); summary.ok()) {
+        model.set_parameters(summary->parameters);
+        model.set_config_json(ConfigJson(*summary));
+      } else {
+        std::fprintf(stderr, "slimd: %s\n", std::string(summary.status().message()).c_str());
       }
       *model.mutable_create_time() = Now();
       if (const absl::Status put = store_.PutModel(model); !put.ok()) {
@@ -1838,11 +1811,10 @@ absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& 
     return absl::InvalidArgumentError("path: must be an absolute path on the server, got '" + request.path() + "'");
   }
   if (request.name().size() > 200) return absl::InvalidArgumentError("name: at most 200 characters");
-  ModelConfig config;
-  try {
-    config = LoadModelFile(request.path())->config();
-  } catch (const EngineError& e) {
-    return absl::InvalidArgumentError(std::string("path: ") + e.what());
+  absl::StatusOr<ModelSummary> summary = engine_.Inspect(request.path());
+  if (!summary.ok()) {
+    if (summary.status().code() != absl::StatusCode::kInvalidArgument) return summary.status();
+    return absl::InvalidArgumentError(absl::StrCat("path: ", summary.status().message()));
   }
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("model"));
   const fs::path target = fs::path(options_.data_dir) / "models" / (id + ".safetensors");
@@ -1858,8 +1830,8 @@ absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& 
   model.set_id(id);
   model.set_name(request.name().empty() ? fs::path(request.path()).filename().string() : request.name());
   model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
-  model.set_parameters(config.ParameterCount());
-  model.set_config_json(ConfigJson(config));
+  model.set_parameters(summary->parameters);
+  model.set_config_json(ConfigJson(*summary));
   *model.mutable_create_time() = Now();
   RETURN_IF_ERROR(store_.PutModel(model));
   return model;
@@ -1904,29 +1876,17 @@ absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Prin
   }
   if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be >= 0");
   ASSIGN_OR_RETURN(const std::string path, ModelPath(request.model(), caller));
-  try {
-    PerformerLM model = LoadModelFile(path);
-    if (model->config().vocab_size < 256) return absl::FailedPreconditionError("model: not a byte-vocabulary model");
-    SamplingOptions o;
-    o.max_new_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
-    o.temperature = request.temperature();
-    o.top_k = request.top_k();
-    o.seed = static_cast<uint64_t>(request.seed());
-    std::vector<int32_t> ids;
-    for (unsigned char c : request.prompt()) ids.push_back(c);
-    if (ids.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
-    struct ClientGone {};  // thrown out of the sampler to stop it early
-    try {
-      GenerateTokens(*model, ids, o, [&](int32_t t) {
-        if (!emit(std::string(1, static_cast<char>(t < 256 ? t : '?')))) throw ClientGone{};
-      });
-    } catch (const ClientGone&) {
-      return absl::CancelledError("the client went away");
-    }
-  } catch (const EngineError& e) {
-    return FromEngineError(e);
-  }
-  return absl::OkStatus();
+  if (request.prompt().empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+  GenerateParams params;
+  params.max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
+  params.temperature = request.temperature();
+  params.top_k = request.top_k();
+  params.seed = static_cast<uint64_t>(request.seed());
+  const absl::Status status = engine_.Generate(path, request.prompt(), params, [&](int32_t t) {
+    return emit(std::string(1, static_cast<char>(t < 256 ? t : '?')));
+  });
+  if (status.code() == absl::StatusCode::kCancelled) return absl::CancelledError("the client went away");
+  return status;
 }
 
 }  // namespace slim::server

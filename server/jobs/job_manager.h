@@ -54,6 +54,7 @@
 #include "absl/time/time.h"
 #include "engine/job_spec.h"
 #include "engine/worker_events.h"
+#include "server/supervise/engine_commands.h"
 #include "server/auth/principal.h"
 #include "server/jobs/store.h"
 #include "server/sched/scheduler.h"
@@ -135,6 +136,8 @@ class JobManager {
   absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request, const Principal& caller);
   absl::StatusOr<v1::Job> CancelJob(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec, const Principal& caller);
+  // Plan processes started so far (the rest were answered from the cache), for tests.
+  int64_t plan_processes() const { return engine_.plan_processes(); }
   v1::ListDevicesResponse ListDevices();
   // Active jobs (queued, running, cancelling) and the most recent `recent` others, newest first.
   std::vector<v1::Job> JobsForStatus(int recent);
@@ -292,6 +295,8 @@ class JobManager {
   std::map<int64_t, std::pair<std::string, std::function<void()>>> watchers_ ABSL_GUARDED_BY(watch_mu_);
 
   std::atomic<int64_t> temp_counter_{0};
+  // Tensor work (planning, model checks, generation) runs in slim-train subprocesses.
+  EngineCommands engine_;
 };
 
 }  // namespace slim::server

@@ -194,7 +194,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(WorkerOption
     if (err == 0) err = posix_spawn_file_actions_adddup2(&setup.actions, from, to);
   };
   add_dup2(control_read.get(), STDIN_FILENO);
-  add_dup2(log.get(), STDOUT_FILENO);
+  add_dup2(options.on_stdout_line ? event_write.get() : log.get(), STDOUT_FILENO);
   add_dup2(log.get(), STDERR_FILENO);
   add_dup2(event_write.get(), 3);
 #if defined(__GLIBC__) && __GLIBC_PREREQ(2, 34)
@@ -450,6 +450,10 @@ bool WorkerProcess::ReadAvailable() {
 }
 
 void WorkerProcess::DispatchLine(const std::string& line) {
+  if (options_.on_stdout_line) {
+    if (line.size() <= kMaxLineBytes) options_.on_stdout_line(line);
+    return;
+  }
   if (line.empty()) return;
   TrainingEvent event;
   if (line.size() > kMaxLineBytes) {

@@ -56,6 +56,10 @@ struct WorkerOptions {
   // reported as a kWarning event with code "internal" whose message quotes the line (the first
   // 200 bytes). Empty lines are skipped. May be empty.
   std::function<void(const TrainingEvent&)> on_event;
+  // One-shot commands (engine_commands.h): when set, the process's stdout is the pipe read here
+  // instead of the log, and each of its lines is handed over as written (lines over 1 MiB are
+  // dropped), not parsed as an event; on_event is not called.
+  std::function<void(const std::string&)> on_stdout_line;
   // Called once, after the event pipe is drained and the process has been reaped. May be empty.
   std::function<void(const WorkerExit&)> on_exit;
   // Niceness steps below the spawning thread's (0..19; the result is capped at 19), so that the

@@ -52,7 +52,6 @@ class ServiceTest : public ::testing::Test {
     o.checkpoint_every = 5;
     o.cancel_grace_seconds = 20;
     o.calibration_cache_dir = dir_ + "/calibration";
-    ::setenv("SLIM_CACHE_DIR", dir_.c_str(), 1);  // workers plan from the same calibrations (as slimd does)
     o.scheduler_interval_seconds = 0.2;
     Configure(&o);
     manager_ = std::make_unique<JobManager>(*store_, o);
@@ -243,6 +242,45 @@ TEST_F(ServiceTest, JobRunsToCompletionAndWatchStreamsEveryEventInOrder) {
   cancel.set_id(job.id());
   v1::CancelJobResponse cancelled;
   EXPECT_EQ(stub_->CancelJob(Context().get(), cancel, &cancelled).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// Admission plans with the worker's own planner (`slim-train plan --spec`, a subprocess: slimd
+// links no LibTorch) from the calibration directory slimd hands both on their command lines —
+// no environment variable is shared. The worker's plan (its "planned" event) equals admission's
+// in chunk size, mode and predicted peak. A repeated plan is answered from slimd's cache without
+// starting a process.
+TEST_F(ServiceTest, AdmissionPlansExactlyAsTheWorkerDoes) {
+  ::unsetenv("SLIM_CACHE_DIR");
+  v1::JobSpec spec = TinySpec(UploadedDataset(), 4, "3MiB");
+  spec.mutable_training()->set_seq_len(512);
+  v1::PlanJobRequest plan_request;
+  *plan_request.mutable_spec() = spec;
+  v1::PlanJobResponse plan;
+  const int64_t processes_before = manager_->plan_processes();
+  ASSERT_TRUE(stub_->PlanJob(Context(300).get(), plan_request, &plan).ok());
+  ASSERT_TRUE(plan.feasible());
+  ASSERT_LT(plan.chunk_size(), 512) << "a plan that slices, so that chunk size and mode mean something";
+  EXPECT_EQ(manager_->plan_processes(), processes_before + 1);
+
+  v1::Job job;
+  ASSERT_TRUE(Create(spec, &job).ok());  // the same spec: planned from the cache
+  EXPECT_EQ(manager_->plan_processes(), processes_before + 1);
+  EXPECT_EQ(job.chunk_size(), plan.chunk_size());
+  EXPECT_EQ(job.mode(), plan.mode());
+  EXPECT_EQ(job.predicted_peak_bytes(), plan.predicted_peak_bytes());
+
+  const std::vector<v1::WatchJobResponse> items = Watch(job.id(), 0);
+  int planned = 0;
+  for (const v1::WatchJobResponse& item : items) {
+    if (!item.has_event() || item.event().kind() != "planned") continue;
+    ++planned;
+    EXPECT_EQ(item.event().chunk_size(), plan.chunk_size());
+    EXPECT_EQ(item.event().predicted_peak_bytes(), plan.predicted_peak_bytes());
+    EXPECT_NE(item.event().message().find("(" + plan.mode() + ")"), std::string::npos) << item.event().message();
+  }
+  EXPECT_EQ(planned, 1);
+  ASSERT_FALSE(items.empty());
+  EXPECT_EQ(items.back().event().kind(), "succeeded");
 }
 
 TEST_F(ServiceTest, InvalidRequestsNameTheField) {

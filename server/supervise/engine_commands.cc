@@ -1,0 +1,244 @@
+#include "server/supervise/engine_commands.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/errors.h"
+#include "engine/json.h"
+#include "server/supervise/worker_process.h"
+
+namespace slim::server {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// slim-train's last "slim-train: ..." line on stderr, without the prefix.
+std::string CommandMessage(const std::string& stderr_tail) {
+  std::string message;
+  for (absl::string_view line : absl::StrSplit(stderr_tail, '\n')) {
+    if (absl::StartsWith(line, "slim-train: ")) message = std::string(line.substr(12));
+  }
+  return message;
+}
+
+absl::Status FailedCommand(const std::string& what, const WorkerExit& exit) {
+  if (exit.signaled) return absl::InternalError(absl::StrCat("slim-train ", what, " was killed by signal ", exit.signal));
+  std::string message = CommandMessage(exit.stderr_tail);
+  if (message.empty()) message = absl::StrCat("slim-train ", what, " exited with status ", exit.exit_status);
+  for (const ErrorCodeInfo& info : kErrorCodes) {
+    if (info.exit_status == exit.exit_status) return absl::Status(static_cast<absl::StatusCode>(info.grpc_code), message);
+  }
+  return absl::InternalError(message);
+}
+
+// A double as a decimal that reads back to the same value.
+std::string ExactDecimal(double v) {
+  std::ostringstream s;
+  s.precision(17);
+  s << v;
+  return s.str();
+}
+
+// Writes `text` to `path` (a new scratch file).
+absl::Status WriteScratch(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + path);
+  return absl::OkStatus();
+}
+
+// Removes a scratch file when it goes out of scope.
+struct ScratchFile {
+  std::string path;
+  ~ScratchFile() {
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
+};
+
+// What the plan depends on besides the calibrations: the model (its file, or preset), the
+// step's shape, the quota or its default policy, a fixed chunk size or mode, and the device.
+std::string PlanKey(const JobSpec& s, int64_t default_quota_cap) {
+  return absl::StrCat(s.base_model, "|", s.preset, "|L", s.seq_len, "|B", s.batch_size, "|W", s.workers, "|",
+                      PrecisionName(s.precision), "|", OptimizerName(s.optimizer), "|", TuningModeName(s.tuning), "|r",
+                      s.lora_rank, "|q", s.quota_bytes, "|cap", default_quota_cap, "|C", s.chunk_size, "|",
+                      s.mode ? StartStateModeName(*s.mode) : "auto", "|", s.device);
+}
+
+// The calibrations' state: the files of the cache directory with their sizes and modification
+// times. A plan answer is reused only while it is unchanged (a recalibration, or a cache file
+// replaced or removed, plans anew).
+std::string CalibrationState(const std::string& dir) {
+  std::string state;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code e;
+    const auto size = fs::file_size(it->path(), e);
+    const auto time = fs::last_write_time(it->path(), e).time_since_epoch().count();
+    absl::StrAppend(&state, it->path().filename().string(), ":", e ? 0 : size, ":", e ? 0 : time, ";");
+  }
+  return state;
+}
+
+}  // namespace
+
+EngineCommands::EngineCommands(EngineCommandsOptions options) : options_(std::move(options)) {}
+
+std::string EngineCommands::ScratchPath(const std::string& stem, const std::string& extension) {
+  int64_t n;
+  {
+    absl::MutexLock lock(&mu_);
+    n = ++scratch_counter_;
+  }
+  return (fs::path(options_.scratch_dir) / absl::StrCat(stem, "-", getpid(), "-", n, extension)).string();
+}
+
+absl::Status EngineCommands::Run(const std::string& what, const std::vector<std::string>& args,
+                                 const std::function<bool(const std::string&)>& on_line) {
+  std::error_code ec;
+  fs::create_directories(options_.scratch_dir, ec);
+  ScratchFile log{ScratchPath(what, ".log")};
+  absl::Mutex mu;
+  bool stop = false, done = false;
+  WorkerExit result;
+  WorkerOptions o;
+  o.argv.push_back(options_.slim_train);
+  o.argv.push_back(what);
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  o.log_path = log.path;
+  o.on_stdout_line = [&](const std::string& line) {
+    absl::MutexLock lock(&mu);
+    if (!stop && !on_line(line)) stop = true;
+  };
+  o.on_exit = [&](const WorkerExit& e) {
+    absl::MutexLock lock(&mu);
+    result = e;
+    done = true;
+  };
+  absl::StatusOr<std::unique_ptr<WorkerProcess>> process = WorkerProcess::Start(std::move(o));
+  if (!process.ok()) return process.status();
+  bool timed_out = false, stopped = false;
+  {
+    absl::MutexLock lock(&mu);
+    const auto settled = [&] { return stop || done; };
+    timed_out = !mu.AwaitWithTimeout(absl::Condition(&settled), options_.timeout);
+    stopped = stop && !done;
+  }
+  if (timed_out || stopped) (*process)->Kill();
+  (*process)->WaitForExit();
+  if (timed_out) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("slim-train ", what, " did not finish in ", absl::FormatDuration(options_.timeout)));
+  }
+  if (stopped) return absl::CancelledError(absl::StrCat("slim-train ", what, " stopped: its output was not wanted"));
+  absl::MutexLock lock(&mu);
+  if (result.signaled || result.exit_status != 0) return FailedCommand(what, result);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> EngineCommands::Answer(const std::string& what, const std::vector<std::string>& args) {
+  std::string last;
+  const absl::Status status = Run(what, args, [&](const std::string& line) {
+    if (!line.empty()) last = line;
+    return true;
+  });
+  if (!status.ok()) return status;
+  if (last.empty()) return absl::InternalError("slim-train " + what + " printed no answer");
+  return last;
+}
+
+absl::StatusOr<AdmissionPlan> EngineCommands::Plan(const JobSpec& spec, int64_t default_quota_cap) {
+  const std::string inputs = PlanKey(spec, default_quota_cap);
+  {
+    absl::MutexLock lock(&mu_);
+    const auto it = plans_.find(inputs + "|" + CalibrationState(options_.calibration_cache));
+    if (it != plans_.end()) return it->second;
+    ++plan_processes_;
+  }
+  ScratchFile spec_file{ScratchPath("plan", ".json")};
+  if (absl::Status s = WriteScratch(spec_file.path, SerializeJson(JobSpecToJson(spec)) + "\n"); !s.ok()) return s;
+  std::vector<std::string> args{"--spec", spec_file.path, "--json"};
+  if (!options_.calibration_cache.empty()) {
+    args.push_back("--calibration-cache");
+    args.push_back(options_.calibration_cache);
+  }
+  if (spec.quota_bytes == 0) {
+    args.push_back("--default-quota-cap");
+    args.push_back(std::to_string(default_quota_cap));
+  }
+  absl::StatusOr<std::string> line = Answer("plan", args);
+  if (!line.ok()) return line.status();
+  AdmissionPlan plan;
+  try {
+    plan = AdmissionPlanFromJson(*line);
+  } catch (const EngineError& e) {
+    return absl::InternalError(e.what());
+  }
+  // Stored under the calibrations as they are after the run (a cold plan has just written one).
+  absl::MutexLock lock(&mu_);
+  if (plans_.size() >= 4096) plans_.clear();  // stale states accumulate; start over rather than grow
+  plans_[inputs + "|" + CalibrationState(options_.calibration_cache)] = plan;
+  return plan;
+}
+
+absl::StatusOr<ModelSummary> EngineCommands::Inspect(const std::string& model_path) {
+  absl::StatusOr<std::string> line = Answer("inspect", {"--model", model_path, "--json"});
+  if (!line.ok()) return line.status();
+  try {
+    return ModelSummaryFromJson(*line);
+  } catch (const EngineError& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
+absl::StatusOr<std::vector<DeviceInfo>> EngineCommands::Devices() {
+  absl::StatusOr<std::string> line = Answer("devices", {"--json"});
+  if (!line.ok()) return line.status();
+  try {
+    return DevicesFromJson(*line);
+  } catch (const EngineError& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
+absl::Status EngineCommands::Generate(const std::string& model_path, const std::string& prompt,
+                                      const GenerateParams& params, const std::function<bool(int32_t)>& emit) {
+  std::error_code ec;
+  fs::create_directories(options_.scratch_dir, ec);
+  ScratchFile prompt_file{ScratchPath("prompt", ".txt")};
+  if (absl::Status s = WriteScratch(prompt_file.path, prompt); !s.ok()) return s;
+  bool malformed = false;
+  const absl::Status status = Run(
+      "generate",
+      {"--model", model_path, "--prompt-file", prompt_file.path, "--ids", "--max-tokens",
+       std::to_string(params.max_tokens), "--temperature", ExactDecimal(params.temperature), "--top-k",
+       std::to_string(params.top_k), "--seed", std::to_string(params.seed)},
+      [&](const std::string& line) {
+        int32_t id = 0;
+        if (!absl::SimpleAtoi(line, &id) || id < 0) {
+          malformed = true;
+          return false;
+        }
+        return emit(id);
+      });
+  if (malformed) return absl::InternalError("slim-train generate printed something other than token ids");
+  return status;
+}
+
+int64_t EngineCommands::plan_processes() const {
+  absl::MutexLock lock(&mu_);
+  return plan_processes_;
+}
+
+}  // namespace slim::server

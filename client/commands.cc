@@ -408,6 +408,7 @@ int Devices(Client& client, const tools::Flags& flags, OutputFormat format) {
   for (const v1::Device& d : response.devices()) {
     std::string jobs;
     for (const std::string& j : d.job_ids()) jobs += (jobs.empty() ? "" : ",") + j;
+    for (const std::string& r : d.reservations()) jobs += (jobs.empty() ? "" : ",") + r;  // e.g. a Generate
     rows.push_back({d.name(), d.kind(), Bytes(d.capacity_bytes()), Bytes(d.committed_bytes()), Bytes(d.observed_bytes()),
                     jobs.empty() ? "-" : jobs});
   }

@@ -74,6 +74,8 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
                           may use, after CPU affinity and a cgroup CPU limit; -1: leave every
                           worker's BLAS at its default, all cores)
   --max-dataset-size SIZE largest dataset upload (default 1GiB)
+  --generate-quota SIZE   device memory reserved (and capped) for each Generate's sampling
+                          process (default 0: the model file's size × 1.5 + 16 MiB)
   --executor-threads N    threads for planning, model loading and generation (default 2)
   --port-file FILE        write the port actually bound here once serving
   --tokens-file FILE      bearer tokens (SHA-256 digests with tenant and role, docs/security.md);
@@ -251,6 +253,7 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
   o.manager.tenant_max_jobs = static_cast<int>(flags.Int("tenant-max-jobs", 0, 0));
   o.manager.tenant_max_quota_bytes = flags.Has("tenant-max-quota") ? flags.Bytes("tenant-max-quota", -1) : 0;
+  o.manager.generate_quota_bytes = flags.Has("generate-quota") ? flags.Bytes("generate-quota", -1) : 0;
   o.manager.tenant_max_dataset_bytes =
       flags.Has("tenant-max-dataset-storage") ? flags.Bytes("tenant-max-dataset-storage", -1) : 0;
   flags.CheckAllUsed();

@@ -55,7 +55,8 @@ commands:
   inspect   --model FILE: load a model file whole and print its config and parameter count
   init      --preset P --out FILE [--seed S]: a model file with random weights
   generate  --model FILE --prompt TEXT|--prompt-file FILE [--max-tokens N] [--temperature T]
-            [--top-k K] [--seed S] [--ids: only the new token ids, one per line]
+            [--top-k K] [--seed S] [--device D] [--memory-cap BYTES]
+            [--ids: only the new token ids, one per line]
   eval      --model FILE --data FILE [--format text|jsonl|ids-u16|ids-u32] --seq-len L
             [--chunk C] [--batch B]: prints {"loss", "bits_per_byte", "tokens"} as JSON
   merge     --base FILE --adapter FILE --out FILE: a model file with the LoRA adapters merged in
@@ -498,8 +499,15 @@ int Init(const slim::tools::Flags& flags) {
 }
 
 int Generate(const slim::tools::Flags& flags) {
+  // --device and --memory-cap: where to sample, and a hard cap on this process's tensor memory
+  // there (the model included; slimd passes the reservation it made for the generation).
+  const std::string device = flags.String("device", "cpu");
+  const int64_t memory_cap = flags.Bytes("memory-cap", 0);
+  slim::InstallCpuMemoryTracker();
   slim::ConfigureRuntime();
+  if (memory_cap > 0) slim::CapDeviceMemory(device, memory_cap);
   slim::PerformerLM model = slim::LoadModelFile(flags.String("model", ""));
+  model->to(slim::ParseDevice(device));
   std::string prompt = flags.Has("prompt") ? flags.String("prompt", "") : "";
   const std::string prompt_file = flags.Has("prompt-file") ? flags.String("prompt-file", "") : "";
   // --ids: only the generated token ids, one per line, flushed as each is drawn (slimd streams
@@ -593,5 +601,10 @@ int main(int argc, char** argv) {
     std::cerr << "slim-train: " << e.what() << "\n";
     if (e.code() == slim::ErrorCode::kInvalidArgument) std::cerr << "run 'slim-train --help' for usage\n";
     return slim::ExitStatus(e.code());
+  }  catch (const c10::OutOfMemoryError& e) {
+    // A memory cap (--memory-cap, or a plan's probe on a full device) refused an allocation
+    // outside a training step, which reports its own.
+    std::cerr << "slim-train: out of memory: " << e.what_without_backtrace() << "\n";
+    return slim::ExitStatus(slim::ErrorCode::kResourceExhausted);
   }
 }

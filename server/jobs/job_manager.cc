@@ -834,8 +834,68 @@ v1::ListDevicesResponse JobManager::DevicesLocked() {
         device->set_current_bytes(device->current_bytes() + job->progress().current_bytes());
       }
     }
+    for (const auto& [id, held] : reservations_) {
+      if (held.device != d.name) continue;
+      device->add_reservations(absl::StrCat(id, " (", FormatBytes(held.bytes), ")"));
+      device->set_committed_bytes(device->committed_bytes() + held.bytes);
+    }
   }
   return response;
+}
+
+class JobManager::ReservationHold {
+ public:
+  ReservationHold(JobManager& manager, std::string id, std::string device)
+      : manager_(manager), id_(std::move(id)), device_(std::move(device)) {}
+  // Returns the memory and wakes the scheduler, which may place a queued job in it.
+  ~ReservationHold() {
+    absl::MutexLock lock(&manager_.mu_);
+    manager_.reservations_.erase(id_);
+    manager_.wake_ = true;
+  }
+  ReservationHold(const ReservationHold&) = delete;
+  ReservationHold& operator=(const ReservationHold&) = delete;
+  const std::string& device() const { return device_; }
+
+ private:
+  JobManager& manager_;
+  const std::string id_, device_;
+};
+
+std::map<std::string, int64_t> JobManager::CommittedLocked() {
+  std::map<std::string, int64_t> committed;
+  for (const auto& [id, r] : running_) {
+    absl::StatusOr<v1::Job> job = store_.GetJob(id);
+    if (!job.ok()) continue;
+    for (const Rank& k : r->ranks) committed[k.device] += std::max(job->quota_bytes(), r->pending_quota);
+  }
+  for (const auto& [id, held] : reservations_) committed[held.device] += held.bytes;
+  return committed;
+}
+
+absl::StatusOr<std::unique_ptr<JobManager::ReservationHold>> JobManager::Reserve(const std::string& kind, int64_t bytes,
+                                                                                  const std::string& purpose) {
+  absl::MutexLock lock(&mu_);
+  const std::map<std::string, int64_t> committed = CommittedLocked();
+  const DeviceCapacity* best = nullptr;
+  int64_t best_free = 0;
+  for (const DeviceCapacity& d : options_.devices) {
+    if (d.kind != kind) continue;
+    const auto it = committed.find(d.name);
+    const int64_t free = d.capacity_bytes - (it == committed.end() ? 0 : it->second);
+    if (best == nullptr || free > best_free) best = &d, best_free = free;
+  }
+  if (best == nullptr) return absl::FailedPreconditionError(absl::StrCat(purpose, ": this server has no ", kind, " device"));
+  if (best_free < bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        purpose, ": needs ", FormatBytes(bytes), " of a ", kind, " device and the most any has free is ",
+        FormatBytes(std::max<int64_t>(best_free, 0)), " (", best->name,
+        "); the rest is committed to jobs. Try again when one ends"));
+  }
+  const std::string id = absl::StrCat(purpose, "-", next_reservation_++);
+  reservations_[id] = {best->name, bytes, purpose};
+  wake_ = true;  // the status page and metrics show the new commitment at the next pass
+  return std::make_unique<ReservationHold>(*this, id, best->name);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -916,6 +976,8 @@ void JobManager::SchedulePass() {
       running.push_back(running_job);
     }
   }
+  // Reservations hold their memory like jobs that are neither shrunk nor grown.
+  for (const auto& [id, held] : reservations_) running.push_back({id, held.device, 0, held.bytes, 0, 0});
   // A job for which shrinks are in flight waits for their confirmation: planned again meanwhile,
   // while the shrinking jobs still hold their old quotas and cannot be shrunk twice, it would
   // look like a job that fits nowhere and shrink jobs on another device as well.
@@ -1877,7 +1939,16 @@ absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Prin
   if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be >= 0");
   ASSIGN_OR_RETURN(const std::string path, ModelPath(request.model(), caller));
   if (request.prompt().empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+  // The sampling process runs on a device of the server's first kind, inside a reservation
+  // that the scheduler counts like a job (docs/service.md, "Generation").
+  std::error_code ec;
+  const int64_t model_bytes = static_cast<int64_t>(fs::file_size(path, ec));
+  const int64_t quota = options_.generate_quota_bytes > 0 ? options_.generate_quota_bytes
+                                                          : model_bytes + model_bytes / 2 + (int64_t{16} << 20);
+  ASSIGN_OR_RETURN(const std::unique_ptr<ReservationHold> hold, Reserve(options_.devices.front().kind, quota, "generate"));
   GenerateParams params;
+  params.device = WorkerDevice(hold->device());
+  params.memory_cap = quota;
   params.max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
   params.temperature = request.temperature();
   params.top_k = request.top_k();

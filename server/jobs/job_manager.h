@@ -96,6 +96,9 @@ struct JobManagerOptions {
   // affinity and cgroup CPU limit); -1: leave the workers alone.
   int worker_cpu_threads = 0;
   int64_t max_dataset_bytes = int64_t{1} << 30;
+  // Device memory reserved for one Generate (its slim-train process is capped there); 0: the
+  // model file's size × 1.5 + 16 MiB (docs/service.md, "Generation").
+  int64_t generate_quota_bytes = 0;
   std::string calibration_cache_dir;
   double scheduler_interval_seconds = 1.0;  // periodic pass besides the event-driven ones
   // Per-tenant limits for user tokens (admins are exempt); 0 = no limit. Exceeding one is
@@ -243,6 +246,20 @@ class JobManager {
   std::string TempDir() const;  // tmp/, or tmp/<replica id>/ in a fleet
 
   v1::ListDevicesResponse DevicesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Device memory lent outside jobs (a Generate's process): counted like a running job that is
+  // neither shrunk nor grown, by the scheduler and in ListDevices. Reserve picks the device of
+  // `kind` with the most uncommitted memory, or fails RESOURCE_EXHAUSTED naming what is free;
+  // the reservation holds until the returned object is destroyed.
+  struct Reservation {
+    std::string device;
+    int64_t bytes = 0;
+    std::string purpose;  // e.g. "generate"
+  };
+  class ReservationHold;
+  absl::StatusOr<std::unique_ptr<ReservationHold>> Reserve(const std::string& kind, int64_t bytes,
+                                                           const std::string& purpose);
+  // Quota committed per device: running jobs (a growing job's larger quota) and reservations.
+  std::map<std::string, int64_t> CommittedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Store& store_;
   const JobManagerOptions options_;
@@ -295,6 +312,8 @@ class JobManager {
   std::map<int64_t, std::pair<std::string, std::function<void()>>> watchers_ ABSL_GUARDED_BY(watch_mu_);
 
   std::atomic<int64_t> temp_counter_{0};
+  std::map<std::string, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
+  int64_t next_reservation_ ABSL_GUARDED_BY(mu_) = 1;
   // Tensor work (planning, model checks, generation) runs in slim-train subprocesses.
   EngineCommands engine_;
 };

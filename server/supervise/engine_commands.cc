@@ -223,7 +223,8 @@ absl::Status EngineCommands::Generate(const std::string& model_path, const std::
       "generate",
       {"--model", model_path, "--prompt-file", prompt_file.path, "--ids", "--max-tokens",
        std::to_string(params.max_tokens), "--temperature", ExactDecimal(params.temperature), "--top-k",
-       std::to_string(params.top_k), "--seed", std::to_string(params.seed)},
+       std::to_string(params.top_k), "--seed", std::to_string(params.seed), "--device", params.device,
+       "--memory-cap", std::to_string(params.memory_cap)},
       [&](const std::string& line) {
         int32_t id = 0;
         if (!absl::SimpleAtoi(line, &id) || id < 0) {

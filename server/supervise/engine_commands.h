@@ -37,6 +37,8 @@ struct GenerateParams {
   double temperature = 1.0;
   int64_t top_k = 0;
   uint64_t seed = 0;
+  std::string device = "cpu";  // as slim-train names it: "cpu", "cuda:N"
+  int64_t memory_cap = 0;      // the process's tensor memory cap there (0: none)
 };
 
 class EngineCommands {

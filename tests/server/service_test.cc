@@ -14,6 +14,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -157,6 +158,13 @@ class ServiceTest : public ::testing::Test {
   virtual void Configure(JobManagerOptions*) {}
 
   // Follows the job until an event of `kind` arrives (or the stream ends).
+  grpc::Status Cancel(const std::string& id) {
+    v1::CancelJobRequest request;
+    request.set_id(id);
+    v1::CancelJobResponse response;
+    return stub_->CancelJob(Context().get(), request, &response);
+  }
+
   void WaitForEvent(const std::string& id, const std::string& kind) {
     auto context = Context(300);
     v1::WatchJobRequest request;
@@ -492,6 +500,92 @@ TEST_F(ServiceTest, ModelsImportExportAndGenerate) {
   while (stream->Read(&piece)) {
   }
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// A Generate's sampling process runs inside a reservation the scheduler counts like a job: it
+// shows in ListDevices (committed memory and a "generate-N" entry) while it runs and is gone
+// after. When every device's memory is committed to jobs, Generate is refused with
+// RESOURCE_EXHAUSTED saying so (docs/service.md, "Generation"), and works again once a job ends.
+TEST_F(ServiceTest, GenerateIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFull) {
+  v1::ImportModelRequest import;
+  import.set_path(std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors");
+  v1::ImportModelResponse imported;
+  ASSERT_TRUE(stub_->ImportModel(Context().get(), import, &imported).ok());
+  const auto generate = [&](grpc::Status* status, int max_tokens) {
+    v1::GenerateRequest request;
+    request.set_model(imported.model().id());
+    request.set_prompt("The planner ");
+    request.set_max_tokens(max_tokens);
+    request.set_seed(1);
+    auto ctx = Context();
+    auto stream = stub_->Generate(ctx.get(), request);
+    std::string text;
+    v1::GenerateResponse piece;
+    while (stream->Read(&piece)) text += piece.text();
+    *status = stream->Finish();
+    return text;
+  };
+
+  // Watch ListDevices while a long generation runs.
+  std::atomic<bool> done{false};
+  int64_t most_committed = 0;
+  std::string seen_reservation;
+  std::thread poller([&] {
+    while (!done.load()) {
+      v1::ListDevicesResponse devices;
+      if (stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok()) {
+        for (const v1::Device& d : devices.devices()) {
+          most_committed = std::max(most_committed, d.committed_bytes());
+          if (d.reservations_size() > 0) seen_reservation = d.reservations(0);
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  grpc::Status status;
+  const std::string text = generate(&status, 2000);
+  done = true;
+  poller.join();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(text.size(), 2000u);
+  EXPECT_EQ(seen_reservation.rfind("generate-", 0), 0u) << seen_reservation;
+  const int64_t model_bytes = imported.model().size_bytes();
+  EXPECT_EQ(most_committed, model_bytes + model_bytes / 2 + 16 * kMiB) << "the default generation quota";
+  v1::ListDevicesResponse after;
+  ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &after).ok());
+  for (const v1::Device& d : after.devices()) {
+    EXPECT_EQ(d.committed_bytes(), 0) << d.name();
+    EXPECT_EQ(d.reservations_size(), 0) << d.name();
+  }
+
+  // Both devices full: each runs a job with the whole 64 MiB.
+  const std::string dataset = UploadedDataset();
+  v1::Job first, second;
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000, "64MiB"), &first).ok());
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000, "64MiB"), &second).ok());
+  WaitForEvent(first.id(), "started");
+  WaitForEvent(second.id(), "started");
+  generate(&status, 10);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(status.error_message().find("generate: needs"), std::string::npos) << status.error_message();
+  EXPECT_NE(status.error_message().find("committed to jobs"), std::string::npos) << status.error_message();
+
+  ASSERT_TRUE(Cancel(first.id()).ok());
+  Watch(first.id(), 0);  // until it has ended
+  // ... and its worker has exited, which returns its quota.
+  for (int i = 0; i < 600; ++i) {
+    v1::ListDevicesResponse devices;
+    ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok());
+    if (std::any_of(devices.devices().begin(), devices.devices().end(),
+                    [](const v1::Device& d) { return d.committed_bytes() == 0; })) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string after_cancel = generate(&status, 10);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(after_cancel.size(), 10u);
+  EXPECT_TRUE(Cancel(second.id()).ok());
 }
 
 TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {

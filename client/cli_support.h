@@ -13,7 +13,7 @@
 #include "google/protobuf/message.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "slim/v1/slim.grpc.pb.h"
-#include "tools/flags.h"
+#include "base/flags.h"
 
 namespace slim::client {
 

@@ -18,8 +18,8 @@
 #include "client/cli_support.h"
 #include "client/dataset_upload.h"
 #include "client/spec_file.h"
-#include "engine/byte_size.h"
-#include "engine/errors.h"
+#include "base/byte_size.h"
+#include "base/errors.h"
 
 namespace slim::client {
 namespace {

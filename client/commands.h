@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "tools/flags.h"
+#include "base/flags.h"
 
 namespace slim::client {
 

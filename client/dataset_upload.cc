@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "server/common/sha256.h"
+#include "base/sha256.h"
 
 namespace slim::client {
 namespace {

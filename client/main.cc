@@ -4,7 +4,7 @@
 
 #include "client/cli_support.h"
 #include "client/commands.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 
 int main(int argc, char** argv) {
   try {

@@ -2,9 +2,9 @@
 
 #include <filesystem>
 
-#include "engine/errors.h"
-#include "engine/json.h"
-#include "engine/yaml.h"
+#include "base/errors.h"
+#include "base/json.h"
+#include "base/yaml.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace slim::client {

@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 
 namespace slim {
 

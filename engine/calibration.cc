@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "engine/devices.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/memory_tracker.h"
 #include "engine/model.h"
 #include "engine/runtime.h"

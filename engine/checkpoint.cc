@@ -7,7 +7,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/model_file.h"
 
 namespace slim {

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <utility>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/runtime.h"
 
 // USE_C10D_GLOO / USE_C10D_NCCL open the c10d backend headers; CMake defines them (with

@@ -5,7 +5,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/memory_tracker.h"
 #include "engine/runtime.h"
 

@@ -1,19 +1,13 @@
-// Device discovery and per-process memory caps. Plain C++ header: the server uses it.
+// Device discovery and per-process memory caps (implemented with LibTorch).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-namespace slim {
+#include "base/device_info.h"
 
-struct DeviceInfo {
-  std::string name;         // "cpu", "cuda:0", ...
-  std::string kind;         // "cpu" or "cuda"; calibrations are cached per kind and model
-  std::string description;  // e.g. the GPU's product name
-  int64_t total_bytes = 0;
-  int64_t free_bytes = 0;
-};
+namespace slim {
 
 // The CPU (system memory from /proc/meminfo) and every CUDA GPU this process can use.
 std::vector<DeviceInfo> DiscoverDevices();

@@ -7,7 +7,7 @@
 #include <limits>
 #include <string>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 

@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/model_config.h"
-#include "engine/training_options.h"
+#include "base/model_config.h"
+#include "base/training_options.h"
 
 namespace slim {
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "engine/attention_features.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 

@@ -21,7 +21,7 @@
 
 #include "engine/attention_features.h"
 #include "engine/causal_attention.h"
-#include "engine/model_config.h"
+#include "base/model_config.h"
 
 namespace slim {
 

@@ -8,7 +8,7 @@
 #include <vector>
 #include <sstream>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/safetensors.h"
 
 namespace slim {

@@ -4,7 +4,7 @@
 
 #include <c10/core/DeviceType.h>
 
-#include "engine/training_options.h"
+#include "base/training_options.h"
 
 namespace slim {
 

@@ -9,7 +9,7 @@
 #include <climits>
 #include <stdexcept>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/memory_tracker.h"
 
 #ifdef SLIM_WITH_CUDA

@@ -15,8 +15,8 @@
 #include <sstream>
 #include <vector>
 
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 
 namespace slim {
 namespace {

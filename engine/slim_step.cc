@@ -8,7 +8,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/exact_sum.h"
 #include "engine/precision.h"
 

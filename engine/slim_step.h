@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "engine/model.h"
-#include "engine/training_options.h"
+#include "base/training_options.h"
 
 namespace slim {
 

@@ -16,13 +16,13 @@
 #include <memory>
 #include <optional>
 
-#include "engine/byte_size.h"
+#include "base/byte_size.h"
 #include "engine/calibration.h"
 #include "engine/checkpoint.h"
 #include "engine/data_parallel.h"
-#include "engine/dataset.h"
+#include "base/dataset.h"
 #include "engine/devices.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/model_file.h"

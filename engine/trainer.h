@@ -31,10 +31,10 @@
 #include <vector>
 
 #include "engine/data_parallel.h"
-#include "engine/command_answers.h"
-#include "engine/job_spec.h"
+#include "base/command_answers.h"
+#include "base/job_spec.h"
 #include "engine/memory_model.h"
-#include "engine/worker_events.h"
+#include "base/worker_events.h"
 
 namespace slim {
 

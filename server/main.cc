@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/byte_size.h"
-#include "engine/devices.h"
-#include "engine/errors.h"
-#include "engine/yaml.h"
+#include "base/byte_size.h"
+#include "base/device_info.h"
+#include "base/errors.h"
+#include "base/yaml.h"
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
 #include "server/auth/token_authenticator.h"
@@ -34,7 +34,7 @@
 #include "server/metrics/service_metrics.h"
 #include "server/metrics/status_page.h"
 #include "server/supervise/engine_commands.h"
-#include "tools/flags.h"
+#include "base/flags.h"
 
 namespace {
 

@@ -14,13 +14,13 @@
 #include <vector>
 
 #include "engine/calibration.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/model.h"
 #include "engine/runtime.h"
 #include "engine/slim_step.h"
-#include "tools/flags.h"
+#include "base/flags.h"
 
 namespace {
 

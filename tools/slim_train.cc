@@ -24,23 +24,23 @@
 #include <vector>
 
 #include "engine/calibration.h"
-#include "engine/command_answers.h"
+#include "base/command_answers.h"
 #include "engine/data_parallel.h"
-#include "engine/dataset.h"
+#include "base/dataset.h"
 #include "engine/generate.h"
 #include "engine/model_file.h"
 #include "engine/slim_step.h"
 #include "engine/devices.h"
-#include "engine/errors.h"
-#include "engine/job_spec.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/job_spec.h"
+#include "base/json.h"
 #include "engine/trainer.h"
-#include "engine/worker_events.h"
-#include "engine/yaml.h"
+#include "base/worker_events.h"
+#include "base/yaml.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/runtime.h"
-#include "tools/flags.h"
+#include "base/flags.h"
 
 namespace {
 

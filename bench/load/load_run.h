@@ -25,7 +25,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "engine/json.h"
+#include "base/json.h"
 
 namespace slim::load {
 

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "bench/load/load_run.h"
-#include "engine/errors.h"
-#include "tools/flags.h"
+#include "base/errors.h"
+#include "base/flags.h"
 
 namespace {
 

@@ -4,9 +4,9 @@
 #include <set>
 
 #include "absl/status/status.h"
-#include "engine/json.h"
-#include "engine/yaml.h"
-#include "server/common/sha256.h"
+#include "base/json.h"
+#include "base/yaml.h"
+#include "base/sha256.h"
 
 namespace slim::server {
 namespace {

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <map>
 
-#include "engine/byte_size.h"
+#include "base/byte_size.h"
 
 namespace slim::server {
 namespace {

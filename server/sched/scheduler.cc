@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "engine/byte_size.h"
+#include "base/byte_size.h"
 #include <map>
 #include <set>
 #include <utility>

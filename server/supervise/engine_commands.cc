@@ -12,8 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 #include "server/supervise/worker_process.h"
 
 namespace slim::server {

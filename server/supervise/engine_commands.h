@@ -4,8 +4,8 @@
 //   inspect --model FILE      a model file loaded whole before it is imported or registered
 //   devices --json            the devices this machine has
 //   generate --ids            sampling from a model, one token id per line as it is drawn
-// Answers are parsed by engine/command_answers.h. A command that fails maps its exit status
-// through the error-code table (engine/errors.h) and reports slim-train's own message.
+// Answers are parsed by base/command_answers.h. A command that fails maps its exit status
+// through the error-code table (base/errors.h) and reports slim-train's own message.
 //
 // Thread-safety: all methods may be called from any thread, concurrently.
 #pragma once
@@ -20,8 +20,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/command_answers.h"
-#include "engine/job_spec.h"
+#include "base/command_answers.h"
+#include "base/job_spec.h"
 
 namespace slim::server {
 

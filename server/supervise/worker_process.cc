@@ -19,7 +19,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 
 extern char** environ;
 

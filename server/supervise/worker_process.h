@@ -37,7 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/worker_events.h"
+#include "base/worker_events.h"
 
 namespace slim::server {
 

@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/slim_step.h"
 #include "tests/engine/test_util.h"
 

@@ -35,7 +35,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/model_file.h"
 #include "engine/trainer.h"
 #include "tests/engine/test_util.h"

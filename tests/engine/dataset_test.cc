@@ -1,14 +1,14 @@
 // Data files: every format read correctly, every bad-data path reported with file and line or
 // offset, packing and deterministic splitting.
-#include "engine/dataset.h"
+#include "base/dataset.h"
 
 #include <gtest/gtest.h>
 
 #include <set>
 #include <string>
 
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 #include "tests/engine/test_util.h"
 
 namespace slim {

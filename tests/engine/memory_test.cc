@@ -6,7 +6,7 @@
 
 #include <cstdio>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/memory_tracker.h"
 #include "engine/model.h"
 #include "engine/slim_step.h"

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/model.h"
 #include "tests/engine/test_util.h"
 

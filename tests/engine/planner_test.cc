@@ -15,7 +15,7 @@
 
 #include "engine/calibration.h"
 #include "engine/devices.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/exact_sum.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"

@@ -7,7 +7,7 @@
 #include <map>
 #include <string>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/model.h"
 #include "engine/slim_step.h"
 #include "tests/engine/test_util.h"

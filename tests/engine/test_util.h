@@ -13,7 +13,7 @@
 
 #include <gtest/gtest.h>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 
 namespace slim::testing {
 

@@ -13,7 +13,7 @@
 
 #include "engine/calibration.h"
 #include "engine/checkpoint.h"
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/model_file.h"
 #include "tests/engine/test_util.h"
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/dataset.h"
-#include "engine/errors.h"
+#include "base/dataset.h"
+#include "base/errors.h"
 #include "tests/fuzz/fuzz_support.h"
 
 namespace slim::fuzz {

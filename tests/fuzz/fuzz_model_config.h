@@ -3,7 +3,7 @@
 // features, so a whole model file is about 1.5 KB and mutations reach past the header quickly.
 #pragma once
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 
 namespace slim::fuzz {
 

@@ -11,10 +11,10 @@
 #include <optional>
 #include <string>
 
-#include "engine/errors.h"
-#include "engine/job_spec.h"
-#include "engine/json.h"
-#include "engine/yaml.h"
+#include "base/errors.h"
+#include "base/job_spec.h"
+#include "base/json.h"
+#include "base/yaml.h"
 #include "tests/fuzz/fuzz_support.h"
 
 namespace slim::fuzz {

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 #include "engine/model_file.h"
 #include "tests/fuzz/fuzz_model_config.h"
 #include "tests/fuzz/fuzz_support.h"

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/errors.h"
-#include "engine/worker_events.h"
+#include "base/errors.h"
+#include "base/worker_events.h"
 #include "tests/fuzz/fuzz_support.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -21,7 +21,7 @@
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
 #include "server/auth/token_authenticator.h"
-#include "server/common/sha256.h"
+#include "base/sha256.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_store.h"
 #include "slim/v1/slim.grpc.pb.h"

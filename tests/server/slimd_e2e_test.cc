@@ -31,7 +31,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "server/common/sha256.h"
+#include "base/sha256.h"
 #include "server/supervise/worker_process.h"
 #include "slim/v1/slim.grpc.pb.h"
 #include "tests/server/postgres_test_database.h"

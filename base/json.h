@@ -26,7 +26,7 @@ Json JsonArray();   // empty
 
 // RFC 8259 JSON: strict number grammar, a number beyond the range of a double is an error, a
 // duplicate object key keeps the last value. Throws EngineError(kInvalidArgument, "... at byte
-// N") (engine/errors.h; a std::runtime_error) for malformed input or trailing characters.
+// N") (base/errors.h; a std::runtime_error) for malformed input or trailing characters.
 Json ParseJson(const std::string& text);
 
 // Compact JSON text for `value`: object members in key order (std::map), integral numbers

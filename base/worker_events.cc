@@ -1,9 +1,9 @@
-#include "engine/worker_events.h"
+#include "base/worker_events.h"
 
 #include <cmath>
 
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 
 namespace slim {
 namespace {

@@ -1,4 +1,4 @@
-#include "engine/json.h"
+#include "base/json.h"
 
 #include <cctype>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 

@@ -52,7 +52,7 @@ struct TrainingEvent {
   // checkpoint, finished (the output model), stopped (the checkpoint)
   std::string path;
   std::string adapter_path;  // finished, LoRA runs
-  // warning, failed: code is an ErrorCodeName (engine/errors.h)
+  // warning, failed: code is an ErrorCodeName (base/errors.h)
   std::string code, message;
 };
 

@@ -1,10 +1,10 @@
-#include "tools/flags.h"
+#include "base/flags.h"
 
 #include <gtest/gtest.h>
 
 #include <vector>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim::tools {
 namespace {

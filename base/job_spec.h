@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/dataset.h"
-#include "engine/json.h"
-#include "engine/model_config.h"
-#include "engine/training_options.h"
+#include "base/dataset.h"
+#include "base/json.h"
+#include "base/model_config.h"
+#include "base/training_options.h"
 
 namespace slim {
 

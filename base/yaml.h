@@ -32,13 +32,13 @@
 // sequences (`[a: 1]`). Also errors: tabs in indentation, a mapping and a sequence mixed at one
 // level, bad indentation, unterminated quotes or flow collections, nesting deeper than 64.
 //
-// Errors throw EngineError(kInvalidArgument, "line L, column C: <what is wrong>") (engine/errors.h;
+// Errors throw EngineError(kInvalidArgument, "line L, column C: <what is wrong>") (base/errors.h;
 // a std::runtime_error) with 1-based positions.
 #pragma once
 
 #include <string>
 
-#include "engine/json.h"
+#include "base/json.h"
 
 namespace slim {
 

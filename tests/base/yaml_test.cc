@@ -1,4 +1,4 @@
-#include "engine/yaml.h"
+#include "base/yaml.h"
 
 #include <gtest/gtest.h>
 
@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 
 namespace slim {
 namespace {

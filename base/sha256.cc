@@ -1,4 +1,4 @@
-#include "server/common/sha256.h"
+#include "base/sha256.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>

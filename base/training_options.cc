@@ -1,9 +1,9 @@
-#include "engine/training_options.h"
+#include "base/training_options.h"
 
 #include <initializer_list>
 #include <utility>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 namespace {

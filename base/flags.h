@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/byte_size.h"
+#include "base/byte_size.h"
 
 namespace slim::tools {
 

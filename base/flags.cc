@@ -1,4 +1,4 @@
-#include "tools/flags.h"
+#include "base/flags.h"
 
 #include <algorithm>
 #include <cctype>
@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim::tools {
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/devices.h"
-#include "engine/training_options.h"
+#include "base/device_info.h"
+#include "base/training_options.h"
 
 namespace slim {
 

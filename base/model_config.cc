@@ -1,8 +1,8 @@
-#include "engine/model_config.h"
+#include "base/model_config.h"
 
 #include <sstream>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 

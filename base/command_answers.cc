@@ -1,10 +1,10 @@
-#include "engine/command_answers.h"
+#include "base/command_answers.h"
 
 #include <cmath>
 #include <stdexcept>
 
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 
 namespace slim {
 

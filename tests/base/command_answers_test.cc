@@ -1,10 +1,10 @@
 // The answers of slim-train's one-shot commands: what one side writes the other reads back
 // equal, and a malformed answer is an internal error that quotes it.
-#include "engine/command_answers.h"
+#include "base/command_answers.h"
 
 #include <gtest/gtest.h>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 namespace {

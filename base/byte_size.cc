@@ -1,11 +1,11 @@
-#include "engine/byte_size.h"
+#include "base/byte_size.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 namespace {

@@ -1,4 +1,4 @@
-#include "engine/dataset.h"
+#include "base/dataset.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,8 +7,8 @@
 #include <random>
 #include <sstream>
 
-#include "engine/errors.h"
-#include "engine/json.h"
+#include "base/errors.h"
+#include "base/json.h"
 
 namespace slim {
 namespace {

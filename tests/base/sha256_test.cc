@@ -1,6 +1,6 @@
 // SHA-256 (OpenSSL) against the FIPS 180-4 test vectors, fed whole and in odd-sized pieces;
 // the constant-time comparison of digests.
-#include "server/common/sha256.h"
+#include "base/sha256.h"
 
 #include <gtest/gtest.h>
 

@@ -1,15 +1,15 @@
 // Job specs: a full YAML spec reads into the expected fields and round-trips through its JSON
 // form; every malformed field is refused with its path; worker events round-trip exactly.
-#include "engine/job_spec.h"
+#include "base/job_spec.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <string>
 
-#include "engine/errors.h"
-#include "engine/worker_events.h"
-#include "engine/yaml.h"
+#include "base/errors.h"
+#include "base/worker_events.h"
+#include "base/yaml.h"
 
 namespace slim {
 namespace {

@@ -1,4 +1,4 @@
-#include "engine/job_spec.h"
+#include "base/job_spec.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,8 +7,8 @@
 #include <utility>
 #include <sstream>
 
-#include "engine/byte_size.h"
-#include "engine/errors.h"
+#include "base/byte_size.h"
+#include "base/errors.h"
 
 namespace slim {
 namespace {

@@ -1,4 +1,4 @@
-#include "engine/yaml.h"
+#include "base/yaml.h"
 
 #include <algorithm>
 #include <cctype>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/errors.h"
+#include "base/errors.h"
 
 namespace slim {
 namespace {

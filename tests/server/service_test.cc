@@ -158,6 +158,17 @@ class ServiceTest : public ::testing::Test {
   virtual void Configure(JobManagerOptions*) {}
 
   // Follows the job until an event of `kind` arrives (or the stream ends).
+  // The whole text a Generate streams, and its status.
+  std::string Generate(const v1::GenerateRequest& request, grpc::Status* status) {
+    auto context = Context();
+    auto stream = stub_->Generate(context.get(), request);
+    std::string text;
+    v1::GenerateResponse piece;
+    while (stream->Read(&piece)) text += piece.text();
+    *status = stream->Finish();
+    return text;
+  }
+
   grpc::Status Cancel(const std::string& id) {
     v1::CancelJobRequest request;
     request.set_id(id);
@@ -476,13 +487,7 @@ TEST_F(ServiceTest, ModelsImportExportAndGenerate) {
     request.set_max_tokens(40);
     request.set_temperature(0.8);
     request.set_seed(seed);
-    auto ctx = Context();
-    auto stream = stub_->Generate(ctx.get(), request);
-    std::string text;
-    v1::GenerateResponse piece;
-    while (stream->Read(&piece)) text += piece.text();
-    *status = stream->Finish();
-    return text;
+    return Generate(request, status);
   };
   grpc::Status s1, s2;
   const std::string a = generate(7, &s1), b = generate(7, &s2);
@@ -517,13 +522,7 @@ TEST_F(ServiceTest, GenerateIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFull)
     request.set_prompt("The planner ");
     request.set_max_tokens(max_tokens);
     request.set_seed(1);
-    auto ctx = Context();
-    auto stream = stub_->Generate(ctx.get(), request);
-    std::string text;
-    v1::GenerateResponse piece;
-    while (stream->Read(&piece)) text += piece.text();
-    *status = stream->Finish();
-    return text;
+    return Generate(request, status);
   };
 
   // Watch ListDevices while a long generation runs.

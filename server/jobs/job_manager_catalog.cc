@@ -1,0 +1,224 @@
+// Datasets and models: uploads, imports, listings, deletion, and generation from a model.
+#include "server/jobs/job_manager_internal.h"
+
+namespace slim::server {
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+
+std::string JobManager::TempPath() {
+  return (fs::path(TempDir()) / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
+}
+
+absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,
+                                                   const Principal& caller) {
+  struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+      if (!path.empty()) std::remove(path.c_str());
+    }
+  } cleanup{temp_path};
+  if (header.name().empty() || header.name().size() > 200) {
+    return absl::InvalidArgumentError("header.name: must be 1 to 200 characters");
+  }
+  const std::string format = header.format().empty() ? "text" : header.format();
+  try {
+    ParseDataFormat(format, "header.format");
+  } catch (const EngineError& e) {
+    return FromEngineError(e);
+  }
+  std::error_code ec;
+  const int64_t size = static_cast<int64_t>(fs::file_size(temp_path, ec));
+  if (ec) return absl::InternalError("upload lost: " + ec.message());
+  if (size != header.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("header.size_bytes: the upload has ", size, " bytes, the header says ",
+                                                   header.size_bytes()));
+  }
+  Sha256 sha;
+  {
+    std::ifstream in(temp_path, std::ios::binary);
+    char buf[1 << 16];
+    while (in) {
+      in.read(buf, sizeof(buf));
+      sha.Update(buf, static_cast<size_t>(in.gcount()));
+    }
+  }
+  const std::string digest = sha.HexDigest();
+  if (digest != header.sha256()) {
+    return absl::InvalidArgumentError("header.sha256: the upload's SHA-256 is " + digest + ", the header says '" +
+                                      header.sha256() + "'");
+  }
+  if (format != "jsonl") {  // JSONL's text field is chosen per job; the others are checked now
+    DataSource source;
+    source.path = temp_path;
+    source.format = ParseDataFormat(format);
+    source.vocab_size = int64_t{1} << 31;
+    try {
+      ReadTokens(source);
+    } catch (const EngineError& e) {
+      return absl::InvalidArgumentError(std::string("data: ") + e.what());
+    }
+  }
+  absl::MutexLock admission(&admission_mu_);
+  RETURN_IF_ERROR(CheckDatasetLimit(caller, size));
+  ASSIGN_OR_RETURN(const std::string id, store_.NewId("ds"));
+  const fs::path target = fs::path(options_.data_dir) / "datasets" / id;
+  fs::rename(temp_path, target, ec);
+  if (ec) return absl::InternalError("cannot store the dataset: " + ec.message());
+  cleanup.path.clear();
+  v1::Dataset dataset;
+  dataset.set_id(id);
+  dataset.set_name(header.name());
+  dataset.set_tenant(caller.tenant);
+  dataset.set_format(format);
+  dataset.set_size_bytes(size);
+  dataset.set_sha256(digest);
+  *dataset.mutable_create_time() = Now();
+  const absl::Status put = store_.PutDataset(dataset);
+  if (!put.ok()) {
+    fs::remove(target, ec);
+    return put;
+  }
+  return dataset;
+}
+
+absl::StatusOr<v1::Dataset> JobManager::GetDataset(const std::string& id, const Principal& caller) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(id);
+  if (dataset.ok() && !caller.Sees(dataset->tenant())) return absl::NotFoundError("dataset " + id + " not found");
+  return dataset;
+}
+
+absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::ListDatasetsRequest& request,
+                                                                  const Principal& caller) {
+  ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
+  ASSIGN_OR_RETURN(Page<v1::Dataset> page,
+                   VisiblePage<v1::Dataset>(
+                       page_size, request.page_token(),
+                       [&](int size, const std::string& token) { return store_.ListDatasets(size, token, Scope(caller)); },
+                       [&](const v1::Dataset& d) { return caller.Sees(d.tenant()); }));
+  v1::ListDatasetsResponse response;
+  for (v1::Dataset& d : page.items) *response.add_datasets() = std::move(d);
+  response.set_next_page_token(page.next_page_token);
+  return response;
+}
+
+absl::Status JobManager::DeleteDataset(const std::string& id, const Principal& caller) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const v1::Dataset dataset, store_.GetDataset(id));
+  if (!caller.Sees(dataset.tenant())) return absl::NotFoundError("dataset " + id + " not found");
+  ASSIGN_OR_RETURN(const std::vector<v1::Job> active,
+                   store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
+  for (const v1::Job& job : active) {
+    for (const auto* refs : {&job.spec().data().train(), &job.spec().data().validation()}) {
+      for (const v1::DataRef& ref : *refs) {
+        if (ref.dataset() == id) {
+          return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is used by job ", job.id(), " (",
+                                                            StateName(job.state()), ")"));
+        }
+      }
+    }
+  }
+  RETURN_IF_ERROR(store_.DeleteDataset(id));
+  std::error_code ec;
+  fs::remove(fs::path(options_.data_dir) / "datasets" / dataset.id(), ec);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& request) {
+  if (request.path().empty() || request.path()[0] != '/') {
+    return absl::InvalidArgumentError("path: must be an absolute path on the server, got '" + request.path() + "'");
+  }
+  if (request.name().size() > 200) return absl::InvalidArgumentError("name: at most 200 characters");
+  absl::StatusOr<ModelSummary> summary = engine_.Inspect(request.path());
+  if (!summary.ok()) {
+    if (summary.status().code() != absl::StatusCode::kInvalidArgument) return summary.status();
+    return absl::InvalidArgumentError(absl::StrCat("path: ", summary.status().message()));
+  }
+  ASSIGN_OR_RETURN(const std::string id, store_.NewId("model"));
+  const fs::path target = fs::path(options_.data_dir) / "models" / (id + ".safetensors");
+  const fs::path tmp = fs::path(TempPath());
+  std::error_code ec;
+  fs::copy_file(request.path(), tmp, ec);
+  if (!ec) fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return absl::InternalError("cannot copy the model: " + ec.message());
+  }
+  v1::Model model;
+  model.set_id(id);
+  model.set_name(request.name().empty() ? fs::path(request.path()).filename().string() : request.name());
+  model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
+  model.set_parameters(summary->parameters);
+  model.set_config_json(ConfigJson(*summary));
+  *model.mutable_create_time() = Now();
+  RETURN_IF_ERROR(store_.PutModel(model));
+  return model;
+}
+
+absl::StatusOr<v1::Model> JobManager::GetModel(const std::string& id, const Principal& caller) {
+  if (id.empty()) return absl::InvalidArgumentError("id: is required");
+  absl::StatusOr<v1::Model> model = store_.GetModel(id);
+  if (model.ok() && !caller.Sees(model->tenant(), /*shared_if_unowned=*/true)) {
+    return absl::NotFoundError("model " + id + " not found");
+  }
+  return model;
+}
+
+absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListModelsRequest& request,
+                                                              const Principal& caller) {
+  ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
+  ASSIGN_OR_RETURN(Page<v1::Model> page,
+                   VisiblePage<v1::Model>(
+                       page_size, request.page_token(),
+                       [&](int size, const std::string& token) { return store_.ListModels(size, token, Scope(caller)); },
+                       [&](const v1::Model& m) { return caller.Sees(m.tenant(), /*shared_if_unowned=*/true); }));
+  v1::ListModelsResponse response;
+  for (v1::Model& m : page.items) *response.add_models() = std::move(m);
+  response.set_next_page_token(page.next_page_token);
+  return response;
+}
+
+absl::StatusOr<std::string> JobManager::ModelPath(const std::string& id, const Principal& caller) {
+  absl::StatusOr<v1::Model> model = GetModel(id, caller);
+  if (!model.ok()) return absl::NotFoundError("model: no model '" + id + "'");
+  return (fs::path(options_.data_dir) / "models" / (model->id() + ".safetensors")).string();
+}
+
+absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Principal& caller,
+                                  const std::function<bool(const std::string&)>& emit) {
+  if (request.max_tokens() < 0 || request.max_tokens() > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens: must be in [1, 4096] (0 means 64), got ", request.max_tokens()));
+  }
+  if (!(request.temperature() >= 0) || request.temperature() > 100) {
+    return absl::InvalidArgumentError("temperature: must be in [0, 100]");
+  }
+  if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be >= 0");
+  ASSIGN_OR_RETURN(const std::string path, ModelPath(request.model(), caller));
+  if (request.prompt().empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+  // The sampling process runs on a device of the server's first kind, inside a reservation
+  // that the scheduler counts like a job (docs/service.md, "Generation").
+  std::error_code ec;
+  const int64_t model_bytes = static_cast<int64_t>(fs::file_size(path, ec));
+  const int64_t quota = options_.generate_quota_bytes > 0 ? options_.generate_quota_bytes
+                                                          : model_bytes + model_bytes / 2 + (int64_t{16} << 20);
+  ASSIGN_OR_RETURN(const std::unique_ptr<ReservationHold> hold, Reserve(options_.devices.front().kind, quota, "generate"));
+  GenerateParams params;
+  params.device = WorkerDevice(hold->device());
+  params.memory_cap = quota;
+  params.max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
+  params.temperature = request.temperature();
+  params.top_k = request.top_k();
+  params.seed = static_cast<uint64_t>(request.seed());
+  const absl::Status status = engine_.Generate(path, request.prompt(), params, [&](int32_t t) {
+    return emit(std::string(1, static_cast<char>(t < 256 ? t : '?')));
+  });
+  if (status.code() == absl::StatusCode::kCancelled) return absl::CancelledError("the client went away");
+  return status;
+}
+
+}  // namespace slim::server

@@ -1,6 +1,8 @@
 // Scheduling passes, reservations, worker processes and their events.
 #include "server/jobs/job_manager_internal.h"
 
+#include <optional>
+
 namespace slim::server {
 
 namespace {
@@ -375,6 +377,10 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
 }
 
 void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const TrainingEvent& e) {
+  // A finished run's model is inspected (a slim-train process: a second or more) before the
+  // lock is taken, so that RPCs and scheduling passes do not wait for it.
+  std::optional<absl::StatusOr<ModelSummary>> output_summary;
+  if (e.kind == EventKind::kFinished && rank == 0 && !e.path.empty()) output_summary = engine_.Inspect(e.path);
   absl::MutexLock lock(&mu_);
   const auto it = running_.find(job_id);
   if (it == running_.end() || it->second->lost) return;
@@ -489,11 +495,13 @@ void JobManager::OnWorkerEvent(const std::string& job_id, int rank, const Traini
       model.set_source_job(job_id);
       model.set_tenant(job.tenant());
       model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
-      if (const absl::StatusOr<ModelSummary> summary = engine_.Inspect(target.string()); summary.ok()) {
-        model.set_parameters(summary->parameters);
-        model.set_config_json(ConfigJson(*summary));
+      if (!output_summary) {
+        std::fprintf(stderr, "slimd: job %s finished without naming its model file\n", job_id.c_str());
+      } else if (output_summary->ok()) {
+        model.set_parameters((*output_summary)->parameters);
+        model.set_config_json(ConfigJson(**output_summary));
       } else {
-        std::fprintf(stderr, "slimd: %s\n", std::string(summary.status().message()).c_str());
+        std::fprintf(stderr, "slimd: %s\n", std::string(output_summary->status().message()).c_str());
       }
       *model.mutable_create_time() = Now();
       if (const absl::Status put = store_.PutModel(model); !put.ok()) {

@@ -21,6 +21,7 @@
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
 #include "server/auth/token_authenticator.h"
+#include "base/model_config.h"
 #include "base/sha256.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_store.h"
@@ -247,6 +248,9 @@ TEST_F(ServiceTest, JobRunsToCompletionAndWatchStreamsEveryEventInOrder) {
   v1::GetModelResponse model;
   ASSERT_TRUE(stub_->GetModel(Context().get(), model_request, &model).ok());
   EXPECT_EQ(model.model().source_job(), job.id());
+  // Read from the output file by `slim-train inspect`: the tiny preset's config and size.
+  EXPECT_EQ(model.model().parameters(), PresetConfig("tiny").ParameterCount());
+  EXPECT_NE(model.model().config_json().find("\"d_model\""), std::string::npos) << model.model().config_json();
 
   // Resuming from a cursor gives the snapshot, then exactly the events after it.
   const std::vector<v1::WatchJobResponse> tail = Watch(job.id(), 3);

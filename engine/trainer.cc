@@ -374,20 +374,17 @@ Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::stri
 AdmissionPlan PlanAdmission(const JobSpec& spec_in, const ModelConfig& model, const std::string& calibration_cache_dir,
                             bool default_quota) {
   JobSpec spec = spec_in;
-  const int64_t largest = spec.quota_bytes;
-  if (default_quota) {
-    JobSpec full = spec;
-    full.chunk_size = spec.seq_len;
-    const Plan at_full_length = PlanTraining(full, model, calibration_cache_dir);
-    const int64_t wanted =
-        static_cast<int64_t>(std::ceil(static_cast<double>(at_full_length.predicted_peak_bytes) / (1.0 - kDefaultPlanMargin))) +
-        (int64_t{1} << 20);
-    spec.quota_bytes = std::min(largest, wanted);
-  }
   const StepShape shape = JobStepShape(spec, model);
   CalibrationOptions calibration;
   calibration.cache_dir = calibration_cache_dir;
   const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
+  if (default_quota) {  // ordinary backprop's predicted peak, with the margin and 1 MiB
+    const int64_t full_length =
+        PredictPeak(shape, spec.seq_len, spec.mode.value_or(StartStateMode::kSubtract), k).total;
+    const int64_t wanted =
+        static_cast<int64_t>(std::ceil(static_cast<double>(full_length) / (1.0 - kDefaultPlanMargin))) + (int64_t{1} << 20);
+    spec.quota_bytes = std::min(spec.quota_bytes, wanted);
+  }
   const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
   AdmissionPlan answer;
   answer.quota_bytes = spec.quota_bytes;

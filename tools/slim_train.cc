@@ -230,6 +230,15 @@ std::string CalibrationCache(const slim::tools::Flags& flags) {
   return flags.String("calibration-cache", slim::DefaultCalibrationCacheDir());
 }
 
+// A spec file (YAML or JSON) as a document; a file that does not parse is invalid_argument.
+slim::Json ReadSpecDocument(const std::string& spec_path) {
+  try {
+    return slim::ParseStructuredFile(spec_path);
+  } catch (const std::runtime_error& e) {
+    throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("spec ") + e.what());
+  }
+}
+
 // The model a spec trains: its base file's config, or its preset's.
 slim::ModelConfig SpecModelConfig(const slim::JobSpec& spec) {
   return spec.base_model.empty() ? slim::PresetConfig(spec.preset) : slim::LoadModelFile(spec.base_model)->config();
@@ -286,12 +295,7 @@ int Run(const slim::tools::Flags& flags) {
     return status;
   };
   try {
-    slim::Json doc;
-    try {
-      doc = slim::ParseStructuredFile(spec_path);
-    } catch (const std::runtime_error& e) {
-      throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("spec ") + e.what());
-    }
+    const slim::Json doc = ReadSpecDocument(spec_path);
     slim::JobSpec spec = slim::JobSpecFromJson(doc, std::filesystem::path(spec_path).parent_path().string());
     if (!device.empty()) spec.device = device;
 
@@ -365,12 +369,7 @@ int PlanSpec(const slim::tools::Flags& flags) {
   const std::string cache = CalibrationCache(flags);
   const bool json = flags.Bool("json");
   flags.CheckAllUsed();
-  slim::Json doc;
-  try {
-    doc = slim::ParseStructuredFile(spec_path);
-  } catch (const std::runtime_error& e) {
-    throw slim::EngineError(slim::ErrorCode::kInvalidArgument, std::string("spec ") + e.what());
-  }
+  slim::Json doc = ReadSpecDocument(spec_path);
   // Without memory.quota the default policy picks one, at most --default-quota-cap (the
   // largest device of the kind): the spec is read with that cap as its quota.
   bool default_quota = false;

@@ -134,8 +134,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   }
   std::string kind;
   ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), caller, &kind));
-  const bool quota_given = !request.spec().memory().quota().empty();
-  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind, quota_given));
+  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind));
   // In a fleet: the devices of every live replica.
   const KindCapacity capacity = CapacityOf(kind);
   const int64_t largest = capacity.largest;

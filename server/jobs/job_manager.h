@@ -194,7 +194,7 @@ class JobManager {
   // This server's devices as declared (names, kinds, capacities), as published to a fleet.
   v1::ListDevicesResponse DeclaredDevices() const;
   // The planner's answer for `spec` on a device of `kind` (the quota policy applied).
-  absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind, bool quota_given);
+  absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind);
 
   void SchedulerLoop();
   void SchedulePass();

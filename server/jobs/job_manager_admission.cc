@@ -179,15 +179,14 @@ JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
   return capacity;
 }
 
-absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const std::string& kind, bool quota_given) {
+absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const std::string& kind) {
   const KindCapacity capacity = CapacityOf(kind);
   // Planning calibrates on a device of the kind here.
   if (!capacity.here) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
-  // slim-train plans with the worker's own planner; without a quota (spec.quota_bytes 0) it
-  // applies the default policy (docs/service.md), capped at the largest device of the kind.
-  JobSpec planned = spec;
-  if (!quota_given) planned.quota_bytes = 0;
-  ASSIGN_OR_RETURN(const AdmissionPlan plan, engine_.Plan(planned, capacity.largest));
+  // slim-train plans with the worker's own planner; without a quota (ResolveSpec leaves
+  // spec.quota_bytes 0) it applies the default policy (docs/service.md), capped at the
+  // largest device of the kind.
+  ASSIGN_OR_RETURN(const AdmissionPlan plan, engine_.Plan(spec, capacity.largest));
   v1::PlanJobResponse response;
   response.set_device_kind(kind);
   response.set_quota_bytes(plan.quota_bytes);
@@ -206,7 +205,7 @@ absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const 
 absl::StatusOr<v1::PlanJobResponse> JobManager::PlanJob(const v1::JobSpec& api, const Principal& caller) {
   std::string kind;
   ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(api, caller, &kind));
-  return Plan(spec, kind, !api.memory().quota().empty());
+  return Plan(spec, kind);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -93,7 +93,10 @@ std::string CalibrationState(const std::string& dir) {
 
 }  // namespace
 
-EngineCommands::EngineCommands(EngineCommandsOptions options) : options_(std::move(options)) {}
+EngineCommands::EngineCommands(EngineCommandsOptions options) : options_(std::move(options)) {
+  std::error_code ec;
+  fs::create_directories(options_.scratch_dir, ec);  // a failure shows when a file is written there
+}
 
 std::string EngineCommands::ScratchPath(const std::string& stem, const std::string& extension) {
   int64_t n;
@@ -106,8 +109,6 @@ std::string EngineCommands::ScratchPath(const std::string& stem, const std::stri
 
 absl::Status EngineCommands::Run(const std::string& what, const std::vector<std::string>& args,
                                  const std::function<bool(const std::string&)>& on_line) {
-  std::error_code ec;
-  fs::create_directories(options_.scratch_dir, ec);
   ScratchFile log{ScratchPath(what, ".log")};
   absl::Mutex mu;
   bool stop = false, done = false;
@@ -214,8 +215,6 @@ absl::StatusOr<std::vector<DeviceInfo>> EngineCommands::Devices() {
 
 absl::Status EngineCommands::Generate(const std::string& model_path, const std::string& prompt,
                                       const GenerateParams& params, const std::function<bool(int32_t)>& emit) {
-  std::error_code ec;
-  fs::create_directories(options_.scratch_dir, ec);
   ScratchFile prompt_file{ScratchPath("prompt", ".txt")};
   if (absl::Status s = WriteScratch(prompt_file.path, prompt); !s.ok()) return s;
   bool malformed = false;

@@ -82,11 +82,10 @@ PerformerLM InDouble(PerformerLMImpl& m32) {
 
 // Real text: a fixed copy of this repository's docs (tests/engine/data/exactness-text.txt),
 // so that editing the docs does not change what these tests compute.
-std::string FixtureText() { if (const char* e = std::getenv("SLIM_TEXT")) return testing::ReadFileBytes(e); return testing::ReadFileBytes(SourcePath("tests/engine/data/exactness-text.txt")); }
+std::string FixtureText() { return testing::ReadFileBytes(SourcePath("tests/engine/data/exactness-text.txt")); }
 
-// B sequences of real text, targets the next bytes.
-testing::Batch TextBatch(int64_t batch, int64_t length) {
-  const std::string text = FixtureText();
+// B sequences of real text (the fixture's unless given), targets the next bytes.
+testing::Batch TextBatch(int64_t batch, int64_t length, const std::string& text = FixtureText()) {
   EXPECT_GT(static_cast<int64_t>(text.size()), batch * 997 + length + 1);
   at::Tensor ids = at::empty({batch, length + 1}, at::kLong);
   for (int64_t b = 0; b < batch; ++b) {
@@ -292,14 +291,8 @@ at::Tensor ReluSides(PerformerLMImpl& model, const at::Tensor& tokens, int64_t C
 TEST(TrainedExactnessReluKink, GradientsDifferOnlyWhereAFeatureCrossesTheKink) {
   PerformerLM model = TrainedModel(FeatureMap::kRelu, 3.0, /*lora=*/true);
   PerformerLM model64 = InDouble(*model);
-  const std::string text = testing::ReadFileBytes(SourcePath("tests/engine/data/relu-kink-text.txt"));
-  const int64_t batch = 4;
-  ASSERT_GT(static_cast<int64_t>(text.size()), batch * 997 + kL + 1);
-  at::Tensor ids = at::empty({batch, kL + 1}, at::kLong);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t <= kL; ++t) ids[b][t] = static_cast<int64_t>(static_cast<unsigned char>(text[b * 997 + t]));
-  }
-  const testing::Batch b{ids.narrow(1, 0, kL).contiguous(), ids.narrow(1, 1, kL).clone()};
+  const testing::Batch b =
+      TextBatch(4, kL, testing::ReadFileBytes(SourcePath("tests/engine/data/relu-kink-text.txt")));
   const Outcome full = Step(*model, b, kL, StartStateMode::kSubtract);
   const Outcome truth = Step(*model64, b, kL, StartStateMode::kSubtract);
   const at::Tensor true_sides = ReluSides(*model64, b.tokens, kL);

@@ -1,6 +1,7 @@
 #include "base/job_spec.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <map>
 #include <set>
@@ -17,31 +18,13 @@ namespace {
   throw EngineError(ErrorCode::kInvalidArgument, "spec: " + field + ": " + what);
 }
 
-std::string KindName(Json::Kind k) {
-  switch (k) {
-    case Json::kNull: return "null";
-    case Json::kBool: return "a boolean";
-    case Json::kString: return "a string";
-    case Json::kNumber: return "a number";
-    case Json::kArray: return "a list";
-    case Json::kObject: return "a mapping";
-  }
-  return "?";
-}
-
-std::string Describe(const Json& v) {
-  if (v.kind == Json::kString) return "'" + v.text + "'";
-  if (v.kind == Json::kNumber || v.kind == Json::kBool) return SerializeJson(v);
-  return KindName(v.kind);
-}
-
 // One mapping of the spec, read field by field. Remembers which keys were read so that
 // Finish() can refuse the ones nobody asked for.
 class Section {
  public:
   Section(const Json& value, std::string path) : path_(std::move(path)) {
     if (value.kind == Json::kNull) return;  // an empty section: every field takes its default
-    if (value.kind != Json::kObject) Bad(Name(), "must be a mapping, got " + Describe(value));
+    if (value.kind != Json::kObject) Bad(Name(), "must be a mapping, got " + DescribeJson(value));
     members_ = &value.members;
   }
 
@@ -66,17 +49,17 @@ class Section {
   std::string String(const std::string& key, const std::string& default_value) {
     const Json* v = Find(key);
     if (v == nullptr) return default_value;
-    if (v->kind != Json::kString) Bad(Field(key), "must be a string, got " + Describe(*v));
+    if (v->kind != Json::kString) Bad(Field(key), "must be a string, got " + DescribeJson(*v));
     if (v->text.empty()) Bad(Field(key), "must not be empty");
     return v->text;
   }
   double Number(const std::string& key, double default_value, double min, bool min_exclusive = false) {
     const Json* v = Find(key);
     if (v == nullptr) return default_value;
-    if (v->kind != Json::kNumber) Bad(Field(key), "must be a number, got " + Describe(*v));
+    if (v->kind != Json::kNumber) Bad(Field(key), "must be a number, got " + DescribeJson(*v));
     if (!std::isfinite(v->number) || v->number < min || (min_exclusive && v->number == min)) {
       std::ostringstream msg;
-      msg << "must be " << (min_exclusive ? "> " : ">= ") << min << ", got " << Describe(*v);
+      msg << "must be " << (min_exclusive ? "> " : ">= ") << min << ", got " << DescribeJson(*v);
       Bad(Field(key), msg.str());
     }
     return v->number;
@@ -84,13 +67,20 @@ class Section {
   int64_t Int(const std::string& key, int64_t default_value, int64_t min) {
     const Json* v = Find(key);
     if (v == nullptr) return default_value;
-    if (v->kind != Json::kNumber || v->number != std::floor(v->number) || std::fabs(v->number) > 9e15) {
-      Bad(Field(key), "must be an integer, got " + Describe(*v));
+    int64_t value = 0;
+    if (v->kind == Json::kString) {  // proto3 JSON's form of int64: "-12", exact to 2^63
+      const char* end = v->text.data() + v->text.size();
+      const auto [last, error] = std::from_chars(v->text.data(), end, value);
+      if (v->text.empty() || error != std::errc() || last != end) {
+        Bad(Field(key), "must be an integer, got " + DescribeJson(*v));
+      }
+    } else if (v->kind != Json::kNumber || v->number != std::floor(v->number) || std::fabs(v->number) > 9e15) {
+      Bad(Field(key), "must be an integer, got " + DescribeJson(*v));
+    } else {
+      value = static_cast<int64_t>(v->number);
     }
-    if (v->number < static_cast<double>(min)) {
-      Bad(Field(key), "must be >= " + std::to_string(min) + ", got " + Describe(*v));
-    }
-    return static_cast<int64_t>(v->number);
+    if (value < min) Bad(Field(key), "must be >= " + std::to_string(min) + ", got " + DescribeJson(*v));
+    return value;
   }
   // A size: a number of bytes, or a string with units ("2GiB").
   int64_t Bytes(const std::string& key) {
@@ -99,19 +89,19 @@ class Section {
     if (v->kind == Json::kString) return ParseBytes(v->text, "spec: " + Field(key));
     if (v->kind == Json::kNumber && v->number >= 0 && v->number == std::floor(v->number)) {
       // The bound ParseBytes applies to sizes with units; beyond int64 the cast is undefined.
-      if (v->number > 9.2e18) Bad(Field(key), "is too large, got " + Describe(*v));
+      if (v->number > 9.2e18) Bad(Field(key), "is too large, got " + DescribeJson(*v));
       return static_cast<int64_t>(v->number);
     }
-    Bad(Field(key), "must be a size such as 2GiB or a number of bytes, got " + Describe(*v));
+    Bad(Field(key), "must be a size such as 2GiB or a number of bytes, got " + DescribeJson(*v));
   }
   std::vector<std::string> StringList(const std::string& key) {
     const Json* v = Find(key);
     std::vector<std::string> out;
     if (v == nullptr) return out;
-    if (v->kind != Json::kArray) Bad(Field(key), "must be a list, got " + Describe(*v));
+    if (v->kind != Json::kArray) Bad(Field(key), "must be a list, got " + DescribeJson(*v));
     for (size_t i = 0; i < v->items.size(); ++i) {
       if (v->items[i].kind != Json::kString) {
-        Bad(Field(key) + "[" + std::to_string(i) + "]", "must be a string, got " + Describe(v->items[i]));
+        Bad(Field(key) + "[" + std::to_string(i) + "]", "must be a string, got " + DescribeJson(v->items[i]));
       }
       out.push_back(v->items[i].text);
     }
@@ -209,9 +199,9 @@ const std::vector<std::string>& LoraTargetNames() {
   return kNames;
 }
 
-JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir) {
+JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const SpecReading& reading) {
   JobSpec s;
-  if (doc.kind != Json::kObject) Bad("(top level)", "a job spec must be a mapping, got " + Describe(doc));
+  if (doc.kind != Json::kObject) Bad("(top level)", "a job spec must be a mapping, got " + DescribeJson(doc));
   Section top(doc, "");
 
   Section model(top.Child("model"), "model");
@@ -323,13 +313,13 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir) {
   checkpoint.Finish();
 
   top.Finish();
-  s.Validate();
+  s.Validate(reading);
   return s;
 }
 
-void JobSpec::Validate() const {
+void JobSpec::Validate(const SpecReading& reading) const {
   if ((steps > 0) == (epochs > 0)) Bad("training", "give exactly one of 'steps' and 'epochs'");
-  if (chunk_size == 0 && quota_bytes == 0) {
+  if (chunk_size == 0 && quota_bytes == 0 && !reading.quota_from_policy) {
     Bad("memory", "chunk_size 'auto' needs a quota (memory.quota, e.g. 2GiB), or give memory.chunk_size");
   }
   if (warmup_steps > 0 && steps > 0 && warmup_steps > steps) {

@@ -28,6 +28,14 @@ std::string LrScheduleName(LrScheduleKind k);
 // The projections LoRA adapters can attach to, by their tensor names (docs/model-format.md).
 const std::vector<std::string>& LoraTargetNames();
 
+// What a spec document may leave out when it is read.
+struct SpecReading {
+  // memory.quota may be absent with an automatic chunk size: a policy supplies it after reading
+  // (slimd's default quota, `slim-train plan --default-quota-cap`; docs/service.md). The spec
+  // is read with quota_bytes 0; every other rule applies.
+  bool quota_from_policy = false;
+};
+
 struct JobSpec {
   // model: a model file to fine-tune, or a preset with random weights.
   std::string base_model;  // path; empty when `preset` is used
@@ -80,8 +88,9 @@ struct JobSpec {
   int64_t checkpoints_kept = 2;
 
   // Cross-field checks (steps xor epochs, chunk auto needs a quota, ...).
-  void Validate() const;
+  void Validate(const SpecReading& reading = {}) const;
 };
+
 
 // Data parallelism splits each micro-batch of `batch_size` sequences into contiguous shares:
 // worker `rank` of `workers` takes sequences [begin, end) = [⌊rank·B/N⌋, ⌊(rank+1)·B/N⌋), so
@@ -92,8 +101,10 @@ struct BatchShare {
 BatchShare WorkerBatchShare(int64_t batch_size, int64_t rank, int64_t workers);
 
 // Reads a spec from a parsed document (ParseStructuredFile). Relative data and model paths are
-// resolved against `base_dir` (the spec file's directory) when it is not empty.
-JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir = "");
+// resolved against `base_dir` (the spec file's directory) when it is not empty. Integers may
+// also be decimal strings, the form proto3's JSON mapping gives 64-bit fields, so that the
+// service's API spec is read as protobuf prints it (docs/service.md, "One spec path").
+JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir = "", const SpecReading& reading = {});
 
 // The spec with every field resolved, as a document JobSpecFromJson reads back to an equal spec.
 Json JobSpecToJson(const JobSpec& spec);

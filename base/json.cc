@@ -309,4 +309,16 @@ Json JsonArray() {
   return j;
 }
 
+std::string DescribeJson(const Json& value) {
+  switch (value.kind) {
+    case Json::kString: return "'" + value.text + "'";
+    case Json::kNumber:
+    case Json::kBool: return SerializeJson(value);
+    case Json::kNull: return "null";
+    case Json::kArray: return "a list";
+    case Json::kObject: return "a mapping";
+  }
+  return "?";
+}
+
 }  // namespace slim

@@ -34,6 +34,9 @@ Json ParseJson(const std::string& text);
 // Throws EngineError(kInvalidArgument) for a non-finite number (JSON has none).
 std::string SerializeJson(const Json& value);
 
+// A value as an error message shows it: 'text', 5, true, "a list", "a mapping", "null".
+std::string DescribeJson(const Json& value);
+
 // Appends code point `cp` (≤ 0x10FFFF) to `out` as UTF-8.
 void AppendUtf8(unsigned cp, std::string* out);
 

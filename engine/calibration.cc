@@ -129,7 +129,7 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   const c10::Device device = ParseDevice(device_name);
   if (device.is_cpu()) InstallCpuMemoryTracker();
   const int64_t b = shape.model.attention_block;
-  const int64_t Lp = 32 * b;
+  const int64_t Lp = kCalibrationProbeBlocks * b;
   // Probes run at the job's batch: per-op overheads of small models do not grow with batch,
   // so batch-1 probes underestimated their step time (tiny at batch 2 by 30–100%).
   const int64_t B = shape.batch;
@@ -208,17 +208,29 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   return k;
 }
 
+namespace {
+
+std::string CachePath(const std::string& key, const CalibrationOptions& options) {
+  return options.cache_dir.empty() ? "" : options.cache_dir + "/" + Hex(std::hash<std::string>{}(key)) + ".txt";
+}
+
+}  // namespace
+
+std::optional<MemoryCoefficients> CachedCalibration(const StepShape& shape, const std::string& device,
+                                                    const CalibrationOptions& options) {
+  const std::string key = CalibrationKey(shape, DeviceKind(device));
+  const std::string path = CachePath(key, options);
+  MemoryCoefficients k;
+  if (path.empty() || !LoadCached(path, key, &k)) return std::nullopt;
+  return k;
+}
+
 MemoryCoefficients Calibrate(const StepShape& shape, const std::string& device,
                              const CalibrationOptions& options) {
+  if (std::optional<MemoryCoefficients> cached = CachedCalibration(shape, device, options)) return *cached;
+  const MemoryCoefficients k = MeasureCalibration(shape, device, options);
   const std::string key = CalibrationKey(shape, DeviceKind(device));
-  std::string path;
-  MemoryCoefficients k;
-  if (!options.cache_dir.empty()) {
-    path = options.cache_dir + "/" + Hex(std::hash<std::string>{}(key)) + ".txt";
-    if (LoadCached(path, key, &k)) return k;
-  }
-  k = MeasureCalibration(shape, device, options);
-  if (!path.empty()) StoreCached(path, key, k);
+  if (const std::string path = CachePath(key, options); !path.empty()) StoreCached(path, key, k);
   return k;
 }
 

@@ -2,6 +2,7 @@
 // the device itself: CUDA caching-allocator peak, or on CPU the counting allocator's peak.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,5 +43,10 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
 // MeasureCalibration through the cache: instant after the first call for a key.
 MemoryCoefficients Calibrate(const StepShape& shape, const std::string& device,
                              const CalibrationOptions& options);
+
+// The cached calibration for `shape` on `device`, or nothing (no cache directory, or no entry
+// yet): what Calibrate would return without measuring.
+std::optional<MemoryCoefficients> CachedCalibration(const StepShape& shape, const std::string& device,
+                                                    const CalibrationOptions& options);
 
 }  // namespace slim

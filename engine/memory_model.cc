@@ -78,6 +78,25 @@ MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMo
   return m;
 }
 
+int64_t CalibrationPeakBound(const StepShape& shape) {
+  StepShape probe = shape;
+  probe.seq_len = kCalibrationProbeBlocks * shape.model.attention_block;
+  const ModelConfig& m = shape.model;
+  // Per token of one sequence, in floats: a layer's norms, projections, rotated q and k,
+  // feature maps with their pre-activations, the block-local scores, the attention output,
+  // the feed-forward's two d_ff-wide tensors and the residuals; then the logits, their
+  // log-softmax and its gradient.
+  const int64_t layer_floats = 16 * m.d_model + 3 * m.d_ff + 4 * m.n_heads * m.features_per_head() +
+                               2 * m.n_heads * m.attention_block;
+  const int64_t token_floats = m.n_layers * layer_floats + 3 * m.vocab_size;
+  const MemoryCoefficients none;
+  const MemoryBreakdown analytic = PredictPeak(probe, probe.seq_len, StartStateMode::kSubtract, none);
+  const int64_t activations = 2 * token_floats * kFloatBytes * probe.batch * probe.seq_len;
+  // MeasureCalibration's own token ids: B · (2·L_probe + 1) int64s.
+  const int64_t probe_ids = probe.batch * (2 * probe.seq_len + 1) * kIdBytes;
+  return analytic.total + probe_ids + activations + (int64_t{4} << 20);
+}
+
 double PredictStepSeconds(const StepShape& s, int64_t chunk_size, const MemoryCoefficients& k) {
   const int64_t L = s.seq_len;
   const int64_t C = std::clamp<int64_t>(chunk_size, 1, L);

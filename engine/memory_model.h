@@ -83,6 +83,18 @@ struct PlanResult {
 
 inline constexpr double kDefaultPlanMargin = 0.05;
 
+// Calibration's probes (calibration.h) run at most this many attention blocks of ordinary
+// backprop: L_probe = kCalibrationProbeBlocks · attention_block.
+inline constexpr int64_t kCalibrationProbeBlocks = 32;
+
+// An upper bound on the memory MeasureCalibration uses for `shape` (its seq_len is not used),
+// from the configuration alone: what slimd reserves on a device while a plan calibrates there
+// (docs/service.md, "Calibration"). The analytic terms are PredictPeak's at the largest probe;
+// activations are bounded by counting, per token, every tensor a layer keeps for backward and
+// the logits' three vocabulary-sized buffers, then doubling (measured probes stay at 0.3–0.7
+// of it: PlannerOnCpu.CalibrationStaysInsideItsBound), plus 4 MiB for allocator slack.
+int64_t CalibrationPeakBound(const StepShape& shape);
+
 // The largest chunk size (a multiple of the attention block, or L itself) whose predicted peak
 // is ≤ quota · (1 − margin) in either start-state mode (both are exact); stored boundaries
 // when they fit at that size, subtraction otherwise. min_quota_bytes is the smallest quota for

@@ -100,6 +100,11 @@ feasible, chunk size, mode, predicted peak and step time):
   --default-quota-cap BYTES when the spec has no memory.quota, pick the default one: what
                             ordinary backprop (C = L) needs, at most BYTES
   --calibration-cache DIR   as for run
+  --if-calibrated           do not calibrate: when the shape has no calibration on the
+                            device kind yet, answer {"calibration_bytes": N, ...}, the most
+                            calibrating can use (what slimd reserves for it)
+  --device D                plan (and calibrate) on D instead of the spec's memory.device
+  --memory-cap BYTES        cap this process's tensor memory on the device at BYTES
 plan flags, for a shape:
   --preset NAME       model preset: tiny, mini, small, paper-iv (default small)
   --seq-len L         sequence length (required)
@@ -368,23 +373,40 @@ int PlanSpec(const slim::tools::Flags& flags) {
   const int64_t default_cap = flags.Bytes("default-quota-cap", 0);
   const std::string cache = CalibrationCache(flags);
   const bool json = flags.Bool("json");
+  // slimd plans in two steps so that a calibration runs inside a reservation: --if-calibrated
+  // answers without measuring (calibration_bytes > 0 when a calibration is needed); then
+  // --device and --memory-cap calibrate on the reserved device, capped at the reservation.
+  const bool if_calibrated = flags.Bool("if-calibrated");
+  const std::string device = flags.Has("device") ? flags.String("device", "") : "";
+  const int64_t memory_cap = flags.Bytes("memory-cap", 0);
   flags.CheckAllUsed();
-  slim::Json doc = ReadSpecDocument(spec_path);
   // Without memory.quota the default policy picks one, at most --default-quota-cap (the
   // largest device of the kind): the spec is read with that cap as its quota.
-  bool default_quota = false;
-  if (default_cap > 0 && doc.kind == slim::Json::kObject) {
-    slim::Json& memory = doc.members["memory"];
-    if (memory.kind == slim::Json::kNull) memory = slim::JsonObject();
-    if (memory.kind == slim::Json::kObject && memory.members.count("quota") == 0) {
-      memory.members["quota"] = slim::JsonNumber(static_cast<double>(default_cap));
-      default_quota = true;
-    }
-  }
-  const slim::JobSpec spec = slim::JobSpecFromJson(doc, std::filesystem::path(spec_path).parent_path().string());
+  slim::SpecReading reading;
+  reading.quota_from_policy = default_cap > 0;
+  slim::JobSpec spec =
+      slim::JobSpecFromJson(ReadSpecDocument(spec_path), std::filesystem::path(spec_path).parent_path().string(), reading);
+  const bool default_quota = spec.quota_bytes == 0 && default_cap > 0;
+  if (default_quota) spec.quota_bytes = default_cap;
+  if (!device.empty()) spec.device = device;
+  const slim::ModelConfig model = SpecModelConfig(spec);
   slim::InstallCpuMemoryTracker();
   slim::ConfigureRuntime();
-  const slim::AdmissionPlan plan = slim::PlanAdmission(spec, SpecModelConfig(spec), cache, default_quota);
+  slim::AdmissionPlan plan;
+  slim::CalibrationOptions calibration;
+  calibration.cache_dir = cache;
+  const slim::StepShape shape = slim::JobStepShape(spec, model);
+  if (if_calibrated && !slim::CachedCalibration(shape, spec.device, calibration)) {
+    plan.calibration_bytes = slim::CalibrationPeakBound(shape);
+    if (!json) {
+      std::printf("this shape has no calibration on %s yet; calibrating needs up to %s\n", spec.device.c_str(),
+                  slim::FormatBytes(plan.calibration_bytes).c_str());
+      return 0;
+    }
+  } else {
+    if (memory_cap > 0) slim::CapDeviceMemory(spec.device, memory_cap);
+    plan = slim::PlanAdmission(spec, model, cache, default_quota);
+  }
   if (json) {
     std::printf("%s\n", slim::AdmissionPlanToJson(plan).c_str());
   } else if (plan.feasible) {

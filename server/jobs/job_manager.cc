@@ -134,12 +134,11 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   }
   std::string kind;
   ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), caller, &kind));
-  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind));
   // In a fleet: the devices of every live replica.
   const KindCapacity capacity = CapacityOf(kind);
   const int64_t largest = capacity.largest;
   // The ranks of a data-parallel job run on one server's devices (their rendezvous is a file
-  // in the job directory), one device each.
+  // in the job directory), one device each. Checked before planning, which may calibrate.
   const int workers = Workers(request.spec());
   if (workers > capacity.most_on_one_server) {
     return absl::FailedPreconditionError(absl::StrCat("spec: data_parallel.workers: ", workers,
@@ -147,6 +146,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
                                                       fleet() ? "the replica with the most has " : "this server has ",
                                                       capacity.most_on_one_server));
   }
+  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind));
   if (plan.quota_bytes() > largest) {
     return absl::ResourceExhaustedError(absl::StrCat("spec: memory.quota: ", FormatBytes(plan.quota_bytes()),
                                                      " is more than the largest ", kind, " device (",

@@ -181,12 +181,18 @@ class JobManager {
   static bool OwnFailure(const Rank& rank);
 
   // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
-  // the datasets and model must be visible to `caller`.
+  // the datasets and model must be visible to `caller`. A spec without a quota is read with
+  // quota_bytes 0: Plan applies the default policy.
   absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind);
+  // The changes ResolveSpec makes to protobuf's JSON form of an API spec, all of them: ids
+  // resolved to files, the device kind turned into the device plans are made on, and this
+  // server's defaults filled in.
+  absl::Status ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind);
   // The devices of one kind that admission may count on: this server's, and in a fleet every
   // live replica's (Store::FleetDevices).
   struct KindCapacity {
     int64_t largest = 0;         // bytes of the largest device of the kind
+    int64_t largest_here = 0;    // ... of those of this server
     int most_on_one_server = 0;  // the most devices of the kind one server (replica) has
     bool here = false;           // this server has one (planning calibrates on it)
   };

@@ -1,5 +1,6 @@
 // Admission: specs resolved against the store, plans (by slim-train, engine_commands.h) and
 // tenant limits.
+#include "google/protobuf/util/json_util.h"
 #include "server/jobs/job_manager_internal.h"
 
 namespace slim::server {
@@ -16,133 +17,79 @@ int64_t CommittedBytes(const v1::Job& job) { return job.quota_bytes() * Workers(
 
 absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, const Principal& caller,
                                                 std::string* device_kind) {
-  Json doc = JsonObject();
-  Json model = JsonObject();
-  if (!api.model().base().empty()) {
-    ASSIGN_OR_RETURN(const std::string path, ModelPath(api.model().base(), caller));
-    model.members["base"] = JsonString(path);
+  // One spec path (docs/service.md): protobuf's JSON mapping of the API message, read by the
+  // engine's spec reader, the one slim-train reads spec files with. Proto3 zero values are
+  // "not set" and are not printed, so the reader applies its defaults and range checks to
+  // exactly what the user sent.
+  std::string text;
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  if (const auto printed = google::protobuf::util::MessageToJsonString(api, &text, print); !printed.ok()) {
+    return absl::InternalError("spec: cannot print as JSON: " + std::string(printed.message()));
   }
-  if (!api.model().preset().empty()) model.members["preset"] = JsonString(api.model().preset());
-  if (api.model().init_seed() != 0) model.members["init_seed"] = JsonNumber(static_cast<double>(api.model().init_seed()));
-  doc.members["model"] = model;
-
-  Json data = JsonObject();
-  const auto sources = [&](const google::protobuf::RepeatedPtrField<v1::DataRef>& refs,
-                           const std::string& field) -> absl::StatusOr<Json> {
-    Json list = JsonArray();
-    for (int i = 0; i < refs.size(); ++i) {
-      const v1::DataRef& ref = refs[i];
-      if (ref.dataset().empty()) {
-        return absl::InvalidArgumentError(absl::StrCat("spec: data.", field, "[", i, "].dataset: is required"));
-      }
-      absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(ref.dataset());
-      if (!dataset.ok() || !caller.Sees(dataset->tenant())) {
-        return absl::NotFoundError(absl::StrCat("spec: data.", field, "[", i, "].dataset: no dataset '", ref.dataset(), "'"));
-      }
-      Json source = JsonObject();
-      source.members["path"] = JsonString((fs::path(options_.data_dir) / "datasets" / dataset->id()).string());
-      source.members["format"] = JsonString(ref.format().empty() ? dataset->format() : ref.format());
-      if (!ref.text_field().empty()) source.members["text_field"] = JsonString(ref.text_field());
-      list.items.push_back(source);
-    }
-    return list;
-  };
-  if (api.data().train_size() > 0) {
-    ASSIGN_OR_RETURN(data.members["train"], sources(api.data().train(), "train"));
-  }
-  if (api.data().validation_size() > 0) {
-    ASSIGN_OR_RETURN(data.members["validation"], sources(api.data().validation(), "validation"));
-  }
-  if (api.data().validation_fraction() != 0) data.members["validation_fraction"] = JsonNumber(api.data().validation_fraction());
-  if (api.data().seed() != 0) data.members["seed"] = JsonNumber(static_cast<double>(api.data().seed()));
-  doc.members["data"] = data;
-
-  // Proto3 zero values mean "not set": only the fields that were given go into the document,
-  // so the spec reader applies its defaults and its range checks to exactly what the user sent.
-  const auto put = [](Json* o, const char* key, double v) {
-    if (v != 0) o->members[key] = JsonNumber(v);
-  };
-  const auto put_str = [](Json* o, const char* key, const std::string& v) {
-    if (!v.empty()) o->members[key] = JsonString(v);
-  };
-  const v1::TrainingSpec& t = api.training();
-  Json training = JsonObject();
-  put(&training, "seq_len", t.seq_len());
-  put(&training, "batch_size", t.batch_size());
-  put(&training, "grad_accum", t.grad_accum());
-  put(&training, "steps", t.steps());
-  put(&training, "epochs", t.epochs());
-  put(&training, "grad_clip", t.grad_clip());
-  put_str(&training, "precision", t.precision());
-  put_str(&training, "tuning", t.tuning());
-  if (t.has_optimizer()) {
-    Json o = JsonObject();
-    put_str(&o, "name", t.optimizer().name());
-    put(&o, "lr", t.optimizer().lr());
-    put(&o, "weight_decay", t.optimizer().weight_decay());
-    put(&o, "beta1", t.optimizer().beta1());
-    put(&o, "beta2", t.optimizer().beta2());
-    put(&o, "eps", t.optimizer().eps());
-    put(&o, "momentum", t.optimizer().momentum());
-    training.members["optimizer"] = o;
-  }
-  if (t.has_schedule()) {
-    Json s = JsonObject();
-    put_str(&s, "name", t.schedule().name());
-    put(&s, "warmup_steps", t.schedule().warmup_steps());
-    put(&s, "min_lr_ratio", t.schedule().min_lr_ratio());
-    training.members["schedule"] = s;
-  }
-  if (t.has_lora()) {
-    Json l = JsonObject();
-    put(&l, "rank", t.lora().rank());
-    put(&l, "alpha", t.lora().alpha());
-    if (t.lora().targets_size() > 0) {
-      Json targets = JsonArray();
-      for (const std::string& name : t.lora().targets()) targets.items.push_back(JsonString(name));
-      l.members["targets"] = targets;
-    }
-    training.members["lora"] = l;
-  }
-  doc.members["training"] = training;
-
-  const v1::MemorySpec& m = api.memory();
-  if (!m.device_kind().empty() && m.device_kind() != "cpu" && m.device_kind() != "cuda") {
-    return absl::InvalidArgumentError("spec: memory.device_kind: unknown value '" + m.device_kind() +
-                                      "' (allowed: cpu, cuda, or empty for any)");
-  }
-  *device_kind = m.device_kind().empty() ? options_.devices.front().kind : m.device_kind();
-  Json memory = JsonObject();
-  put_str(&memory, "quota", m.quota());
-  put(&memory, "chunk_size", m.chunk_size());
-  put_str(&memory, "mode", m.mode());
-  // The device is decided at placement; plan on the first device of the kind. Without a quota
-  // the default policy supplies one (Plan), so validation sees a placeholder quota.
-  memory.members["device"] = JsonString(*device_kind == "cuda" ? "cuda:0" : "cpu");
-  if (m.quota().empty() && m.chunk_size() == 0) memory.members["quota"] = JsonNumber(1);
-  doc.members["memory"] = memory;
-
-  Json eval = JsonObject();
-  put(&eval, "every", api.eval().every());
-  put(&eval, "max_sequences", api.eval().max_sequences());
-  doc.members["eval"] = eval;
-  Json checkpoint = JsonObject();
-  checkpoint.members["every"] = JsonNumber(api.checkpoint().every() != 0 ? api.checkpoint().every() : options_.checkpoint_every);
-  put(&checkpoint, "keep", api.checkpoint().keep());
-  doc.members["checkpoint"] = checkpoint;
-  if (api.data_parallel().workers() != 0) {
-    Json parallel = JsonObject();
-    parallel.members["workers"] = JsonNumber(api.data_parallel().workers());
-    doc.members["data_parallel"] = parallel;
-  }
-
   try {
-    JobSpec spec = JobSpecFromJson(doc);
-    if (m.quota().empty()) spec.quota_bytes = 0;  // the placeholder above; Plan applies the policy
-    return spec;
+    Json doc = ParseJson(text);
+    RETURN_IF_ERROR(ResolveSpecReferences(&doc, caller, device_kind));
+    SpecReading reading;
+    reading.quota_from_policy = true;  // Plan applies the default policy to a spec without one
+    return JobSpecFromJson(doc, "", reading);
   } catch (const EngineError& e) {
     return FromEngineError(e);
   }
+}
+
+absl::Status JobManager::ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind) {
+  const auto member = [](Json* object, const char* key) -> Json* {
+    const auto it = object->members.find(key);
+    return object->kind == Json::kObject && it != object->members.end() ? &it->second : nullptr;
+  };
+  // model.base: a model id → its file.
+  if (Json* model = member(doc, "model"); model != nullptr) {
+    if (Json* base = member(model, "base"); base != nullptr) {
+      ASSIGN_OR_RETURN(base->text, ModelPath(base->text, caller));
+    }
+  }
+  // data.train[i], data.validation[i]: {dataset, format, text_field} → {path, format (the
+  // dataset's when not given), text_field}.
+  if (Json* data = member(doc, "data"); data != nullptr) {
+    for (const char* field : {"train", "validation"}) {
+      Json* list = member(data, field);
+      if (list == nullptr) continue;
+      for (size_t i = 0; i < list->items.size(); ++i) {
+        Json& source = list->items[i];
+        const std::string where = absl::StrCat("spec: data.", field, "[", i, "].dataset");
+        Json* id = member(&source, "dataset");
+        if (id == nullptr) return absl::InvalidArgumentError(where + ": is required");
+        absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(id->text);
+        if (!dataset.ok() || !caller.Sees(dataset->tenant())) {
+          return absl::NotFoundError(absl::StrCat(where, ": no dataset '", id->text, "'"));
+        }
+        source.members.erase("dataset");
+        source.members["path"] = JsonString((fs::path(options_.data_dir) / "datasets" / dataset->id()).string());
+        if (member(&source, "format") == nullptr) source.members["format"] = JsonString(dataset->format());
+      }
+    }
+  }
+  // memory.device_kind → memory.device: the device is chosen at placement; plans are made on
+  // the first device of the kind.
+  Json& memory = doc->members["memory"];
+  if (memory.kind != Json::kObject) memory = JsonObject();
+  std::string kind;
+  if (const Json* given = member(&memory, "device_kind"); given != nullptr) kind = given->text;
+  if (!kind.empty() && kind != "cpu" && kind != "cuda") {
+    return absl::InvalidArgumentError("spec: memory.device_kind: unknown value '" + kind +
+                                      "' (allowed: cpu, cuda, or empty for any)");
+  }
+  *device_kind = kind.empty() ? options_.devices.front().kind : kind;
+  memory.members.erase("device_kind");
+  memory.members["device"] = JsonString(*device_kind == "cuda" ? "cuda:0" : "cpu");
+  // checkpoint.every: this server's default (slimd --checkpoint-every) when not given.
+  Json& checkpoint = doc->members["checkpoint"];
+  if (checkpoint.kind != Json::kObject) checkpoint = JsonObject();
+  if (member(&checkpoint, "every") == nullptr) {
+    checkpoint.members["every"] = JsonNumber(static_cast<double>(options_.checkpoint_every));
+  }
+  return absl::OkStatus();
 }
 
 v1::ListDevicesResponse JobManager::DeclaredDevices() const {
@@ -168,7 +115,8 @@ JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
     capacity.most_on_one_server = std::max(capacity.most_on_one_server, count);
   };
   add(DeclaredDevices());
-  capacity.here = capacity.largest > 0;
+  capacity.largest_here = capacity.largest;
+  capacity.here = capacity.largest_here > 0;
   if (!fleet()) return capacity;
   // Every live replica's devices (published with their lease renewals); without the store,
   // this replica's own.
@@ -186,7 +134,28 @@ absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const 
   // slim-train plans with the worker's own planner; without a quota (ResolveSpec leaves
   // spec.quota_bytes 0) it applies the default policy (docs/service.md), capped at the
   // largest device of the kind.
-  ASSIGN_OR_RETURN(const AdmissionPlan plan, engine_.Plan(spec, capacity.largest));
+  ASSIGN_OR_RETURN(AdmissionPlan plan, engine_.Plan(spec, capacity.largest));
+  if (plan.calibration_bytes > 0) {
+    // A shape never planned on this kind: it is calibrated on a device here inside a
+    // reservation, like a small job, capped at it (docs/service.md, "Calibration").
+    const int64_t bytes = std::min(plan.calibration_bytes, capacity.largest_here);
+    absl::StatusOr<std::unique_ptr<ReservationHold>> hold = Reserve(kind, bytes, "calibrate");
+    if (!hold.ok()) {
+      return absl::Status(hold.status().code(),
+                          absl::StrCat("this model shape (batch ", spec.batch_size,
+                                       ") has not been calibrated on ", kind, " yet; ", hold.status().message()));
+    }
+    const EngineCommands::CalibrationPlace place{WorkerDevice((*hold)->device()), bytes};
+    absl::StatusOr<AdmissionPlan> calibrated = engine_.Plan(spec, capacity.largest, &place);
+    if (calibrated.status().code() == absl::StatusCode::kResourceExhausted) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "calibrating this model shape (batch ", spec.batch_size, ") needs more than its reservation of ",
+          FormatBytes(bytes), bytes < plan.calibration_bytes ? " (the whole device)" : "", ": ",
+          calibrated.status().message()));
+    }
+    if (!calibrated.ok()) return calibrated.status();
+    plan = *calibrated;
+  }
   v1::PlanJobResponse response;
   response.set_device_kind(kind);
   response.set_quota_bytes(plan.quota_bytes);

@@ -159,7 +159,8 @@ absl::StatusOr<std::string> EngineCommands::Answer(const std::string& what, cons
   return last;
 }
 
-absl::StatusOr<AdmissionPlan> EngineCommands::Plan(const JobSpec& spec, int64_t default_quota_cap) {
+absl::StatusOr<AdmissionPlan> EngineCommands::Plan(const JobSpec& spec, int64_t default_quota_cap,
+                                                   const CalibrationPlace* calibrate_on) {
   const std::string inputs = PlanKey(spec, default_quota_cap);
   {
     absl::MutexLock lock(&mu_);
@@ -178,6 +179,11 @@ absl::StatusOr<AdmissionPlan> EngineCommands::Plan(const JobSpec& spec, int64_t 
     args.push_back("--default-quota-cap");
     args.push_back(std::to_string(default_quota_cap));
   }
+  if (calibrate_on == nullptr) {
+    args.push_back("--if-calibrated");
+  } else {
+    args.insert(args.end(), {"--device", calibrate_on->device, "--memory-cap", std::to_string(calibrate_on->memory_cap)});
+  }
   absl::StatusOr<std::string> line = Answer("plan", args);
   if (!line.ok()) return line.status();
   AdmissionPlan plan;
@@ -186,6 +192,7 @@ absl::StatusOr<AdmissionPlan> EngineCommands::Plan(const JobSpec& spec, int64_t 
   } catch (const EngineError& e) {
     return absl::InternalError(e.what());
   }
+  if (plan.calibration_bytes > 0) return plan;  // not a plan: a request for a reservation
   // Stored under the calibrations as they are after the run (a cold plan has just written one).
   absl::MutexLock lock(&mu_);
   if (plans_.size() >= 4096) plans_.clear();  // stale states accumulate; start over rather than grow

@@ -49,7 +49,17 @@ class EngineCommands {
   // `default_quota_cap`). Answers are cached by the plan's inputs (model, shape, precision,
   // optimizer, tuning, quota, chunk size, mode, device) and the calibration files they came
   // from (names, sizes, times), so a repeated plan starts no process.
-  absl::StatusOr<AdmissionPlan> Plan(const JobSpec& spec, int64_t default_quota_cap);
+  //
+  // Without `calibrate_on`, a shape that has no calibration on its device kind yet is not
+  // calibrated: the answer has calibration_bytes > 0 and no plan. The caller reserves that
+  // much of a device and asks again with it; the calibration then runs there, its memory
+  // capped at the reservation (docs/service.md, "Calibration").
+  struct CalibrationPlace {
+    std::string device;     // as slim-train names it: "cpu", "cuda:N"
+    int64_t memory_cap = 0;  // the reservation
+  };
+  absl::StatusOr<AdmissionPlan> Plan(const JobSpec& spec, int64_t default_quota_cap,
+                                     const CalibrationPlace* calibrate_on = nullptr);
   absl::StatusOr<ModelSummary> Inspect(const std::string& model_path);
   absl::StatusOr<std::vector<DeviceInfo>> Devices();
   // Streams each new token id to `emit` as it is drawn; `emit` returning false kills the

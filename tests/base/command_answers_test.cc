@@ -23,6 +23,9 @@ TEST(CommandAnswers, AdmissionPlanRoundTrips) {
   infeasible.quota_bytes = 1000;
   infeasible.min_quota_bytes = 990393;
   EXPECT_EQ(AdmissionPlanFromJson(AdmissionPlanToJson(infeasible)), infeasible);
+  AdmissionPlan needs_calibration;
+  needs_calibration.calibration_bytes = 15233032;
+  EXPECT_EQ(AdmissionPlanFromJson(AdmissionPlanToJson(needs_calibration)), needs_calibration);
 }
 
 TEST(CommandAnswers, ModelSummaryAndDevicesRoundTrip) {
@@ -48,10 +51,10 @@ TEST(CommandAnswers, MalformedAnswersAreInternalErrorsNamingWhatIsWrong) {
   for (const std::string& bad :
        {std::string("not json"), std::string("[]"), std::string("{}"),
         good.substr(0, good.size() - 1),  // truncated
-        std::string(R"({"chunk_size":1.5,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
-        std::string(R"({"chunk_size":1,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"sideways","predicted_peak_bytes":1,"quota_bytes":1})"),
-        std::string(R"({"chunk_size":1,"est_step_seconds":0,"feasible":"yes","min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
-        std::string(R"({"chunk_size":-1,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})")}) {
+        std::string(R"({"calibration_bytes":0,"chunk_size":1.5,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
+        std::string(R"({"calibration_bytes":0,"chunk_size":1,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"sideways","predicted_peak_bytes":1,"quota_bytes":1})"),
+        std::string(R"({"calibration_bytes":0,"chunk_size":1,"est_step_seconds":0,"feasible":"yes","min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
+        std::string(R"({"calibration_bytes":0,"chunk_size":-1,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})")}) {
     try {
       AdmissionPlanFromJson(bad);
       ADD_FAILURE() << "accepted: " << bad;

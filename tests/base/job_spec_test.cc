@@ -122,6 +122,50 @@ TEST(JobSpec, MinimalSpecTakesDefaults) {
 }
 
 // Shares are contiguous, cover the batch exactly once and differ by at most one sequence.
+// slimd reads the API's spec as protobuf's JSON mapping prints it: 64-bit integers are strings.
+TEST(JobSpec, ReadsProto3JsonIntegersAsStrings) {
+  const JobSpec s = JobSpecFromJson(ParseJson(
+      R"({"model": {"preset": "tiny", "init_seed": "9007199254740993"}, "data": {"train": ["a.txt"], "seed": "-0"},)"
+      R"( "training": {"seq_len": 64, "steps": 1}, "memory": {"chunk_size": 16}})"));
+  EXPECT_EQ(s.init_seed, 9007199254740993u);  // 2^53 + 1: exact, as a double could not hold it
+  EXPECT_EQ(s.data_seed, 0u);
+  for (const char* bad : {R"("")", R"("12abc")", R"("1.5")", R"(" 3")", R"("99999999999999999999")"}) {
+    const std::string doc = std::string(R"({"model": {"preset": "tiny", "init_seed": )") + bad +
+                            R"(}, "data": {"train": ["a.txt"]}, "training": {"seq_len": 64, "steps": 1},)"
+                            R"( "memory": {"chunk_size": 16}})";
+    try {
+      JobSpecFromJson(ParseJson(doc));
+      ADD_FAILURE() << "accepted init_seed " << bad;
+    } catch (const EngineError& e) {
+      EXPECT_NE(std::string(e.what()).find("spec: model.init_seed: must be an integer"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    JobSpecFromJson(ParseJson(R"({"model": {"preset": "tiny"}, "data": {"train": ["a.txt"], "seed": "-4"},)"
+                              R"( "training": {"seq_len": 64, "steps": 1}, "memory": {"chunk_size": 16}})"));
+    ADD_FAILURE() << "accepted a negative seed";
+  } catch (const EngineError& e) {
+    EXPECT_NE(std::string(e.what()).find("spec: data.seed: must be >= 0, got '-4'"), std::string::npos) << e.what();
+  }
+}
+
+// Without a quota an automatic chunk size is refused, unless a policy will supply the quota.
+TEST(JobSpec, QuotaMayComeFromAPolicyOnlyWhenTheReaderSaysSo) {
+  const Json doc = ParseYaml("model: {preset: tiny}\ndata: {train: [a.txt]}\ntraining: {seq_len: 64, steps: 1}\n");
+  try {
+    JobSpecFromJson(doc);
+    ADD_FAILURE() << "accepted a spec with neither quota nor chunk size";
+  } catch (const EngineError& e) {
+    EXPECT_NE(std::string(e.what()).find("spec: memory: chunk_size 'auto' needs a quota"), std::string::npos) << e.what();
+  }
+  SpecReading reading;
+  reading.quota_from_policy = true;
+  const JobSpec s = JobSpecFromJson(doc, "", reading);
+  EXPECT_EQ(s.quota_bytes, 0);
+  EXPECT_EQ(s.chunk_size, 0);
+  EXPECT_THROW(s.Validate(), EngineError);  // a worker never runs without one
+}
+
 TEST(JobSpec, WorkerBatchSharesPartitionTheBatch) {
   for (int64_t batch = 1; batch <= 9; ++batch) {
     for (int64_t workers = 1; workers <= batch; ++workers) {

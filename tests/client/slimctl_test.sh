@@ -96,6 +96,15 @@ training:
 memory:
   quota: 48MiB
 EOF
+# The mini model's calibration at batch 2 needs more than this server's 64 MiB device: the plan
+# says so (docs/service.md, "Calibration") ...
+expect 3 plan "$dir/job.yaml"
+echo "$err" | grep -qF "calibrating this model shape (batch 2) needs more than its reservation of 64.0 MiB (the whole device)" ||
+  fail "calibration larger than the device: $err"
+# ... until an operator calibrates ahead into slimd's calibration cache.
+sed "s|base: $base|base: $src/models/base-mini.safetensors|; s|train: \[$ds\]|train: [$dir/docs.txt]|" "$dir/job.yaml" > "$dir/local-job.yaml"
+"$train" plan --spec "$dir/local-job.yaml" --calibration-cache "$dir/data/calibration" >/dev/null ||
+  fail "calibrating ahead failed"
 expect 0 plan "$dir/job.yaml" --output json
 chunk=$(echo "$out" | json 'd["chunk_size"]')
 [ "$chunk" -gt 0 ] || fail "plan: $out"
@@ -103,9 +112,19 @@ expect 3 plan "$dir/job.yaml" --quota 1MiB
 echo "$out" | grep -q "minimum" || fail "infeasible plan output: $out"
 expect 3 submit "$dir/job.yaml" --quota 1MiB
 echo "$err" | grep -q "the minimum is" || fail "quota error: $err"
+# Mistakes read as slim-train reports them for the same spec (one reader, docs/service.md).
 expect 2 submit "$dir/job.yaml" --set training.optimizer.lr=-1
-echo "$err" | grep -q "training.optimizer.lr" || fail "field not named: $err"
+echo "$err" | grep -qF "spec: training.optimizer.lr: must be > 0, got -1" || fail "field not named: $err"
 expect 2 submit "$dir/job.yaml" --set training.optimiser.lr=1
+echo "$err" | grep -qF "spec: training.optimiser: unknown field (known here: " || fail "unknown field: $err"
+expect 2 submit "$dir/job.yaml" --set training.steps=ten
+echo "$err" | grep -qF "spec: training.steps: must be an integer" || fail "wrong type: $err"
+expect 2 plan "$dir/job.yaml" --set memory.chunk_size=0.5
+echo "$err" | grep -qF "spec: memory.chunk_size: must be an integer" || fail "fractional integer: $err"
+printf 'model: {preset: tiny}\ndata: {train: [x.txt]}\ntraining: {seq_len: 8, steps: 1, optimiser: {lr: 1}}\nmemory: {chunk_size: 8}\n' > "$dir/typo.yaml"
+set +e; "$train" run --spec "$dir/typo.yaml" --out "$dir/typo-out" 2>"$dir/train-err"; set -e
+grep -qF "spec: training.optimiser: unknown field (known here: " "$dir/train-err" ||
+  fail "slim-train's message differs: $(cat "$dir/train-err")"
 expect 4 submit "$dir/job.yaml" --set model.base=model-999999
 expect 2 submit "$dir/missing.yaml"
 expect 5 submit "$dir/job.yaml" --set data_parallel.workers=2   # one device here

@@ -266,6 +266,41 @@ TEST_F(PlannerOnCpu, CalibrationIsCachedPerKey) {
   EXPECT_NE(CalibrationKey(Shape("tiny", 1024, 2), "cpu"), CalibrationKey(s, "cpu"));
 }
 
+// slimd reserves CalibrationPeakBound on a device while a plan calibrates there: the whole
+// calibration (every probe, the warm-up, the model and its optimizer) must stay inside it,
+// under the cap the plan command sets, without reserving many times what it uses.
+TEST_F(PlannerOnCpu, CalibrationStaysInsideItsBound) {
+  struct Case {
+    std::string preset;
+    int64_t batch;
+    OptimizerKind optimizer = OptimizerKind::kAdamW;
+    TuningMode tuning = TuningMode::kFull;
+    int64_t vocab = 0;  // 0: the preset's
+  };
+  const std::vector<Case> cases{{"tiny", 1}, {"tiny", 4}, {"tiny", 2, OptimizerKind::kSgd, TuningMode::kLora},
+                                {"tiny", 1, OptimizerKind::kAdamW, TuningMode::kFull, 8192}, {"mini", 1}};
+  for (const Case& c : cases) {
+    StepShape s = Shape(c.preset, 64, c.batch, c.optimizer, Precision::kFp32, c.tuning);
+    if (c.vocab > 0) s.model.vocab_size = c.vocab;
+    const int64_t bound = CalibrationPeakBound(s);
+    const int64_t baseline = CpuCurrentBytes();
+    SetCpuMemoryCap(baseline + bound);  // the whole calibration runs under it
+    CalibrationOptions o;
+    o.timed_steps = 1;
+    std::vector<CalibrationProbe> probes;
+    ASSERT_NO_THROW(MeasureCalibration(s, "cpu", o, &probes)) << c.preset << " B=" << c.batch;
+    SetCpuMemoryCap(0);
+    int64_t used = 0;  // the largest probe's peak (each probe resets the peak counter)
+    for (const CalibrationProbe& p : probes) used = std::max(used, p.peak_bytes);
+    std::printf("[ calibration ] %s B=%lld %s %s vocab=%lld: used %lld of a bound of %lld (%.2f)\n", c.preset.c_str(),
+                static_cast<long long>(c.batch), OptimizerName(c.optimizer).c_str(), TuningModeName(c.tuning).c_str(),
+                static_cast<long long>(s.model.vocab_size), static_cast<long long>(used),
+                static_cast<long long>(bound), static_cast<double>(used) / static_cast<double>(bound));
+    EXPECT_LE(used, bound);
+    EXPECT_GE(used * 4, bound) << "the bound reserves more than four times what calibration uses";
+  }
+}
+
 TEST_F(PlannerOnCpu, LargerChunkThanPlannedIsStoppedByTheCap) {
   const StepShape s = Shape("tiny", 4096, 1);
   const MemoryCoefficients k = Coefficients(s);

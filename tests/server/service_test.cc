@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -127,6 +128,41 @@ class ServiceTest : public ::testing::Test {
     spec.mutable_training()->mutable_optimizer()->set_lr(3e-3);
     spec.mutable_memory()->set_quota(quota);
     return spec;
+  }
+
+  // What ListDevices showed, polled every 20 ms while `during` ran.
+  struct DevicesSeen {
+    int64_t most_committed = 0;  // on one device
+    std::string reservation;     // the last non-job reservation listed
+  };
+  DevicesSeen WatchDevicesDuring(const std::function<void()>& during) {
+    std::atomic<bool> done{false};
+    DevicesSeen seen;
+    std::thread poller([&] {
+      while (!done.load()) {
+        v1::ListDevicesResponse devices;
+        if (stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok()) {
+          for (const v1::Device& d : devices.devices()) {
+            seen.most_committed = std::max(seen.most_committed, d.committed_bytes());
+            if (d.reservations_size() > 0) seen.reservation = d.reservations(0);
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+    during();
+    done = true;
+    poller.join();
+    return seen;
+  }
+
+  void ExpectNothingCommitted() {
+    v1::ListDevicesResponse after;
+    ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &after).ok());
+    for (const v1::Device& d : after.devices()) {
+      EXPECT_EQ(d.committed_bytes(), 0) << d.name();
+      EXPECT_EQ(d.reservations_size(), 0) << d.name();
+    }
   }
 
   grpc::Status Create(const v1::JobSpec& spec, v1::Job* job, int priority = 0) {
@@ -283,11 +319,13 @@ TEST_F(ServiceTest, AdmissionPlansExactlyAsTheWorkerDoes) {
   ASSERT_TRUE(stub_->PlanJob(Context(300).get(), plan_request, &plan).ok());
   ASSERT_TRUE(plan.feasible());
   ASSERT_LT(plan.chunk_size(), 512) << "a plan that slices, so that chunk size and mode mean something";
-  EXPECT_EQ(manager_->plan_processes(), processes_before + 1);
+  // A new shape: one process answers that it needs a calibration, a second calibrates inside
+  // the reservation and plans.
+  EXPECT_EQ(manager_->plan_processes(), processes_before + 2);
 
   v1::Job job;
   ASSERT_TRUE(Create(spec, &job).ok());  // the same spec: planned from the cache
-  EXPECT_EQ(manager_->plan_processes(), processes_before + 1);
+  EXPECT_EQ(manager_->plan_processes(), processes_before + 2);
   EXPECT_EQ(job.chunk_size(), plan.chunk_size());
   EXPECT_EQ(job.mode(), plan.mode());
   EXPECT_EQ(job.predicted_peak_bytes(), plan.predicted_peak_bytes());
@@ -530,36 +568,15 @@ TEST_F(ServiceTest, GenerateIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFull)
   };
 
   // Watch ListDevices while a long generation runs.
-  std::atomic<bool> done{false};
-  int64_t most_committed = 0;
-  std::string seen_reservation;
-  std::thread poller([&] {
-    while (!done.load()) {
-      v1::ListDevicesResponse devices;
-      if (stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok()) {
-        for (const v1::Device& d : devices.devices()) {
-          most_committed = std::max(most_committed, d.committed_bytes());
-          if (d.reservations_size() > 0) seen_reservation = d.reservations(0);
-        }
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  });
   grpc::Status status;
-  const std::string text = generate(&status, 2000);
-  done = true;
-  poller.join();
+  std::string text;
+  const DevicesSeen seen = WatchDevicesDuring([&] { text = generate(&status, 2000); });
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(text.size(), 2000u);
-  EXPECT_EQ(seen_reservation.rfind("generate-", 0), 0u) << seen_reservation;
+  EXPECT_EQ(seen.reservation.rfind("generate-", 0), 0u) << seen.reservation;
   const int64_t model_bytes = imported.model().size_bytes();
-  EXPECT_EQ(most_committed, model_bytes + model_bytes / 2 + 16 * kMiB) << "the default generation quota";
-  v1::ListDevicesResponse after;
-  ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &after).ok());
-  for (const v1::Device& d : after.devices()) {
-    EXPECT_EQ(d.committed_bytes(), 0) << d.name();
-    EXPECT_EQ(d.reservations_size(), 0) << d.name();
-  }
+  EXPECT_EQ(seen.most_committed, model_bytes + model_bytes / 2 + 16 * kMiB) << "the default generation quota";
+  ExpectNothingCommitted();
 
   // Both devices full: each runs a job with the whole 64 MiB.
   const std::string dataset = UploadedDataset();
@@ -588,6 +605,45 @@ TEST_F(ServiceTest, GenerateIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFull)
   const std::string after_cancel = generate(&status, 10);
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(after_cancel.size(), 10u);
+  EXPECT_TRUE(Cancel(second.id()).ok());
+}
+
+// A plan that calibrates a new shape does so inside a reservation counted on its device
+// (docs/service.md, "Calibration"); when every device is committed to jobs, it is refused with
+// the reason, while shapes already calibrated still plan.
+TEST_F(ServiceTest, CalibrationIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFull) {
+  const std::string dataset = UploadedDataset();
+  v1::PlanJobRequest request;
+  *request.mutable_spec() = TinySpec(dataset, 5);
+  request.mutable_spec()->mutable_training()->set_batch_size(4);  // a longer calibration to watch
+  v1::PlanJobResponse plan;
+  grpc::Status status;
+  const DevicesSeen seen = WatchDevicesDuring([&] { status = stub_->PlanJob(Context(300).get(), request, &plan); });
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(plan.feasible());
+  EXPECT_EQ(seen.reservation.rfind("calibrate-", 0), 0u) << seen.reservation;
+  // CalibrationPeakBound for tiny at batch 4 (PlannerOnCpu.CalibrationStaysInsideItsBound
+  // measures the calibration inside it): about 45 MiB, less than a device.
+  EXPECT_GT(seen.most_committed, 16 * kMiB);
+  EXPECT_LT(seen.most_committed, 64 * kMiB);
+  ExpectNothingCommitted();
+
+  // Both devices full: each runs a job with the whole 64 MiB (batch 2, another shape).
+  v1::Job first, second;
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000, "64MiB"), &first).ok());
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000, "64MiB"), &second).ok());
+  WaitForEvent(first.id(), "started");
+  WaitForEvent(second.id(), "started");
+  v1::PlanJobRequest new_shape = request;
+  new_shape.mutable_spec()->mutable_training()->set_batch_size(3);
+  status = stub_->PlanJob(Context(300).get(), new_shape, &plan);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(status.error_message().find("has not been calibrated on cpu yet; calibrate: needs"), std::string::npos)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("committed to jobs"), std::string::npos) << status.error_message();
+  status = stub_->PlanJob(Context(300).get(), request, &plan);  // batch 4: calibrated above
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(Cancel(first.id()).ok());
   EXPECT_TRUE(Cancel(second.id()).ok());
 }
 

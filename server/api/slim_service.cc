@@ -199,7 +199,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
                                                             " bytes, the header says ", header_.size_bytes())));
       }
       executor_.Submit([this] {
-        absl::StatusOr<v1::Dataset> dataset = manager_.AddDataset(header_, temp_path_, caller_);
+        absl::StatusOr<v1::Dataset> dataset = manager_.catalog().AddDataset(header_, temp_path_, caller_);
         temp_path_.clear();  // consumed by AddDataset either way
         if (dataset.ok()) *response_->mutable_dataset() = *dataset;
         Finish(ToGrpcStatus(dataset.status()));
@@ -209,16 +209,16 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
     if (request_.has_header()) {
       if (has_header_) return Fail(absl::InvalidArgumentError("header: sent twice"));
       header_ = request_.header();
-      if (header_.size_bytes() <= 0 || header_.size_bytes() > manager_.max_dataset_bytes()) {
+      if (header_.size_bytes() <= 0 || header_.size_bytes() > manager_.catalog().max_dataset_bytes()) {
         return Fail(absl::InvalidArgumentError(absl::StrCat("header.size_bytes: must be in [1, ",
-                                                            manager_.max_dataset_bytes(), "], got ",
+                                                            manager_.catalog().max_dataset_bytes(), "], got ",
                                                             header_.size_bytes())));
       }
       if (header_.sha256().size() != 64) {
         return Fail(absl::InvalidArgumentError("header.sha256: must be 64 hex characters"));
       }
       has_header_ = true;
-      temp_path_ = manager_.TempPath();
+      temp_path_ = manager_.catalog().TempPath();
       out_.open(temp_path_, std::ios::binary | std::ios::trunc);
       if (!out_) return Fail(absl::InternalError("cannot create " + temp_path_));
     } else {
@@ -265,7 +265,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportModelRespo
   ExportReactor(JobManager& manager, const v1::ExportModelRequest& request, const absl::StatusOr<Principal>& caller) {
     absl::StatusOr<std::string> path = !caller.ok()           ? absl::StatusOr<std::string>(caller.status())
                                        : request.id().empty() ? absl::InvalidArgumentError("id: is required")
-                                                              : manager.ModelPath(request.id(), *caller);
+                                                              : manager.catalog().ModelPath(request.id(), *caller);
     if (!path.ok()) {
       Finish(ToGrpcStatus(path.status()));
       return;
@@ -314,7 +314,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     std::shared_ptr<StreamGuard> guard = guard_;
     executor.Submit([this, guard, &manager, request, principal = *caller] {
       const absl::Status status = Guarded([&] {
-        return manager.Generate(request, principal, [&](const std::string& piece) {
+        return manager.catalog().Generate(request, principal, [&](const std::string& piece) {
           absl::MutexLock lock(&guard->mu);
           if (cancelled_) return false;
           pending_ += piece;
@@ -423,7 +423,7 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::Call
 grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
                                                v1::PlanJobResponse* response) {
   return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
-    absl::StatusOr<v1::PlanJobResponse> plan = manager_.PlanJob(request->spec(), caller);
+    absl::StatusOr<v1::PlanJobResponse> plan = manager_.admission().PlanJob(request->spec(), caller);
     if (plan.ok()) *response = *std::move(plan);
     return plan.status();
   });
@@ -445,7 +445,7 @@ grpc::ServerReadReactor<v1::UploadDatasetRequest>* SlimService::UploadDataset(gr
 grpc::ServerUnaryReactor* SlimService::GetDataset(grpc::CallbackServerContext* context, const v1::GetDatasetRequest* request,
                                                   v1::GetDatasetResponse* response) {
   return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<v1::Dataset> dataset = manager_.GetDataset(request->id(), caller);
+    absl::StatusOr<v1::Dataset> dataset = manager_.catalog().GetDataset(request->id(), caller);
     if (dataset.ok()) *response->mutable_dataset() = *std::move(dataset);
     return dataset.status();
   });
@@ -455,7 +455,7 @@ grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext*
                                                     const v1::ListDatasetsRequest* request,
                                                     v1::ListDatasetsResponse* response) {
   return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<v1::ListDatasetsResponse> list = manager_.ListDatasets(*request, caller);
+    absl::StatusOr<v1::ListDatasetsResponse> list = manager_.catalog().ListDatasets(*request, caller);
     if (list.ok()) *response = *std::move(list);
     return list.status();
   });
@@ -463,13 +463,13 @@ grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* SlimService::DeleteDataset(grpc::CallbackServerContext* context,
                                                      const v1::DeleteDatasetRequest* request, v1::DeleteDatasetResponse*) {
-  return Unary(auth_, context, [&](const Principal& caller) { return manager_.DeleteDataset(request->id(), caller); });
+  return Unary(auth_, context, [&](const Principal& caller) { return manager_.catalog().DeleteDataset(request->id(), caller); });
 }
 
 grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
                                                 v1::GetModelResponse* response) {
   return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<v1::Model> model = manager_.GetModel(request->id(), caller);
+    absl::StatusOr<v1::Model> model = manager_.catalog().GetModel(request->id(), caller);
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();
   });
@@ -478,7 +478,7 @@ grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* SlimService::ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
                                                   v1::ListModelsResponse* response) {
   return Unary(auth_, context, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<v1::ListModelsResponse> list = manager_.ListModels(*request, caller);
+    absl::StatusOr<v1::ListModelsResponse> list = manager_.catalog().ListModels(*request, caller);
     if (list.ok()) *response = *std::move(list);
     return list.status();
   });
@@ -490,7 +490,7 @@ grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* 
   // Importing reads a file of the server's choosing: admins only.
   return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
     if (!caller.admin()) return absl::PermissionDeniedError("ImportModel reads files on the server: admins only");
-    absl::StatusOr<v1::Model> model = manager_.ImportModel(*request);
+    absl::StatusOr<v1::Model> model = manager_.catalog().ImportModel(*request);
     if (model.ok()) *response->mutable_model() = *std::move(model);
     return model.status();
   });

@@ -1,6 +1,6 @@
-// The job manager: start, shutdown and the jobs API (admission is in job_manager_admission.cc,
-// the scheduler and workers in job_manager_runner.cc, replicas in job_manager_fleet.cc, datasets
-// and models in job_manager_catalog.cc).
+// The job manager: start, shutdown and the jobs API (the scheduler and workers are in
+// job_manager_runner.cc, replicas in job_manager_fleet.cc; admission and the catalog are classes
+// of their own, admission.h and catalog.h).
 #include "server/jobs/job_manager_internal.h"
 
 namespace slim::server {
@@ -12,13 +12,39 @@ JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* obs
       cpu_thread_budget_(options_.worker_cpu_threads < 0   ? 0
                          : options_.worker_cpu_threads > 0 ? options_.worker_cpu_threads
                                                            : AvailableCpuCores()),
-      engine_(EngineCommandsOptions{options_.worker_binary, options_.calibration_cache_dir, TempDir()}) {}
+      engine_(EngineCommandsOptions{options_.worker_binary, options_.calibration_cache_dir, TempDir()}),
+      catalog_(store_, engine_, *this,
+               CatalogOptions{options_.data_dir, TempDir(), options_.max_dataset_bytes,
+                              options_.tenant_max_dataset_bytes, options_.generate_quota_bytes,
+                              options_.devices.empty() ? "cpu" : options_.devices.front().kind}),
+      admission_(store_, engine_, catalog_, *this,
+                 AdmissionOptions{options_.checkpoint_every,
+                                  options_.devices.empty() ? "cpu" : options_.devices.front().kind,
+                                  options_.tenant_max_jobs, options_.tenant_max_quota_bytes}) {}
 
 JobManager::~JobManager() { Shutdown(); }
 
 std::string JobManager::TempDir() const {
   const fs::path tmp = fs::path(options_.data_dir) / "tmp";
   return (fleet() ? tmp / options_.replica_id : tmp).string();
+}
+
+v1::ListDevicesResponse JobManager::DeclaredDevices() const {
+  v1::ListDevicesResponse response;
+  for (const DeviceCapacity& d : options_.devices) {
+    v1::Device* device = response.add_devices();
+    device->set_name(d.name);
+    device->set_kind(d.kind);
+    device->set_capacity_bytes(d.capacity_bytes);
+  }
+  return response;
+}
+
+std::vector<v1::ListDevicesResponse> JobManager::FleetDevices() {
+  if (!fleet()) return {};
+  // Published with the replicas' lease renewals; when the store cannot be read, none.
+  absl::StatusOr<std::vector<v1::ListDevicesResponse>> devices = store_.FleetDevices(Lease());
+  return devices.ok() ? *std::move(devices) : std::vector<v1::ListDevicesResponse>{};
 }
 
 absl::Status JobManager::Start() {
@@ -133,9 +159,9 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
     return absl::InvalidArgumentError(absl::StrCat("priority: must be in [-1000, 1000], got ", request.priority()));
   }
   std::string kind;
-  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), caller, &kind));
+  ASSIGN_OR_RETURN(const JobSpec spec, admission_.ResolveSpec(request.spec(), caller, &kind));
   // In a fleet: the devices of every live replica.
-  const KindCapacity capacity = CapacityOf(kind);
+  const Admission::KindCapacity capacity = admission_.CapacityOf(kind);
   const int64_t largest = capacity.largest;
   // The ranks of a data-parallel job run on one server's devices (their rendezvous is a file
   // in the job directory), one device each. Checked before planning, which may calibrate.
@@ -146,7 +172,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
                                                       fleet() ? "the replica with the most has " : "this server has ",
                                                       capacity.most_on_one_server));
   }
-  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, Plan(spec, kind));
+  ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, admission_.Plan(spec, kind));
   if (plan.quota_bytes() > largest) {
     return absl::ResourceExhaustedError(absl::StrCat("spec: memory.quota: ", FormatBytes(plan.quota_bytes()),
                                                      " is more than the largest ", kind, " device (",
@@ -180,12 +206,8 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   queued.set_quota_bytes(plan.quota_bytes());
   queued.set_chunk_size(plan.chunk_size());
   queued.set_predicted_peak_bytes(plan.predicted_peak_bytes());
-  absl::StatusOr<v1::Job> created;
-  {
-    absl::MutexLock admission(&admission_mu_);
-    RETURN_IF_ERROR(CheckJobLimits(caller, plan.quota_bytes() * workers));
-    created = store_.CreateJob(job, queued);
-  }
+  const absl::StatusOr<v1::Job> created =
+      admission_.RecordWithinLimits(caller, plan.quota_bytes() * workers, job, queued);
   if (created.ok() && observer_ != nullptr) {
     absl::MutexLock lock(&mu_);
     queued.set_sequence(created->last_sequence());

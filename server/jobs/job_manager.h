@@ -1,7 +1,9 @@
-// The core of slimd (docs/service.md): job admission through the planner, the job state machine,
-// placement through the scheduler, one supervised worker process per running job, recording
-// every worker event durably, shrink-to-fit, cancellation, retries, restart recovery, and
-// datasets and models. Data-parallel jobs (spec.data_parallel.workers = N > 1) run as N worker
+// The core of slimd (docs/service.md): the job state machine, placement through the scheduler,
+// one supervised worker process per running job, recording every worker event durably,
+// shrink-to-fit, cancellation, retries, restart recovery and fleets. It owns the two parts it
+// builds on, each a class of its own: admission (admission.h: specs, plans, tenant job limits)
+// and the catalog (catalog.h: datasets, models, generation), and lends them device memory as
+// their DeviceLedger (device_ledger.h). Data-parallel jobs (spec.data_parallel.workers = N > 1) run as N worker
 // processes on N devices of this server, placed together and ended together; the job's events
 // come from rank 0. Knows nothing of gRPC: methods take and return the API's messages and
 // absl::Status; the RPC layer (server/api) is a thin adapter over it.
@@ -54,6 +56,9 @@
 #include "absl/time/time.h"
 #include "base/job_spec.h"
 #include "base/worker_events.h"
+#include "server/jobs/admission.h"
+#include "server/jobs/catalog.h"
+#include "server/jobs/device_ledger.h"
 #include "server/supervise/engine_commands.h"
 #include "server/auth/principal.h"
 #include "server/jobs/store.h"
@@ -113,7 +118,7 @@ struct JobManagerOptions {
   double lease_seconds = 15;
 };
 
-class JobManager {
+class JobManager : private DeviceLedger {
  public:
   // `observer` (optional) outlives the manager.
   JobManager(Store& store, JobManagerOptions options, JobObserver* observer = nullptr);
@@ -138,7 +143,6 @@ class JobManager {
   absl::StatusOr<v1::Job> GetJob(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request, const Principal& caller);
   absl::StatusOr<v1::Job> CancelJob(const std::string& id, const Principal& caller);
-  absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec, const Principal& caller);
   // Plan processes started so far (the rest were answered from the cache), for tests.
   int64_t plan_processes() const { return engine_.plan_processes(); }
   v1::ListDevicesResponse ListDevices();
@@ -154,53 +158,15 @@ class JobManager {
   int64_t Watch(const std::string& job_id, std::function<void()> notify);
   void Unwatch(int64_t handle);
 
-  // Datasets: the RPC layer streams the upload into `temp_path` (under data_dir/tmp), then
-  // calls this to verify size and checksum and register it. The temp file is consumed.
-  absl::StatusOr<v1::Dataset> AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,
-                                         const Principal& caller);
-  absl::StatusOr<v1::Dataset> GetDataset(const std::string& id, const Principal& caller);
-  absl::StatusOr<v1::ListDatasetsResponse> ListDatasets(const v1::ListDatasetsRequest& request, const Principal& caller);
-  absl::Status DeleteDataset(const std::string& id, const Principal& caller);
-  std::string TempPath();  // a fresh file name under data_dir/tmp (tmp/<replica id> in a fleet)
-  int64_t max_dataset_bytes() const { return options_.max_dataset_bytes; }
-
-  // Models.
-  // Admins only (enforced by the RPC layer); imported models are shared.
-  absl::StatusOr<v1::Model> ImportModel(const v1::ImportModelRequest& request);
-  absl::StatusOr<v1::Model> GetModel(const std::string& id, const Principal& caller);
-  absl::StatusOr<v1::ListModelsResponse> ListModels(const v1::ListModelsRequest& request, const Principal& caller);
-  absl::StatusOr<std::string> ModelPath(const std::string& id, const Principal& caller);
-  // Samples from a model; `emit` receives text pieces as they are drawn and returns false to
-  // stop early (the client went away).
-  absl::Status Generate(const v1::GenerateRequest& request, const Principal& caller,
-                        const std::function<bool(const std::string&)>& emit);
+  // Datasets, models and generation (catalog.h); admission's plans (admission.h).
+  Catalog& catalog() { return catalog_; }
+  Admission& admission() { return admission_; }
 
  private:
   struct Rank;     // one worker process of a running job
   struct Running;  // a job with live workers
   static bool OwnFailure(const Rank& rank);
 
-  // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
-  // the datasets and model must be visible to `caller`. A spec without a quota is read with
-  // quota_bytes 0: Plan applies the default policy.
-  absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind);
-  // The changes ResolveSpec makes to protobuf's JSON form of an API spec, all of them: ids
-  // resolved to files, the device kind turned into the device plans are made on, and this
-  // server's defaults filled in.
-  absl::Status ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind);
-  // The devices of one kind that admission may count on: this server's, and in a fleet every
-  // live replica's (Store::FleetDevices).
-  struct KindCapacity {
-    int64_t largest = 0;         // bytes of the largest device of the kind
-    int64_t largest_here = 0;    // ... of those of this server
-    int most_on_one_server = 0;  // the most devices of the kind one server (replica) has
-    bool here = false;           // this server has one (planning calibrates on it)
-  };
-  KindCapacity CapacityOf(const std::string& kind);
-  // This server's devices as declared (names, kinds, capacities), as published to a fleet.
-  v1::ListDevicesResponse DeclaredDevices() const;
-  // The planner's answer for `spec` on a device of `kind` (the quota policy applied).
-  absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind);
 
   void SchedulerLoop();
   void SchedulePass();
@@ -252,18 +218,19 @@ class JobManager {
   std::string TempDir() const;  // tmp/, or tmp/<replica id>/ in a fleet
 
   v1::ListDevicesResponse DevicesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Device memory lent outside jobs (a Generate's process): counted like a running job that is
-  // neither shrunk nor grown, by the scheduler and in ListDevices. Reserve picks the device of
-  // `kind` with the most uncommitted memory, or fails RESOURCE_EXHAUSTED naming what is free;
-  // the reservation holds until the returned object is destroyed.
+  // DeviceLedger. Reservations are device memory lent outside jobs (a calibration, a
+  // generation): counted like a running job that is neither shrunk nor grown, by the scheduler
+  // and in ListDevices, until the hold is destroyed.
+  v1::ListDevicesResponse DeclaredDevices() const override;
+  std::vector<v1::ListDevicesResponse> FleetDevices() override;
+  absl::StatusOr<std::unique_ptr<DeviceHold>> Reserve(const std::string& kind, int64_t bytes,
+                                                      const std::string& purpose) override;
   struct Reservation {
     std::string device;
     int64_t bytes = 0;
     std::string purpose;  // e.g. "generate"
   };
   class ReservationHold;
-  absl::StatusOr<std::unique_ptr<ReservationHold>> Reserve(const std::string& kind, int64_t bytes,
-                                                           const std::string& purpose);
   // Quota committed per device: running jobs (a growing job's larger quota) and reservations.
   std::map<std::string, int64_t> CommittedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -274,11 +241,6 @@ class JobManager {
   // 0 when the manager leaves their threads alone.
   const int cpu_thread_budget_;
 
-  // Checks tenant limits against the store; held from the check to the insert, so two requests
-  // of one tenant cannot both pass a limit that only one fits.
-  absl::Status CheckJobLimits(const Principal& caller, int64_t quota_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admission_mu_);
-  absl::Status CheckDatasetLimit(const Principal& caller, int64_t size_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admission_mu_);
-  absl::Mutex admission_mu_;
 
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Running>> running_ ABSL_GUARDED_BY(mu_);
@@ -317,11 +279,12 @@ class JobManager {
   int64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
   std::map<int64_t, std::pair<std::string, std::function<void()>>> watchers_ ABSL_GUARDED_BY(watch_mu_);
 
-  std::atomic<int64_t> temp_counter_{0};
   std::map<std::string, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
   int64_t next_reservation_ ABSL_GUARDED_BY(mu_) = 1;
   // Tensor work (planning, model checks, generation) runs in slim-train subprocesses.
   EngineCommands engine_;
+  Catalog catalog_;
+  Admission admission_;
 };
 
 }  // namespace slim::server

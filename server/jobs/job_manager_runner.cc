@@ -63,8 +63,8 @@ std::map<std::string, int64_t> JobManager::CommittedLocked() {
   return committed;
 }
 
-absl::StatusOr<std::unique_ptr<JobManager::ReservationHold>> JobManager::Reserve(const std::string& kind, int64_t bytes,
-                                                                                  const std::string& purpose) {
+absl::StatusOr<std::unique_ptr<DeviceHold>> JobManager::Reserve(const std::string& kind, int64_t bytes,
+                                                                const std::string& purpose) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, int64_t> committed = CommittedLocked();
   const DeviceCapacity* best = nullptr;
@@ -256,7 +256,7 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
   std::string kind;
   Principal owner;
   owner.tenant = job.tenant();
-  ASSIGN_OR_RETURN(JobSpec spec, ResolveSpec(job.spec(), owner, &kind));
+  ASSIGN_OR_RETURN(JobSpec spec, admission_.ResolveSpec(job.spec(), owner, &kind));
   spec.device = WorkerDevice(devices.front());
   spec.quota_bytes = job.quota_bytes();
   const fs::path dir = fs::path(options_.data_dir) / "jobs" / job_id;

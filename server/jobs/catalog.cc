@@ -1,16 +1,32 @@
-// Datasets and models: uploads, imports, listings, deletion, and generation from a model.
-#include "server/jobs/job_manager_internal.h"
+#include "server/jobs/catalog.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "base/byte_size.h"
+#include "base/dataset.h"
+#include "base/sha256.h"
+#include "server/jobs/job_helpers.h"
 
 namespace slim::server {
+
+Catalog::Catalog(Store& store, EngineCommands& engine, DeviceLedger& devices, CatalogOptions options)
+    : store_(store), engine_(engine), devices_(devices), options_(std::move(options)) {}
+
+std::string Catalog::DatasetPath(const std::string& id) const {
+  return (fs::path(options_.data_dir) / "datasets" / id).string();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Datasets
 
-std::string JobManager::TempPath() {
-  return (fs::path(TempDir()) / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
+std::string Catalog::TempPath() {
+  return (fs::path(options_.temp_dir) / absl::StrCat("upload-", ::getpid(), "-", temp_counter_++)).string();
 }
 
-absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,
+absl::StatusOr<v1::Dataset> Catalog::AddDataset(const v1::UploadDatasetHeader& header, const std::string& temp_path,
                                                    const Principal& caller) {
   struct Cleanup {
     std::string path;
@@ -59,10 +75,10 @@ absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader
       return absl::InvalidArgumentError(std::string("data: ") + e.what());
     }
   }
-  absl::MutexLock admission(&admission_mu_);
+  absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(CheckDatasetLimit(caller, size));
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("ds"));
-  const fs::path target = fs::path(options_.data_dir) / "datasets" / id;
+  const fs::path target = DatasetPath(id);
   fs::rename(temp_path, target, ec);
   if (ec) return absl::InternalError("cannot store the dataset: " + ec.message());
   cleanup.path.clear();
@@ -82,14 +98,14 @@ absl::StatusOr<v1::Dataset> JobManager::AddDataset(const v1::UploadDatasetHeader
   return dataset;
 }
 
-absl::StatusOr<v1::Dataset> JobManager::GetDataset(const std::string& id, const Principal& caller) {
+absl::StatusOr<v1::Dataset> Catalog::GetDataset(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
   absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(id);
   if (dataset.ok() && !caller.Sees(dataset->tenant())) return absl::NotFoundError("dataset " + id + " not found");
   return dataset;
 }
 
-absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::ListDatasetsRequest& request,
+absl::StatusOr<v1::ListDatasetsResponse> Catalog::ListDatasets(const v1::ListDatasetsRequest& request,
                                                                   const Principal& caller) {
   ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
   ASSIGN_OR_RETURN(Page<v1::Dataset> page,
@@ -103,7 +119,7 @@ absl::StatusOr<v1::ListDatasetsResponse> JobManager::ListDatasets(const v1::List
   return response;
 }
 
-absl::Status JobManager::DeleteDataset(const std::string& id, const Principal& caller) {
+absl::Status Catalog::DeleteDataset(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(const v1::Dataset dataset, store_.GetDataset(id));
@@ -122,14 +138,14 @@ absl::Status JobManager::DeleteDataset(const std::string& id, const Principal& c
   }
   RETURN_IF_ERROR(store_.DeleteDataset(id));
   std::error_code ec;
-  fs::remove(fs::path(options_.data_dir) / "datasets" / dataset.id(), ec);
+  fs::remove(DatasetPath(dataset.id()), ec);
   return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Models
 
-absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& request) {
+absl::StatusOr<v1::Model> Catalog::ImportModel(const v1::ImportModelRequest& request) {
   if (request.path().empty() || request.path()[0] != '/') {
     return absl::InvalidArgumentError("path: must be an absolute path on the server, got '" + request.path() + "'");
   }
@@ -160,7 +176,7 @@ absl::StatusOr<v1::Model> JobManager::ImportModel(const v1::ImportModelRequest& 
   return model;
 }
 
-absl::StatusOr<v1::Model> JobManager::GetModel(const std::string& id, const Principal& caller) {
+absl::StatusOr<v1::Model> Catalog::GetModel(const std::string& id, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
   absl::StatusOr<v1::Model> model = store_.GetModel(id);
   if (model.ok() && !caller.Sees(model->tenant(), /*shared_if_unowned=*/true)) {
@@ -169,7 +185,7 @@ absl::StatusOr<v1::Model> JobManager::GetModel(const std::string& id, const Prin
   return model;
 }
 
-absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListModelsRequest& request,
+absl::StatusOr<v1::ListModelsResponse> Catalog::ListModels(const v1::ListModelsRequest& request,
                                                               const Principal& caller) {
   ASSIGN_OR_RETURN(const int page_size, PageSize(request.page_size()));
   ASSIGN_OR_RETURN(Page<v1::Model> page,
@@ -183,13 +199,13 @@ absl::StatusOr<v1::ListModelsResponse> JobManager::ListModels(const v1::ListMode
   return response;
 }
 
-absl::StatusOr<std::string> JobManager::ModelPath(const std::string& id, const Principal& caller) {
+absl::StatusOr<std::string> Catalog::ModelPath(const std::string& id, const Principal& caller) {
   absl::StatusOr<v1::Model> model = GetModel(id, caller);
   if (!model.ok()) return absl::NotFoundError("model: no model '" + id + "'");
   return (fs::path(options_.data_dir) / "models" / (model->id() + ".safetensors")).string();
 }
 
-absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Principal& caller,
+absl::Status Catalog::Generate(const v1::GenerateRequest& request, const Principal& caller,
                                   const std::function<bool(const std::string&)>& emit) {
   if (request.max_tokens() < 0 || request.max_tokens() > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens: must be in [1, 4096] (0 means 64), got ", request.max_tokens()));
@@ -206,7 +222,7 @@ absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Prin
   const int64_t model_bytes = static_cast<int64_t>(fs::file_size(path, ec));
   const int64_t quota = options_.generate_quota_bytes > 0 ? options_.generate_quota_bytes
                                                           : model_bytes + model_bytes / 2 + (int64_t{16} << 20);
-  ASSIGN_OR_RETURN(const std::unique_ptr<ReservationHold> hold, Reserve(options_.devices.front().kind, quota, "generate"));
+  ASSIGN_OR_RETURN(const std::unique_ptr<DeviceHold> hold, devices_.Reserve(options_.generate_device_kind, quota, "generate"));
   GenerateParams params;
   params.device = WorkerDevice(hold->device());
   params.memory_cap = quota;
@@ -219,6 +235,26 @@ absl::Status JobManager::Generate(const v1::GenerateRequest& request, const Prin
   });
   if (status.code() == absl::StatusCode::kCancelled) return absl::CancelledError("the client went away");
   return status;
+}
+
+absl::Status Catalog::CheckDatasetLimit(const Principal& caller, int64_t size_bytes) {
+  if (caller.admin() || options_.tenant_max_dataset_bytes == 0) return absl::OkStatus();
+  int64_t stored = 0;
+  std::string token;
+  do {
+    ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(1000, token, ListScope::Of(caller.tenant)));
+    for (const v1::Dataset& d : page.items) {
+      if (d.tenant() == caller.tenant) stored += d.size_bytes();
+    }
+    token = page.next_page_token;
+  } while (!token.empty());
+  if (stored + size_bytes > options_.tenant_max_dataset_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant ", caller.tenant, " stores ", FormatBytes(stored), " of datasets; this upload's ", FormatBytes(size_bytes),
+        " would pass the limit of ", FormatBytes(options_.tenant_max_dataset_bytes),
+        " (slimd --tenant-max-dataset-storage)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace slim::server

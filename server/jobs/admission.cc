@@ -1,7 +1,11 @@
-// Admission: specs resolved against the store, plans (by slim-train, engine_commands.h) and
-// tenant limits.
+#include "server/jobs/admission.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "base/byte_size.h"
 #include "google/protobuf/util/json_util.h"
-#include "server/jobs/job_manager_internal.h"
+#include "server/jobs/job_helpers.h"
 
 namespace slim::server {
 
@@ -12,10 +16,14 @@ int64_t CommittedBytes(const v1::Job& job) { return job.quota_bytes() * Workers(
 
 }  // namespace
 
+Admission::Admission(Store& store, EngineCommands& engine, Catalog& catalog, DeviceLedger& devices,
+                     AdmissionOptions options)
+    : store_(store), engine_(engine), catalog_(catalog), devices_(devices), options_(std::move(options)) {}
+
 // ---------------------------------------------------------------------------------------------
 // Specs and plans
 
-absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, const Principal& caller,
+absl::StatusOr<JobSpec> Admission::ResolveSpec(const v1::JobSpec& api, const Principal& caller,
                                                 std::string* device_kind) {
   // One spec path (docs/service.md): protobuf's JSON mapping of the API message, read by the
   // engine's spec reader, the one slim-train reads spec files with. Proto3 zero values are
@@ -38,7 +46,7 @@ absl::StatusOr<JobSpec> JobManager::ResolveSpec(const v1::JobSpec& api, const Pr
   }
 }
 
-absl::Status JobManager::ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind) {
+absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind) {
   const auto member = [](Json* object, const char* key) -> Json* {
     const auto it = object->members.find(key);
     return object->kind == Json::kObject && it != object->members.end() ? &it->second : nullptr;
@@ -46,7 +54,7 @@ absl::Status JobManager::ResolveSpecReferences(Json* doc, const Principal& calle
   // model.base: a model id → its file.
   if (Json* model = member(doc, "model"); model != nullptr) {
     if (Json* base = member(model, "base"); base != nullptr) {
-      ASSIGN_OR_RETURN(base->text, ModelPath(base->text, caller));
+      ASSIGN_OR_RETURN(base->text, catalog_.ModelPath(base->text, caller));
     }
   }
   // data.train[i], data.validation[i]: {dataset, format, text_field} → {path, format (the
@@ -65,7 +73,7 @@ absl::Status JobManager::ResolveSpecReferences(Json* doc, const Principal& calle
           return absl::NotFoundError(absl::StrCat(where, ": no dataset '", id->text, "'"));
         }
         source.members.erase("dataset");
-        source.members["path"] = JsonString((fs::path(options_.data_dir) / "datasets" / dataset->id()).string());
+        source.members["path"] = JsonString(catalog_.DatasetPath(dataset->id()));
         if (member(&source, "format") == nullptr) source.members["format"] = JsonString(dataset->format());
       }
     }
@@ -80,7 +88,7 @@ absl::Status JobManager::ResolveSpecReferences(Json* doc, const Principal& calle
     return absl::InvalidArgumentError("spec: memory.device_kind: unknown value '" + kind +
                                       "' (allowed: cpu, cuda, or empty for any)");
   }
-  *device_kind = kind.empty() ? options_.devices.front().kind : kind;
+  *device_kind = kind.empty() ? options_.default_device_kind : kind;
   memory.members.erase("device_kind");
   memory.members["device"] = JsonString(*device_kind == "cuda" ? "cuda:0" : "cpu");
   // checkpoint.every: this server's default (slimd --checkpoint-every) when not given.
@@ -92,18 +100,7 @@ absl::Status JobManager::ResolveSpecReferences(Json* doc, const Principal& calle
   return absl::OkStatus();
 }
 
-v1::ListDevicesResponse JobManager::DeclaredDevices() const {
-  v1::ListDevicesResponse response;
-  for (const DeviceCapacity& d : options_.devices) {
-    v1::Device* device = response.add_devices();
-    device->set_name(d.name);
-    device->set_kind(d.kind);
-    device->set_capacity_bytes(d.capacity_bytes);
-  }
-  return response;
-}
-
-JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
+Admission::KindCapacity Admission::CapacityOf(const std::string& kind) {
   KindCapacity capacity;
   const auto add = [&](const v1::ListDevicesResponse& server) {
     int count = 0;
@@ -114,20 +111,15 @@ JobManager::KindCapacity JobManager::CapacityOf(const std::string& kind) {
     }
     capacity.most_on_one_server = std::max(capacity.most_on_one_server, count);
   };
-  add(DeclaredDevices());
+  add(devices_.DeclaredDevices());
   capacity.largest_here = capacity.largest;
   capacity.here = capacity.largest_here > 0;
-  if (!fleet()) return capacity;
-  // Every live replica's devices (published with their lease renewals); without the store,
-  // this replica's own.
-  absl::StatusOr<std::vector<v1::ListDevicesResponse>> fleet_devices = store_.FleetDevices(Lease());
-  if (fleet_devices.ok()) {
-    for (const v1::ListDevicesResponse& replica : *fleet_devices) add(replica);
-  }
+  // In a fleet, every live replica's devices (published with their lease renewals).
+  for (const v1::ListDevicesResponse& replica : devices_.FleetDevices()) add(replica);
   return capacity;
 }
 
-absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const std::string& kind) {
+absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const std::string& kind) {
   const KindCapacity capacity = CapacityOf(kind);
   // Planning calibrates on a device of the kind here.
   if (!capacity.here) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
@@ -139,7 +131,7 @@ absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const 
     // A shape never planned on this kind: it is calibrated on a device here inside a
     // reservation, like a small job, capped at it (docs/service.md, "Calibration").
     const int64_t bytes = std::min(plan.calibration_bytes, capacity.largest_here);
-    absl::StatusOr<std::unique_ptr<ReservationHold>> hold = Reserve(kind, bytes, "calibrate");
+    absl::StatusOr<std::unique_ptr<DeviceHold>> hold = devices_.Reserve(kind, bytes, "calibrate");
     if (!hold.ok()) {
       return absl::Status(hold.status().code(),
                           absl::StrCat("this model shape (batch ", spec.batch_size,
@@ -171,7 +163,7 @@ absl::StatusOr<v1::PlanJobResponse> JobManager::Plan(const JobSpec& spec, const 
   return response;
 }
 
-absl::StatusOr<v1::PlanJobResponse> JobManager::PlanJob(const v1::JobSpec& api, const Principal& caller) {
+absl::StatusOr<v1::PlanJobResponse> Admission::PlanJob(const v1::JobSpec& api, const Principal& caller) {
   std::string kind;
   ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(api, caller, &kind));
   return Plan(spec, kind);
@@ -180,7 +172,14 @@ absl::StatusOr<v1::PlanJobResponse> JobManager::PlanJob(const v1::JobSpec& api, 
 // ---------------------------------------------------------------------------------------------
 // Tenant limits
 
-absl::Status JobManager::CheckJobLimits(const Principal& caller, int64_t quota_bytes) {
+absl::StatusOr<v1::Job> Admission::RecordWithinLimits(const Principal& caller, int64_t committed_bytes,
+                                                      const v1::Job& job, const v1::JobEvent& first) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckJobLimits(caller, committed_bytes));
+  return store_.CreateJob(job, first);
+}
+
+absl::Status Admission::CheckJobLimits(const Principal& caller, int64_t quota_bytes) {
   if (caller.admin() || (options_.tenant_max_jobs == 0 && options_.tenant_max_quota_bytes == 0)) {
     return absl::OkStatus();
   }
@@ -203,26 +202,6 @@ absl::Status JobManager::CheckJobLimits(const Principal& caller, int64_t quota_b
         "tenant ", caller.tenant, " has ", FormatBytes(quotas), " of memory quota in use; this job's ",
         FormatBytes(quota_bytes), " would pass the limit of ", FormatBytes(options_.tenant_max_quota_bytes),
         " (slimd --tenant-max-quota)"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status JobManager::CheckDatasetLimit(const Principal& caller, int64_t size_bytes) {
-  if (caller.admin() || options_.tenant_max_dataset_bytes == 0) return absl::OkStatus();
-  int64_t stored = 0;
-  std::string token;
-  do {
-    ASSIGN_OR_RETURN(Page<v1::Dataset> page, store_.ListDatasets(1000, token, ListScope::Of(caller.tenant)));
-    for (const v1::Dataset& d : page.items) {
-      if (d.tenant() == caller.tenant) stored += d.size_bytes();
-    }
-    token = page.next_page_token;
-  } while (!token.empty());
-  if (stored + size_bytes > options_.tenant_max_dataset_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "tenant ", caller.tenant, " stores ", FormatBytes(stored), " of datasets; this upload's ", FormatBytes(size_bytes),
-        " would pass the limit of ", FormatBytes(options_.tenant_max_dataset_bytes),
-        " (slimd --tenant-max-dataset-storage)"));
   }
   return absl::OkStatus();
 }

@@ -1,0 +1,82 @@
+// Admission (docs/service.md, "Admission and quotas"): API specs resolved into the engine's
+// spec (one spec path: protobuf's JSON mapping read by the engine's spec reader), plans made by
+// slim-train's planner (a new shape calibrated inside a device reservation), the capacity of a
+// device kind here and across a fleet, and tenants' job limits.
+//
+// Thread-safety: every method may be called from any thread. Plan may run slim-train processes
+// (seconds when it calibrates) on the calling thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "base/job_spec.h"
+#include "base/json.h"
+#include "server/auth/principal.h"
+#include "server/jobs/catalog.h"
+#include "server/jobs/device_ledger.h"
+#include "server/jobs/store.h"
+#include "server/supervise/engine_commands.h"
+#include "slim/v1/slim.pb.h"
+
+namespace slim::server {
+
+struct AdmissionOptions {
+  // Checkpoint cadence when a spec leaves it at 0.
+  int checkpoint_every = 50;
+  // A spec without memory.device_kind is planned on this kind (the server's first device's).
+  std::string default_device_kind = "cpu";
+  // Per-tenant limits for user tokens (admins are exempt); 0 = no limit.
+  int tenant_max_jobs = 0;             // queued, running and cancelling jobs
+  int64_t tenant_max_quota_bytes = 0;  // sum of the memory quotas of those jobs
+};
+
+class Admission {
+ public:
+  // `store`, `engine`, `catalog` and `devices` outlive the admission.
+  Admission(Store& store, EngineCommands& engine, Catalog& catalog, DeviceLedger& devices, AdmissionOptions options);
+
+  // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
+  // the datasets and model must be visible to `caller`. A spec without a quota is read with
+  // quota_bytes 0: Plan applies the default policy. `device_kind` receives the kind it runs on.
+  absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind);
+
+  // The devices of one kind that admission may count on: this server's, and in a fleet every
+  // live replica's.
+  struct KindCapacity {
+    int64_t largest = 0;         // bytes of the largest device of the kind
+    int64_t largest_here = 0;    // ... of those of this server
+    int most_on_one_server = 0;  // the most devices of the kind one server (replica) has
+    bool here = false;           // this server has one (planning calibrates on it)
+  };
+  KindCapacity CapacityOf(const std::string& kind);
+
+  // The planner's answer for `spec` on a device of `kind` (the quota policy applied).
+  absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind);
+  absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec, const Principal& caller);
+
+  // Records a new job and its first event, if the caller's tenant stays within its limits
+  // with `committed_bytes` more quota; the check and the insert are atomic, so two requests of
+  // one tenant cannot both pass a limit that only one fits.
+  absl::StatusOr<v1::Job> RecordWithinLimits(const Principal& caller, int64_t committed_bytes, const v1::Job& job,
+                                             const v1::JobEvent& first);
+
+ private:
+  // The changes ResolveSpec makes to protobuf's JSON form of an API spec, all of them: ids
+  // resolved to files, the device kind turned into the device plans are made on, and this
+  // server's defaults filled in.
+  absl::Status ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind);
+  absl::Status CheckJobLimits(const Principal& caller, int64_t quota_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Store& store_;
+  EngineCommands& engine_;
+  Catalog& catalog_;
+  DeviceLedger& devices_;
+  const AdmissionOptions options_;
+  absl::Mutex mu_;  // from a limit check to the insert it allows
+};
+
+}  // namespace slim::server

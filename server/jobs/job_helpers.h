@@ -1,0 +1,109 @@
+// Helpers the source files of the jobs library share (job manager, admission, catalog):
+// statuses from engine errors, timestamps, page sizes and tenant-visible pages, device names.
+// Inline functions in an anonymous namespace: private to server/jobs/, one copy per file.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "base/command_answers.h"
+#include "base/errors.h"
+#include "base/json.h"
+#include "server/auth/principal.h"
+#include "server/common/status_macros.h"
+#include "server/jobs/store.h"
+#include "slim/v1/slim.pb.h"
+
+namespace slim::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kDefaultPageSize = 50;
+constexpr int kMaxPageSize = 1000;
+
+inline absl::Status FromEngineError(const EngineError& e) {
+  switch (e.code()) {
+    case ErrorCode::kInvalidArgument: return absl::InvalidArgumentError(e.what());
+    case ErrorCode::kResourceExhausted: return absl::ResourceExhaustedError(e.what());
+    case ErrorCode::kInternal: return absl::InternalError(e.what());
+  }
+  return absl::InternalError(e.what());
+}
+
+inline google::protobuf::Timestamp Now() {
+  const int64_t micros = absl::ToUnixMicros(absl::Now());
+  google::protobuf::Timestamp t;
+  t.set_seconds(micros / 1000000);
+  t.set_nanos(static_cast<int32_t>(micros % 1000000) * 1000);
+  return t;
+}
+
+// "RUNNING" for JOB_STATE_RUNNING: the name people see in messages.
+inline std::string StateName(v1::JobState s) { return v1::JobState_Name(s).substr(std::strlen("JOB_STATE_")); }
+
+// Data-parallel ranks of a job (1 for an ordinary job).
+inline int Workers(const v1::JobSpec& spec) { return std::max(1, spec.data_parallel().workers()); }
+
+inline absl::StatusOr<int> PageSize(int requested) {
+  if (requested < 0 || requested > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [0, ", kMaxPageSize, "], got ", requested));
+  }
+  return requested == 0 ? kDefaultPageSize : requested;
+}
+
+inline v1::JobEvent Event(const std::string& kind, const std::string& message = "") {
+  v1::JobEvent e;
+  e.set_kind(kind);
+  e.set_message(message);
+  *e.mutable_time() = Now();
+  return e;
+}
+
+
+inline bool IsCpuDevice(const std::string& device) { return device.rfind("cpu", 0) == 0; }
+
+// "cpu:1" → "cpu" (declared CPU devices share the process's CPU), "cuda:0" stays.
+inline std::string WorkerDevice(const std::string& device) { return IsCpuDevice(device) ? "cpu" : device; }
+
+// Model.config_json: the model file's config metadata.
+inline std::string ConfigJson(const ModelSummary& summary) {
+  Json o = JsonObject();
+  for (const auto& [k, v] : summary.config) o.members[k] = JsonString(v);
+  return SerializeJson(o);
+}
+
+// The store listing for `caller`: its tenant's records (and shared models), or all for admins.
+inline ListScope Scope(const Principal& caller) { return caller.admin() ? ListScope::All() : ListScope::Of(caller.tenant); }
+
+// One page of what `caller` may see. The store lists the caller's tenant only (Scope), so one
+// fetch fills a page; `visible` checks again. Store pages are fetched with the size still
+// missing, so every fetched item is either returned or skipped for good and the store's page
+// token stays exact.
+template <typename T, typename Fetch>
+absl::StatusOr<Page<T>> VisiblePage(int page_size, std::string token, const Fetch& fetch,
+                                    const std::function<bool(const T&)>& visible) {
+  Page<T> out;
+  while (true) {
+    ASSIGN_OR_RETURN(Page<T> page, fetch(page_size - static_cast<int>(out.items.size()), token));
+    for (T& item : page.items) {
+      if (visible(item)) out.items.push_back(std::move(item));
+    }
+    token = page.next_page_token;
+    if (token.empty() || static_cast<int>(out.items.size()) == page_size) {
+      out.next_page_token = token;
+      return out;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace slim::server

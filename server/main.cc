@@ -306,7 +306,7 @@ int Serve(const Options& o) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);  // a dead worker's control pipe must not kill the server
-  // The registry outlives every component holding metric references (STYLE.md): built first.
+  // The registry outlives every component holding metric references: built first.
   slim::server::ServiceMetrics metrics;
 
   fs::create_directories(o.manager.data_dir);

@@ -2,7 +2,7 @@
 // queue, devices, each active job, training throughput, worker restarts and RPCs. Fed by the
 // JobManager (as its JobObserver) and by the RPC interceptor; served by MetricsHttpServer.
 //
-// Naming follows STYLE.md: slim_ prefix, base units, _total counters, histograms for
+// Naming follows Prometheus practice: slim_ prefix, base units, _total counters, histograms for
 // durations. Per-job series exist only while the job is active.
 // Thread-safety: all methods may be called from any thread.
 #pragma once

@@ -12,6 +12,7 @@ JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* obs
       cpu_thread_budget_(options_.worker_cpu_threads < 0   ? 0
                          : options_.worker_cpu_threads > 0 ? options_.worker_cpu_threads
                                                            : AvailableCpuCores()),
+      fence_(store_, Lease(), options_.replica_id),
       engine_(EngineCommandsOptions{options_.worker_binary, options_.calibration_cache_dir, TempDir()}),
       catalog_(store_, engine_, *this,
                CatalogOptions{options_.data_dir, TempDir(), options_.max_dataset_bytes,
@@ -64,7 +65,7 @@ absl::Status JobManager::Start() {
     RETURN_IF_ERROR(store_.Listen([this](const StoreNotification& n) { OnStoreNotification(n); }));
     const auto asked = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(const std::vector<JobLease> owned, store_.RenewLeases(Lease()));
-    NoteRenewal(asked);
+    fence_.NoteRenewal(asked);
     RETURN_IF_ERROR(store_.PublishDevices(DeclaredDevices()));
     {
       // This replica id's jobs from before a restart: their workers are gone or are killed
@@ -73,8 +74,7 @@ absl::Status JobManager::Start() {
       devices_published_at_ = std::chrono::steady_clock::now();
       for (const JobLease& lease : owned) SettleOwnedJob(lease, "the server restarted; resuming from the last checkpoint");
     }
-    lease_thread_ = std::thread([this] { LeaseLoop(); });
-    fence_thread_ = std::thread([this] { FenceLoop(); });
+    fence_.Start();
     scheduler_ = std::thread([this] { SchedulerLoop(); });
     return absl::OkStatus();
   }
@@ -117,14 +117,7 @@ void JobManager::Shutdown() {
     wake_ = true;
   }
   if (scheduler_.joinable()) scheduler_.join();
-  if (lease_thread_.joinable()) {
-    {
-      absl::MutexLock lock(&fence_mu_);
-      lease_stop_ = true;
-    }
-    lease_thread_.join();
-  }
-  if (fence_thread_.joinable()) fence_thread_.join();
+  fence_.Stop();
   std::vector<std::unique_ptr<WorkerProcess>> finished;
   {
     absl::MutexLock lock(&mu_);
@@ -137,8 +130,7 @@ void JobManager::Shutdown() {
       }
     }
     running_.clear();
-    absl::MutexLock fence(&fence_mu_);
-    live_workers_.clear();
+    fence_.ForgetWorkers();
   }
   finished.clear();
   stopped_ = true;

@@ -59,6 +59,7 @@
 #include "server/jobs/admission.h"
 #include "server/jobs/catalog.h"
 #include "server/jobs/device_ledger.h"
+#include "server/jobs/lease_fence.h"
 #include "server/supervise/engine_commands.h"
 #include "server/auth/principal.h"
 #include "server/jobs/store.h"
@@ -210,11 +211,6 @@ class JobManager : private DeviceLedger {
   // Releases reservations that neither a placement of this pass nor a pending shrink needs.
   void ReleaseUnneededReservations(const std::set<std::string>& placed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnStoreNotification(const StoreNotification& notification);
-  // The lease thread renews; the fence thread kills every worker when no renewal succeeded
-  // for 2/3 of the lease (it never calls the store, so a hanging store call cannot delay it).
-  void LeaseLoop();
-  void FenceLoop();
-  void NoteRenewal(std::chrono::steady_clock::time_point asked) ABSL_LOCKS_EXCLUDED(fence_mu_);
   std::string TempDir() const;  // tmp/, or tmp/<replica id>/ in a fleet
 
   v1::ListDevicesResponse DevicesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -259,19 +255,8 @@ class JobManager : private DeviceLedger {
   // Queued jobs whose "cannot be placed" warning was recorded in this run.
   std::set<std::string> never_placeable_ ABSL_GUARDED_BY(mu_);
 
-  // Fleets: the lease and fence threads' state. Lock order: mu_ before fence_mu_.
-  absl::Mutex fence_mu_;
-  std::thread lease_thread_;
-  std::thread fence_thread_;
-  bool lease_stop_ ABSL_GUARDED_BY(fence_mu_) = false;
-  // When the newest successful renewal was asked for (its lease runs from a later moment).
-  std::chrono::steady_clock::time_point renewed_at_ ABSL_GUARDED_BY(fence_mu_);
-  bool fenced_ ABSL_GUARDED_BY(fence_mu_) = false;  // workers killed since the last renewal
-  bool renew_failing_ ABSL_GUARDED_BY(fence_mu_) = false;  // logged once per outage
-  // Every worker that has not exited, for the fence thread to kill without mu_.
-  std::set<WorkerProcess*> live_workers_ ABSL_GUARDED_BY(fence_mu_);
-  // Counts self-fencings; a worker started in an earlier epoch was killed by one.
-  std::atomic<int64_t> fence_epoch_{0};
+  // Fleets: the lease and fence threads.
+  LeaseFence fence_;
   // Workers that exited, destroyed outside their own reader thread.
   std::vector<std::unique_ptr<WorkerProcess>> finished_workers_ ABSL_GUARDED_BY(mu_);
 

@@ -1,4 +1,5 @@
-// Replicas sharing a PostgreSQL store: leases, fencing, take-overs, published devices.
+// Replicas sharing a PostgreSQL store: lease reconciliation, take-overs, shrink claims (the lease
+// and fence threads are LeaseFence, lease_fence.h).
 #include "server/jobs/job_manager_internal.h"
 
 namespace slim::server {
@@ -6,72 +7,11 @@ namespace slim::server {
 // ---------------------------------------------------------------------------------------------
 // Replicas (fleets)
 
-void JobManager::NoteRenewal(std::chrono::steady_clock::time_point asked) {
-  absl::MutexLock lock(&fence_mu_);
-  renewed_at_ = std::max(renewed_at_, asked);
-  fenced_ = false;
-  if (renew_failing_) std::fprintf(stderr, "slimd: replica %s: leases renewed again\n", options_.replica_id.c_str());
-  renew_failing_ = false;
-}
-
-void JobManager::LeaseLoop() {
-  const absl::Duration lease = Lease();
-  const auto renew_every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::duration<double>(absl::ToDoubleSeconds(lease) / 4));
-  while (true) {
-    std::chrono::steady_clock::time_point renewed_at;
-    {
-      absl::MutexLock lock(&fence_mu_);
-      fence_mu_.AwaitWithTimeout(absl::Condition(&lease_stop_), lease / 8);
-      if (lease_stop_) return;
-      renewed_at = renewed_at_;
-    }
-    // Passes renew about every second; this thread covers passes that are slow or stuck (a
-    // long worker kill, a store call waiting under mu_).
-    const auto asked = std::chrono::steady_clock::now();
-    if (asked - renewed_at < renew_every) continue;
-    const absl::StatusOr<std::vector<JobLease>> renewed = store_.RenewLeases(lease);
-    if (renewed.ok()) {
-      NoteRenewal(asked);
-      continue;
-    }
-    absl::MutexLock lock(&fence_mu_);
-    if (!renew_failing_) {
-      std::fprintf(stderr, "slimd: replica %s: cannot renew leases: %s\n", options_.replica_id.c_str(),
-                   renewed.status().ToString().c_str());
-    }
-    renew_failing_ = true;
-  }
-}
-
-void JobManager::FenceLoop() {
-  // The database's lease ends after `renewed_at_ + lease` (it counts from when the renewal ran,
-  // later than when it was asked for). Killing between 2/3 and 3/4 of it leaves the rest for the
-  // kill to land before any replica may take the jobs over. This thread never waits for the
-  // store, which may hang for as long as the network does.
-  const absl::Duration lease = Lease();
-  const auto fence_after = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::duration<double>(absl::ToDoubleSeconds(lease) * 2 / 3));
-  absl::MutexLock lock(&fence_mu_);
-  while (!lease_stop_) {
-    fence_mu_.AwaitWithTimeout(absl::Condition(&lease_stop_), lease / 12);
-    const auto silent = std::chrono::steady_clock::now() - renewed_at_;
-    if (lease_stop_ || fenced_ || live_workers_.empty() || silent < fence_after) continue;
-    fenced_ = true;
-    ++fence_epoch_;
-    std::fprintf(stderr,
-                 "slimd: replica %s: no lease renewal for %.1f s; stopping its %zu worker(s) before another replica "
-                 "may take their jobs over\n",
-                 options_.replica_id.c_str(), std::chrono::duration<double>(silent).count(), live_workers_.size());
-    for (WorkerProcess* worker : live_workers_) worker->Kill();
-  }
-}
-
 bool JobManager::RenewAndReconcile() {
   const auto asked = std::chrono::steady_clock::now();
   const absl::StatusOr<std::vector<JobLease>> leases = store_.RenewLeases(Lease());
   if (!leases.ok()) return false;  // the lease thread reports it (once per outage)
-  NoteRenewal(asked);
+  fence_.NoteRenewal(asked);
   // For the other replicas' admission, as long as this replica lives. Every lease/4 is enough:
   // a replica counts as live while its publication is younger than a lease.
   const auto now = std::chrono::steady_clock::now();

@@ -109,7 +109,7 @@ struct JobManager::Running {
   bool draining = false;      // server shutdown: the job goes back to the queue
   bool saw_terminal = false;  // the worker reported finished, stopped or failed
   bool lost = false;          // fleet: the job is not this replica's any more; record nothing
-  int64_t fence_epoch = 0;    // fence_epoch_ at launch: a later one means self-fencing killed it
+  int64_t fence_epoch = 0;    // fence_.epoch() at launch: a later one means self-fencing killed it
   int64_t stopped_step = -1;  // fleet, draining: where the worker stopped
   int64_t pending_quota = 0;  // shrink or grow requested, not yet confirmed by the worker
   bool shrink_refused = false;  // the worker could not fit a smaller quota

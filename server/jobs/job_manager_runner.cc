@@ -290,7 +290,7 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
   const int start_threads = cpu_thread_budget_ > 0 ? std::max(1, cpu_thread_budget_ / std::max(1, cpu_workers)) : 0;
   auto r = std::make_unique<Running>();
   r->attempt = attempt;
-  r->fence_epoch = fence_epoch_.load();
+  r->fence_epoch = fence_.epoch();
   r->ranks.resize(devices.size());
   std::string pids;
   absl::Status started;
@@ -328,8 +328,7 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
     }
     k.worker = *std::move(worker);
     absl::StrAppend(&pids, k.worker->pid(), "\n");
-    absl::MutexLock fence(&fence_mu_);
-    live_workers_.insert(k.worker.get());
+    fence_.AddWorker(k.worker.get());
   }
   // The workers run in their own process groups and would outlive a killed server: the next
   // server reads this file and ends them before resuming the job (KillOrphanedWorkers).
@@ -563,10 +562,7 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
   ended.exit_order = static_cast<int>(
       std::count_if(group.ranks.begin(), group.ranks.end(), [](const Rank& k) { return k.exited; }));
   ended.exit = rank_exit;
-  {
-    absl::MutexLock fence(&fence_mu_);
-    live_workers_.erase(ended.worker.get());
-  }
+  fence_.RemoveWorker(ended.worker.get());
   finished_workers_.push_back(std::move(ended.worker));
   const bool abnormal = rank_exit.signaled || (rank_exit.exit_status != 0 && rank_exit.exit_status != 75);
   // A rank that crashed or was killed by someone else, without reporting that a peer went away.
@@ -616,7 +612,7 @@ void JobManager::OnWorkerExit(const std::string& job_id, int attempt, int rank, 
                          : "worker";
   const std::string how = exit.signaled ? absl::StrCat("killed by signal ", exit.signal)
                                         : absl::StrCat("exited with status ", exit.exit_status);
-  const bool fenced = r->fence_epoch != fence_epoch_.load();
+  const bool fenced = r->fence_epoch != fence_.epoch();
   v1::JobEvent event;
   if (r->cancelling) {
     job.set_state(v1::JOB_STATE_CANCELLED);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 #include <utility>
@@ -53,18 +54,27 @@ class Section {
     if (v->text.empty()) Bad(Field(key), "must not be empty");
     return v->text;
   }
-  double Number(const std::string& key, double default_value, double min, bool min_exclusive = false) {
+  // A finite number in [min, max] (or (min, max] when min_exclusive).
+  double Number(const std::string& key, double default_value, double min, bool min_exclusive = false,
+                double max = std::numeric_limits<double>::max()) {
     const Json* v = Find(key);
     if (v == nullptr) return default_value;
     if (v->kind != Json::kNumber) Bad(Field(key), "must be a number, got " + DescribeJson(*v));
-    if (!std::isfinite(v->number) || v->number < min || (min_exclusive && v->number == min)) {
-      std::ostringstream msg;
+    if (!std::isfinite(v->number)) Bad(Field(key), "must be a finite number, got " + DescribeJson(*v));
+    std::ostringstream msg;
+    if (v->number < min || (min_exclusive && v->number == min)) {
       msg << "must be " << (min_exclusive ? "> " : ">= ") << min << ", got " << DescribeJson(*v);
+      Bad(Field(key), msg.str());
+    }
+    if (v->number > max) {
+      msg << "must be <= " << max << " (docs/job-spec.md, \"Limits\"), got " << DescribeJson(*v);
       Bad(Field(key), msg.str());
     }
     return v->number;
   }
-  int64_t Int(const std::string& key, int64_t default_value, int64_t min) {
+  // An integer in [min, max]: a JSON number, or a decimal string.
+  int64_t Int(const std::string& key, int64_t default_value, int64_t min,
+              int64_t max = std::numeric_limits<int64_t>::max()) {
     const Json* v = Find(key);
     if (v == nullptr) return default_value;
     int64_t value = 0;
@@ -74,12 +84,16 @@ class Section {
       if (v->text.empty() || error != std::errc() || last != end) {
         Bad(Field(key), "must be an integer, got " + DescribeJson(*v));
       }
-    } else if (v->kind != Json::kNumber || v->number != std::floor(v->number) || std::fabs(v->number) > 9e15) {
+    } else if (v->kind != Json::kNumber || !std::isfinite(v->number) || v->number != std::floor(v->number) ||
+               std::fabs(v->number) > 9e15) {
       Bad(Field(key), "must be an integer, got " + DescribeJson(*v));
     } else {
       value = static_cast<int64_t>(v->number);
     }
     if (value < min) Bad(Field(key), "must be >= " + std::to_string(min) + ", got " + DescribeJson(*v));
+    if (value > max) {
+      Bad(Field(key), "must be <= " + std::to_string(max) + " (docs/job-spec.md, \"Limits\"), got " + DescribeJson(*v));
+    }
     return value;
   }
   // A size: a number of bytes, or a string with units ("2GiB").
@@ -228,24 +242,24 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const Spec
   data.Finish();
 
   Section training(top.Child("training"), "training");
-  s.seq_len = training.Int("seq_len", 0, 1);
+  s.seq_len = training.Int("seq_len", 0, 1, SpecLimits::kMaxSeqLen);
   if (s.seq_len == 0) Bad("training.seq_len", "is required");
-  s.batch_size = training.Int("batch_size", 1, 1);
-  s.grad_accum = training.Int("grad_accum", 1, 1);
-  s.steps = training.Int("steps", 0, 1);
-  s.epochs = training.Number("epochs", 0, 0, /*min_exclusive=*/true);
-  s.grad_clip = training.Number("grad_clip", 1.0, 0);
+  s.batch_size = training.Int("batch_size", 1, 1, SpecLimits::kMaxBatchSize);
+  s.grad_accum = training.Int("grad_accum", 1, 1, SpecLimits::kMaxGradAccum);
+  s.steps = training.Int("steps", 0, 1, SpecLimits::kMaxSteps);
+  s.epochs = training.Number("epochs", 0, 0, /*min_exclusive=*/true, SpecLimits::kMaxEpochs);
+  s.grad_clip = training.Number("grad_clip", 1.0, 0, false, SpecLimits::kMaxGradClip);
   s.precision = Enum(training, "precision", Precision::kFp32, ParsePrecision);
   s.tuning = Enum(training, "tuning", TuningMode::kFull, ParseTuningMode);
   {
     Section opt(training.Child("optimizer"), "training.optimizer");
     s.optimizer = Enum(opt, "name", OptimizerKind::kAdamW, ParseOptimizer);
-    s.lr = opt.Number("lr", s.lr, 0, /*min_exclusive=*/true);
-    s.weight_decay = opt.Number("weight_decay", 0.0, 0);
+    s.lr = opt.Number("lr", s.lr, 0, /*min_exclusive=*/true, SpecLimits::kMaxLr);
+    s.weight_decay = opt.Number("weight_decay", 0.0, 0, false, SpecLimits::kMaxWeightDecay);
     if (s.optimizer == OptimizerKind::kAdamW) {
       s.beta1 = opt.Number("beta1", s.beta1, 0);
       s.beta2 = opt.Number("beta2", s.beta2, 0);
-      s.eps = opt.Number("eps", s.eps, 0, /*min_exclusive=*/true);
+      s.eps = opt.Number("eps", s.eps, 0, /*min_exclusive=*/true, 1.0);
       if (s.beta1 >= 1) Bad(opt.Field("beta1"), "must be < 1");
       if (s.beta2 >= 1) Bad(opt.Field("beta2"), "must be < 1");
     } else {
@@ -257,7 +271,7 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const Spec
   {
     Section sched(training.Child("schedule"), "training.schedule");
     s.schedule = Enum(sched, "name", LrScheduleKind::kConstant, ParseSchedule);
-    s.warmup_steps = sched.Int("warmup_steps", 0, 0);
+    s.warmup_steps = sched.Int("warmup_steps", 0, 0, SpecLimits::kMaxSteps);
     if (s.schedule == LrScheduleKind::kCosine) {
       s.min_lr_ratio = sched.Number("min_lr_ratio", s.min_lr_ratio, 0);
       if (s.min_lr_ratio > 1) Bad(sched.Field("min_lr_ratio"), "must be <= 1");
@@ -270,8 +284,8 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const Spec
       Bad("training.lora", "is only used with tuning: lora");
     }
     Section lora(training.Child("lora"), "training.lora");
-    s.lora_rank = lora.Int("rank", s.lora_rank, 1);
-    s.lora_alpha = lora.Number("alpha", s.lora_alpha, 0, /*min_exclusive=*/true);
+    s.lora_rank = lora.Int("rank", s.lora_rank, 1, SpecLimits::kMaxLoraRank);
+    s.lora_alpha = lora.Number("alpha", s.lora_alpha, 0, /*min_exclusive=*/true, SpecLimits::kMaxLoraAlpha);
     s.lora_targets = lora.StringList("targets");
     if (lora.Has("targets") && s.lora_targets.empty()) Bad("training.lora.targets", "must not be empty");
     for (const std::string& t : s.lora_targets) {
@@ -291,7 +305,7 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const Spec
   s.device = memory.String("device", s.device);
   s.quota_bytes = memory.Bytes("quota");
   if (const Json* c = memory.Find("chunk_size"); c != nullptr && !(c->kind == Json::kString && c->text == "auto")) {
-    s.chunk_size = memory.Int("chunk_size", 0, 1);
+    s.chunk_size = memory.Int("chunk_size", 0, 1, SpecLimits::kMaxSeqLen);
   }
   if (const std::string mode = memory.String("mode", "auto"); mode != "auto") {
     s.mode = ParseStartStateMode(mode, "spec: memory.mode");
@@ -299,17 +313,17 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const Spec
   memory.Finish();
 
   Section parallel(top.Child("data_parallel"), "data_parallel");
-  s.workers = parallel.Int("workers", 1, 1);
+  s.workers = parallel.Int("workers", 1, 1, SpecLimits::kMaxWorkers);
   parallel.Finish();
 
   Section eval(top.Child("eval"), "eval");
-  s.eval_every = eval.Int("every", 0, 0);
-  s.eval_max_sequences = eval.Int("max_sequences", 0, 0);
+  s.eval_every = eval.Int("every", 0, 0, SpecLimits::kMaxSteps);
+  s.eval_max_sequences = eval.Int("max_sequences", 0, 0, SpecLimits::kMaxSteps);
   eval.Finish();
 
   Section checkpoint(top.Child("checkpoint"), "checkpoint");
-  s.checkpoint_every = checkpoint.Int("every", 0, 0);
-  s.checkpoints_kept = checkpoint.Int("keep", 2, 1);
+  s.checkpoint_every = checkpoint.Int("every", 0, 0, SpecLimits::kMaxSteps);
+  s.checkpoints_kept = checkpoint.Int("keep", 2, 1, SpecLimits::kMaxCheckpointsKept);
   checkpoint.Finish();
 
   top.Finish();

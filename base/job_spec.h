@@ -28,6 +28,24 @@ std::string LrScheduleName(LrScheduleKind k);
 // The projections LoRA adapters can attach to, by their tensor names (docs/model-format.md).
 const std::vector<std::string>& LoraTargetNames();
 
+// Upper bounds on spec values (docs/job-spec.md, "Limits"): far above what a 2-core machine or a
+// GPU fleet trains, and low enough that products of them (tokens per optimizer step: batch ·
+// grad_accum · seq_len ≤ 2^54; step counts times anything per step) stay inside int64.
+struct SpecLimits {
+  static constexpr int64_t kMaxSeqLen = int64_t{1} << 22;  // 4,194,304 tokens; also chunk_size
+  static constexpr int64_t kMaxBatchSize = 65536;
+  static constexpr int64_t kMaxGradAccum = 65536;
+  static constexpr int64_t kMaxSteps = 1000000000;  // steps, warmup, eval and checkpoint cadence
+  static constexpr double kMaxEpochs = 1e6;
+  static constexpr double kMaxLr = 10;
+  static constexpr double kMaxWeightDecay = 10;
+  static constexpr double kMaxGradClip = 1e6;
+  static constexpr int64_t kMaxLoraRank = 4096;
+  static constexpr double kMaxLoraAlpha = 1e6;
+  static constexpr int64_t kMaxWorkers = 1024;
+  static constexpr int64_t kMaxCheckpointsKept = 1000;
+};
+
 // What a spec document may leave out when it is read.
 struct SpecReading {
   // memory.quota may be absent with an automatic chunk size: a policy supplies it after reading

@@ -313,6 +313,8 @@ std::string DescribeJson(const Json& value) {
   switch (value.kind) {
     case Json::kString: return "'" + value.text + "'";
     case Json::kNumber:
+      if (!std::isfinite(value.number)) return value.number != value.number ? "nan" : value.number > 0 ? "inf" : "-inf";
+      return SerializeJson(value);
     case Json::kBool: return SerializeJson(value);
     case Json::kNull: return "null";
     case Json::kArray: return "a list";

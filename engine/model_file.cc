@@ -173,7 +173,12 @@ PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string
   }
   const at::ScalarType dtype = file.tensors.at(prefix + "embed.weight").scalar_type();
   for (const auto& [name, t] : expected) {
-    if (file.tensors.at(name).scalar_type() != dtype) Invalid(kind, path, "tensor '" + name + "' is not stored in the model's dtype");
+    const at::Tensor& stored = file.tensors.at(name);
+    if (stored.scalar_type() != dtype) Invalid(kind, path, "tensor '" + name + "' is not stored in the model's dtype");
+    // NaN or Inf weights train nothing and generate garbage: refused by name on load.
+    if (const int64_t bad = (~at::isfinite(stored)).sum().item<int64_t>(); bad > 0) {
+      Invalid(kind, path, "tensor '" + name + "' has " + std::to_string(bad) + " non-finite values (NaN or Inf)");
+    }
   }
   // Only now, with every tensor read and checked, is the model touched.
   at::NoGradGuard no_grad;

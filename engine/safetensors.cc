@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -153,6 +154,11 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
   auto invalid = [&](const std::string& message) -> EngineError {
     return EngineError(ErrorCode::kInvalidArgument, what + " " + path + ": " + message);
   };
+  // Not a FIFO, device or directory: opening a FIFO would wait for a writer forever.
+  std::error_code type_error;
+  if (!std::filesystem::is_regular_file(path, type_error)) {
+    throw invalid(std::filesystem::exists(path, type_error) ? "not a regular file" : "cannot open");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw invalid("cannot open");
   in.seekg(0, std::ios::end);
@@ -166,7 +172,10 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t{static_cast<unsigned char>(prefix[i])} << (8 * i);
   if (n > kMaxHeaderBytes || n > file_size - 8) {
-    throw invalid("header size " + std::to_string(n) + " exceeds the file (" + std::to_string(file_size) + " bytes)");
+    // The field's value is not echoed: for a file that is not safetensors it is the file's
+    // first 8 bytes, which an error message must not reveal.
+    throw invalid("not a safetensors file: its header size field points past the end of the file (" +
+                  std::to_string(file_size) + " bytes)");
   }
   std::string header(n, '\0');
   if (!in.read(header.data(), static_cast<std::streamsize>(n))) throw invalid("read error");

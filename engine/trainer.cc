@@ -394,6 +394,9 @@ AdmissionPlan PlanAdmission(const JobSpec& spec_in, const ModelConfig& model, co
     answer.chunk_size = spec.chunk_size;
     answer.predicted_peak_bytes = PredictPeak(shape, spec.chunk_size, answer.mode, k).total;
     answer.feasible = answer.predicted_peak_bytes <= spec.quota_bytes;
+    // The spec fixes the chunk size: the smallest quota that fits is that chunk's peak, not
+    // the automatic plan's minimum (which may be far smaller).
+    answer.min_quota_bytes = answer.predicted_peak_bytes;
     answer.est_step_seconds = PredictStepSeconds(shape, spec.chunk_size, k);
   } else if (r.feasible) {
     answer.feasible = true;

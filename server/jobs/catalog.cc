@@ -34,9 +34,7 @@ absl::StatusOr<v1::Dataset> Catalog::AddDataset(const v1::UploadDatasetHeader& h
       if (!path.empty()) std::remove(path.c_str());
     }
   } cleanup{temp_path};
-  if (header.name().empty() || header.name().size() > 200) {
-    return absl::InvalidArgumentError("header.name: must be 1 to 200 characters");
-  }
+  RETURN_IF_ERROR(CheckName("header.name", header.name(), /*required=*/true));
   const std::string format = header.format().empty() ? "text" : header.format();
   try {
     ParseDataFormat(format, "header.format");
@@ -149,7 +147,7 @@ absl::StatusOr<v1::Model> Catalog::ImportModel(const v1::ImportModelRequest& req
   if (request.path().empty() || request.path()[0] != '/') {
     return absl::InvalidArgumentError("path: must be an absolute path on the server, got '" + request.path() + "'");
   }
-  if (request.name().size() > 200) return absl::InvalidArgumentError("name: at most 200 characters");
+  RETURN_IF_ERROR(CheckName("name", request.name(), /*required=*/false));
   absl::StatusOr<ModelSummary> summary = engine_.Inspect(request.path());
   if (!summary.ok()) {
     if (summary.status().code() != absl::StatusCode::kInvalidArgument) return summary.status();

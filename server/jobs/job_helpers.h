@@ -81,6 +81,28 @@ inline std::string ConfigJson(const ModelSummary& summary) {
   return SerializeJson(o);
 }
 
+// A name people give a job, dataset or model (docs/service.md, "Names"): at most 200 bytes of
+// UTF-8 without control characters (U+0000–U+001F, U+007F–U+009F), so that listings and
+// terminals show exactly what was given. `required`: not empty either.
+inline absl::Status CheckName(const std::string& field, const std::string& name, bool required) {
+  if (name.empty()) return required ? absl::InvalidArgumentError(field + ": is required") : absl::OkStatus();
+  if (name.size() > 200) return absl::InvalidArgumentError(absl::StrCat(field, ": at most 200 bytes, got ", name.size()));
+  for (size_t i = 0; i < name.size();) {
+    const unsigned char c = static_cast<unsigned char>(name[i]);
+    const int length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool valid = length > 0 && i + length <= name.size();
+    for (int k = 1; valid && k < length; ++k) valid = (static_cast<unsigned char>(name[i + k]) >> 6) == 0x2;
+    if (!valid) return absl::InvalidArgumentError(absl::StrCat(field, ": not UTF-8 at byte ", i));
+    const bool c1 = c == 0xc2 && static_cast<unsigned char>(name[i + 1]) < 0xa0;  // U+0080–U+009F
+    if (c < 0x20 || c == 0x7f || c1) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": control character at byte ", i,
+                                                     " (names are printable text; docs/service.md, \"Names\")"));
+    }
+    i += static_cast<size_t>(length);
+  }
+  return absl::OkStatus();
+}
+
 // The store listing for `caller`: its tenant's records (and shared models), or all for admins.
 inline ListScope Scope(const Principal& caller) { return caller.admin() ? ListScope::All() : ListScope::Of(caller.tenant); }
 

@@ -146,7 +146,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
     absl::MutexLock lock(&mu_);
     if (draining_) return absl::UnavailableError("the server is shutting down; not accepting jobs");
   }
-  if (request.display_name().size() > 200) return absl::InvalidArgumentError("display_name: at most 200 characters");
+  RETURN_IF_ERROR(CheckName("display_name", request.display_name(), /*required=*/false));
   if (request.priority() < -1000 || request.priority() > 1000) {
     return absl::InvalidArgumentError(absl::StrCat("priority: must be in [-1000, 1000], got ", request.priority()));
   }
@@ -172,7 +172,8 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   }
   if (!plan.feasible()) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "spec: memory.quota: ", FormatBytes(plan.quota_bytes()), " cannot fit this job; the minimum is ",
+        "spec: memory.quota: ", FormatBytes(plan.quota_bytes()), " cannot fit this job",
+        spec.chunk_size > 0 ? absl::StrCat(" at memory.chunk_size ", spec.chunk_size) : "", "; the minimum is ",
         FormatBytes(plan.min_quota_bytes()), " (min_quota_bytes=", plan.min_quota_bytes(), ")"));
   }
   v1::Job job;

@@ -78,6 +78,20 @@ TEST(Bytes, UnitsParseAndFormat) {
   EXPECT_THROW(ParseBytes("-1", "q"), EngineError);
   EXPECT_THROW(ParseBytes("GiB", "q"), EngineError);
   EXPECT_EQ(FormatBytes(1536), "1.5 KiB");
+  // Strict: the whole text is a size. A NUL does not end it early, and neither signs,
+  // hexadecimal, leading spaces nor trailing words are read as part of it.
+  for (const std::string& bad : {std::string("96MiB\0x", 8), std::string("0x10"), std::string("+5MiB"),
+                                std::string(" 5MiB"), std::string("5MiB extra"), std::string("inf"),
+                                std::string("1e999"), std::string("5\x1b[31mMiB")}) {
+    try {
+      ParseBytes(bad, "memory.quota");
+      ADD_FAILURE() << "accepted a size of " << bad.size() << " bytes";
+    } catch (const EngineError& e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.rfind("memory.quota: ", 0), 0u) << message;
+      EXPECT_EQ(message.find_first_of(std::string("\0\x1b", 2)), std::string::npos) << "control characters echoed";
+    }
+  }
   EXPECT_EQ(FormatBytes(100), "100 B");
   EXPECT_EQ(FormatBytes(int64_t{3} << 30), "3.0 GiB");
 }

@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <limits>
 
 #include <cstdio>
 #include <cstdlib>
@@ -71,7 +74,16 @@ TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
   testing::WriteFileBytes(bad, bytes.substr(0, 5));
   EXPECT_NE(LoadError(bad).find("truncated"), std::string::npos);
   testing::WriteFileBytes(bad, std::string(8, '\xff') + bytes.substr(8));
-  EXPECT_NE(LoadError(bad).find("header size"), std::string::npos);
+  EXPECT_NE(LoadError(bad).find("header size field points past the end"), std::string::npos);
+  // A text file: its first 8 bytes are not echoed as a number (they would reveal its content).
+  testing::WriteFileBytes(bad, "root:$6$secretsalt$hash:19000:0:99999:7:::\n");
+  EXPECT_EQ(LoadError(bad).find(std::to_string(0x2436243a746f6f72ull)), std::string::npos) << LoadError(bad);
+  EXPECT_NE(LoadError(bad).find("not a safetensors file"), std::string::npos) << LoadError(bad);
+  // A FIFO would block an open() until someone writes to it; it is refused without opening.
+  const std::string fifo = testing::TempPath("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(LoadError(fifo).find("not a regular file"), std::string::npos) << LoadError(fifo);
+  std::remove(fifo.c_str());
 
   std::string broken = bytes;
   broken[9] = '[';  // the header's opening brace
@@ -114,6 +126,23 @@ TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
 
 // The file is plain safetensors: a reader written from the format description (Python standard
 // library only) parses it, and the first value it reads equals the model's.
+// A model whose weights hold NaN or Inf (a diverged run, a broken export) is refused on load
+// with the tensor named, so imports and jobs never start from it (issue 18).
+TEST(ModelFile, NonFiniteWeightsAreRefusedByName) {
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 3);
+    {
+      at::NoGradGuard no_grad;
+      model->named_parameters()["layers.1.wv.weight"].view(-1)[5] = bad;
+    }
+    const std::string path = testing::TempPath("nonfinite");
+    SaveModelFile(*model, path);
+    EXPECT_NE(LoadError(path).find("tensor 'layers.1.wv.weight' has 1 non-finite values (NaN or Inf)"), std::string::npos)
+        << LoadError(path);
+    std::remove(path.c_str());
+  }
+}
+
 TEST(ModelFile, ReadableByAPlainSafetensorsReader) {
   if (std::system("python3 -c 'import json, struct' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
   PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 2);

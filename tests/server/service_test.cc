@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -358,6 +359,47 @@ TEST_F(ServiceTest, InvalidRequestsNameTheField) {
   s = Create(bad_lr, &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("training.optimizer.lr"), std::string::npos) << s.error_message();
+
+  // Through protobuf's JSON mapping: a NaN arrives as the string "NaN", a huge int32 as itself;
+  // both are refused by the engine's reader with the field named (docs/job-spec.md, "Limits").
+  v1::JobSpec nan_lr = TinySpec(dataset, 5);
+  nan_lr.mutable_training()->mutable_optimizer()->set_lr(std::nan(""));
+  s = Create(nan_lr, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("spec: training.optimizer.lr: must be a number, got 'NaN'"), std::string::npos)
+      << s.error_message();
+  v1::JobSpec huge_batch = TinySpec(dataset, 5);
+  huge_batch.mutable_training()->set_batch_size(2147483647);
+  s = Create(huge_batch, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("spec: training.batch_size: must be <= 65536"), std::string::npos)
+      << s.error_message();
+  v1::JobSpec fixed_chunk = TinySpec(dataset, 5, "1MiB");
+  fixed_chunk.mutable_memory()->set_chunk_size(128);
+  s = Create(fixed_chunk, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("cannot fit this job at memory.chunk_size 128; the minimum is"), std::string::npos)
+      << s.error_message();
+
+  // Names are printable text: no terminal escapes, NULs or newlines (docs/service.md, "Names").
+  v1::CreateJobRequest escaped;
+  *escaped.mutable_spec() = TinySpec(dataset, 5);
+  escaped.set_display_name("job \x1b[31mred");
+  v1::CreateJobResponse escaped_response;
+  s = stub_->CreateJob(Context().get(), escaped, &escaped_response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("display_name: control character at byte 4"), std::string::npos) << s.error_message();
+  v1::Dataset named;
+  s = Upload(std::string("two\nlines"), SampleText(100), &named);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("header.name: control character at byte 3"), std::string::npos) << s.error_message();
+  v1::ImportModelRequest import;
+  import.set_path(std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors");
+  import.set_name(std::string("nul\0name", 8));
+  v1::ImportModelResponse imported;
+  s = stub_->ImportModel(Context().get(), import, &imported);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("name: control character at byte 3"), std::string::npos) << s.error_message();
 
   s = Create(TinySpec("ds-999999", 5), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);

@@ -30,15 +30,17 @@ void AppendBytes(const std::string& text, std::vector<int32_t>* out) {
   for (unsigned char c : text) out->push_back(c);
 }
 
-std::vector<int32_t> ReadJsonl(const DataSource& s, const std::string& bytes) {
-  std::vector<int32_t> tokens;
+// Calls `each(line_prefix, object)` for every non-blank line of a JSONL file, each of which must
+// be a JSON object; at least one. `line_prefix` is "<path>:<line>: " for messages.
+template <typename Each>
+void ForEachJsonlObject(const std::string& path, const std::string& bytes, const Each& each) {
   std::istringstream lines(bytes);
   std::string line;
   int64_t number = 0, documents = 0;
   while (std::getline(lines, line)) {
     ++number;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank line
-    const std::string where = s.path + ":" + std::to_string(number) + ": ";
+    const std::string where = path + ":" + std::to_string(number) + ": ";
     Json doc;
     try {
       doc = ParseJson(line);
@@ -46,13 +48,23 @@ std::vector<int32_t> ReadJsonl(const DataSource& s, const std::string& bytes) {
       Bad(where + "invalid JSON: " + e.what());
     }
     if (doc.kind != Json::kObject) Bad(where + "expected a JSON object");
+    ++documents;
+    each(where, doc);
+  }
+  if (documents == 0) Bad(path + ": no documents (only blank lines)");
+}
+
+std::vector<int32_t> ReadJsonl(const DataSource& s, const std::string& bytes) {
+  std::vector<int32_t> tokens;
+  bool first = true;
+  ForEachJsonlObject(s.path, bytes, [&](const std::string& where, const Json& doc) {
     const auto field = doc.members.find(s.text_field);
     if (field == doc.members.end()) Bad(where + "no \"" + s.text_field + "\" field");
     if (field->second.kind != Json::kString) Bad(where + "\"" + s.text_field + "\" is not a string");
-    if (documents++ > 0) tokens.push_back('\n');
+    if (!first) tokens.push_back('\n');
+    first = false;
     AppendBytes(field->second.text, &tokens);
-  }
-  if (documents == 0) Bad(s.path + ": no documents (only blank lines)");
+  });
   return tokens;
 }
 
@@ -91,6 +103,10 @@ DataFormat ParseDataFormat(const std::string& name, const std::string& field) {
     if (DataFormatName(f) == name) return f;
   }
   Bad(field + ": unknown value '" + name + "' (allowed: text, jsonl, ids-u16, ids-u32)");
+}
+
+void CheckJsonlObjects(const std::string& path) {
+  ForEachJsonlObject(path, ReadFile(path), [](const std::string&, const Json&) {});
 }
 
 std::vector<int32_t> ReadTokens(const DataSource& s) {

@@ -33,6 +33,10 @@ struct DataSource {
 // that is not a whole number of ids, an id ≥ vocab_size, a text format with vocab_size < 256.
 std::vector<int32_t> ReadTokens(const DataSource& source);
 
+// A JSONL file as uploaded, before a job chooses its text field: every non-blank line must be a
+// JSON object, and there must be one. Throws like ReadTokens.
+void CheckJsonlObjects(const std::string& path);
+
 // Sequence i of length L is tokens[i·L .. i·L + L] (L inputs, and the same positions shifted by
 // one as targets): (n − 1) / L sequences. Throws if there is not even one.
 int64_t CountSequences(int64_t num_tokens, int64_t seq_len, const std::string& what);

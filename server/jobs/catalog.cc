@@ -62,16 +62,25 @@ absl::StatusOr<v1::Dataset> Catalog::AddDataset(const v1::UploadDatasetHeader& h
     return absl::InvalidArgumentError("header.sha256: the upload's SHA-256 is " + digest + ", the header says '" +
                                       header.sha256() + "'");
   }
-  if (format != "jsonl") {  // JSONL's text field is chosen per job; the others are checked now
-    DataSource source;
-    source.path = temp_path;
-    source.format = ParseDataFormat(format);
-    source.vocab_size = int64_t{1} << 31;
-    try {
+  // The content is checked now, so that a job never fails on it later: JSONL as objects (its
+  // text field is chosen per job), the other formats completely. Messages name the upload by its
+  // name, not by the server's path.
+  try {
+    if (format == "jsonl") {
+      CheckJsonlObjects(temp_path);
+    } else {
+      DataSource source;
+      source.path = temp_path;
+      source.format = ParseDataFormat(format);
+      source.vocab_size = int64_t{1} << 31;
       ReadTokens(source);
-    } catch (const EngineError& e) {
-      return absl::InvalidArgumentError(std::string("data: ") + e.what());
     }
+  } catch (const EngineError& e) {
+    std::string message = e.what();
+    for (size_t at = message.find(temp_path); at != std::string::npos; at = message.find(temp_path, at)) {
+      message.replace(at, temp_path.size(), header.name());
+    }
+    return absl::InvalidArgumentError("data: " + message);
   }
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(CheckDatasetLimit(caller, size));

@@ -77,6 +77,15 @@ expect 0 datasets upload "$dir/docs.txt" --output json   # same bytes: reused
 printf '{"text": "ok"}\n' > "$dir/one.jsonl"
 expect 0 datasets upload "$dir/one.jsonl" --format jsonl
 expect 2 datasets upload "$dir/docs.txt" --format csv
+# JSONL is checked at upload (each line an object), and the message names the upload, not the
+# server's files.
+printf '{"text": "fine"}\nnot json at all\n' > "$dir/bad.jsonl"
+expect 2 datasets upload "$dir/bad.jsonl" --format jsonl
+echo "$err" | grep -qF "data: bad.jsonl:2: invalid JSON" || fail "bad JSONL upload: $err"
+echo "$err" | grep -qF "$dir/data" && fail "the server's data path in a message: $err"
+printf '[1, 2]\n' > "$dir/array.jsonl"
+expect 2 datasets upload "$dir/array.jsonl" --format jsonl
+echo "$err" | grep -qF "array.jsonl:1: expected a JSON object" || fail "JSONL array line: $err"
 expect 0 datasets list --output json
 [ "$(echo "$out" | json 'len(d["datasets"])')" = 2 ] || fail "datasets list: $out"
 expect 0 datasets get "$ds"

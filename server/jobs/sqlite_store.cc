@@ -1,5 +1,7 @@
 #include "server/jobs/sqlite_store.h"
 
+#include <sys/stat.h>
+
 #include <sqlite3.h>
 
 #include <utility>
@@ -217,6 +219,15 @@ absl::StatusOr<std::string> ListBlobs(sqlite3* db, const char* table, const std:
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string& path) {
+  // SQLite treats an empty file as a new database; for slimd it is a store that lost its
+  // contents (a truncation, a full disk, a bad restore) next to datasets and models it would no
+  // longer list. Only a missing file starts an empty store.
+  struct stat st;
+  if (path != ":memory:" && ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sqlite: ", path, " exists but is empty (0 bytes), so the jobs, datasets and models it recorded are lost; "
+        "restore it from a backup, or remove it to start with an empty store"));
+  }
   sqlite3* db = nullptr;
   // NOMUTEX: mu_ already serializes every use of the connection.
   const int rc =
@@ -302,6 +313,21 @@ absl::Status SqliteStore::Initialize() {
   RETURN_IF_ERROR(Exec("PRAGMA foreign_keys = ON", "enabling foreign_keys"));
 
   if (version == kSchemaVersion) return absl::OkStatus();
+  if (version == 0) {  // a new database, or another program's: refuse to add tables to the latter
+    ASSIGN_OR_RETURN(Statement tables,
+                     Statement::Prepare(db_, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 5",
+                                        "listing tables"));
+    std::string names;
+    while (true) {
+      ASSIGN_OR_RETURN(const bool row, tables.Step());
+      if (!row) break;
+      absl::StrAppend(&names, names.empty() ? "" : ", ", tables.ColumnText(0));
+    }
+    if (!names.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sqlite: not a slimd database: it has tables (", names, ") but no slimd schema version"));
+    }
+  }
   // Create or upgrade. Re-read the version inside the write lock: another process may have
   // done it between our read and now.
   return InTransaction(version == 0 ? "creating the schema" : "upgrading the schema",

@@ -835,6 +835,34 @@ TEST(SqliteStoreOpen, NotADatabaseIsInternal) {
   EXPECT_NE(store.status().message().find("not a database"), absl::string_view::npos) << store.status();
 }
 
+// An empty slimd.db is a store that lost its contents (truncated, a full disk, a bad restore),
+// not a new one: refused, so that slimd does not start beside datasets it no longer lists.
+TEST(SqliteStoreOpen, EmptyFileIsRefusedNotTakenForANewStore) {
+  const std::string path = FreshDir() + "/slimd.db";
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(store.status().message().find("exists but is empty (0 bytes)"), absl::string_view::npos) << store.status();
+  EXPECT_EQ(std::filesystem::file_size(path), 0u) << "left as it was";
+}
+
+// Another program's SQLite database is not turned into a slimd store.
+TEST(SqliteStoreOpen, ForeignDatabaseIsRefused) {
+  const std::string path = FreshDir() + "/other.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE invoices (id INTEGER)", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(store.status().message().find("not a slimd database: it has tables (invoices)"), absl::string_view::npos)
+      << store.status();
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL only
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -220,6 +221,18 @@ int Follow(Client& client, const std::string& id, int64_t after, OutputFormat fo
 
 // ---------------------------------------------------------------------------------------------
 
+// A fresh CreateJob request id: "slimctl-" and 128 random bits in hex.
+std::string NewRequestId() {
+  std::random_device random;
+  std::string id = "slimctl-";
+  for (int i = 0; i < 4; ++i) {
+    char part[9];
+    std::snprintf(part, sizeof(part), "%08x", static_cast<unsigned>(random()));
+    id += part;
+  }
+  return id;
+}
+
 int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
   const std::string path = flags.Positional(1, "the job spec file");
   v1::CreateJobRequest request;
@@ -227,10 +240,22 @@ int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
   request.set_priority(static_cast<int32_t>(flags.Int("priority", 0, -1000)));
   const bool watch = flags.Bool("watch");
   const double reconnect = flags.Double("reconnect-timeout", 300);
+  request.set_request_id(flags.Has("request-id") ? flags.String("request-id", "") : NewRequestId());
   *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
   flags.CheckAllUsed();
+  // The request id makes retrying safe: a create whose answer was lost (deadline, broken
+  // connection, a restarting server) is returned by the retry instead of being made twice.
   v1::CreateJobResponse response;
-  const grpc::Status status = client.stub().CreateJob(client.SlowUnaryContext().get(), request, &response);
+  grpc::Status status;
+  for (int attempt = 1;; ++attempt) {
+    status = client.stub().CreateJob(client.SlowUnaryContext().get(), request, &response);
+    const bool transient = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (status.ok() || !transient || attempt == 3) break;
+    std::fprintf(stderr, "slimctl: submit: %s; retrying (request %s)\n", status.error_message().c_str(),
+                 request.request_id().c_str());
+    std::this_thread::sleep_for(std::chrono::seconds(attempt));
+  }
   if (!status.ok()) return ReportError(status, "submit");
   const v1::Job& job = response.job();
   if (format == OutputFormat::kTable) {
@@ -685,6 +710,8 @@ const std::map<std::string, std::string> kCommandHelp = {
   uploaded first (reused if the same bytes were uploaded before).
   --name NAME              display name
   --priority P             higher runs first and may shrink lower-priority jobs (default 0)
+  --request-id ID          CreateJob's request id (default: a new random one); a submit
+                           repeated with the same id returns the job the first one created
   --quota SIZE             override memory.quota (e.g. 512MiB)
   --steps N                override training.steps
   --set F=V[,F=V...]       override any field, e.g. --set training.optimizer.lr=1e-4

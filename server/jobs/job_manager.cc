@@ -147,6 +147,17 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
     if (draining_) return absl::UnavailableError("the server is shutting down; not accepting jobs");
   }
   RETURN_IF_ERROR(CheckName("display_name", request.display_name(), /*required=*/false));
+  // A retry of a create that already succeeded returns that job, whatever has happened since
+  // (AIP-155): no second plan, no second limit check, no second job.
+  const std::string& request_id = request.request_id();
+  if (!request_id.empty()) {
+    if (request_id.size() > 128 || request_id.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                                "0123456789._-:") != std::string::npos) {
+      return absl::InvalidArgumentError("request_id: 1 to 128 characters of A-Z a-z 0-9 . _ - :");
+    }
+    absl::StatusOr<v1::Job> earlier = store_.JobByRequest(caller.tenant, request_id);
+    if (earlier.ok() || earlier.status().code() != absl::StatusCode::kNotFound) return earlier;
+  }
   if (request.priority() < -1000 || request.priority() > 1000) {
     return absl::InvalidArgumentError(absl::StrCat("priority: must be in [-1000, 1000], got ", request.priority()));
   }
@@ -181,6 +192,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   job.set_id(id);
   job.set_display_name(request.display_name());
   job.set_tenant(caller.tenant);
+  job.set_request_id(request_id);
   job.set_state(v1::JOB_STATE_QUEUED);
   *job.mutable_spec() = request.spec();
   job.set_priority(request.priority());
@@ -201,6 +213,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   queued.set_predicted_peak_bytes(plan.predicted_peak_bytes());
   const absl::StatusOr<v1::Job> created =
       admission_.RecordWithinLimits(caller, plan.quota_bytes() * workers, job, queued);
+  if (created.ok() && created->id() != id) return created;  // a concurrent retry created it first
   if (created.ok() && observer_ != nullptr) {
     absl::MutexLock lock(&mu_);
     queued.set_sequence(created->last_sequence());

@@ -2,6 +2,8 @@
 // events, datasets and models (the fleet parts are in postgres_store_fleet.cc).
 #include "server/jobs/postgres_store_internal.h"
 
+#include <optional>
+
 namespace slim::server {
 
 struct PostgresStore::Connection {
@@ -58,6 +60,7 @@ absl::Status PostgresStore::Initialize() {
         RETURN_IF_ERROR(FillTenants<v1::Dataset>(tx, "datasets", "dataset"));
         RETURN_IF_ERROR(FillTenants<v1::Model>(tx, "models", "model"));
       }
+      if (stored <= 3) tx.exec(kUpgradeFrom3);
       return absl::OkStatus();
     }
     tx.exec(kSchema);
@@ -194,15 +197,39 @@ absl::StatusOr<v1::Job> PostgresStore::CreateJob(v1::Job job, v1::JobEvent first
   job.set_last_sequence(1);
   first_event.set_sequence(1);
   RETURN_IF_ERROR(Transact(absl::StrCat("creating job ", job.id()), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const std::optional<std::string> request_id =
+        job.request_id().empty() ? std::nullopt : std::optional<std::string>(job.request_id());
+    // A retry of a request this tenant made: no row is inserted (the unique index on
+    // (tenant, request_id) makes concurrent retries wait for each other), the first job returned.
     const pqxx::result r = tx.exec_params(
-        "INSERT INTO jobs (id, state, last_sequence, data, tenant) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (id) DO NOTHING",
-        job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)), job.tenant());
+        "INSERT INTO jobs (id, state, last_sequence, data, tenant, request_id) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT DO NOTHING",
+        job.id(), static_cast<int>(job.state()), job.last_sequence(), Bytes(Serialize(job)), job.tenant(), request_id);
+    if (r.affected_rows() == 0 && request_id) {
+      const pqxx::result earlier = tx.exec_params("SELECT data FROM jobs WHERE tenant = $1 AND request_id = $2",
+                                                  job.tenant(), *request_id);
+      if (earlier.size() == 1) {
+        ASSIGN_OR_RETURN(job, ParseField<v1::Job>(earlier[0][0], "job"));
+        return absl::OkStatus();
+      }
+    }
     if (r.affected_rows() == 0) return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
     InsertEvent(tx, job.id(), first_event);
     if (job.state() == v1::JOB_STATE_QUEUED) {
       tx.exec_params("SELECT pg_notify($1, $2)", std::string(kControlChannel), absl::StrCat("queued:", job.id()));
     }
+    return absl::OkStatus();
+  }));
+  return job;
+}
+
+absl::StatusOr<v1::Job> PostgresStore::JobByRequest(const std::string& tenant, const std::string& request_id) {
+  v1::Job job;
+  RETURN_IF_ERROR(Transact("looking up a job by request id", [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result r =
+        tx.exec_params("SELECT data FROM jobs WHERE tenant = $1 AND request_id = $2", tenant, request_id);
+    if (r.empty()) return absl::NotFoundError(absl::StrCat("no job with request_id '", request_id, "'"));
+    ASSIGN_OR_RETURN(job, ParseField<v1::Job>(r[0][0], "job"));
     return absl::OkStatus();
   }));
   return job;

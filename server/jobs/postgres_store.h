@@ -91,7 +91,7 @@ class PostgresStore : public Store {
   // The schema version this code reads and writes.
   // 2: cancel requests; 3: tenant columns for listings by tenant. Older schemas are upgraded
   // when a store is opened.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
   // The LISTEN/NOTIFY channel of new events (payload "<job id>:<sequence>").
   static constexpr char kEventsChannel[] = "slim_job_events";
   // Claimable jobs and cancel requests (payloads "queued:<job id>", "cancel:<job id>").
@@ -118,6 +118,7 @@ class PostgresStore : public Store {
   // JobsInStates with no states returns no jobs.
   absl::StatusOr<std::string> NewId(const std::string& prefix) override;
   absl::StatusOr<v1::Job> CreateJob(v1::Job job, v1::JobEvent first_event) override;
+  absl::StatusOr<v1::Job> JobByRequest(const std::string& tenant, const std::string& request_id) override;
   absl::StatusOr<v1::Job> GetJob(const std::string& id) override;
   absl::StatusOr<v1::Job> UpdateJob(v1::Job job, v1::JobEvent event) override;
   absl::Status SaveJob(const v1::Job& job) override;

@@ -61,10 +61,12 @@ CREATE TABLE jobs (
   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   data BYTEA NOT NULL,
-  tenant TEXT NOT NULL DEFAULT ''
+  tenant TEXT NOT NULL DEFAULT '',
+  request_id TEXT
 );
 CREATE INDEX jobs_by_state ON jobs (state, seq);
 CREATE INDEX jobs_by_tenant ON jobs (tenant, seq);
+CREATE UNIQUE INDEX jobs_by_request ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 CREATE TABLE events (
   job_id TEXT NOT NULL REFERENCES jobs (id),
@@ -120,6 +122,13 @@ CREATE INDEX datasets_by_tenant ON datasets (tenant, seq);
 ALTER TABLE models ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
 CREATE INDEX models_by_tenant ON models (tenant, seq);
 UPDATE schema_version SET version = 3;
+)sql";
+
+// Version 3 → 4: CreateJob's request ids (idempotent retries).
+constexpr char kUpgradeFrom3[] = R"sql(
+ALTER TABLE jobs ADD COLUMN request_id TEXT;
+CREATE UNIQUE INDEX jobs_by_request ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
+UPDATE schema_version SET version = 4;
 )sql";
 
 

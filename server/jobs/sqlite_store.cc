@@ -38,10 +38,12 @@ CREATE TABLE jobs (
   state INTEGER NOT NULL,
   last_sequence INTEGER NOT NULL,
   data BLOB NOT NULL,
-  tenant TEXT NOT NULL DEFAULT ''
+  tenant TEXT NOT NULL DEFAULT '',
+  request_id TEXT
 );
 CREATE INDEX jobs_by_state ON jobs(state, seq);
 CREATE INDEX jobs_by_tenant ON jobs(tenant, seq);
+CREATE UNIQUE INDEX jobs_by_request ON jobs(tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE TABLE events (
   job_id TEXT NOT NULL REFERENCES jobs(id),
   sequence INTEGER NOT NULL,
@@ -76,6 +78,12 @@ ALTER TABLE datasets ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
 CREATE INDEX datasets_by_tenant ON datasets(tenant, seq);
 ALTER TABLE models ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
 CREATE INDEX models_by_tenant ON models(tenant, seq);
+)sql";
+
+// Version 2 → 3: CreateJob's request ids (idempotent retries).
+constexpr char kUpgradeFrom2[] = R"sql(
+ALTER TABLE jobs ADD COLUMN request_id TEXT;
+CREATE UNIQUE INDEX jobs_by_request ON jobs(tenant, request_id) WHERE request_id IS NOT NULL;
 )sql";
 
 absl::Status SqliteError(sqlite3* db, absl::string_view what) {
@@ -164,6 +172,17 @@ absl::Status CheckSchemaVersion(int64_t version) {
                                                       "); use a newer slimd"));
   }
   return absl::OkStatus();
+}
+
+// The tenant's job created with `request_id`, on either connection; NOT_FOUND if none.
+absl::StatusOr<v1::Job> JobByRequestOn(sqlite3* db, const std::string& tenant, const std::string& request_id) {
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db, "SELECT data FROM jobs WHERE tenant = ?1 AND request_id = ?2",
+                                                   "looking up a job by request id"));
+  q.BindText(1, tenant);
+  q.BindText(2, request_id);
+  ASSIGN_OR_RETURN(const bool row, q.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no job with request_id '", request_id, "'"));
+  return Parse<v1::Job>(std::string(q.ColumnBlob(0)), "job");
 }
 
 // Shared by the job, dataset and model tables (`table` is one of the constants above), on either
@@ -338,7 +357,8 @@ absl::Status SqliteStore::Initialize() {
                          if (now == 0) {
                            RETURN_IF_ERROR(Exec(kSchema, "creating the schema"));
                          } else {
-                           RETURN_IF_ERROR(UpgradeFrom1());
+                           if (now == 1) RETURN_IF_ERROR(UpgradeFrom1());
+                           RETURN_IF_ERROR(Exec(kUpgradeFrom2, "upgrading the schema from version 2"));
                          }
                          return Exec(absl::StrCat("PRAGMA user_version = ", kSchemaVersion).c_str(),
                                      "setting user_version");
@@ -473,19 +493,32 @@ absl::StatusOr<v1::Job> SqliteStore::CreateJob(v1::Job job, v1::JobEvent first_e
         if (exists) {
           return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " already exists"));
         }
+        if (!job.request_id().empty()) {
+          absl::StatusOr<v1::Job> earlier = JobByRequestOn(db_, job.tenant(), job.request_id());
+          if (earlier.ok()) {
+            job = *std::move(earlier);  // a retry: the first call's job
+            return absl::OkStatus();
+          }
+          if (earlier.status().code() != absl::StatusCode::kNotFound) return earlier.status();
+        }
         ASSIGN_OR_RETURN(Statement insert, Statement::Prepare(db_,
                                                               "INSERT INTO jobs (id, state, last_sequence, "
-                                                              "data, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                                              "data, tenant, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                                                               absl::StrCat("inserting job ", job.id())));
         insert.BindText(1, job.id());
         insert.BindInt(2, job.state());
         insert.BindInt(3, job.last_sequence());
         insert.BindBlob(4, Serialize(job));
         insert.BindText(5, job.tenant());
+        if (!job.request_id().empty()) insert.BindText(6, job.request_id());  // else NULL
         RETURN_IF_ERROR(insert.Run());
         return InsertEvent(job.id(), first_event);
       }));
   return job;
+}
+
+absl::StatusOr<v1::Job> SqliteStore::JobByRequest(const std::string& tenant, const std::string& request_id) {
+  return Read([&](sqlite3* db) { return JobByRequestOn(db, tenant, request_id); });
 }
 
 absl::StatusOr<v1::Job> SqliteStore::GetJob(const std::string& id) {

@@ -57,7 +57,7 @@ class SqliteStore : public Store {
   // The schema version this code reads and writes.
   // 2: a tenant column (indexed) in jobs, datasets and models, filled from the records when a
   // version 1 database is opened.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens `path`, creating the file and the schema if missing, upgrading an older schema (the
   // directory must exist).
@@ -77,6 +77,7 @@ class SqliteStore : public Store {
   // `limit` must be >= 1; JobsInStates with no states returns no jobs.
   absl::StatusOr<std::string> NewId(const std::string& prefix) override;
   absl::StatusOr<v1::Job> CreateJob(v1::Job job, v1::JobEvent first_event) override;
+  absl::StatusOr<v1::Job> JobByRequest(const std::string& tenant, const std::string& request_id) override;
   absl::StatusOr<v1::Job> GetJob(const std::string& id) override;
   absl::StatusOr<v1::Job> UpdateJob(v1::Job job, v1::JobEvent event) override;
   absl::Status SaveJob(const v1::Job& job) override;

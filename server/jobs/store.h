@@ -93,8 +93,12 @@ class Store {
   virtual absl::StatusOr<std::string> NewId(const std::string& prefix) = 0;
 
   // Jobs. CreateJob inserts `job` (its id set, last_sequence 0) and its first event
-  // atomically; the event gets sequence 1 and job.last_sequence becomes 1.
+  // atomically; the event gets sequence 1 and job.last_sequence becomes 1. With a request_id,
+  // if the job's tenant already has a job with that request_id, nothing is inserted and that
+  // job is returned (its id differs from `job`'s): the check and the insert are one transaction.
   virtual absl::StatusOr<v1::Job> CreateJob(v1::Job job, v1::JobEvent first_event) = 0;
+  // The tenant's job created with `request_id`; NOT_FOUND if none.
+  virtual absl::StatusOr<v1::Job> JobByRequest(const std::string& tenant, const std::string& request_id) = 0;
   virtual absl::StatusOr<v1::Job> GetJob(const std::string& id) = 0;
   // Replaces the stored job with `job` and appends `event` in one transaction: the event gets
   // sequence = stored last_sequence + 1, and the stored job's last_sequence is set to it (the

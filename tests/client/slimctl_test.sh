@@ -171,6 +171,13 @@ expect 2 generate "$model" --prompt "x" --max-tokens 100000
 expect 0 devices --output json
 [ "$(echo "$out" | json 'd["devices"][0]["capacity_bytes"]')" = $((64 << 20)) ] || fail "devices: $out"
 
+# A submit repeated with its request id returns the first submit's job (AIP-155).
+expect 0 submit "$dir/job.yaml" --steps 2 --request-id first-submit-1 --output json
+again=$(echo "$out" | json 'd["id"]')
+expect 0 submit "$dir/job.yaml" --steps 2 --request-id first-submit-1 --output json
+[ "$(echo "$out" | json 'd["id"]')" = "$again" ] || fail "a repeated request id created a second job: $out"
+expect 0 watch "$again"
+
 # cancel a running job; its watch exits 9
 expect 0 submit "$dir/job.yaml" --steps 100000 --output json
 long=$(echo "$out" | json 'd["id"]')

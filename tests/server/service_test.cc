@@ -345,6 +345,33 @@ TEST_F(ServiceTest, AdmissionPlansExactlyAsTheWorkerDoes) {
   EXPECT_EQ(items.back().event().kind(), "succeeded");
 }
 
+// CreateJob with a request_id (AIP-155): a retry returns the first call's job, never a second.
+TEST_F(ServiceTest, CreateWithARequestIdIsIdempotent) {
+  const std::string dataset = UploadedDataset();
+  v1::CreateJobRequest request;
+  *request.mutable_spec() = TinySpec(dataset, 3);
+  request.set_request_id("retry-me-1");
+  v1::CreateJobResponse first, second;
+  ASSERT_TRUE(stub_->CreateJob(Context().get(), request, &first).ok());
+  EXPECT_EQ(first.job().request_id(), "retry-me-1");
+  request.set_display_name("the retry differs only in its name");
+  ASSERT_TRUE(stub_->CreateJob(Context().get(), request, &second).ok());
+  EXPECT_EQ(second.job().id(), first.job().id());
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), v1::ListJobsRequest(), &listed).ok());
+  EXPECT_EQ(listed.jobs_size(), 1);
+
+  request.set_request_id("retry-me-2");  // another request: another job
+  v1::CreateJobResponse third;
+  ASSERT_TRUE(stub_->CreateJob(Context().get(), request, &third).ok());
+  EXPECT_NE(third.job().id(), first.job().id());
+
+  request.set_request_id("has space");
+  const grpc::Status bad = stub_->CreateJob(Context().get(), request, &third);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.error_message().find("request_id:"), std::string::npos) << bad.error_message();
+}
+
 TEST_F(ServiceTest, InvalidRequestsNameTheField) {
   const std::string dataset = UploadedDataset();
   v1::Job job;

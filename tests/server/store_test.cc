@@ -256,6 +256,39 @@ TEST_P(StoreTest, DuplicateAndUnknownJobs) {
       absl::StatusCode::kInvalidArgument);
 }
 
+// CreateJob with a request id (AIP-155): a second create by the same tenant with the same id
+// returns the first job and inserts nothing; another tenant's id is its own.
+TEST_P(StoreTest, RequestIdsMakeCreatesIdempotentPerTenant) {
+  v1::Job first = MakeJob("job-a", v1::JOB_STATE_QUEUED);
+  first.set_tenant("alice");
+  first.set_request_id("req-1");
+  ASSERT_TRUE(store_->CreateJob(first, MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  v1::Job retry = MakeJob("job-b", v1::JOB_STATE_QUEUED);
+  retry.set_tenant("alice");
+  retry.set_request_id("req-1");
+  absl::StatusOr<v1::Job> again = store_->CreateJob(retry, MakeEvent("queued", v1::JOB_STATE_QUEUED));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->id(), "job-a");
+  EXPECT_EQ(store_->GetJob("job-b").status().code(), absl::StatusCode::kNotFound) << "nothing inserted";
+  EXPECT_EQ(store_->ListEvents("job-a", 0, 10)->size(), 1u);
+
+  absl::StatusOr<v1::Job> found = store_->JobByRequest("alice", "req-1");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->id(), "job-a");
+  EXPECT_EQ(store_->JobByRequest("alice", "req-2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->JobByRequest("bob", "req-1").status().code(), absl::StatusCode::kNotFound);
+
+  v1::Job bobs = MakeJob("job-c", v1::JOB_STATE_QUEUED);
+  bobs.set_tenant("bob");
+  bobs.set_request_id("req-1");
+  absl::StatusOr<v1::Job> created = store_->CreateJob(bobs, MakeEvent("queued", v1::JOB_STATE_QUEUED));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->id(), "job-c");
+  // Jobs without a request id never collide.
+  ASSERT_TRUE(store_->CreateJob(MakeJob("job-d", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  ASSERT_TRUE(store_->CreateJob(MakeJob("job-e", v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+}
+
 TEST_P(StoreTest, ListJobsPagesNewestFirst) {
   std::vector<std::string> ids;
   for (int i = 0; i < 7; ++i) ids.push_back(AddJob(i % 2 == 0 ? v1::JOB_STATE_QUEUED : v1::JOB_STATE_SUCCEEDED));
@@ -707,6 +740,11 @@ TEST(SqliteStoreOpen, UpgradesAVersion1Database) {
   }
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  // What version 1 had: no request ids, no tenant columns.
+  ASSERT_EQ(sqlite3_exec(db, "DROP INDEX jobs_by_request; ALTER TABLE jobs DROP COLUMN request_id", nullptr, nullptr,
+                         nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
   for (const char* table : {"jobs", "datasets", "models"}) {
     ASSERT_EQ(sqlite3_exec(db, absl::StrCat("DROP INDEX ", table, "_by_tenant; ALTER TABLE ", table, " DROP COLUMN tenant")
                                    .c_str(),
@@ -786,7 +824,7 @@ TEST(SqliteStoreOpen, SetsSchemaVersionAndWal) {
     sqlite3_finalize(stmt);
     return value;
   };
-  EXPECT_EQ(query("PRAGMA user_version"), "2");
+  EXPECT_EQ(query("PRAGMA user_version"), "3");
   EXPECT_EQ(query("PRAGMA journal_mode"), "wal");  // persistent in the file
   sqlite3_close(db);
 }
@@ -921,7 +959,7 @@ TEST_F(PostgresStoreTest, MissingDatabaseIsUnavailable) {
 }
 
 TEST_F(PostgresStoreTest, SchemaHasVersionAndFleetColumns) {
-  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "3");
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "4");
   EXPECT_EQ(database_->Query("SELECT COUNT(*) FROM schema_version"), "1");
   EXPECT_EQ(database_->Query("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
                              "information_schema.columns WHERE table_name = 'jobs' AND column_name IN "
@@ -1416,8 +1454,9 @@ TEST_F(PostgresStoreReplicaTest, UpgradesAVersion1Database) {
   model.set_tenant("alice");
   ASSERT_TRUE(store_->PutModel(model).ok());
   store_.reset();
-  // What version 1 had: no cancel requests, no tenant columns.
+  // What version 1 had: no cancel requests, no tenant columns, no request ids.
   database_->Query("DROP INDEX jobs_by_owner");
+  database_->Query("ALTER TABLE jobs DROP COLUMN request_id");
   database_->Query("ALTER TABLE jobs DROP COLUMN cancel_requested");
   for (const char* table : {"jobs", "datasets", "models"}) {
     database_->Query(absl::StrCat("ALTER TABLE ", table, " DROP COLUMN tenant"));
@@ -1426,7 +1465,7 @@ TEST_F(PostgresStoreReplicaTest, UpgradesAVersion1Database) {
   database_->Query("UPDATE schema_version SET version = 1");
   std::unique_ptr<PostgresStore> r1 = Replica("r1");
   ASSERT_NE(r1, nullptr);
-  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "3");
+  EXPECT_EQ(database_->Query("SELECT version FROM schema_version"), "4");
   // The tenant columns were filled from the records.
   absl::StatusOr<Page<v1::Job>> alices = r1->ListJobs({}, 10, "", ListScope::Of("alice"));
   ASSERT_TRUE(alices.ok()) << alices.status();

@@ -54,7 +54,13 @@ grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Execut
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  executor.Submit([reactor, fn, principal = *caller]() mutable {
+  executor.Submit([reactor, context, fn, principal = *caller]() mutable {
+    // A call whose client gave up while it waited for the executor (its deadline passed, or it
+    // disconnected) is not started: nothing is planned, created or imported for nobody.
+    if (context->IsCancelled()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client gave up before the request started"));
+      return;
+    }
     reactor->Finish(ToGrpcStatus(Guarded([&] { return fn(principal); })));
   });
   return reactor;
@@ -313,14 +319,24 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     std::shared_ptr<StreamGuard> guard = guard_;
     executor.Submit([this, guard, &manager, request, principal = *caller] {
+      const auto client_gone = [&] {
+        absl::MutexLock lock(&guard->mu);
+        return cancelled_;
+      };
+      // The sampler is killed as soon as the client goes away or its deadline passes, also
+      // while it reads a long prompt and has no token to offer yet.
       const absl::Status status = Guarded([&] {
-        return manager.catalog().Generate(request, principal, [&](const std::string& piece) {
-          absl::MutexLock lock(&guard->mu);
-          if (cancelled_) return false;
-          pending_ += piece;
-          MaybeWrite();
-          return true;
-        });
+        if (client_gone()) return absl::CancelledError("the client went away");
+        return manager.catalog().Generate(
+            request, principal,
+            [&](const std::string& piece) {
+              absl::MutexLock lock(&guard->mu);
+              if (cancelled_) return false;
+              pending_ += piece;
+              MaybeWrite();
+              return true;
+            },
+            client_gone);
       });
       absl::MutexLock lock(&guard->mu);
       closing_ = true;

@@ -213,7 +213,8 @@ absl::StatusOr<std::string> Catalog::ModelPath(const std::string& id, const Prin
 }
 
 absl::Status Catalog::Generate(const v1::GenerateRequest& request, const Principal& caller,
-                                  const std::function<bool(const std::string&)>& emit) {
+                               const std::function<bool(const std::string&)>& emit,
+                               const std::function<bool()>& cancelled) {
   if (request.max_tokens() < 0 || request.max_tokens() > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens: must be in [1, 4096] (0 means 64), got ", request.max_tokens()));
   }
@@ -237,6 +238,7 @@ absl::Status Catalog::Generate(const v1::GenerateRequest& request, const Princip
   params.temperature = request.temperature();
   params.top_k = request.top_k();
   params.seed = static_cast<uint64_t>(request.seed());
+  params.cancelled = cancelled;
   const absl::Status status = engine_.Generate(path, request.prompt(), params, [&](int32_t t) {
     return emit(std::string(1, static_cast<char>(t < 256 ? t : '?')));
   });

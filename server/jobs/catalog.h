@@ -56,9 +56,11 @@ class Catalog {
   absl::StatusOr<v1::ListModelsResponse> ListModels(const v1::ListModelsRequest& request, const Principal& caller);
   absl::StatusOr<std::string> ModelPath(const std::string& id, const Principal& caller);
   // Samples from a model; `emit` receives text pieces as they are drawn and returns false to
-  // stop early (the client went away).
+  // stop early (the client went away). `cancelled` (optional) is polled while the sampler runs:
+  // true kills it, also before it has drawn a token (a long prompt).
   absl::Status Generate(const v1::GenerateRequest& request, const Principal& caller,
-                        const std::function<bool(const std::string&)>& emit);
+                        const std::function<bool(const std::string&)>& emit,
+                        const std::function<bool()>& cancelled = nullptr);
 
  private:
   // The tenant's stored datasets plus `size_bytes` against its limit.

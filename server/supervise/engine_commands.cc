@@ -108,7 +108,8 @@ std::string EngineCommands::ScratchPath(const std::string& stem, const std::stri
 }
 
 absl::Status EngineCommands::Run(const std::string& what, const std::vector<std::string>& args,
-                                 const std::function<bool(const std::string&)>& on_line) {
+                                 const std::function<bool(const std::string&)>& on_line,
+                                 const std::function<bool()>& cancelled) {
   ScratchFile log{ScratchPath(what, ".log")};
   absl::Mutex mu;
   bool stop = false, done = false;
@@ -131,9 +132,19 @@ absl::Status EngineCommands::Run(const std::string& what, const std::vector<std:
   if (!process.ok()) return process.status();
   bool timed_out = false, stopped = false;
   {
+    const absl::Time deadline = absl::Now() + options_.timeout;
     absl::MutexLock lock(&mu);
     const auto settled = [&] { return stop || done; };
-    timed_out = !mu.AwaitWithTimeout(absl::Condition(&settled), options_.timeout);
+    while (!mu.AwaitWithTimeout(absl::Condition(&settled), std::min(absl::Milliseconds(100), deadline - absl::Now()))) {
+      if (cancelled && cancelled()) {
+        stop = true;
+        break;
+      }
+      if (absl::Now() >= deadline) {
+        timed_out = true;
+        break;
+      }
+    }
     stopped = stop && !done;
   }
   if (timed_out || stopped) (*process)->Kill();
@@ -238,7 +249,8 @@ absl::Status EngineCommands::Generate(const std::string& model_path, const std::
           return false;
         }
         return emit(id);
-      });
+      },
+      params.cancelled);
   if (malformed) return absl::InternalError("slim-train generate printed something other than token ids");
   return status;
 }

@@ -39,6 +39,8 @@ struct GenerateParams {
   uint64_t seed = 0;
   std::string device = "cpu";  // as slim-train names it: "cpu", "cuda:N"
   int64_t memory_cap = 0;      // the process's tensor memory cap there (0: none)
+  // Polled about every 100 ms while the process runs; true kills it (CANCELLED).
+  std::function<bool()> cancelled;
 };
 
 class EngineCommands {
@@ -73,8 +75,10 @@ class EngineCommands {
  private:
   // Runs slim-train with `args`; each stdout line goes to `on_line` (false stops the process:
   // CANCELLED). `what` names the command in errors.
+  // `cancelled` (optional) is polled about every 100 ms; true kills the process (CANCELLED).
   absl::Status Run(const std::string& what, const std::vector<std::string>& args,
-                   const std::function<bool(const std::string&)>& on_line);
+                   const std::function<bool(const std::string&)>& on_line,
+                   const std::function<bool()>& cancelled = nullptr);
   // Runs a command whose answer is its last stdout line.
   absl::StatusOr<std::string> Answer(const std::string& what, const std::vector<std::string>& args);
   std::string ScratchPath(const std::string& stem, const std::string& extension);

@@ -197,8 +197,8 @@ class ServiceTest : public ::testing::Test {
 
   // Follows the job until an event of `kind` arrives (or the stream ends).
   // The whole text a Generate streams, and its status.
-  std::string Generate(const v1::GenerateRequest& request, grpc::Status* status) {
-    auto context = Context();
+  std::string Generate(const v1::GenerateRequest& request, grpc::Status* status, int deadline_seconds = 60) {
+    auto context = Context(deadline_seconds);
     auto stream = stub_->Generate(context.get(), request);
     std::string text;
     v1::GenerateResponse piece;
@@ -714,6 +714,33 @@ TEST_F(ServiceTest, CalibrationIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFu
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_TRUE(Cancel(first.id()).ok());
   EXPECT_TRUE(Cancel(second.id()).ok());
+}
+
+// A Generate whose client gives up is stopped at once, also while the sampler is still reading
+// a long prompt and has no token to send: its process is killed and its reservation returned
+// (issue 18). The prompt takes this machine tens of seconds to read (about 12 s per 300 KB).
+TEST_F(ServiceTest, AbandonedGenerateStopsItsSampler) {
+  v1::ImportModelRequest import;
+  import.set_path(std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors");
+  v1::ImportModelResponse imported;
+  ASSERT_TRUE(stub_->ImportModel(Context().get(), import, &imported).ok());
+  v1::GenerateRequest request;
+  request.set_model(imported.model().id());
+  request.set_prompt(SampleText(600000));
+  request.set_max_tokens(5);
+  grpc::Status status;
+  Generate(request, &status, /*deadline_seconds=*/3);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  const auto gave_up = std::chrono::steady_clock::now();
+  bool released = false;
+  while (!released && std::chrono::steady_clock::now() - gave_up < std::chrono::seconds(5)) {
+    v1::ListDevicesResponse devices;
+    ASSERT_TRUE(stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &devices).ok());
+    released = std::all_of(devices.devices().begin(), devices.devices().end(),
+                           [](const v1::Device& d) { return d.reservations_size() == 0; });
+    if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(released) << "the sampler still holds its reservation 5 s after its client gave up";
 }
 
 TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {

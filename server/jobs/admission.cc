@@ -51,10 +51,24 @@ absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller
     const auto it = object->members.find(key);
     return object->kind == Json::kObject && it != object->members.end() ? &it->second : nullptr;
   };
+  // A job runs as its tenant (the caller's), whoever creates it: an admin's job may use only
+  // what that tenant sees, or it would be accepted here and fail when it starts.
+  Principal owner;
+  owner.tenant = caller.tenant;
+  const auto not_the_jobs = [&](const std::string& where, const std::string& id, const std::string& tenant) {
+    return absl::FailedPreconditionError(absl::StrCat(where, ": '", id, "' belongs to tenant '", tenant,
+                                                      "'; a job of tenant '", caller.tenant,
+                                                      "' cannot read it (jobs run as their tenant)"));
+  };
   // model.base: a model id → its file.
   if (Json* model = member(doc, "model"); model != nullptr) {
     if (Json* base = member(model, "base"); base != nullptr) {
-      ASSIGN_OR_RETURN(base->text, catalog_.ModelPath(base->text, caller));
+      const std::string id = base->text;
+      ASSIGN_OR_RETURN(base->text, catalog_.ModelPath(id, caller));
+      absl::StatusOr<v1::Model> found = catalog_.GetModel(id, caller);
+      if (found.ok() && !owner.Sees(found->tenant(), /*shared_if_unowned=*/true)) {
+        return not_the_jobs("spec: model.base", id, found->tenant());
+      }
     }
   }
   // data.train[i], data.validation[i]: {dataset, format, text_field} → {path, format (the
@@ -72,6 +86,7 @@ absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller
         if (!dataset.ok() || !caller.Sees(dataset->tenant())) {
           return absl::NotFoundError(absl::StrCat(where, ": no dataset '", id->text, "'"));
         }
+        if (!owner.Sees(dataset->tenant())) return not_the_jobs(where, id->text, dataset->tenant());
         source.members.erase("dataset");
         source.members["path"] = JsonString(catalog_.DatasetPath(dataset->id()));
         if (member(&source, "format") == nullptr) source.members["format"] = JsonString(dataset->format());

@@ -1196,6 +1196,14 @@ TEST_F(AuthTest, TenantsSeeOnlyTheirOwnResources) {
   const grpc::Status borrowed = stub_->CreateJob(WithToken("s3cret-bob").get(), create, &bobs);
   EXPECT_EQ(borrowed.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_NE(borrowed.error_message().find("data.train[0].dataset"), std::string::npos) << borrowed.error_message();
+  // An admin sees Alice's dataset, but a job of the admin's tenant could not read it when it
+  // starts: refused at creation, naming whose it is.
+  v1::CreateJobResponse admins;
+  const grpc::Status admin_borrowed = stub_->CreateJob(WithToken("s3cret-ops").get(), create, &admins);
+  EXPECT_EQ(admin_borrowed.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(admin_borrowed.error_message().find("belongs to tenant 'alice'; a job of tenant 'ops' cannot read it"),
+            std::string::npos)
+      << admin_borrowed.error_message();
   {
     auto context = WithToken("s3cret-bob");
     v1::WatchJobRequest watch;

@@ -25,6 +25,7 @@
 #include "base/yaml.h"
 #include "server/api/executor.h"
 #include "server/api/slim_service.h"
+#include "server/auth/tls_files.h"
 #include "server/auth/token_authenticator.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/postgres_store.h"
@@ -292,11 +293,6 @@ absl::StatusOr<std::unique_ptr<slim::server::Store>> OpenStore(const Options& o)
   return std::unique_ptr<slim::server::Store>(*std::move(store));
 }
 
-std::string ReadPem(const std::string& path, const std::string& flag) {
-  std::ifstream in(path, std::ios::binary);
-  slim::CheckArgument(in.good(), flag + ": cannot read " + path);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
 
 int Serve(const Options& o) {
   // Signals are taken by sigwait below; blocked before any thread exists so none receives them.
@@ -365,8 +361,10 @@ int Serve(const Options& o) {
     grpc::SslServerCredentialsOptions ssl(o.tls_client_ca.empty()
                                               ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
                                               : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    ssl.pem_key_cert_pairs.push_back({ReadPem(o.tls_key, "--tls-key"), ReadPem(o.tls_cert, "--tls-cert")});
-    if (!o.tls_client_ca.empty()) ssl.pem_root_certs = ReadPem(o.tls_client_ca, "--tls-client-ca");
+    absl::StatusOr<slim::server::TlsFiles> tls = slim::server::ReadTlsFiles(o.tls_cert, o.tls_key, o.tls_client_ca);
+    slim::CheckArgument(tls.ok(), std::string(tls.status().message()));
+    ssl.pem_key_cert_pairs.push_back({tls->private_key_pem, tls->cert_chain_pem});
+    if (!o.tls_client_ca.empty()) ssl.pem_root_certs = tls->client_ca_pem;
     credentials = grpc::SslServerCredentials(ssl);
   }
   builder.AddListeningPort(o.listen, credentials, &port);

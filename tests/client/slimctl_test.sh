@@ -214,6 +214,15 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/key.pem" -out "$dir/cert
   -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null
 printf 'tokens:\n  - {sha256: %s, tenant: alice, role: user}\n' "$(printf 'tok-alice' | sha256sum | cut -d' ' -f1)" \
   > "$dir/tokens.yaml"
+# A key that is not the certificate's is named as such, not reported as "cannot listen".
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/other-key.pem" 2>/dev/null
+set +e
+"$slimd" --listen 127.0.0.1:0 --data-dir "$dir/tls-bad" --metrics-address off --worker-binary "$train" \
+  --tls-cert "$dir/cert.pem" --tls-key "$dir/other-key.pem" --tokens-file "$dir/tokens.yaml" 2>"$dir/err"; rc=$?
+set -e
+[ "$rc" -eq 2 ] || fail "slimd with a mismatched key: exit $rc"
+grep -qF -- "--tls-key: $dir/other-key.pem does not match the certificate in --tls-cert" "$dir/err" ||
+  fail "mismatched key not named: $(cat "$dir/err")"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$slimd" --listen "127.0.0.1:$port" --data-dir "$dir/tls-data" --metrics-address off --worker-binary "$train" \
   --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" --tokens-file "$dir/tokens.yaml" >>"$dir/slimd.log" 2>&1 &

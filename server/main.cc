@@ -406,8 +406,18 @@ int Serve(const Options& o) {
     fs::rename(o.port_file + ".tmp", o.port_file);
   }
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  // Until a signal: health follows the store, NOT_SERVING while writes to it fail.
+  int signal_number = -1;
+  bool serving = true;
+  while (signal_number < 0) {
+    const timespec tick{1, 0};
+    signal_number = sigtimedwait(&signals, nullptr, &tick);
+    const bool writable = manager.store_error().empty();
+    if (writable != serving) {
+      server->GetHealthCheckService()->SetServingStatus(writable);
+      serving = writable;
+    }
+  }
   std::printf("slimd: signal %d, shutting down\n", signal_number);
   std::fflush(stdout);
   const auto shutdown_start = std::chrono::steady_clock::now();

@@ -84,16 +84,9 @@ absl::Status JobManager::Start() {
                    store_.JobsInStates({v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
   {
     absl::MutexLock lock(&mu_);
-    for (v1::Job job : left) {
-      KillOrphanedWorkers((fs::path(options_.data_dir) / "jobs" / job.id()).string());
-      const bool cancelling = job.state() == v1::JOB_STATE_CANCELLING;
-      job.set_state(cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_QUEUED);
-      ClearPlacement(&job);
-      if (cancelling) *job.mutable_end_time() = Now();
-      RETURN_IF_ERROR(Record(job, Event(cancelling ? "cancelled" : "requeued",
-                                        cancelling ? "the server restarted during cancellation"
-                                                   : "the server restarted; resuming from the last checkpoint"))
-                          .status());
+    for (const v1::Job& job : left) {
+      RETURN_IF_ERROR(SettleOrphan(job, "the server restarted during cancellation",
+                                   "the server restarted; resuming from the last checkpoint"));
     }
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
@@ -365,7 +358,11 @@ absl::StatusOr<v1::Job> JobManager::Record(v1::Job job, v1::JobEvent event) {
   if (event.kind() == "progress" || event.kind() == "eval") *event.mutable_progress() = job.progress();
   event.set_device(job.device());
   const v1::JobEvent recorded = event;
-  ASSIGN_OR_RETURN(v1::Job stored, store_.UpdateJob(std::move(job), std::move(event)));
+  const std::string job_id = job.id();
+  absl::StatusOr<v1::Job> updated = store_.UpdateJob(std::move(job), std::move(event));
+  NoteStoreWrite(updated.status(), "recording job " + job_id + "'s " + recorded.kind() + " event");
+  if (!updated.ok()) return updated.status();
+  v1::Job stored = *std::move(updated);
   if (observer_ != nullptr) {
     v1::JobEvent with_sequence = recorded;
     with_sequence.set_sequence(stored.last_sequence());
@@ -373,6 +370,46 @@ absl::StatusOr<v1::Job> JobManager::Record(v1::Job job, v1::JobEvent event) {
   }
   NotifyWatchers(stored.id());
   return stored;
+}
+
+absl::Status JobManager::SettleOrphan(v1::Job job, const std::string& why_cancelled, const std::string& why_requeued) {
+  KillOrphanedWorkers((fs::path(options_.data_dir) / "jobs" / job.id()).string());
+  const bool cancelling = job.state() == v1::JOB_STATE_CANCELLING;
+  job.set_state(cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_QUEUED);
+  ClearPlacement(&job);
+  if (cancelling) *job.mutable_end_time() = Now();
+  return Record(job, Event(cancelling ? "cancelled" : "requeued", cancelling ? why_cancelled : why_requeued)).status();
+}
+
+void JobManager::ReconcileOrphans() {
+  absl::StatusOr<std::vector<v1::Job>> active = store_.JobsInStates({v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING});
+  if (!active.ok()) return;
+  for (const v1::Job& job : *active) {
+    if (running_.count(job.id())) continue;
+    std::fprintf(stderr, "slimd: job %s is %s in the store but has no worker (its end was not recorded); settling it\n",
+                 job.id().c_str(), StateName(job.state()).c_str());
+    (void)SettleOrphan(job, "its worker is gone and its end could not be recorded; the cancellation is complete",
+                       "its worker is gone and its end could not be recorded; resuming from the last checkpoint");
+  }
+}
+
+void JobManager::NoteStoreWrite(const absl::Status& status, const std::string& what) {
+  // Another replica's ownership (fleets) is an answer, not a failing store.
+  const bool failed = !status.ok() && status.code() != absl::StatusCode::kFailedPrecondition &&
+                      status.code() != absl::StatusCode::kAborted && status.code() != absl::StatusCode::kNotFound;
+  absl::MutexLock lock(&store_health_mu_);
+  if (failed) {
+    if (store_error_.empty()) std::fprintf(stderr, "slimd: store writes fail: %s: %s\n", what.c_str(), status.ToString().c_str());
+    store_error_ = what + ": " + std::string(status.message());
+  } else if (status.ok() && !store_error_.empty()) {
+    std::fprintf(stderr, "slimd: store writes succeed again\n");
+    store_error_.clear();
+  }
+}
+
+std::string JobManager::store_error() const {
+  absl::MutexLock lock(&store_health_mu_);
+  return store_error_;
 }
 
 v1::ListDevicesResponse JobManager::ListDevices() {

@@ -136,6 +136,9 @@ class JobManager : private DeviceLedger {
   void Shutdown();
   // True once Shutdown has recorded every job's last event: nothing more will happen here.
   bool stopped() const { return stopped_.load(); }
+  // Why the newest write to the store failed, while writes fail ("" when they succeed): slimd
+  // reports NOT_SERVING on health meanwhile. Logged once per outage.
+  std::string store_error() const;
 
   // Tenancy: every method below acts for `caller`. A job, dataset or model belongs to the tenant
   // that created it; others get NOT_FOUND for it (its existence is not revealed) and do not see
@@ -183,6 +186,13 @@ class JobManager : private DeviceLedger {
   // A worker exited. A data-parallel group ends when its last rank exits: then its outcome is
   // recorded as one job's (docs/worker-protocol.md, "How slimd runs a data-parallel job").
   void OnWorkerExit(const std::string& job_id, int attempt, int rank, const struct WorkerExit& exit);
+  // A single slimd: a RUNNING or CANCELLING job in the store without a worker here (its end
+  // could not be recorded: a full disk, a store error) is settled every pass, as a restart
+  // would: requeued, or its cancellation completed.
+  void ReconcileOrphans() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SettleOrphan(v1::Job job, const std::string& why_cancelled, const std::string& why_requeued)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void NoteStoreWrite(const absl::Status& status, const std::string& what);
   // Stores job + event and wakes the job's watchers. Caller holds mu_.
   absl::StatusOr<v1::Job> Record(v1::Job job, v1::JobEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // CANCELLING: SIGTERM to the worker, which checkpoints and stops. `why` ends the event's message.
@@ -259,6 +269,9 @@ class JobManager : private DeviceLedger {
   LeaseFence fence_;
   // Workers that exited, destroyed outside their own reader thread.
   std::vector<std::unique_ptr<WorkerProcess>> finished_workers_ ABSL_GUARDED_BY(mu_);
+
+  mutable absl::Mutex store_health_mu_;
+  std::string store_error_ ABSL_GUARDED_BY(store_health_mu_);
 
   absl::Mutex watch_mu_;
   int64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;

@@ -120,6 +120,7 @@ void JobManager::SchedulePass() {
     if (!RenewAndReconcile()) return;
     TakeOverExpiredJobs();
   }
+  if (!fleet()) ReconcileOrphans();  // (a fleet's passes do it with its leases)
   absl::StatusOr<std::vector<v1::Job>> queued_jobs = store_.JobsInStates({v1::JOB_STATE_QUEUED});
   if (!queued_jobs.ok()) {
     std::fprintf(stderr, "slimd: scheduler: %s\n", queued_jobs.status().ToString().c_str());

@@ -42,13 +42,68 @@ std::string SampleText(size_t bytes) {
   return text;
 }
 
+// The SQLite store with a switch that makes every write to a job fail, as a full disk would:
+// for the tests of what slimd does when it cannot record.
+class FaultyStore : public Store {
+ public:
+  explicit FaultyStore(std::unique_ptr<Store> store) : store_(std::move(store)) {}
+  std::atomic<bool> fail_job_writes{false};
+
+  absl::StatusOr<std::string> NewId(const std::string& prefix) override { return store_->NewId(prefix); }
+  absl::StatusOr<v1::Job> CreateJob(v1::Job job, v1::JobEvent first_event) override {
+    if (fail_job_writes) return Full();
+    return store_->CreateJob(std::move(job), std::move(first_event));
+  }
+  absl::StatusOr<v1::Job> JobByRequest(const std::string& tenant, const std::string& request_id) override {
+    return store_->JobByRequest(tenant, request_id);
+  }
+  absl::StatusOr<v1::Job> GetJob(const std::string& id) override { return store_->GetJob(id); }
+  absl::StatusOr<v1::Job> UpdateJob(v1::Job job, v1::JobEvent event) override {
+    if (fail_job_writes) return Full();
+    return store_->UpdateJob(std::move(job), std::move(event));
+  }
+  absl::Status SaveJob(const v1::Job& job) override { return fail_job_writes ? Full() : store_->SaveJob(job); }
+  using Store::ListJobs;
+  absl::StatusOr<Page<v1::Job>> ListJobs(const std::vector<v1::JobState>& states, int page_size,
+                                         const std::string& page_token, const ListScope& scope) override {
+    return store_->ListJobs(states, page_size, page_token, scope);
+  }
+  absl::StatusOr<std::vector<v1::Job>> JobsInStates(const std::vector<v1::JobState>& states) override {
+    return store_->JobsInStates(states);
+  }
+  absl::StatusOr<std::map<v1::JobState, int64_t>> CountJobsByState() override { return store_->CountJobsByState(); }
+  absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_sequence,
+                                                       int limit) override {
+    return store_->ListEvents(job_id, after_sequence, limit);
+  }
+  absl::Status PutDataset(const v1::Dataset& dataset) override { return store_->PutDataset(dataset); }
+  absl::StatusOr<v1::Dataset> GetDataset(const std::string& id) override { return store_->GetDataset(id); }
+  using Store::ListDatasets;
+  absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token,
+                                                 const ListScope& scope) override {
+    return store_->ListDatasets(page_size, page_token, scope);
+  }
+  absl::Status DeleteDataset(const std::string& id) override { return store_->DeleteDataset(id); }
+  absl::Status PutModel(const v1::Model& model) override { return store_->PutModel(model); }
+  absl::StatusOr<v1::Model> GetModel(const std::string& id) override { return store_->GetModel(id); }
+  using Store::ListModels;
+  absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,
+                                             const ListScope& scope) override {
+    return store_->ListModels(page_size, page_token, scope);
+  }
+
+ private:
+  static absl::Status Full() { return absl::ResourceExhaustedError("sqlite: database or disk is full (ENOSPC)"); }
+  std::unique_ptr<Store> store_;
+};
+
 class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = ::testing::TempDir() + "/service_test." + std::to_string(::getpid());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    store_ = *SqliteStore::Open(dir_ + "/slimd.db");
+    store_ = std::make_unique<FaultyStore>(*SqliteStore::Open(dir_ + "/slimd.db"));
     JobManagerOptions o;
     o.data_dir = dir_;
     o.worker_binary = SLIM_TRAIN_BINARY;
@@ -229,7 +284,7 @@ class ServiceTest : public ::testing::Test {
 
   std::string dir_;
   std::unique_ptr<TokenAuthenticator> auth_;
-  std::unique_ptr<SqliteStore> store_;
+  std::unique_ptr<FaultyStore> store_;
   std::unique_ptr<JobManager> manager_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<SlimService> service_;
@@ -792,6 +847,44 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromItsCheckpointAndNeighboursContinue)
   ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
   EXPECT_EQ(got.job().state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(got.job().attempts(), 1) << "the neighbour must not have been restarted";
+}
+
+// Reconciliation (issue 18): a worker ends while the store cannot be written (a full disk), so
+// its end is not recorded and the job stays RUNNING without a worker. slimd says so (store_error,
+// NOT_SERVING on health in slimd) and, once writes succeed again, settles the job: requeued with
+// the reason, then it runs to the end.
+TEST_F(ServiceTest, JobWhoseEndCouldNotBeRecordedIsRequeuedWhenTheStoreRecovers) {
+  const std::string dataset = UploadedDataset();
+  v1::Job job;
+  ASSERT_TRUE(Create(TinySpec(dataset, 300, "8MiB"), &job).ok());
+  WaitForEvent(job.id(), "checkpoint");
+  std::ifstream pid_file(dir_ + "/jobs/" + job.id() + "/worker.pid");
+  long pid = 0;
+  ASSERT_TRUE(pid_file >> pid);
+  EXPECT_EQ(manager_->store_error(), "");
+  store_->fail_job_writes = true;
+  ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0);
+  for (int i = 0; i < 600 && manager_->store_error().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_NE(manager_->store_error().find("disk is full (ENOSPC)"), std::string::npos) << manager_->store_error();
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // passes run meanwhile and cannot settle it
+  v1::GetJobRequest get;
+  get.set_id(job.id());
+  v1::GetJobResponse got;
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().state(), v1::JOB_STATE_RUNNING) << "the store still has the state before the failure";
+
+  store_->fail_job_writes = false;
+  std::vector<std::string> messages;
+  std::string last_kind;
+  for (const v1::WatchJobResponse& item : Watch(job.id(), 0)) {
+    if (!item.has_event()) continue;
+    last_kind = item.event().kind();
+    if (last_kind == "requeued") messages.push_back(item.event().message());
+  }
+  ASSERT_FALSE(messages.empty());
+  EXPECT_NE(messages.back().find("its end could not be recorded"), std::string::npos) << messages.back();
+  EXPECT_EQ(last_kind, "succeeded");
+  EXPECT_EQ(manager_->store_error(), "");
 }
 
 // The pids in <job dir>/worker.pid, one per rank.

@@ -302,6 +302,9 @@ int Serve(const Options& o) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);  // a dead worker's control pipe must not kill the server
+  // Past a file-size limit (RLIMIT_FSIZE) writes fail with EFBIG and are reported like a full
+  // disk, instead of the kernel killing slimd in the middle of a write.
+  std::signal(SIGXFSZ, SIG_IGN);
   // The registry outlives every component holding metric references: built first.
   slim::server::ServiceMetrics metrics;
 

@@ -1,7 +1,10 @@
 #include "server/api/slim_service.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -198,8 +201,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
     if (!ok) {  // the client finished sending (or went away)
       if (cancelled_.load()) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       if (!has_header_) return Fail(absl::InvalidArgumentError("header: the first message must be the header"));
+      errno = 0;
       out_.close();
-      if (!out_) return Fail(absl::InternalError("cannot write the upload"));
+      if (!out_) return Fail(WriteError(errno));
       if (received_ != header_.size_bytes()) {
         return Fail(absl::InvalidArgumentError(absl::StrCat("header.size_bytes: received ", received_,
                                                             " bytes, the header says ", header_.size_bytes())));
@@ -225,8 +229,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
       }
       has_header_ = true;
       temp_path_ = manager_.catalog().TempPath();
+      errno = 0;
       out_.open(temp_path_, std::ios::binary | std::ios::trunc);
-      if (!out_) return Fail(absl::InternalError("cannot create " + temp_path_));
+      if (!out_) return Fail(WriteError(errno));
     } else {
       if (!has_header_) return Fail(absl::InvalidArgumentError("header: the first message must be the header"));
       received_ += static_cast<int64_t>(request_.chunk().size());
@@ -234,7 +239,11 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
         return Fail(absl::InvalidArgumentError(absl::StrCat("chunk: more data than header.size_bytes (",
                                                             header_.size_bytes(), ")")));
       }
+      errno = 0;
       out_.write(request_.chunk().data(), static_cast<std::streamsize>(request_.chunk().size()));
+      // A failed write (ENOSPC: the disk is full, EFBIG, EIO) ends the upload now, naming the
+      // cause, instead of reading the rest of it for nothing.
+      if (!out_) return Fail(WriteError(errno));
     }
     StartRead(&request_);
   }
@@ -250,6 +259,18 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadDatasetRequ
   void Fail(const absl::Status& status) {
     out_.close();
     Finish(ToGrpcStatus(status));
+  }
+  // The cause by its errno name and message, the file by its place in the data directory.
+  absl::Status WriteError(int error) const {
+    const std::string file = "tmp/" + std::filesystem::path(temp_path_).filename().string();
+    const bool full = error == ENOSPC || error == EDQUOT || error == EFBIG;
+    const std::string cause = error == ENOSPC   ? "ENOSPC: no space left on device"
+                              : error == EDQUOT ? "EDQUOT: disk quota exceeded"
+                              : error == EFBIG  ? "EFBIG: the file size limit (RLIMIT_FSIZE) was reached"
+                              : error != 0      ? std::strerror(error)
+                                                : "the write failed";
+    const std::string message = absl::StrCat("cannot write the upload to ", file, " in the data directory: ", cause);
+    return full ? absl::ResourceExhaustedError(message) : absl::InternalError(message);
   }
 
   JobManager& manager_;

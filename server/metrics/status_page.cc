@@ -71,7 +71,7 @@ table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bot
     }
     h += "</div></div>\n";
   }
-  h += "<h2>Jobs</h2>\n<table id=\"jobs\"><tr><th>job</th><th>name</th><th>state</th><th>device</th><th>quota</th>"
+  h += "<h2>Jobs</h2>\n<table id=\"jobs\"><tr><th>job</th><th>state</th><th>device</th><th>quota</th>"
        "<th>chunk</th><th>peak (predicted / observed)</th><th>progress</th><th>loss</th><th>tokens/s</th></tr>\n";
   for (const v1::Job& j : jobs) {
     const v1::JobProgress& p = j.progress();
@@ -84,7 +84,9 @@ table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bot
     char loss[32], tps[32];
     std::snprintf(loss, sizeof(loss), "%.4f", p.loss());
     std::snprintf(tps, sizeof(tps), "%.0f", p.tokens_per_second());
-    h += "<tr class=\"job\"><td>" + Html(j.id()) + "</td><td>" + Html(j.display_name()) + "</td><td>" + State(j.state()) +
+    // No display name: the page is served without a token and shows no tenant data
+    // (docs/security.md).
+    h += "<tr class=\"job\"><td>" + Html(j.id()) + "</td><td>" + State(j.state()) +
          (j.queue_position() > 0 ? " #" + std::to_string(j.queue_position()) : "") + "</td><td>" + Html(devices) +
          "</td><td>" + FormatBytes(j.quota_bytes()) + "</td><td>" + std::to_string(j.chunk_size()) + " " + Html(j.mode()) +
          "</td><td>" + FormatBytes(j.predicted_peak_bytes()) + " / " + FormatBytes(j.observed_peak_bytes()) +

@@ -209,6 +209,23 @@ grep -q "reconnecting" "$dir/watch2.err" || fail "watch did not reconnect: $(cat
 grep -q "requeued" "$dir/watch2.out" || fail "watch missed the requeued event"
 grep -q "SUCCEEDED" "$dir/watch2.out" || fail "watch did not see the end"
 
+# A full disk, here slimd's file-size limit (writes fail with EFBIG as they do with ENOSPC on a
+# full disk), ends an upload with the cause and the file named, and leaves no partial file.
+limited="unix:$dir/limited.sock"
+( ulimit -f 4096; exec "$slimd" --listen "$limited" --data-dir "$dir/limited" --devices cpu:64MiB \
+    --worker-binary "$train" --metrics-address off ) >>"$dir/slimd.log" 2>&1 &
+limited_pid=$!
+for _ in $(seq 1 200); do "$ctl" health --server "$limited" >/dev/null 2>&1 && break; sleep 0.1; done
+head -c 6000000 /dev/urandom | base64 > "$dir/big.txt"
+set +e; "$ctl" --server "$limited" datasets upload "$dir/big.txt" 2>"$dir/err"; rc=$?; set -e
+[ "$rc" -eq 3 ] || fail "upload past the file-size limit: exit $rc, want 3: $(cat "$dir/err")"
+grep -qE "cannot write the upload to tmp/upload-[0-9-]+ in the data directory: EFBIG" "$dir/err" ||
+  fail "upload past the file-size limit: $(cat "$dir/err")"
+[ -z "$(ls -A "$dir/limited/tmp")" ] || fail "a partial upload was left: $(ls "$dir/limited/tmp")"
+"$ctl" --server "$limited" health >/dev/null || fail "slimd unhealthy after a failed upload"
+kill -TERM "$limited_pid"; wait "$limited_pid" || true
+rm -f "$dir/big.txt"
+
 # TLS and bearer tokens: a certificate made here, a tokens file with a digest only.
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/key.pem" -out "$dir/cert.pem" -days 1 -subj "/CN=localhost" \
   -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null

@@ -97,7 +97,7 @@ TEST(ServiceMetrics, SchedulePassAndRpcs) {
   EXPECT_TRUE(Has(text, "slim_build_info{api=\"slim.v1\",version=\"0.5.0\"} 1"));
 }
 
-TEST(StatusPage, ShowsDevicesJobsAndEscapesNames) {
+TEST(StatusPage, ShowsDevicesAndJobsButNoTenantData) {
   v1::ListDevicesResponse devices;
   v1::Device* d = devices.add_devices();
   d->set_name("cpu:0");
@@ -105,13 +105,17 @@ TEST(StatusPage, ShowsDevicesJobsAndEscapesNames) {
   d->add_job_ids("job-000007");
   v1::Job job = RunningJob();
   job.set_device("cpu:0");
-  job.set_display_name("<script>alert(1)</script>");
+  job.set_display_name("alice's secret project");
+  job.set_tenant("alice");
+  d->set_name("cpu:<b>0");
   const std::string html = RenderStatusPage(devices, {job});
-  EXPECT_TRUE(Has(html, "id=\"device-cpu:0\""));
+  EXPECT_TRUE(Has(html, "id=\"device-cpu:&lt;b&gt;0\""));
   EXPECT_TRUE(Has(html, "job-000007"));
   EXPECT_TRUE(Has(html, "5/20"));
-  EXPECT_TRUE(Has(html, "&lt;script&gt;"));
-  EXPECT_FALSE(Has(html, "<script>"));
+  EXPECT_FALSE(Has(html, "cpu:<b>0"));
+  // Served without a token: no tenant data (docs/security.md).
+  EXPECT_FALSE(Has(html, "secret project"));
+  EXPECT_FALSE(Has(html, "alice"));
 }
 
 }  // namespace

@@ -86,6 +86,8 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
   --tls-client-ca FILE    with TLS: require client certificates signed by this CA
   --tenant-max-jobs N     per tenant (user tokens): queued and running jobs (default 0: none)
   --tenant-max-quota SIZE per tenant: sum of their jobs' memory quotas, × workers (default 0: none)
+  --tenant-max-calls N    per tenant: plan, create, import and generate calls in progress or
+                          waiting for the executor (default 0: none)
   --tenant-max-dataset-storage SIZE   per tenant: total dataset size (default 0: none)
 
 SIGINT/SIGTERM: stop accepting jobs, checkpoint and stop workers (their jobs resume on the next
@@ -254,6 +256,7 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.max_dataset_bytes = flags.Has("max-dataset-size") ? flags.Bytes("max-dataset-size", -1) : int64_t{1} << 30;
   o.manager.tenant_max_jobs = static_cast<int>(flags.Int("tenant-max-jobs", 0, 0));
   o.manager.tenant_max_quota_bytes = flags.Has("tenant-max-quota") ? flags.Bytes("tenant-max-quota", -1) : 0;
+  o.manager.tenant_max_calls = static_cast<int>(flags.Int("tenant-max-calls", 0, 0));
   o.manager.generate_quota_bytes = flags.Has("generate-quota") ? flags.Bytes("generate-quota", -1) : 0;
   o.manager.tenant_max_dataset_bytes =
       flags.Has("tenant-max-dataset-storage") ? flags.Bytes("tenant-max-dataset-storage", -1) : 0;

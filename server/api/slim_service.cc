@@ -49,15 +49,21 @@ grpc::ServerUnaryReactor* Unary(const TokenAuthenticator& auth, grpc::CallbackSe
 }
 
 template <typename Fn>
-grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Executor& executor,
-                                          grpc::CallbackServerContext* context, Fn fn) {
+grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Executor& executor, Admission& admission,
+                                          const char* method, grpc::CallbackServerContext* context, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::StatusOr<Principal> caller = Caller(auth, context);
   if (!caller.ok()) {
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  executor.Submit([reactor, context, fn, principal = *caller]() mutable {
+  // Counted from here, while it waits for the executor too (--tenant-max-calls).
+  absl::StatusOr<std::shared_ptr<void>> call = admission.BeginCall(*caller, method);
+  if (!call.ok()) {
+    reactor->Finish(ToGrpcStatus(call.status()));
+    return reactor;
+  }
+  executor.Submit([reactor, context, fn, principal = *caller, call = *std::move(call)]() mutable {
     // A call whose client gave up while it waited for the executor (its deadline passed, or it
     // disconnected) is not started: nothing is planned, created or imported for nobody.
     if (context->IsCancelled()) {
@@ -338,8 +344,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       Finish(ToGrpcStatus(caller.status()));
       return;
     }
+    absl::StatusOr<std::shared_ptr<void>> call = manager.admission().BeginCall(*caller, "Generate");
+    if (!call.ok()) {
+      finished_ = true;
+      Finish(ToGrpcStatus(call.status()));
+      return;
+    }
     std::shared_ptr<StreamGuard> guard = guard_;
-    executor.Submit([this, guard, &manager, request, principal = *caller] {
+    executor.Submit([this, guard, &manager, request, principal = *caller, call = *std::move(call)] {
       const auto client_gone = [&] {
         absl::MutexLock lock(&guard->mu);
         return cancelled_;
@@ -418,7 +430,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 grpc::ServerUnaryReactor* SlimService::CreateJob(grpc::CallbackServerContext* context, const v1::CreateJobRequest* request,
                                                  v1::CreateJobResponse* response) {
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
+  return UnaryOnExecutor(auth_, executor_, manager_.admission(), "CreateJob", context,
+                         [this, request, response](const Principal& caller) -> absl::Status {
     absl::StatusOr<v1::Job> job = manager_.CreateJob(*request, caller);
     if (job.ok()) *response->mutable_job() = *std::move(job);
     return job.status();
@@ -459,7 +472,8 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::Call
 
 grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
                                                v1::PlanJobResponse* response) {
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
+  return UnaryOnExecutor(auth_, executor_, manager_.admission(), "PlanJob", context,
+                         [this, request, response](const Principal& caller) -> absl::Status {
     absl::StatusOr<v1::PlanJobResponse> plan = manager_.admission().PlanJob(request->spec(), caller);
     if (plan.ok()) *response = *std::move(plan);
     return plan.status();
@@ -525,7 +539,8 @@ grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* 
                                                    const v1::ImportModelRequest* request,
                                                    v1::ImportModelResponse* response) {
   // Importing reads a file of the server's choosing: admins only.
-  return UnaryOnExecutor(auth_, executor_, context, [this, request, response](const Principal& caller) -> absl::Status {
+  return UnaryOnExecutor(auth_, executor_, manager_.admission(), "ImportModel", context,
+                         [this, request, response](const Principal& caller) -> absl::Status {
     if (!caller.admin()) return absl::PermissionDeniedError("ImportModel reads files on the server: admins only");
     absl::StatusOr<v1::Model> model = manager_.catalog().ImportModel(*request);
     if (model.ok()) *response->mutable_model() = *std::move(model);

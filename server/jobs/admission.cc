@@ -187,6 +187,23 @@ absl::StatusOr<v1::PlanJobResponse> Admission::PlanJob(const v1::JobSpec& api, c
 // ---------------------------------------------------------------------------------------------
 // Tenant limits
 
+absl::StatusOr<std::shared_ptr<void>> Admission::BeginCall(const Principal& caller, const std::string& method) {
+  if (caller.admin() || options_.tenant_max_calls == 0) return std::shared_ptr<void>();
+  absl::MutexLock lock(&calls_mu_);
+  int& in_progress = calls_[caller.tenant];
+  if (in_progress >= options_.tenant_max_calls) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        method, ": tenant ", caller.tenant, " has ", in_progress,
+        " plan, create, import or generate calls in progress; the limit is ", options_.tenant_max_calls,
+        " (slimd --tenant-max-calls). Try again when one has answered"));
+  }
+  ++in_progress;
+  return std::shared_ptr<void>(nullptr, [this, tenant = caller.tenant](void*) {
+    absl::MutexLock lock(&calls_mu_);
+    if (--calls_[tenant] == 0) calls_.erase(tenant);
+  });
+}
+
 absl::StatusOr<v1::Job> Admission::RecordWithinLimits(const Principal& caller, int64_t committed_bytes,
                                                       const v1::Job& job, const v1::JobEvent& first) {
   absl::MutexLock lock(&mu_);

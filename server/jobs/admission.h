@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -32,6 +34,7 @@ struct AdmissionOptions {
   // Per-tenant limits for user tokens (admins are exempt); 0 = no limit.
   int tenant_max_jobs = 0;             // queued, running and cancelling jobs
   int64_t tenant_max_quota_bytes = 0;  // sum of the memory quotas of those jobs
+  int tenant_max_calls = 0;            // expensive calls in progress or waiting (BeginCall)
 };
 
 class Admission {
@@ -64,6 +67,13 @@ class Admission {
   absl::StatusOr<v1::Job> RecordWithinLimits(const Principal& caller, int64_t committed_bytes, const v1::Job& job,
                                              const v1::JobEvent& first);
 
+  // An expensive call of `caller` (CreateJob, PlanJob, ImportModel, Generate: each may run
+  // slim-train for seconds on the RPC executor), from its arrival to its answer. A user tenant
+  // may have at most tenant_max_calls at once, so that one tenant cannot hold every executor
+  // thread; beyond, RESOURCE_EXHAUSTED naming the limit. The call ends when the returned handle
+  // is destroyed.
+  absl::StatusOr<std::shared_ptr<void>> BeginCall(const Principal& caller, const std::string& method);
+
  private:
   // The changes ResolveSpec makes to protobuf's JSON form of an API spec, all of them: ids
   // resolved to files, the device kind turned into the device plans are made on, and this
@@ -77,6 +87,8 @@ class Admission {
   DeviceLedger& devices_;
   const AdmissionOptions options_;
   absl::Mutex mu_;  // from a limit check to the insert it allows
+  absl::Mutex calls_mu_;
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(calls_mu_);  // per tenant, in progress
 };
 
 }  // namespace slim::server

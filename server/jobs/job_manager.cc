@@ -21,7 +21,8 @@ JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* obs
       admission_(store_, engine_, catalog_, *this,
                  AdmissionOptions{options_.checkpoint_every,
                                   options_.devices.empty() ? "cpu" : options_.devices.front().kind,
-                                  options_.tenant_max_jobs, options_.tenant_max_quota_bytes}) {}
+                                  options_.tenant_max_jobs, options_.tenant_max_quota_bytes,
+                                  options_.tenant_max_calls}) {}
 
 JobManager::~JobManager() { Shutdown(); }
 

@@ -111,6 +111,7 @@ struct JobManagerOptions {
   // RESOURCE_EXHAUSTED naming the limit.
   int tenant_max_jobs = 0;                 // queued, running and cancelling jobs
   int64_t tenant_max_quota_bytes = 0;      // sum of the memory quotas of those jobs
+  int tenant_max_calls = 0;                // plan/create/import/generate calls at once (Admission::BeginCall)
   int64_t tenant_max_dataset_bytes = 0;    // total size of the tenant's datasets
   // Fleets (see the class comment): this replica's id, "" for a single slimd; and how long a
   // claim lasts without renewal. Renewals happen about every second (passes) and every

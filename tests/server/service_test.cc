@@ -1356,8 +1356,62 @@ class LimitsTest : public AuthTest {
     o->tenant_max_jobs = 1;
     o->tenant_max_quota_bytes = 12 * kMiB;
     o->tenant_max_dataset_bytes = 30000;
+    o->tenant_max_calls = 1;
   }
 };
+
+// --tenant-max-calls: while one of Alice's expensive calls runs (a generation reading a long
+// prompt), her next one is refused with the limit named; Bob's is not, and Alice's next call
+// after the first has answered is served.
+TEST_F(LimitsTest, ExpensiveCallsAreLimitedPerTenant) {
+  v1::ImportModelRequest import;
+  import.set_path(std::string(SLIM_SOURCE_DIR) + "/models/base-mini.safetensors");
+  v1::ImportModelResponse base;
+  ASSERT_TRUE(stub_->ImportModel(WithToken("s3cret-ops").get(), import, &base).ok());
+  v1::Dataset data;
+  ASSERT_TRUE(UploadAs("s3cret-alice", SampleText(20000), &data).ok());
+
+  std::atomic<bool> generating{false};
+  grpc::Status generated;
+  std::thread generation([&] {
+    auto context = WithToken("s3cret-alice");
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(6));
+    v1::GenerateRequest request;
+    request.set_model(base.model().id());
+    request.set_prompt(SampleText(600000));  // tens of seconds to read here
+    request.set_max_tokens(5);
+    auto stream = stub_->Generate(context.get(), request);
+    generating = true;
+    v1::GenerateResponse piece;
+    while (stream->Read(&piece)) {
+    }
+    generated = stream->Finish();
+  });
+  while (!generating) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the call has arrived and counts
+  v1::PlanJobRequest plan;
+  *plan.mutable_spec() = TinySpec(data.id(), 5);
+  v1::PlanJobResponse planned;
+  const grpc::Status refused = stub_->PlanJob(WithToken("s3cret-alice").get(), plan, &planned);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("the limit is 1 (slimd --tenant-max-calls)"), std::string::npos)
+      << refused.error_message();
+  v1::Dataset bobs;
+  ASSERT_TRUE(UploadAs("s3cret-bob", SampleText(20000), &bobs).ok());
+  *plan.mutable_spec() = TinySpec(bobs.id(), 5);
+  const grpc::Status bob = stub_->PlanJob(WithToken("s3cret-bob").get(), plan, &planned);
+  EXPECT_TRUE(bob.ok()) << bob.error_message();
+  generation.join();
+  EXPECT_EQ(generated.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << generated.error_message();
+  *plan.mutable_spec() = TinySpec(data.id(), 5);
+  grpc::Status after;
+  for (int i = 0; i < 100; ++i) {  // the slot is returned once the sampler has been stopped
+    after = stub_->PlanJob(WithToken("s3cret-alice").get(), plan, &planned);
+    if (after.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(after.ok()) << after.error_message();
+}
 
 TEST_F(LimitsTest, TenantLimitsAreEnforcedPerTenant) {
   v1::Dataset alice_data, bob_data, extra;
@@ -1384,7 +1438,10 @@ TEST_F(LimitsTest, TenantLimitsAreEnforcedPerTenant) {
       << s.error_message();
   create.mutable_spec()->clear_data_parallel();
   EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-bob").get(), create, &created).ok());
-  // Admins are exempt: two jobs at once (on any tenant's data: admins see all).
+  // Admins are exempt: two jobs at once (on their own tenant's data: a job runs as its tenant).
+  v1::Dataset ops_data;
+  ASSERT_TRUE(UploadAs("s3cret-ops", SampleText(20000), &ops_data).ok());
+  *create.mutable_spec() = TinySpec(ops_data.id(), 5);
   EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-ops").get(), create, &created).ok());
   EXPECT_TRUE(stub_->CreateJob(WithToken("s3cret-ops").get(), create, &created).ok());
 }

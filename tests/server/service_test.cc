@@ -798,6 +798,45 @@ TEST_F(ServiceTest, AbandonedGenerateStopsItsSampler) {
   EXPECT_TRUE(released) << "the sampler still holds its reservation 5 s after its client gave up";
 }
 
+// An upload whose client goes away in the middle leaves nothing behind: no dataset, no partial
+// file under tmp/ (issue 18).
+TEST_F(ServiceTest, AbandonedUploadLeavesNoPartialFile) {
+  const std::string data = SampleText(200000);
+  Sha256 sha;
+  sha.Update(data.data(), data.size());
+  {
+    auto context = Context();
+    v1::UploadDatasetResponse response;
+    auto writer = stub_->UploadDataset(context.get(), &response);
+    v1::UploadDatasetRequest header;
+    header.mutable_header()->set_name("abandoned");
+    header.mutable_header()->set_size_bytes(static_cast<int64_t>(data.size()));
+    header.mutable_header()->set_sha256(sha.HexDigest());
+    ASSERT_TRUE(writer->Write(header));
+    v1::UploadDatasetRequest chunk;
+    chunk.set_chunk(data.substr(0, 50000));
+    ASSERT_TRUE(writer->Write(chunk));
+    // The server has the partial file now.
+    bool partial = false;
+    for (int i = 0; i < 200 && !partial; ++i) {
+      for (const auto& entry : fs::directory_iterator(dir_ + "/tmp")) partial |= entry.path().filename().string().rfind("upload-", 0) == 0;
+      if (!partial) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(partial) << "the upload never reached the server";
+    context->TryCancel();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  bool clean = false;
+  for (int i = 0; i < 200 && !clean; ++i) {
+    clean = fs::is_empty(dir_ + "/tmp");
+    if (!clean) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  EXPECT_TRUE(clean) << "a partial upload was left under tmp/";
+  v1::ListDatasetsResponse listed;
+  ASSERT_TRUE(stub_->ListDatasets(Context().get(), v1::ListDatasetsRequest(), &listed).ok());
+  EXPECT_EQ(listed.datasets_size(), 0);
+}
+
 TEST_F(ServiceTest, ListDevicesShowsCommittedQuotas) {
   const std::string dataset = UploadedDataset();
   v1::Job job;

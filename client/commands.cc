@@ -414,7 +414,10 @@ int Plan(Client& client, const tools::Flags& flags, OutputFormat format) {
                 response.device_kind().c_str(), response.est_step_seconds(),
                 response.total_steps() > 0 ? (", " + std::to_string(response.total_steps()) + " steps").c_str() : "");
   } else {
-    std::printf("does not fit: quota %s, minimum %s\n", Bytes(response.quota_bytes()).c_str(),
+    // Infeasible with a quota above the minimum: no device of the kind is that large.
+    const bool too_large = response.min_quota_bytes() > 0 && response.quota_bytes() >= response.min_quota_bytes();
+    std::printf("does not fit: quota %s%s, minimum %s\n", Bytes(response.quota_bytes()).c_str(),
+                too_large ? (" is more than the largest " + response.device_kind() + " device").c_str() : "",
                 Bytes(response.min_quota_bytes()).c_str());
   }
   return response.feasible() ? kExitOk : kExitQuota;

@@ -64,11 +64,12 @@ absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller
   if (Json* model = member(doc, "model"); model != nullptr) {
     if (Json* base = member(model, "base"); base != nullptr) {
       const std::string id = base->text;
-      ASSIGN_OR_RETURN(base->text, catalog_.ModelPath(id, caller));
       absl::StatusOr<v1::Model> found = catalog_.GetModel(id, caller);
-      if (found.ok() && !owner.Sees(found->tenant(), /*shared_if_unowned=*/true)) {
+      if (!found.ok()) return absl::NotFoundError("model: no model '" + id + "'");
+      if (!owner.Sees(found->tenant(), /*shared_if_unowned=*/true)) {
         return not_the_jobs("spec: model.base", id, found->tenant());
       }
+      base->text = catalog_.ModelFilePath(found->id());
     }
   }
   // data.train[i], data.validation[i]: {dataset, format, text_field} → {path, format (the
@@ -128,7 +129,6 @@ Admission::KindCapacity Admission::CapacityOf(const std::string& kind) {
   };
   add(devices_.DeclaredDevices());
   capacity.largest_here = capacity.largest;
-  capacity.here = capacity.largest_here > 0;
   // In a fleet, every live replica's devices (published with their lease renewals).
   for (const v1::ListDevicesResponse& replica : devices_.FleetDevices()) add(replica);
   return capacity;
@@ -137,7 +137,7 @@ Admission::KindCapacity Admission::CapacityOf(const std::string& kind) {
 absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const std::string& kind) {
   const KindCapacity capacity = CapacityOf(kind);
   // Planning calibrates on a device of the kind here.
-  if (!capacity.here) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
+  if (capacity.largest_here == 0) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
   // slim-train plans with the worker's own planner; without a quota (ResolveSpec leaves
   // spec.quota_bytes 0) it applies the default policy (docs/service.md), capped at the
   // largest device of the kind.

@@ -51,9 +51,8 @@ class Admission {
   // live replica's.
   struct KindCapacity {
     int64_t largest = 0;         // bytes of the largest device of the kind
-    int64_t largest_here = 0;    // ... of those of this server
+    int64_t largest_here = 0;    // ... of those of this server (0: none here; planning calibrates here)
     int most_on_one_server = 0;  // the most devices of the kind one server (replica) has
-    bool here = false;           // this server has one (planning calibrates on it)
   };
   KindCapacity CapacityOf(const std::string& kind);
 

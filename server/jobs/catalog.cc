@@ -163,7 +163,7 @@ absl::StatusOr<v1::Model> Catalog::ImportModel(const v1::ImportModelRequest& req
     return absl::InvalidArgumentError(absl::StrCat("path: ", summary.status().message()));
   }
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("model"));
-  const fs::path target = fs::path(options_.data_dir) / "models" / (id + ".safetensors");
+  const fs::path target = ModelFilePath(id);
   const fs::path tmp = fs::path(TempPath());
   std::error_code ec;
   fs::copy_file(request.path(), tmp, ec);
@@ -209,7 +209,11 @@ absl::StatusOr<v1::ListModelsResponse> Catalog::ListModels(const v1::ListModelsR
 absl::StatusOr<std::string> Catalog::ModelPath(const std::string& id, const Principal& caller) {
   absl::StatusOr<v1::Model> model = GetModel(id, caller);
   if (!model.ok()) return absl::NotFoundError("model: no model '" + id + "'");
-  return (fs::path(options_.data_dir) / "models" / (model->id() + ".safetensors")).string();
+  return ModelFilePath(model->id());
+}
+
+std::string Catalog::ModelFilePath(const std::string& id) const {
+  return (fs::path(options_.data_dir) / "models" / (id + ".safetensors")).string();
 }
 
 absl::Status Catalog::Generate(const v1::GenerateRequest& request, const Principal& caller,

@@ -55,6 +55,7 @@ class Catalog {
   absl::StatusOr<v1::Model> GetModel(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::ListModelsResponse> ListModels(const v1::ListModelsRequest& request, const Principal& caller);
   absl::StatusOr<std::string> ModelPath(const std::string& id, const Principal& caller);
+  std::string ModelFilePath(const std::string& id) const;  // models/<id>.safetensors
   // Samples from a model; `emit` receives text pieces as they are drawn and returns false to
   // stop early (the client went away). `cancelled` (optional) is polled while the sampler runs:
   // true kills it, also before it has drawn a token (a long prompt).

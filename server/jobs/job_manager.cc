@@ -4,6 +4,12 @@
 #include "server/jobs/job_manager_internal.h"
 
 namespace slim::server {
+namespace {
+
+// Specs without memory.device_kind, and generations, use the kind of the first device.
+std::string DefaultDeviceKind(const JobManagerOptions& o) { return o.devices.empty() ? "cpu" : o.devices.front().kind; }
+
+}  // namespace
 
 JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* observer)
     : store_(store),
@@ -17,10 +23,9 @@ JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* obs
       catalog_(store_, engine_, *this,
                CatalogOptions{options_.data_dir, TempDir(), options_.max_dataset_bytes,
                               options_.tenant_max_dataset_bytes, options_.generate_quota_bytes,
-                              options_.devices.empty() ? "cpu" : options_.devices.front().kind}),
+                              DefaultDeviceKind(options_)}),
       admission_(store_, engine_, catalog_, *this,
-                 AdmissionOptions{options_.checkpoint_every,
-                                  options_.devices.empty() ? "cpu" : options_.devices.front().kind,
+                 AdmissionOptions{options_.checkpoint_every, DefaultDeviceKind(options_),
                                   options_.tenant_max_jobs, options_.tenant_max_quota_bytes,
                                   options_.tenant_max_calls}) {}
 
@@ -382,11 +387,9 @@ absl::Status JobManager::SettleOrphan(v1::Job job, const std::string& why_cancel
   return Record(job, Event(cancelling ? "cancelled" : "requeued", cancelling ? why_cancelled : why_requeued)).status();
 }
 
-void JobManager::ReconcileOrphans() {
-  absl::StatusOr<std::vector<v1::Job>> active = store_.JobsInStates({v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING});
-  if (!active.ok()) return;
-  for (const v1::Job& job : *active) {
-    if (running_.count(job.id())) continue;
+void JobManager::ReconcileOrphans(const std::vector<v1::Job>& active) {
+  for (const v1::Job& job : active) {
+    if (job.state() == v1::JOB_STATE_QUEUED || running_.count(job.id())) continue;
     std::fprintf(stderr, "slimd: job %s is %s in the store but has no worker (its end was not recorded); settling it\n",
                  job.id().c_str(), StateName(job.state()).c_str());
     (void)SettleOrphan(job, "its worker is gone and its end could not be recorded; the cancellation is complete",

@@ -187,10 +187,10 @@ class JobManager : private DeviceLedger {
   // A worker exited. A data-parallel group ends when its last rank exits: then its outcome is
   // recorded as one job's (docs/worker-protocol.md, "How slimd runs a data-parallel job").
   void OnWorkerExit(const std::string& job_id, int attempt, int rank, const struct WorkerExit& exit);
-  // A single slimd: a RUNNING or CANCELLING job in the store without a worker here (its end
-  // could not be recorded: a full disk, a store error) is settled every pass, as a restart
-  // would: requeued, or its cancellation completed.
-  void ReconcileOrphans() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A single slimd: a RUNNING or CANCELLING job among `active` (the store's, read by the pass)
+  // without a worker here (its end could not be recorded: a full disk, a store error) is
+  // settled every pass, as a restart would: requeued, or its cancellation completed.
+  void ReconcileOrphans(const std::vector<v1::Job>& active) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SettleOrphan(v1::Job job, const std::string& why_cancelled, const std::string& why_requeued)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NoteStoreWrite(const absl::Status& status, const std::string& what);

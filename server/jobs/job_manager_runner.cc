@@ -120,14 +120,20 @@ void JobManager::SchedulePass() {
     if (!RenewAndReconcile()) return;
     TakeOverExpiredJobs();
   }
-  if (!fleet()) ReconcileOrphans();  // (a fleet's passes do it with its leases)
-  absl::StatusOr<std::vector<v1::Job>> queued_jobs = store_.JobsInStates({v1::JOB_STATE_QUEUED});
-  if (!queued_jobs.ok()) {
-    std::fprintf(stderr, "slimd: scheduler: %s\n", queued_jobs.status().ToString().c_str());
+  // One read for the pass: the queue, and for a single slimd the running and cancelling jobs
+  // too, which ReconcileOrphans compares with the live workers (a fleet's passes do that with
+  // its leases).
+  absl::StatusOr<std::vector<v1::Job>> active = store_.JobsInStates(
+      fleet() ? std::vector<v1::JobState>{v1::JOB_STATE_QUEUED}
+              : std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING});
+  if (!active.ok()) {
+    std::fprintf(stderr, "slimd: scheduler: %s\n", active.status().ToString().c_str());
     return;
   }
+  if (!fleet()) ReconcileOrphans(*active);
   std::vector<QueuedJob> queued;
-  for (const v1::Job& job : *queued_jobs) {
+  for (const v1::Job& job : *active) {
+    if (job.state() != v1::JOB_STATE_QUEUED) continue;
     if (running_.count(job.id())) continue;  // its previous worker has not exited yet
     // A data-parallel job's ranks must share one kind of device (one process group): without
     // a kind, the one CreateJob planned and counted devices for.

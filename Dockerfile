@@ -19,7 +19,7 @@ RUN apt-get update \
       build-essential cmake ninja-build pkg-config \
       libtorch-dev libopenblas0-pthread \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
-      libsqlite3-dev libpqxx-dev prometheus-cpp-dev libssl-dev \
+      libsqlite3-dev libpqxx-dev prometheus-cpp-dev libssl-dev libmicrohttpd-dev libcrypt-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -31,14 +31,15 @@ FROM debian:bookworm-slim
 ENV DEBIAN_FRONTEND=noninteractive
 # The packages of the libraries the three binaries name (readelf -d: NEEDED): LibTorch (it
 # pulls its own dependencies), gRPC (with reflection), protobuf, Abseil, SQLite, libpqxx and
-# libpq (the PostgreSQL store), prometheus-cpp's core (slimd serves /metrics itself, without
-# prometheus-cpp-pull/CivetWeb), OpenSSL's libcrypto (SHA-256; gRPC needs it too); plus OpenBLAS, LibTorch's BLAS (without it Debian falls back
-# to the 7x slower reference one).
+# libpq (the PostgreSQL store), prometheus-cpp's core, GNU libmicrohttpd (the /metrics and
+# status page server; it pulls GnuTLS), OpenSSL's libcrypto (SHA-256; gRPC needs it too),
+# libcrypt (bcrypt passwords); plus OpenBLAS, LibTorch's BLAS (without it Debian falls back to
+# the 7x slower reference one).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-pthread \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
-      libsqlite3-0 libpqxx-6.4 libpq5 libprometheus-cpp-core1.0 libssl3 \
+      libsqlite3-0 libpqxx-6.4 libpq5 libprometheus-cpp-core1.0 libmicrohttpd12 libssl3 libcrypt1 \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it and volumes can be

@@ -16,6 +16,9 @@ packages=(
   # PostgreSQL job store; brings libpq-dev), Prometheus client
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libsqlite3-dev libpqxx-dev prometheus-cpp-dev
+  # service: the HTTP server of /metrics and the status page (GNU libmicrohttpd; brings GnuTLS),
+  # and libcrypt for the bcrypt password hashes of its web configuration
+  libmicrohttpd-dev libcrypt-dev
   # service: OpenSSL's libcrypto for SHA-256 (gRPC links it; the headers come from libssl-dev)
   libssl-dev
   # tests; postgresql: the server the PostgreSQL store tests start on loopback

@@ -58,6 +58,10 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
                           (default 15, at least 1)
   --metrics-address ADDR  HTTP address of /metrics (Prometheus) and the status page at /
                           (default 127.0.0.1:9464; port 0 picks a free one; "off" disables)
+  --metrics-web-config FILE  TLS and basic authentication for the metrics address, in the
+                          format of Prometheus' web configuration (docs/observability.md)
+  --metrics-request-deadline S  a request to the metrics address that takes this long ends its
+                          connection, however slowly its client sends or reads (default 30)
   --devices LIST          devices the scheduler packs jobs onto, comma-separated:
                             cpu:SIZE        a CPU "device" with SIZE of memory to commit (e.g.
                                             cpu:4GiB,cpu:4GiB declares two)
@@ -98,6 +102,8 @@ struct Options {
   std::string listen = "127.0.0.1:50051";
   std::string tokens_file, tls_cert, tls_key, tls_client_ca;
   std::string metrics_address = "127.0.0.1:9464";
+  std::string metrics_web_config;
+  int metrics_request_deadline = 30;
   std::string port_file;
   int executor_threads = 2;
   std::string database_url;  // empty: SQLite in the data directory
@@ -227,6 +233,10 @@ Options ParseOptions(int argc, char** argv) {
   if (flags.Has("config")) flags.String("config", "");  // read above
   o.listen = flags.String("listen", o.listen);
   o.metrics_address = flags.String("metrics-address", o.metrics_address);
+  if (flags.Has("metrics-web-config")) o.metrics_web_config = flags.String("metrics-web-config", "");
+  const int64_t deadline = flags.Int("metrics-request-deadline", 30, 1);
+  slim::CheckArgument(deadline <= 3600, "--metrics-request-deadline: must be in [1, 3600] seconds");
+  o.metrics_request_deadline = static_cast<int>(deadline);
   if (flags.Has("tokens-file")) o.tokens_file = flags.String("tokens-file", "");
   if (flags.Has("tls-cert")) o.tls_cert = flags.String("tls-cert", "");
   if (flags.Has("tls-key")) o.tls_key = flags.String("tls-key", "");
@@ -265,6 +275,8 @@ Options ParseOptions(int argc, char** argv) {
   slim::CheckArgument(o.tls_cert.empty() == o.tls_key.empty(), "--tls-cert and --tls-key: give both or neither");
   slim::CheckArgument(o.tls_client_ca.empty() || !o.tls_cert.empty(), "--tls-client-ca: needs --tls-cert and --tls-key");
   slim::CheckArgument(o.manager.cancel_grace_seconds >= 0, "--cancel-grace: must be >= 0");
+  slim::CheckArgument(o.metrics_web_config.empty() || o.metrics_address != "off",
+                      "--metrics-web-config: needs a --metrics-address");
   // Admission and the workers plan from the same calibration, or a worker could measure its
   // own and pick another chunk size: both are given this directory (--calibration-cache).
   o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
@@ -344,8 +356,16 @@ int Serve(const Options& o) {
   // Declared after the manager it renders from, so it stops before the manager goes.
   std::unique_ptr<slim::server::MetricsHttpServer> http;
   if (o.metrics_address != "off") {
+    slim::server::MetricsHttpOptions http_options;
+    http_options.address = o.metrics_address;
+    http_options.request_deadline_seconds = o.metrics_request_deadline;
+    if (!o.metrics_web_config.empty()) {
+      absl::StatusOr<slim::server::WebConfig> web = slim::server::ReadWebConfig(o.metrics_web_config);
+      slim::CheckArgument(web.ok(), "--metrics-web-config: " + std::string(web.status().message()));
+      http_options.web = *std::move(web);
+    }
     absl::StatusOr<std::unique_ptr<slim::server::MetricsHttpServer>> started =
-        slim::server::MetricsHttpServer::Start(o.metrics_address, metrics.registry(), [&manager] {
+        slim::server::MetricsHttpServer::Start(http_options, metrics.registry(), [&manager] {
           return slim::server::RenderStatusPage(manager.ListDevices(), manager.JobsForStatus(20));
         });
     if (!started.ok()) {
@@ -403,8 +423,9 @@ int Serve(const Options& o) {
   std::fflush(stdout);
   if (http != nullptr) {
     const std::string host = o.metrics_address.substr(0, o.metrics_address.rfind(':'));
-    std::printf("slimd: metrics on http://%s:%d/metrics, status page on http://%s:%d/\n", host.c_str(), http->port(),
-                host.c_str(), http->port());
+    const char* scheme = http->tls() ? "https" : "http";
+    std::printf("slimd: metrics on %s://%s:%d/metrics, status page on %s://%s:%d/\n", scheme, host.c_str(),
+                http->port(), scheme, host.c_str(), http->port());
     std::fflush(stdout);
   }
   if (!o.port_file.empty()) {

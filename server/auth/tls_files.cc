@@ -42,11 +42,11 @@ std::unique_ptr<X509, X509Free> FirstCertificate(const std::string& pem) {
 }  // namespace
 
 absl::StatusOr<TlsFiles> ReadTlsFiles(const std::string& cert_path, const std::string& key_path,
-                                      const std::string& client_ca_path) {
+                                      const std::string& client_ca_path, const TlsFileSettings& settings) {
   TlsFiles files;
-  auto cert_pem = ReadFile(cert_path, "--tls-cert");
+  auto cert_pem = ReadFile(cert_path, settings.cert);
   if (!cert_pem.ok()) return cert_pem.status();
-  auto key_pem = ReadFile(key_path, "--tls-key");
+  auto key_pem = ReadFile(key_path, settings.key);
   if (!key_pem.ok()) return key_pem.status();
   files.cert_chain_pem = *std::move(cert_pem);
   files.private_key_pem = *std::move(key_pem);
@@ -54,7 +54,7 @@ absl::StatusOr<TlsFiles> ReadTlsFiles(const std::string& cert_path, const std::s
   const auto cert = FirstCertificate(files.cert_chain_pem);
   ERR_clear_error();
   if (cert == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("--tls-cert: ", cert_path, " holds no PEM certificate"));
+    return absl::InvalidArgumentError(absl::StrCat(settings.cert, ": ", cert_path, " holds no PEM certificate"));
   }
   auto key_bio = Memory(files.private_key_pem);
   const std::unique_ptr<EVP_PKEY, KeyFree> key(
@@ -62,22 +62,22 @@ absl::StatusOr<TlsFiles> ReadTlsFiles(const std::string& cert_path, const std::s
   ERR_clear_error();
   if (key == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--tls-key: ", key_path, " holds no unencrypted PEM private key"));
+        absl::StrCat(settings.key, ": ", key_path, " holds no unencrypted PEM private key"));
   }
   const int matches = X509_check_private_key(cert.get(), key.get());
   ERR_clear_error();
   if (matches != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--tls-key: ", key_path,
-                                                   " does not match the certificate in --tls-cert (", cert_path, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(settings.key, ": ", key_path, " does not match the certificate in ",
+                                                   settings.cert, " (", cert_path, ")"));
   }
   if (!client_ca_path.empty()) {
-    auto ca_pem = ReadFile(client_ca_path, "--tls-client-ca");
+    auto ca_pem = ReadFile(client_ca_path, settings.client_ca);
     if (!ca_pem.ok()) return ca_pem.status();
     files.client_ca_pem = *std::move(ca_pem);
     if (FirstCertificate(files.client_ca_pem) == nullptr) {
       ERR_clear_error();
       return absl::InvalidArgumentError(
-          absl::StrCat("--tls-client-ca: ", client_ca_path, " holds no PEM certificate"));
+          absl::StrCat(settings.client_ca, ": ", client_ca_path, " holds no PEM certificate"));
     }
   }
   return files;

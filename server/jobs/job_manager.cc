@@ -3,6 +3,8 @@
 // of their own, admission.h and catalog.h).
 #include "server/jobs/job_manager_internal.h"
 
+#include <google/protobuf/util/message_differencer.h>
+
 namespace slim::server {
 namespace {
 
@@ -140,6 +142,24 @@ void JobManager::Shutdown() {
 // ---------------------------------------------------------------------------------------------
 // Jobs
 
+namespace {
+
+// The job an earlier CreateJob with this request's request_id created, if that call asked for
+// the same job; ALREADY_EXISTS naming what differs if not: a request id reused for another job
+// is a client bug, and answering with a job the client did not ask for would hide it.
+absl::StatusOr<v1::Job> SameCreate(const v1::Job& earlier, const v1::CreateJobRequest& request) {
+  std::string differs;
+  if (!google::protobuf::util::MessageDifferencer::Equals(earlier.spec(), request.spec())) differs = "spec";
+  else if (earlier.display_name() != request.display_name()) differs = "display_name";
+  else if (earlier.priority() != request.priority()) differs = "priority";
+  if (differs.empty()) return earlier;
+  return absl::AlreadyExistsError(absl::StrCat("request_id: '", request.request_id(), "' already created ", earlier.id(),
+                                               " with a different ", differs,
+                                               "; a new job needs a new request_id"));
+}
+
+}  // namespace
+
 absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& request, const Principal& caller) {
   {
     absl::MutexLock lock(&mu_);
@@ -155,7 +175,8 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
       return absl::InvalidArgumentError("request_id: 1 to 128 characters of A-Z a-z 0-9 . _ - :");
     }
     absl::StatusOr<v1::Job> earlier = store_.JobByRequest(caller.tenant, request_id);
-    if (earlier.ok() || earlier.status().code() != absl::StatusCode::kNotFound) return earlier;
+    if (earlier.ok()) return SameCreate(*earlier, request);
+    if (earlier.status().code() != absl::StatusCode::kNotFound) return earlier;
   }
   if (request.priority() < -1000 || request.priority() > 1000) {
     return absl::InvalidArgumentError(absl::StrCat("priority: must be in [-1000, 1000], got ", request.priority()));
@@ -212,7 +233,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   queued.set_predicted_peak_bytes(plan.predicted_peak_bytes());
   const absl::StatusOr<v1::Job> created =
       admission_.RecordWithinLimits(caller, plan.quota_bytes() * workers, job, queued);
-  if (created.ok() && created->id() != id) return created;  // a concurrent retry created it first
+  if (created.ok() && created->id() != id) return SameCreate(*created, request);  // a concurrent retry was first
   if (created.ok() && observer_ != nullptr) {
     absl::MutexLock lock(&mu_);
     queued.set_sequence(created->last_sequence());

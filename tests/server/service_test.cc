@@ -400,18 +400,31 @@ TEST_F(ServiceTest, AdmissionPlansExactlyAsTheWorkerDoes) {
   EXPECT_EQ(items.back().event().kind(), "succeeded");
 }
 
-// CreateJob with a request_id (AIP-155): a retry returns the first call's job, never a second.
+// CreateJob with a request_id (AIP-155): a retry returns the first call's job, never a second;
+// the same id for a different job is refused, naming what differs and the job it created.
 TEST_F(ServiceTest, CreateWithARequestIdIsIdempotent) {
   const std::string dataset = UploadedDataset();
   v1::CreateJobRequest request;
   *request.mutable_spec() = TinySpec(dataset, 3);
+  request.set_display_name("first");
   request.set_request_id("retry-me-1");
   v1::CreateJobResponse first, second;
   ASSERT_TRUE(stub_->CreateJob(Context().get(), request, &first).ok());
   EXPECT_EQ(first.job().request_id(), "retry-me-1");
-  request.set_display_name("the retry differs only in its name");
   ASSERT_TRUE(stub_->CreateJob(Context().get(), request, &second).ok());
   EXPECT_EQ(second.job().id(), first.job().id());
+  for (const std::string differs : {"spec", "display_name", "priority"}) {
+    v1::CreateJobRequest other = request;
+    if (differs == "spec") other.mutable_spec()->mutable_training()->set_steps(4);
+    if (differs == "display_name") other.set_display_name("second");
+    if (differs == "priority") other.set_priority(5);
+    v1::CreateJobResponse refused;
+    const grpc::Status status = stub_->CreateJob(Context().get(), other, &refused);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::ALREADY_EXISTS) << differs;
+    EXPECT_NE(status.error_message().find("already created " + first.job().id() + " with a different " + differs),
+              std::string::npos)
+        << status.error_message();
+  }
   v1::ListJobsResponse listed;
   ASSERT_TRUE(stub_->ListJobs(Context().get(), v1::ListJobsRequest(), &listed).ok());
   EXPECT_EQ(listed.jobs_size(), 1);

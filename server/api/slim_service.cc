@@ -66,11 +66,11 @@ grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Execut
   executor.Submit([reactor, context, fn, principal = *caller, call = *std::move(call)]() mutable {
     // A call whose client gave up while it waited for the executor (its deadline passed, or it
     // disconnected) is not started: nothing is planned, created or imported for nobody.
-    if (context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client gave up before the request started"));
-      return;
-    }
-    reactor->Finish(ToGrpcStatus(Guarded([&] { return fn(principal); })));
+    grpc::Status status(grpc::StatusCode::CANCELLED, "the client gave up before the request started");
+    if (!context->IsCancelled()) status = ToGrpcStatus(Guarded([&] { return fn(principal); }));
+    // The tenant's call slot is free before the client can see the answer and call again.
+    call.reset();
+    reactor->Finish(status);
   });
   return reactor;
 }
@@ -351,7 +351,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       return;
     }
     std::shared_ptr<StreamGuard> guard = guard_;
-    executor.Submit([this, guard, &manager, request, principal = *caller, call = *std::move(call)] {
+    executor.Submit([this, guard, &manager, request, principal = *caller, call = *std::move(call)]() mutable {
       const auto client_gone = [&] {
         absl::MutexLock lock(&guard->mu);
         return cancelled_;
@@ -371,6 +371,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
             },
             client_gone);
       });
+      call.reset();  // the tenant's call slot is free before the client sees the end of the stream
       absl::MutexLock lock(&guard->mu);
       closing_ = true;
       status_ = ToGrpcStatus(status);

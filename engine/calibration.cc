@@ -117,7 +117,7 @@ std::string CalibrationKey(const StepShape& s, const std::string& device_kind) {
     << " d_ff=" << m.d_ff << " features=" << FeatureMapName(m.feature_map) << "/"
     << m.features_per_head() << " tie=" << m.tie_embeddings << " block=" << m.attention_block
     << " precision=" << PrecisionName(s.precision) << " optimizer=" << OptimizerName(s.optimizer)
-    << " tuning=" << TuningModeName(s.tuning) << " batch=" << s.batch;
+    << " tuning=" << TuningModeName(s.tuning) << " batch=" << CalibrationProbeBatch(s.batch);
   if (s.tuning == TuningMode::kLora) k << "/" << s.lora_rank;
   return k.str();
 }
@@ -130,10 +130,12 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   if (device.is_cpu()) InstallCpuMemoryTracker();
   const int64_t b = shape.model.attention_block;
   const int64_t Lp = kCalibrationProbeBlocks * b;
-  // Probes run at the job's batch: per-op overheads of small models do not grow with batch,
-  // so batch-1 probes underestimated their step time (tiny at batch 2 by 30–100%).
-  const int64_t B = shape.batch;
+  // Probes run at the job's batch up to kCalibrationMaxProbeBatch (memory_model.h): per-op
+  // overheads of small models do not grow with batch, so batch-1 probes underestimated their
+  // step time (tiny at batch 2 by 30–100%); beyond it the per-token fit is the same.
+  const int64_t B = CalibrationProbeBatch(shape.batch);
   StepShape probe_shape = shape;
+  probe_shape.batch = B;
 
   const int64_t baseline = CurrentMemoryBytes(device);
   PerformerLM model(shape.model, /*init_seed=*/0);

@@ -28,10 +28,11 @@ struct CalibrationOptions {
 std::string DefaultCalibrationCacheDir();
 
 // Identifies what a calibration depends on: model config, device kind, precision, tuning mode
-// (and LoRA rank), optimizer and batch size. The sequence length is not part of it.
+// (and LoRA rank), optimizer and batch size up to kCalibrationMaxProbeBatch (larger batches
+// share that one). The sequence length is not part of it.
 std::string CalibrationKey(const StepShape& shape, const std::string& device_kind);
 
-// Runs probe steps of shape.model at shape.batch on `device` (e.g. "cpu", "cuda:0") and fits
+// Runs probe steps of shape.model at CalibrationProbeBatch(shape.batch) on `device` (e.g. "cpu", "cuda:0") and fits
 // a (activation bytes per token), b (workspace, raised so that no probe exceeds the fit) and
 // the step-time coefficients. One-time first-step allocations (optimizer state, lazy inits) are
 // made by a warm-up step before any probe is measured. Takes seconds to a minute.

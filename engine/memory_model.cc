@@ -81,6 +81,7 @@ MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMo
 int64_t CalibrationPeakBound(const StepShape& shape) {
   StepShape probe = shape;
   probe.seq_len = kCalibrationProbeBlocks * shape.model.attention_block;
+  probe.batch = CalibrationProbeBatch(shape.batch);
   const ModelConfig& m = shape.model;
   // Per token of one sequence, in floats: a layer's norms, projections, rotated q and k,
   // feature maps with their pre-activations, the block-local scores, the attention output,

@@ -86,8 +86,18 @@ inline constexpr double kDefaultPlanMargin = 0.05;
 // Calibration's probes (calibration.h) run at most this many attention blocks of ordinary
 // backprop: L_probe = kCalibrationProbeBlocks · attention_block.
 inline constexpr int64_t kCalibrationProbeBlocks = 32;
+// Calibration probes run at the job's batch up to this, and at this beyond it: every fitted
+// coefficient is per token (a, and the step time's per-token terms), so a larger batch is the
+// same fit, and its probes would only cost more — at batch 50 a tiny model's calibration took
+// 37 s and at batch 4000 it could not fit a whole device. Up to 8 the real batch is kept because
+// per-op overheads of small models do not grow with batch: batch-1 probes underestimated step
+// time at batch 2 by 30–100%. PlannerOnCpu.PlannedStepsStayInsideQuotaAndNearPrediction checks
+// a batch above it against measured steps.
+inline constexpr int64_t kCalibrationMaxProbeBatch = 8;
+inline int64_t CalibrationProbeBatch(int64_t batch) { return batch < kCalibrationMaxProbeBatch ? batch : kCalibrationMaxProbeBatch; }
 
-// An upper bound on the memory MeasureCalibration uses for `shape` (its seq_len is not used),
+// An upper bound on the memory MeasureCalibration uses for `shape` (its seq_len is not used; its
+// batch counts up to kCalibrationMaxProbeBatch),
 // from the configuration alone: what slimd reserves on a device while a plan calibrates there
 // (docs/service.md, "Calibration"). The analytic terms are PredictPeak's at the largest probe;
 // activations are bounded by counting, per token, every tensor a layer keeps for backward and

@@ -222,7 +222,9 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
                                 {"small", 1024, 1, OptimizerKind::kAdamW}, {"small", 2048, 2, OptimizerKind::kAdamW},
                                 {"small", 4096, 1, OptimizerKind::kSgd},
                                 {"small", 2048, 1, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kLora},
-                                {"small", 2048, 1, OptimizerKind::kAdamW, Precision::kBf16}};
+                                {"small", 2048, 1, OptimizerKind::kAdamW, Precision::kBf16},
+                                // above kCalibrationMaxProbeBatch: calibrated at batch 8, run at 12
+                                {"tiny", 1024, 12, OptimizerKind::kAdamW}};
   int combos = 0;
   for (const Case& c : cases) {
     const StepShape s = Shape(c.preset, c.L, c.batch, c.optimizer, c.precision, c.tuning);
@@ -264,6 +266,10 @@ TEST_F(PlannerOnCpu, CalibrationIsCachedPerKey) {
   bf16.precision = Precision::kBf16;
   EXPECT_NE(CalibrationKey(bf16, "cpu"), CalibrationKey(s, "cpu"));
   EXPECT_NE(CalibrationKey(Shape("tiny", 1024, 2), "cpu"), CalibrationKey(s, "cpu"));
+  // Batches above kCalibrationMaxProbeBatch share its calibration, and its bound.
+  EXPECT_EQ(CalibrationKey(Shape("tiny", 1024, 50), "cpu"), CalibrationKey(Shape("tiny", 1024, 8), "cpu"));
+  EXPECT_EQ(CalibrationKey(Shape("tiny", 1024, 4000), "cpu"), CalibrationKey(Shape("tiny", 1024, 8), "cpu"));
+  EXPECT_EQ(CalibrationPeakBound(Shape("tiny", 1024, 4000)), CalibrationPeakBound(Shape("tiny", 1024, 8)));
 }
 
 // slimd reserves CalibrationPeakBound on a device while a plan calibrates there: the whole

@@ -129,4 +129,23 @@ std::vector<DeviceInfo> DevicesFromJson(const std::string& line) {
   return devices;
 }
 
+std::string WorkerFootprintToJson(const WorkerFootprint& footprint) {
+  Json o = JsonObject();
+  o.members["device"] = JsonString(footprint.device);
+  o.members["bytes"] = Number(footprint.bytes);
+  o.members["method"] = JsonString(footprint.method);
+  return SerializeJson(o);
+}
+
+WorkerFootprint WorkerFootprintFromJson(const std::string& line) {
+  const std::string what = "a worker footprint";
+  const Json o = ParseAnswer(what, line, Json::kObject);
+  WorkerFootprint footprint;
+  footprint.device = Member(o, "device", Json::kString, what, line).text;
+  footprint.bytes = Integer(o, "bytes", what, line);
+  footprint.method = Member(o, "method", Json::kString, what, line).text;
+  if (footprint.bytes < 0) Malformed(what, line);
+  return footprint;
+}
+
 }  // namespace slim

@@ -1,6 +1,6 @@
 // The answers of slim-train's one-shot commands that slimd runs as subprocesses instead of
 // linking LibTorch (docs/worker-protocol.md, "One-shot commands"): `plan --spec FILE --json`,
-// `inspect --model FILE --json` and `devices --json`. One encoder and one parser per answer,
+// `inspect --model FILE --json`, `devices --json` and `footprint --device D --json`. One encoder and one parser per answer,
 // shared by both sides. Plain C++: no LibTorch, no gRPC.
 #pragma once
 
@@ -43,6 +43,15 @@ struct ModelSummary {
   int64_t parameters = 0;
 };
 
+// What a worker process on a device uses beyond its tensors, which quotas do not count
+// (`footprint --device D`): on CPU its resident memory once LibTorch, the allocator and the BLAS
+// have started; on CUDA its CUDA context and library workspaces.
+struct WorkerFootprint {
+  std::string device;  // as slim-train names it: "cpu", "cuda:N"
+  int64_t bytes = 0;
+  std::string method;  // how it was measured, e.g. "resident memory (VmRSS)"
+};
+
 // One line of JSON each (no newline). The parsers throw EngineError(kInternal) naming what is
 // missing or malformed: a malformed answer is a broken or mismatched slim-train, not bad input.
 std::string AdmissionPlanToJson(const AdmissionPlan& plan);
@@ -51,5 +60,7 @@ std::string ModelSummaryToJson(const ModelSummary& summary);
 ModelSummary ModelSummaryFromJson(const std::string& line);
 std::string DevicesToJson(const std::vector<DeviceInfo>& devices);
 std::vector<DeviceInfo> DevicesFromJson(const std::string& line);
+std::string WorkerFootprintToJson(const WorkerFootprint& footprint);
+WorkerFootprint WorkerFootprintFromJson(const std::string& line);
 
 }  // namespace slim

@@ -432,13 +432,14 @@ int Devices(Client& client, const tools::Flags& flags, OutputFormat format) {
     PrintStructured(response, format);
     return kExitOk;
   }
-  std::vector<std::vector<std::string>> rows = {{"DEVICE", "KIND", "CAPACITY", "COMMITTED", "OBSERVED", "JOBS"}};
+  // FOOTPRINT: each worker process's own memory, counted in COMMITTED once per process.
+  std::vector<std::vector<std::string>> rows = {{"DEVICE", "KIND", "CAPACITY", "FOOTPRINT", "COMMITTED", "OBSERVED", "JOBS"}};
   for (const v1::Device& d : response.devices()) {
     std::string jobs;
     for (const std::string& j : d.job_ids()) jobs += (jobs.empty() ? "" : ",") + j;
     for (const std::string& r : d.reservations()) jobs += (jobs.empty() ? "" : ",") + r;  // e.g. a Generate
-    rows.push_back({d.name(), d.kind(), Bytes(d.capacity_bytes()), Bytes(d.committed_bytes()), Bytes(d.observed_bytes()),
-                    jobs.empty() ? "-" : jobs});
+    rows.push_back({d.name(), d.kind(), Bytes(d.capacity_bytes()), Bytes(d.worker_footprint_bytes()),
+                    Bytes(d.committed_bytes()), Bytes(d.observed_bytes()), jobs.empty() ? "-" : jobs});
   }
   PrintTable(rows);
   return kExitOk;

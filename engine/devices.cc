@@ -1,7 +1,9 @@
 #include "engine/devices.h"
 
 #include <c10/core/Device.h>
+#include <torch/types.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -14,6 +16,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <unistd.h>
 #endif
 
 namespace slim {
@@ -33,7 +37,55 @@ int64_t MeminfoBytes(const std::string& key) {
   return 0;
 }
 
+// "<key>: <n> kB" of /proc/self/status in bytes; 0 if absent.
+int64_t ProcessStatusBytes(const std::string& key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream fields(line.substr(key.size() + 1));
+    int64_t kb = 0;
+    fields >> kb;
+    return kb * 1024;
+  }
+  return 0;
+}
+
 #ifdef SLIM_WITH_CUDA
+// The device memory NVML attributes to this process on the GPU at `pci_bus_id`; -1 where NVML
+// is not there or does not list this process. NVML is opened at run time (it comes with the
+// driver, not the toolkit), through its original process-list entry point, whose record
+// {pid, usedGpuMemory} every driver still exports.
+int64_t NvmlProcessBytes(const std::string& pci_bus_id) {
+  void* nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (nvml == nullptr) return -1;
+  struct ProcessInfo {
+    unsigned int pid;
+    unsigned long long used_gpu_memory;
+  };
+  using Init = int (*)();
+  using ByBusId = int (*)(const char*, void**);
+  using Processes = int (*)(void*, unsigned int*, ProcessInfo*);
+  const auto init = reinterpret_cast<Init>(dlsym(nvml, "nvmlInit_v2"));
+  const auto by_bus_id = reinterpret_cast<ByBusId>(dlsym(nvml, "nvmlDeviceGetHandleByPciBusId_v2"));
+  const auto processes = reinterpret_cast<Processes>(dlsym(nvml, "nvmlDeviceGetComputeRunningProcesses"));
+  const auto shutdown = reinterpret_cast<Init>(dlsym(nvml, "nvmlShutdown"));
+  int64_t bytes = -1;
+  void* handle = nullptr;
+  if (init != nullptr && by_bus_id != nullptr && processes != nullptr && shutdown != nullptr && init() == 0) {
+    ProcessInfo listed[256];
+    unsigned int count = 256;
+    if (by_bus_id(pci_bus_id.c_str(), &handle) == 0 && processes(handle, &count, listed) == 0) {
+      for (unsigned int i = 0; i < count && i < 256; ++i) {
+        if (listed[i].pid == static_cast<unsigned int>(::getpid())) bytes = static_cast<int64_t>(listed[i].used_gpu_memory);
+      }
+    }
+    shutdown();
+  }
+  dlclose(nvml);
+  return bytes;
+}
+
 DeviceInfo CudaDevice(int index) {
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
   size_t free_bytes = 0, total_bytes = 0;
@@ -78,6 +130,50 @@ std::string DeviceKind(const std::string& device_name) {
 #else
   return "cuda";
 #endif
+}
+
+WorkerFootprint MeasureWorkerFootprint(const std::string& device_name) {
+  const c10::Device device = ParseDevice(device_name);
+  WorkerFootprint footprint;
+  footprint.device = device_name;
+  if (device.is_cpu()) InstallCpuMemoryTracker();
+#ifdef SLIM_WITH_CUDA
+  size_t context_free = 0, total = 0;
+  if (device.is_cuda()) {
+    c10::cuda::CUDAGuard guard(device.index());
+    cudaFree(nullptr);  // creates the context
+    cudaMemGetInfo(&context_free, &total);
+  }
+#endif
+  {
+    // One small step's worth of work: matmul (the BLAS or cuBLAS), elementwise kernels, autograd.
+    const torch::Tensor a = torch::randn({128, 128}, torch::TensorOptions().device(device).requires_grad(true));
+    a.matmul(a).tanh().sum().backward();
+  }
+  if (device.is_cpu()) {
+    footprint.bytes = ProcessStatusBytes("VmRSS");
+    footprint.method = "resident memory (VmRSS) after a warm-up step";
+    return footprint;
+  }
+#ifdef SLIM_WITH_CUDA
+  c10::cuda::CUDAGuard guard(device.index());
+  cudaDeviceSynchronize();
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  char bus_id[32] = {};
+  cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device.index());
+  const int64_t seen = NvmlProcessBytes(bus_id);
+  if (seen > 0) {
+    footprint.bytes = seen;
+    footprint.method = "device memory NVML attributes to the process after a warm-up step";
+  } else {
+    size_t free_after = 0;
+    cudaMemGetInfo(&free_after, &total);
+    const int64_t workspaces = std::max<int64_t>(0, static_cast<int64_t>(context_free) - static_cast<int64_t>(free_after));
+    footprint.bytes = workspaces + kCudaContextAllowance;
+    footprint.method = "library workspaces after a warm-up step + 512 MiB for the context (NVML does not see the process)";
+  }
+#endif
+  return footprint;
 }
 
 void CapDeviceMemory(const std::string& device_name, int64_t bytes) {

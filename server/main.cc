@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -69,6 +70,10 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
                           default: what is discovered (one CPU device with half the RAM, every
                           CUDA GPU with 95% of its memory)
   --worker-binary PATH    slim-train (default: next to slimd, or ../tools/slim-train)
+  --worker-footprint auto|SIZE  memory each worker process uses beyond its quota, committed
+                          beside it on its device: auto (default) measures it at start, once
+                          per GPU and once for the CPU devices (slim-train footprint); SIZE
+                          sets it for every device; 0 counts quotas only
   --checkpoint-every N    checkpoint cadence for specs that leave it at 0 (default 50)
   --max-retries N         restarts of a crashed worker from its last checkpoint (default 2)
   --cancel-grace S        seconds between SIGTERM and SIGKILL for a worker (default 30)
@@ -162,6 +167,43 @@ std::vector<slim::server::DeviceCapacity> DiscoveredDevices(const std::string& w
     if (d.kind == "cuda") devices.push_back({d.name, "cuda", d.total_bytes * 95 / 100});
   }
   return devices;
+}
+
+// Each device's worker footprint (server/sched/scheduler.h): `setting` "auto" measures it with
+// `slim-train footprint`, once for the CPU devices (they are slices of one machine's memory)
+// and once per GPU; a size sets it for every device. A device that cannot hold one worker
+// beside the smallest quota is reported, not refused: its jobs are refused by name at creation.
+void SetWorkerFootprints(const std::string& setting, const std::string& worker_binary, const std::string& data_dir,
+                         std::vector<slim::server::DeviceCapacity>* devices) {
+  if (setting != "auto") {
+    const int64_t bytes = slim::ParseBytes(setting, "--worker-footprint");
+    for (auto& d : *devices) d.worker_footprint_bytes = bytes;
+    return;
+  }
+  slim::server::EngineCommands commands({worker_binary, "", data_dir + "/tmp"});
+  std::map<std::string, int64_t> measured;  // by slim-train's device name
+  for (auto& d : *devices) {
+    const std::string device = d.kind == "cpu" ? "cpu" : d.name;
+    if (!measured.count(device)) {
+      absl::StatusOr<slim::WorkerFootprint> found = commands.Footprint(device);
+      if (!found.ok()) {
+        throw slim::EngineError(slim::ErrorCode::kInternal, "--worker-footprint auto: cannot measure a worker on " +
+                                                                 device + " with " + worker_binary + ": " +
+                                                                 std::string(found.status().message()));
+      }
+      measured[device] = found->bytes;
+      std::printf("slimd: worker footprint on %s: %s (%s)\n", device.c_str(), slim::FormatBytes(found->bytes).c_str(),
+                  found->method.c_str());
+    }
+    d.worker_footprint_bytes = measured[device];
+    if (d.worker_footprint_bytes >= d.capacity_bytes) {
+      std::fprintf(stderr,
+                   "slimd: warning: %s (%s) cannot hold one worker (footprint %s): no job will be placed on it; "
+                   "declare more memory, or --worker-footprint 0 to count quotas only\n",
+                   d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str(),
+                   slim::FormatBytes(d.worker_footprint_bytes).c_str());
+    }
+  }
 }
 
 std::string DefaultWorkerBinary() {
@@ -270,6 +312,7 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.generate_quota_bytes = flags.Has("generate-quota") ? flags.Bytes("generate-quota", -1) : 0;
   o.manager.tenant_max_dataset_bytes =
       flags.Has("tenant-max-dataset-storage") ? flags.Bytes("tenant-max-dataset-storage", -1) : 0;
+  const std::string footprint = flags.Has("worker-footprint") ? flags.String("worker-footprint", "") : "auto";
   flags.CheckAllUsed();
   slim::CheckArgument(!o.manager.devices.empty(), "--devices: no devices");
   slim::CheckArgument(o.tls_cert.empty() == o.tls_key.empty(), "--tls-cert and --tls-key: give both or neither");
@@ -280,6 +323,7 @@ Options ParseOptions(int argc, char** argv) {
   // Admission and the workers plan from the same calibration, or a worker could measure its
   // own and pick another chunk size: both are given this directory (--calibration-cache).
   o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
+  SetWorkerFootprints(footprint, o.manager.worker_binary, o.manager.data_dir, &o.manager.devices);
   return o;
 }
 
@@ -414,7 +458,11 @@ int Serve(const Options& o) {
   std::printf("slimd: listening on %s%s, data in %s, %zu device(s):", address.c_str(), o.tls_cert.empty() ? "" : " (TLS)",
               o.manager.data_dir.c_str(),
               o.manager.devices.size());
-  for (const auto& d : o.manager.devices) std::printf(" %s (%s)", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
+  for (const auto& d : o.manager.devices) {
+    std::printf(" %s (%s", d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str());
+    if (d.worker_footprint_bytes > 0) std::printf(", worker footprint %s", slim::FormatBytes(d.worker_footprint_bytes).c_str());
+    std::printf(")");
+  }
   std::printf("\n");
   if (!o.manager.replica_id.empty()) {
     std::printf("slimd: replica %s (lease %g s) of the fleet on this database\n", o.manager.replica_id.c_str(),

@@ -2,6 +2,7 @@
 //   run       train from a job spec (YAML or JSON); the server runs this as its worker
 //   plan      choose the chunk size that fits a memory quota (calibrated on this device)
 //   devices   list the devices this process can use, with their memory
+//   footprint what a worker process on a device uses beyond its tensors
 //   init      write a model file with random weights from a preset
 //   generate  sample text from a model file in recurrent mode
 //   eval      mean loss and bits per byte of a model file on a data file
@@ -52,6 +53,8 @@ commands:
   plan      the largest chunk size whose predicted peak memory fits a quota: for a whole spec
             (--spec FILE [--default-quota-cap BYTES]) or a shape (--preset, --seq-len, ...)
   devices   the devices this process can use, with total and free memory
+  footprint [--device D]: what a worker process on D (cpu, cuda:N) uses beyond its tensors,
+            which slimd counts beside each worker's quota
   inspect   --model FILE: load a model file whole and print its config and parameter count
   init      --preset P --out FILE [--seed S]: a model file with random weights
   generate  --model FILE --prompt TEXT|--prompt-file FILE [--max-tokens N] [--temperature T]
@@ -487,6 +490,22 @@ int Devices(const slim::tools::Flags& flags) {
   return 0;
 }
 
+// footprint --device D [--json]: what a worker process on D uses beyond its tensors
+// (engine/devices.h); slimd counts it beside each worker's quota.
+int Footprint(const slim::tools::Flags& flags) {
+  const std::string device = flags.String("device", "cpu");
+  const bool json = flags.Bool("json");
+  flags.CheckAllUsed();
+  slim::ConfigureRuntime();
+  const slim::WorkerFootprint footprint = slim::MeasureWorkerFootprint(device);
+  if (json) {
+    std::printf("%s\n", slim::WorkerFootprintToJson(footprint).c_str());
+  } else {
+    std::printf("%s: %s (%s)\n", device.c_str(), slim::FormatBytes(footprint.bytes).c_str(), footprint.method.c_str());
+  }
+  return 0;
+}
+
 // inspect --model FILE: loads the whole file (every tensor checked against its config).
 int Inspect(const slim::tools::Flags& flags) {
   const std::string path = flags.String("model", "");
@@ -613,6 +632,7 @@ int main(int argc, char** argv) {
     if (command == "merge") return Merge(flags);
     if (command == "plan") return Plan(flags);
     if (command == "devices") return Devices(flags);
+    if (command == "footprint") return Footprint(flags);
     if (command == "inspect") return Inspect(flags);
     if (command == "init") return Init(flags);
     if (command == "generate") return Generate(flags);

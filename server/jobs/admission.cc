@@ -122,7 +122,7 @@ Admission::KindCapacity Admission::CapacityOf(const std::string& kind) {
     int count = 0;
     for (const v1::Device& d : server.devices()) {
       if (d.kind() != kind) continue;
-      capacity.largest = std::max(capacity.largest, d.capacity_bytes());
+      capacity.largest = std::max(capacity.largest, d.capacity_bytes() - d.worker_footprint_bytes());
       ++count;
     }
     capacity.most_on_one_server = std::max(capacity.most_on_one_server, count);

@@ -50,8 +50,9 @@ class Admission {
   // The devices of one kind that admission may count on: this server's, and in a fleet every
   // live replica's.
   struct KindCapacity {
-    int64_t largest = 0;         // bytes of the largest device of the kind
-    int64_t largest_here = 0;    // ... of those of this server (0: none here; planning calibrates here)
+    // The largest quota one device of the kind can hold: its capacity less its worker footprint.
+    int64_t largest = 0;
+    int64_t largest_here = 0;    // ... of the devices of this server (0: none here; planning calibrates here)
     int most_on_one_server = 0;  // the most devices of the kind one server (replica) has
   };
   KindCapacity CapacityOf(const std::string& kind);

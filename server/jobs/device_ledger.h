@@ -29,8 +29,9 @@ class DeviceLedger {
   // In a fleet, the devices every live replica published (this one's included); empty for a
   // single slimd.
   virtual std::vector<v1::ListDevicesResponse> FleetDevices() = 0;
-  // Reserves `bytes` on the device of `kind` here with the most uncommitted memory, listed in
-  // ListDevices as "<purpose>-N". RESOURCE_EXHAUSTED naming what is free when no device has
+  // Reserves `bytes` on the device of `kind` here with the most uncommitted memory (the
+  // reservation's process commits the device's worker footprint too), listed in ListDevices as
+  // "<purpose>-N". RESOURCE_EXHAUSTED naming what is free when no device has
   // that much; FAILED_PRECONDITION when this server has no device of the kind.
   virtual absl::StatusOr<std::unique_ptr<DeviceHold>> Reserve(const std::string& kind, int64_t bytes,
                                                               const std::string& purpose) = 0;

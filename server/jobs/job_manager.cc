@@ -45,6 +45,7 @@ v1::ListDevicesResponse JobManager::DeclaredDevices() const {
     device->set_name(d.name);
     device->set_kind(d.kind);
     device->set_capacity_bytes(d.capacity_bytes);
+    device->set_worker_footprint_bytes(d.worker_footprint_bytes);
   }
   return response;
 }
@@ -198,8 +199,8 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   ASSIGN_OR_RETURN(const v1::PlanJobResponse plan, admission_.Plan(spec, kind));
   if (plan.quota_bytes() > largest) {
     return absl::ResourceExhaustedError(absl::StrCat("spec: memory.quota: ", FormatBytes(plan.quota_bytes()),
-                                                     " is more than the largest ", kind, " device (",
-                                                     FormatBytes(largest), ")"));
+                                                     " is more than the largest ", kind, " device holds (",
+                                                     FormatBytes(largest), " beside its worker footprint)"));
   }
   if (!plan.feasible()) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -461,6 +462,7 @@ v1::ListDevicesResponse JobManager::DevicesLocked() {
     device->set_kind(d.kind);
     device->set_description(d.kind == "cpu" ? "CPU memory declared to the scheduler" : "CUDA GPU");
     device->set_capacity_bytes(d.capacity_bytes);
+    device->set_worker_footprint_bytes(d.worker_footprint_bytes);
     for (const auto& [id, r] : running_) {
       const auto on_device = std::find_if(r->ranks.begin(), r->ranks.end(),
                                           [&](const Rank& k) { return k.device == d.name; });
@@ -468,7 +470,7 @@ v1::ListDevicesResponse JobManager::DevicesLocked() {
       absl::StatusOr<v1::Job> job = store_.GetJob(id);
       if (!job.ok()) continue;
       device->add_job_ids(id);
-      device->set_committed_bytes(device->committed_bytes() + job->quota_bytes());
+      device->set_committed_bytes(device->committed_bytes() + ProcessCost(d, job->quota_bytes()));
       if (on_device == r->ranks.begin()) {  // a data-parallel job's measurements are rank 0's
         device->set_observed_bytes(device->observed_bytes() + job->observed_peak_bytes());
         device->set_current_bytes(device->current_bytes() + job->progress().current_bytes());
@@ -477,7 +479,7 @@ v1::ListDevicesResponse JobManager::DevicesLocked() {
     for (const auto& [id, held] : reservations_) {
       if (held.device != d.name) continue;
       device->add_reservations(absl::StrCat(id, " (", FormatBytes(held.bytes), ")"));
-      device->set_committed_bytes(device->committed_bytes() + held.bytes);
+      device->set_committed_bytes(device->committed_bytes() + ProcessCost(d, held.bytes));
     }
   }
   return response;

@@ -53,13 +53,17 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
 // Reservations
 
 std::map<std::string, int64_t> JobManager::CommittedLocked() {
+  std::map<std::string, int64_t> footprint;
+  for (const DeviceCapacity& d : options_.devices) footprint[d.name] = d.worker_footprint_bytes;
   std::map<std::string, int64_t> committed;
   for (const auto& [id, r] : running_) {
     absl::StatusOr<v1::Job> job = store_.GetJob(id);
     if (!job.ok()) continue;
-    for (const Rank& k : r->ranks) committed[k.device] += std::max(job->quota_bytes(), r->pending_quota);
+    for (const Rank& k : r->ranks) {
+      committed[k.device] += std::max(job->quota_bytes(), r->pending_quota) + footprint[k.device];
+    }
   }
-  for (const auto& [id, held] : reservations_) committed[held.device] += held.bytes;
+  for (const auto& [id, held] : reservations_) committed[held.device] += held.bytes + footprint[held.device];
   return committed;
 }
 
@@ -72,7 +76,8 @@ absl::StatusOr<std::unique_ptr<DeviceHold>> JobManager::Reserve(const std::strin
   for (const DeviceCapacity& d : options_.devices) {
     if (d.kind != kind) continue;
     const auto it = committed.find(d.name);
-    const int64_t free = d.capacity_bytes - (it == committed.end() ? 0 : it->second);
+    // What a process there could still have as its quota.
+    const int64_t free = d.capacity_bytes - (it == committed.end() ? 0 : it->second) - d.worker_footprint_bytes;
     if (best == nullptr || free > best_free) best = &d, best_free = free;
   }
   if (best == nullptr) return absl::FailedPreconditionError(absl::StrCat(purpose, ": this server has no ", kind, " device"));
@@ -80,7 +85,7 @@ absl::StatusOr<std::unique_ptr<DeviceHold>> JobManager::Reserve(const std::strin
     return absl::ResourceExhaustedError(absl::StrCat(
         purpose, ": needs ", FormatBytes(bytes), " of a ", kind, " device and the most any has free is ",
         FormatBytes(std::max<int64_t>(best_free, 0)), " (", best->name,
-        "); the rest is committed to jobs. Try again when one ends"));
+        " beside its worker footprint); the rest is committed to jobs. Try again when one ends"));
   }
   const std::string id = absl::StrCat(purpose, "-", next_reservation_++);
   reservations_[id] = {best->name, bytes, purpose};

@@ -55,7 +55,10 @@ table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bot
     h += "<div class=\"device\" id=\"device-" + Html(d.name()) + "\"><b>" + Html(d.name()) + "</b> (" + Html(d.kind()) +
          "): " + FormatBytes(d.committed_bytes()) + " of " + FormatBytes(d.capacity_bytes()) + " committed, " +
          std::to_string(d.job_ids_size()) + " job(s), observed peaks " + FormatBytes(d.observed_bytes()) +
+         (d.worker_footprint_bytes() > 0 ? ", worker footprint " + FormatBytes(d.worker_footprint_bytes()) + " per process"
+                                         : std::string()) +
          "\n<div class=\"bar\">";
+    const double footprint = static_cast<double>(d.worker_footprint_bytes()) / capacity;
     double offset = 0;
     for (int i = 0; i < d.job_ids_size(); ++i) {
       const auto it = by_id.find(d.job_ids(i));
@@ -68,6 +71,12 @@ table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bot
       h += "<div class=\"peak\" title=\"observed peak of " + Html(j.id()) + "\" style=\"left:" +
            Percent(offset + static_cast<double>(j.observed_peak_bytes()) / capacity) + "\"></div>";
       offset += width;
+      if (footprint > 0) {  // the worker process's own memory, committed beside its quota
+        h += "<div class=\"seg\" title=\"" + Html(j.id()) + ": worker footprint " +
+             FormatBytes(d.worker_footprint_bytes()) + "\" style=\"left:" + Percent(offset) + ";width:" +
+             Percent(footprint) + ";background:#9a9a9a\"></div>";
+        offset += footprint;
+      }
     }
     h += "</div></div>\n";
   }

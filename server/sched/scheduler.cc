@@ -71,7 +71,7 @@ void PlanGrows(const std::vector<DeviceCapacity>& devices, const std::vector<Run
                                      [&](const DeviceCapacity& d) { return d.name == r->device; });
     if (device == devices.end() || touched.count(r->device)) continue;
     const bool wanted = std::any_of(still_queued.begin(), still_queued.end(), [&](const QueuedJob* q) {
-      return KindMatches(*q, *device) && device->capacity_bytes >= q->quota_bytes;
+      return KindMatches(*q, *device) && device->capacity_bytes >= ProcessCost(*device, q->quota_bytes);
     });
     const int64_t more = r->requested_quota_bytes - r->quota_bytes;
     if (wanted || (*free)[r->device] < more) continue;
@@ -85,8 +85,9 @@ void PlanGrows(const std::vector<DeviceCapacity>& devices, const std::vector<Run
 ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std::vector<RunningJob>& running,
                           std::vector<QueuedJob> queued) {
   std::map<std::string, int64_t> free;
-  for (const DeviceCapacity& d : devices) free[d.name] = d.capacity_bytes;
-  for (const RunningJob& r : running) free[r.device] -= r.quota_bytes;
+  std::map<std::string, int64_t> footprint;
+  for (const DeviceCapacity& d : devices) free[d.name] = d.capacity_bytes, footprint[d.name] = d.worker_footprint_bytes;
+  for (const RunningJob& r : running) free[r.device] -= r.quota_bytes + footprint[r.device];
   std::set<std::string> reserved;  // devices being shrunk for a job in this pass
   std::set<std::string> shrinking;  // running jobs already ordered to shrink
   std::vector<const QueuedJob*> still_queued;  // not placed and not made room for
@@ -98,7 +99,9 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
       // A gang: `workers` devices with room each, the tightest first, or none at all.
       std::vector<const DeviceCapacity*> fitting;
       for (const DeviceCapacity& d : devices) {
-        if (KindMatches(job, d) && !reserved.count(d.name) && free[d.name] >= job.quota_bytes) fitting.push_back(&d);
+        if (KindMatches(job, d) && !reserved.count(d.name) && free[d.name] >= ProcessCost(d, job.quota_bytes)) {
+          fitting.push_back(&d);
+        }
       }
       if (static_cast<int>(fitting.size()) < job.workers) {  // stays queued; others may backfill
         still_queued.push_back(&job);
@@ -110,31 +113,32 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
       Placement placement{job.id, fitting[0]->name, {}};
       for (int rank = 0; rank < job.workers; ++rank) {
         placement.devices.push_back(fitting[rank]->name);
-        free[fitting[rank]->name] -= job.quota_bytes;
+        free[fitting[rank]->name] -= ProcessCost(*fitting[rank], job.quota_bytes);
       }
       decision.placements.push_back(std::move(placement));
       continue;
     }
     const DeviceCapacity* best = nullptr;
     for (const DeviceCapacity& d : devices) {
-      if (!KindMatches(job, d) || reserved.count(d.name) || free[d.name] < job.quota_bytes) continue;
+      if (!KindMatches(job, d) || reserved.count(d.name) || free[d.name] < ProcessCost(d, job.quota_bytes)) continue;
       if (best == nullptr || free[d.name] < free[best->name]) best = &d;
     }
     if (best != nullptr) {
       decision.placements.push_back({job.id, best->name, {best->name}});
-      free[best->name] -= job.quota_bytes;
+      free[best->name] -= ProcessCost(*best, job.quota_bytes);
       continue;
     }
     // Shrink-to-fit: the device that needs the fewest shrinks to make room.
     std::vector<ShrinkOrder> chosen;
     std::string chosen_device;
     for (const DeviceCapacity& d : devices) {
-      if (!KindMatches(job, d) || reserved.count(d.name) || d.capacity_bytes < job.quota_bytes) continue;
+      if (!KindMatches(job, d) || reserved.count(d.name) || d.capacity_bytes < ProcessCost(d, job.quota_bytes)) continue;
       std::vector<RunningJob> available;
       for (const RunningJob& r : running) {
         if (!shrinking.count(r.id) && !r.quota_change_pending) available.push_back(r);
       }
-      std::vector<ShrinkOrder> orders = PlanShrinks(d.name, job.priority, job.quota_bytes - free[d.name], available, job.id);
+      std::vector<ShrinkOrder> orders =
+          PlanShrinks(d.name, job.priority, ProcessCost(d, job.quota_bytes) - free[d.name], available, job.id);
       if (!orders.empty() && (chosen.empty() || orders.size() < chosen.size())) {
         chosen = std::move(orders);
         chosen_device = d.name;
@@ -156,15 +160,18 @@ ScheduleDecision Schedule(const std::vector<DeviceCapacity>& devices, const std:
 
 std::string WhyNeverPlaceable(const std::vector<DeviceCapacity>& devices, const QueuedJob& job) {
   int fitting = 0;
+  int64_t footprint = 0;  // the largest of the devices of its kind, for the message
   for (const DeviceCapacity& d : devices) {
-    if (KindMatches(job, d) && d.capacity_bytes >= job.quota_bytes) ++fitting;
+    if (KindMatches(job, d) && d.capacity_bytes >= ProcessCost(d, job.quota_bytes)) ++fitting;
+    if (KindMatches(job, d)) footprint = std::max(footprint, d.worker_footprint_bytes);
   }
   const int needed = std::max(1, job.workers);
   if (fitting >= needed) return "";
   const std::string kind = job.device_kind.empty() ? "" : job.device_kind + " ";
   return absl::StrCat("needs ", needed, " ", kind, needed == 1 ? "device" : "devices", " with ",
-                      FormatBytes(job.quota_bytes), needed == 1 ? "" : " each", "; there ", fitting == 1 ? "is " : "are ",
-                      fitting);
+                      FormatBytes(job.quota_bytes), needed == 1 ? "" : " each",
+                      footprint > 0 ? absl::StrCat(" plus the worker footprint (", FormatBytes(footprint), ")") : "",
+                      "; there ", fitting == 1 ? "is " : "are ", fitting);
 }
 
 std::vector<std::pair<std::string, int>> QueuePositions(std::vector<QueuedJob> queued) {

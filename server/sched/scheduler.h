@@ -4,10 +4,14 @@
 //
 // Policy:
 //   - Queued jobs are considered by priority (higher first), then in creation order (FIFO).
+//   - Every process on a device costs its quota plus the device's worker footprint (what a
+//     worker process uses beyond its tensors, measured once per device: LibTorch's resident
+//     memory on CPU, the CUDA context and workspaces on a GPU). "Committed" below means the sum
+//     of those costs; it never exceeds the capacity.
 //   - A job fits a device of its kind (any kind if it names none) whose uncommitted memory —
-//     capacity minus the quotas of the jobs placed on it — covers its quota. Among those it
-//     goes to the best fit: the device left with the least uncommitted memory. Many jobs share
-//     a device.
+//     capacity minus what the processes placed on it commit — covers its quota plus the
+//     footprint. Among those it goes to the best fit: the device left with the least
+//     uncommitted memory. Many jobs share a device.
 //   - Shrink-to-fit: a job that fits nowhere may make room on one device by lowering the quotas
 //     of running jobs of strictly lower priority there, down to their minimum quotas (the
 //     planner's smallest feasible quota for them). Lowest priority first, newest first among
@@ -33,9 +37,16 @@ struct DeviceCapacity {
   std::string name;  // "cpu:0", "cuda:0"
   std::string kind;  // "cpu", "cuda"
   int64_t capacity_bytes = 0;
+  int64_t worker_footprint_bytes = 0;  // committed per process on it, beside the process's quota
 };
 
-// One per device a running job uses: a data-parallel job has one entry per rank.
+// What a process with `quota_bytes` commits on `device`.
+inline int64_t ProcessCost(const DeviceCapacity& device, int64_t quota_bytes) {
+  return quota_bytes + device.worker_footprint_bytes;
+}
+
+// One per device a running job uses (a data-parallel job has one entry per rank), and one per
+// reservation (calibrations, generations: processes too, with their own footprint).
 struct RunningJob {
   std::string id;
   std::string device;

@@ -231,6 +231,16 @@ absl::StatusOr<std::vector<DeviceInfo>> EngineCommands::Devices() {
   }
 }
 
+absl::StatusOr<WorkerFootprint> EngineCommands::Footprint(const std::string& device) {
+  absl::StatusOr<std::string> line = Answer("footprint", {"--device", device, "--json"});
+  if (!line.ok()) return line.status();
+  try {
+    return WorkerFootprintFromJson(*line);
+  } catch (const EngineError& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
 absl::Status EngineCommands::Generate(const std::string& model_path, const std::string& prompt,
                                       const GenerateParams& params, const std::function<bool(int32_t)>& emit) {
   ScratchFile prompt_file{ScratchPath("prompt", ".txt")};

@@ -3,6 +3,7 @@
 //   plan --spec FILE --json   admission's plan, by the planner the worker trains with
 //   inspect --model FILE      a model file loaded whole before it is imported or registered
 //   devices --json            the devices this machine has
+//   footprint --device D      what a worker process on D uses beyond its quota
 //   generate --ids            sampling from a model, one token id per line as it is drawn
 // Answers are parsed by base/command_answers.h. A command that fails maps its exit status
 // through the error-code table (base/errors.h) and reports slim-train's own message.
@@ -64,6 +65,8 @@ class EngineCommands {
                                      const CalibrationPlace* calibrate_on = nullptr);
   absl::StatusOr<ModelSummary> Inspect(const std::string& model_path);
   absl::StatusOr<std::vector<DeviceInfo>> Devices();
+  // `device` as slim-train names it: "cpu", "cuda:N".
+  absl::StatusOr<WorkerFootprint> Footprint(const std::string& device);
   // Streams each new token id to `emit` as it is drawn; `emit` returning false kills the
   // process and returns CANCELLED.
   absl::Status Generate(const std::string& model_path, const std::string& prompt, const GenerateParams& params,

@@ -44,6 +44,12 @@ TEST(CommandAnswers, ModelSummaryAndDevicesRoundTrip) {
   EXPECT_EQ(read[1].description, "NVIDIA \"H100\"");
   EXPECT_EQ(read[0].total_bytes, 25276157952);
   EXPECT_EQ(read[1].free_bytes, 1);
+
+  const WorkerFootprint footprint{"cuda:1", 536870912, "measured \"somehow\""};
+  const WorkerFootprint footprint_read = WorkerFootprintFromJson(WorkerFootprintToJson(footprint));
+  EXPECT_EQ(footprint_read.device, "cuda:1");
+  EXPECT_EQ(footprint_read.bytes, 536870912);
+  EXPECT_EQ(footprint_read.method, footprint.method);
 }
 
 TEST(CommandAnswers, MalformedAnswersAreInternalErrorsNamingWhatIsWrong) {
@@ -65,6 +71,8 @@ TEST(CommandAnswers, MalformedAnswersAreInternalErrorsNamingWhatIsWrong) {
   }
   EXPECT_THROW(ModelSummaryFromJson(R"({"config":{"d_model":128},"parameters":1})"), EngineError);
   EXPECT_THROW(DevicesFromJson(R"([{"name":"cpu"}])"), EngineError);
+  EXPECT_THROW(WorkerFootprintFromJson(R"({"bytes":-1,"device":"cpu","method":"x"})"), EngineError);
+  EXPECT_THROW(WorkerFootprintFromJson(R"({"device":"cpu","method":"x"})"), EngineError);
 }
 
 }  // namespace

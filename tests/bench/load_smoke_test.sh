@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$dir/slimd.log" ] && tail -30 "$dir/slimd.log" >&2; exit 1; }
 
-"$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:256MiB --worker-binary "$train" \
+"$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:256MiB --worker-footprint 0 --worker-binary "$train" \
   --metrics-address off --cancel-grace 10 >"$dir/slimd.log" 2>&1 &
 slimd_pid=$!
 for _ in $(seq 1 600); do

@@ -15,7 +15,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$dir/slimd.log" ] && tail -20 "$dir/slimd.log" >&2; exit 1; }
 start_slimd() {
-  "$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:64MiB --worker-binary "$train" --metrics-address 127.0.0.1:0 \
+  "$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:64MiB --worker-footprint 0 --worker-binary "$train" --metrics-address 127.0.0.1:0 \
     --checkpoint-every 10 >>"$dir/slimd.log" 2>&1 &
   slimd_pid=$!
   for _ in $(seq 1 200); do
@@ -212,7 +212,7 @@ grep -q "SUCCEEDED" "$dir/watch2.out" || fail "watch did not see the end"
 # A full disk, here slimd's file-size limit (writes fail with EFBIG as they do with ENOSPC on a
 # full disk), ends an upload with the cause and the file named, and leaves no partial file.
 limited="unix:$dir/limited.sock"
-( ulimit -f 4096; exec "$slimd" --listen "$limited" --data-dir "$dir/limited" --devices cpu:64MiB \
+( ulimit -f 4096; exec "$slimd" --listen "$limited" --data-dir "$dir/limited" --devices cpu:64MiB --worker-footprint 0 \
     --worker-binary "$train" --metrics-address off ) >>"$dir/slimd.log" 2>&1 &
 limited_pid=$!
 for _ in $(seq 1 200); do "$ctl" health --server "$limited" >/dev/null 2>&1 && break; sleep 0.1; done

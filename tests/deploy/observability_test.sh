@@ -22,7 +22,7 @@ fail() { echo "FAIL: $*" >&2; tail -20 "$dir/slimd.log" >&2 || true; tail -20 "$
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 sock="unix:$dir/slimd.sock"
-"$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:64MiB,cpu:64MiB --worker-binary "$train" \
+"$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:512MiB,cpu:512MiB --worker-binary "$train" \
   --metrics-address 127.0.0.1:0 > "$dir/slimd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do grep -q "metrics on http" "$dir/slimd.log" && break; sleep 0.1; done

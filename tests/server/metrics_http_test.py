@@ -52,8 +52,8 @@ def start_slimd(name, *extra):
     """Starts slimd; returns (process, port) once it reports its metrics address."""
     log = os.path.join(TMP, name + ".log")
     p = subprocess.Popen([SLIMD, "--listen", f"unix:{TMP}/{name}.sock", "--data-dir", f"{TMP}/{name}-data",
-                          "--devices", "cpu:64MiB", "--worker-binary", TRAIN, "--metrics-address", "127.0.0.1:0",
-                          *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                          "--devices", "cpu:64MiB", "--worker-footprint", "0", "--worker-binary", TRAIN,
+                          "--metrics-address", "127.0.0.1:0", *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
     procs.append(p)
     for _ in range(300):
         text = open(log).read()
@@ -281,8 +281,8 @@ cases = [
 for text, named in cases:
     path = write("bad.yml", text)
     r = subprocess.run([SLIMD, "--listen", f"unix:{TMP}/bad.sock", "--data-dir", f"{TMP}/bad-data", "--devices",
-                        "cpu:64MiB", "--worker-binary", TRAIN, "--metrics-address", "127.0.0.1:0",
-                        "--metrics-web-config", path], capture_output=True, text=True, timeout=60)
+                        "cpu:64MiB", "--worker-footprint", "0", "--worker-binary", TRAIN, "--metrics-address",
+                        "127.0.0.1:0", "--metrics-web-config", path], capture_output=True, text=True, timeout=60)
     check(r.returncode != 0 and "--metrics-web-config" in r.stderr and named in r.stderr,
           f"web config {text!r}: exit {r.returncode}, stderr {r.stderr!r} (expected it to name {named})")
 shutil.rmtree(TMP, ignore_errors=True)

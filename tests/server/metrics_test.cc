@@ -84,6 +84,7 @@ TEST(ServiceMetrics, SchedulePassAndRpcs) {
   d->set_name("cpu:0");
   d->set_capacity_bytes(64 << 20);
   d->set_committed_bytes(12 << 20);
+  d->set_worker_footprint_bytes(4 << 20);
   d->add_job_ids("job-000001");
   metrics.OnSchedulePass(devices, {RunningJob(), RunningJob()}, {{v1::JOB_STATE_RUNNING, 1}, {v1::JOB_STATE_QUEUED, 2}});
   metrics.OnRpc("GetJob", "NOT_FOUND", 0.002);
@@ -93,6 +94,7 @@ TEST(ServiceMetrics, SchedulePassAndRpcs) {
   EXPECT_TRUE(Has(text, "slim_jobs{state=\"failed\"} 0"));
   EXPECT_TRUE(Has(text, "slim_device_capacity_bytes{device=\"cpu:0\"} 67108864"));
   EXPECT_TRUE(Has(text, "slim_device_jobs{device=\"cpu:0\"} 1"));
+  EXPECT_TRUE(Has(text, "slim_device_worker_footprint_bytes{device=\"cpu:0\"} 4194304"));
   EXPECT_TRUE(Has(text, "slim_rpc_requests_total{code=\"NOT_FOUND\",method=\"GetJob\"} 1"));
   EXPECT_TRUE(Has(text, "slim_build_info{api=\"slim.v1\",version=\"0.5.0\"} 1"));
 }
@@ -102,6 +104,7 @@ TEST(StatusPage, ShowsDevicesAndJobsButNoTenantData) {
   v1::Device* d = devices.add_devices();
   d->set_name("cpu:0");
   d->set_capacity_bytes(64 << 20);
+  d->set_worker_footprint_bytes(16 << 20);
   d->add_job_ids("job-000007");
   v1::Job job = RunningJob();
   job.set_device("cpu:0");
@@ -112,6 +115,8 @@ TEST(StatusPage, ShowsDevicesAndJobsButNoTenantData) {
   EXPECT_TRUE(Has(html, "id=\"device-cpu:&lt;b&gt;0\""));
   EXPECT_TRUE(Has(html, "job-000007"));
   EXPECT_TRUE(Has(html, "5/20"));
+  EXPECT_TRUE(Has(html, "worker footprint 16.0 MiB per process"));
+  EXPECT_TRUE(Has(html, "job-000007: worker footprint 16.0 MiB"));  // its segment in the bar
   EXPECT_FALSE(Has(html, "cpu:<b>0"));
   // Served without a token: no tenant data (docs/security.md).
   EXPECT_FALSE(Has(html, "secret project"));

@@ -175,5 +175,34 @@ TEST(Scheduler, JobsThatCanNeverBePlacedSayWhy) {
   EXPECT_EQ(WhyNeverPlaceable(devices, {"a", "cuda", 0, 10 * kMiB, 1}), "needs 1 cuda device with 10.0 MiB; there are 0");
 }
 
+// Each process costs its quota plus its device's worker footprint: running jobs and
+// reservations included, placements, shrinks and never-placeable answers alike.
+TEST(Scheduler, WorkerFootprintsAreCommittedBesideQuotas) {
+  const std::vector<DeviceCapacity> one = {{"cpu:0", "cpu", 100 * kMiB, 20 * kMiB}};
+  // Two 30 MiB jobs commit 2 × (30 + 20) = 100: both fit; a third of 1 MiB no longer does.
+  ScheduleDecision d = Schedule(one, {}, {{"a", "", 0, 30 * kMiB, 1}, {"b", "", 0, 30 * kMiB, 2}, {"c", "", 0, kMiB, 3}});
+  ASSERT_EQ(d.placements.size(), 2u);
+  EXPECT_EQ(d.placements[1].job_id, "b");
+  // Without footprints all three would fit.
+  d = Schedule({{"cpu:0", "cpu", 100 * kMiB}}, {},
+               {{"a", "", 0, 30 * kMiB, 1}, {"b", "", 0, 30 * kMiB, 2}, {"c", "", 0, kMiB, 3}});
+  EXPECT_EQ(d.placements.size(), 3u);
+  // A running job (or a reservation) commits its footprint too: 40 + 20 leaves 40, and a 30 MiB
+  // job needs 50.
+  d = Schedule(one, {{"r", "cpu:0", 0, 40 * kMiB, 0, 0}}, {{"a", "", 0, 30 * kMiB, 1}});
+  EXPECT_TRUE(d.placements.empty());
+  d = Schedule(one, {{"r", "cpu:0", 0, 40 * kMiB, 0, 0}}, {{"a", "", 0, 20 * kMiB, 1}});
+  EXPECT_EQ(d.placements.size(), 1u);
+  // Shrinking makes room for the newcomer's quota and footprint: 40 + 20 running leaves 40, the
+  // urgent 30 MiB job needs 50, so the running job gives 10 (down to 30 MiB).
+  d = Schedule(one, {{"r", "cpu:0", 0, 40 * kMiB, 10 * kMiB, 0}}, {{"urgent", "", 5, 30 * kMiB, 1}});
+  ASSERT_EQ(d.shrinks.size(), 1u);
+  EXPECT_EQ(d.shrinks[0].quota_bytes, 30 * kMiB);
+  // 90 MiB fits 100 MiB by quota, not with the footprint.
+  EXPECT_EQ(WhyNeverPlaceable(one, {"big", "cpu", 0, 90 * kMiB, 1}),
+            "needs 1 cpu device with 90.0 MiB plus the worker footprint (20.0 MiB); there are 0");
+  EXPECT_EQ(WhyNeverPlaceable(one, {"ok", "cpu", 0, 80 * kMiB, 1}), "");
+}
+
 }  // namespace
 }  // namespace slim::server

@@ -72,11 +72,13 @@ class SlimdE2eTest : public ::testing::Test {
   }
 
   // Starts slimd (with `extra_flags` after the usual ones) and waits until it accepts calls.
+  // The devices are small and count quotas only (--worker-footprint 0), so that a few tiny jobs
+  // pack onto them; WorkerFootprintsAreMeasuredAndCommitted checks footprints.
   void StartSlimd(const std::vector<std::string>& extra_flags = {}) {
     WorkerOptions o;
     o.argv = {SLIMD_BINARY, "--listen", socket_, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB,cpu:16MiB",
               "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
-              "--metrics-address", "127.0.0.1:0"};
+              "--metrics-address", "127.0.0.1:0", "--worker-footprint", "0"};
     o.argv.insert(o.argv.end(), extra_flags.begin(), extra_flags.end());
     o.log_path = dir_ + "/slimd.log";
     o.on_exit = [this](const WorkerExit& e) { slimd_exit_ = e; };  // read after WaitForExit
@@ -135,7 +137,7 @@ class SlimdE2eTest : public ::testing::Test {
     o.argv = {SLIMD_BINARY, "--listen", r.socket, "--data-dir", dir_ + "/data", "--devices", devices,
               "--worker-binary", SLIM_TRAIN_BINARY, "--checkpoint-every", "20", "--cancel-grace", "20",
               "--metrics-address", "127.0.0.1:0", "--database-url", database_url, "--replica-id", id,
-              "--lease-seconds", lease_seconds};
+              "--lease-seconds", lease_seconds, "--worker-footprint", "0"};
     o.log_path = r.log;
     o.on_exit = [&r](const WorkerExit& e) { r.exit = e; };  // map nodes stay where they are
     absl::StatusOr<std::unique_ptr<WorkerProcess>> p = WorkerProcess::Start(std::move(o));
@@ -465,6 +467,52 @@ TEST_F(SlimdE2eTest, ShrunkJobGrowsBackAndTrainsLikeItsUnshrunkTwin) {
 // checkpoints and requeues every job, delivers those last events on every stream, ends each
 // stream itself (UNAVAILABLE naming the shutdown and the sequence to resume from) before it
 // exits with status 0, and leaves no worker process behind.
+// A worker process's own memory (LibTorch, the BLAS) is measured at start and committed beside
+// each quota: a device declared smaller than one worker takes no job, and on a larger one a
+// running job commits its quota plus the footprint (issue 18, item 8).
+TEST_F(SlimdE2eTest, WorkerFootprintsAreMeasuredAndCommitted) {
+  StartSlimd({"--devices", "cpu:64MiB,cpu:2GiB", "--worker-footprint", "auto"});
+  auto devices = [&] {
+    v1::ListDevicesResponse response;
+    const grpc::Status s = stub_->ListDevices(Context().get(), v1::ListDevicesRequest(), &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response;
+  };
+  const v1::ListDevicesResponse before = devices();
+  ASSERT_EQ(before.devices_size(), 2);
+  const int64_t footprint = before.devices(1).worker_footprint_bytes();
+  // LibTorch's CPU runtime alone is tens of MiB resident; the CPU devices share one measurement.
+  EXPECT_GT(footprint, 32 * kMiB);
+  EXPECT_LT(footprint, 2048 * kMiB);
+  EXPECT_EQ(before.devices(0).worker_footprint_bytes(), footprint);
+  EXPECT_EQ(before.devices(1).committed_bytes(), 0);
+
+  const std::string dataset = Upload(std::string(40000, 'x'));
+  const v1::Job job = Create(Spec(dataset, "8MiB", 400), 0);
+  WatchUntil(job.id(), 0, [](const v1::JobEvent& e) { return e.kind() == "progress"; });
+  const v1::ListDevicesResponse during = devices();
+  // Placed on the device that holds a worker, committing its quota and one footprint.
+  EXPECT_EQ(during.devices(0).job_ids_size(), 0);
+  ASSERT_EQ(during.devices(1).job_ids_size(), 1);
+  EXPECT_EQ(during.devices(1).committed_bytes(), 8 * kMiB + footprint);
+  EXPECT_LE(during.devices(1).committed_bytes(), during.devices(1).capacity_bytes());
+  EXPECT_NE(Log().find("slimd: worker footprint on cpu: "), std::string::npos) << Log();  // says how it measured
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job.id());
+  v1::CancelJobResponse cancelled;
+  EXPECT_TRUE(stub_->CancelJob(Context().get(), cancel, &cancelled).ok());
+
+  // A quota that fits 2 GiB by itself but not beside the footprint is refused at creation,
+  // naming what a device holds.
+  v1::CreateJobRequest request;
+  *request.mutable_spec() = Spec(dataset, "2GiB", 10);
+  v1::CreateJobResponse response;
+  const grpc::Status refused = stub_->CreateJob(Context(120).get(), request, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("is more than the largest cpu device holds"), std::string::npos)
+      << refused.error_message();
+}
+
 TEST_F(SlimdE2eTest, GracefulShutdownUnderLoadClosesEveryStream) {
   StartSlimd();
   const std::string dataset = Upload(std::string(200000, 'x') + "the performer is linear in its chunk size.\n");
@@ -961,7 +1009,7 @@ TEST_F(SlimdE2eTest, UnusableDatabaseUrlStopsStartupWithTheReason) {
   for (size_t i = 0; i < cases.size(); ++i) {
     WorkerOptions o;
     o.argv = {SLIMD_BINARY, "--listen", socket_, "--data-dir", dir_ + "/data", "--devices", "cpu:16MiB",
-              "--metrics-address", "off", "--database-url", cases[i].first};
+              "--metrics-address", "off", "--worker-footprint", "0", "--database-url", cases[i].first};
     o.log_path = dir_ + "/bad-url-" + std::to_string(i) + ".log";
     WorkerExit exit;
     o.on_exit = [&exit](const WorkerExit& e) { exit = e; };

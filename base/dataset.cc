@@ -30,6 +30,14 @@ void AppendBytes(const std::string& text, std::vector<int32_t>* out) {
   for (unsigned char c : text) out->push_back(c);
 }
 
+// The string `field` of one JSONL object; `where` starts the error message.
+const std::string& TextField(const std::string& where, const Json& doc, const std::string& field) {
+  const auto found = doc.members.find(field);
+  if (found == doc.members.end()) Bad(where + "no \"" + field + "\" field");
+  if (found->second.kind != Json::kString) Bad(where + "\"" + field + "\" is not a string");
+  return found->second.text;
+}
+
 // Calls `each(line_prefix, object)` for every non-blank line of a JSONL file, each of which must
 // be a JSON object; at least one. `line_prefix` is "<path>:<line>: " for messages.
 template <typename Each>
@@ -58,12 +66,9 @@ std::vector<int32_t> ReadJsonl(const DataSource& s, const std::string& bytes) {
   std::vector<int32_t> tokens;
   bool first = true;
   ForEachJsonlObject(s.path, bytes, [&](const std::string& where, const Json& doc) {
-    const auto field = doc.members.find(s.text_field);
-    if (field == doc.members.end()) Bad(where + "no \"" + s.text_field + "\" field");
-    if (field->second.kind != Json::kString) Bad(where + "\"" + s.text_field + "\" is not a string");
     if (!first) tokens.push_back('\n');
     first = false;
-    AppendBytes(field->second.text, &tokens);
+    AppendBytes(TextField(where, doc, s.text_field), &tokens);
   });
   return tokens;
 }
@@ -107,6 +112,11 @@ DataFormat ParseDataFormat(const std::string& name, const std::string& field) {
 
 void CheckJsonlObjects(const std::string& path) {
   ForEachJsonlObject(path, ReadFile(path), [](const std::string&, const Json&) {});
+}
+
+void CheckJsonlTextField(const std::string& path, const std::string& text_field, const std::string& label) {
+  ForEachJsonlObject(label, ReadFile(path),
+                     [&](const std::string& where, const Json& doc) { TextField(where, doc, text_field); });
 }
 
 std::vector<int32_t> ReadTokens(const DataSource& s) {

@@ -37,6 +37,11 @@ std::vector<int32_t> ReadTokens(const DataSource& source);
 // JSON object, and there must be one. Throws like ReadTokens.
 void CheckJsonlObjects(const std::string& path);
 
+// A JSONL file as a job with `text_field` reads it: every line an object with that string
+// field. Errors name `label` instead of the path ("<label>:<line>: no "body" field"), so a
+// server can report its own files by what its clients call them. Throws like ReadTokens.
+void CheckJsonlTextField(const std::string& path, const std::string& text_field, const std::string& label);
+
 // Sequence i of length L is tokens[i·L .. i·L + L] (L inputs, and the same positions shifted by
 // one as targets): (n − 1) / L sequences. Throws if there is not even one.
 int64_t CountSequences(int64_t num_tokens, int64_t seq_len, const std::string& what);

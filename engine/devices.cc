@@ -23,23 +23,9 @@
 namespace slim {
 namespace {
 
-// Reads "<key>: <n> kB" from /proc/meminfo; 0 if absent.
-int64_t MeminfoBytes(const std::string& key) {
-  std::ifstream in("/proc/meminfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) != 0) continue;
-    std::istringstream fields(line.substr(key.size() + 1));
-    int64_t kb = 0;
-    fields >> kb;
-    return kb * 1024;
-  }
-  return 0;
-}
-
-// "<key>: <n> kB" of /proc/self/status in bytes; 0 if absent.
-int64_t ProcessStatusBytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
+// Reads "<key>: <n> kB" from a /proc file (/proc/meminfo, /proc/self/status) in bytes; 0 if absent.
+int64_t ProcFieldBytes(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
     if (line.rfind(key + ":", 0) != 0) continue;
@@ -110,8 +96,8 @@ std::vector<DeviceInfo> DiscoverDevices() {
   cpu.name = "cpu";
   cpu.kind = "cpu";
   cpu.description = "system memory";
-  cpu.total_bytes = MeminfoBytes("MemTotal");
-  cpu.free_bytes = MeminfoBytes("MemAvailable");
+  cpu.total_bytes = ProcFieldBytes("/proc/meminfo", "MemTotal");
+  cpu.free_bytes = ProcFieldBytes("/proc/meminfo", "MemAvailable");
   devices.push_back(cpu);
 #ifdef SLIM_WITH_CUDA
   if (CudaAvailable()) {
@@ -151,7 +137,7 @@ WorkerFootprint MeasureWorkerFootprint(const std::string& device_name) {
     a.matmul(a).tanh().sum().backward();
   }
   if (device.is_cpu()) {
-    footprint.bytes = ProcessStatusBytes("VmRSS");
+    footprint.bytes = ProcFieldBytes("/proc/self/status", "VmRSS");
     footprint.method = "resident memory (VmRSS) after a warm-up step";
     return footprint;
   }

@@ -24,6 +24,8 @@ packages=(
   # tests; postgresql: the server the PostgreSQL store tests start on loopback
   # (scripts/postgres-test-server.sh)
   libgtest-dev libgmock-dev python3 openssl postgresql
+  # tests/server/hostile_client_test.py: a gRPC client written in Python, not in this project
+  python3-grpcio python3-protobuf
   # fuzzing (scripts/fuzz.sh): clang, libFuzzer and the sanitizer runtimes (libclang_rt.*,
   # which clang only recommends), llvm-symbolizer for readable reports
   clang libclang-rt-dev llvm

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "base/byte_size.h"
+#include "base/dataset.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/jobs/job_helpers.h"
 
@@ -91,6 +92,13 @@ absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller
         source.members.erase("dataset");
         source.members["path"] = JsonString(catalog_.DatasetPath(dataset->id()));
         if (member(&source, "format") == nullptr) source.members["format"] = JsonString(dataset->format());
+        // JSONL lines were checked to be objects at upload; the text field is the job's choice,
+        // so it is checked here, naming the dataset, rather than failing the job when it starts.
+        if (member(&source, "format")->text == "jsonl") {
+          const Json* text_field = member(&source, "text_field");
+          CheckJsonlTextField(catalog_.DatasetPath(dataset->id()), text_field != nullptr ? text_field->text : "text",
+                              absl::StrCat("spec: data.", field, "[", i, "]: dataset ", dataset->id()));
+        }
       }
     }
   }

@@ -45,6 +45,20 @@ TEST(Dataset, JsonlJoinsDocumentsAndDecodesEscapes) {
   EXPECT_EQ(ReadTokens(other), (std::vector<int32_t>{'x', 'y'}));
 }
 
+// What slimd checks at CreateJob for a JSONL dataset and the job's text field: every line, with
+// the dataset named instead of the server's path.
+TEST(Dataset, JsonlTextFieldIsCheckedUnderALabel) {
+  const std::string path = WriteTemp("label.jsonl", "{\"body\":\"a\"}\n{\"body\":\"b\"}\n{\"text\":\"c\"}\n");
+  EXPECT_NO_THROW(CheckJsonlTextField(WriteTemp("ok.jsonl", "{\"body\":\"a\"}\n"), "body", "dataset ds-1"));
+  try {
+    CheckJsonlTextField(path, "body", "dataset ds-1");
+    ADD_FAILURE() << "accepted a line without the field";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_EQ(std::string(e.what()), "dataset ds-1:3: no \"body\" field");
+  }
+}
+
 TEST(Dataset, IdFilesAreLittleEndian) {
   const std::string u16 = WriteTemp("a.u16", std::string("\x01\x00\xff\x01", 4));
   EXPECT_EQ(ReadTokens({u16, DataFormat::kIdsU16, "text", 1000}), (std::vector<int32_t>{1, 511}));

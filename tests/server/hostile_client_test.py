@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -317,6 +318,22 @@ for _ in range(300):  # killed when the client goes: polled about every 100 ms
 check(not samplers(), f"the abandoned generation's sampler still runs: {samplers()}")
 code, message, _ = unary("PlanJob", pb.PlanJobRequest(spec=spec(bob_dataset)), pb.PlanJobResponse, "bob", timeout=30)
 check(code == grpc.StatusCode.OK, f"another tenant after the abandoned generate: {code} {message}")
+
+# An abandoned create: both executor threads busy with slow generations, a CreateJob whose
+# deadline passes while it waits is not created later.
+busy = [threading.Thread(target=generate_with_deadline, args=(600000, 8)) for _ in range(2)]
+for t in busy:
+    t.start()
+time.sleep(1.5)  # both have reached the executor
+code, message, _ = unary("CreateJob", pb.CreateJobRequest(spec=spec(dataset), display_name="abandoned-create"),
+                         pb.CreateJobResponse, timeout=1)
+check(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"a create behind busy executors: {code} {message!r}")
+for t in busy:
+    t.join()
+time.sleep(2)  # the executor has reached the abandoned call by now
+code, message, listed = unary("ListJobs", pb.ListJobsRequest(page_size=1000), pb.ListJobsResponse)
+check(code == grpc.StatusCode.OK and all(j.display_name != "abandoned-create" for j in listed.jobs),
+      "a create whose client gave up was created anyway")
 
 # ---- afterwards: healthy, no partial files, memory within the bound --------------------------------
 check(healthy(), "slimd is not SERVING after the hostile cases")

@@ -15,13 +15,10 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
-#include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "base/byte_size.h"
-#include "base/device_info.h"
 #include "base/errors.h"
 #include "base/yaml.h"
 #include "server/api/executor.h"
@@ -35,7 +32,7 @@
 #include "server/metrics/rpc_metrics_interceptor.h"
 #include "server/metrics/service_metrics.h"
 #include "server/metrics/status_page.h"
-#include "server/supervise/engine_commands.h"
+#include "server/supervise/device_setup.h"
 #include "base/flags.h"
 
 namespace {
@@ -114,97 +111,6 @@ struct Options {
   std::string database_url;  // empty: SQLite in the data directory
   slim::server::JobManagerOptions manager;
 };
-
-// The machine's devices, as `slim-train devices` finds them: slimd links no LibTorch (and so
-// holds no CUDA context), so discovery runs in a subprocess like all tensor work.
-std::vector<slim::DeviceInfo> DiscoverDevices(const std::string& worker_binary, const std::string& data_dir) {
-  slim::server::EngineCommands commands({worker_binary, "", data_dir + "/tmp"});
-  absl::StatusOr<std::vector<slim::DeviceInfo>> found = commands.Devices();
-  if (!found.ok()) {
-    throw slim::EngineError(slim::ErrorCode::kInternal,
-                            "cannot discover devices with " + worker_binary + ": " + std::string(found.status().message()));
-  }
-  return *found;
-}
-
-std::vector<slim::server::DeviceCapacity> ParseDevices(const std::string& list, const std::string& worker_binary,
-                                                       const std::string& data_dir) {
-  std::vector<slim::server::DeviceCapacity> devices;
-  std::vector<slim::DeviceInfo> found;  // discovered at the first CUDA entry
-  int cpus = 0;
-  std::stringstream items(list);
-  for (std::string item; std::getline(items, item, ',');) {
-    const size_t colon = item.find(':');
-    const std::string kind = item.substr(0, colon);
-    if (kind == "cpu") {
-      slim::CheckArgument(colon != std::string::npos, "--devices: '" + item + "' needs a size, e.g. cpu:4GiB");
-      devices.push_back({"cpu:" + std::to_string(cpus++), "cpu", slim::ParseBytes(item.substr(colon + 1), "--devices")});
-    } else if (kind == "cuda") {
-      slim::CheckArgument(colon != std::string::npos, "--devices: '" + item + "' needs an index, e.g. cuda:0");
-      const std::string rest = item.substr(colon + 1);
-      const size_t second = rest.find(':');
-      const std::string name = "cuda:" + rest.substr(0, second);
-      int64_t capacity = 0;
-      if (found.empty()) found = DiscoverDevices(worker_binary, data_dir);
-      for (const slim::DeviceInfo& d : found) {
-        if (d.name == name) capacity = d.total_bytes * 95 / 100;
-      }
-      slim::CheckArgument(capacity > 0, "--devices: no CUDA device " + name + " on this machine");
-      if (second != std::string::npos) capacity = slim::ParseBytes(rest.substr(second + 1), "--devices");
-      devices.push_back({name, "cuda", capacity});
-    } else {
-      throw slim::EngineError(slim::ErrorCode::kInvalidArgument,
-                              "--devices: unknown device '" + item + "' (use cpu:SIZE or cuda:N[:SIZE])");
-    }
-  }
-  return devices;
-}
-
-std::vector<slim::server::DeviceCapacity> DiscoveredDevices(const std::string& worker_binary, const std::string& data_dir) {
-  std::vector<slim::server::DeviceCapacity> devices;
-  for (const slim::DeviceInfo& d : DiscoverDevices(worker_binary, data_dir)) {
-    if (d.kind == "cpu") devices.push_back({"cpu:0", "cpu", d.total_bytes / 2});
-    if (d.kind == "cuda") devices.push_back({d.name, "cuda", d.total_bytes * 95 / 100});
-  }
-  return devices;
-}
-
-// Each device's worker footprint (server/sched/scheduler.h): `setting` "auto" measures it with
-// `slim-train footprint`, once for the CPU devices (they are slices of one machine's memory)
-// and once per GPU; a size sets it for every device. A device that cannot hold one worker
-// beside the smallest quota is reported, not refused: its jobs are refused by name at creation.
-void SetWorkerFootprints(const std::string& setting, const std::string& worker_binary, const std::string& data_dir,
-                         std::vector<slim::server::DeviceCapacity>* devices) {
-  if (setting != "auto") {
-    const int64_t bytes = slim::ParseBytes(setting, "--worker-footprint");
-    for (auto& d : *devices) d.worker_footprint_bytes = bytes;
-    return;
-  }
-  slim::server::EngineCommands commands({worker_binary, "", data_dir + "/tmp"});
-  std::map<std::string, int64_t> measured;  // by slim-train's device name
-  for (auto& d : *devices) {
-    const std::string device = d.kind == "cpu" ? "cpu" : d.name;
-    if (!measured.count(device)) {
-      absl::StatusOr<slim::WorkerFootprint> found = commands.Footprint(device);
-      if (!found.ok()) {
-        throw slim::EngineError(slim::ErrorCode::kInternal, "--worker-footprint auto: cannot measure a worker on " +
-                                                                 device + " with " + worker_binary + ": " +
-                                                                 std::string(found.status().message()));
-      }
-      measured[device] = found->bytes;
-      std::printf("slimd: worker footprint on %s: %s (%s)\n", device.c_str(), slim::FormatBytes(found->bytes).c_str(),
-                  found->method.c_str());
-    }
-    d.worker_footprint_bytes = measured[device];
-    if (d.worker_footprint_bytes >= d.capacity_bytes) {
-      std::fprintf(stderr,
-                   "slimd: warning: %s (%s) cannot hold one worker (footprint %s): no job will be placed on it; "
-                   "declare more memory, or --worker-footprint 0 to count quotas only\n",
-                   d.name.c_str(), slim::FormatBytes(d.capacity_bytes).c_str(),
-                   slim::FormatBytes(d.worker_footprint_bytes).c_str());
-    }
-  }
-}
 
 std::string DefaultWorkerBinary() {
   std::error_code ec;
@@ -295,9 +201,7 @@ Options ParseOptions(int argc, char** argv) {
   o.executor_threads = static_cast<int>(flags.Int("executor-threads", 2, 1));
   o.manager.data_dir = fs::absolute(flags.String("data-dir", "slimd-data")).string();
   o.manager.worker_binary = flags.Has("worker-binary") ? flags.String("worker-binary", "") : DefaultWorkerBinary();
-  o.manager.devices = flags.Has("devices")
-                          ? ParseDevices(flags.String("devices", ""), o.manager.worker_binary, o.manager.data_dir)
-                          : DiscoveredDevices(o.manager.worker_binary, o.manager.data_dir);
+  const std::string devices = flags.Has("devices") ? flags.String("devices", "") : "";
   o.manager.checkpoint_every = static_cast<int>(flags.Int("checkpoint-every", 50, 1));
   o.manager.max_retries = static_cast<int>(flags.Int("max-retries", 2, 0));
   o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
@@ -314,7 +218,6 @@ Options ParseOptions(int argc, char** argv) {
       flags.Has("tenant-max-dataset-storage") ? flags.Bytes("tenant-max-dataset-storage", -1) : 0;
   const std::string footprint = flags.Has("worker-footprint") ? flags.String("worker-footprint", "") : "auto";
   flags.CheckAllUsed();
-  slim::CheckArgument(!o.manager.devices.empty(), "--devices: no devices");
   slim::CheckArgument(o.tls_cert.empty() == o.tls_key.empty(), "--tls-cert and --tls-key: give both or neither");
   slim::CheckArgument(o.tls_client_ca.empty() || !o.tls_cert.empty(), "--tls-client-ca: needs --tls-cert and --tls-key");
   slim::CheckArgument(o.manager.cancel_grace_seconds >= 0, "--cancel-grace: must be >= 0");
@@ -323,7 +226,7 @@ Options ParseOptions(int argc, char** argv) {
   // Admission and the workers plan from the same calibration, or a worker could measure its
   // own and pick another chunk size: both are given this directory (--calibration-cache).
   o.manager.calibration_cache_dir = o.manager.data_dir + "/calibration";
-  SetWorkerFootprints(footprint, o.manager.worker_binary, o.manager.data_dir, &o.manager.devices);
+  o.manager.devices = slim::server::SetUpDevices(devices, footprint, o.manager.worker_binary, o.manager.data_dir);
   return o;
 }
 

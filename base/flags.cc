@@ -16,9 +16,15 @@ namespace {
 }
 }  // namespace
 
-Flags::Flags(int argc, char** argv, const std::set<std::string>& booleans) {
+Flags::Flags(int argc, char** argv, const std::set<std::string>& booleans,
+             const std::map<char, std::string>& short_names) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
+    // "-o json", "-o=json", "-h": a one-letter alias stands for its long name.
+    if (arg.size() >= 2 && arg[0] == '-' && arg[1] != '-' && short_names.count(arg[1]) &&
+        (arg.size() == 2 || arg[2] == '=')) {
+      arg = "--" + short_names.at(arg[1]) + arg.substr(2);
+    }
     if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
       positional_.push_back(arg);
       continue;
@@ -42,6 +48,7 @@ std::string Flags::Positional(size_t i, const std::string& what) const {
 }
 
 const std::string* Flags::Find(const std::string& name) const {
+  asked_.insert(name);
   const auto it = values_.find(name);
   if (it == values_.end()) return nullptr;
   used_.insert(name);
@@ -136,8 +143,31 @@ std::vector<int64_t> Flags::BytesList(const std::string& name) const {
 void Flags::CheckAllUsed() const {
   if (positional_used_ < positional_.size()) Bad("unexpected argument '" + positional_[positional_used_] + "'");
   for (const auto& [name, value] : values_) {
-    if (!used_.count(name)) Bad("unknown flag --" + name);
+    if (used_.count(name)) continue;
+    const std::string near = ClosestMatch(name, std::vector<std::string>(asked_.begin(), asked_.end()));
+    Bad("unknown flag --" + name + (near.empty() ? "" : " (did you mean --" + near + "?)"));
   }
+}
+
+std::string ClosestMatch(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = 3;
+  for (const std::string& c : candidates) {
+    // Levenshtein distance, one row at a time.
+    std::vector<size_t> row(c.size() + 1);
+    for (size_t j = 0; j <= c.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= word.size(); ++i) {
+      size_t diagonal = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= c.size(); ++j) {
+        const size_t up = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (word[i - 1] == c[j - 1] ? 0 : 1)});
+        diagonal = up;
+      }
+    }
+    if (row[c.size()] < best_distance && 2 * row[c.size()] < word.size()) best = c, best_distance = row[c.size()];
+  }
+  return best;
 }
 
 }  // namespace slim::tools

@@ -1,5 +1,6 @@
 // Command-line flags for slim's tools: `--name value`, `--name=value`, bare `--name`
-// booleans, and positional arguments (anything else, e.g. `slimctl get job-000001`). Plain C++ (no LibTorch), so every tool and test can use it. Errors are
+// booleans, optional one-letter aliases (`-o json` for `--output json`, `-h` for `--help`), and
+// positional arguments (anything else, e.g. `slimctl get job-000001`; a lone `-` is one). Plain C++ (no LibTorch), so every tool and test can use it. Errors are
 // EngineError(kInvalidArgument) naming the flag.
 #pragma once
 
@@ -17,7 +18,9 @@ class Flags {
  public:
   // argv[0] is skipped (the program or subcommand name). Flags named in `booleans` never take
   // the next argument as their value, so `--watch job-1` leaves job-1 positional.
-  Flags(int argc, char** argv, const std::set<std::string>& booleans = {});
+  // `short_names` maps one-letter aliases to flag names ({'o', "output"}).
+  Flags(int argc, char** argv, const std::set<std::string>& booleans = {},
+        const std::map<char, std::string>& short_names = {});
 
   // Getters mark a flag as used. A negative/empty default means "required".
   std::string String(const std::string& name, const std::string& default_value) const;
@@ -35,16 +38,22 @@ class Flags {
   std::string Positional(size_t i, const std::string& what) const;
   size_t positional_count() const { return positional_.size(); }
 
-  // Throws for any flag given but never asked for (a typo must not be ignored), and for
-  // positional arguments beyond those asked for.
+  // Throws for any flag given but never asked for (a typo must not be ignored; the message
+  // suggests the closest flag that was asked for), and for positional arguments beyond those
+  // asked for.
   void CheckAllUsed() const;
 
  private:
   const std::string* Find(const std::string& name) const;
+  mutable std::set<std::string> asked_;  // every name a getter was called with, given or not
   std::map<std::string, std::string> values_;
   std::vector<std::string> positional_;
   mutable std::set<std::string> used_;
   mutable size_t positional_used_ = 0;
 };
+
+// The candidate closest to `word` by edit distance, if it is close enough to be a typo of it (at
+// most 2 edits, and fewer than half of the word's length); "" otherwise. For "did you mean".
+std::string ClosestMatch(const std::string& word, const std::vector<std::string>& candidates);
 
 }  // namespace slim::tools

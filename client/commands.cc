@@ -4,6 +4,8 @@
 
 #include <grpcpp/generic/generic_stub.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -575,8 +577,28 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
   if (action == "export") {
     v1::ExportModelRequest request;
     request.set_id(flags.Positional(2, "the model id"));
-    const std::string out = flags.String("out", "");  // required
+    const std::string out = flags.String("out", "");  // required; "-" for stdout
     flags.CheckAllUsed();
+    if (out == "-") {
+      auto context = client.StreamContext();
+      auto reader = client.stub().ExportModel(context.get(), request);
+      v1::ExportModelResponse chunk;
+      int64_t total = 0, received = 0;
+      while (reader->Read(&chunk)) {
+        if (chunk.total_bytes() > 0) total = chunk.total_bytes();
+        std::cout.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
+        received += static_cast<int64_t>(chunk.chunk().size());
+      }
+      std::cout.flush();
+      const grpc::Status status = reader->Finish();
+      if (!status.ok()) return ReportError(status, "models export " + request.id());
+      if (received != total || !std::cout) {
+        std::fprintf(stderr, "slimctl: models export: wrote %lld of %lld bytes to stdout\n",
+                     static_cast<long long>(received), static_cast<long long>(total));
+        return kExitError;
+      }
+      return kExitOk;
+    }
     const std::string tmp = out + ".part";
     std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
     if (!file) throw EngineError(ErrorCode::kInvalidArgument, "--out: cannot write " + tmp);
@@ -763,16 +785,98 @@ example: slimctl generate model-000002 --prompt "The planner " --max-tokens 100 
 };
 
 const std::set<std::string>& BooleanFlags() {
-  static const std::set<std::string> kBooleans = {"watch", "tls", "help"};
+  static const std::set<std::string> kBooleans = {"watch", "tls", "help", "version"};
   return kBooleans;
 }
 
+const std::map<char, std::string>& ShortFlags() {
+  static const std::map<char, std::string> kShort = {{'h', "help"}, {'o', "output"}};
+  return kShort;
+}
+
+namespace {
+
+// The command named `name`'s help entry; INVALID_ARGUMENT with a suggestion if there is none.
+std::map<std::string, std::string>::const_iterator FindCommand(const std::string& name) {
+  const auto help = kCommandHelp.find(name);
+  if (help != kCommandHelp.end()) return help;
+  std::vector<std::string> names;
+  for (const auto& [command, text] : kCommandHelp) names.push_back(command);
+  const std::string near = tools::ClosestMatch(name, names);
+  throw EngineError(ErrorCode::kInvalidArgument, "unknown command '" + name + "'" +
+                                                     (near.empty() ? "" : " (did you mean '" + near + "'?)") +
+                                                     "; see slimctl --help");
+}
+
+// The long flags a help text mentions ("--watch", "--set"), in order, once each.
+std::vector<std::string> FlagsIn(const std::string& text) {
+  std::vector<std::string> found;
+  for (size_t at = text.find("--"); at != std::string::npos; at = text.find("--", at + 2)) {
+    size_t end = at + 2;
+    while (end < text.size() && (std::islower(static_cast<unsigned char>(text[end])) || text[end] == '-')) ++end;
+    const std::string flag = text.substr(at, end - at);
+    if (flag.size() > 3 && std::find(found.begin(), found.end(), flag) == found.end()) found.push_back(flag);
+  }
+  return found;
+}
+
+// completion bash|zsh: a completion script built from the help texts (commands, each command's
+// flags, the actions of datasets and models, file names elsewhere). zsh runs the bash one
+// through bashcompinit.
+int Completion(const tools::Flags& flags) {
+  const std::string shell = flags.Positional(1, "a shell (bash or zsh)");
+  flags.CheckAllUsed();
+  if (shell != "bash" && shell != "zsh") {
+    throw EngineError(ErrorCode::kInvalidArgument, "completion: unknown shell '" + shell + "' (bash or zsh)");
+  }
+  std::string commands = "help completion";
+  std::string cases;
+  for (const auto& [command, text] : kCommandHelp) {
+    commands += " " + command;
+    std::string words;
+    for (const std::string& f : FlagsIn(text + kConnectionHelp)) words += (words.empty() ? "" : " ") + f;
+    cases += "    " + command + ") flags=\"" + words + " --help --output\" ;;\n";
+  }
+  std::cout << (shell == "zsh" ? "#compdef slimctl\nautoload -U +X bashcompinit && bashcompinit\n" : "")
+            << "# slimctl " << shell << " completion: source <(slimctl completion " << shell << ")\n"
+            << "_slimctl() {\n"
+               "  local cur=\"${COMP_WORDS[COMP_CWORD]}\" cmd=\"${COMP_WORDS[1]}\" flags=\"\"\n"
+               "  if [ \"$COMP_CWORD\" -eq 1 ]; then\n"
+               "    COMPREPLY=($(compgen -W \"" << commands << " --help --version\" -- \"$cur\")); return\n"
+               "  fi\n"
+               "  case \"$cmd\" in\n" << cases
+            << "    help) COMPREPLY=($(compgen -W \"" << commands << "\" -- \"$cur\")); return ;;\n"
+               "    completion) COMPREPLY=($(compgen -W \"bash zsh\" -- \"$cur\")); return ;;\n"
+               "  esac\n"
+               "  if [[ \"$cur\" == -* ]]; then COMPREPLY=($(compgen -W \"$flags\" -- \"$cur\")); return; fi\n"
+               "  if [ \"$COMP_CWORD\" -eq 2 ]; then\n"
+               "    case \"$cmd\" in\n"
+               "      datasets) COMPREPLY=($(compgen -W \"upload list get delete\" -- \"$cur\")); return ;;\n"
+               "      models) COMPREPLY=($(compgen -W \"list get import export\" -- \"$cur\")); return ;;\n"
+               "    esac\n"
+               "  fi\n"
+               "  COMPREPLY=($(compgen -f -- \"$cur\"))\n"
+               "}\n"
+               "complete -F _slimctl slimctl\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+std::string VersionLine() { return std::string("slimctl ") + kVersion + " (API slim.v1)"; }
+
 int RunCommand(const tools::Flags& flags) {
   const std::string command = flags.Positional(0, "a command");
-  const auto help = kCommandHelp.find(command);
-  if (help == kCommandHelp.end()) {
-    throw EngineError(ErrorCode::kInvalidArgument, "unknown command '" + command + "' (see slimctl --help)");
+  if (command == "help") {  // help [COMMAND]
+    if (flags.positional_count() < 2) {
+      std::cout << kMainHelp;
+    } else {
+      std::cout << FindCommand(flags.Positional(1, "a command"))->second << kConnectionHelp;
+    }
+    return kExitOk;
   }
+  if (command == "completion") return Completion(flags);
+  const auto help = FindCommand(command);
   if (flags.Bool("help")) {
     std::cout << help->second << kConnectionHelp;
     return kExitOk;

@@ -17,7 +17,12 @@ extern const char kMainHelp[];
 // Runs the command named by positional 0. Throws EngineError(kInvalidArgument) for bad flags.
 int RunCommand(const tools::Flags& flags);
 
-// Boolean flags (they never take the next argument as a value).
+// Boolean flags (they never take the next argument as a value), and one-letter aliases
+// (-h for --help, -o for --output).
 const std::set<std::string>& BooleanFlags();
+const std::map<char, std::string>& ShortFlags();
+
+// "slimctl 0.5.0 (API slim.v1)", for --version.
+std::string VersionLine();
 
 }  // namespace slim::client

@@ -8,7 +8,11 @@
 
 int main(int argc, char** argv) {
   try {
-    const slim::tools::Flags flags(argc, argv, slim::client::BooleanFlags());
+    const slim::tools::Flags flags(argc, argv, slim::client::BooleanFlags(), slim::client::ShortFlags());
+    if (flags.positional_count() == 0 && flags.Has("version")) {
+      std::cout << slim::client::VersionLine() << "\n";
+      return slim::client::kExitOk;
+    }
     if (flags.positional_count() == 0) {
       std::cout << slim::client::kMainHelp;
       return flags.Bool("help") ? slim::client::kExitOk : slim::client::kExitUsage;

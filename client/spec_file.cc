@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <iostream>
+#include <iterator>
 #include <utility>
 #include <vector>
 
@@ -156,9 +158,13 @@ v1::JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>&
                         const LocalDataUploader& upload) {
   Json doc;
   try {
-    doc = ParseStructuredFile(path);
+    if (path == "-") {  // the spec on stdin, as YAML or JSON; its relative paths from here
+      doc = ParseYaml(std::string(std::istreambuf_iterator<char>(std::cin), {}));
+    } else {
+      doc = ParseStructuredFile(path);
+    }
   } catch (const std::runtime_error& e) {
-    Bad(std::string("spec ") + e.what());
+    Bad(std::string("spec ") + (path == "-" ? "on stdin: " : "") + e.what());
   }
   if (doc.kind == Json::kNull) doc.kind = Json::kObject;
   if (doc.kind != Json::kObject) Bad("spec " + path + ": must be a mapping");
@@ -174,7 +180,7 @@ v1::JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>&
     SetPath(&doc, assignment.substr(0, eq), value);
   }
 
-  const std::string base_dir = fs::path(path).parent_path().string();
+  const std::string base_dir = path == "-" ? "" : fs::path(path).parent_path().string();
   if (doc.members.count("data") && doc.members["data"].kind == Json::kObject) {
     Json& data = doc.members["data"];
     std::string default_format;

@@ -20,6 +20,8 @@ namespace slim::client {
 
 using LocalDataUploader = std::function<std::string(const std::string& path, const std::string& format)>;
 
+// `path` "-" reads the spec from stdin (relative data paths are then relative to the working
+// directory).
 v1::JobSpec LoadJobSpec(const std::string& path, const std::vector<std::string>& overrides,
                         const LocalDataUploader& upload);
 

@@ -26,6 +26,33 @@ TEST(Flags, ParsesValuesBooleansAndDefaults) {
   EXPECT_NO_THROW(f.CheckAllUsed());
 }
 
+TEST(Flags, ShortAliasesAndALoneDash) {
+  std::vector<std::string> args = {"get", "-o", "json", "-h", "-", "-x"};
+  std::vector<char*> argv{const_cast<char*>("cmd")};
+  for (auto& a : args) argv.push_back(a.data());
+  const Flags f(static_cast<int>(argv.size()), argv.data(), {"help"}, {{'o', "output"}, {'h', "help"}});
+  EXPECT_EQ(f.String("output", "table"), "json");
+  EXPECT_TRUE(f.Bool("help"));
+  EXPECT_EQ(f.Positional(0, "command"), "get");
+  EXPECT_EQ(f.Positional(1, "spec"), "-");   // stdin, by convention
+  EXPECT_EQ(f.Positional(2, "other"), "-x");  // not an alias: positional
+}
+
+TEST(Flags, UnknownFlagsSuggestTheClosestAskedFor) {
+  const Flags f = Parse({"--limt", "3"});
+  (void)f.Int("limit", 50, 1);
+  (void)f.String("output", "table");
+  try {
+    f.CheckAllUsed();
+    ADD_FAILURE() << "accepted --limt";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(std::string(e.what()), "unknown flag --limt (did you mean --limit?)");
+  }
+  EXPECT_EQ(ClosestMatch("lst", {"list", "get", "watch"}), "list");
+  EXPECT_EQ(ClosestMatch("frobnicate", {"list", "get", "watch"}), "");
+  EXPECT_EQ(ClosestMatch("ab", {"xy"}), "");  // two edits of two letters is not a typo
+}
+
 TEST(Flags, ErrorsNameTheFlag) {
   auto message = [](auto fn) {
     try {

@@ -50,6 +50,29 @@ expect 2 frobnicate
 echo "$err" | grep -q "unknown command 'frobnicate'" || fail "unknown command: $err"
 expect 2 list --output xml
 echo "$err" | grep -q -- "--output: unknown format 'xml'" || fail "bad output: $err"
+# kubectl/gh conventions: --version, help CMD, CMD -h, -o, "did you mean".
+expect 0 --version
+[ "$out" = "slimctl 0.5.0 (API slim.v1)" ] || fail "--version: $out"
+expect 0 help watch
+echo "$out" | grep -q "usage: slimctl watch JOB" || fail "help watch: $out"
+expect 0 get -h
+echo "$out" | grep -q "usage: slimctl get JOB" || fail "get -h: $out"
+expect 0 devices -o json
+[ "$(echo "$out" | json 'len(d["devices"])')" = 1 ] || fail "devices -o json: $out"
+expect 2 lst
+echo "$err" | grep -q "unknown command 'lst' (did you mean 'list'?)" || fail "did you mean (command): $err"
+expect 2 list --limt 3
+echo "$err" | grep -q -- "unknown flag --limt (did you mean --limit?)" || fail "did you mean (flag): $err"
+# Completion scripts, sourced in bash: commands, a command's flags, datasets' actions.
+"$ctl" completion bash > "$dir/completion.bash"
+"$ctl" completion zsh | grep -q "bashcompinit" || fail "zsh completion"
+completions=$(bash -c 'source "$1"
+  complete -p slimctl >/dev/null || exit 1
+  COMP_WORDS=(slimctl sub); COMP_CWORD=1; _slimctl; echo "${COMPREPLY[*]}"
+  COMP_WORDS=(slimctl submit --wa); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"
+  COMP_WORDS=(slimctl datasets up); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"
+  COMP_WORDS=(slimctl list --ser); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"' _ "$dir/completion.bash")
+[ "$completions" = "$(printf 'submit\n--watch\nupload\n--server')" ] || fail "bash completion: $completions"
 set +e; "$ctl" list --server "unix:$dir/nobody.sock" --timeout 2 2>"$dir/err"; rc=$?; set -e
 [ "$rc" -eq 6 ] || fail "unreachable server: exit $rc, want 6"
 grep -q "cannot reach the server" "$dir/err" || fail "unreachable message: $(cat "$dir/err")"
@@ -66,6 +89,9 @@ echo "$out" | grep -q base-mini || fail "models get: $out"
 expect 4 models get model-999999
 expect 0 models export "$base" --out "$dir/exported.safetensors"
 cmp "$dir/exported.safetensors" "$src/models/base-mini.safetensors" || fail "export differs"
+"$ctl" --server "$sock" models export "$base" --out - > "$dir/stdout.safetensors" || fail "export to stdout"
+cmp "$dir/stdout.safetensors" "$src/models/base-mini.safetensors" || fail "export to stdout differs"
+[ ! -e ./- ] || fail "export --out - wrote a file named -"
 
 # datasets
 cat "$src"/docs/*.md > "$dir/docs.txt"
@@ -117,6 +143,8 @@ sed "s|base: $base|base: $src/models/base-mini.safetensors|; s|train: \[$ds\]|tr
 expect 0 plan "$dir/job.yaml" --output json
 chunk=$(echo "$out" | json 'd["chunk_size"]')
 [ "$chunk" -gt 0 ] || fail "plan: $out"
+expect 0 plan - --output json < "$dir/job.yaml"  # the spec on stdin
+[ "$(echo "$out" | json 'd["chunk_size"]')" = "$chunk" ] || fail "plan from stdin: $out"
 expect 3 plan "$dir/job.yaml" --quota 1MiB
 echo "$out" | grep -q "minimum" || fail "infeasible plan output: $out"
 expect 3 submit "$dir/job.yaml" --quota 1MiB

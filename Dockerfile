@@ -12,12 +12,13 @@
 # ---- build: compile with Debian's packages --------------------------------------------------
 FROM debian:bookworm AS build
 ENV DEBIAN_FRONTEND=noninteractive
-# The build packages of scripts/install-deps.sh, without its test-only ones (GoogleTest,
-# Prometheus, Chromium, Node.js), which this image never runs.
+# Exactly the build_packages of scripts/install-deps.sh (scripts/validate-deploy.sh compares
+# them), without its test_packages, which this image never runs. Gloo's headers are among them:
+# without them the build quietly leaves data parallelism out.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config \
-      libtorch-dev libopenblas0-pthread \
+      libtorch-dev libopenblas0-pthread libgloo-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
       libsqlite3-dev libpqxx-dev prometheus-cpp-dev libssl-dev libmicrohttpd-dev libcrypt-dev \
  && rm -rf /var/lib/apt/lists/*

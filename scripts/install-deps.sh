@@ -4,9 +4,11 @@
 # or through sudo.
 set -euo pipefail
 
-packages=(
+# What building slim needs: the Dockerfile's build stage installs exactly these
+# (scripts/validate-deploy.sh compares the two lists).
+build_packages=(
   # toolchain
-  build-essential cmake ninja-build ccache pkg-config
+  build-essential cmake ninja-build pkg-config
   # engine: LibTorch (CPU build) and a fast BLAS; without libopenblas0-pthread Debian's
   # LibTorch falls back to the reference BLAS (measured 7x slower on a chunked attention step)
   libtorch-dev libopenblas0-pthread
@@ -21,6 +23,11 @@ packages=(
   libmicrohttpd-dev libcrypt-dev
   # service: OpenSSL's libcrypto for SHA-256 (gRPC links it; the headers come from libssl-dev)
   libssl-dev
+)
+# What developing and testing it needs besides.
+test_packages=(
+  # faster rebuilds
+  ccache
   # tests; postgresql: the server the PostgreSQL store tests start on loopback
   # (scripts/postgres-test-server.sh)
   libgtest-dev libgmock-dev python3 openssl postgresql
@@ -33,6 +40,7 @@ packages=(
   # integration test), headless Chromium for the status page
   prometheus chromium chromium-driver
 )
+packages=("${build_packages[@]}" "${test_packages[@]}")
 # Node.js and npm for the offline Kubernetes manifest validation (scripts/validate-deploy.sh):
 # Debian's packages unless a Node.js with npm is already installed (e.g. from NodeSource,
 # whose nodejs package conflicts with Debian's npm).

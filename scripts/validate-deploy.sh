@@ -706,35 +706,93 @@ guard("deploy/compose: docker-compose.yml and Grafana provisioning", (errors) =>
   if (!(services.grafana.volumes || []).some((v) => String(v).includes("slim-dashboard.json") && String(v).endsWith(":ro"))) errors.push("grafana: the dashboard JSON must be mounted read-only");
 });
 
-// ---- Dockerfile
-guard("Dockerfile: stages, entrypoint, healthcheck, copied files", (errors) => {
-  const text = read("Dockerfile").replace(/\\\n/g, " ");
-  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
-  const froms = lines.filter((l) => /^FROM /i.test(l));
-  if (froms.length < 2 || !/debian:bookworm\b/.test(froms[0]) || !/debian:bookworm-slim\b/.test(froms[froms.length - 1])) errors.push("want a debian:bookworm build stage and a debian:bookworm-slim runtime stage");
-  const runtime = lines.slice(lines.lastIndexOf(froms[froms.length - 1]));
-  const instr = (name) => runtime.filter((l) => l.toUpperCase().startsWith(name + " ")).map((l) => l.slice(name.length + 1).trim());
-  const json = (s, what) => { try { const v = JSON.parse(s); if (Array.isArray(v)) return v; } catch (e) { /* below */ } errors.push(`${what} is not exec form (a JSON array): ${s}`); return []; };
+// ---- Dockerfiles
+// A Dockerfile as lines (continuations joined, comments and blanks dropped), its stages, and the
+// packages an apt-get install of a stage names.
+const dockerfile = (rel) => {
+  const lines = read(rel).replace(/\\\n/g, " ").split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  const starts = lines.map((l, i) => (/^FROM /i.test(l) ? i : -1)).filter((i) => i >= 0);
+  const stages = starts.map((s, k) => lines.slice(s, k + 1 < starts.length ? starts[k + 1] : lines.length));
+  return { lines, stages };
+};
+const aptPackages = (stage) => stage.filter((l) => /apt-get install/.test(l))
+  .flatMap((l) => l.split("apt-get install")[1].split("&&")[0].split(/\s+/))
+  .filter((w) => w && !w.startsWith("-") && !w.includes("$"));
+// install-deps.sh's build_packages=( ... ), comments dropped.
+const buildPackages = read("scripts/install-deps.sh").split("build_packages=(")[1].split("\n)")[0]
+  .split("\n").map((l) => l.replace(/#.*/, "")).join(" ").split(/\s+/).filter(Boolean);
+
+// The runtime stage both images share: entrypoint, health check, ports, volume, user, binaries.
+const checkRuntime = (rel, stage, errors) => {
+  const instr = (name) => stage.filter((l) => l.toUpperCase().startsWith(name + " ")).map((l) => l.slice(name.length + 1).trim());
+  const json = (s, what) => { try { const v = JSON.parse(s); if (Array.isArray(v)) return v; } catch (e) { /* below */ } errors.push(`${rel}: ${what} is not exec form (a JSON array): ${s}`); return []; };
   const entry = json((instr("ENTRYPOINT")[0] || ""), "ENTRYPOINT");
-  if (entry[0] !== "/usr/local/bin/slimd") errors.push("ENTRYPOINT must start /usr/local/bin/slimd");
-  for (const a of entry.slice(1)) if (a.startsWith("--") && !slimdFlags.has(a.slice(2).split("=")[0])) errors.push(`ENTRYPOINT: slimd has no flag ${a}`);
+  if (entry[0] !== "/usr/local/bin/slimd") errors.push(`${rel}: ENTRYPOINT must start /usr/local/bin/slimd`);
+  for (const a of entry.slice(1)) if (a.startsWith("--") && !slimdFlags.has(a.slice(2).split("=")[0])) errors.push(`${rel}: ENTRYPOINT: slimd has no flag ${a}`);
   const health = (instr("HEALTHCHECK")[0] || "").split(/\bCMD\s+/)[1] || "";
   const hc = json(health, "HEALTHCHECK CMD");
-  if (hc[0] !== "/usr/local/bin/slimctl" || !hc.includes("--timeout")) errors.push("HEALTHCHECK must run /usr/local/bin/slimctl with --timeout");
+  if (hc[0] !== "/usr/local/bin/slimctl" || !hc.includes("--timeout")) errors.push(`${rel}: HEALTHCHECK must run /usr/local/bin/slimctl with --timeout`);
   const expose = instr("EXPOSE").join(" ").split(/\s+/);
-  for (const p of ["50051", "9464"]) if (!expose.includes(p)) errors.push(`EXPOSE lacks ${p}`);
-  if (!instr("VOLUME").some((v) => v.includes("/var/lib/slim"))) errors.push("no VOLUME /var/lib/slim");
+  for (const p of ["50051", "9464"]) if (!expose.includes(p)) errors.push(`${rel}: EXPOSE lacks ${p}`);
+  if (!instr("VOLUME").some((v) => v.includes("/var/lib/slim"))) errors.push(`${rel}: no VOLUME /var/lib/slim`);
   const user = (instr("USER").pop() || "0").split(":")[0];
-  if (user === "0" || user === "root") errors.push("runtime USER must not be root");
-  for (const c of runtime.filter((l) => /^COPY /i.test(l) && !/--from=/i.test(l))) {
-    for (const src of c.split(/\s+/).slice(1, -1)) if (!src.startsWith("--") && !fs.existsSync(path.join(root, src))) errors.push(`COPY ${src}: no such file`);
+  if (user === "0" || user === "root") errors.push(`${rel}: runtime USER must not be root`);
+  for (const c of stage.filter((l) => /^COPY /i.test(l) && !/--from=/i.test(l))) {
+    for (const src of c.split(/\s+/).slice(1, -1)) if (!src.startsWith("--") && !fs.existsSync(path.join(root, src))) errors.push(`${rel}: COPY ${src}: no such file`);
   }
-  const bin = runtime.filter((l) => /^COPY --from=/i.test(l)).join(" ");
-  for (const b of ["build/server/slimd", "build/client/slimctl", "build/tools/slim-train"]) if (!bin.includes(b)) errors.push(`runtime stage does not copy ${b}`);
-  const apt = runtime.find((l) => /apt-get install/.test(l)) || "";
-  const pkgs = apt.split("apt-get install")[1].split("&&")[0].split(/\s+/).filter((w) => w && !w.startsWith("-"));
-  if (pkgs.length === 0) errors.push("runtime stage installs no packages");
+  const bin = stage.filter((l) => /^COPY --from=/i.test(l)).join(" ");
+  for (const b of ["build/server/slimd", "build/client/slimctl", "build/tools/slim-train"]) if (!bin.includes(b)) errors.push(`${rel}: runtime stage does not copy ${b}`);
+  const pkgs = aptPackages(stage);
+  if (pkgs.length === 0) errors.push(`${rel}: runtime stage installs no packages`);
+  return pkgs;
+};
+
+guard("Dockerfile: stages, entrypoint, healthcheck, copied files; build stage = install-deps.sh's build_packages", (errors) => {
+  const { stages } = dockerfile("Dockerfile");
+  if (stages.length < 2 || !/debian:bookworm\b/.test(stages[0][0]) || !/debian:bookworm-slim\b/.test(stages[stages.length - 1][0])) errors.push("want a debian:bookworm build stage and a debian:bookworm-slim runtime stage");
+  const built = aptPackages(stages[0]);
+  for (const p of buildPackages) if (!built.includes(p)) errors.push(`build stage lacks ${p} (scripts/install-deps.sh build_packages)`);
+  for (const p of built) if (!buildPackages.includes(p)) errors.push(`build stage installs ${p}, which install-deps.sh's build_packages lacks`);
+  const pkgs = checkRuntime("Dockerfile", stages[stages.length - 1], errors);
   fs.writeFileSync(path.join(tmp, "runtime_packages"), pkgs.join("\n") + "\n");
+});
+
+guard("Dockerfile.cuda: the same runtime stage; build_packages but Debian's LibTorch, OpenBLAS and Gloo", (errors) => {
+  const { stages } = dockerfile("Dockerfile.cuda");
+  if (stages.length < 2) { errors.push("want a build and a runtime stage"); return; }
+  const built = aptPackages(stages[0]);
+  const own = ["libtorch-dev", "libopenblas0-pthread", "libgloo-dev"];  // the LibTorch archive's
+  for (const p of buildPackages) if (!own.includes(p) && !built.includes(p)) errors.push(`build stage lacks ${p}`);
+  for (const p of own) if (built.includes(p)) errors.push(`build stage installs Debian's ${p} beside the CUDA LibTorch`);
+  if (!stages[0].some((l) => /CMAKE_PREFIX_PATH=\/opt\/libtorch/.test(l))) errors.push("build stage does not build against /opt/libtorch");
+  const pkgs = checkRuntime("Dockerfile.cuda", stages[stages.length - 1], errors);
+  if (pkgs.includes("libtorch1.13")) errors.push("runtime stage installs Debian's CPU LibTorch");
+  fs.appendFileSync(path.join(tmp, "runtime_packages"), pkgs.filter((p) => !read("Dockerfile").includes(p)).join("\n") + "\n");
+});
+
+// Every slim image the deployment files name is built by a Dockerfile here, which says so in
+// its header ("docker build [-f FILE] -t slim:TAG .").
+guard("deploy/: every slim image is built by a Dockerfile of the repository", (errors) => {
+  const built = new Set();
+  for (const f of fs.readdirSync(root).filter((n) => /^Dockerfile(\..+)?$/.test(n))) {
+    for (const m of read(f).matchAll(/docker build\b[^\n]*?-t\s+(slim(?::[\w.-]+)?)\s/g)) {
+      built.add(m[1].includes(":") ? m[1] : `${m[1]}:latest`);
+    }
+  }
+  const named = [];
+  const walk = (rel) => {
+    for (const e of fs.readdirSync(path.join(root, rel), { withFileTypes: true })) {
+      if (e.isDirectory()) walk(`${rel}/${e.name}`);
+      else if (/\.ya?ml$/.test(e.name)) {
+        for (const m of read(`${rel}/${e.name}`).matchAll(/^\s*image:\s*["']?([^\s"']+)/gm)) {
+          if (/^slim(:|$)/.test(m[1])) named.push([`${rel}/${e.name}`, m[1].includes(":") ? m[1] : `${m[1]}:latest`]);
+        }
+      }
+    }
+  };
+  walk("deploy");
+  if (named.length === 0) errors.push("no slim image named under deploy/");
+  for (const [file, image] of named) if (!built.has(image)) errors.push(`${file}: image ${image} is built by no Dockerfile here (built: ${[...built].join(", ")})`);
 });
 
 process.exit(failed ? 1 : 0);

@@ -323,6 +323,15 @@ guard("deploy/grafana/slim-dashboard.json: structure", (errors) => {
       if (!t.datasource || t.datasource.uid !== "${DS_PROMETHEUS}") errors.push(`panel "${p.title}" ${t.refId || ""}: datasource uid must be \${DS_PROMETHEUS}`);
     }
   }
+  // Fleet-correct: store-wide gauges (every replica reports the same count) are never summed
+  // across replicas, and per-device series name their replica (every host has a cpu:0).
+  for (const p of allPanels) {
+    for (const t of p.targets || []) {
+      const e = String(t.expr || "");
+      if (/\bsum\b[^(]*\(\s*(slim_jobs|slim_queue_length)\b/.test(e)) errors.push(`panel "${p.title}": ${e} sums a store-wide gauge over replicas; use max`);
+      if (/^slim_device_\w+\{/.test(e) && !String(t.legendFormat || "").includes("{{instance}}")) errors.push(`panel "${p.title}": ${e}: its legend must name {{instance}}`);
+    }
+  }
   const titles = allPanels.map((p) => p.title).join(" | ");
   for (const want of ["Quotas packed", "Observed vs predicted", "Progress", "loss", "Tokens per second", "Queue length",
                       "Queue wait", "Requests by method", "Error", "Jobs by state", "Step duration"]) {

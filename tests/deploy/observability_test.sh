@@ -39,9 +39,17 @@ global:
 rule_files:
   - $src/deploy/prometheus/alerts.yml
 scrape_configs:
+  # One slimd scraped as two replicas of a fleet (instances a and b): store-wide series appear
+  # twice, as they do in a real fleet, and the dashboard must not count them twice.
   - job_name: slimd
     static_configs:
       - targets: ["$metrics"]
+        labels: {replica: a}
+      - targets: ["$metrics"]
+        labels: {replica: b}
+    relabel_configs:
+      - source_labels: [replica]
+        target_label: instance
 EOF
 prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/tsdb" \
   --web.listen-address="127.0.0.1:$prom_port" > "$dir/prometheus.log" 2>&1 &
@@ -104,6 +112,27 @@ for line in open(queries_file):
             checked += 1
             if not r["data"]["result"]:
                 failures.append(f"alert reads a missing series: {selector} (in {line})")
+# Fleet-correct: each dashboard query over a store-wide gauge gives what one replica's series
+# alone gives (the same slimd is scraped as instances a and b).
+store_wide = re.compile(r"\b(slim_jobs|slim_queue_length)\b(\{[^}]*\})?")
+def one_replica(query):
+    return store_wide.sub(lambda m: m.group(1) + ("{" + m.group(2)[1:-1] + ',instance="a"}' if m.group(2) else '{instance="a"}'), query)
+def values(query):
+    return sorted((json.dumps(r["metric"], sort_keys=True), r["value"][1]) for r in get("query", query=query)["data"]["result"])
+fleet_checked, section = 0, None
+for line in open(queries_file):
+    line = line.strip()
+    m = re.match(r"#\s*\[(\w+)\]", line)
+    if m:
+        section = m.group(1)
+    if section != "dashboard" or line.startswith("#") or not store_wide.search(line):
+        continue
+    both, alone = values(line), values(one_replica(line))
+    fleet_checked += 1
+    if both != alone:
+        failures.append(f"counts a store-wide gauge once per replica: {line}: {both} vs one replica's {alone}")
+if fleet_checked < 3:
+    failures.append(f"only {fleet_checked} store-wide dashboard queries checked against one replica")
 rules = get("rules")["data"]["groups"]
 alerts = [rule for g in rules for rule in g["rules"] if rule["type"] == "alerting"]
 if len(alerts) < 5:
@@ -113,7 +142,7 @@ for rule in alerts:
         failures.append(f"alert {rule['name']}: health {rule.get('health')} {rule.get('lastError', '')}")
 if failures:
     sys.exit("FAIL:\n  " + "\n  ".join(failures))
-print(f"{checked} queries returned data; {len(alerts)} alert rules healthy")
+print(f"{checked} queries returned data; {fleet_checked} store-wide ones counted once across two replicas; {len(alerts)} alert rules healthy")
 EOF
 
 # The status page in headless Chromium: it shows both running jobs; keep a screenshot.

@@ -191,14 +191,20 @@ OutputFormat ParseOutputFormat(const tools::Flags& flags) {
   throw EngineError(ErrorCode::kInvalidArgument, "--output: unknown format '" + name + "' (allowed: table, json, yaml)");
 }
 
-std::string ToJson(const google::protobuf::Message& message) {
+std::string ToJson(const google::protobuf::Message& message, bool compact) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
   options.always_print_primitive_fields = true;
-  options.add_whitespace = true;
+  options.add_whitespace = !compact;
   std::string out;
   (void)google::protobuf::util::MessageToJsonString(message, &out, options);
   return out;
+}
+
+void PrintJsonLine(const std::string& job_id, const std::string& key, const google::protobuf::Message& message) {
+  std::printf("{\"job_id\":\"%s\",\"%s\":%s}\n", JsonEscape(job_id).c_str(), key.c_str(),
+              ToJson(message, /*compact=*/true).c_str());
+  std::fflush(stdout);
 }
 
 std::string ToYaml(const google::protobuf::Message& message) {

@@ -70,10 +70,13 @@ enum class OutputFormat { kTable, kJson, kYaml };
 OutputFormat ParseOutputFormat(const tools::Flags& flags);
 
 // A message as JSON (field names as in the .proto, every field printed) or YAML.
-std::string ToJson(const google::protobuf::Message& message);
+std::string ToJson(const google::protobuf::Message& message, bool compact = false);
 std::string ToYaml(const google::protobuf::Message& message);
 // Prints `message` as JSON or YAML (for kTable, the caller prints its own view).
 void PrintStructured(const google::protobuf::Message& message, OutputFormat format);
+// Streams (watch, submit --watch) with --output json: one object per line, each naming its job,
+// {"job_id": "job-000001", "<key>": <message>}; for scripts and `jq -c`.
+void PrintJsonLine(const std::string& job_id, const std::string& key, const google::protobuf::Message& message);
 
 // Columns padded to their widest cell; the first row is the header.
 void PrintTable(const std::vector<std::vector<std::string>>& rows);

@@ -177,6 +177,10 @@ int Follow(Client& client, const std::string& id, int64_t after, OutputFormat fo
       const v1::JobEvent& e = item.event();
       cursor = e.sequence();
       job.set_state(e.state());
+      if (format == OutputFormat::kJson) {
+        PrintJsonLine(id, "event", e);
+        continue;
+      }
       if (format != OutputFormat::kTable) {
         PrintStructured(e, format);
         continue;
@@ -264,7 +268,9 @@ int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
     std::printf("job %s queued: quota %s, chunk size %lld (%s), predicted peak %s\n", job.id().c_str(),
                 Bytes(job.quota_bytes()).c_str(), static_cast<long long>(job.chunk_size()), job.mode().c_str(),
                 Bytes(job.predicted_peak_bytes()).c_str());
-  } else if (!watch) {
+  } else if (watch && format == OutputFormat::kJson) {
+    PrintJsonLine(job.id(), "job", job);  // the created job first, then its events
+  } else {
     PrintStructured(job, format);
   }
   std::fflush(stdout);

@@ -28,8 +28,10 @@ head -1 "$data/slimd.log"
 base=$(ctl models import models/base-mini.safetensors --name base-mini --output json |
        sed -n 's/^ *"id": "\(.*\)",*$/\1/p')
 echo "imported the base model as $base"
-ctl submit examples/finetune-docs.slimctl.yaml --set "model.base=$base" --name docs-lora --watch
-job=$(ctl list --limit 1 --output json | sed -n 's/^ *"id": "\(job-[0-9]*\)",*$/\1/p' | head -1)
+# The created job's id from submit's own answer (not the newest job: others may submit too).
+job=$(ctl submit examples/finetune-docs.slimctl.yaml --set "model.base=$base" --name docs-lora --output json |
+      sed -n 's/^ "id": "\(job-[0-9]*\)",*$/\1/p')
+ctl watch "$job"
 ctl get "$job"
 model=$(ctl get "$job" --output json | sed -n 's/^ *"output_model": "\(.*\)",*$/\1/p')
 ctl generate "$model" --prompt "The planner " --max-tokens 160 --temperature 0.7 --top-k 20 --seed 1

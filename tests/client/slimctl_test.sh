@@ -182,6 +182,18 @@ expect 0 get "$job" --output json
 model=$(echo "$out" | json 'd["output_model"]')
 expect 0 events "$job" --output json
 echo "$out" | grep -q '"kind": "succeeded"' || fail "events: no succeeded"
+# Streams as JSON: one object per line, each naming the job; submit --watch prints the job first.
+expect 0 submit "$dir/job.yaml" --name streamed --watch -o json
+echo "$out" | python3 -c '
+import json, sys
+lines = [json.loads(l) for l in sys.stdin.read().splitlines()]
+assert "job" in lines[0] and lines[0]["job_id"] == lines[0]["job"]["id"], lines[0]
+assert all(l["job_id"] == lines[0]["job_id"] and "event" in l for l in lines[1:]), "an event line without the job"
+assert lines[-1]["event"]["kind"] == "succeeded", lines[-1]
+' || fail "submit --watch -o json: $out"
+streamed=$(echo "$out" | head -1 | json 'd["job_id"]')
+expect 0 watch "$streamed" -o json
+[ "$(echo "$out" | tail -1 | json 'd["event"]["kind"]')" = succeeded ] || fail "watch -o json: $out"
 expect 0 events "$job"
 echo "$out" | grep -q "queued" || fail "events table: $out"
 expect 4 get job-999999

@@ -1,5 +1,9 @@
 #include "client/cli_support.h"
 
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -219,17 +223,69 @@ void PrintStructured(const google::protobuf::Message& message, OutputFormat form
   std::cout.flush();
 }
 
+int TerminalColumns() {
+  if (::isatty(STDOUT_FILENO) == 0) return 0;
+  winsize size{};
+  if (::ioctl(STDOUT_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 0) return size.ws_col;
+  const char* columns = std::getenv("COLUMNS");
+  return columns != nullptr ? std::max(0, std::atoi(columns)) : 0;
+}
+
+bool UseColour() {
+  const char* no_colour = std::getenv("NO_COLOR");  // https://no-color.org: set and non-empty
+  const char* term = std::getenv("TERM");
+  return ::isatty(STDOUT_FILENO) != 0 && (no_colour == nullptr || *no_colour == '\0') &&
+         (term == nullptr || std::string(term) != "dumb");
+}
+
+size_t VisibleWidth(const std::string& text) {
+  size_t width = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '\033' && i + 1 < text.size() && text[i + 1] == '[') {  // a colour: ESC [ ... m
+      while (i < text.size() && text[i] != 'm') ++i;
+      continue;
+    }
+    if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) ++width;  // not a UTF-8 continuation
+  }
+  return width;
+}
+
+std::string FitWidth(const std::string& text, size_t width) {
+  if (VisibleWidth(text) <= width || text.find('\033') != std::string::npos) return text;
+  std::string out;
+  size_t shown = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const bool starts_character = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
+    if (starts_character && ++shown > width - 1) break;
+    out += text[i];
+  }
+  return out + "\u2026";  // …
+}
+
 void PrintTable(const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> widths;
   for (const auto& row : rows) {
     if (widths.size() < row.size()) widths.resize(row.size(), 0);
-    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], VisibleWidth(row[i]));
+  }
+  // On a terminal, narrow the widest columns (never the first, the ids; never below 8) until a
+  // row fits its width.
+  if (const int columns = TerminalColumns(); columns > 0 && widths.size() > 1) {
+    size_t total = 2 * (widths.size() - 1);
+    for (size_t w : widths) total += w;
+    while (total > static_cast<size_t>(columns)) {
+      const auto widest = std::max_element(widths.begin() + 1, widths.end());
+      if (*widest <= 8) break;
+      --*widest;
+      --total;
+    }
   }
   for (const auto& row : rows) {
     std::string line;
     for (size_t i = 0; i < row.size(); ++i) {
-      line += row[i];
-      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+      const std::string cell = FitWidth(row[i], widths[i]);
+      line += cell;
+      if (i + 1 < row.size()) line += std::string(widths[i] - std::min(widths[i], VisibleWidth(cell)) + 2, ' ');
     }
     std::cout << line << "\n";
   }
@@ -273,6 +329,21 @@ std::string StateName(v1::JobState state) {
   const std::string name = v1::JobState_Name(state);
   const std::string prefix = "JOB_STATE_";
   return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+}
+
+std::string StateCell(v1::JobState state) {
+  const std::string name = StateName(state);
+  if (!UseColour()) return name;
+  const char* colour = "";
+  switch (state) {
+    case v1::JOB_STATE_RUNNING: colour = "\033[36m"; break;  // cyan
+    case v1::JOB_STATE_SUCCEEDED: colour = "\033[32m"; break;  // green
+    case v1::JOB_STATE_FAILED: colour = "\033[31m"; break;  // red
+    case v1::JOB_STATE_CANCELLING:
+    case v1::JOB_STATE_CANCELLED: colour = "\033[33m"; break;  // yellow
+    default: return name;
+  }
+  return colour + name + "\033[0m";
 }
 
 int ReportError(const grpc::Status& status, const std::string& what) {

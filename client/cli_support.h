@@ -78,8 +78,20 @@ void PrintStructured(const google::protobuf::Message& message, OutputFormat form
 // {"job_id": "job-000001", "<key>": <message>}; for scripts and `jq -c`.
 void PrintJsonLine(const std::string& job_id, const std::string& key, const google::protobuf::Message& message);
 
-// Columns padded to their widest cell; the first row is the header.
+// Columns padded to their widest cell; the first row is the header. On a terminal the widest
+// columns but the first are narrowed (cells cut with "…", never below 8 characters) until rows
+// fit its width.
 void PrintTable(const std::vector<std::vector<std::string>>& rows);
+
+// The terminal's width when stdout is one (its size, else $COLUMNS); 0 when not a terminal or
+// unknown: output to pipes and files is never cut.
+int TerminalColumns();
+// Colour only on a terminal, and never with NO_COLOR set (https://no-color.org) or TERM=dumb.
+bool UseColour();
+// Characters a terminal shows for `text` (colour sequences and UTF-8 continuation bytes not
+// counted), and `text` cut to `width` of them with a trailing "…" (coloured text is left whole).
+size_t VisibleWidth(const std::string& text);
+std::string FitWidth(const std::string& text, size_t width);
 
 // "3m ago", "2h ago", "5d ago"; "-" for an unset timestamp.
 std::string Age(const google::protobuf::Timestamp& t);
@@ -88,6 +100,8 @@ std::string AbsoluteTime(const google::protobuf::Timestamp& t);
 // "1h02m", "4m10s", "12s".
 std::string Duration(double seconds);
 std::string StateName(v1::JobState state);  // "RUNNING"
+// StateName for a table cell: coloured by state when UseColour().
+std::string StateCell(v1::JobState state);
 
 // Prints "slimctl: <server's message>" on stderr and returns the exit status for it.
 int ReportError(const grpc::Status& status, const std::string& what);

@@ -196,8 +196,9 @@ int Follow(Client& client, const std::string& id, int64_t after, OutputFormat fo
                       static_cast<long long>(p.step()), static_cast<long long>(p.total_steps()), p.loss(),
                       p.tokens_per_second(), Duration(p.eta_seconds()).c_str(), Bytes(e.observed_peak_bytes()).c_str(),
                       Bytes(job.quota_bytes()).c_str());
-        if (live) {
-          std::printf("\r%s\033[K", line);
+        if (live) {  // one terminal line, never wrapped (a wrapped line leaves a stale copy each update)
+          const int columns = TerminalColumns();
+          std::printf("\r%s\033[K", columns > 1 ? FitWidth(line, static_cast<size_t>(columns - 1)).c_str() : line);
         } else {
           std::printf("%s\n", line);
         }
@@ -320,7 +321,7 @@ int List(Client& client, const tools::Flags& flags, OutputFormat format) {
   }
   std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "STATE", "PRIO", "DEVICE", "QUOTA", "CHUNK", "PROGRESS", "LOSS", "AGE"}};
   for (const v1::Job& j : all.jobs()) {
-    rows.push_back({j.id(), j.display_name().empty() ? "-" : j.display_name(), StateName(j.state()),
+    rows.push_back({j.id(), j.display_name().empty() ? "-" : j.display_name(), StateCell(j.state()),
                     std::to_string(j.priority()), DevicesText(j), Bytes(j.quota_bytes()),
                     std::to_string(j.chunk_size()), ProgressText(j), Loss(j.progress().loss()), Age(j.create_time())});
   }
@@ -398,7 +399,7 @@ int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
       message = "step " + std::to_string(e.progress().step()) + "/" + std::to_string(e.progress().total_steps()) +
                 ", loss " + Loss(e.progress().loss());
     }
-    rows.push_back({std::to_string(e.sequence()), AbsoluteTime(e.time()), e.kind(), StateName(e.state()),
+    rows.push_back({std::to_string(e.sequence()), AbsoluteTime(e.time()), e.kind(), StateCell(e.state()),
                     message.substr(0, message.find('\n'))});
   }
   PrintTable(rows);

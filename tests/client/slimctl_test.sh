@@ -218,6 +218,25 @@ expect 0 submit "$dir/job.yaml" --steps 2 --request-id first-submit-1 --output j
 [ "$(echo "$out" | json 'd["id"]')" = "$again" ] || fail "a repeated request id created a second job: $out"
 expect 0 watch "$again"
 
+# On a terminal (script(1) gives one): states in colour unless NO_COLOR, rows cut to its width
+# ($COLUMNS where the terminal reports none); piped output is neither coloured nor cut.
+on_tty() { script -qec "$(printf '%q ' "$@")" /dev/null | tr -d '\r'; }
+long_name="a-dataset-name-far-too-long-for-a-sixty-column-terminal-$(printf 'x%.0s' $(seq 40))"
+{ cat "$dir/docs.txt"; echo "a copy with its own bytes"; } > "$dir/long.txt"
+"$ctl" --server "$sock" datasets upload "$dir/long.txt" --name "$long_name" > /dev/null || fail "long-named upload"
+tty_out=$(COLUMNS=60 on_tty "$ctl" --server "$sock" datasets list)
+widest=$(printf '%s\n' "$tty_out" | python3 -c 'import sys; print(max(len(l) for l in sys.stdin.read().splitlines()))')
+[ "$widest" -le 60 ] || fail "datasets list on a 60-column terminal is $widest wide: $tty_out"
+printf '%s' "$tty_out" | grep -q "…" || fail "the long name was not cut: $tty_out"
+tty_out=$(COLUMNS=200 on_tty "$ctl" --server "$sock" list)
+printf '%s' "$tty_out" | grep -q $'\033\[32mSUCCEEDED' || fail "no colour for states on a terminal: $tty_out"
+tty_out=$(NO_COLOR=1 COLUMNS=200 on_tty "$ctl" --server "$sock" list)
+printf '%s' "$tty_out" | grep -q $'\033' && fail "colour despite NO_COLOR: $tty_out"
+expect 0 datasets list
+echo "$out" | grep -qF "$long_name" || fail "piped output was cut: $out"
+expect 0 list
+echo "$out" | grep -q $'\033' && fail "colour in piped output: $out"
+
 # cancel a running job; its watch exits 9
 expect 0 submit "$dir/job.yaml" --steps 100000 --output json
 long=$(echo "$out" | json 'd["id"]')

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <csignal>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -150,9 +151,31 @@ v1::JobSpec LoadSpecWithUploads(Client& client, const tools::Flags& flags, const
   });
 }
 
+// What Ctrl-C during a watch prints before slimctl exits 130: the job keeps running, and how to
+// re-attach from the last event seen. Written by the signal handler with write(2) (async-signal-
+// safe); rewritten after each event.
+char g_reattach_hint[512];
+volatile sig_atomic_t g_reattach_length = 0;
+
+void PrintReattachHintAndExit(int) {
+  if (g_reattach_length > 0) (void)!::write(STDERR_FILENO, g_reattach_hint, static_cast<size_t>(g_reattach_length));
+  ::_exit(130);
+}
+
+void SetReattachHint(const std::string& id, int64_t cursor) {
+  g_reattach_length = 0;  // the handler prints nothing while the text changes
+  const int n = std::snprintf(g_reattach_hint, sizeof(g_reattach_hint),
+                              "\nslimctl: stopped watching %s; the job keeps running. Re-attach with: slimctl watch %s "
+                              "--after %lld\n",
+                              id.c_str(), id.c_str(), static_cast<long long>(cursor));
+  g_reattach_length = n > 0 ? std::min<int>(n, sizeof(g_reattach_hint) - 1) : 0;
+}
+
 // Follows a job until it ends, reconnecting (with the last sequence seen) when the connection
 // drops. Prints a live line on a terminal, one line per event otherwise.
 int Follow(Client& client, const std::string& id, int64_t after, OutputFormat format, double reconnect_seconds) {
+  SetReattachHint(id, after);
+  std::signal(SIGINT, PrintReattachHintAndExit);
   const bool live = Terminal() && format == OutputFormat::kTable;
   int64_t cursor = after;
   v1::Job job;
@@ -176,6 +199,7 @@ int Follow(Client& client, const std::string& id, int64_t after, OutputFormat fo
       }
       const v1::JobEvent& e = item.event();
       cursor = e.sequence();
+      SetReattachHint(id, cursor);
       job.set_state(e.state());
       if (format == OutputFormat::kJson) {
         PrintJsonLine(id, "event", e);

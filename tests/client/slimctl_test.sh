@@ -242,6 +242,15 @@ expect 0 submit "$dir/job.yaml" --steps 100000 --output json
 long=$(echo "$out" | json 'd["id"]')
 expect 5 datasets delete "$ds"
 echo "$err" | grep -q "is used by job $long" || fail "delete in use: $err"
+# Ctrl-C on a watch leaves the job running and says how to re-attach.
+"$ctl" --server "$sock" watch "$long" > "$dir/watch0.out" 2>&1 &
+watch_pid=$!
+for _ in $(seq 1 300); do grep -q "step" "$dir/watch0.out" && break; sleep 0.1; done
+kill -INT "$watch_pid"
+set +e; wait "$watch_pid"; rc=$?; set -e
+[ "$rc" -eq 130 ] || fail "watch after Ctrl-C: exit $rc, want 130"
+grep -q "stopped watching $long; the job keeps running. Re-attach with: slimctl watch $long --after [1-9]" \
+  "$dir/watch0.out" || fail "no re-attach hint after Ctrl-C: $(cat "$dir/watch0.out")"
 "$ctl" --server "$sock" watch "$long" > "$dir/watch1.out" 2>&1 &
 watch_pid=$!
 for _ in $(seq 1 300); do grep -q "step" "$dir/watch1.out" && break; sleep 0.1; done

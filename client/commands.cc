@@ -610,46 +610,38 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     request.set_id(flags.Positional(2, "the model id"));
     const std::string out = flags.String("out", "");  // required; "-" for stdout
     flags.CheckAllUsed();
-    if (out == "-") {
+    // The model's bytes into `sink`, counted in `received`; the exit status (after saying why
+    // when the export did not complete).
+    int64_t received = 0;
+    const auto download = [&](std::ostream& sink) {
       auto context = client.StreamContext();
       auto reader = client.stub().ExportModel(context.get(), request);
       v1::ExportModelResponse chunk;
-      int64_t total = 0, received = 0;
+      int64_t total = 0;
       while (reader->Read(&chunk)) {
         if (chunk.total_bytes() > 0) total = chunk.total_bytes();
-        std::cout.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
+        sink.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
         received += static_cast<int64_t>(chunk.chunk().size());
       }
-      std::cout.flush();
+      sink.flush();
       const grpc::Status status = reader->Finish();
       if (!status.ok()) return ReportError(status, "models export " + request.id());
-      if (received != total || !std::cout) {
-        std::fprintf(stderr, "slimctl: models export: wrote %lld of %lld bytes to stdout\n",
-                     static_cast<long long>(received), static_cast<long long>(total));
-        return kExitError;
+      if (!sink || received != total) {
+        std::fprintf(stderr, "slimctl: models export: wrote %lld of %lld bytes\n", static_cast<long long>(received),
+                     static_cast<long long>(total));
+        return static_cast<int>(kExitError);
       }
-      return kExitOk;
-    }
+      return static_cast<int>(kExitOk);
+    };
+    if (out == "-") return download(std::cout);
     const std::string tmp = out + ".part";
     std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
     if (!file) throw EngineError(ErrorCode::kInvalidArgument, "--out: cannot write " + tmp);
-    auto context = client.StreamContext();
-    auto reader = client.stub().ExportModel(context.get(), request);
-    v1::ExportModelResponse chunk;
-    int64_t total = 0, received = 0;
-    while (reader->Read(&chunk)) {
-      if (chunk.total_bytes() > 0) total = chunk.total_bytes();
-      file.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
-      received += static_cast<int64_t>(chunk.chunk().size());
-    }
+    const int exit_status = download(file);
     file.close();
-    const grpc::Status status = reader->Finish();
-    if (!status.ok() || !file || received != total) {
+    if (exit_status != kExitOk || !file) {
       std::remove(tmp.c_str());
-      if (!status.ok()) return ReportError(status, "models export " + request.id());
-      std::fprintf(stderr, "slimctl: models export: received %lld of %lld bytes\n", static_cast<long long>(received),
-                   static_cast<long long>(total));
-      return kExitError;
+      return exit_status != kExitOk ? exit_status : static_cast<int>(kExitError);
     }
     if (std::rename(tmp.c_str(), out.c_str()) != 0) {
       std::remove(tmp.c_str());

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -226,21 +227,26 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(WorkerOption
   pid_t pid = -1;
   // glibc runs the child with CLONE_VFORK and reports a failed exec (missing file, not
   // executable) here, as the return value, rather than through a child exiting 127.
-  err = posix_spawn(&pid, argv[0], &setup.actions, &setup.attr, argv.data(), environ);
-  if (err != 0) return ErrnoError(absl::StrCat("cannot start ", options.argv[0]), err);
+  const auto spawn = [&] { err = posix_spawn(&pid, argv[0], &setup.actions, &setup.attr, argv.data(), environ); };
   if (options.nice > 0) {
-    // The worker has only just exec'd (glibc returns once the exec succeeded), long before a
-    // worker loading its libraries starts threads; PRIO_PGRP reaches every thread of the group
-    // either way. Raising one's own child's niceness is always permitted; ESRCH means it is
-    // already gone, which the reader thread reports.
+    // Linux keeps a niceness per thread, and a new process takes its spawning thread's. A
+    // short-lived thread lowers its own priority (always permitted) and spawns, so the worker
+    // starts at it and everything it forks inherits it. (Lowering the group's priority after the
+    // spawn missed a child the worker forked at that moment.)
     errno = 0;
     const int base = getpriority(PRIO_PROCESS, 0);
     const int niceness = std::min(19, (errno == 0 ? base : 0) + options.nice);
-    if (setpriority(PRIO_PGRP, pid, niceness) != 0 && errno != ESRCH) {
-      std::fprintf(stderr, "slimd: cannot lower the priority of worker %d: %s\n", static_cast<int>(pid),
-                   std::strerror(errno));
-    }
+    std::thread spawner([&] {
+      if (setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), niceness) != 0) {
+        std::fprintf(stderr, "slimd: cannot lower the priority of a worker: %s\n", std::strerror(errno));
+      }
+      spawn();
+    });
+    spawner.join();
+  } else {
+    spawn();
   }
+  if (err != 0) return ErrnoError(absl::StrCat("cannot start ", options.argv[0]), err);
 
   // The child holds its own copies now; closing ours lets EOF on fd 3 and EPIPE on stdin mean
   // what they say.

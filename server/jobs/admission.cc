@@ -94,10 +94,22 @@ absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller
         if (member(&source, "format") == nullptr) source.members["format"] = JsonString(dataset->format());
         // JSONL lines were checked to be objects at upload; the text field is the job's choice,
         // so it is checked here, naming the dataset, rather than failing the job when it starts.
+        // Datasets are immutable, so a (dataset, field) pair checked once stays valid.
         if (member(&source, "format")->text == "jsonl") {
-          const Json* text_field = member(&source, "text_field");
-          CheckJsonlTextField(catalog_.DatasetPath(dataset->id()), text_field != nullptr ? text_field->text : "text",
-                              absl::StrCat("spec: data.", field, "[", i, "]: dataset ", dataset->id()));
+          const Json* given = member(&source, "text_field");
+          const std::string text_field = given != nullptr ? given->text : "text";
+          const std::pair<std::string, std::string> key(dataset->id(), text_field);
+          bool checked;
+          {
+            absl::MutexLock lock(&text_fields_mu_);
+            checked = checked_text_fields_.count(key) > 0;
+          }
+          if (!checked) {
+            CheckJsonlTextField(catalog_.DatasetPath(dataset->id()), text_field,
+                                absl::StrCat("spec: data.", field, "[", i, "]: dataset ", dataset->id()));
+            absl::MutexLock lock(&text_fields_mu_);
+            checked_text_fields_.insert(key);
+          }
         }
       }
     }

@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -89,6 +91,9 @@ class Admission {
   absl::Mutex mu_;  // from a limit check to the insert it allows
   absl::Mutex calls_mu_;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(calls_mu_);  // per tenant, in progress
+  absl::Mutex text_fields_mu_;
+  // (dataset id, JSONL text field) pairs found in every line of the dataset.
+  std::set<std::pair<std::string, std::string>> checked_text_fields_ ABSL_GUARDED_BY(text_fields_mu_);
 };
 
 }  // namespace slim::server

@@ -54,6 +54,7 @@ std::string AdmissionPlanToJson(const AdmissionPlan& p) {
   o.members["mode"] = JsonString(StartStateModeName(p.mode));
   o.members["predicted_peak_bytes"] = Number(p.predicted_peak_bytes);
   o.members["est_step_seconds"] = JsonNumber(p.est_step_seconds);
+  o.members["full_backprop_peak_bytes"] = Number(p.full_backprop_peak_bytes);
   o.members["calibration_bytes"] = Number(p.calibration_bytes);
   return SerializeJson(o);
 }
@@ -73,6 +74,7 @@ AdmissionPlan AdmissionPlanFromJson(const std::string& line) {
   }
   p.predicted_peak_bytes = Integer(o, "predicted_peak_bytes", what, line);
   p.est_step_seconds = Member(o, "est_step_seconds", Json::kNumber, what, line).number;
+  p.full_backprop_peak_bytes = Integer(o, "full_backprop_peak_bytes", what, line);
   p.calibration_bytes = Integer(o, "calibration_bytes", what, line);
   return p;
 }

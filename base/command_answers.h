@@ -24,6 +24,9 @@ struct AdmissionPlan {
   StartStateMode mode = StartStateMode::kSubtract;
   int64_t predicted_peak_bytes = 0;
   double est_step_seconds = 0;
+  // Ordinary backprop's predicted peak (C = L) for the same job: what SLiM saves; 0 when no plan
+  // was made.
+  int64_t full_backprop_peak_bytes = 0;
   // `plan --if-calibrated` for a shape without a calibration on the device kind: no plan was
   // made (the fields above are unset); calibrating needs at most this many bytes of the device
   // (CalibrationPeakBound, engine/memory_model.h). 0 otherwise.
@@ -32,7 +35,8 @@ struct AdmissionPlan {
   bool operator==(const AdmissionPlan& o) const {
     return quota_bytes == o.quota_bytes && min_quota_bytes == o.min_quota_bytes && feasible == o.feasible &&
            chunk_size == o.chunk_size && mode == o.mode && predicted_peak_bytes == o.predicted_peak_bytes &&
-           est_step_seconds == o.est_step_seconds && calibration_bytes == o.calibration_bytes;
+           est_step_seconds == o.est_step_seconds && full_backprop_peak_bytes == o.full_backprop_peak_bytes &&
+           calibration_bytes == o.calibration_bytes;
   }
 };
 

@@ -190,9 +190,12 @@ std::unique_ptr<grpc::ClientContext> Client::StreamContext() const {
 OutputFormat ParseOutputFormat(const tools::Flags& flags) {
   const std::string name = flags.String("output", "table");
   if (name == "table") return OutputFormat::kTable;
+  if (name == "wide") return OutputFormat::kWide;
   if (name == "json") return OutputFormat::kJson;
   if (name == "yaml") return OutputFormat::kYaml;
-  throw EngineError(ErrorCode::kInvalidArgument, "--output: unknown format '" + name + "' (allowed: table, json, yaml)");
+  if (name == "name") return OutputFormat::kName;
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    "--output: unknown format '" + name + "' (allowed: table, wide, json, yaml, name)");
 }
 
 std::string ToJson(const google::protobuf::Message& message, bool compact) {

@@ -66,8 +66,14 @@ class Client {
   std::unique_ptr<v1::Slim::Stub> stub_;
 };
 
-enum class OutputFormat { kTable, kJson, kYaml };
+// --output (kubectl's -o): a table, a wide table (more columns), a document (JSON or YAML, every
+// field), or names (the ids of the resources printed, one per line, for scripts:
+// `slimctl list --state failed -o name | xargs -n1 slimctl jobs delete`). Ids carry their kind
+// ("job-000001", "ds-000001", "model-000001") and every command takes them as printed.
+enum class OutputFormat { kTable, kWide, kJson, kYaml, kName };
 OutputFormat ParseOutputFormat(const tools::Flags& flags);
+inline bool IsTable(OutputFormat f) { return f == OutputFormat::kTable || f == OutputFormat::kWide; }
+inline bool IsDocument(OutputFormat f) { return f == OutputFormat::kJson || f == OutputFormat::kYaml; }
 
 // A message as JSON (field names as in the .proto, every field printed) or YAML.
 std::string ToJson(const google::protobuf::Message& message, bool compact = false);

@@ -36,7 +36,8 @@ connection (also SLIM_SERVER, SLIM_TOKEN, SLIM_TLS=1, SLIM_CA_CERT, or ~/.config
   --token T         bearer token          --tls / --ca-cert FILE   TLS
   --timeout S       deadline of each call in seconds (default 60; submit, plan and models
                     import 600, as they may first calibrate the planner for a new model)
-  --output FORMAT   table (default), json or yaml
+  -o, --output F    table (default), wide (more columns), json, yaml, or name (ids, one
+                    per line: submit, get, list, cancel, devices, datasets, models)
 )";
 
 bool Terminal() { return ::isatty(STDOUT_FILENO) != 0; }
@@ -75,7 +76,11 @@ std::string DevicesText(const v1::Job& job) {
 }
 
 void PrintJob(const v1::Job& job, OutputFormat format) {
-  if (format != OutputFormat::kTable) return PrintStructured(job, format);
+  if (format == OutputFormat::kName) {
+    std::printf("%s\n", job.id().c_str());
+    return;
+  }
+  if (IsDocument(format)) return PrintStructured(job, format);
   const v1::JobProgress& p = job.progress();
   std::vector<std::vector<std::string>> rows = {
       {"id:", job.id()},
@@ -176,7 +181,7 @@ void SetReattachHint(const std::string& id, int64_t cursor) {
 int Follow(Client& client, const std::string& id, int64_t after, OutputFormat format, double reconnect_seconds) {
   SetReattachHint(id, after);
   std::signal(SIGINT, PrintReattachHintAndExit);
-  const bool live = Terminal() && format == OutputFormat::kTable;
+  const bool live = Terminal() && IsTable(format);
   int64_t cursor = after;
   v1::Job job;
   bool have_job = false;
@@ -205,7 +210,7 @@ int Follow(Client& client, const std::string& id, int64_t after, OutputFormat fo
         PrintJsonLine(id, "event", e);
         continue;
       }
-      if (format != OutputFormat::kTable) {
+      if (IsDocument(format)) {
         PrintStructured(e, format);
         continue;
       }
@@ -236,7 +241,7 @@ int Follow(Client& client, const std::string& id, int64_t after, OutputFormat fo
     const grpc::Status status = reader->Finish();
     if (status.ok() && have_job && IsTerminal(job.state())) {
       if (live) std::printf("\n");
-      if (format == OutputFormat::kTable) std::printf("job %s %s\n", id.c_str(), StateName(job.state()).c_str());
+      if (IsTable(format)) std::printf("job %s %s\n", id.c_str(), StateName(job.state()).c_str());
       return ExitForJob(job.state());
     }
     const bool transient = status.error_code() == grpc::StatusCode::UNAVAILABLE || status.ok();
@@ -274,6 +279,9 @@ int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
   request.set_request_id(flags.Has("request-id") ? flags.String("request-id", "") : NewRequestId());
   *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
   flags.CheckAllUsed();
+  if (watch && format == OutputFormat::kName) {
+    throw EngineError(ErrorCode::kInvalidArgument, "--output name: cannot be used with --watch (its events have no names)");
+  }
   // The request id makes retrying safe: a create whose answer was lost (deadline, broken
   // connection, a restarting server) is returned by the retry instead of being made twice.
   v1::CreateJobResponse response;
@@ -289,7 +297,9 @@ int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
   }
   if (!status.ok()) return ReportError(status, "submit");
   const v1::Job& job = response.job();
-  if (format == OutputFormat::kTable) {
+  if (format == OutputFormat::kName) {
+    PrintJob(job, format);
+  } else if (IsTable(format)) {
     std::printf("job %s queued: quota %s, chunk size %lld (%s), predicted peak %s\n", job.id().c_str(),
                 Bytes(job.quota_bytes()).c_str(), static_cast<long long>(job.chunk_size()), job.mode().c_str(),
                 Bytes(job.predicted_peak_bytes()).c_str());
@@ -339,15 +349,34 @@ int List(Client& client, const tools::Flags& flags, OutputFormat format) {
     token = page.next_page_token();
     all.set_next_page_token(token);
   } while (!token.empty() && all.jobs_size() < limit);
-  if (format != OutputFormat::kTable) {
+  if (IsDocument(format)) {
     PrintStructured(all, format);
     return kExitOk;
   }
+  if (format == OutputFormat::kName) {
+    for (const v1::Job& j : all.jobs()) PrintJob(j, format);
+    return kExitOk;
+  }
+  const bool wide = format == OutputFormat::kWide;
   std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "STATE", "PRIO", "DEVICE", "QUOTA", "CHUNK", "PROGRESS", "LOSS", "AGE"}};
+  if (wide) {  // after QUOTA: how it runs; after LOSS: how well and how fast
+    rows[0].insert(rows[0].begin() + 6, {"MODE", "PEAK", "REPLICA"});
+    rows[0].insert(rows[0].end() - 1, {"VAL LOSS", "TOK/S", "ETA", "OUTPUT MODEL"});
+  }
   for (const v1::Job& j : all.jobs()) {
-    rows.push_back({j.id(), j.display_name().empty() ? "-" : j.display_name(), StateCell(j.state()),
-                    std::to_string(j.priority()), DevicesText(j), Bytes(j.quota_bytes()),
-                    std::to_string(j.chunk_size()), ProgressText(j), Loss(j.progress().loss()), Age(j.create_time())});
+    const v1::JobProgress& p = j.progress();
+    std::vector<std::string> row = {j.id(), j.display_name().empty() ? "-" : j.display_name(), StateCell(j.state()),
+                                    std::to_string(j.priority()), DevicesText(j), Bytes(j.quota_bytes()),
+                                    std::to_string(j.chunk_size()), ProgressText(j), Loss(p.loss()), Age(j.create_time())};
+    if (wide) {
+      row.insert(row.begin() + 6, {j.mode().empty() ? "-" : j.mode(), Bytes(j.observed_peak_bytes()),
+                                   j.replica().empty() ? "-" : j.replica()});
+      row.insert(row.end() - 1, {Loss(p.eval_loss()),
+                                 p.tokens_per_second() > 0 ? std::to_string(std::lround(p.tokens_per_second())) : "-",
+                                 p.eta_seconds() > 0 && !IsTerminal(j.state()) ? Duration(p.eta_seconds()) : "-",
+                                 j.output_model().empty() ? "-" : j.output_model()});
+    }
+    rows.push_back(std::move(row));
   }
   PrintTable(rows);
   return kExitOk;
@@ -368,10 +397,10 @@ int Cancel(Client& client, const tools::Flags& flags, OutputFormat format) {
   v1::CancelJobResponse response;
   const grpc::Status status = client.stub().CancelJob(client.UnaryContext().get(), request, &response);
   if (!status.ok()) return ReportError(status, "cancel " + request.id());
-  if (format == OutputFormat::kTable) {
+  if (IsTable(format)) {
     std::printf("job %s %s\n", response.job().id().c_str(), StateName(response.job().state()).c_str());
   } else {
-    PrintStructured(response.job(), format);
+    PrintJob(response.job(), format);
   }
   return kExitOk;
 }
@@ -412,7 +441,7 @@ int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
     return ReportError(status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended early") : status,
                        "events " + id);
   }
-  if (format != OutputFormat::kTable) {
+  if (IsDocument(format)) {
     for (const v1::JobEvent& e : events) PrintStructured(e, format);
     return kExitOk;
   }
@@ -438,7 +467,7 @@ int Plan(Client& client, const tools::Flags& flags, OutputFormat format) {
   v1::PlanJobResponse response;
   const grpc::Status status = client.stub().PlanJob(client.SlowUnaryContext().get(), request, &response);
   if (!status.ok()) return ReportError(status, "plan");
-  if (format != OutputFormat::kTable) {
+  if (IsDocument(format)) {
     PrintStructured(response, format);
   } else if (response.feasible()) {
     std::printf("chunk size %lld (%s), predicted peak %s of quota %s on %s, about %.3g s per step%s\n",
@@ -446,6 +475,11 @@ int Plan(Client& client, const tools::Flags& flags, OutputFormat format) {
                 Bytes(response.predicted_peak_bytes()).c_str(), Bytes(response.quota_bytes()).c_str(),
                 response.device_kind().c_str(), response.est_step_seconds(),
                 response.total_steps() > 0 ? (", " + std::to_string(response.total_steps()) + " steps").c_str() : "");
+    if (response.full_backprop_peak_bytes() > 0) {
+      std::printf("full backprop (chunk size = seq_len) would peak at %s: %s the quota\n",
+                  Bytes(response.full_backprop_peak_bytes()).c_str(),
+                  response.full_backprop_peak_bytes() > response.quota_bytes() ? "does not fit" : "fits");
+    }
   } else {
     // Infeasible with a quota above the minimum: no device of the kind is that large.
     const bool too_large = response.min_quota_bytes() > 0 && response.quota_bytes() >= response.min_quota_bytes();
@@ -461,29 +495,45 @@ int Devices(Client& client, const tools::Flags& flags, OutputFormat format) {
   v1::ListDevicesResponse response;
   const grpc::Status status = client.stub().ListDevices(client.UnaryContext().get(), v1::ListDevicesRequest(), &response);
   if (!status.ok()) return ReportError(status, "devices");
-  if (format != OutputFormat::kTable) {
+  if (IsDocument(format)) {
     PrintStructured(response, format);
     return kExitOk;
   }
+  if (format == OutputFormat::kName) {
+    for (const v1::Device& d : response.devices()) std::printf("%s\n", d.name().c_str());
+    return kExitOk;
+  }
+  const bool wide = format == OutputFormat::kWide;
   // FOOTPRINT: each worker process's own memory, counted in COMMITTED once per process.
   std::vector<std::vector<std::string>> rows = {{"DEVICE", "KIND", "CAPACITY", "FOOTPRINT", "COMMITTED", "OBSERVED", "JOBS"}};
+  if (wide) rows[0].insert(rows[0].begin() + 6, {"IN USE", "DESCRIPTION"});
   for (const v1::Device& d : response.devices()) {
     std::string jobs;
     for (const std::string& j : d.job_ids()) jobs += (jobs.empty() ? "" : ",") + j;
     for (const std::string& r : d.reservations()) jobs += (jobs.empty() ? "" : ",") + r;  // e.g. a Generate
     rows.push_back({d.name(), d.kind(), Bytes(d.capacity_bytes()), Bytes(d.worker_footprint_bytes()),
                     Bytes(d.committed_bytes()), Bytes(d.observed_bytes()), jobs.empty() ? "-" : jobs});
+    if (wide) rows.back().insert(rows.back().begin() + 6, {Bytes(d.current_bytes()), d.description()});
   }
   PrintTable(rows);
   return kExitOk;
 }
 
-void PrintDatasets(const std::vector<v1::Dataset>& datasets) {
+// A list of datasets or models as a table (wide: the whole digest and the owner) or names.
+void PrintDatasets(const std::vector<v1::Dataset>& datasets, OutputFormat format) {
+  const bool wide = format == OutputFormat::kWide;
   std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "FORMAT", "SIZE", "SHA256", "AGE"}};
+  if (wide) rows[0].push_back("TENANT");
   for (const v1::Dataset& d : datasets) {
-    rows.push_back({d.id(), d.name(), d.format(), FormatBytes(d.size_bytes()), d.sha256().substr(0, 12), Age(d.create_time())});
+    if (format == OutputFormat::kName) {
+      std::printf("%s\n", d.id().c_str());
+      continue;
+    }
+    rows.push_back({d.id(), d.name(), d.format(), FormatBytes(d.size_bytes()), wide ? d.sha256() : d.sha256().substr(0, 12),
+                    Age(d.create_time())});
+    if (wide) rows.back().push_back(d.tenant().empty() ? "-" : d.tenant());
   }
-  PrintTable(rows);
+  if (IsTable(format)) PrintTable(rows);
 }
 
 int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
@@ -497,10 +547,10 @@ int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
     v1::Dataset dataset;
     UploadFile(client, path, name, data_format, true, &status, &dataset);
     if (!status.ok()) return ReportError(status, "upload " + path);
-    if (format == OutputFormat::kTable) {
-      PrintDatasets({dataset});
-    } else {
+    if (IsDocument(format)) {
       PrintStructured(dataset, format);
+    } else {
+      PrintDatasets({dataset}, format);
     }
     return kExitOk;
   }
@@ -511,10 +561,10 @@ int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
     request.set_page_size(1000);
     const grpc::Status status = client.stub().ListDatasets(client.UnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "datasets list");
-    if (format != OutputFormat::kTable) {
+    if (IsDocument(format)) {
       PrintStructured(response, format);
     } else {
-      PrintDatasets({response.datasets().begin(), response.datasets().end()});
+      PrintDatasets({response.datasets().begin(), response.datasets().end()}, format);
     }
     return kExitOk;
   }
@@ -527,7 +577,7 @@ int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
       v1::DeleteDatasetResponse response;
       const grpc::Status status = client.stub().DeleteDataset(client.UnaryContext().get(), request, &response);
       if (!status.ok()) return ReportError(status, "datasets delete " + id);
-      if (format == OutputFormat::kTable) std::printf("deleted %s\n", id.c_str());
+      if (IsTable(format)) std::printf("deleted %s\n", id.c_str());
       return kExitOk;
     }
     v1::GetDatasetRequest request;
@@ -535,23 +585,30 @@ int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
     v1::GetDatasetResponse response;
     const grpc::Status status = client.stub().GetDataset(client.UnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "datasets get " + id);
-    if (format == OutputFormat::kTable) {
-      PrintDatasets({response.dataset()});
-    } else {
+    if (IsDocument(format)) {
       PrintStructured(response.dataset(), format);
+    } else {
+      PrintDatasets({response.dataset()}, format);
     }
     return kExitOk;
   }
   throw EngineError(ErrorCode::kInvalidArgument, "datasets: unknown command '" + action + "' (upload, list, get, delete)");
 }
 
-void PrintModels(const std::vector<v1::Model>& models) {
+void PrintModels(const std::vector<v1::Model>& models, OutputFormat format) {
+  const bool wide = format == OutputFormat::kWide;
   std::vector<std::vector<std::string>> rows = {{"ID", "NAME", "PARAMETERS", "SIZE", "SOURCE JOB", "AGE"}};
+  if (wide) rows[0].push_back("TENANT");
   for (const v1::Model& m : models) {
+    if (format == OutputFormat::kName) {
+      std::printf("%s\n", m.id().c_str());
+      continue;
+    }
     rows.push_back({m.id(), m.name(), std::to_string(m.parameters()), FormatBytes(m.size_bytes()),
                     m.source_job().empty() ? "-" : m.source_job(), Age(m.create_time())});
+    if (wide) rows.back().push_back(m.tenant().empty() ? "(shared)" : m.tenant());
   }
-  PrintTable(rows);
+  if (IsTable(format)) PrintTable(rows);
 }
 
 int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
@@ -563,10 +620,10 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     v1::ListModelsResponse response;
     const grpc::Status status = client.stub().ListModels(client.UnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "models list");
-    if (format != OutputFormat::kTable) {
+    if (IsDocument(format)) {
       PrintStructured(response, format);
     } else {
-      PrintModels({response.models().begin(), response.models().end()});
+      PrintModels({response.models().begin(), response.models().end()}, format);
     }
     return kExitOk;
   }
@@ -577,11 +634,11 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     v1::GetModelResponse response;
     const grpc::Status status = client.stub().GetModel(client.UnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "models get " + request.id());
-    if (format == OutputFormat::kTable) {
-      PrintModels({response.model()});
-      std::printf("config: %s\n", response.model().config_json().c_str());
-    } else {
+    if (IsDocument(format)) {
       PrintStructured(response.model(), format);
+    } else {
+      PrintModels({response.model()}, format);
+      if (IsTable(format)) std::printf("config: %s\n", response.model().config_json().c_str());
     }
     return kExitOk;
   }
@@ -598,10 +655,10 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     v1::ImportModelResponse response;
     const grpc::Status status = client.stub().ImportModel(client.SlowUnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "models import");
-    if (format == OutputFormat::kTable) {
-      PrintModels({response.model()});
-    } else {
+    if (IsDocument(format)) {
       PrintStructured(response.model(), format);
+    } else {
+      PrintModels({response.model()}, format);
     }
     return kExitOk;
   }
@@ -647,7 +704,7 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
       std::remove(tmp.c_str());
       throw EngineError(ErrorCode::kInvalidArgument, "--out: cannot write " + out);
     }
-    if (format == OutputFormat::kTable) std::printf("wrote %s (%s)\n", out.c_str(), FormatBytes(received).c_str());
+    if (IsTable(format)) std::printf("wrote %s (%s)\n", out.c_str(), FormatBytes(received).c_str());
     return kExitOk;
   }
   throw EngineError(ErrorCode::kInvalidArgument, "models: unknown command '" + action + "' (list, get, import, export)");
@@ -770,10 +827,13 @@ examples:
   slimctl submit examples/finetune-docs.slimctl.yaml --watch
   slimctl submit job.yaml --quota 2GiB --priority 5 --output json
 )"},
-    {"get", "usage: slimctl get JOB [--output json|yaml]\nexample: slimctl get job-000001\n"},
-    {"list", R"(usage: slimctl list [--state S[,S...]] [--limit N] [--output json|yaml]
-  columns: id, name, state, priority, device, quota, chunk size, progress, loss, age
-example: slimctl list --state running,queued
+    {"get", "usage: slimctl get JOB [-o json|yaml|name]\nexample: slimctl get job-000001\n"},
+    {"list", R"(usage: slimctl list [--state S[,S...]] [--limit N] [-o wide|json|yaml|name]
+  columns: id, name, state, priority, device, quota, chunk size, progress, loss, age;
+  -o wide adds mode, observed peak, replica, validation loss, tokens/s, ETA, output model
+examples:
+  slimctl list --state running,queued
+  slimctl list --state failed -o name
 )"},
     {"watch", R"(usage: slimctl watch JOB [--after SEQ] [--reconnect-timeout S]
   a live progress bar (step, loss, tokens/s, ETA, memory against quota) and one line per
@@ -786,7 +846,7 @@ example: slimctl watch job-000001
   exit status 3 when the quota cannot fit (the output gives the minimum)
 example: slimctl plan job.yaml --quota 256MiB
 )"},
-    {"devices", "usage: slimctl devices [--output json|yaml]\n  capacity, committed quota, observed peak and the jobs on each device\nexample: slimctl devices\n"},
+    {"devices", "usage: slimctl devices [-o wide|json|yaml|name]\n  capacity, committed quota, observed peak and the jobs on each device (wide: memory in use\n  and the device's description)\nexample: slimctl devices -o wide\n"},
     {"datasets", R"(usage: slimctl datasets upload FILE [--name N] [--format text|jsonl|ids-u16|ids-u32]
        slimctl datasets list | get ID | delete ID
 examples:
@@ -858,7 +918,7 @@ int Completion(const tools::Flags& flags) {
     commands += " " + command;
     std::string words;
     for (const std::string& f : FlagsIn(text + kConnectionHelp)) words += (words.empty() ? "" : " ") + f;
-    cases += "    " + command + ") flags=\"" + words + " --help --output\" ;;\n";
+    cases += "    " + command + ") flags=\"" + words + " --help\" ;;\n";
   }
   std::cout << (shell == "zsh" ? "#compdef slimctl\nautoload -U +X bashcompinit && bashcompinit\n" : "")
             << "# slimctl " << shell << " completion: source <(slimctl completion " << shell << ")\n"
@@ -867,6 +927,9 @@ int Completion(const tools::Flags& flags) {
                "  if [ \"$COMP_CWORD\" -eq 1 ]; then\n"
                "    COMPREPLY=($(compgen -W \"" << commands << " --help --version\" -- \"$cur\")); return\n"
                "  fi\n"
+               "  case \"${COMP_WORDS[COMP_CWORD-1]}\" in\n"
+               "    -o|--output) COMPREPLY=($(compgen -W \"table wide json yaml name\" -- \"$cur\")); return ;;\n"
+               "  esac\n"
                "  case \"$cmd\" in\n" << cases
             << "    help) COMPREPLY=($(compgen -W \"" << commands << "\" -- \"$cur\")); return ;;\n"
                "    completion) COMPREPLY=($(compgen -W \"bash zsh\" -- \"$cur\")); return ;;\n"
@@ -905,6 +968,13 @@ int RunCommand(const tools::Flags& flags) {
     return kExitOk;
   }
   const OutputFormat format = ParseOutputFormat(flags);
+  static const std::set<std::string> kPrintsResources = {"submit", "get",     "list",    "cancel",
+                                                         "devices", "datasets", "models"};
+  if (format == OutputFormat::kName && kPrintsResources.count(command) == 0) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "--output name: '" + command +
+                          "' prints no resources (name is for submit, get, list, cancel, devices, datasets, models)");
+  }
   Client client(ResolveConnection(flags));
   if (command == "submit") return Submit(client, flags, format);
   if (command == "get") return Get(client, flags, format);

@@ -378,9 +378,9 @@ AdmissionPlan PlanAdmission(const JobSpec& spec_in, const ModelConfig& model, co
   CalibrationOptions calibration;
   calibration.cache_dir = calibration_cache_dir;
   const MemoryCoefficients k = Calibrate(shape, spec.device, calibration);
+  // Ordinary backprop's predicted peak: the default quota policy's base, and what SLiM saves.
+  const int64_t full_length = PredictPeak(shape, spec.seq_len, spec.mode.value_or(StartStateMode::kSubtract), k).total;
   if (default_quota) {  // ordinary backprop's predicted peak, with the margin and 1 MiB
-    const int64_t full_length =
-        PredictPeak(shape, spec.seq_len, spec.mode.value_or(StartStateMode::kSubtract), k).total;
     const int64_t wanted =
         static_cast<int64_t>(std::ceil(static_cast<double>(full_length) / (1.0 - kDefaultPlanMargin))) + (int64_t{1} << 20);
     spec.quota_bytes = std::min(spec.quota_bytes, wanted);
@@ -388,6 +388,7 @@ AdmissionPlan PlanAdmission(const JobSpec& spec_in, const ModelConfig& model, co
   const PlanResult r = PlanChunkSize(shape, spec.quota_bytes, k);
   AdmissionPlan answer;
   answer.quota_bytes = spec.quota_bytes;
+  answer.full_backprop_peak_bytes = full_length;
   answer.min_quota_bytes = r.min_quota_bytes;
   answer.mode = spec.mode.value_or(StartStateMode::kSubtract);
   if (spec.chunk_size > 0) {

@@ -187,6 +187,7 @@ absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const s
   response.set_device_kind(kind);
   response.set_quota_bytes(plan.quota_bytes);
   response.set_min_quota_bytes(plan.min_quota_bytes);
+  response.set_full_backprop_peak_bytes(plan.full_backprop_peak_bytes);
   response.set_feasible(plan.feasible && plan.quota_bytes <= capacity.largest);
   if (plan.chunk_size > 0) {
     response.set_chunk_size(plan.chunk_size);

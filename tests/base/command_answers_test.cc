@@ -18,6 +18,7 @@ TEST(CommandAnswers, AdmissionPlanRoundTrips) {
   p.mode = StartStateMode::kBoundaries;
   p.predicted_peak_bytes = 2466426;
   p.est_step_seconds = 0.24620327776494427;
+  p.full_backprop_peak_bytes = 9630212;
   EXPECT_EQ(AdmissionPlanFromJson(AdmissionPlanToJson(p)), p);
   AdmissionPlan infeasible;
   infeasible.quota_bytes = 1000;
@@ -57,10 +58,10 @@ TEST(CommandAnswers, MalformedAnswersAreInternalErrorsNamingWhatIsWrong) {
   for (const std::string& bad :
        {std::string("not json"), std::string("[]"), std::string("{}"),
         good.substr(0, good.size() - 1),  // truncated
-        std::string(R"({"calibration_bytes":0,"chunk_size":1.5,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
-        std::string(R"({"calibration_bytes":0,"chunk_size":1,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"sideways","predicted_peak_bytes":1,"quota_bytes":1})"),
-        std::string(R"({"calibration_bytes":0,"chunk_size":1,"est_step_seconds":0,"feasible":"yes","min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
-        std::string(R"({"calibration_bytes":0,"chunk_size":-1,"est_step_seconds":0,"feasible":true,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})")}) {
+        std::string(R"({"calibration_bytes":0,"chunk_size":1.5,"est_step_seconds":0,"feasible":true,"full_backprop_peak_bytes":1,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
+        std::string(R"({"calibration_bytes":0,"chunk_size":1,"est_step_seconds":0,"feasible":true,"full_backprop_peak_bytes":1,"min_quota_bytes":1,"mode":"sideways","predicted_peak_bytes":1,"quota_bytes":1})"),
+        std::string(R"({"calibration_bytes":0,"chunk_size":1,"est_step_seconds":0,"feasible":"yes","full_backprop_peak_bytes":1,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})"),
+        std::string(R"({"calibration_bytes":0,"chunk_size":-1,"est_step_seconds":0,"feasible":true,"full_backprop_peak_bytes":1,"min_quota_bytes":1,"mode":"subtract","predicted_peak_bytes":1,"quota_bytes":1})")}) {
     try {
       AdmissionPlanFromJson(bad);
       ADD_FAILURE() << "accepted: " << bad;

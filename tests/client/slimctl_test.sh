@@ -71,8 +71,9 @@ completions=$(bash -c 'source "$1"
   COMP_WORDS=(slimctl sub); COMP_CWORD=1; _slimctl; echo "${COMPREPLY[*]}"
   COMP_WORDS=(slimctl submit --wa); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"
   COMP_WORDS=(slimctl datasets up); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"
-  COMP_WORDS=(slimctl list --ser); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"' _ "$dir/completion.bash")
-[ "$completions" = "$(printf 'submit\n--watch\nupload\n--server')" ] || fail "bash completion: $completions"
+  COMP_WORDS=(slimctl list --ser); COMP_CWORD=2; _slimctl; echo "${COMPREPLY[*]}"
+  COMP_WORDS=(slimctl list -o w); COMP_CWORD=3; _slimctl; echo "${COMPREPLY[*]}"' _ "$dir/completion.bash")
+[ "$completions" = "$(printf 'submit\n--watch\nupload\n--server\nwide')" ] || fail "bash completion: $completions"
 set +e; "$ctl" list --server "unix:$dir/nobody.sock" --timeout 2 2>"$dir/err"; rc=$?; set -e
 [ "$rc" -eq 6 ] || fail "unreachable server: exit $rc, want 6"
 grep -q "cannot reach the server" "$dir/err" || fail "unreachable message: $(cat "$dir/err")"
@@ -143,10 +144,18 @@ sed "s|base: $base|base: $src/models/base-mini.safetensors|; s|train: \[$ds\]|tr
 expect 0 plan "$dir/job.yaml" --output json
 chunk=$(echo "$out" | json 'd["chunk_size"]')
 [ "$chunk" -gt 0 ] || fail "plan: $out"
+# The plan names ordinary backprop's peak next to SLiM's: never below it.
+[ "$(echo "$out" | json 'int(d["full_backprop_peak_bytes"]) >= int(d["predicted_peak_bytes"]) > 0')" = True ] ||
+  fail "plan without full backprop's peak: $out"
 expect 0 plan - --output json < "$dir/job.yaml"  # the spec on stdin
 [ "$(echo "$out" | json 'd["chunk_size"]')" = "$chunk" ] || fail "plan from stdin: $out"
 expect 3 plan "$dir/job.yaml" --quota 1MiB
 echo "$out" | grep -q "minimum" || fail "infeasible plan output: $out"
+# At the smallest quota that fits, SLiM's chunks fit and full backprop does not.
+expect 3 plan "$dir/job.yaml" --quota 1MiB -o json
+expect 0 plan "$dir/job.yaml" --quota "$(echo "$out" | json 'd["min_quota_bytes"]')"
+echo "$out" | grep -q "^full backprop (chunk size = seq_len) would peak at .*: does not fit the quota$" ||
+  fail "plan text without full backprop's peak: $out"
 expect 3 submit "$dir/job.yaml" --quota 1MiB
 echo "$err" | grep -q "the minimum is" || fail "quota error: $err"
 # Mistakes read as slim-train reports them for the same spec (one reader, docs/service.md).
@@ -176,6 +185,23 @@ job=$(echo "$out" | json 'd["jobs"][0]["id"]')
 [ "$(echo "$out" | json 'd["jobs"][0]["chunk_size"]')" = "$chunk" ] || fail "chunk size is not the plan's"
 expect 0 list --state succeeded
 echo "$out" | grep -q "$job" || fail "list --state: $out"
+# -o name: ids only, one per line, as every command takes them; -o wide: more columns.
+expect 0 list --state succeeded -o name
+[ "$out" = "$job" ] || fail "list -o name: $out"
+expect 0 get "$job" -o name
+[ "$out" = "$job" ] || fail "get -o name: $out"
+expect 0 list -o wide
+echo "$out" | head -1 | grep -q "MODE .*PEAK .*REPLICA .*VAL LOSS .*TOK/S .*ETA .*OUTPUT MODEL" || fail "list -o wide: $out"
+echo "$out" | grep "$job" | grep -q "model-" || fail "list -o wide has no output model: $out"
+expect 0 devices -o name
+[ "$out" = "cpu:0" ] || fail "devices -o name: $out"
+expect 0 models list -o name
+echo "$out" | grep -qx "$base" || fail "models list -o name: $out"
+expect 0 datasets list -o name
+echo "$out" | grep -qx "$ds" || fail "datasets list -o name: $out"
+expect 2 plan "$dir/job.yaml" -o name
+echo "$err" | grep -qF -- "--output name: 'plan' prints no resources" || fail "plan -o name: $err"
+expect 2 submit "$dir/job.yaml" --watch -o name
 expect 2 list --state sideways
 expect 0 get "$job" --output json
 [ "$(echo "$out" | json 'd["progress"]["step"]')" = 30 ] || fail "get: $out"

@@ -24,6 +24,8 @@
 #include "client/spec_file.h"
 #include "base/byte_size.h"
 #include "base/errors.h"
+#include "base/json.h"
+#include "base/sha256.h"
 
 namespace slim::client {
 namespace {
@@ -140,11 +142,33 @@ std::string UploadFile(Client& client, const std::string& path, const std::strin
   return dataset.id();
 }
 
-v1::JobSpec LoadSpecWithUploads(Client& client, const tools::Flags& flags, const std::string& path) {
+// The spec of `path` with --set, --quota and --steps applied. Local data files are uploaded
+// (reusing identical uploads), or with `describe_only` (plans: they do not read data) sent as
+// their name, size and digest.
+v1::JobSpec LoadSpec(Client& client, const tools::Flags& flags, const std::string& path, bool describe_only) {
   std::vector<std::string> overrides = flags.List("set", {});
   if (flags.Has("quota")) overrides.push_back("memory.quota=" + flags.String("quota", ""));
   if (flags.Has("steps")) overrides.push_back("training.steps=" + flags.String("steps", ""));
   return LoadJobSpec(path, overrides, [&](const std::string& file, const std::string& format) {
+    Json ref = JsonObject();
+    if (describe_only) {
+      std::ifstream in(file, std::ios::binary);
+      if (!in) throw EngineError(ErrorCode::kInvalidArgument, file + ": cannot read file");
+      server::Sha256 sha;
+      int64_t size = 0;
+      char buf[1 << 16];
+      while (in) {
+        in.read(buf, sizeof(buf));
+        sha.Update(buf, static_cast<size_t>(in.gcount()));
+        size += in.gcount();
+      }
+      Json described = JsonObject();
+      described.members["name"] = JsonString(file);
+      described.members["size_bytes"] = JsonNumber(static_cast<double>(size));
+      described.members["sha256"] = JsonString(sha.HexDigest());
+      ref.members["file"] = described;
+      return ref;
+    }
     grpc::Status status;
     const std::string name = file.substr(file.find_last_of('/') + 1);
     const std::string id = UploadFile(client, file, name, format, true, &status, nullptr);
@@ -152,8 +176,27 @@ v1::JobSpec LoadSpecWithUploads(Client& client, const tools::Flags& flags, const
       throw EngineError(ErrorCode::kInvalidArgument, "uploading " + file + ": " + status.error_message());
     }
     std::fprintf(stderr, "slimctl: %s is dataset %s\n", file.c_str(), id.c_str());
-    return id;
+    ref.members["dataset"] = JsonString(id);
+    return ref;
   });
+}
+
+// Plans and submits of a model shape never planned on its device kind wait for a calibration
+// (seconds to a minute, once per shape and kind): this asks the server whether one is needed
+// (PlanJob with only_if_calibrated, answered at once) and if so says on stderr what the wait
+// is. The answer is left in *response.
+grpc::Status AnnounceCalibration(Client& client, const v1::JobSpec& spec, v1::PlanJobResponse* response) {
+  v1::PlanJobRequest request;
+  *request.mutable_spec() = spec;
+  request.set_only_if_calibrated(true);
+  const grpc::Status status = client.stub().PlanJob(client.UnaryContext().get(), request, response);
+  if (status.ok() && response->calibration_needed()) {
+    std::fprintf(stderr,
+                 "slimctl: calibrating the memory model for this model shape on %s (first time only; seconds to "
+                 "a minute)…\n",
+                 response->device_kind().c_str());
+  }
+  return status;
 }
 
 // What Ctrl-C during a watch prints before slimctl exits 130: the job keeps running, and how to
@@ -277,11 +320,14 @@ int Submit(Client& client, const tools::Flags& flags, OutputFormat format) {
   const bool watch = flags.Bool("watch");
   const double reconnect = flags.Double("reconnect-timeout", 300);
   request.set_request_id(flags.Has("request-id") ? flags.String("request-id", "") : NewRequestId());
-  *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
+  *request.mutable_spec() = LoadSpec(client, flags, path, /*describe_only=*/false);
   flags.CheckAllUsed();
   if (watch && format == OutputFormat::kName) {
     throw EngineError(ErrorCode::kInvalidArgument, "--output name: cannot be used with --watch (its events have no names)");
   }
+  // Its errors are CreateJob's too, which reports them.
+  v1::PlanJobResponse calibration;
+  (void)AnnounceCalibration(client, request.spec(), &calibration);
   // The request id makes retrying safe: a create whose answer was lost (deadline, broken
   // connection, a restarting server) is returned by the retry instead of being made twice.
   v1::CreateJobResponse response;
@@ -405,6 +451,71 @@ int Cancel(Client& client, const tools::Flags& flags, OutputFormat format) {
   return kExitOk;
 }
 
+// jobs delete JOB...: ended jobs' records, events, logs and checkpoints, one by one; the exit
+// status is the first failure's.
+int Jobs(Client& client, const tools::Flags& flags, OutputFormat format) {
+  const std::string action = flags.Positional(1, "a jobs command (delete)");
+  if (action != "delete") throw EngineError(ErrorCode::kInvalidArgument, "jobs: unknown command '" + action + "' (delete)");
+  std::vector<std::string> ids = {flags.Positional(2, "the job id")};  // at least one
+  for (size_t i = 3; i < flags.positional_count(); ++i) ids.push_back(flags.Positional(i, "the job id"));
+  flags.CheckAllUsed();
+  int exit_status = kExitOk;
+  for (const std::string& id : ids) {
+    v1::DeleteJobRequest request;
+    request.set_id(id);
+    v1::DeleteJobResponse response;
+    const grpc::Status status = client.stub().DeleteJob(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) {
+      const int failed = ReportError(status, "jobs delete " + request.id());
+      if (exit_status == kExitOk) exit_status = failed;
+      continue;
+    }
+    if (IsTable(format)) std::printf("deleted %s\n", request.id().c_str());
+    if (format == OutputFormat::kName) std::printf("%s\n", request.id().c_str());
+  }
+  return exit_status;
+}
+
+// logs JOB [-f] [--tail N]: the worker's log; a data-parallel job's ranks are told apart by a
+// "[rank N] " prefix. With -f it follows until the job ends, then exits with the job's status.
+int Logs(Client& client, const tools::Flags& flags, OutputFormat) {
+  v1::GetJobLogsRequest request;
+  request.set_id(flags.Positional(1, "the job id"));
+  request.set_follow(flags.Bool("follow"));
+  request.set_tail_lines(flags.Int("tail", 0, 0));
+  flags.CheckAllUsed();
+  v1::GetJobRequest get;
+  get.set_id(request.id());
+  v1::GetJobResponse job;
+  const grpc::Status found = client.stub().GetJob(client.UnaryContext().get(), get, &job);
+  if (!found.ok()) return ReportError(found, "logs " + request.id());
+  const bool prefix = job.job().spec().data_parallel().workers() > 1;
+  auto context = client.StreamContext();
+  auto reader = client.stub().GetJobLogs(context.get(), request);
+  v1::GetJobLogsResponse item;
+  while (reader->Read(&item)) {
+    if (!prefix) {
+      std::fwrite(item.data().data(), 1, item.data().size(), stdout);
+    } else {
+      const std::string label = "[rank " + std::to_string(item.rank()) + "] ";
+      for (size_t at = 0; at < item.data().size();) {
+        const size_t end = item.data().find('\n', at);
+        const size_t next = end == std::string::npos ? item.data().size() : end + 1;
+        std::fputs(label.c_str(), stdout);
+        std::fwrite(item.data().data() + at, 1, next - at, stdout);
+        at = next;
+      }
+    }
+    std::fflush(stdout);
+  }
+  const grpc::Status status = reader->Finish();
+  if (!status.ok()) return ReportError(status, "logs " + request.id());
+  if (!request.follow()) return kExitOk;
+  // Followed to the end: the job's own exit status, as watch gives.
+  const grpc::Status ended = client.stub().GetJob(client.UnaryContext().get(), get, &job);
+  return ended.ok() ? ExitForJob(job.job().state()) : ReportError(ended, "logs " + request.id());
+}
+
 // The events stored so far (WatchJob read up to the snapshot's last sequence, then closed).
 int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
   const std::string id = flags.Positional(1, "the job id");
@@ -462,10 +573,13 @@ int Events(Client& client, const tools::Flags& flags, OutputFormat format) {
 int Plan(Client& client, const tools::Flags& flags, OutputFormat format) {
   const std::string path = flags.Positional(1, "the job spec file");
   v1::PlanJobRequest request;
-  *request.mutable_spec() = LoadSpecWithUploads(client, flags, path);
+  *request.mutable_spec() = LoadSpec(client, flags, path, /*describe_only=*/true);
   flags.CheckAllUsed();
   v1::PlanJobResponse response;
-  const grpc::Status status = client.stub().PlanJob(client.SlowUnaryContext().get(), request, &response);
+  grpc::Status status = AnnounceCalibration(client, request.spec(), &response);
+  if (status.ok() && response.calibration_needed()) {
+    status = client.stub().PlanJob(client.SlowUnaryContext().get(), request, &response);
+  }
   if (!status.ok()) return ReportError(status, "plan");
   if (IsDocument(format)) {
     PrintStructured(response, format);
@@ -570,14 +684,33 @@ int Datasets(Client& client, const tools::Flags& flags, OutputFormat format) {
   }
   if (action == "get" || action == "delete") {
     const std::string id = flags.Positional(2, "the dataset id");
+    const bool force = action == "delete" && flags.Bool("force");
     flags.CheckAllUsed();
     if (action == "delete") {
       v1::DeleteDatasetRequest request;
       request.set_id(id);
+      request.set_force(force);
       v1::DeleteDatasetResponse response;
-      const grpc::Status status = client.stub().DeleteDataset(client.UnaryContext().get(), request, &response);
+      grpc::Status status = client.stub().DeleteDataset(client.UnaryContext().get(), request, &response);
+      // Ended jobs used it: on a terminal, ask; elsewhere the answer is --force.
+      const bool used_by_ended = status.error_code() == grpc::StatusCode::FAILED_PRECONDITION &&
+                                 status.error_message().find("delete it with force") != std::string::npos;
+      if (used_by_ended && ::isatty(STDIN_FILENO) != 0 && ::isatty(STDERR_FILENO) != 0) {
+        std::fprintf(stderr, "%s.\ndelete %s anyway? [y/N] ", status.error_message().c_str(), id.c_str());
+        std::string answer;
+        std::getline(std::cin, answer);
+        if (answer != "y" && answer != "Y" && answer != "yes") {
+          std::fprintf(stderr, "slimctl: %s kept\n", id.c_str());
+          return kExitConflict;
+        }
+        request.set_force(true);
+        status = client.stub().DeleteDataset(client.UnaryContext().get(), request, &response);
+      } else if (used_by_ended) {
+        status = grpc::Status(status.error_code(), status.error_message() + " (--force)");
+      }
       if (!status.ok()) return ReportError(status, "datasets delete " + id);
       if (IsTable(format)) std::printf("deleted %s\n", id.c_str());
+      if (format == OutputFormat::kName) std::printf("%s\n", id.c_str());
       return kExitOk;
     }
     v1::GetDatasetRequest request;
@@ -655,11 +788,26 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     v1::ImportModelResponse response;
     const grpc::Status status = client.stub().ImportModel(client.SlowUnaryContext().get(), request, &response);
     if (!status.ok()) return ReportError(status, "models import");
+    if (response.existing()) {  // the same bytes were imported before: that model, not a copy
+      std::fprintf(stderr, "slimctl: %s is already imported as %s (%s)\n", path.c_str(), response.model().id().c_str(),
+                   response.model().name().c_str());
+    }
     if (IsDocument(format)) {
       PrintStructured(response.model(), format);
     } else {
       PrintModels({response.model()}, format);
     }
+    return kExitOk;
+  }
+  if (action == "delete") {
+    v1::DeleteModelRequest request;
+    request.set_id(flags.Positional(2, "the model id"));
+    flags.CheckAllUsed();
+    v1::DeleteModelResponse response;
+    const grpc::Status status = client.stub().DeleteModel(client.UnaryContext().get(), request, &response);
+    if (!status.ok()) return ReportError(status, "models delete " + request.id());
+    if (IsTable(format)) std::printf("deleted %s\n", request.id().c_str());
+    if (format == OutputFormat::kName) std::printf("%s\n", request.id().c_str());
     return kExitOk;
   }
   if (action == "export") {
@@ -707,7 +855,8 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
     if (IsTable(format)) std::printf("wrote %s (%s)\n", out.c_str(), FormatBytes(received).c_str());
     return kExitOk;
   }
-  throw EngineError(ErrorCode::kInvalidArgument, "models: unknown command '" + action + "' (list, get, import, export)");
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    "models: unknown command '" + action + "' (list, get, import, export, delete)");
 }
 
 int Generate(Client& client, const tools::Flags& flags, OutputFormat) {
@@ -795,10 +944,13 @@ commands:
   watch JOB          follow a job live until it ends; reconnects if the connection drops
   cancel JOB         cancel a queued or running job
   events JOB         the job's recorded events
+  logs JOB           the worker's log (-f to follow, --tail N)
+  jobs delete JOB..  delete ended jobs: records, events, logs and checkpoints
   plan FILE          dry run: chunk size, predicted peak and step time for a spec and quota
+                     (local data files are described by size and digest, not uploaded)
   devices            devices, their capacity, committed quota, observed use and jobs
-  datasets           upload FILE | list | get ID | delete ID
-  models             list | get ID | import PATH | export ID --out FILE
+  datasets           upload FILE | list | get ID | delete ID [--force]
+  models             list | get ID | import PATH | export ID --out FILE | delete ID
   generate MODEL     sample text (--prompt TEXT)
   version            client and API version, and whether the server answers
   health             the server's grpc.health.v1 status (no token needed; for probes)
@@ -841,6 +993,19 @@ examples:
 example: slimctl watch job-000001
 )"},
     {"cancel", "usage: slimctl cancel JOB\nexample: slimctl cancel job-000001\n"},
+    {"logs", R"(usage: slimctl logs JOB [-f|--follow] [--tail N]
+  the worker's log (every rank's for a data-parallel job, each line prefixed "[rank N] ");
+  --tail N starts from the last N lines (of each rank); -f follows until the job ends, then
+  exits with its status as watch does
+examples:
+  slimctl logs job-000001 --tail 20
+  slimctl logs job-000001 -f
+)"},
+    {"jobs", R"(usage: slimctl jobs delete JOB [JOB...]
+  deletes ended jobs (succeeded, failed, cancelled): their records, events, worker logs and
+  checkpoints; their output models stay (slimctl models delete)
+example: slimctl list --state failed -o name | xargs slimctl jobs delete
+)"},
     {"events", "usage: slimctl events JOB [--after SEQ] [--output json|yaml]\nexample: slimctl events job-000001 --output json\n"},
     {"plan", R"(usage: slimctl plan FILE [--quota SIZE] [--set F=V]
   exit status 3 when the quota cannot fit (the output gives the minimum)
@@ -848,13 +1013,16 @@ example: slimctl plan job.yaml --quota 256MiB
 )"},
     {"devices", "usage: slimctl devices [-o wide|json|yaml|name]\n  capacity, committed quota, observed peak and the jobs on each device (wide: memory in use\n  and the device's description)\nexample: slimctl devices -o wide\n"},
     {"datasets", R"(usage: slimctl datasets upload FILE [--name N] [--format text|jsonl|ids-u16|ids-u32]
-       slimctl datasets list | get ID | delete ID
+       slimctl datasets list | get ID | delete ID [--force]
+  delete refuses while a queued or running job uses the dataset; when ended jobs used it, it
+  asks on a terminal, and elsewhere needs --force
 examples:
   slimctl datasets upload corpus.txt --name corpus
   slimctl datasets delete ds-000003
 )"},
-    {"models", R"(usage: slimctl models list | get ID | import PATH [--name N] | export ID --out FILE
-  import takes a path the server can read (a local server: any local file)
+    {"models", R"(usage: slimctl models list | get ID | import PATH [--name N] | export ID --out FILE | delete ID
+  import takes a path the server can read (a local server: any local file); a file imported
+  before returns that model; delete refuses while a queued or running job fine-tunes it
 examples:
   slimctl models import models/base-mini.safetensors --name base-mini
   slimctl models export model-000002 --out tuned.safetensors
@@ -868,12 +1036,12 @@ example: slimctl generate model-000002 --prompt "The planner " --max-tokens 100 
 };
 
 const std::set<std::string>& BooleanFlags() {
-  static const std::set<std::string> kBooleans = {"watch", "tls", "help", "version"};
+  static const std::set<std::string> kBooleans = {"watch", "tls", "help", "version", "follow", "force"};
   return kBooleans;
 }
 
 const std::map<char, std::string>& ShortFlags() {
-  static const std::map<char, std::string> kShort = {{'h', "help"}, {'o', "output"}};
+  static const std::map<char, std::string> kShort = {{'h', "help"}, {'o', "output"}, {'f', "follow"}};
   return kShort;
 }
 
@@ -938,7 +1106,8 @@ int Completion(const tools::Flags& flags) {
                "  if [ \"$COMP_CWORD\" -eq 2 ]; then\n"
                "    case \"$cmd\" in\n"
                "      datasets) COMPREPLY=($(compgen -W \"upload list get delete\" -- \"$cur\")); return ;;\n"
-               "      models) COMPREPLY=($(compgen -W \"list get import export\" -- \"$cur\")); return ;;\n"
+               "      models) COMPREPLY=($(compgen -W \"list get import export delete\" -- \"$cur\")); return ;;\n"
+               "      jobs) COMPREPLY=($(compgen -W \"delete\" -- \"$cur\")); return ;;\n"
                "    esac\n"
                "  fi\n"
                "  COMPREPLY=($(compgen -f -- \"$cur\"))\n"
@@ -968,12 +1137,12 @@ int RunCommand(const tools::Flags& flags) {
     return kExitOk;
   }
   const OutputFormat format = ParseOutputFormat(flags);
-  static const std::set<std::string> kPrintsResources = {"submit", "get",     "list",    "cancel",
-                                                         "devices", "datasets", "models"};
+  static const std::set<std::string> kPrintsResources = {"submit", "get",      "list",   "cancel",
+                                                         "devices", "datasets", "models", "jobs"};
   if (format == OutputFormat::kName && kPrintsResources.count(command) == 0) {
     throw EngineError(ErrorCode::kInvalidArgument,
                       "--output name: '" + command +
-                          "' prints no resources (name is for submit, get, list, cancel, devices, datasets, models)");
+                          "' prints no resources (name is for submit, get, list, cancel, devices, datasets, models, jobs)");
   }
   Client client(ResolveConnection(flags));
   if (command == "submit") return Submit(client, flags, format);
@@ -982,6 +1151,8 @@ int RunCommand(const tools::Flags& flags) {
   if (command == "watch") return Watch(client, flags, format);
   if (command == "cancel") return Cancel(client, flags, format);
   if (command == "events") return Events(client, flags, format);
+  if (command == "logs") return Logs(client, flags, format);
+  if (command == "jobs") return Jobs(client, flags, format);
   if (command == "plan") return Plan(client, flags, format);
   if (command == "devices") return Devices(client, flags, format);
   if (command == "datasets") return Datasets(client, flags, format);

@@ -68,10 +68,7 @@ Json ResolveSources(const Json& sources, const std::string& field, const std::st
     if (!file.empty()) {
       if (out.members.count("dataset")) Bad(where + ": give either 'dataset' or 'file'");
       const std::string path = fs::path(file).is_absolute() || base_dir.empty() ? file : base_dir + "/" + file;
-      Json id;
-      id.kind = Json::kString;
-      id.text = upload(path, format.empty() ? "text" : format);
-      out.members["dataset"] = id;
+      for (auto& [key, value] : upload(path, format.empty() ? "text" : format).members) out.members[key] = value;
     } else if (!out.members.count("dataset")) {
       Bad(where + ": needs 'dataset' or 'file'");
     }

@@ -3,7 +3,9 @@
 //
 // Conveniences over the raw API message:
 //   - a data entry may be a local file (a path string that is not a dataset id, or
-//     {file: path, format: ...}); `upload` is called for it and must return a dataset id;
+//     {file: path, format: ...}); `upload` is called for it and returns what stands for it in
+//     the API's DataRef: {"dataset": id} once uploaded, or, for a plan,
+//     {"file": {"name", "size_bytes", "sha256"}};
 //   - memory.quota may be a number of bytes or a size with units; chunk_size may be "auto";
 //   - `overrides` ("training.steps=100", "memory.quota=2GiB") set fields before conversion,
 //     values read as YAML scalars.
@@ -14,11 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "base/json.h"
 #include "slim/v1/slim.pb.h"
 
 namespace slim::client {
 
-using LocalDataUploader = std::function<std::string(const std::string& path, const std::string& format)>;
+using LocalDataUploader = std::function<Json(const std::string& path, const std::string& format)>;
 
 // `path` "-" reads the spec from stdin (relative data paths are then relative to the working
 // directory).

@@ -133,32 +133,47 @@ tests:
         exp_samples:
           - labels: 'ALERTS{alertname="SlimJobOverQuota", alertstate="firing", job="slimd", instance="a:9464", job_id="job-000001", device="cpu:0", severity="warning"}'
             value: 1
-  - name: SlimJobFailures fires on a new failure, also on a series first seen at 1
+  - name: SlimJobFailed fires once per failed job, naming it and its replica, for 15 minutes
     interval: 1m
     input_series:
-      # first seen at 1, 10 minutes in
-      - series: 'slim_jobs_finished_total{job="slimd", instance="a:9464", outcome="failed"}'
-        values: '_x10 1x60'
-      # present from the start, one failure at 6 minutes
-      - series: 'slim_jobs_finished_total{job="slimd", instance="b:9464", outcome="failed"}'
-        values: '0x5 1x65'
-      # successes never fire
-      - series: 'slim_jobs_finished_total{job="slimd", instance="b:9464", outcome="succeeded"}'
-        values: '0+1x70'
+      # job-000003 failed on replica a at 5 minutes (the series appears then, valued at its failure time)
+      - series: 'slim_job_failed_time_seconds{job="slimd", instance="a:9464", job_id="job-000003", device="cpu:0", code="RESOURCE_EXHAUSTED"}'
+        values: '_x4 300x60'
+      # job-000009 failed on replica b at 8 minutes
+      - series: 'slim_job_failed_time_seconds{job="slimd", instance="b:9464", job_id="job-000009", device="cpu:0", code="INVALID_ARGUMENT"}'
+        values: '_x7 480x60'
     promql_expr_test:
-      - expr: ALERTS{alertname="SlimJobFailures"}
+      - expr: ALERTS{alertname="SlimJobFailed"}
         eval_time: 3m
         exp_samples: []
-      - expr: ALERTS{alertname="SlimJobFailures"}
-        eval_time: 12m
+      - expr: ALERTS{alertname="SlimJobFailed"}
+        eval_time: 6m
         exp_samples:
-          - labels: 'ALERTS{alertname="SlimJobFailures", alertstate="firing", job="slimd", instance="a:9464", outcome="failed", severity="warning"}'
+          - labels: 'ALERTS{alertname="SlimJobFailed", alertstate="firing", job="slimd", instance="a:9464", job_id="job-000003", device="cpu:0", code="RESOURCE_EXHAUSTED", severity="warning"}'
             value: 1
-          - labels: 'ALERTS{alertname="SlimJobFailures", alertstate="firing", job="slimd", instance="b:9464", outcome="failed", severity="warning"}'
+      - expr: ALERTS{alertname="SlimJobFailed"}
+        eval_time: 10m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimJobFailed", alertstate="firing", job="slimd", instance="a:9464", job_id="job-000003", device="cpu:0", code="RESOURCE_EXHAUSTED", severity="warning"}'
             value: 1
-      - expr: ALERTS{alertname="SlimJobFailures"}
-        eval_time: 45m
+          - labels: 'ALERTS{alertname="SlimJobFailed", alertstate="firing", job="slimd", instance="b:9464", job_id="job-000009", device="cpu:0", code="INVALID_ARGUMENT", severity="warning"}'
+            value: 1
+      - expr: ALERTS{alertname="SlimJobFailed"}
+        eval_time: 21m
+        exp_samples:
+          - labels: 'ALERTS{alertname="SlimJobFailed", alertstate="firing", job="slimd", instance="b:9464", job_id="job-000009", device="cpu:0", code="INVALID_ARGUMENT", severity="warning"}'
+            value: 1
+      - expr: ALERTS{alertname="SlimJobFailed"}
+        eval_time: 30m
         exp_samples: []
+    alert_rule_test:
+      - alertname: SlimJobFailed
+        eval_time: 6m
+        exp_alerts:
+          - exp_labels: {job: slimd, instance: "a:9464", job_id: job-000003, device: "cpu:0", code: RESOURCE_EXHAUSTED, severity: warning}
+            exp_annotations:
+              summary: "Job job-000003 failed (RESOURCE_EXHAUSTED) on cpu:0 of a:9464"
+              description: "Job job-000003 ended FAILED with RESOURCE_EXHAUSTED on cpu:0 of replica a:9464. \`slimctl get job-000003\` shows the error and \`slimctl logs job-000003\` the worker's log: bad data (INVALID_ARGUMENT), a quota too small for the model (RESOURCE_EXHAUSTED), a diverged run (lower the learning rate), or a worker that kept crashing after its retries."
   - name: SlimQueueWaitHigh fires when the 90th percentile of queue waits exceeds 10 minutes
     interval: 1m
     input_series:
@@ -284,7 +299,7 @@ guard("deploy/queries.txt matches the dashboard and the alerts", (errors) => {
 
 guard("deploy/prometheus/alerts.yml: the five alerts, each with for, severity and annotations", (errors) => {
   const names = alertRules.map((r) => r.alert);
-  for (const n of ["SlimDeviceOvercommitted", "SlimJobOverQuota", "SlimJobFailures", "SlimQueueWaitHigh", "SlimdDown"]) {
+  for (const n of ["SlimDeviceOvercommitted", "SlimJobOverQuota", "SlimJobFailed", "SlimQueueWaitHigh", "SlimdDown"]) {
     if (!names.includes(n)) errors.push(`missing alert ${n}`);
   }
   for (const r of alertRules) {

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/time/time.h"
 #include "base/byte_size.h"
 #include "base/errors.h"
 #include "base/yaml.h"
@@ -72,6 +74,9 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
                           per GPU and once for the CPU devices (slim-train footprint); SIZE
                           sets it for every device; 0 counts quotas only
   --checkpoint-every N    checkpoint cadence for specs that leave it at 0 (default 50)
+  --checkpoint-retention D  delete the checkpoints of jobs that ended longer than D ago (e.g.
+                          7d, 36h, 90m; default 0: keep them until the job is deleted); records,
+                          logs and output models stay
   --max-retries N         restarts of a crashed worker from its last checkpoint (default 2)
   --cancel-grace S        seconds between SIGTERM and SIGKILL for a worker (default 30)
   --worker-nice N         workers run N niceness steps below slimd, 0..19 (default 10), so that
@@ -132,6 +137,25 @@ std::string DefaultReplicaId() {
   }
   const std::string pid = "-" + std::to_string(::getpid());
   return id.substr(0, 63 - pid.size()) + pid;
+}
+
+// --checkpoint-retention: 0 (keep), or a duration with a unit: d (days), or absl's h, m, s.
+double ParseRetention(const std::string& text) {
+  if (text == "0") return 0;
+  absl::Duration d;
+  bool ok = false;
+  if (!text.empty() && text.back() == 'd') {
+    double days = 0;
+    ok = absl::SimpleAtod(text.substr(0, text.size() - 1), &days) && days >= 0;
+    d = absl::Hours(24 * days);
+  } else {
+    ok = absl::ParseDuration(text, &d);
+  }
+  if (!ok || d < absl::ZeroDuration()) {
+    throw slim::EngineError(slim::ErrorCode::kInvalidArgument,
+                            "--checkpoint-retention: '" + text + "' is not a duration (e.g. 7d, 36h, 90m, or 0)");
+  }
+  return absl::ToDoubleSeconds(d);
 }
 
 // Config file keys become flags placed before the command line's, so the command line wins.
@@ -203,6 +227,7 @@ Options ParseOptions(int argc, char** argv) {
   o.manager.worker_binary = flags.Has("worker-binary") ? flags.String("worker-binary", "") : DefaultWorkerBinary();
   const std::string devices = flags.Has("devices") ? flags.String("devices", "") : "";
   o.manager.checkpoint_every = static_cast<int>(flags.Int("checkpoint-every", 50, 1));
+  o.manager.checkpoint_retention_seconds = ParseRetention(flags.String("checkpoint-retention", "0"));
   o.manager.max_retries = static_cast<int>(flags.Int("max-retries", 2, 0));
   o.manager.cancel_grace_seconds = flags.Double("cancel-grace", 30);
   o.manager.worker_nice = static_cast<int>(flags.Int("worker-nice", 10, 0));
@@ -312,9 +337,10 @@ int Serve(const Options& o) {
       http_options.web = *std::move(web);
     }
     absl::StatusOr<std::unique_ptr<slim::server::MetricsHttpServer>> started =
-        slim::server::MetricsHttpServer::Start(http_options, metrics.registry(), [&manager] {
-          return slim::server::RenderStatusPage(manager.ListDevices(), manager.JobsForStatus(20));
-        });
+        slim::server::MetricsHttpServer::Start(
+            http_options, metrics.registry(), [&manager, replica = o.manager.replica_id] {
+              return slim::server::RenderStatusPage(manager.ListDevices(), manager.JobsForStatus(20), replica);
+            });
     if (!started.ok()) {
       std::fprintf(stderr, "slimd: %s\n", std::string(started.status().message()).c_str());
       manager.Shutdown();

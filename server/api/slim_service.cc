@@ -471,11 +471,21 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* SlimService::WatchJob(grpc::Call
   return new WatchReactor(manager_, *request, Caller(auth_, context));
 }
 
+grpc::ServerWriteReactor<v1::GetJobLogsResponse>* SlimService::GetJobLogs(grpc::CallbackServerContext* context,
+                                                                          const v1::GetJobLogsRequest* request) {
+  return NewJobLogsReactor(manager_, log_ticker_, *request, Caller(auth_, context));
+}
+
+grpc::ServerUnaryReactor* SlimService::DeleteJob(grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
+                                                 v1::DeleteJobResponse*) {
+  return Unary(auth_, context, [&](const Principal& caller) { return manager_.DeleteJob(request->id(), caller); });
+}
+
 grpc::ServerUnaryReactor* SlimService::PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
                                                v1::PlanJobResponse* response) {
   return UnaryOnExecutor(auth_, executor_, manager_.admission(), "PlanJob", context,
                          [this, request, response](const Principal& caller) -> absl::Status {
-    absl::StatusOr<v1::PlanJobResponse> plan = manager_.admission().PlanJob(request->spec(), caller);
+    absl::StatusOr<v1::PlanJobResponse> plan = manager_.admission().PlanJob(*request, caller);
     if (plan.ok()) *response = *std::move(plan);
     return plan.status();
   });
@@ -515,7 +525,9 @@ grpc::ServerUnaryReactor* SlimService::ListDatasets(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* SlimService::DeleteDataset(grpc::CallbackServerContext* context,
                                                      const v1::DeleteDatasetRequest* request, v1::DeleteDatasetResponse*) {
-  return Unary(auth_, context, [&](const Principal& caller) { return manager_.catalog().DeleteDataset(request->id(), caller); });
+  return Unary(auth_, context, [&](const Principal& caller) {
+    return manager_.catalog().DeleteDataset(request->id(), request->force(), caller);
+  });
 }
 
 grpc::ServerUnaryReactor* SlimService::GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
@@ -543,10 +555,15 @@ grpc::ServerUnaryReactor* SlimService::ImportModel(grpc::CallbackServerContext* 
   return UnaryOnExecutor(auth_, executor_, manager_.admission(), "ImportModel", context,
                          [this, request, response](const Principal& caller) -> absl::Status {
     if (!caller.admin()) return absl::PermissionDeniedError("ImportModel reads files on the server: admins only");
-    absl::StatusOr<v1::Model> model = manager_.catalog().ImportModel(*request);
-    if (model.ok()) *response->mutable_model() = *std::move(model);
-    return model.status();
+    absl::StatusOr<v1::ImportModelResponse> imported = manager_.catalog().ImportModel(*request);
+    if (imported.ok()) *response = *std::move(imported);
+    return imported.status();
   });
+}
+
+grpc::ServerUnaryReactor* SlimService::DeleteModel(grpc::CallbackServerContext* context,
+                                                   const v1::DeleteModelRequest* request, v1::DeleteModelResponse*) {
+  return Unary(auth_, context, [&](const Principal& caller) { return manager_.catalog().DeleteModel(request->id(), caller); });
 }
 
 grpc::ServerWriteReactor<v1::ExportModelResponse>* SlimService::ExportModel(grpc::CallbackServerContext* context,

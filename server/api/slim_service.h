@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "server/api/executor.h"
+#include "server/api/job_logs.h"
 #include "server/auth/token_authenticator.h"
 #include "server/jobs/job_manager.h"
 #include "slim/v1/slim.grpc.pb.h"
@@ -34,6 +35,10 @@ class SlimService final : public v1::Slim::CallbackService {
                                       v1::CancelJobResponse* response) override;
   grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchJob(grpc::CallbackServerContext* context,
                                                            const v1::WatchJobRequest* request) override;
+  grpc::ServerWriteReactor<v1::GetJobLogsResponse>* GetJobLogs(grpc::CallbackServerContext* context,
+                                                               const v1::GetJobLogsRequest* request) override;
+  grpc::ServerUnaryReactor* DeleteJob(grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
+                                      v1::DeleteJobResponse* response) override;
   grpc::ServerUnaryReactor* PlanJob(grpc::CallbackServerContext* context, const v1::PlanJobRequest* request,
                                     v1::PlanJobResponse* response) override;
   grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* context, const v1::ListDevicesRequest* request,
@@ -52,6 +57,8 @@ class SlimService final : public v1::Slim::CallbackService {
                                        v1::ListModelsResponse* response) override;
   grpc::ServerUnaryReactor* ImportModel(grpc::CallbackServerContext* context, const v1::ImportModelRequest* request,
                                         v1::ImportModelResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* context, const v1::DeleteModelRequest* request,
+                                        v1::DeleteModelResponse* response) override;
   grpc::ServerWriteReactor<v1::ExportModelResponse>* ExportModel(grpc::CallbackServerContext* context,
                                                                  const v1::ExportModelRequest* request) override;
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
@@ -61,6 +68,7 @@ class SlimService final : public v1::Slim::CallbackService {
   JobManager& manager_;
   Executor& executor_;
   const TokenAuthenticator& auth_;
+  PollTicker log_ticker_{absl::Milliseconds(500)};  // GetJobLogs with follow polls the files
 };
 
 }  // namespace slim::server

@@ -25,7 +25,7 @@ Admission::Admission(Store& store, EngineCommands& engine, Catalog& catalog, Dev
 // Specs and plans
 
 absl::StatusOr<JobSpec> Admission::ResolveSpec(const v1::JobSpec& api, const Principal& caller,
-                                                std::string* device_kind) {
+                                                std::string* device_kind, bool plan_only) {
   // One spec path (docs/service.md): protobuf's JSON mapping of the API message, read by the
   // engine's spec reader, the one slim-train reads spec files with. Proto3 zero values are
   // "not set" and are not printed, so the reader applies its defaults and range checks to
@@ -38,7 +38,7 @@ absl::StatusOr<JobSpec> Admission::ResolveSpec(const v1::JobSpec& api, const Pri
   }
   try {
     Json doc = ParseJson(text);
-    RETURN_IF_ERROR(ResolveSpecReferences(&doc, caller, device_kind));
+    RETURN_IF_ERROR(ResolveSpecReferences(&doc, caller, device_kind, plan_only));
     SpecReading reading;
     reading.quota_from_policy = true;  // Plan applies the default policy to a spec without one
     return JobSpecFromJson(doc, "", reading);
@@ -47,7 +47,8 @@ absl::StatusOr<JobSpec> Admission::ResolveSpec(const v1::JobSpec& api, const Pri
   }
 }
 
-absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind) {
+absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind,
+                                              bool plan_only) {
   const auto member = [](Json* object, const char* key) -> Json* {
     const auto it = object->members.find(key);
     return object->kind == Json::kObject && it != object->members.end() ? &it->second : nullptr;
@@ -83,6 +84,31 @@ absl::Status Admission::ResolveSpecReferences(Json* doc, const Principal& caller
         Json& source = list->items[i];
         const std::string where = absl::StrCat("spec: data.", field, "[", i, "].dataset");
         Json* id = member(&source, "dataset");
+        if (Json* file = member(&source, "file"); file != nullptr) {
+          // A plan's local file described by its digest (DataRef.file): the caller's dataset
+          // with those bytes if there is one, else nothing (plans do not read training data).
+          const std::string file_where = absl::StrCat("spec: data.", field, "[", i, "].file");
+          if (id != nullptr) return absl::InvalidArgumentError(file_where + ": give dataset or file, not both");
+          if (!plan_only) {
+            return absl::InvalidArgumentError(file_where +
+                                              ": only PlanJob takes a file that is not uploaded; upload it as a "
+                                              "dataset first (slimctl submit does)");
+          }
+          const Json* digest = member(file, "sha256");
+          if (digest == nullptr || digest->text.size() != 64 ||
+              digest->text.find_first_not_of("0123456789abcdef") != std::string::npos) {
+            return absl::InvalidArgumentError(file_where + ".sha256: must be 64 lowercase hex digits");
+          }
+          ASSIGN_OR_RETURN(const std::optional<v1::Dataset> same, catalog_.FindDatasetByDigest(digest->text, caller));
+          const std::string sha = digest->text;
+          source.members.erase("file");
+          if (!same.has_value()) {
+            source.members["path"] = JsonString("/(not uploaded)/" + sha);
+            continue;
+          }
+          source.members["dataset"] = JsonString(same->id());
+          id = member(&source, "dataset");
+        }
         if (id == nullptr) return absl::InvalidArgumentError(where + ": is required");
         absl::StatusOr<v1::Dataset> dataset = store_.GetDataset(id->text);
         if (!dataset.ok() || !caller.Sees(dataset->tenant())) {
@@ -154,7 +180,8 @@ Admission::KindCapacity Admission::CapacityOf(const std::string& kind) {
   return capacity;
 }
 
-absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const std::string& kind) {
+absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const std::string& kind,
+                                                    bool only_if_calibrated) {
   const KindCapacity capacity = CapacityOf(kind);
   // Planning calibrates on a device of the kind here.
   if (capacity.largest_here == 0) return absl::FailedPreconditionError("spec: memory.device_kind: this server has no " + kind + " device");
@@ -162,6 +189,12 @@ absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const s
   // spec.quota_bytes 0) it applies the default policy (docs/service.md), capped at the
   // largest device of the kind.
   ASSIGN_OR_RETURN(AdmissionPlan plan, engine_.Plan(spec, capacity.largest));
+  if (plan.calibration_bytes > 0 && only_if_calibrated) {
+    v1::PlanJobResponse response;
+    response.set_device_kind(kind);
+    response.set_calibration_needed(true);
+    return response;
+  }
   if (plan.calibration_bytes > 0) {
     // A shape never planned on this kind: it is calibrated on a device here inside a
     // reservation, like a small job, capped at it (docs/service.md, "Calibration").
@@ -199,10 +232,10 @@ absl::StatusOr<v1::PlanJobResponse> Admission::Plan(const JobSpec& spec, const s
   return response;
 }
 
-absl::StatusOr<v1::PlanJobResponse> Admission::PlanJob(const v1::JobSpec& api, const Principal& caller) {
+absl::StatusOr<v1::PlanJobResponse> Admission::PlanJob(const v1::PlanJobRequest& request, const Principal& caller) {
   std::string kind;
-  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(api, caller, &kind));
-  return Plan(spec, kind);
+  ASSIGN_OR_RETURN(const JobSpec spec, ResolveSpec(request.spec(), caller, &kind, /*plan_only=*/true));
+  return Plan(spec, kind, request.only_if_calibrated());
 }
 
 // ---------------------------------------------------------------------------------------------

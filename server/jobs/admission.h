@@ -47,7 +47,10 @@ class Admission {
   // Builds the engine's JobSpec from the API's (ids resolved to files), validating every field;
   // the datasets and model must be visible to `caller`. A spec without a quota is read with
   // quota_bytes 0: Plan applies the default policy. `device_kind` receives the kind it runs on.
-  absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind);
+  // `plan_only`: data entries may be local files described by digest (DataRef.file), which
+  // only plans accept.
+  absl::StatusOr<JobSpec> ResolveSpec(const v1::JobSpec& spec, const Principal& caller, std::string* device_kind,
+                                      bool plan_only = false);
 
   // The devices of one kind that admission may count on: this server's, and in a fleet every
   // live replica's.
@@ -59,9 +62,12 @@ class Admission {
   };
   KindCapacity CapacityOf(const std::string& kind);
 
-  // The planner's answer for `spec` on a device of `kind` (the quota policy applied).
-  absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind);
-  absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::JobSpec& spec, const Principal& caller);
+  // The planner's answer for `spec` on a device of `kind` (the quota policy applied). A shape
+  // never calibrated on the kind is calibrated first, unless `only_if_calibrated`: then the
+  // answer only says calibration_needed.
+  absl::StatusOr<v1::PlanJobResponse> Plan(const JobSpec& spec, const std::string& kind,
+                                           bool only_if_calibrated = false);
+  absl::StatusOr<v1::PlanJobResponse> PlanJob(const v1::PlanJobRequest& request, const Principal& caller);
 
   // Records a new job and its first event, if the caller's tenant stays within its limits
   // with `committed_bytes` more quota; the check and the insert are atomic, so two requests of
@@ -80,7 +86,7 @@ class Admission {
   // The changes ResolveSpec makes to protobuf's JSON form of an API spec, all of them: ids
   // resolved to files, the device kind turned into the device plans are made on, and this
   // server's defaults filled in.
-  absl::Status ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind);
+  absl::Status ResolveSpecReferences(Json* doc, const Principal& caller, std::string* device_kind, bool plan_only);
   absl::Status CheckJobLimits(const Principal& caller, int64_t quota_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Store& store_;

@@ -19,6 +19,42 @@ std::string Catalog::DatasetPath(const std::string& id) const {
   return (fs::path(options_.data_dir) / "datasets" / id).string();
 }
 
+namespace {
+
+std::string FileSha256(const std::string& path) {
+  Sha256 sha;
+  std::ifstream in(path, std::ios::binary);
+  char buf[1 << 16];
+  while (in) {
+    in.read(buf, sizeof(buf));
+    sha.Update(buf, static_cast<size_t>(in.gcount()));
+  }
+  return sha.HexDigest();
+}
+
+// Every record a paged store listing returns, all pages.
+template <typename T, typename ListFn>
+absl::StatusOr<std::vector<T>> ListAll(ListFn list) {
+  std::vector<T> all;
+  std::string token;
+  do {
+    ASSIGN_OR_RETURN(Page<T> page, list(kMaxPageSize, token));
+    for (T& item : page.items) all.push_back(std::move(item));
+    token = page.next_page_token;
+  } while (!token.empty());
+  return all;
+}
+
+// "job-000001, job-000002 and 3 more"
+std::string JobIdsText(const std::vector<std::string>& ids) {
+  std::string text;
+  for (size_t i = 0; i < ids.size() && i < 3; ++i) text += (i == 0 ? "" : ", ") + ids[i];
+  if (ids.size() > 3) absl::StrAppend(&text, " and ", ids.size() - 3, " more");
+  return text;
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------
 // Datasets
 
@@ -48,16 +84,7 @@ absl::StatusOr<v1::Dataset> Catalog::AddDataset(const v1::UploadDatasetHeader& h
     return absl::InvalidArgumentError(absl::StrCat("header.size_bytes: the upload has ", size, " bytes, the header says ",
                                                    header.size_bytes()));
   }
-  Sha256 sha;
-  {
-    std::ifstream in(temp_path, std::ios::binary);
-    char buf[1 << 16];
-    while (in) {
-      in.read(buf, sizeof(buf));
-      sha.Update(buf, static_cast<size_t>(in.gcount()));
-    }
-  }
-  const std::string digest = sha.HexDigest();
+  const std::string digest = FileSha256(temp_path);
   if (digest != header.sha256()) {
     return absl::InvalidArgumentError("header.sha256: the upload's SHA-256 is " + digest + ", the header says '" +
                                       header.sha256() + "'");
@@ -126,21 +153,50 @@ absl::StatusOr<v1::ListDatasetsResponse> Catalog::ListDatasets(const v1::ListDat
   return response;
 }
 
-absl::Status Catalog::DeleteDataset(const std::string& id, const Principal& caller) {
+absl::StatusOr<std::optional<v1::Dataset>> Catalog::FindDatasetByDigest(const std::string& sha256,
+                                                                        const Principal& caller) {
+  ASSIGN_OR_RETURN(const std::vector<v1::Dataset> all,
+                   ListAll<v1::Dataset>([&](int size, const std::string& token) {
+                     return store_.ListDatasets(size, token, Scope(caller));
+                   }));
+  for (const v1::Dataset& d : all) {
+    if (d.sha256() == sha256 && caller.Sees(d.tenant())) return d;
+  }
+  return std::nullopt;
+}
+
+absl::Status Catalog::DeleteDataset(const std::string& id, bool force, const Principal& caller) {
   if (id.empty()) return absl::InvalidArgumentError("id: is required");
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(const v1::Dataset dataset, store_.GetDataset(id));
   if (!caller.Sees(dataset.tenant())) return absl::NotFoundError("dataset " + id + " not found");
+  const auto uses = [&id](const v1::Job& job) {
+    for (const auto* refs : {&job.spec().data().train(), &job.spec().data().validation()}) {
+      for (const v1::DataRef& ref : *refs) {
+        if (ref.dataset() == id) return true;
+      }
+    }
+    return false;
+  };
   ASSIGN_OR_RETURN(const std::vector<v1::Job> active,
                    store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
   for (const v1::Job& job : active) {
-    for (const auto* refs : {&job.spec().data().train(), &job.spec().data().validation()}) {
-      for (const v1::DataRef& ref : *refs) {
-        if (ref.dataset() == id) {
-          return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is used by job ", job.id(), " (",
-                                                            StateName(job.state()), ")"));
-        }
-      }
+    if (uses(job)) {
+      return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is used by job ", job.id(), " (",
+                                                        StateName(job.state()), ")"));
+    }
+  }
+  if (!force) {
+    ASSIGN_OR_RETURN(const std::vector<v1::Job> ended,
+                     store_.JobsInStates({v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}));
+    std::vector<std::string> users;
+    for (const v1::Job& job : ended) {
+      if (uses(job)) users.push_back(job.id());
+    }
+    if (!users.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "dataset ", id, " was used by ", users.size(), users.size() == 1 ? " ended job (" : " ended jobs (",
+          JobIdsText(users), "), which could not be rerun from their specs without it; delete it with force"));
     }
   }
   RETURN_IF_ERROR(store_.DeleteDataset(id));
@@ -152,11 +208,32 @@ absl::Status Catalog::DeleteDataset(const std::string& id, const Principal& call
 // ---------------------------------------------------------------------------------------------
 // Models
 
-absl::StatusOr<v1::Model> Catalog::ImportModel(const v1::ImportModelRequest& request) {
+absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModel(const v1::ImportModelRequest& request) {
   if (request.path().empty() || request.path()[0] != '/') {
     return absl::InvalidArgumentError("path: must be an absolute path on the server, got '" + request.path() + "'");
   }
   RETURN_IF_ERROR(CheckName("name", request.name(), /*required=*/false));
+  // Checked before the file is read for its digest: a FIFO or device would block or never end.
+  std::error_code ec;
+  const fs::file_status status = fs::status(request.path(), ec);
+  if (ec || !fs::exists(status)) return absl::InvalidArgumentError("path: " + request.path() + ": no such file");
+  if (!fs::is_regular_file(status)) {
+    return absl::InvalidArgumentError("path: " + request.path() + ": not a regular file");
+  }
+  // The same bytes imported before: that shared model, not a second copy.
+  const std::string digest = FileSha256(request.path());
+  ASSIGN_OR_RETURN(const std::vector<v1::Model> models,
+                   ListAll<v1::Model>([&](int size, const std::string& token) {
+                     return store_.ListModels(size, token, ListScope::All());
+                   }));
+  v1::ImportModelResponse response;
+  for (const v1::Model& m : models) {
+    if (m.tenant().empty() && m.sha256() == digest) {
+      *response.mutable_model() = m;
+      response.set_existing(true);
+      return response;
+    }
+  }
   absl::StatusOr<ModelSummary> summary = engine_.Inspect(request.path());
   if (!summary.ok()) {
     if (summary.status().code() != absl::StatusCode::kInvalidArgument) return summary.status();
@@ -165,7 +242,6 @@ absl::StatusOr<v1::Model> Catalog::ImportModel(const v1::ImportModelRequest& req
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("model"));
   const fs::path target = ModelFilePath(id);
   const fs::path tmp = fs::path(TempPath());
-  std::error_code ec;
   fs::copy_file(request.path(), tmp, ec);
   if (!ec) fs::rename(tmp, target, ec);
   if (ec) {
@@ -178,9 +254,31 @@ absl::StatusOr<v1::Model> Catalog::ImportModel(const v1::ImportModelRequest& req
   model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
   model.set_parameters(summary->parameters);
   model.set_config_json(ConfigJson(*summary));
+  model.set_sha256(digest);
   *model.mutable_create_time() = Now();
   RETURN_IF_ERROR(store_.PutModel(model));
-  return model;
+  *response.mutable_model() = std::move(model);
+  return response;
+}
+
+absl::Status Catalog::DeleteModel(const std::string& id, const Principal& caller) {
+  ASSIGN_OR_RETURN(const v1::Model model, GetModel(id, caller));
+  if (model.tenant().empty() && !caller.admin()) {
+    return absl::PermissionDeniedError("model " + id + " is shared (imported by an admin): only admins delete it");
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const std::vector<v1::Job> active,
+                   store_.JobsInStates({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}));
+  for (const v1::Job& job : active) {
+    if (job.spec().model().base() == id) {
+      return absl::FailedPreconditionError(absl::StrCat("model ", id, " is fine-tuned by job ", job.id(), " (",
+                                                        StateName(job.state()), ")"));
+    }
+  }
+  RETURN_IF_ERROR(store_.DeleteModel(id));
+  std::error_code ec;
+  fs::remove(ModelFilePath(id), ec);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::Model> Catalog::GetModel(const std::string& id, const Principal& caller) {

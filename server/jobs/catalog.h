@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -44,14 +45,22 @@ class Catalog {
                                          const Principal& caller);
   absl::StatusOr<v1::Dataset> GetDataset(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::ListDatasetsResponse> ListDatasets(const v1::ListDatasetsRequest& request, const Principal& caller);
-  // FAILED_PRECONDITION while a queued, running or cancelling job uses the dataset.
-  absl::Status DeleteDataset(const std::string& id, const Principal& caller);
+  // FAILED_PRECONDITION while a queued, running or cancelling job uses the dataset, and unless
+  // `force` while ended jobs that used it remain (naming them).
+  absl::Status DeleteDataset(const std::string& id, bool force, const Principal& caller);
+  // A dataset `caller` sees with this content digest (the newest), if any.
+  absl::StatusOr<std::optional<v1::Dataset>> FindDatasetByDigest(const std::string& sha256, const Principal& caller);
   std::string TempPath();  // a fresh file name under temp_dir
   int64_t max_dataset_bytes() const { return options_.max_dataset_bytes; }
   std::string DatasetPath(const std::string& id) const;
 
-  // Models. Imports are for admins (enforced by the RPC layer) and shared.
-  absl::StatusOr<v1::Model> ImportModel(const v1::ImportModelRequest& request);
+  // Models. Imports are for admins (enforced by the RPC layer) and shared; a file with the
+  // bytes of a shared model already imported returns that model (`existing`).
+  absl::StatusOr<v1::ImportModelResponse> ImportModel(const v1::ImportModelRequest& request);
+  // The record and the file. NOT_FOUND unless `caller` sees it; PERMISSION_DENIED for a shared
+  // model unless an admin; FAILED_PRECONDITION while a queued, running or cancelling job
+  // fine-tunes it.
+  absl::Status DeleteModel(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::Model> GetModel(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::ListModelsResponse> ListModels(const v1::ListModelsRequest& request, const Principal& caller);
   absl::StatusOr<std::string> ModelPath(const std::string& id, const Principal& caller);

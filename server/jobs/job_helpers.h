@@ -53,6 +53,11 @@ inline std::string StateName(v1::JobState s) { return v1::JobState_Name(s).subst
 // Data-parallel ranks of a job (1 for an ordinary job).
 inline int Workers(const v1::JobSpec& spec) { return std::max(1, spec.data_parallel().workers()); }
 
+// A rank's worker log in the job's directory: "worker.log" for rank 0, "worker-rank<N>.log".
+inline std::string WorkerLogName(int rank) {
+  return rank == 0 ? std::string("worker.log") : absl::StrCat("worker-rank", rank, ".log");
+}
+
 inline absl::StatusOr<int> PageSize(int requested) {
   if (requested < 0 || requested > kMaxPageSize) {
     return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [0, ", kMaxPageSize, "], got ", requested));

@@ -11,6 +11,35 @@ namespace {
 // Specs without memory.device_kind, and generations, use the kind of the first device.
 std::string DefaultDeviceKind(const JobManagerOptions& o) { return o.devices.empty() ? "cpu" : o.devices.front().kind; }
 
+// A logfmt value: bare when it is a plain word, else quoted with \ " and newlines escaped.
+std::string LogfmtValue(const std::string& value) {
+  const bool plain = !value.empty() && value.find_first_of(" =\"\\\n\t") == std::string::npos;
+  if (plain) return value;
+  std::string quoted = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') quoted += '\\';
+    quoted += c == '\n' ? std::string("\\n") : std::string(1, c);
+  }
+  return quoted + "\"";
+}
+
+// slimd's log line for a job's lifecycle event (docs/operations.md, "Logs"): every event but
+// the per-step ones (progress, eval, checkpoint), as logfmt fields after "slimd: ", e.g.
+//   slimd: time=2026-12-06T08:01:02Z job=job-000004 event=failed state=FAILED tenant=alice
+//   device=cpu:0 attempt=1 msg="resource_exhausted: ..."
+void LogLifecycle(const v1::Job& job, const v1::JobEvent& event, const std::string& replica) {
+  if (event.kind() == "progress" || event.kind() == "eval" || event.kind() == "checkpoint") return;
+  std::string line = absl::StrCat("slimd: time=", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
+                                  " job=", job.id(), " event=", LogfmtValue(event.kind()),
+                                  " state=", StateName(job.state()));
+  if (!job.tenant().empty()) absl::StrAppend(&line, " tenant=", LogfmtValue(job.tenant()));
+  if (!job.device().empty()) absl::StrAppend(&line, " device=", LogfmtValue(job.device()));
+  if (!replica.empty()) absl::StrAppend(&line, " replica=", LogfmtValue(replica));
+  if (job.attempts() > 0) absl::StrAppend(&line, " attempt=", job.attempts());
+  if (!event.message().empty()) absl::StrAppend(&line, " msg=", LogfmtValue(event.message()));
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+
 }  // namespace
 
 JobManager::JobManager(Store& store, JobManagerOptions options, JobObserver* observer)
@@ -235,6 +264,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const v1::CreateJobRequest& reques
   const absl::StatusOr<v1::Job> created =
       admission_.RecordWithinLimits(caller, plan.quota_bytes() * workers, job, queued);
   if (created.ok() && created->id() != id) return SameCreate(*created, request);  // a concurrent retry was first
+  if (created.ok()) LogLifecycle(*created, queued, options_.replica_id);
   if (created.ok() && observer_ != nullptr) {
     absl::MutexLock lock(&mu_);
     queued.set_sequence(created->last_sequence());
@@ -269,6 +299,31 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(const v1::ListJobsRequ
   for (v1::Job& job : page.items) *response.add_jobs() = std::move(job);
   response.set_next_page_token(page.next_page_token);
   return response;
+}
+
+absl::Status JobManager::DeleteJob(const std::string& id, const Principal& caller) {
+  ASSIGN_OR_RETURN(const v1::Job job, GetJob(id, caller));
+  RETURN_IF_ERROR(store_.DeleteJob(job.id()));
+  // The record is gone, so nothing will use the directory again; a failure leaves files that
+  // SweepCheckpoints cannot reach, so it is reported.
+  std::error_code ec;
+  fs::remove_all(fs::path(options_.data_dir) / "jobs" / job.id(), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("job ", id, " was deleted but its files were not: ", ec.message()));
+  }
+  std::fprintf(stderr, "slimd: time=%s job=%s event=deleted\n",
+               absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()).c_str(), id.c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JobManager::JobLogs> JobManager::LogsOf(const std::string& id, const Principal& caller) {
+  JobLogs logs;
+  ASSIGN_OR_RETURN(logs.job, GetJob(id, caller));
+  const fs::path dir = fs::path(options_.data_dir) / "jobs" / logs.job.id();
+  for (int rank = 0; rank < Workers(logs.job.spec()); ++rank) {
+    logs.paths.push_back((dir / WorkerLogName(rank)).string());
+  }
+  return logs;
 }
 
 absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id, const Principal& caller) {
@@ -391,6 +446,7 @@ absl::StatusOr<v1::Job> JobManager::Record(v1::Job job, v1::JobEvent event) {
   NoteStoreWrite(updated.status(), "recording job " + job_id + "'s " + recorded.kind() + " event");
   if (!updated.ok()) return updated.status();
   v1::Job stored = *std::move(updated);
+  LogLifecycle(stored, recorded, options_.replica_id);
   if (observer_ != nullptr) {
     v1::JobEvent with_sequence = recorded;
     with_sequence.set_sequence(stored.last_sequence());

@@ -118,6 +118,9 @@ struct JobManagerOptions {
   // lease/4 (the lease thread); self-fencing at 2/3 of it.
   std::string replica_id;
   double lease_seconds = 15;
+  // Checkpoints of jobs that ended longer ago than this are deleted (their records, logs and
+  // output models stay); 0 keeps them until the job is deleted (docs/operations.md, "Disk").
+  double checkpoint_retention_seconds = 0;
 };
 
 class JobManager : private DeviceLedger {
@@ -148,6 +151,16 @@ class JobManager : private DeviceLedger {
   absl::StatusOr<v1::Job> GetJob(const std::string& id, const Principal& caller);
   absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request, const Principal& caller);
   absl::StatusOr<v1::Job> CancelJob(const std::string& id, const Principal& caller);
+  // An ended job's record and events (Store::DeleteJob), then its directory: worker logs and
+  // checkpoints. Its output model stays.
+  absl::Status DeleteJob(const std::string& id, const Principal& caller);
+  // The worker log of each rank of the job (index = rank), whether or not written yet, and the
+  // job as stored.
+  struct JobLogs {
+    v1::Job job;
+    std::vector<std::string> paths;
+  };
+  absl::StatusOr<JobLogs> LogsOf(const std::string& id, const Principal& caller);
   // Plan processes started so far (the rest were answered from the cache), for tests.
   int64_t plan_processes() const { return engine_.plan_processes(); }
   v1::ListDevicesResponse ListDevices();
@@ -175,6 +188,8 @@ class JobManager : private DeviceLedger {
 
   void SchedulerLoop();
   void SchedulePass();
+  // Deletes the checkpoints of jobs that ended more than checkpoint_retention_seconds ago.
+  void SweepCheckpoints();
   // Launches the job's workers: one on devices[0], or for a data-parallel job one rank per
   // device, joined through a new rendezvous file in the job directory. An error means the job
   // could not start (the caller fails it); a start the store refused to record (the job is not

@@ -102,6 +102,11 @@ void JobManager::Wake() {
 }
 
 void JobManager::SchedulerLoop() {
+  // Checkpoint retention is a slow concern: swept at start, then every quarter of the retention
+  // period, at most once a minute.
+  const auto sweep_every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
+      std::clamp(options_.checkpoint_retention_seconds / 4, 0.25, 60.0)));
+  auto next_sweep = std::chrono::steady_clock::now();
   while (true) {
     std::vector<std::unique_ptr<WorkerProcess>> finished;
     {
@@ -115,6 +120,31 @@ void JobManager::SchedulerLoop() {
     }
     finished.clear();  // joins their reader threads, outside the lock
     SchedulePass();
+    if (std::chrono::steady_clock::now() >= next_sweep) {
+      SweepCheckpoints();
+      next_sweep = std::chrono::steady_clock::now() + sweep_every;
+    }
+  }
+}
+
+void JobManager::SweepCheckpoints() {
+  if (options_.checkpoint_retention_seconds <= 0) return;
+  absl::StatusOr<std::vector<v1::Job>> ended =
+      store_.JobsInStates({v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED});
+  if (!ended.ok()) {
+    std::fprintf(stderr, "slimd: checkpoint retention: %s\n", ended.status().ToString().c_str());
+    return;
+  }
+  const int64_t cutoff = absl::ToUnixSeconds(absl::Now()) - static_cast<int64_t>(options_.checkpoint_retention_seconds);
+  for (const v1::Job& job : *ended) {
+    if (!job.has_end_time() || job.end_time().seconds() > cutoff) continue;
+    const fs::path checkpoints = fs::path(options_.data_dir) / "jobs" / job.id() / "checkpoints";
+    std::error_code ec;
+    if (!fs::exists(checkpoints, ec)) continue;
+    fs::remove_all(checkpoints, ec);
+    std::fprintf(stderr, "slimd: time=%s job=%s event=checkpoints-deleted msg=\"%s\"\n",
+                 absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()).c_str(), job.id().c_str(),
+                 ec ? ec.message().c_str() : "ended longer ago than --checkpoint-retention");
   }
 }
 
@@ -329,7 +359,7 @@ absl::Status JobManager::Launch(const std::string& job_id, const std::vector<std
       w.argv.push_back(std::to_string(start_threads));
       k.blas_threads = start_threads;
     }
-    w.log_path = (dir / (rank == 0 ? std::string("worker.log") : absl::StrCat("worker-rank", rank, ".log"))).string();
+    w.log_path = (dir / WorkerLogName(rank)).string();
     w.nice = options_.worker_nice;
     w.on_event = [this, job_id, rank](const TrainingEvent& e) { OnWorkerEvent(job_id, rank, e); };
     w.on_exit = [this, job_id, attempt, rank](const WorkerExit& exit) { OnWorkerExit(job_id, attempt, rank, exit); };

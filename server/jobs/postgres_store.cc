@@ -364,6 +364,26 @@ absl::Status PostgresStore::DeleteDataset(const std::string& id) {
   });
 }
 
+absl::Status PostgresStore::DeleteModel(const std::string& id) {
+  return Transact(absl::StrCat("deleting model ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    if (tx.exec_params("DELETE FROM models WHERE id = $1", id).affected_rows() == 0) {
+      return absl::NotFoundError(absl::StrCat("model ", id, " not found"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PostgresStore::DeleteJob(const std::string& id) {
+  return Transact(absl::StrCat("deleting job ", id), [&](pqxx::transaction_base& tx) -> absl::Status {
+    const pqxx::result row = tx.exec_params("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", id);
+    if (row.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+    RETURN_IF_ERROR(CheckEnded(id, static_cast<v1::JobState>(row[0][0].as<int>())));
+    tx.exec_params("DELETE FROM events WHERE job_id = $1", id);
+    tx.exec_params("DELETE FROM jobs WHERE id = $1", id);
+    return absl::OkStatus();
+  });
+}
+
 absl::Status PostgresStore::PutModel(const v1::Model& model) {
   RETURN_IF_ERROR(CheckId(model.id(), "model.id"));
   return InsertRecord(kModels, "model", model.id(), model.tenant(), Serialize(model));

@@ -26,6 +26,7 @@
 namespace slim::server {
 namespace {
 
+using store_helpers::CheckEnded;
 using store_helpers::CheckId;
 using store_helpers::CheckPageSize;
 using store_helpers::ParsePageToken;

@@ -13,6 +13,7 @@
 namespace slim::server {
 namespace {
 
+using store_helpers::CheckEnded;
 using store_helpers::CheckId;
 using store_helpers::CheckPageSize;
 using store_helpers::ParsePageToken;
@@ -657,6 +658,34 @@ absl::Status SqliteStore::DeleteDataset(const std::string& id) {
   RETURN_IF_ERROR(q.Run());
   if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("dataset ", id, " not found"));
   return absl::OkStatus();
+}
+
+absl::Status SqliteStore::DeleteModel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, "DELETE FROM models WHERE id = ?1",
+                                                   absl::StrCat("deleting model ", id)));
+  q.BindText(1, id);
+  RETURN_IF_ERROR(q.Run());
+  if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("model ", id, " not found"));
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::DeleteJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction(absl::StrCat("deleting job ", id), [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    ASSIGN_OR_RETURN(Statement state, Statement::Prepare(db_, "SELECT state FROM jobs WHERE id = ?1",
+                                                         absl::StrCat("reading job ", id)));
+    state.BindText(1, id);
+    ASSIGN_OR_RETURN(const bool row, state.Step());
+    if (!row) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+    RETURN_IF_ERROR(CheckEnded(id, static_cast<v1::JobState>(state.ColumnInt(0))));
+    for (const char* sql : {"DELETE FROM events WHERE job_id = ?1", "DELETE FROM jobs WHERE id = ?1"}) {
+      ASSIGN_OR_RETURN(Statement q, Statement::Prepare(db_, sql, absl::StrCat("deleting job ", id)));
+      q.BindText(1, id);
+      RETURN_IF_ERROR(q.Run());
+    }
+    return absl::OkStatus();
+  });
 }
 
 absl::Status SqliteStore::PutModel(const v1::Model& model) {

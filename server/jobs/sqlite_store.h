@@ -95,6 +95,8 @@ class SqliteStore : public Store {
   absl::StatusOr<Page<v1::Dataset>> ListDatasets(int page_size, const std::string& page_token,
                                                  const ListScope& scope) override;
   absl::Status DeleteDataset(const std::string& id) override;
+  absl::Status DeleteModel(const std::string& id) override;
+  absl::Status DeleteJob(const std::string& id) override;
   absl::Status PutModel(const v1::Model& model) override;
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override;
   absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,

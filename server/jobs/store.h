@@ -121,6 +121,10 @@ class Store {
   // Events of a job with sequence > after_sequence, in order, at most `limit`.
   virtual absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_sequence,
                                                                int limit) = 0;
+  // Deletes an ended job (SUCCEEDED, FAILED or CANCELLED) and its events in one transaction:
+  // the state is checked inside it, so a job that is running cannot be deleted. NOT_FOUND for
+  // an unknown job; FAILED_PRECONDITION naming the state of one that has not ended.
+  virtual absl::Status DeleteJob(const std::string& id) = 0;
 
   // Datasets and models: insert (ALREADY_EXISTS if the id exists), get, list newest first.
   virtual absl::Status PutDataset(const v1::Dataset& dataset) = 0;
@@ -132,6 +136,7 @@ class Store {
   }
   virtual absl::Status DeleteDataset(const std::string& id) = 0;
   virtual absl::Status PutModel(const v1::Model& model) = 0;
+  virtual absl::Status DeleteModel(const std::string& id) = 0;  // NOT_FOUND if there is none
   virtual absl::StatusOr<v1::Model> GetModel(const std::string& id) = 0;
   virtual absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,
                                                      const ListScope& scope) = 0;

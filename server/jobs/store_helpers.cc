@@ -15,6 +15,14 @@ absl::Status CheckId(const std::string& id, absl::string_view field) {
   return absl::OkStatus();
 }
 
+absl::Status CheckEnded(const std::string& id, v1::JobState state) {
+  if (state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED || state == v1::JOB_STATE_CANCELLED) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", v1::JobState_Name(state).substr(10),
+                                                    "; only ended jobs can be deleted (cancel it first)"));
+}
+
 absl::Status CheckPageSize(int page_size) {
   if (page_size < 1 || page_size > kMaxPageSize) {
     return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [1, ", kMaxPageSize, "], got ", page_size));

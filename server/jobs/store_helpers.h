@@ -29,6 +29,9 @@ absl::StatusOr<int64_t> ParsePageToken(const std::string& token);
 // "" for no states, else " AND state IN (1,2)" (sorted, deduplicated). The values are integers
 // formatted here, so the clause is safe to splice into SQL; both dialects accept it.
 std::string StateFilter(const std::vector<v1::JobState>& states);
+// FAILED_PRECONDITION "job `id` is RUNNING; ..." unless `state` is SUCCEEDED, FAILED or
+// CANCELLED (DeleteJob).
+absl::Status CheckEnded(const std::string& id, v1::JobState state);
 // "<prefix>-<number>", the number zero-padded to at least 6 digits.
 std::string FormatId(absl::string_view prefix, int64_t number);
 

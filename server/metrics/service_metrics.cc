@@ -4,8 +4,16 @@
 #include <cctype>
 #include <cstring>
 
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
 namespace slim::server {
 namespace {
+
+// slim_job_failed_time_seconds keeps a failed job this long, and at most this many.
+constexpr int64_t kFailedJobsSeconds = 3600;
+constexpr size_t kFailedJobsKept = 100;
 
 using prometheus::BuildCounter;
 using prometheus::BuildGauge;
@@ -56,8 +64,14 @@ ServiceMetrics::ServiceMetrics()
                             .Name("slim_job_blas_threads")
                             .Help("OpenBLAS threads of an active CPU job's worker: its share of the cores (0: unknown)")
                             .Register(*registry_)),
-      step_duration_(BuildHistogram().Name("slim_step_duration_seconds").Help("Duration of optimizer steps (sampled at each progress report)")
-                         .Register(*registry_).Add({}, SecondsBuckets(0.005, 16))),
+      step_duration_(BuildHistogram()
+                         .Name("slim_step_duration_seconds")
+                         .Help("Duration of optimizer steps on a device (sampled at each progress report)")
+                         .Register(*registry_)),
+      job_failed_(BuildGauge()
+                      .Name("slim_job_failed_time_seconds")
+                      .Help("Unix time a job failed on this replica, by error code (kept an hour)")
+                      .Register(*registry_)),
       tokens_trained_(BuildCounter().Name("slim_tokens_trained_total").Help("Training tokens processed by all jobs").Register(*registry_).Add({})),
       worker_restarts_(BuildCounter().Name("slim_worker_restarts_total").Help("Workers restarted from a checkpoint after a crash or server restart").Register(*registry_).Add({})),
       rpc_requests_(BuildCounter().Name("slim_rpc_requests_total").Help("RPCs handled, by method and status code").Register(*registry_)),
@@ -113,6 +127,18 @@ void ServiceMetrics::OnJobEvent(const v1::Job& job, const v1::JobEvent& event) {
   if (kind == "succeeded" || kind == "failed" || kind == "cancelled") {
     jobs_finished_.Add({{"outcome", kind}}).Increment();
   }
+  if (kind == "failed" && failed_.count(job.id()) == 0) {
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    // error_code is a google.rpc.Code, the numbering of absl::StatusCode.
+    prometheus::Gauge& gauge = job_failed_.Add(
+        {{"job_id", job.id()},
+         {"device", job.device().empty() ? "none" : job.device()},
+         {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(job.error_code()))}});
+    const int64_t failed_at = job.end_time().seconds() > 0 ? job.end_time().seconds() : now;
+    gauge.Set(static_cast<double>(failed_at));
+    failed_[job.id()] = FailedSeries{&gauge, failed_at};
+    ForgetOldFailures(now);
+  }
   // Per-job series follow a job only while it has a device (running or cancelling); a job
   // moving between devices (requeued) gets new series with the new device label.
   if (!IsActive(job.state()) || job.device().empty()) {
@@ -133,13 +159,33 @@ void ServiceMetrics::OnJobEvent(const v1::Job& job, const v1::JobEvent& event) {
   if (kind == "progress") {
     if (p.tokens() > s.tokens) tokens_trained_.Increment(static_cast<double>(p.tokens() - s.tokens));
     s.tokens = p.tokens();
-    if (p.step_seconds() > 0) step_duration_.Observe(p.step_seconds());
+    if (p.step_seconds() > 0) {
+      step_duration_.Add({{"device", job.device()}}, SecondsBuckets(0.005, 16)).Observe(p.step_seconds());
+    }
+  }
+}
+
+void ServiceMetrics::ForgetOldFailures(int64_t now) {
+  for (auto it = failed_.begin(); it != failed_.end();) {
+    if (now - it->second.time > kFailedJobsSeconds) {
+      job_failed_.Remove(it->second.gauge);
+      it = failed_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  while (failed_.size() > kFailedJobsKept) {
+    auto oldest = std::min_element(failed_.begin(), failed_.end(),
+                                   [](const auto& a, const auto& b) { return a.second.time < b.second.time; });
+    job_failed_.Remove(oldest->second.gauge);
+    failed_.erase(oldest);
   }
 }
 
 void ServiceMetrics::OnSchedulePass(const v1::ListDevicesResponse& devices, const std::vector<v1::Job>& queued,
                                     const std::map<v1::JobState, int64_t>& jobs_by_state) {
   absl::MutexLock lock(&mu_);
+  ForgetOldFailures(absl::ToUnixSeconds(absl::Now()));
   queue_length_.Set(static_cast<double>(queued.size()));
   for (const auto& [state, gauge] : states_) {
     const auto it = jobs_by_state.find(state);

@@ -67,7 +67,10 @@ class ServiceMetrics : public JobObserver {
   prometheus::Family<prometheus::Gauge>& job_loss_;
   prometheus::Family<prometheus::Gauge>& job_progress_;
   prometheus::Family<prometheus::Gauge>& job_blas_threads_;
-  prometheus::Histogram& step_duration_;
+  prometheus::Family<prometheus::Histogram>& step_duration_;  // by device
+  // slim_job_failed_time_seconds: jobs that failed here, by job id, device and error code, for
+  // an alert that names them; each kept an hour, at most kFailedJobsKept (the newest).
+  prometheus::Family<prometheus::Gauge>& job_failed_;
   prometheus::Counter& tokens_trained_;
   prometheus::Counter& worker_restarts_;
   prometheus::Family<prometheus::Counter>& rpc_requests_;
@@ -75,6 +78,12 @@ class ServiceMetrics : public JobObserver {
 
   absl::Mutex mu_;
   std::map<std::string, JobSeries> jobs_ ABSL_GUARDED_BY(mu_);
+  struct FailedSeries {
+    prometheus::Gauge* gauge;
+    int64_t time;  // Unix seconds of the failure (its job's end time)
+  };
+  std::map<std::string, FailedSeries> failed_ ABSL_GUARDED_BY(mu_);
+  void ForgetOldFailures(int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::map<std::string, DeviceSeries> devices_ ABSL_GUARDED_BY(mu_);
   std::map<v1::JobState, prometheus::Gauge*> states_ ABSL_GUARDED_BY(mu_);
 };

@@ -137,6 +137,9 @@ EOF
 expect 3 plan "$dir/job.yaml"
 echo "$err" | grep -qF "calibrating this model shape (batch 2) needs more than its reservation of 64.0 MiB (the whole device)" ||
   fail "calibration larger than the device: $err"
+# ... having said what it waited for.
+echo "$err" | grep -qF "slimctl: calibrating the memory model for this model shape on cpu (first time only" ||
+  fail "no word of the calibration: $err"
 # ... until an operator calibrates ahead into slimd's calibration cache.
 sed "s|base: $base|base: $src/models/base-mini.safetensors|; s|train: \[$ds\]|train: [$dir/docs.txt]|" "$dir/job.yaml" > "$dir/local-job.yaml"
 "$train" plan --spec "$dir/local-job.yaml" --calibration-cache "$dir/data/calibration" >/dev/null ||
@@ -149,6 +152,17 @@ chunk=$(echo "$out" | json 'd["chunk_size"]')
   fail "plan without full backprop's peak: $out"
 expect 0 plan - --output json < "$dir/job.yaml"  # the spec on stdin
 [ "$(echo "$out" | json 'd["chunk_size"]')" = "$chunk" ] || fail "plan from stdin: $out"
+# A plan is a dry run: local data files are described by digest, not uploaded; calibrated
+# shapes are planned without a word on stderr.
+printf 'text this server has never seen %s\n' "$RANDOM$RANDOM" > "$dir/unseen.txt"
+sed "s|train: \[$ds\]|train: [$dir/unseen.txt]|" "$dir/job.yaml" > "$dir/unseen-job.yaml"
+expect 0 datasets list -o name
+datasets_before="$out"
+expect 0 plan "$dir/unseen-job.yaml" -o json
+[ "$(echo "$out" | json 'd["chunk_size"]')" = "$chunk" ] || fail "plan of local files: $out"
+[ -z "$err" ] || fail "plan of a calibrated shape wrote to stderr: $err"
+expect 0 datasets list -o name
+[ "$out" = "$datasets_before" ] || fail "plan uploaded a dataset: $out"
 expect 3 plan "$dir/job.yaml" --quota 1MiB
 echo "$out" | grep -q "minimum" || fail "infeasible plan output: $out"
 # At the smallest quota that fits, SLiM's chunks fit and full backprop does not.
@@ -244,6 +258,26 @@ expect 0 submit "$dir/job.yaml" --steps 2 --request-id first-submit-1 --output j
 [ "$(echo "$out" | json 'd["id"]')" = "$again" ] || fail "a repeated request id created a second job: $out"
 expect 0 watch "$again"
 
+# logs: the worker's log whole, its tail, and -f to the job's end (issue 20, item 2).
+expect 0 logs "$job"
+echo "$out" | grep -q "^training on cpu" || fail "logs: $out"
+echo "$out" | grep -q "^done: " || fail "logs without their end: $out"
+expect 0 logs "$job" --tail 1
+[ "$(echo "$out" | wc -l)" -eq 1 ] && echo "$out" | grep -q "^done: " || fail "logs --tail 1: $out"
+expect 4 logs job-999999
+expect 2 logs "$job" --tail -1
+expect 0 submit "$dir/job.yaml" --steps 3 -o name
+followed="$out"
+expect 0 logs "$followed" -f
+echo "$out" | grep -q "^done: " || fail "logs -f ended before the job: $out"
+# slimd's own log: each job's lifecycle as logfmt lines.
+grep -q "^slimd: time=[0-9T:-]*Z job=$followed event=queued state=QUEUED .*msg=\"quota " "$dir/slimd.log" ||
+  fail "no lifecycle line for the queued job"
+grep -q "^slimd: time=.* job=$followed event=started state=RUNNING" "$dir/slimd.log" || fail "no started line"
+grep -q "^slimd: time=.* job=$followed event=succeeded state=SUCCEEDED .*msg=\"model model-" "$dir/slimd.log" ||
+  fail "no succeeded line"
+grep "job=$followed" "$dir/slimd.log" | grep -q "event=progress" && fail "per-step events in slimd's log"
+
 # On a terminal (script(1) gives one): states in colour unless NO_COLOR, rows cut to its width
 # ($COLUMNS where the terminal reports none); piped output is neither coloured nor cut.
 on_tty() { script -qec "$(printf '%q ' "$@")" /dev/null | tr -d '\r'; }
@@ -268,6 +302,11 @@ expect 0 submit "$dir/job.yaml" --steps 100000 --output json
 long=$(echo "$out" | json 'd["id"]')
 expect 5 datasets delete "$ds"
 echo "$err" | grep -q "is used by job $long" || fail "delete in use: $err"
+# Cleanup (issue 20, item 3): nothing in use is deleted.
+expect 5 jobs delete "$long"
+echo "$err" | grep -q "only ended jobs can be deleted" || fail "jobs delete of a running job: $err"
+expect 5 models delete "$base"
+echo "$err" | grep -q "is fine-tuned by job $long" || fail "models delete in use: $err"
 # Ctrl-C on a watch leaves the job running and says how to re-attach.
 "$ctl" --server "$sock" watch "$long" > "$dir/watch0.out" 2>&1 &
 watch_pid=$!
@@ -283,8 +322,25 @@ for _ in $(seq 1 300); do grep -q "step" "$dir/watch1.out" && break; sleep 0.1; 
 expect 0 cancel "$long"
 set +e; wait "$watch_pid"; rc=$?; set -e
 [ "$rc" -eq 9 ] || fail "watch of a cancelled job: exit $rc, want 9: $(cat "$dir/watch1.out")"
-expect 0 datasets delete "$ds"
+# Ended jobs used the dataset: off a terminal, deleting it needs --force.
+expect 5 datasets delete "$ds"
+echo "$err" | grep -q "was used by [0-9]* ended jobs (.*), which could not be rerun .* (--force)" ||
+  fail "delete of a dataset ended jobs used: $err"
+expect 0 datasets delete "$ds" --force
 expect 4 datasets delete "$ds"
+# Ended jobs go with their logs and checkpoints; their output models stay until deleted.
+expect 0 jobs delete "$long" "$followed"
+[ "$out" = "$(printf 'deleted %s\ndeleted %s' "$long" "$followed")" ] || fail "jobs delete: $out"
+[ ! -e "$dir/data/jobs/$long" ] || fail "jobs delete left the job's files"
+expect 4 get "$long"
+expect 4 jobs delete "$long"
+expect 0 models get "$model"
+expect 0 models delete "$model"
+expect 4 models get "$model"
+# The same file imported again is the model imported before.
+expect 0 models import "$src/models/base-mini.safetensors" --name again -o name
+[ "$out" = "$base" ] || fail "a second import of the same file: $out"
+echo "$err" | grep -q "is already imported as $base (base-mini)" || fail "second import: $err"
 
 # watch survives slimd being killed and restarted
 expect 0 datasets upload "$dir/docs.txt" --output json

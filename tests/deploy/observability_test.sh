@@ -23,7 +23,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 sock="unix:$dir/slimd.sock"
 "$slimd" --listen "$sock" --data-dir "$dir/data" --devices cpu:512MiB,cpu:512MiB --worker-binary "$train" \
-  --metrics-address 127.0.0.1:0 > "$dir/slimd.log" 2>&1 &
+  --metrics-address 127.0.0.1:0 --max-retries 0 > "$dir/slimd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do grep -q "metrics on http" "$dir/slimd.log" && break; sleep 0.1; done
 metrics=$(sed -n 's|.*metrics on http://\([0-9.:]*\)/metrics.*|\1|p' "$dir/slimd.log")
@@ -68,11 +68,18 @@ ctl submit "$dir/job.yaml" --name one > /dev/null
 ctl submit "$dir/job.yaml" --name two --quota 12MiB > /dev/null
 ctl get job-999999 > /dev/null 2>&1 || true
 for _ in $(seq 1 300); do [ "$(ctl list --state running --output json | grep -c '"id": "job-')" -eq 2 ] && break; sleep 0.1; done
+# A third job whose worker is killed (no retries here): FAILED, for the failure alert and the
+# status page's error line.
+doomed=$(ctl submit "$dir/job.yaml" --name doomed --quota 8MiB -o name)
+for _ in $(seq 1 300); do [ -s "$dir/data/jobs/$doomed/worker.pid" ] && break; sleep 0.1; done
+kill -KILL "$(cat "$dir/data/jobs/$doomed/worker.pid")"
+for _ in $(seq 1 300); do ctl get "$doomed" | grep -q "state: *FAILED" && break; sleep 0.1; done
+ctl get "$doomed" | grep -q "state: *FAILED" || fail "the killed worker's job did not fail: $(ctl get "$doomed")"
 
 # Let Prometheus scrape for a while and evaluate the rules.
-python3 - "$prom_port" "$src/deploy/queries.txt" <<'EOF'
+python3 - "$prom_port" "$src/deploy/queries.txt" "$doomed" <<'EOF'
 import json, re, sys, time, urllib.parse, urllib.request
-port, queries_file = sys.argv[1], sys.argv[2]
+port, queries_file, doomed = sys.argv[1], sys.argv[2], sys.argv[3]
 base = f"http://127.0.0.1:{port}/api/v1/"
 def get(path, **params):
     url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
@@ -140,19 +147,27 @@ if len(alerts) < 5:
 for rule in alerts:
     if rule.get("health") != "ok":
         failures.append(f"alert {rule['name']}: health {rule.get('health')} {rule.get('lastError', '')}")
+# The failed job has an alert of its own, naming it and the replica (instance) it ran on.
+named = {(a["labels"].get("job_id"), a["labels"].get("instance")) for a in get("alerts")["data"]["alerts"]
+         if a["labels"].get("alertname") == "SlimJobFailed" and a["state"] == "firing"}
+if {(doomed, "a"), (doomed, "b")} - named:
+    failures.append(f"SlimJobFailed does not name {doomed} on both scraped replicas: {sorted(named)}")
 if failures:
     sys.exit("FAIL:\n  " + "\n  ".join(failures))
 print(f"{checked} queries returned data; {fleet_checked} store-wide ones counted once across two replicas; {len(alerts)} alert rules healthy")
 EOF
 
-# The status page in headless Chromium: it shows both running jobs; keep a screenshot.
+# The status page in headless Chromium: it shows the bars' legend and both running jobs; keep a
+# screenshot.
 page="http://$metrics/"
 dom=$(timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --dump-dom "$page" 2>/dev/null)
 echo "$dom" | grep -q "slimd status" || fail "status page did not load"
+echo "$dom" | grep -q 'class="legend"' || fail "status page lacks the legend of its bars"
 for job in job-000001 job-000002; do
   echo "$dom" | grep -q "$job" || fail "status page lacks $job"
 done
 [ "$(echo "$dom" | grep -c 'RUNNING')" -ge 2 ] || fail "status page does not show two running jobs"
+echo "$dom" | grep -q "$doomed" && echo "$dom" | grep -q "FAILED" || fail "status page lacks the failed job"
 mkdir -p "$artifacts"
 timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --window-size=1200,700 \
   --screenshot="$artifacts/status-page.png" "$page" > /dev/null 2>&1

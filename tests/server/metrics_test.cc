@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 #include <prometheus/text_serializer.h>
 
+#include <cstdlib>
 #include <string>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "server/metrics/status_page.h"
 
 namespace slim::server {
@@ -62,7 +65,7 @@ TEST(ServiceMetrics, JobLifecycleSeries) {
   EXPECT_TRUE(Has(text, "slim_job_progress_ratio{device=\"cpu:1\",job_id=\"job-000007\"} 0.25"));
   EXPECT_TRUE(Has(text, "slim_job_blas_threads{device=\"cpu:1\",job_id=\"job-000007\"} 2"));
   EXPECT_TRUE(Has(text, "slim_queue_wait_seconds_sum 3"));
-  EXPECT_TRUE(Has(text, "slim_step_duration_seconds_count 1"));
+  EXPECT_TRUE(Has(text, "slim_step_duration_seconds_count{device=\"cpu:1\"} 1")) << text;
 
   job.mutable_progress()->set_tokens(9000);
   metrics.OnJobEvent(job, event);
@@ -75,6 +78,42 @@ TEST(ServiceMetrics, JobLifecycleSeries) {
   EXPECT_TRUE(Has(text, "slim_jobs_finished_total{outcome=\"succeeded\"} 1"));
   EXPECT_TRUE(Has(text, "slim_jobs_finished_total{outcome=\"failed\"} 0"));
   EXPECT_FALSE(Has(text, "job_id=\"job-000007\"")) << "per-job series must go when the job ends";
+}
+
+// A failed job is named by a series of its own (for the SlimJobFailed alert), an hour at most
+// and the newest 100 at most, so that failures cannot grow the scrape without bound.
+TEST(ServiceMetrics, FailedJobsAreNamedForAlertsAndForgottenLater) {
+  ServiceMetrics metrics;
+  v1::JobEvent event;
+  event.set_kind("failed");
+  const int64_t start = absl::ToUnixSeconds(absl::Now()) - 200;
+  for (int i = 0; i < 105; ++i) {
+    v1::Job job = RunningJob();
+    job.set_id("job-" + std::to_string(100000 + i));
+    job.set_state(v1::JOB_STATE_FAILED);
+    job.set_error_code(8);  // RESOURCE_EXHAUSTED
+    job.mutable_end_time()->set_seconds(start + i);
+    metrics.OnJobEvent(job, event);
+  }
+  const std::string text = Scrape(metrics);
+  EXPECT_TRUE(Has(text, "slim_job_failed_time_seconds{code=\"RESOURCE_EXHAUSTED\",device=\"cpu:1\",job_id=\"job-100104\"} " +
+                            std::to_string(start + 104)))
+      << text;
+  EXPECT_FALSE(Has(text, "job_id=\"job-100004\"")) << "the oldest beyond 100 are forgotten";
+  // An hour later (a failure an hour old arrives), the old ones go.
+  v1::Job old = RunningJob();
+  old.set_id("job-200000");
+  old.set_state(v1::JOB_STATE_FAILED);
+  old.mutable_end_time()->set_seconds(start - 7200);
+  metrics.OnJobEvent(old, event);
+  EXPECT_FALSE(Has(Scrape(metrics), "job_id=\"job-200000\"")) << "a failure older than an hour";
+  EXPECT_TRUE(Has(text, "slim_jobs_finished_total{outcome=\"failed\"} 105"));
+  size_t series = 0;
+  for (size_t at = text.find("\nslim_job_failed_time_seconds{"); at != std::string::npos;
+       at = text.find("\nslim_job_failed_time_seconds{", at + 1)) {
+    ++series;
+  }
+  EXPECT_EQ(series, 100u);
 }
 
 TEST(ServiceMetrics, SchedulePassAndRpcs) {
@@ -111,7 +150,7 @@ TEST(StatusPage, ShowsDevicesAndJobsButNoTenantData) {
   job.set_display_name("alice's secret project");
   job.set_tenant("alice");
   d->set_name("cpu:<b>0");
-  const std::string html = RenderStatusPage(devices, {job});
+  const std::string html = RenderStatusPage(devices, {job}, "");
   EXPECT_TRUE(Has(html, "id=\"device-cpu:&lt;b&gt;0\""));
   EXPECT_TRUE(Has(html, "job-000007"));
   EXPECT_TRUE(Has(html, "5/20"));
@@ -121,6 +160,142 @@ TEST(StatusPage, ShowsDevicesAndJobsButNoTenantData) {
   // Served without a token: no tenant data (docs/security.md).
   EXPECT_FALSE(Has(html, "secret project"));
   EXPECT_FALSE(Has(html, "alice"));
+}
+
+// The value of the first `property:` in the style after `marker` (e.g. a job's segment),
+// "" if none.
+std::string StyleAfter(const std::string& html, const std::string& marker, const std::string& property,
+                       size_t from = 0) {
+  const size_t at = html.find(marker, from);
+  if (at == std::string::npos) return "";
+  const size_t style = html.find("style=\"", at);
+  const size_t end = html.find('"', style + 7);
+  const std::string css = html.substr(style + 7, end - style - 7);
+  const size_t p = css.find(property + ":");
+  if (p == std::string::npos) return "";
+  return css.substr(p + property.size() + 1, css.find(';', p) - p - property.size() - 1);
+}
+
+v1::Job JobOn(const std::string& id, const std::string& device, int64_t quota) {
+  v1::Job job = RunningJob();
+  job.set_id(id);
+  job.set_device(device);
+  job.set_quota_bytes(quota);
+  job.set_observed_peak_bytes(quota / 2);
+  return job;
+}
+
+TEST(StatusPage, HasALegend) {
+  v1::ListDevicesResponse devices;
+  devices.add_devices()->set_name("cpu:0");
+  const std::string html = RenderStatusPage(devices, {}, "");
+  EXPECT_TRUE(Has(html, "class=\"legend\""));
+  EXPECT_TRUE(Has(html, "a job's quota"));
+  EXPECT_TRUE(Has(html, "observed peak"));
+  EXPECT_TRUE(Has(html, "worker footprint"));
+  EXPECT_TRUE(Has(html, "free"));
+  EXPECT_FALSE(Has(html, "<script"));
+}
+
+TEST(StatusPage, AJobKeepsItsColourWhenAnotherLeaves) {
+  v1::ListDevicesResponse devices;
+  v1::Device* d = devices.add_devices();
+  d->set_name("cpu:0");
+  d->set_capacity_bytes(64 << 20);
+  d->add_job_ids("job-000003");
+  d->add_job_ids("job-000004");
+  const v1::Job first = JobOn("job-000003", "cpu:0", 8 << 20), second = JobOn("job-000004", "cpu:0", 8 << 20);
+  const std::string both = RenderStatusPage(devices, {first, second}, "");
+  const std::string bar = StyleAfter(both, "class=\"seg\" data-job=\"job-000004\"", "background");
+  const std::string list = StyleAfter(both, "class=\"sw\" data-job=\"job-000004\"", "background");
+  ASSERT_FALSE(bar.empty()) << both;
+  EXPECT_EQ(bar, list) << "the bar and the job list disagree";
+  EXPECT_NE(StyleAfter(both, "class=\"seg\" data-job=\"job-000003\"", "background"), bar)
+      << "consecutive jobs share a colour";
+
+  d->clear_job_ids();
+  d->add_job_ids("job-000004");
+  const std::string alone = RenderStatusPage(devices, {second}, "");
+  EXPECT_EQ(StyleAfter(alone, "class=\"seg\" data-job=\"job-000004\"", "background"), bar);
+  EXPECT_EQ(StyleAfter(alone, "class=\"sw\" data-job=\"job-000004\"", "background"), bar);
+}
+
+TEST(StatusPage, AFailedJobShowsItsErrorEscaped) {
+  v1::Job job = RunningJob();
+  job.set_state(v1::JOB_STATE_FAILED);
+  job.set_error_code(8);
+  job.set_error("resource_exhausted: <script>alert(1)</script> & \"quoted\" " + std::string(300, 'x') + " END");
+  const std::string html = RenderStatusPage(v1::ListDevicesResponse(), {job}, "");
+  // The code's name once (the worker's lower-case prefix goes), then the message, escaped.
+  EXPECT_TRUE(Has(html, "<b>RESOURCE_EXHAUSTED</b> &lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot; xxx"))
+      << html;
+  EXPECT_FALSE(Has(html, "<script>"));
+  // Truncated on the page, in full in the title.
+  EXPECT_TRUE(Has(html, "x…</td>"));
+  EXPECT_TRUE(Has(html, "title=\"RESOURCE_EXHAUSTED: &lt;script&gt;"));
+  EXPECT_TRUE(Has(html, " END\">"));
+  EXPECT_FALSE(Has(html, " END<"));
+
+  job.set_error_code(3);  // a message without the prefix keeps all of it
+  job.set_error("dataset line 3: bad JSON");
+  EXPECT_TRUE(Has(RenderStatusPage(v1::ListDevicesResponse(), {job}, ""),
+                  "<b>INVALID_ARGUMENT</b> dataset line 3: bad JSON</td>"));
+
+  job.set_state(v1::JOB_STATE_SUCCEEDED);  // an error only shows on a FAILED job
+  EXPECT_FALSE(Has(RenderStatusPage(v1::ListDevicesResponse(), {job}, ""), "alert(1)"));
+}
+
+TEST(StatusPage, ZoomsInOnSmallJobsOnALargeDevice) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  v1::ListDevicesResponse devices;
+  v1::Device* d = devices.add_devices();
+  d->set_name("cpu:0");
+  d->set_capacity_bytes(64 * kGiB);
+  d->set_worker_footprint_bytes(256 << 20);
+  d->add_job_ids("job-000001");
+  d->add_job_ids("job-000002");
+  const int64_t one_percent = 64 * kGiB / 100;
+  d->set_committed_bytes(2 * (one_percent + (256 << 20)));
+  const std::vector<v1::Job> jobs = {JobOn("job-000001", "cpu:0", one_percent),
+                                     JobOn("job-000002", "cpu:0", one_percent)};
+  const std::string html = RenderStatusPage(devices, jobs, "");
+  const size_t zoom = html.find("class=\"bar zoom\"");
+  ASSERT_NE(zoom, std::string::npos) << html;
+  EXPECT_TRUE(Has(html, "zoomed &times;32: the first 2.0 GiB of 64.0 GiB")) << html;
+  // 1% of the device: 1% of the full bar, about 32% of the zoomed one (640 px wide).
+  EXPECT_EQ(StyleAfter(html, "data-job=\"job-000002\"", "width"), "1.00%");
+  const double zoomed = std::atof(StyleAfter(html, "data-job=\"job-000002\"", "width", zoom).c_str());
+  EXPECT_GE(zoomed, 25.0) << html;
+
+  // Jobs that fill much of the device need no zoom.
+  d->set_capacity_bytes(4 * kGiB);
+  EXPECT_FALSE(Has(RenderStatusPage(devices, jobs, ""), "class=\"bar zoom\""));
+  d->clear_job_ids();
+  d->set_committed_bytes(0);
+  EXPECT_FALSE(Has(RenderStatusPage(devices, {}, ""), "class=\"bar zoom\""));
+}
+
+TEST(StatusPage, ShowsTheReplicaOfItsDevicesAndOfEachJob) {
+  v1::ListDevicesResponse devices;
+  devices.add_devices()->set_name("cpu:0");
+  v1::Job here = JobOn("job-000001", "cpu:0", 8 << 20), there = JobOn("job-000002", "cpu:0", 8 << 20);
+  here.set_replica("gpu-host-1");
+  there.set_replica("gpu-<host>-2");
+  v1::Job queued = RunningJob();
+  queued.set_state(v1::JOB_STATE_QUEUED);
+  queued.clear_device();
+  const std::string html = RenderStatusPage(devices, {here, there, queued}, "gpu-host-1");
+  EXPECT_TRUE(Has(html, "<h2>Devices of replica gpu-host-1</h2>")) << html;
+  EXPECT_TRUE(Has(html, "id=\"replica-gpu-host-1\""));
+  EXPECT_TRUE(Has(html, "<th>replica</th>"));
+  EXPECT_TRUE(Has(html, "<td>gpu-host-1 (this one)</td>"));
+  EXPECT_TRUE(Has(html, "<td>gpu-&lt;host&gt;-2</td>"));
+  EXPECT_TRUE(Has(html, "<td>QUEUED</td><td>-</td>"));  // on no replica yet
+
+  // A single slimd: no replica column.
+  const std::string single = RenderStatusPage(devices, {queued}, "");
+  EXPECT_TRUE(Has(single, "<h2>Devices</h2>"));
+  EXPECT_FALSE(Has(single, "<th>replica</th>"));
 }
 
 }  // namespace

@@ -84,7 +84,9 @@ class FaultyStore : public Store {
     return store_->ListDatasets(page_size, page_token, scope);
   }
   absl::Status DeleteDataset(const std::string& id) override { return store_->DeleteDataset(id); }
+  absl::Status DeleteJob(const std::string& id) override { return store_->DeleteJob(id); }
   absl::Status PutModel(const v1::Model& model) override { return store_->PutModel(model); }
+  absl::Status DeleteModel(const std::string& id) override { return store_->DeleteModel(id); }
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override { return store_->GetModel(id); }
   using Store::ListModels;
   absl::StatusOr<Page<v1::Model>> ListModels(int page_size, const std::string& page_token,
@@ -618,9 +620,200 @@ TEST_F(ServiceTest, DatasetsAreVerifiedListedAndProtectedWhileInUse) {
   v1::CancelJobResponse cancelled;
   ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &cancelled).ok());
   Watch(job.id(), 0);
+  // The cancelled job used it: deleting it now needs force.
+  EXPECT_EQ(stub_->DeleteDataset(Context().get(), del, &deleted).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  del.set_force(true);
   ASSERT_TRUE(stub_->DeleteDataset(Context().get(), del, &deleted).ok());
   EXPECT_EQ(stub_->GetDataset(Context().get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(stub_->DeleteDataset(Context().get(), del, &deleted).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// GetJobLogs (issue 20, item 2): the worker's log whole, its last lines, and followed from a
+// running job's start to its end; tenant errors as GetJob's.
+TEST_F(ServiceTest, LogsAreStreamedWholeTailedAndFollowedToTheJobsEnd) {
+  const auto read_logs = [&](const std::string& id, bool follow, int64_t tail, grpc::Status* status) {
+    v1::GetJobLogsRequest request;
+    request.set_id(id);
+    request.set_follow(follow);
+    request.set_tail_lines(tail);
+    auto context = Context(180);
+    auto reader = stub_->GetJobLogs(context.get(), request);
+    std::string text;
+    v1::GetJobLogsResponse item;
+    while (reader->Read(&item)) {
+      EXPECT_EQ(item.rank(), 0);
+      EXPECT_FALSE(item.data().empty());
+      EXPECT_EQ(item.data().back(), '\n') << "a message ends mid-line";
+      text += item.data();
+    }
+    *status = reader->Finish();
+    return text;
+  };
+  v1::Job job;
+  ASSERT_TRUE(Create(TinySpec(UploadedDataset(), 15), &job).ok());
+  grpc::Status status;
+  const std::string followed = read_logs(job.id(), true, 0, &status);  // from before it starts
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::GetJobRequest get;
+  get.set_id(job.id());
+  v1::GetJobResponse got;
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.job().state(), v1::JOB_STATE_SUCCEEDED) << "follow ended before the job did";
+  EXPECT_NE(followed.find("training on cpu"), std::string::npos) << followed;
+  EXPECT_NE(followed.find("step 15/15"), std::string::npos) << followed;
+  EXPECT_NE(followed.find("done: "), std::string::npos) << "the last lines were lost: " << followed;
+
+  const std::string whole = read_logs(job.id(), false, 0, &status);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(whole, followed);
+  const std::string tail = read_logs(job.id(), false, 2, &status);
+  ASSERT_TRUE(status.ok());
+  const size_t cut = whole.rfind('\n', whole.rfind('\n', whole.size() - 2) - 1);
+  EXPECT_EQ(tail, whole.substr(cut + 1));
+  EXPECT_EQ(std::count(tail.begin(), tail.end(), '\n'), 2);
+  EXPECT_EQ(read_logs(job.id(), false, 100000, &status), whole);
+
+  read_logs("job-999999", false, 0, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  read_logs(job.id(), false, -1, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Cleanup (issue 20, item 3): ended jobs are deleted with their files, models only while no
+// active job fine-tunes them, imports are deduplicated by content, and a dataset ended jobs
+// used is deleted only with force.
+TEST_F(ServiceTest, CleanupDeletesEndedJobsUnusedModelsAndDatasetsWithForce) {
+  v1::Dataset dataset;
+  ASSERT_TRUE(Upload("sample", SampleText(20000), &dataset).ok());
+  v1::Job first;
+  ASSERT_TRUE(Create(TinySpec(dataset.id(), 100000), &first).ok());
+  WaitForEvent(first.id(), "checkpoint");
+  v1::DeleteJobRequest delete_job;
+  delete_job.set_id(first.id());
+  v1::DeleteJobResponse job_deleted;
+  grpc::Status s = stub_->DeleteJob(Context().get(), delete_job, &job_deleted);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("RUNNING"), std::string::npos) << s.error_message();
+  ASSERT_TRUE(Cancel(first.id()).ok());
+  Watch(first.id(), 0);
+  const fs::path first_dir = fs::path(dir_) / "jobs" / first.id();
+  ASSERT_TRUE(fs::exists(first_dir / "checkpoints"));
+  ASSERT_TRUE(stub_->DeleteJob(Context().get(), delete_job, &job_deleted).ok());
+  EXPECT_FALSE(fs::exists(first_dir));
+  v1::GetJobRequest get;
+  get.set_id(first.id());
+  v1::GetJobResponse got;
+  EXPECT_EQ(stub_->GetJob(Context().get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Watch(first.id(), 0).size(), 0u);
+  EXPECT_EQ(stub_->DeleteJob(Context().get(), delete_job, &job_deleted).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // A finished job's output model: kept when the job is deleted, protected while fine-tuned.
+  v1::Job trained;
+  ASSERT_TRUE(Create(TinySpec(dataset.id(), 6), &trained).ok());
+  Watch(trained.id(), 0);
+  get.set_id(trained.id());
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  const std::string output = got.job().output_model();
+  ASSERT_FALSE(output.empty());
+  v1::JobSpec tune = TinySpec(dataset.id(), 100000);
+  tune.mutable_model()->Clear();
+  tune.mutable_model()->set_base(output);
+  v1::Job tuning;
+  ASSERT_TRUE(Create(tune, &tuning).ok());
+  v1::DeleteModelRequest delete_model;
+  delete_model.set_id(output);
+  v1::DeleteModelResponse model_deleted;
+  s = stub_->DeleteModel(Context().get(), delete_model, &model_deleted);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find(tuning.id()), std::string::npos) << s.error_message();
+  ASSERT_TRUE(Cancel(tuning.id()).ok());
+  Watch(tuning.id(), 0);
+
+  // The same bytes imported twice: one shared model.
+  v1::ImportModelRequest import;
+  import.set_path(manager_->catalog().ModelFilePath(output));
+  v1::ImportModelResponse imported, again;
+  ASSERT_TRUE(stub_->ImportModel(Context().get(), import, &imported).ok());
+  EXPECT_FALSE(imported.existing());
+  EXPECT_EQ(imported.model().sha256().size(), 64u);
+  import.set_name("another name");
+  ASSERT_TRUE(stub_->ImportModel(Context().get(), import, &again).ok());
+  EXPECT_TRUE(again.existing());
+  EXPECT_EQ(again.model().id(), imported.model().id());
+
+  ASSERT_TRUE(stub_->DeleteModel(Context().get(), delete_model, &model_deleted).ok());
+  EXPECT_FALSE(fs::exists(manager_->catalog().ModelFilePath(output)));
+  v1::GetModelRequest get_model;
+  get_model.set_id(output);
+  v1::GetModelResponse model;
+  EXPECT_EQ(stub_->GetModel(Context().get(), get_model, &model).error_code(), grpc::StatusCode::NOT_FOUND);
+  get_model.set_id(imported.model().id());
+  EXPECT_TRUE(stub_->GetModel(Context().get(), get_model, &model).ok()) << "the import is a copy of its own";
+
+  // The dataset: ended jobs used it, so deleting it needs force, and says which jobs.
+  v1::DeleteDatasetRequest delete_dataset;
+  delete_dataset.set_id(dataset.id());
+  v1::DeleteDatasetResponse dataset_deleted;
+  s = stub_->DeleteDataset(Context().get(), delete_dataset, &dataset_deleted);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("used by 2 ended jobs"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find(trained.id()), std::string::npos) << s.error_message();
+  delete_dataset.set_force(true);
+  ASSERT_TRUE(stub_->DeleteDataset(Context().get(), delete_dataset, &dataset_deleted).ok());
+  EXPECT_FALSE(fs::exists(manager_->catalog().DatasetPath(dataset.id())));
+}
+
+// PlanJob as a dry run (issue 20, item 4): local files by digest, nothing uploaded, and an
+// immediate answer saying when a calibration is needed.
+TEST_F(ServiceTest, PlansTakeLocalFilesByDigestAndSayWhenTheyMustCalibrate) {
+  const std::string text = SampleText(20000);
+  Sha256 sha;
+  sha.Update(text.data(), text.size());
+  v1::JobSpec spec = TinySpec("", 10);
+  spec.mutable_data()->clear_train();
+  v1::LocalFile* file = spec.mutable_data()->add_train()->mutable_file();
+  file->set_name("corpus.txt");
+  file->set_size_bytes(static_cast<int64_t>(text.size()));
+  file->set_sha256(sha.HexDigest());
+  v1::PlanJobRequest request;
+  *request.mutable_spec() = spec;
+  request.set_only_if_calibrated(true);
+  v1::PlanJobResponse plan;
+  ASSERT_TRUE(stub_->PlanJob(Context().get(), request, &plan).ok());
+  EXPECT_TRUE(plan.calibration_needed());
+  EXPECT_EQ(plan.device_kind(), "cpu");
+  EXPECT_EQ(plan.chunk_size(), 0);
+  request.set_only_if_calibrated(false);
+  ASSERT_TRUE(stub_->PlanJob(Context().get(), request, &plan).ok());
+  EXPECT_FALSE(plan.calibration_needed());
+  EXPECT_TRUE(plan.feasible());
+  EXPECT_GT(plan.chunk_size(), 0);
+  EXPECT_GE(plan.full_backprop_peak_bytes(), plan.predicted_peak_bytes());
+  v1::ListDatasetsResponse listed;
+  ASSERT_TRUE(stub_->ListDatasets(Context().get(), v1::ListDatasetsRequest(), &listed).ok());
+  EXPECT_EQ(listed.datasets_size(), 0) << "a plan uploaded nothing";
+  request.set_only_if_calibrated(true);
+  ASSERT_TRUE(stub_->PlanJob(Context().get(), request, &plan).ok());
+  EXPECT_FALSE(plan.calibration_needed()) << "calibrated now";
+  EXPECT_GT(plan.chunk_size(), 0);
+
+  // The same bytes uploaded: the dataset stands in for the file, and is checked as one.
+  v1::Dataset dataset;
+  ASSERT_TRUE(Upload("corpus", text, &dataset).ok());
+  v1::PlanJobResponse with_dataset;
+  ASSERT_TRUE(stub_->PlanJob(Context().get(), request, &with_dataset).ok());
+  EXPECT_EQ(with_dataset.chunk_size(), plan.chunk_size());
+
+  v1::Job job;
+  grpc::Status s = Create(spec, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("spec: data.train[0].file: only PlanJob takes a file"), std::string::npos)
+      << s.error_message();
+  file->set_sha256("not-a-digest");
+  *request.mutable_spec() = spec;
+  s = stub_->PlanJob(Context().get(), request, &plan);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("data.train[0].file.sha256"), std::string::npos) << s.error_message();
 }
 
 TEST_F(ServiceTest, ModelsImportExportAndGenerate) {
@@ -998,6 +1191,19 @@ TEST_F(ServiceTest, DataParallelJobRunsOnTwoDevicesAndTrainsLikeOneWorker) {
   EXPECT_FALSE(two.job().output_model().empty());
   EXPECT_EQ(one.job().devices_size(), 1);
 
+  // Its log is every rank's.
+  v1::GetJobLogsRequest logs;
+  logs.set_id(parallel.id());
+  auto context = Context();
+  auto reader = stub_->GetJobLogs(context.get(), logs);
+  std::map<int, std::string> by_rank;
+  v1::GetJobLogsResponse item;
+  while (reader->Read(&item)) by_rank[item.rank()] += item.data();
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(by_rank.size(), 2u);
+  EXPECT_NE(by_rank[0].find("rank 0 of 2"), std::string::npos) << by_rank[0];
+  EXPECT_NE(by_rank[1].find("rank 1 of 2"), std::string::npos) << by_rank[1];
+
   // More workers than devices, or than sequences per batch: refused, naming the field.
   v1::JobSpec three = TinySpec(dataset, 5);
   three.mutable_training()->set_batch_size(4);
@@ -1097,6 +1303,38 @@ TEST_F(QuickKillTest, DataParallelRetryBlamesTheKilledRankNotTheOnesSlimdStopped
 }
 
 // One device, so that a failing job and its neighbour share it.
+class RetentionTest : public ServiceTest {
+ protected:
+  void Configure(JobManagerOptions* o) override { o->checkpoint_retention_seconds = 1; }
+};
+
+// --checkpoint-retention: an ended job's checkpoints go after the period; its record, log and
+// output model stay, and a running job's checkpoints are never touched.
+TEST_F(RetentionTest, CheckpointsOfEndedJobsAreDeletedAfterTheRetentionPeriod) {
+  const std::string dataset = UploadedDataset();
+  v1::Job ended, running;
+  ASSERT_TRUE(Create(TinySpec(dataset, 12), &ended).ok());
+  Watch(ended.id(), 0);
+  ASSERT_TRUE(Create(TinySpec(dataset, 100000), &running).ok());
+  WaitForEvent(running.id(), "checkpoint");
+  const fs::path ended_dir = fs::path(dir_) / "jobs" / ended.id();
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = !fs::exists(ended_dir / "checkpoints");
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(gone) << "checkpoints of a job ended more than 1 s ago";
+  EXPECT_TRUE(fs::exists(ended_dir / "worker.log"));
+  EXPECT_TRUE(fs::exists(fs::path(dir_) / "jobs" / running.id() / "checkpoints")) << "a running job's checkpoints";
+  v1::GetJobRequest get;
+  get.set_id(ended.id());
+  v1::GetJobResponse got;
+  ASSERT_TRUE(stub_->GetJob(Context().get(), get, &got).ok());
+  EXPECT_TRUE(fs::exists(manager_->catalog().ModelFilePath(got.job().output_model())));
+  ASSERT_TRUE(Cancel(running.id()).ok());
+  Watch(running.id(), 0);
+}
+
 class OneDeviceTest : public ServiceTest {
  protected:
   void Configure(JobManagerOptions* o) override { o->devices = {{"cpu:0", "cpu", 64 * kMiB}}; }

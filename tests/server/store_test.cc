@@ -456,6 +456,44 @@ TEST_P(StoreTest, ModelsPutGetList) {
   EXPECT_EQ(page->items[0].id(), "model-3");
   EXPECT_EQ(page->items[2].id(), "model-1");
   EXPECT_TRUE(page->next_page_token.empty());
+
+  ASSERT_TRUE(store_->DeleteModel("model-2").ok());
+  EXPECT_EQ(store_->DeleteModel("model-2").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetModel("model-2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ListModels(1000, "")->items.size(), 2u);
+}
+
+// Only ended jobs are deleted, with every event, in one transaction; the others stay whole.
+TEST_P(StoreTest, DeleteJobRemovesEndedJobsAndTheirEventsOnly) {
+  const std::string done = AddJob(v1::JOB_STATE_SUCCEEDED);
+  const std::string kept = AddJob(v1::JOB_STATE_SUCCEEDED);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(store_->UpdateJob(*store_->GetJob(done), MakeEvent("progress", v1::JOB_STATE_SUCCEEDED)).ok());
+  }
+  ASSERT_TRUE(store_->DeleteJob(done).ok());
+  EXPECT_EQ(store_->GetJob(done).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteJob(done).code(), absl::StatusCode::kNotFound);
+  // Its events went with it: a record stored again under its id has only its own first one.
+  ASSERT_TRUE(store_->CreateJob(MakeJob(done, v1::JOB_STATE_QUEUED), MakeEvent("queued", v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_EQ(store_->ListEvents(done, 0, 100)->size(), 1u);
+  EXPECT_EQ(store_->GetJob(done)->last_sequence(), 1);
+  EXPECT_EQ(store_->ListEvents(kept, 0, 100)->size(), 1u);
+  for (const JobState state : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING}) {
+    const std::string active = AddJob(state);
+    const absl::Status refused = store_->DeleteJob(active);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+    EXPECT_NE(refused.message().find(v1::JobState_Name(state).substr(10)), absl::string_view::npos) << refused;
+    EXPECT_TRUE(store_->GetJob(active).ok());
+    EXPECT_EQ(store_->ListEvents(active, 0, 100)->size(), 1u);
+  }
+  for (const JobState state : {v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
+    EXPECT_TRUE(store_->DeleteJob(AddJob(state)).ok());
+  }
+  absl::StatusOr<std::map<v1::JobState, int64_t>> counts = store_->CountJobsByState();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ((*counts)[v1::JOB_STATE_SUCCEEDED], 1);
+  EXPECT_EQ((*counts)[v1::JOB_STATE_QUEUED], 2);
+  EXPECT_EQ(counts->count(v1::JOB_STATE_FAILED), 0u);
 }
 
 TEST_P(StoreTest, SerializedRecordsRoundTripExactly) {

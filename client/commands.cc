@@ -39,7 +39,7 @@ connection (also SLIM_SERVER, SLIM_TOKEN, SLIM_TLS=1, SLIM_CA_CERT, or ~/.config
   --timeout S       deadline of each call in seconds (default 60; submit, plan and models
                     import 600, as they may first calibrate the planner for a new model)
   -o, --output F    table (default), wide (more columns), json, yaml, or name (ids, one
-                    per line: submit, get, list, cancel, devices, datasets, models)
+                    per line: submit, get, list, cancel, devices, datasets, models, jobs)
 )";
 
 bool Terminal() { return ::isatty(STDOUT_FILENO) != 0; }

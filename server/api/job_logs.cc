@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/serial_write_reactor.h"
 #include "server/api/slim_service.h"
 
 namespace slim::server {
@@ -100,28 +101,30 @@ bool Ended(v1::JobState s) {
 
 // Writes every rank's new whole lines, one message at a time; then, following, waits for the
 // ticker and looks again until the job has ended and its logs are read to the end.
-class JobLogsReactor final : public grpc::ServerWriteReactor<v1::GetJobLogsResponse> {
+class JobLogsReactor final : public SerialWriteReactor<v1::GetJobLogsResponse> {
  public:
   JobLogsReactor(JobManager& manager, PollTicker& ticker, const v1::GetJobLogsRequest& request,
                  const absl::StatusOr<Principal>& caller)
-      : manager_(manager), ticker_(ticker), guard_(std::make_shared<Guard>()) {
+      : manager_(manager), ticker_(ticker) {
     absl::StatusOr<JobManager::JobLogs> logs = !caller.ok()           ? absl::StatusOr<JobManager::JobLogs>(caller.status())
                                                : request.id().empty() ? absl::InvalidArgumentError("id: is required")
                                                                       : manager_.LogsOf(request.id(), *caller);
     if (request.tail_lines() < 0) logs = absl::InvalidArgumentError("tail_lines: must be >= 0");
     if (!logs.ok()) {
-      finished_ = true;
-      Finish(ToGrpcStatus(logs.status()));
+      absl::MutexLock lock(&guard()->mu);
+      End(ToGrpcStatus(logs.status()));
       return;
     }
+    // Set up before the guard is locked: the ticker calls with its own lock held, then takes
+    // the guard's, so registering under the guard's would order the two both ways.
     caller_ = *caller;
     job_id_ = request.id();
     follow_ = request.follow();
     ended_ = Ended(logs->job.state());
     paths_ = logs->paths;
     for (const std::string& path : paths_) offsets_.push_back(TailOffset(path, request.tail_lines()));
-    std::shared_ptr<Guard> guard = guard_;
     if (follow_ && !ended_) {
+      std::shared_ptr<StreamGuard> guard = this->guard();
       ticker_handle_ = ticker_.Add([guard, this] {
         absl::MutexLock lock(&guard->mu);
         if (guard->alive && waiting_) {
@@ -130,46 +133,13 @@ class JobLogsReactor final : public grpc::ServerWriteReactor<v1::GetJobLogsRespo
         }
       });
     }
-    absl::MutexLock lock(&guard_->mu);
+    absl::MutexLock lock(&guard()->mu);
     Next();
-  }
-
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&guard_->mu);
-    in_flight_ = false;
-    if (!ok || cancelled_) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-    Next();
-  }
-
-  void OnCancel() override {
-    absl::MutexLock lock(&guard_->mu);
-    cancelled_ = true;
-    if (!in_flight_) End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
-
-  void OnDone() override {
-    {
-      absl::MutexLock lock(&guard_->mu);
-      guard_->alive = false;
-    }
-    if (ticker_handle_ != 0) ticker_.Remove(ticker_handle_);
-    delete this;
   }
 
  private:
-  struct Guard {
-    absl::Mutex mu;
-    bool alive ABSL_GUARDED_BY(mu) = true;
-  };
-
-  void End(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
-    if (finished_) return;
-    finished_ = true;
-    Finish(status);
-  }
-
-  void Next() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
-    if (finished_ || in_flight_) return;
+  void Next() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard()->mu) {
+    if (!CanWrite()) return;
     // Ranks take turns, so that one busy rank does not hold back the others.
     for (size_t i = 0; i < paths_.size(); ++i) {
       const size_t rank = (next_rank_ + i) % paths_.size();
@@ -178,9 +148,7 @@ class JobLogsReactor final : public grpc::ServerWriteReactor<v1::GetJobLogsRespo
       next_rank_ = rank + 1;
       message_.set_rank(static_cast<int32_t>(rank));
       message_.set_data(std::move(data));
-      in_flight_ = true;
-      StartWrite(&message_);
-      return;
+      return Write(&message_);
     }
     if (last_pass_) return End(grpc::Status::OK);
     if (!follow_ || ended_) {
@@ -199,22 +167,22 @@ class JobLogsReactor final : public grpc::ServerWriteReactor<v1::GetJobLogsRespo
     waiting_ = true;  // the ticker calls again
   }
 
+  void Release() override {
+    if (ticker_handle_ != 0) ticker_.Remove(ticker_handle_);
+  }
+
   JobManager& manager_;
   PollTicker& ticker_;
-  std::shared_ptr<Guard> guard_;
   Principal caller_;
   std::string job_id_;
   bool follow_ = false;
   int64_t ticker_handle_ = 0;
   std::vector<std::string> paths_;
-  std::vector<int64_t> offsets_ ABSL_GUARDED_BY(guard_->mu);
-  size_t next_rank_ ABSL_GUARDED_BY(guard_->mu) = 0;
-  bool ended_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool last_pass_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool waiting_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool in_flight_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool cancelled_ ABSL_GUARDED_BY(guard_->mu) = false;
+  std::vector<int64_t> offsets_ ABSL_GUARDED_BY(guard()->mu);
+  size_t next_rank_ ABSL_GUARDED_BY(guard()->mu) = 0;
+  bool ended_ ABSL_GUARDED_BY(guard()->mu) = false;
+  bool last_pass_ ABSL_GUARDED_BY(guard()->mu) = false;
+  bool waiting_ ABSL_GUARDED_BY(guard()->mu) = false;
   v1::GetJobLogsResponse message_;
 };
 

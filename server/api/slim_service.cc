@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/serial_write_reactor.h"
 
 namespace slim::server {
 namespace {
@@ -75,81 +76,42 @@ grpc::ServerUnaryReactor* UnaryOnExecutor(const TokenAuthenticator& auth, Execut
   return reactor;
 }
 
-// State shared between a streaming reactor and the threads that poke it (manager watchers,
-// executor tasks): the mutex outlives the reactor, and `alive` says whether it may be touched.
-struct StreamGuard {
-  absl::Mutex mu;
-  bool alive ABSL_GUARDED_BY(mu) = true;
-};
-
 // WatchJob: the snapshot, then events read from the store after a cursor, one write at a time.
 // Events are durable in the store, so a slow client only delays its own stream; training and
 // other watchers never wait for it.
-class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse> {
+class WatchReactor final : public SerialWriteReactor<v1::WatchJobResponse> {
  public:
   WatchReactor(JobManager& manager, const v1::WatchJobRequest& request, const absl::StatusOr<Principal>& caller)
-      : manager_(manager), guard_(std::make_shared<StreamGuard>()) {
+      : manager_(manager) {
     absl::StatusOr<v1::Job> job = !caller.ok()           ? absl::StatusOr<v1::Job>(caller.status())
                                   : request.id().empty() ? absl::InvalidArgumentError("id: is required")
                                                          : manager_.GetJob(request.id(), *caller);
     if (request.after_sequence() < 0) job = absl::InvalidArgumentError("after_sequence: must be >= 0");
     if (!job.ok()) {
-      finished_ = true;
-      Finish(ToGrpcStatus(job.status()));
+      absl::MutexLock lock(&guard()->mu);
+      End(ToGrpcStatus(job.status()));
       return;
     }
+    // Set up before the guard is locked: notifications come with the manager's locks held and
+    // then take the guard's, so registering under the guard's would order them both ways.
     job_id_ = request.id();
     cursor_ = request.after_sequence();
     done_after_snapshot_ = IsTerminal(job->state()) && job->last_sequence() <= cursor_;
     v1::WatchJobResponse snapshot;
     *snapshot.mutable_snapshot() = *std::move(job);
     pending_.push_back(std::move(snapshot));
-    std::shared_ptr<StreamGuard> guard = guard_;
+    std::shared_ptr<StreamGuard> guard = this->guard();
     handle_ = manager_.Watch(job_id_, [guard, this] {
       absl::MutexLock lock(&guard->mu);
-      if (guard->alive) MaybeWrite();
+      if (guard->alive) Next();
     });
-    absl::MutexLock lock(&guard_->mu);
-    MaybeWrite();
-  }
-
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&guard_->mu);
-    in_flight_ = false;
-    if (!ok || cancelled_) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-    const bool snapshot = current_.has_snapshot();
-    if ((snapshot && done_after_snapshot_) || (current_.has_event() && IsTerminal(current_.event().state()))) {
-      return End(grpc::Status::OK);
-    }
-    MaybeWrite();
-  }
-
-  void OnCancel() override {
-    absl::MutexLock lock(&guard_->mu);
-    cancelled_ = true;
-    // With a write in flight, OnWriteDone (ok or not; the order of the two is not guaranteed)
-    // ends the stream.
-    if (!in_flight_) End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
-
-  void OnDone() override {
-    {
-      absl::MutexLock lock(&guard_->mu);
-      guard_->alive = false;
-    }
-    if (handle_ != 0) manager_.Unwatch(handle_);
-    delete this;
+    absl::MutexLock lock(&this->guard()->mu);
+    Next();
   }
 
  private:
-  void End(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
-    if (finished_) return;
-    finished_ = true;
-    Finish(status);
-  }
-
-  void MaybeWrite() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
-    if (finished_ || in_flight_) return;
+  void Next() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard()->mu) {
+    if (!CanWrite()) return;
     if (pending_.empty()) {
       absl::StatusOr<std::vector<v1::JobEvent>> events = manager_.Events(job_id_, cursor_, kWatchBatch);
       if (!events.ok()) return End(ToGrpcStatus(events.status()));
@@ -171,20 +133,23 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
     }
     current_ = std::move(pending_.front());
     pending_.pop_front();
-    in_flight_ = true;
-    StartWrite(&current_);
+    // The stream ends after the snapshot of an ended job with nothing after the cursor, or
+    // after the terminal event.
+    const bool last = (current_.has_snapshot() && done_after_snapshot_) ||
+                      (current_.has_event() && IsTerminal(current_.event().state()));
+    Write(&current_, last);
+  }
+
+  void Release() override {
+    if (handle_ != 0) manager_.Unwatch(handle_);
   }
 
   JobManager& manager_;
-  std::shared_ptr<StreamGuard> guard_;
   std::string job_id_;
   int64_t handle_ = 0;
-  int64_t cursor_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  int64_t cursor_ ABSL_GUARDED_BY(guard()->mu) = 0;
   bool done_after_snapshot_ = false;
-  bool in_flight_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
-  bool cancelled_ ABSL_GUARDED_BY(guard_->mu) = false;
-  std::deque<v1::WatchJobResponse> pending_ ABSL_GUARDED_BY(guard_->mu);
+  std::deque<v1::WatchJobResponse> pending_ ABSL_GUARDED_BY(guard()->mu);
   v1::WatchJobResponse current_;
 };
 

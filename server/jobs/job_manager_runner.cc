@@ -103,9 +103,9 @@ void JobManager::Wake() {
 
 void JobManager::SchedulerLoop() {
   // Checkpoint retention is a slow concern: swept at start, then every quarter of the retention
-  // period, at most once a minute.
+  // period, between once a second and once a minute.
   const auto sweep_every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
-      std::clamp(options_.checkpoint_retention_seconds / 4, 0.25, 60.0)));
+      std::clamp(options_.checkpoint_retention_seconds / 4, 1.0, 60.0)));
   auto next_sweep = std::chrono::steady_clock::now();
   while (true) {
     std::vector<std::unique_ptr<WorkerProcess>> finished;

@@ -1,0 +1,197 @@
+#include "base/hf_config.h"
+
+#include <cmath>
+#include <functional>
+#include <set>
+
+#include "base/errors.h"
+
+namespace slim {
+namespace {
+
+constexpr int64_t kMaxVocabulary = 262144;
+
+[[noreturn]] void Bad(const std::string& key, const std::string& what) {
+  throw EngineError(ErrorCode::kInvalidArgument, "config.json: " + key + ": " + what);
+}
+
+// A config with transformers' class defaults for absent keys (config.json files written by
+// save_pretrained may leave out values equal to them).
+class Config {
+ public:
+  explicit Config(const Json& doc) : doc_(doc) {
+    if (doc.kind != Json::kObject) Bad("(top level)", "must be a JSON object, got " + DescribeJson(doc));
+  }
+
+  const Json* Find(const std::string& key) const {
+    const auto it = doc_.members.find(key);
+    return it == doc_.members.end() || it->second.kind == Json::kNull ? nullptr : &it->second;
+  }
+  bool Present(const std::string& key) const { return Find(key) != nullptr; }
+  bool HasKey(const std::string& key) const { return doc_.members.count(key) > 0; }  // null included
+
+  int64_t Int(const std::string& key, int64_t fallback, int64_t min) const {
+    const Json* v = Find(key);
+    if (v == nullptr) return fallback;
+    if (v->kind != Json::kNumber || v->number != std::floor(v->number) || std::fabs(v->number) > 9.0e15) {
+      Bad(key, "must be an integer, got " + DescribeJson(*v));
+    }
+    const auto value = static_cast<int64_t>(v->number);
+    if (value < min) Bad(key, "must be >= " + std::to_string(min) + ", got " + std::to_string(value));
+    return value;
+  }
+  double Number(const std::string& key, double fallback) const {
+    const Json* v = Find(key);
+    if (v == nullptr) return fallback;
+    if (v->kind != Json::kNumber || !(v->number > 0)) Bad(key, "must be a positive number, got " + DescribeJson(*v));
+    return v->number;
+  }
+  bool Bool(const std::string& key, bool fallback) const {
+    const Json* v = Find(key);
+    if (v == nullptr) return fallback;
+    if (v->kind != Json::kBool) Bad(key, "must be true or false, got " + DescribeJson(*v));
+    return v->boolean;
+  }
+  std::string String(const std::string& key, const std::string& fallback) const {
+    const Json* v = Find(key);
+    if (v == nullptr) return fallback;
+    if (v->kind != Json::kString) Bad(key, "must be a string, got " + DescribeJson(*v));
+    return v->text;
+  }
+
+  // Refuses `key` when it is set (not null): a feature slim does not implement.
+  void Unsupported(const std::string& key, const std::string& what) const {
+    if (const Json* v = Find(key); v != nullptr) Bad(key, DescribeJson(*v) + ": " + what);
+  }
+  // Refuses `key` unless its value (or `fallback` when absent) is `expected`.
+  void Require(const std::string& key, bool expected, bool fallback, const std::string& what) const {
+    if (Bool(key, fallback) != expected) {
+      Bad(key, std::string(expected ? "false" : "true") + (Present(key) ? "" : " (transformers' default)") + ": " + what);
+    }
+  }
+
+ private:
+  const Json& doc_;
+};
+
+void ReadGpt2(const Config& c, HfArchitecture* a) {
+  a->vocab_size = c.Int("vocab_size", 50257, 1);
+  a->d_model = c.Int("n_embd", 768, 1);
+  a->n_layers = c.Int("n_layer", 12, 1);
+  a->n_heads = c.Int("n_head", 12, 1);
+  a->n_kv_heads = a->n_heads;
+  a->d_ff = c.Int("n_inner", 4 * a->d_model, 1);
+  a->norm = NormKind::kLayerNorm;
+  a->norm_eps = c.Number("layer_norm_epsilon", 1e-5);
+  const std::string act = c.String("activation_function", "gelu_new");
+  if (act == "gelu") {
+    a->ffn = FfnKind::kGelu;
+  } else if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") {
+    a->ffn = FfnKind::kGeluTanh;
+  } else {
+    Bad("activation_function", "'" + act + "' is not supported (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast)");
+  }
+  a->ffn_bias = true;
+  a->qkv_bias = true;
+  a->attn_out_bias = true;
+  a->positions = PositionKind::kLearned;
+  a->max_positions = c.Int("n_positions", 1024, 1);
+  a->tie_embeddings = c.Bool("tie_word_embeddings", true);
+  c.Require("scale_attn_weights", true, true, "attention scores without the 1/sqrt(head_dim) scale are not supported");
+  c.Require("scale_attn_by_inverse_layer_idx", false, false, "per-layer score scaling is not supported");
+  c.Require("add_cross_attention", false, false, "cross-attention (an encoder-decoder) is not supported");
+}
+
+// llama, mistral, qwen2: pre-norm RMSNorm, rotary positions, SwiGLU.
+void ReadLlamaFamily(const Config& c, const std::string& type, HfArchitecture* a) {
+  const bool llama = type == "llama", mistral = type == "mistral";
+  a->vocab_size = c.Int("vocab_size", llama ? 32000 : mistral ? 32000 : 151936, 1);
+  a->d_model = c.Int("hidden_size", 4096, 1);
+  a->n_layers = c.Int("num_hidden_layers", 32, 1);
+  a->n_heads = c.Int("num_attention_heads", 32, 1);
+  a->n_kv_heads = c.Int("num_key_value_heads", mistral ? 8 : a->n_heads, 1);
+  a->d_ff = c.Int("intermediate_size", llama ? 11008 : mistral ? 14336 : 22016, 1);
+  a->norm = NormKind::kRmsNorm;
+  a->norm_eps = c.Number("rms_norm_eps", 1e-6);
+  const std::string act = c.String("hidden_act", "silu");
+  if (act != "silu") Bad("hidden_act", "'" + act + "' is not supported (silu, for SwiGLU)");
+  a->ffn = FfnKind::kSwiGlu;
+  a->ffn_bias = false;
+  if (llama) {
+    if (c.Bool("mlp_bias", false)) Bad("mlp_bias", "true: SwiGLU with biases is not supported");
+    a->qkv_bias = a->attn_out_bias = c.Bool("attention_bias", false);
+  } else {
+    a->qkv_bias = type == "qwen2";  // Qwen2: biases on q, k and v only
+    a->attn_out_bias = false;
+  }
+  a->positions = PositionKind::kRotary;
+  a->rope_theta = c.Number("rope_theta", 10000.0);
+  a->max_positions = c.Int("max_position_embeddings", llama ? 2048 : mistral ? 131072 : 32768, 1);
+  a->tie_embeddings = c.Bool("tie_word_embeddings", false);
+  if (c.Present("head_dim") && c.Int("head_dim", 0, 1) * a->n_heads != a->d_model) {
+    Bad("head_dim", std::to_string(c.Int("head_dim", 0, 1)) + " differs from hidden_size / num_attention_heads = " +
+                        std::to_string(a->d_model / a->n_heads) + ", which slim requires");
+  }
+  c.Unsupported("rope_scaling", "scaled rotary positions (linear, dynamic, YaRN, llama3) are not supported");
+  if (mistral) {
+    // transformers' MistralConfig defaults sliding_window to 4096: an absent key is that
+    // window, an explicit null is none.
+    if (!c.HasKey("sliding_window")) {
+      Bad("sliding_window", "absent, so transformers' default of 4096 applies: sliding-window attention is not "
+                            "supported (a model trained without a window says null)");
+    }
+    c.Unsupported("sliding_window", "sliding-window attention is not supported; Performer attention sees every position");
+  }
+  if (type == "qwen2") c.Require("use_sliding_window", false, false, "sliding-window attention is not supported");
+}
+
+}  // namespace
+
+std::string NormKindName(NormKind kind) { return kind == NormKind::kLayerNorm ? "layernorm" : "rmsnorm"; }
+
+std::string FfnKindName(FfnKind kind) {
+  switch (kind) {
+    case FfnKind::kGelu: return "gelu";
+    case FfnKind::kGeluTanh: return "gelu_tanh";
+    case FfnKind::kSwiGlu: return "swiglu";
+  }
+  return "?";
+}
+
+std::string PositionKindName(PositionKind kind) { return kind == PositionKind::kRotary ? "rotary" : "learned"; }
+
+HfArchitecture ReadHfConfig(const Json& doc) {
+  const Config c(doc);
+  HfArchitecture a;
+  a.model_type = c.String("model_type", "");
+  if (a.model_type == "gpt2") {
+    ReadGpt2(c, &a);
+  } else if (a.model_type == "llama" || a.model_type == "mistral" || a.model_type == "qwen2") {
+    ReadLlamaFamily(c, a.model_type, &a);
+  } else {
+    Bad("model_type", (a.model_type.empty() ? std::string("missing") : "'" + a.model_type + "'") +
+                          ": supported are gpt2, llama, mistral and qwen2");
+  }
+  // Keys of other families that change the math, refused wherever they appear.
+  c.Unsupported("attn_logit_softcapping", "soft-capped attention logits are not supported");
+  c.Unsupported("final_logit_softcapping", "soft-capped output logits are not supported");
+  if (c.Present("partial_rotary_factor") && c.Number("partial_rotary_factor", 1) != 1) {
+    Bad("partial_rotary_factor", "rotary positions on part of each head are not supported");
+  }
+  c.Require("is_encoder_decoder", false, false, "encoder-decoder models are not supported");
+
+  if (a.vocab_size > kMaxVocabulary) {
+    Bad("vocab_size", std::to_string(a.vocab_size) + " is above the largest supported, " + std::to_string(kMaxVocabulary));
+  }
+  const std::string heads = a.model_type == "gpt2" ? "n_head" : "num_attention_heads";
+  if (a.d_model % a.n_heads != 0) {
+    Bad(heads, std::to_string(a.n_heads) + " does not divide the model width " + std::to_string(a.d_model));
+  }
+  if (a.n_heads % a.n_kv_heads != 0) {
+    Bad("num_key_value_heads", std::to_string(a.n_kv_heads) + " does not divide " + heads + " " +
+                                   std::to_string(a.n_heads));
+  }
+  return a;
+}
+
+}  // namespace slim

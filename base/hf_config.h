@@ -1,0 +1,55 @@
+// Hugging Face model configs (`config.json`) read into the architecture they describe, for
+// importing pretrained checkpoints (issue 21; docs/model-format.md, "Hugging Face configs").
+// Supported model types: gpt2, llama, mistral, qwen2. Every key that changes the model's math
+// is either mapped or refused by name — a checkpoint is never imported as a different model —
+// while keys that do not (token ids, dtypes, generation defaults, tokenizer classes) are
+// ignored. Plain C++; no LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "base/json.h"
+
+namespace slim {
+
+enum class NormKind { kLayerNorm, kRmsNorm };
+enum class FfnKind {
+  kGelu,      // GELU (exact erf form), with biases: fc -> act -> proj
+  kGeluTanh,  // GELU's tanh approximation (GPT-2's "gelu_new")
+  kSwiGlu,    // down(silu(gate(x)) * up(x))
+};
+enum class PositionKind { kRotary, kLearned };
+
+std::string NormKindName(NormKind kind);          // "layernorm", "rmsnorm"
+std::string FfnKindName(FfnKind kind);            // "gelu", "gelu_tanh", "swiglu"
+std::string PositionKindName(PositionKind kind);  // "rotary", "learned"
+
+struct HfArchitecture {
+  std::string model_type;  // as in the config: gpt2, llama, mistral, qwen2
+  int64_t vocab_size = 0;
+  int64_t d_model = 0;
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;  // grouped-query attention when below n_heads (1: multi-query)
+  int64_t d_ff = 0;
+  NormKind norm = NormKind::kLayerNorm;
+  double norm_eps = 1e-5;
+  FfnKind ffn = FfnKind::kGelu;
+  bool ffn_bias = false;
+  bool qkv_bias = false;          // biases on the query, key and value projections
+  bool attn_out_bias = false;     // a bias on the attention output projection
+  PositionKind positions = PositionKind::kRotary;
+  double rope_theta = 10000.0;    // rotary only
+  int64_t max_positions = 0;      // learned: the longest sequence it has positions for; rotary: the config's (advisory)
+  bool tie_embeddings = false;    // the output head is the token embedding
+
+  int64_t head_dim() const { return d_model / n_heads; }
+};
+
+// Reads a parsed config.json. Throws EngineError(kInvalidArgument) naming the key for a
+// missing or mistyped value, an unsupported model_type, and every key whose value changes the
+// math in a way slim does not implement (e.g. rope_scaling, sliding_window, logit soft-capping).
+HfArchitecture ReadHfConfig(const Json& config);
+
+}  // namespace slim

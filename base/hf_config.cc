@@ -147,17 +147,6 @@ void ReadLlamaFamily(const Config& c, const std::string& type, HfArchitecture* a
 
 }  // namespace
 
-std::string NormKindName(NormKind kind) { return kind == NormKind::kLayerNorm ? "layernorm" : "rmsnorm"; }
-
-std::string FfnKindName(FfnKind kind) {
-  switch (kind) {
-    case FfnKind::kGelu: return "gelu";
-    case FfnKind::kGeluTanh: return "gelu_tanh";
-    case FfnKind::kSwiGlu: return "swiglu";
-  }
-  return "?";
-}
-
 std::string PositionKindName(PositionKind kind) { return kind == PositionKind::kRotary ? "rotary" : "learned"; }
 
 HfArchitecture ReadHfConfig(const Json& doc) {

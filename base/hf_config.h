@@ -10,19 +10,12 @@
 #include <string>
 
 #include "base/json.h"
+#include "base/model_config.h"
 
 namespace slim {
 
-enum class NormKind { kLayerNorm, kRmsNorm };
-enum class FfnKind {
-  kGelu,      // GELU (exact erf form), with biases: fc -> act -> proj
-  kGeluTanh,  // GELU's tanh approximation (GPT-2's "gelu_new")
-  kSwiGlu,    // down(silu(gate(x)) * up(x))
-};
+// NormKind and FfnKind: base/model_config.h.
 enum class PositionKind { kRotary, kLearned };
-
-std::string NormKindName(NormKind kind);          // "layernorm", "rmsnorm"
-std::string FfnKindName(FfnKind kind);            // "gelu", "gelu_tanh", "swiglu"
 std::string PositionKindName(PositionKind kind);  // "rotary", "learned"
 
 struct HfArchitecture {

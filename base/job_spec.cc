@@ -209,7 +209,7 @@ Json SourcesJson(const std::vector<DataSource>& sources) {
 std::string LrScheduleName(LrScheduleKind k) { return k == LrScheduleKind::kCosine ? "cosine" : "constant"; }
 
 const std::vector<std::string>& LoraTargetNames() {
-  static const std::vector<std::string> kNames = {"wq", "wk", "wv", "wo", "w1", "w2"};
+  static const std::vector<std::string> kNames = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
   return kNames;
 }
 
@@ -291,7 +291,7 @@ JobSpec JobSpecFromJson(const Json& doc, const std::string& base_dir, const Spec
     for (const std::string& t : s.lora_targets) {
       const auto& names = LoraTargetNames();
       if (std::find(names.begin(), names.end(), t) == names.end()) {
-        Bad("training.lora.targets", "unknown projection '" + t + "' (allowed: wq, wk, wv, wo, w1, w2)");
+        Bad("training.lora.targets", "unknown projection '" + t + "' (allowed: wq, wk, wv, wo, w1, w2, and w3 for SwiGLU models)");
       }
       if (std::count(s.lora_targets.begin(), s.lora_targets.end(), t) > 1) {
         Bad("training.lora.targets", "'" + t + "' is listed twice");

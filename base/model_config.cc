@@ -26,13 +26,41 @@ FeatureMap ParseFeatureMap(const std::string& name) {
                         "' (allowed: favor+, relu, elu+1, sqr)");
 }
 
+std::string NormKindName(NormKind kind) { return kind == NormKind::kLayerNorm ? "layernorm" : "rmsnorm"; }
+
+std::string FfnKindName(FfnKind kind) {
+  switch (kind) {
+    case FfnKind::kGelu: return "gelu";
+    case FfnKind::kGeluTanh: return "gelu_tanh";
+    case FfnKind::kSwiGlu: return "swiglu";
+  }
+  return "unknown";
+}
+
+NormKind ParseNormKind(const std::string& name, const std::string& field) {
+  for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+    if (NormKindName(kind) == name) return kind;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument, field + ": unknown value '" + name + "' (allowed: layernorm, rmsnorm)");
+}
+
+FfnKind ParseFfnKind(const std::string& name, const std::string& field) {
+  for (FfnKind kind : {FfnKind::kGelu, FfnKind::kGeluTanh, FfnKind::kSwiGlu}) {
+    if (FfnKindName(kind) == name) return kind;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    field + ": unknown value '" + name + "' (allowed: gelu, gelu_tanh, swiglu)");
+}
+
 int64_t ModelConfig::ParameterCount() const {
-  const int64_t per_layer = 4 * d_model * d_model            // q, k, v, o projections
-                            + 2 * d_model * d_ff + d_ff + d_model  // FFN with biases
-                            + 4 * d_model;                    // two LayerNorms
+  const int64_t norm_size = norm == NormKind::kLayerNorm ? 2 * d_model : d_model;  // weight (+ bias)
+  const int64_t ffn_size = ffn == FfnKind::kSwiGlu ? 3 * d_model * d_ff               // gate, up, down
+                                                   : 2 * d_model * d_ff + d_ff + d_model;  // with biases
+  const int64_t per_layer = 4 * d_model * d_model  // q, k, v, o projections
+                            + ffn_size + 2 * norm_size;
   const int64_t embed = vocab_size * d_model;
   const int64_t head = tie_embeddings ? 0 : vocab_size * d_model;
-  return embed + n_layers * per_layer + 2 * d_model + head;
+  return embed + n_layers * per_layer + norm_size + head;
 }
 
 namespace {
@@ -65,6 +93,11 @@ void ModelConfig::Validate() const {
     throw EngineError(ErrorCode::kInvalidArgument, msg.str());
   }
   if (feature_map == FeatureMap::kFavorPlus) CheckRange("n_features", n_features, 1, 1 << 16);
+  if (!(norm_eps > 0 && norm_eps < 1)) {
+    std::ostringstream msg;
+    msg << "norm_eps: " << norm_eps << " must be in (0, 1)";
+    throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
   if (!(rope_base > 1.0)) {
     std::ostringstream msg;
     msg << "rope_base: " << rope_base << " must be > 1";

@@ -20,6 +20,23 @@ std::string FeatureMapName(FeatureMap map);
 // Parses "favor+", "relu", "elu+1", "sqr"; throws EngineError(kInvalidArgument) otherwise.
 FeatureMap ParseFeatureMap(const std::string& name);
 
+// The normalisation before attention, before the feed-forward and before the head.
+enum class NormKind {
+  kLayerNorm,  // (x − mean) / sqrt(var + eps) · weight + bias
+  kRmsNorm,    // x / sqrt(mean(x²) + eps) · weight (Llama family)
+};
+// The feed-forward block.
+enum class FfnKind {
+  kGelu,      // w2 · GELU(w1 · x + b1) + b2, GELU in its exact (erf) form
+  kGeluTanh,  // the same with GELU's tanh approximation (GPT-2's "gelu_new")
+  kSwiGlu,    // w2 · (SiLU(w1 · x) ⊙ w3 · x), no biases (Llama family; w1 is the gate, w3 "up")
+};
+std::string NormKindName(NormKind kind);  // "layernorm", "rmsnorm"
+std::string FfnKindName(FfnKind kind);    // "gelu", "gelu_tanh", "swiglu"
+// Parse the names above; EngineError(kInvalidArgument) naming `field` otherwise.
+NormKind ParseNormKind(const std::string& name, const std::string& field);
+FfnKind ParseFfnKind(const std::string& name, const std::string& field);
+
 struct ModelConfig {
   int64_t vocab_size = 256;  // bytes by default
   int64_t d_model = 32;
@@ -30,6 +47,9 @@ struct ModelConfig {
   int64_t n_features = 16;  // M per head for favor+; deterministic maps use head_dim
   double rope_base = 10000.0;
   bool tie_embeddings = false;
+  NormKind norm = NormKind::kLayerNorm;
+  double norm_eps = 1e-5;
+  FfnKind ffn = FfnKind::kGelu;
   // Tokens per block of the block-form causal attention (intra-block masked matmul,
   // inter-block prefix state). Chunk sizes chosen by the planner are multiples of it.
   int64_t attention_block = 64;

@@ -119,6 +119,11 @@ std::string CalibrationKey(const StepShape& s, const std::string& device_kind) {
     << " precision=" << PrecisionName(s.precision) << " optimizer=" << OptimizerName(s.optimizer)
     << " tuning=" << TuningModeName(s.tuning) << " batch=" << CalibrationProbeBatch(s.batch);
   if (s.tuning == TuningMode::kLora) k << "/" << s.lora_rank;
+  // Architecture variants (keys of the original layout are unchanged, so their caches stay).
+  const ModelConfig original;
+  if (m.norm != original.norm || m.ffn != original.ffn) {
+    k << " norm=" << NormKindName(m.norm) << " ffn=" << FfnKindName(m.ffn);
+  }
   return k.str();
 }
 

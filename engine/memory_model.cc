@@ -19,8 +19,10 @@ constexpr int64_t kLiveStateSets = 6;
 
 int64_t LoraParameterCount(const StepShape& s) {
   const int64_t D = s.model.d_model, F = s.model.d_ff, r = s.lora_rank;
-  // Adapters A (r×in) and B (out×r) on q, k, v, o (D→D) and on the FFN (D→F, F→D).
-  return s.model.n_layers * (4 * r * (D + D) + r * (D + F) + r * (F + D));
+  // Adapters A (r×in) and B (out×r) on q, k, v, o (D→D) and on the FFN (D→F, F→D, and
+  // SwiGLU's second D→F).
+  const int64_t ffn_inputs = s.model.ffn == FfnKind::kSwiGlu ? 2 : 1;
+  return s.model.n_layers * (4 * r * (D + D) + ffn_inputs * r * (D + F) + r * (F + D));
 }
 
 }  // namespace
@@ -85,9 +87,10 @@ int64_t CalibrationPeakBound(const StepShape& shape) {
   const ModelConfig& m = shape.model;
   // Per token of one sequence, in floats: a layer's norms, projections, rotated q and k,
   // feature maps with their pre-activations, the block-local scores, the attention output,
-  // the feed-forward's two d_ff-wide tensors and the residuals; then the logits, their
-  // log-softmax and its gradient.
-  const int64_t layer_floats = 16 * m.d_model + 3 * m.d_ff + 4 * m.n_heads * m.features_per_head() +
+  // the feed-forward's d_ff-wide tensors (SwiGLU: gate, up, their activation and product) and
+  // the residuals; then the logits, their log-softmax and its gradient.
+  const int64_t ffn_floats = (m.ffn == FfnKind::kSwiGlu ? 5 : 3) * m.d_ff;
+  const int64_t layer_floats = 16 * m.d_model + ffn_floats + 4 * m.n_heads * m.features_per_head() +
                                2 * m.n_heads * m.attention_block;
   const int64_t token_floats = m.n_layers * layer_floats + 3 * m.vocab_size;
   const MemoryCoefficients none;

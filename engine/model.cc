@@ -17,17 +17,37 @@ namespace {
 constexpr double kInitStd = 0.02;
 }  // namespace
 
-PerformerLMImpl::LayerImpl::LayerImpl(int64_t d_model, int64_t d_ff) {
+PerformerLMImpl::NormImpl::NormImpl(int64_t dim, NormKind kind_in, double eps_in) : kind(kind_in), eps(eps_in) {
+  weight = register_parameter("weight", at::ones({dim}));
+  if (kind == NormKind::kLayerNorm) bias = register_parameter("bias", at::zeros({dim}));
+}
+
+at::Tensor PerformerLMImpl::NormImpl::forward(const at::Tensor& x) {
+  if (kind == NormKind::kLayerNorm) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+  // RMSNorm in at least fp32 (as the Llama family computes it), back in x's dtype.
+  const at::Tensor xf = x.to(at::promote_types(x.scalar_type(), at::kFloat));
+  const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return normed.to(x.scalar_type()) * weight;
+}
+
+PerformerLMImpl::LayerImpl::LayerImpl(const ModelConfig& c) {
   using torch::nn::LinearOptions;
-  const int64_t D = d_model;
-  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  const int64_t D = c.d_model, F = c.d_ff;
+  const bool swiglu = c.ffn == FfnKind::kSwiGlu;
+  ln1 = register_module("ln1", std::make_shared<NormImpl>(D, c.norm, c.norm_eps));
   wq = register_module("wq", torch::nn::Linear(LinearOptions(D, D).bias(false)));
   wk = register_module("wk", torch::nn::Linear(LinearOptions(D, D).bias(false)));
   wv = register_module("wv", torch::nn::Linear(LinearOptions(D, D).bias(false)));
   wo = register_module("wo", torch::nn::Linear(LinearOptions(D, D).bias(false)));
-  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
-  w1 = register_module("w1", torch::nn::Linear(D, d_ff));
-  w2 = register_module("w2", torch::nn::Linear(d_ff, D));
+  ln2 = register_module("ln2", std::make_shared<NormImpl>(D, c.norm, c.norm_eps));
+  w1 = register_module("w1", torch::nn::Linear(LinearOptions(D, F).bias(!swiglu)));
+  w2 = register_module("w2", torch::nn::Linear(LinearOptions(F, D).bias(!swiglu)));
+  if (swiglu) w3 = register_module("w3", torch::nn::Linear(LinearOptions(D, F).bias(false)));
+}
+
+torch::nn::Linear& PerformerLMImpl::Linear(Layer& l, Projection which) {
+  torch::nn::Linear* lin[] = {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3};
+  return *lin[which];
 }
 
 PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
@@ -37,17 +57,17 @@ PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
   embed_ = register_module("embed", torch::nn::Embedding(config_.vocab_size, D));
   torch::nn::ModuleList layers;
   for (int64_t i = 0; i < config_.n_layers; ++i) {
-    layers_.push_back(std::make_shared<Layer>(D, config_.d_ff));
+    layers_.push_back(std::make_shared<Layer>(config_));
     layers->push_back(layers_.back());
   }
   register_module("layers", layers);
-  ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  ln_f_ = register_module("ln_f", std::make_shared<NormImpl>(D, config_.norm, config_.norm_eps));
   if (!config_.tie_embeddings) {
     head_ = register_module(
         "head", torch::nn::Linear(torch::nn::LinearOptions(D, config_.vocab_size).bias(false)));
   }
 
-  // Deterministic init from our own generator: weights N(0, 0.02), biases 0, LayerNorm 1/0.
+  // Deterministic init from our own generator: weights N(0, 0.02), biases 0, norms 1/0.
   at::NoGradGuard no_grad;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(init_seed);
   for (auto& item : named_parameters()) {
@@ -78,16 +98,20 @@ std::map<std::string, std::vector<int64_t>> PerformerLMImpl::TensorShapes(const 
     const std::string layer = "layers." + std::to_string(i) + ".";
     for (const char* norm : {"ln1", "ln2"}) {
       shapes[layer + norm + ".weight"] = {D};
-      shapes[layer + norm + ".bias"] = {D};
+      if (config.norm == NormKind::kLayerNorm) shapes[layer + norm + ".bias"] = {D};
     }
     for (const char* proj : {"wq", "wk", "wv", "wo"}) shapes[layer + proj + ".weight"] = {D, D};
     shapes[layer + "w1.weight"] = {F, D};
-    shapes[layer + "w1.bias"] = {F};
     shapes[layer + "w2.weight"] = {D, F};
-    shapes[layer + "w2.bias"] = {D};
+    if (config.ffn == FfnKind::kSwiGlu) {
+      shapes[layer + "w3.weight"] = {F, D};
+    } else {
+      shapes[layer + "w1.bias"] = {F};
+      shapes[layer + "w2.bias"] = {D};
+    }
   }
   shapes["ln_f.weight"] = {D};
-  shapes["ln_f.bias"] = {D};
+  if (config.norm == NormKind::kLayerNorm) shapes["ln_f.bias"] = {D};
   if (!config.tie_embeddings) shapes["head.weight"] = {V, D};
   shapes["projection"] = {config.n_layers, config.n_heads, config.features_per_head(), config.head_dim()};
   return shapes;
@@ -142,8 +166,14 @@ at::Tensor PerformerLMImpl::Mix(int64_t layer, const at::Tensor& x, const LayerP
   const int64_t B = x.size(0), T = x.size(1);
   const at::Tensor merged = a.out.transpose(1, 2).reshape({B, T, config_.d_model}).to(x.scalar_type());
   at::Tensor y = x + Apply(l, kO, merged);
-  const at::Tensor ff = Apply(l, kW2, at::gelu(Apply(l, kW1, l.ln2->forward(y))));
-  return y + ff;
+  const at::Tensor h = l.ln2->forward(y);
+  at::Tensor inner;
+  switch (config_.ffn) {
+    case FfnKind::kGelu: inner = at::gelu(Apply(l, kW1, h)); break;
+    case FfnKind::kGeluTanh: inner = at::gelu(Apply(l, kW1, h), "tanh"); break;
+    case FfnKind::kSwiGlu: inner = at::silu(Apply(l, kW1, h)) * Apply(l, kW3, h); break;
+  }
+  return y + Apply(l, kW2, inner);
 }
 
 at::Tensor PerformerLMImpl::LoraDelta(Layer& l, Projection which, const at::Tensor& x) {
@@ -156,14 +186,13 @@ bool PerformerLMImpl::HasAdapter(const Layer& l, Projection which) const {
 }
 
 at::Tensor PerformerLMImpl::Apply(Layer& l, Projection which, const at::Tensor& x) {
-  torch::nn::Linear* lin[] = {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2};
-  at::Tensor y = (*lin[which])->forward(x);
+  at::Tensor y = Linear(l, which)->forward(x);
   return HasAdapter(l, which) ? y + LoraDelta(l, which, x) : y;
 }
 
 namespace {
 // Names of the projections in Projection order, as in tensor names and job specs.
-constexpr const char* kProjectionNames[] = {"wq", "wk", "wv", "wo", "w1", "w2"};
+constexpr const char* kProjectionNames[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
 }  // namespace
 
 void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<std::string>& targets) {
@@ -172,14 +201,17 @@ void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<s
                 "lora_rank: " + std::to_string(rank) + " is out of range [1, " +
                     std::to_string(config_.d_model) + "]");
   CheckArgument(std::isfinite(alpha) && alpha > 0, "lora_alpha: must be a finite number > 0, got " + std::to_string(alpha));
-  std::array<bool, 6> wanted{};
-  for (int i = 0; i < 6; ++i) wanted[i] = targets.empty();
+  const bool swiglu = config_.ffn == FfnKind::kSwiGlu;
+  const int projections = swiglu ? kProjections : kProjections - 1;  // w3 only with SwiGLU
+  std::array<bool, kProjections> wanted{};
+  for (int i = 0; i < projections; ++i) wanted[i] = targets.empty();
   for (const std::string& t : targets) {
     bool known = false;
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < projections; ++i) {
       if (t == kProjectionNames[i]) wanted[i] = known = true;
     }
-    CheckArgument(known, "lora_targets: unknown projection '" + t + "' (allowed: wq, wk, wv, wo, w1, w2)");
+    CheckArgument(known, "lora_targets: unknown projection '" + t + "' (allowed: wq, wk, wv, wo, w1, w2" +
+                             (swiglu ? ", w3)" : ")"));
   }
   at::NoGradGuard no_grad;
   for (auto& p : parameters()) p.requires_grad_(false);
@@ -188,9 +220,8 @@ void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<s
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(init_seed_ ^ 0x4C6F5241ull);
   const auto options = embed_->weight.options();
   for (auto& layer : layers_) {
-    torch::nn::Linear* lin[] = {&layer->wq, &layer->wk, &layer->wv, &layer->wo, &layer->w1, &layer->w2};
-    for (int i = 0; i < 6; ++i) {
-      torch::nn::LinearImpl& impl = **lin[i];
+    for (int i = 0; i < projections; ++i) {
+      torch::nn::LinearImpl& impl = *Linear(*layer, static_cast<Projection>(i));
       const int64_t in = impl.weight.size(1), out = impl.weight.size(0);
       const at::Tensor a = at::randn({rank, in}, gen, at::kFloat) / std::sqrt(static_cast<double>(in));
       if (!wanted[i]) continue;
@@ -207,7 +238,7 @@ void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<s
 std::vector<std::string> PerformerLMImpl::lora_targets() const {
   std::vector<std::string> out;
   if (!lora_enabled()) return out;
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < kProjections; ++i) {
     if (HasAdapter(*layers_.front(), static_cast<Projection>(i))) out.push_back(kProjectionNames[i]);
   }
   return out;
@@ -225,13 +256,12 @@ std::shared_ptr<PerformerLMImpl> PerformerLMImpl::MergedCopy() {
   for (size_t r = 0; r < layers_.size(); ++r) {
     Layer& from = *layers_[r];
     Layer& to = *merged->layers_[r];
-    torch::nn::Linear* lin[] = {&to.wq, &to.wk, &to.wv, &to.wo, &to.w1, &to.w2};
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < kProjections; ++i) {
       if (!HasAdapter(from, static_cast<Projection>(i))) continue;
       const Layer::Adapter& a = from.lora[i];
       // W' = W + scale · B·A, in fp32 or wider, then stored in the weight's dtype.
       const at::ScalarType acc = at::promote_types(a.b.scalar_type(), at::kFloat);
-      at::Tensor& w = (*lin[i])->weight;
+      at::Tensor& w = Linear(to, static_cast<Projection>(i))->weight;
       w.copy_(w.to(acc) + at::matmul(a.b.to(acc), a.a.to(acc)) * lora_scale_);
     }
   }

@@ -1,7 +1,9 @@
-// A decoder-only causal Performer language model (docs/engine.md), pre-LayerNorm:
+// A decoder-only causal Performer language model (docs/engine.md), pre-norm:
 //   x = Embed(tokens)
-//   per layer: x = x + W_o·CausalFavorAttention(LN1(x));  x = x + W2·GELU(W1·LN2(x) + b1) + b2
-//   logits = Head(LN_f(x))
+//   per layer: x = x + W_o·CausalFavorAttention(N1(x));  x = x + FFN(N2(x))
+//   logits = Head(N_f(x))
+// with N a LayerNorm or an RMSNorm and FFN W2·GELU(W1·h + b1) + b2 (exact or tanh GELU) or
+// SwiGLU W2·(SiLU(W1·h) ⊙ W3·h) (config.norm, config.ffn).
 // Every op except the attention prefix sums acts on one position at a time, so the model
 // exposes its forward pass in pieces (Embed / Project / Mix / Logits) that run on a slice of
 // positions from a carried per-layer AttentionState: the SLiM step composes them.
@@ -80,7 +82,8 @@ class PerformerLMImpl : public torch::nn::Module {
   bool MaybeRedrawFeatures(int64_t step);
 
   // Adds LoRA adapters of rank `rank` to the attention and FFN projections named in `targets`
-  // ("wq", "wk", "wv", "wo", "w1", "w2"; empty = all six) and freezes all other parameters.
+  // ("wq", "wk", "wv", "wo", "w1", "w2", and "w3" with SwiGLU; empty = all the model has) and
+  // freezes all other parameters.
   // Adapters are parameters named "layers.<i>.<proj>.lora_a" (rank × in, N(0, 1/in)) and
   // ".lora_b" (out × rank, zeros), so the model computes the same function until they train;
   // their output is scaled by alpha / rank. Deterministic in the model's init seed. Throws
@@ -89,7 +92,7 @@ class PerformerLMImpl : public torch::nn::Module {
   void EnableLora(int64_t rank, double alpha, const std::vector<std::string>& targets = {});
   int64_t lora_rank() const { return lora_rank_; }
   double lora_alpha() const { return lora_alpha_; }
-  // The projections that carry adapters, in the order wq, wk, wv, wo, w1, w2.
+  // The projections that carry adapters, in the order wq, wk, wv, wo, w1, w2, w3.
   std::vector<std::string> lora_targets() const;
   // A new model without adapters computing the same function: W + (alpha/rank)·B·A for each
   // adapted projection, every other tensor copied. Requires lora_enabled().
@@ -100,21 +103,32 @@ class PerformerLMImpl : public torch::nn::Module {
   at::ScalarType state_dtype() const { return StateDtype(activation_dtype()); }
 
  private:
+  // A LayerNorm (parameters "weight" and "bias") or an RMSNorm ("weight"), per config.norm.
+  struct NormImpl : torch::nn::Module {
+    NormImpl(int64_t dim, NormKind kind, double eps);
+    at::Tensor forward(const at::Tensor& x);
+    NormKind kind;
+    double eps;
+    at::Tensor weight, bias;
+  };
   // One decoder layer's weights; a submodule so parameters are named "layers.<i>.<name>".
   struct LayerImpl : torch::nn::Module {
-    LayerImpl(int64_t d_model, int64_t d_ff);
-    torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+    explicit LayerImpl(const ModelConfig& config);
+    std::shared_ptr<NormImpl> ln1, ln2;
     torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
-    torch::nn::Linear w1{nullptr}, w2{nullptr};
+    torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};  // w3: SwiGLU only
     // LoRA adapters (EnableLora), indexed by Projection; undefined until enabled.
     struct Adapter {
       at::Tensor a, b;  // (rank, in), (out, rank)
     };
-    std::array<Adapter, 6> lora;
+    std::array<Adapter, 7> lora;
   };
 
   using Layer = LayerImpl;
-  enum Projection { kQ, kK, kV, kO, kW1, kW2 };
+  enum Projection { kQ, kK, kV, kO, kW1, kW2, kW3 };
+  static constexpr int kProjections = 7;
+  // The layer's Linear for `which` (w3 is null without SwiGLU).
+  static torch::nn::Linear& Linear(Layer& l, Projection which);
   // x·Wᵀ (+ bias) of projection `which`, plus scale·(x·Aᵀ)·Bᵀ when adapters are enabled.
   at::Tensor Apply(Layer& l, Projection which, const at::Tensor& x);
   at::Tensor LoraDelta(Layer& l, Projection which, const at::Tensor& x);
@@ -123,7 +137,7 @@ class PerformerLMImpl : public torch::nn::Module {
   ModelConfig config_;
   torch::nn::Embedding embed_{nullptr};
   std::vector<std::shared_ptr<Layer>> layers_;
-  torch::nn::LayerNorm ln_f_{nullptr};
+  std::shared_ptr<NormImpl> ln_f_;
   torch::nn::Linear head_{nullptr};  // null when tie_embeddings
   at::Tensor projection_;
   RotaryCache rotary_cache_;  // cos/sin of the slice being processed

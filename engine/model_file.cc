@@ -24,7 +24,7 @@ constexpr char kWhat[] = "model file";
 }  // namespace
 
 SafetensorsMetadata ModelConfigMetadata(const ModelConfig& c) {
-  return {{"format", "slim"},
+  SafetensorsMetadata m = {{"format", "slim"},
           {"format_version", "1"},
           {"vocab_size", std::to_string(c.vocab_size)},
           {"d_model", std::to_string(c.d_model)},
@@ -38,6 +38,18 @@ SafetensorsMetadata ModelConfigMetadata(const ModelConfig& c) {
           {"attention_block", std::to_string(c.attention_block)},
           {"redraw_interval", std::to_string(c.redraw_interval)},
           {"feature_seed", std::to_string(c.feature_seed)}};
+  // The architecture variants are written only where they differ from the original layout
+  // (LayerNorm with eps 1e-5, exact GELU), so files of that layout stay byte for byte as they were.
+  const ModelConfig original;
+  if (c.norm != original.norm) m["norm"] = NormKindName(c.norm);
+  if (c.norm_eps != original.norm_eps) {
+    std::ostringstream s;
+    s.precision(17);
+    s << c.norm_eps;
+    m["norm_eps"] = s.str();
+  }
+  if (c.ffn != original.ffn) m["ffn"] = FfnKindName(c.ffn);
+  return m;
 }
 
 SafetensorsMetadata LoraMetadata(const PerformerLMImpl& model) {
@@ -116,8 +128,15 @@ ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& 
       Invalid(kind, path, "metadata 'feature_seed' is not an unsigned 64-bit integer: '" + v + "'");
     }
   }
+  if (const auto eps = m.find("norm_eps"); eps != m.end()) {
+    char* end = nullptr;
+    c.norm_eps = std::strtod(eps->second.c_str(), &end);
+    if (eps->second.empty() || *end != '\0') Invalid(kind, path, "metadata 'norm_eps' is not a number: '" + eps->second + "'");
+  }
   try {
     c.feature_map = ParseFeatureMap(get("feature_map"));
+    if (const auto norm = m.find("norm"); norm != m.end()) c.norm = ParseNormKind(norm->second, "norm");
+    if (const auto ffn = m.find("ffn"); ffn != m.end()) c.ffn = ParseFfnKind(ffn->second, "ffn");
     c.Validate();
   } catch (const EngineError& e) {
     Invalid(kind, path, std::string("config in metadata is invalid: ") + e.what());

@@ -63,6 +63,33 @@ TEST(ModelFile, RoundTripIsBitExact) {
   }
 }
 
+// The architecture variants survive a save and load; the original layout's files carry no
+// variant keys (so they stay byte for byte as before them).
+TEST(ModelFile, ArchitectureVariantsRoundTrip) {
+  for (const ModelConfig& c : testing::VariantConfigs()) {
+    PerformerLM model(c, 3);
+    testing::PerturbParameters(*model, 4);
+    const std::string path = testing::TempPath("variant");
+    SaveModelFile(*model, path);
+    PerformerLM loaded = LoadModelFile(path);
+    EXPECT_EQ(loaded->config().norm, c.norm) << testing::Describe(c);
+    EXPECT_EQ(loaded->config().ffn, c.ffn);
+    EXPECT_EQ(loaded->config().norm_eps, c.norm_eps);
+    const at::Tensor tokens = testing::RandomBatch(1, 30, 256, 4).tokens;
+    at::NoGradGuard no_grad;
+    EXPECT_TRUE(at::equal(model->Forward(tokens), loaded->Forward(tokens))) << testing::Describe(c);
+    std::remove(path.c_str());
+  }
+  PerformerLM original(testing::TinyConfig(FeatureMap::kFavorPlus), 3);
+  const std::string path = testing::TempPath("original");
+  SaveModelFile(*original, path);
+  const std::string bytes = testing::ReadFileBytes(path);
+  for (const char* key : {"\"norm\"", "\"norm_eps\"", "\"ffn\""}) {
+    EXPECT_EQ(bytes.find(key), std::string::npos) << key << " in a file of the original layout";
+  }
+  std::remove(path.c_str());
+}
+
 TEST(ModelFile, RefusesTruncatedMalformedAndMismatchedFiles) {
   PerformerLM model(testing::TinyConfig(FeatureMap::kSquare), 1);
   const std::string path = testing::TempPath("good"), bad = testing::TempPath("bad");

@@ -84,6 +84,64 @@ TEST(Model, RecurrentDecodingReproducesFullForward) {
           << FeatureMapName(map);
     }
   }
+  for (const ModelConfig& c : testing::VariantConfigs()) {
+    PerformerLM model(c, 5);
+    model->to(at::kDouble);
+    testing::PerturbParameters(*model, 6);
+    const at::Tensor tokens = testing::RandomBatch(2, 40, 256, 6).tokens;
+    at::NoGradGuard no_grad;
+    const at::Tensor full = model->Forward(tokens);
+    ModelState state = model->ZeroState(2);
+    std::vector<at::Tensor> steps;
+    for (int64_t t = 0; t < 40; ++t) steps.push_back(model->ForwardSlice(tokens.narrow(1, t, 1), t, &state));
+    EXPECT_LE(RelErr(at::cat(steps, 1), full), 1e-12) << testing::Describe(c);
+  }
+}
+
+// RMSNorm, SwiGLU and tanh GELU compute what their definitions say (not merely something
+// SLiM-consistent): one layer's pieces against the formulas written out here.
+TEST(Model, VariantsComputeTheirDefinitions) {
+  for (const ModelConfig& c : testing::VariantConfigs()) {
+    PerformerLM model(c, 8);
+    model->to(at::kDouble);
+    testing::PerturbParameters(*model, 9);
+    at::NoGradGuard no_grad;
+    const auto params = model->named_parameters();
+    const at::Tensor x = at::randn({1, 5, c.d_model}, testing::Gen(10), at::kDouble);
+    // The final norm and head, through Logits.
+    at::Tensor normed;
+    if (c.norm == NormKind::kRmsNorm) {
+      normed = x / at::sqrt(x.pow(2).mean(-1, true) + c.norm_eps) * params["ln_f.weight"];
+    } else {
+      const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
+      normed = (x - mean) / at::sqrt(var + c.norm_eps) * params["ln_f.weight"] + params["ln_f.bias"];
+    }
+    EXPECT_LE(RelErr(model->Logits(x), at::matmul(normed, params["head.weight"].t())), 1e-12) << testing::Describe(c);
+    // Layer 0 with its attention output zeroed: Mix is then x + FFN(N2(x)).
+    for (const char* name : {"layers.0.wo.weight"}) params[name].zero_();
+    const LayerProjections p = model->Project(0, x, 0);
+    const at::Tensor y = model->Mix(0, x, p, model->ZeroState(1)[0], nullptr);
+    const at::Tensor w1 = params["layers.0.w1.weight"], w2 = params["layers.0.w2.weight"];
+    at::Tensor h;
+    if (c.norm == NormKind::kRmsNorm) {
+      h = x / at::sqrt(x.pow(2).mean(-1, true) + c.norm_eps) * params["layers.0.ln2.weight"];
+    } else {
+      const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
+      h = (x - mean) / at::sqrt(var + c.norm_eps) * params["layers.0.ln2.weight"] + params["layers.0.ln2.bias"];
+    }
+    at::Tensor ffn;
+    if (c.ffn == FfnKind::kSwiGlu) {
+      const at::Tensor gate = at::matmul(h, w1.t()), up = at::matmul(h, params["layers.0.w3.weight"].t());
+      ffn = at::matmul(gate * at::sigmoid(gate) * up, w2.t());
+    } else {
+      const at::Tensor a = at::matmul(h, w1.t()) + params["layers.0.w1.bias"];
+      const at::Tensor act = c.ffn == FfnKind::kGelu
+                                 ? 0.5 * a * (1 + at::erf(a / std::sqrt(2.0)))
+                                 : 0.5 * a * (1 + at::tanh(std::sqrt(2.0 / M_PI) * (a + 0.044715 * a.pow(3))));
+      ffn = at::matmul(act, w2.t()) + params["layers.0.w2.bias"];
+    }
+    EXPECT_LE(RelErr(y, x + ffn), 1e-12) << testing::Describe(c);
+  }
 }
 
 TEST(Model, NoNanOrInfForExtremeWeightsAndInputs) {
@@ -154,7 +212,9 @@ TEST(Model, TensorShapesAreWhatTheModelRegisters) {
   odd.n_layers = 3;
   odd.d_ff = 48;
   odd.n_features = 5;
-  for (const ModelConfig& c : {TinyConfig(FeatureMap::kFavorPlus), tied, odd}) {
+  std::vector<ModelConfig> configs = {TinyConfig(FeatureMap::kFavorPlus), tied, odd};
+  for (const ModelConfig& c : testing::VariantConfigs()) configs.push_back(c);
+  for (const ModelConfig& c : configs) {
     PerformerLM model(c, 1);
     std::map<std::string, std::vector<int64_t>> actual;
     for (const auto& p : model->named_parameters()) actual[p.key()] = p.value().sizes().vec();

@@ -3,15 +3,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-
+#include <gtest/gtest.h>
+#include <torch/nn/module.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <string>
-
-#include <gtest/gtest.h>
+#include <utility>
+#include <vector>
 
 #include "base/model_config.h"
 
@@ -30,6 +31,34 @@ inline ModelConfig TinyConfig(FeatureMap map) {
   c.feature_map = map;
   return c;
 }
+
+// The architecture variants besides the original layout (LayerNorm, exact GELU): every norm
+// and feed-forward kind appears at least once.
+inline std::vector<ModelConfig> VariantConfigs() {
+  std::vector<ModelConfig> out;
+  for (const auto& [norm, ffn] : {std::pair{NormKind::kRmsNorm, FfnKind::kSwiGlu},
+                                  std::pair{NormKind::kLayerNorm, FfnKind::kGeluTanh},
+                                  std::pair{NormKind::kRmsNorm, FfnKind::kGelu}}) {
+    ModelConfig c = TinyConfig(FeatureMap::kFavorPlus);
+    c.norm = norm;
+    c.norm_eps = norm == NormKind::kRmsNorm ? 1e-6 : 1e-5;
+    c.ffn = ffn;
+    out.push_back(c);
+  }
+  return out;
+}
+
+// Norm weights start at 1 and biases at 0; exactness tests perturb every parameter so that
+// no term of the gradient is trivially zero.
+inline void PerturbParameters(torch::nn::Module& model, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& p : model.parameters()) {
+    p.add_(at::randn(p.sizes(), gen, at::kDouble).to(p.scalar_type()) * 0.05);
+  }
+}
+
+inline std::string Describe(const ModelConfig& c) { return NormKindName(c.norm) + "/" + FfnKindName(c.ffn); }
 
 inline at::Generator Gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 

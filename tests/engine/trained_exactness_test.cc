@@ -68,8 +68,12 @@ PerformerLM TrainedModel(FeatureMap map, double qk_scale, bool lora) {
 }
 
 // The same model (same weights, adapters and projections) in fp64.
-PerformerLM InDouble(PerformerLMImpl& m32) {
-  PerformerLM m64(m32.config(), /*init_seed=*/5);
+// The same model in fp64; with `attention_block` > 0, with that block size instead of its own:
+// the same function, summed in another order.
+PerformerLM InDouble(PerformerLMImpl& m32, int64_t attention_block = 0) {
+  ModelConfig config = m32.config();
+  if (attention_block > 0) config.attention_block = attention_block;
+  PerformerLM m64(config, /*init_seed=*/5);
   if (m32.lora_enabled()) m64->EnableLora(m32.lora_rank(), m32.lora_alpha());
   m64->to(at::kDouble);
   at::NoGradGuard no_grad;
@@ -172,21 +176,35 @@ TEST_P(TrainedExactness, Fp32EveryModeAndChunkSizeEqualsOrdinaryBackprop) {
 }
 
 // fp64: within 1e-9 of ordinary backprop (full tuning at batch 1; fp32 above covers LoRA and
-// batch 4, SlimStep.GradientsEqualFullBackpropFp64 batch 2 in fp64).
+// batch 4, SlimStep.GradientsEqualFullBackpropFp64 batch 2 in fp64) — except where fp64 itself
+// is that ill-conditioned: ordinary backprop summed in another order (attention blocks of 16
+// instead of 64, the same function) moves a parameter's gradient further than 1e-9. Then SLiM's
+// must stay within 4× that distance. Measured: on the 16k-context base with favor+ q/k ×3, the
+// reordered ordinary backprop is 3e-4 away in layers.1.wq (extreme key features), SLiM 1.5e-4.
 TEST_P(TrainedExactness, Fp64EveryModeAndChunkSizeEqualsOrdinaryBackprop) {
   const auto [map, scale] = GetParam();
   PerformerLM fp32_model = TrainedModel(map, scale, /*lora=*/false);
   PerformerLM model = InDouble(*fp32_model);
   const testing::Batch b = TextBatch(1, kL);
   const Outcome full = Step(*model, b, kL, StartStateMode::kSubtract);
+  PerformerLM reordered_model = InDouble(*fp32_model, /*attention_block=*/16);
+  const Grads reordered = Step(*reordered_model, b, kL, StartStateMode::kSubtract).grads;
+  std::map<std::string, double> reorder, bound;  // per parameter
+  for (const auto& [name, g] : full.grads) {
+    reorder[name] = RelErr(reordered.at(name), g);
+    bound[name] = reorder[name] <= 1e-9 ? 1e-9 : 4 * reorder[name];
+  }
   for (StartStateMode mode : {StartStateMode::kSubtract, StartStateMode::kBoundaries}) {
     for (int64_t C : {int64_t{1}, int64_t{7}, int64_t{64}, int64_t{256}, kL - 1}) {
       const Outcome slim = Step(*model, b, C, mode);
       const std::string what = FeatureMapName(map) + " qk×" + std::to_string(scale) + " " +
                                StartStateModeName(mode) + " C=" + std::to_string(C);
       EXPECT_LE(std::abs(slim.loss - full.loss), 1e-9 * std::abs(full.loss)) << what;
-      std::string worst_name;
-      EXPECT_LE(WorstGradient(slim.grads, full.grads, &worst_name), 1e-9) << what << ": " << worst_name;
+      for (const auto& [name, g] : full.grads) {
+        EXPECT_LE(RelErr(slim.grads.at(name), g), bound.at(name))
+            << what << ": " << name << " (ordinary backprop summed in another order moves it by "
+            << reorder.at(name) << ")";
+      }
     }
   }
 }

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 namespace slim::server {
 namespace {
@@ -47,6 +48,23 @@ std::string Sha256::HexDigest() {
 
 bool ConstantTimeEqual(const std::string& a, const std::string& b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+bool Sha256OfFile(const std::string& path, std::string* hex, int64_t* size) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  Sha256 sha;
+  int64_t total = 0;
+  char buf[1 << 16];
+  while (in) {
+    in.read(buf, sizeof(buf));
+    sha.Update(buf, static_cast<size_t>(in.gcount()));
+    total += in.gcount();
+  }
+  if (in.bad()) return false;
+  *hex = sha.HexDigest();
+  if (size != nullptr) *size = total;
+  return true;
 }
 
 }  // namespace slim::server

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 struct evp_md_ctx_st;
@@ -23,6 +24,10 @@ class Sha256 {
  private:
   evp_md_ctx_st* ctx_;
 };
+
+// The SHA-256 of a file's bytes as 64 lowercase hex characters, and its size in bytes
+// (`size` may be null); false when it cannot be opened or read.
+bool Sha256OfFile(const std::string& path, std::string* hex, int64_t* size = nullptr);
 
 // Equality of two strings in time that depends only on their lengths (OpenSSL's
 // CRYPTO_memcmp): for comparing secrets' digests.

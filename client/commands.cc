@@ -152,20 +152,15 @@ v1::JobSpec LoadSpec(Client& client, const tools::Flags& flags, const std::strin
   return LoadJobSpec(path, overrides, [&](const std::string& file, const std::string& format) {
     Json ref = JsonObject();
     if (describe_only) {
-      std::ifstream in(file, std::ios::binary);
-      if (!in) throw EngineError(ErrorCode::kInvalidArgument, file + ": cannot read file");
-      server::Sha256 sha;
+      std::string digest;
       int64_t size = 0;
-      char buf[1 << 16];
-      while (in) {
-        in.read(buf, sizeof(buf));
-        sha.Update(buf, static_cast<size_t>(in.gcount()));
-        size += in.gcount();
+      if (!server::Sha256OfFile(file, &digest, &size)) {
+        throw EngineError(ErrorCode::kInvalidArgument, file + ": cannot read file");
       }
       Json described = JsonObject();
       described.members["name"] = JsonString(file);
       described.members["size_bytes"] = JsonNumber(static_cast<double>(size));
-      described.members["sha256"] = JsonString(sha.HexDigest());
+      described.members["sha256"] = JsonString(digest);
       ref.members["file"] = described;
       return ref;
     }

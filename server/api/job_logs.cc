@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/api/serial_write_reactor.h"
 #include "server/api/slim_service.h"
+#include "server/jobs/job_helpers.h"
 
 namespace slim::server {
 
@@ -95,10 +96,6 @@ void PollTicker::Loop() {
 
 namespace {
 
-bool Ended(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-
 // Writes every rank's new whole lines, one message at a time; then, following, waits for the
 // ticker and looks again until the job has ended and its logs are read to the end.
 class JobLogsReactor final : public SerialWriteReactor<v1::GetJobLogsResponse> {
@@ -120,7 +117,7 @@ class JobLogsReactor final : public SerialWriteReactor<v1::GetJobLogsResponse> {
     caller_ = *caller;
     job_id_ = request.id();
     follow_ = request.follow();
-    ended_ = Ended(logs->job.state());
+    ended_ = IsTerminal(logs->job.state());
     paths_ = logs->paths;
     for (const std::string& path : paths_) offsets_.push_back(TailOffset(path, request.tail_lines()));
     if (follow_ && !ended_) {
@@ -160,7 +157,7 @@ class JobLogsReactor final : public SerialWriteReactor<v1::GetJobLogsResponse> {
     }
     const absl::StatusOr<v1::Job> job = manager_.GetJob(job_id_, caller_);
     if (!job.ok()) return End(ToGrpcStatus(job.status()));
-    if (Ended(job->state())) {
+    if (IsTerminal(job->state())) {
       ended_ = true;  // read once more: its last lines may have come since the read above
       return Next();
     }

@@ -11,16 +11,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/api/serial_write_reactor.h"
+#include "server/jobs/job_helpers.h"
 
 namespace slim::server {
 namespace {
 
 constexpr size_t kExportChunkBytes = 1 << 20;
 constexpr int kWatchBatch = 64;
-
-bool IsTerminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
 
 // Runs `fn` (returning absl::Status); an escaping exception becomes INTERNAL.
 template <typename Fn>

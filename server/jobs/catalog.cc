@@ -21,17 +21,6 @@ std::string Catalog::DatasetPath(const std::string& id) const {
 
 namespace {
 
-std::string FileSha256(const std::string& path) {
-  Sha256 sha;
-  std::ifstream in(path, std::ios::binary);
-  char buf[1 << 16];
-  while (in) {
-    in.read(buf, sizeof(buf));
-    sha.Update(buf, static_cast<size_t>(in.gcount()));
-  }
-  return sha.HexDigest();
-}
-
 // Every record a paged store listing returns, all pages.
 template <typename T, typename ListFn>
 absl::StatusOr<std::vector<T>> ListAll(ListFn list) {
@@ -84,7 +73,8 @@ absl::StatusOr<v1::Dataset> Catalog::AddDataset(const v1::UploadDatasetHeader& h
     return absl::InvalidArgumentError(absl::StrCat("header.size_bytes: the upload has ", size, " bytes, the header says ",
                                                    header.size_bytes()));
   }
-  const std::string digest = FileSha256(temp_path);
+  std::string digest;
+  if (!Sha256OfFile(temp_path, &digest)) return absl::InternalError("upload lost: cannot read " + temp_path);
   if (digest != header.sha256()) {
     return absl::InvalidArgumentError("header.sha256: the upload's SHA-256 is " + digest + ", the header says '" +
                                       header.sha256() + "'");
@@ -221,7 +211,8 @@ absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModel(const v1::ImportMod
     return absl::InvalidArgumentError("path: " + request.path() + ": not a regular file");
   }
   // The same bytes imported before: that shared model, not a second copy.
-  const std::string digest = FileSha256(request.path());
+  std::string digest;
+  if (!Sha256OfFile(request.path(), &digest)) return absl::InvalidArgumentError("path: " + request.path() + ": cannot read");
   ASSIGN_OR_RETURN(const std::vector<v1::Model> models,
                    ListAll<v1::Model>([&](int size, const std::string& token) {
                      return store_.ListModels(size, token, ListScope::All());

@@ -50,6 +50,11 @@ inline google::protobuf::Timestamp Now() {
 // "RUNNING" for JOB_STATE_RUNNING: the name people see in messages.
 inline std::string StateName(v1::JobState s) { return v1::JobState_Name(s).substr(std::strlen("JOB_STATE_")); }
 
+// SUCCEEDED, FAILED or CANCELLED: nothing more happens to the job.
+inline bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
 // Data-parallel ranks of a job (1 for an ordinary job).
 inline int Workers(const v1::JobSpec& spec) { return std::max(1, spec.data_parallel().workers()); }
 

@@ -11,27 +11,13 @@ namespace {
 // Specs without memory.device_kind, and generations, use the kind of the first device.
 std::string DefaultDeviceKind(const JobManagerOptions& o) { return o.devices.empty() ? "cpu" : o.devices.front().kind; }
 
-// A logfmt value: bare when it is a plain word, else quoted with \ " and newlines escaped.
-std::string LogfmtValue(const std::string& value) {
-  const bool plain = !value.empty() && value.find_first_of(" =\"\\\n\t") == std::string::npos;
-  if (plain) return value;
-  std::string quoted = "\"";
-  for (char c : value) {
-    if (c == '"' || c == '\\') quoted += '\\';
-    quoted += c == '\n' ? std::string("\\n") : std::string(1, c);
-  }
-  return quoted + "\"";
-}
-
 // slimd's log line for a job's lifecycle event (docs/operations.md, "Logs"): every event but
 // the per-step ones (progress, eval, checkpoint), as logfmt fields after "slimd: ", e.g.
 //   slimd: time=2026-12-06T08:01:02Z job=job-000004 event=failed state=FAILED tenant=alice
 //   device=cpu:0 attempt=1 msg="resource_exhausted: ..."
 void LogLifecycle(const v1::Job& job, const v1::JobEvent& event, const std::string& replica) {
   if (event.kind() == "progress" || event.kind() == "eval" || event.kind() == "checkpoint") return;
-  std::string line = absl::StrCat("slimd: time=", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
-                                  " job=", job.id(), " event=", LogfmtValue(event.kind()),
-                                  " state=", StateName(job.state()));
+  std::string line = absl::StrCat(JobLogLine(job.id(), event.kind()), " state=", StateName(job.state()));
   if (!job.tenant().empty()) absl::StrAppend(&line, " tenant=", LogfmtValue(job.tenant()));
   if (!job.device().empty()) absl::StrAppend(&line, " device=", LogfmtValue(job.device()));
   if (!replica.empty()) absl::StrAppend(&line, " replica=", LogfmtValue(replica));
@@ -311,8 +297,7 @@ absl::Status JobManager::DeleteJob(const std::string& id, const Principal& calle
   if (ec) {
     return absl::InternalError(absl::StrCat("job ", id, " was deleted but its files were not: ", ec.message()));
   }
-  std::fprintf(stderr, "slimd: time=%s job=%s event=deleted\n",
-               absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()).c_str(), id.c_str());
+  std::fprintf(stderr, "%s\n", JobLogLine(id, "deleted").c_str());
   return absl::OkStatus();
 }
 

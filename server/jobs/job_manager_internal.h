@@ -41,8 +41,23 @@ inline void ClearPlacement(v1::Job* job) {
   job->clear_devices();
 }
 
-inline bool IsTerminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+// A logfmt value: bare when it is a plain word, else quoted with \ " and newlines escaped.
+inline std::string LogfmtValue(const std::string& value) {
+  const bool plain = !value.empty() && value.find_first_of(" =\"\\\n\t") == std::string::npos;
+  if (plain) return value;
+  std::string quoted = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') quoted += '\\';
+    quoted += c == '\n' ? std::string("\\n") : std::string(1, c);
+  }
+  return quoted + "\"";
+}
+
+// The start of slimd's log line about a job (docs/operations.md, "Logs"):
+// "slimd: time=<UTC, seconds> job=<id> event=<event>"; callers append more logfmt fields.
+inline std::string JobLogLine(const std::string& job_id, const std::string& event) {
+  return absl::StrCat("slimd: time=", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
+                      " job=", job_id, " event=", LogfmtValue(event));
 }
 
 // A process that has not exited (a zombie's command line is empty).

@@ -142,9 +142,8 @@ void JobManager::SweepCheckpoints() {
     std::error_code ec;
     if (!fs::exists(checkpoints, ec)) continue;
     fs::remove_all(checkpoints, ec);
-    std::fprintf(stderr, "slimd: time=%s job=%s event=checkpoints-deleted msg=\"%s\"\n",
-                 absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()).c_str(), job.id().c_str(),
-                 ec ? ec.message().c_str() : "ended longer ago than --checkpoint-retention");
+    std::fprintf(stderr, "%s msg=%s\n", JobLogLine(job.id(), "checkpoints-deleted").c_str(),
+                 LogfmtValue(ec ? ec.message() : "ended longer ago than --checkpoint-retention").c_str());
   }
 }
 

@@ -339,7 +339,8 @@ int Serve(const Options& o) {
     absl::StatusOr<std::unique_ptr<slim::server::MetricsHttpServer>> started =
         slim::server::MetricsHttpServer::Start(
             http_options, metrics.registry(), [&manager, replica = o.manager.replica_id] {
-              return slim::server::RenderStatusPage(manager.ListDevices(), manager.JobsForStatus(20), replica);
+              return slim::server::RenderStatusPage(manager.ListDevices(), manager.FleetDevices(), manager.JobsForStatus(20),
+                                                    replica);
             });
     if (!started.ok()) {
       std::fprintf(stderr, "slimd: %s\n", std::string(started.status().message()).c_str());

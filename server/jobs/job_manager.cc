@@ -61,6 +61,7 @@ v1::ListDevicesResponse JobManager::DeclaredDevices() const {
     device->set_kind(d.kind);
     device->set_capacity_bytes(d.capacity_bytes);
     device->set_worker_footprint_bytes(d.worker_footprint_bytes);
+    device->set_replica(options_.replica_id);
   }
   return response;
 }
@@ -496,14 +497,11 @@ std::vector<v1::Job> JobManager::JobsForStatus(int recent) {
 }
 
 v1::ListDevicesResponse JobManager::DevicesLocked() {
-  v1::ListDevicesResponse response;
-  for (const DeviceCapacity& d : options_.devices) {
-    v1::Device* device = response.add_devices();
-    device->set_name(d.name);
-    device->set_kind(d.kind);
+  v1::ListDevicesResponse response = DeclaredDevices();
+  for (int i = 0; i < response.devices_size(); ++i) {
+    const DeviceCapacity& d = options_.devices[i];
+    v1::Device* device = response.mutable_devices(i);
     device->set_description(d.kind == "cpu" ? "CPU memory declared to the scheduler" : "CUDA GPU");
-    device->set_capacity_bytes(d.capacity_bytes);
-    device->set_worker_footprint_bytes(d.worker_footprint_bytes);
     for (const auto& [id, r] : running_) {
       const auto on_device = std::find_if(r->ranks.begin(), r->ranks.end(),
                                           [&](const Rank& k) { return k.device == d.name; });

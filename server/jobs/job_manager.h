@@ -164,6 +164,9 @@ class JobManager : private DeviceLedger {
   // Plan processes started so far (the rest were answered from the cache), for tests.
   int64_t plan_processes() const { return engine_.plan_processes(); }
   v1::ListDevicesResponse ListDevices();
+  // In a fleet, every live replica's devices with their jobs as the replica last published them
+  // (this one's included; each publishes every lease/4); empty for a single slimd.
+  std::vector<v1::ListDevicesResponse> FleetDevices() override;
   // Active jobs (queued, running, cancelling) and the most recent `recent` others, newest first.
   std::vector<v1::Job> JobsForStatus(int recent);
   // Events of a job after `after_sequence` (at most `limit`), for WatchJob.
@@ -244,7 +247,6 @@ class JobManager : private DeviceLedger {
   // generation): counted like a running job that is neither shrunk nor grown, by the scheduler
   // and in ListDevices, until the hold is destroyed.
   v1::ListDevicesResponse DeclaredDevices() const override;
-  std::vector<v1::ListDevicesResponse> FleetDevices() override;
   absl::StatusOr<std::unique_ptr<DeviceHold>> Reserve(const std::string& kind, int64_t bytes,
                                                       const std::string& purpose) override;
   struct Reservation {

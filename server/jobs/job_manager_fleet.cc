@@ -12,11 +12,12 @@ bool JobManager::RenewAndReconcile() {
   const absl::StatusOr<std::vector<JobLease>> leases = store_.RenewLeases(Lease());
   if (!leases.ok()) return false;  // the lease thread reports it (once per outage)
   fence_.NoteRenewal(asked);
-  // For the other replicas' admission, as long as this replica lives. Every lease/4 is enough:
-  // a replica counts as live while its publication is younger than a lease.
+  // For the other replicas' admission (capacities) and status pages (what runs where), as long
+  // as this replica lives. Every lease/4 is enough: a replica counts as live while its
+  // publication is younger than a lease.
   const auto now = std::chrono::steady_clock::now();
   if (now - devices_published_at_ >= std::chrono::duration<double>(options_.lease_seconds / 4) &&
-      store_.PublishDevices(DeclaredDevices()).ok()) {
+      store_.PublishDevices(DevicesLocked()).ok()) {
     devices_published_at_ = now;
   }
   std::map<std::string, const JobLease*> owned;

@@ -176,8 +176,9 @@ class Store {
   virtual absl::Status Listen(std::function<void(const StoreNotification&)> callback);
   // Stops delivering; when it returns, no callback runs or will run. No-op if not listening.
   virtual void StopListening() {}
-  // This replica's devices (names, kinds, capacities), for the other replicas' admission; also
-  // marks it alive now (by the database's clock).
+  // This replica's devices (names, kinds, capacities, and the jobs on them as ListDevices has
+  // them), for the other replicas' admission and status pages; also marks it alive now (by the
+  // database's clock).
   virtual absl::Status PublishDevices(const v1::ListDevicesResponse& devices);
   // The devices of every replica (this one included) that published within `max_age`, one
   // entry per replica, ordered by replica id.

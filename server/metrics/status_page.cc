@@ -132,7 +132,9 @@ int64_t Extent(const v1::Device& d, const std::map<std::string, const v1::Job*>&
 std::string Device(const v1::Device& d, const std::map<std::string, const v1::Job*>& by_id) {
   std::string reservations;
   for (const std::string& r : d.reservations()) reservations += (reservations.empty() ? "" : ", ") + Html(r);
-  std::string h = "<div class=\"device\" id=\"device-" + Html(d.name()) + "\"><b>" + Html(d.name()) + "</b> (" +
+  // Every replica of a fleet names its devices alike: the element id names the replica too.
+  const std::string id = d.replica().empty() ? d.name() : d.replica() + "/" + d.name();
+  std::string h = "<div class=\"device\" id=\"device-" + Html(id) + "\"><b>" + Html(d.name()) + "</b> (" +
                   Html(d.kind()) + "): " + FormatBytes(d.committed_bytes()) + " of " + FormatBytes(d.capacity_bytes()) +
                   " committed, " + std::to_string(d.job_ids_size()) + " job(s), observed peaks " +
                   FormatBytes(d.observed_bytes()) +
@@ -169,15 +171,25 @@ constexpr const char* kLegend = R"(<div class="legend">
 <p class="note">Where a device's jobs fill only a small part of it, a second, dashed bar zooms in on its first bytes (4&times; or more); its scale is written above it.</p>
 )";
 
+// One replica's devices (a single slimd's: `replica` empty), under a heading in a fleet.
+std::string Replica(const std::string& replica, const std::string& remark, const v1::ListDevicesResponse& devices,
+                    const std::map<std::string, const v1::Job*>& by_id) {
+  std::string h = "<div class=\"replica\" id=\"replica-" + Html(replica) + "\">\n";
+  if (!replica.empty()) h += "<h3>Replica " + Html(replica) + remark + "</h3>\n";
+  for (const v1::Device& d : devices.devices()) h += Device(d, by_id);
+  return h + "</div>\n";
+}
+
 }  // namespace
 
-std::string RenderStatusPage(const v1::ListDevicesResponse& devices, const std::vector<v1::Job>& jobs,
+std::string RenderStatusPage(const v1::ListDevicesResponse& devices,
+                             const std::vector<v1::ListDevicesResponse>& fleet, const std::vector<v1::Job>& jobs,
                              const std::string& replica) {
   std::map<std::string, const v1::Job*> by_id;
   for (const v1::Job& j : jobs) by_id[j.id()] = &j;
   std::string h = R"(<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <title>slimd status</title><style>
-body{font-family:sans-serif;margin:2em;color:#222}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}
+body{font-family:sans-serif;margin:2em;color:#222}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}h3{font-size:1em;margin:1.2em 0 0 0}
 .device{margin:14px 0}
 .bar{position:relative;height:26px;background:#eee;border:1px solid #999;width:640px;margin:2px 0 4px 0}
 .bar.zoom{border-style:dashed}
@@ -195,24 +207,34 @@ tr.failed td{border-bottom:0}
 </style></head><body><h1>slimd status)";
   if (!replica.empty()) h += " &mdash; replica " + Html(replica);
   h += "</h1>\n";
-  if (replica.empty()) {
-    h += "<h2>Devices</h2>\n";
-  } else {
-    // ListDevices names this replica's devices only; every replica names its CPU cpu:0.
-    h += "<h2>Devices of replica " + Html(replica) +
-         "</h2>\n<p class=\"note\">Other replicas' devices are on their own status pages; the job list shows "
-         "every job of the fleet and the replica running it.</p>\n";
+  h += "<h2>Devices</h2>\n";
+  if (!replica.empty()) {
+    h += "<p class=\"note\">Every live replica's devices: this one's as they are now, the others' as they "
+         "published them with their lease renewals (every quarter lease), so a few seconds old.</p>\n";
   }
   h += kLegend;
-  h += "<div class=\"replica\" id=\"replica-" + Html(replica) + "\">\n";
-  for (const v1::Device& d : devices.devices()) h += Device(d, by_id);
-  h += "</div>\n";
+  h += Replica(replica, replica.empty() ? "" : " (this one)", devices, by_id);
+  // The other live replicas, in id order. Their publications include this one's, older.
+  int others = 0;
+  for (const v1::ListDevicesResponse& published : fleet) {
+    if (published.devices().empty()) continue;
+    const std::string& other = published.devices(0).replica();
+    if (other.empty() || other == replica) continue;
+    h += Replica(other, "", published, by_id);
+    ++others;
+  }
+  if (!replica.empty() && fleet.empty()) {
+    // A live replica always finds its own publication: the store could not be read.
+    h += "<p class=\"note\">The other replicas' devices could not be read from the store.</p>\n";
+  } else if (!replica.empty() && others == 0) {
+    h += "<p class=\"note\">No other replica is live.</p>\n";
+  }
 
-  bool fleet = !replica.empty();
-  for (const v1::Job& j : jobs) fleet = fleet || !j.replica().empty();
-  const int columns = fleet ? 10 : 9;
+  bool in_fleet = !replica.empty();
+  for (const v1::Job& j : jobs) in_fleet = in_fleet || !j.replica().empty();
+  const int columns = in_fleet ? 10 : 9;
   h += "<h2>Jobs</h2>\n<table id=\"jobs\"><tr><th>job</th><th>state</th>" +
-       std::string(fleet ? "<th>replica</th>" : "") +
+       std::string(in_fleet ? "<th>replica</th>" : "") +
        "<th>device</th><th>quota</th><th>chunk</th><th>peak (predicted / observed)</th><th>progress</th><th>loss</th>"
        "<th>tokens/s</th></tr>\n";
   for (const v1::Job& j : jobs) {
@@ -228,7 +250,7 @@ tr.failed td{border-bottom:0}
     std::snprintf(tps, sizeof(tps), "%.0f", p.tokens_per_second());
     const bool failed = j.state() == v1::JOB_STATE_FAILED && (!j.error().empty() || j.error_code() != 0);
     std::string replica_cell;
-    if (fleet) {
+    if (in_fleet) {
       replica_cell = "<td>" + (j.replica().empty() ? std::string("-") : Html(j.replica())) +
                      (!replica.empty() && j.replica() == replica ? " (this one)" : "") + "</td>";
     }

@@ -20,6 +20,11 @@ std::string Scrape(const ServiceMetrics& metrics) {
 }
 
 bool Has(const std::string& text, const std::string& line) { return text.find(line) != std::string::npos; }
+int Count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
 
 v1::Job RunningJob() {
   v1::Job job;
@@ -150,7 +155,7 @@ TEST(StatusPage, ShowsDevicesAndJobsButNoTenantData) {
   job.set_display_name("alice's secret project");
   job.set_tenant("alice");
   d->set_name("cpu:<b>0");
-  const std::string html = RenderStatusPage(devices, {job}, "");
+  const std::string html = RenderStatusPage(devices, {}, {job}, "");
   EXPECT_TRUE(Has(html, "id=\"device-cpu:&lt;b&gt;0\""));
   EXPECT_TRUE(Has(html, "job-000007"));
   EXPECT_TRUE(Has(html, "5/20"));
@@ -188,7 +193,7 @@ v1::Job JobOn(const std::string& id, const std::string& device, int64_t quota) {
 TEST(StatusPage, HasALegend) {
   v1::ListDevicesResponse devices;
   devices.add_devices()->set_name("cpu:0");
-  const std::string html = RenderStatusPage(devices, {}, "");
+  const std::string html = RenderStatusPage(devices, {}, {}, "");
   EXPECT_TRUE(Has(html, "class=\"legend\""));
   EXPECT_TRUE(Has(html, "a job's quota"));
   EXPECT_TRUE(Has(html, "observed peak"));
@@ -205,7 +210,7 @@ TEST(StatusPage, AJobKeepsItsColourWhenAnotherLeaves) {
   d->add_job_ids("job-000003");
   d->add_job_ids("job-000004");
   const v1::Job first = JobOn("job-000003", "cpu:0", 8 << 20), second = JobOn("job-000004", "cpu:0", 8 << 20);
-  const std::string both = RenderStatusPage(devices, {first, second}, "");
+  const std::string both = RenderStatusPage(devices, {}, {first, second}, "");
   const std::string bar = StyleAfter(both, "class=\"seg\" data-job=\"job-000004\"", "background");
   const std::string list = StyleAfter(both, "class=\"sw\" data-job=\"job-000004\"", "background");
   ASSERT_FALSE(bar.empty()) << both;
@@ -215,7 +220,7 @@ TEST(StatusPage, AJobKeepsItsColourWhenAnotherLeaves) {
 
   d->clear_job_ids();
   d->add_job_ids("job-000004");
-  const std::string alone = RenderStatusPage(devices, {second}, "");
+  const std::string alone = RenderStatusPage(devices, {}, {second}, "");
   EXPECT_EQ(StyleAfter(alone, "class=\"seg\" data-job=\"job-000004\"", "background"), bar);
   EXPECT_EQ(StyleAfter(alone, "class=\"sw\" data-job=\"job-000004\"", "background"), bar);
 }
@@ -225,7 +230,7 @@ TEST(StatusPage, AFailedJobShowsItsErrorEscaped) {
   job.set_state(v1::JOB_STATE_FAILED);
   job.set_error_code(8);
   job.set_error("resource_exhausted: <script>alert(1)</script> & \"quoted\" " + std::string(300, 'x') + " END");
-  const std::string html = RenderStatusPage(v1::ListDevicesResponse(), {job}, "");
+  const std::string html = RenderStatusPage(v1::ListDevicesResponse(), {}, {job}, "");
   // The code's name once (the worker's lower-case prefix goes), then the message, escaped.
   EXPECT_TRUE(Has(html, "<b>RESOURCE_EXHAUSTED</b> &lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot; xxx"))
       << html;
@@ -238,11 +243,11 @@ TEST(StatusPage, AFailedJobShowsItsErrorEscaped) {
 
   job.set_error_code(3);  // a message without the prefix keeps all of it
   job.set_error("dataset line 3: bad JSON");
-  EXPECT_TRUE(Has(RenderStatusPage(v1::ListDevicesResponse(), {job}, ""),
+  EXPECT_TRUE(Has(RenderStatusPage(v1::ListDevicesResponse(), {}, {job}, ""),
                   "<b>INVALID_ARGUMENT</b> dataset line 3: bad JSON</td>"));
 
   job.set_state(v1::JOB_STATE_SUCCEEDED);  // an error only shows on a FAILED job
-  EXPECT_FALSE(Has(RenderStatusPage(v1::ListDevicesResponse(), {job}, ""), "alert(1)"));
+  EXPECT_FALSE(Has(RenderStatusPage(v1::ListDevicesResponse(), {}, {job}, ""), "alert(1)"));
 }
 
 TEST(StatusPage, ZoomsInOnSmallJobsOnALargeDevice) {
@@ -258,7 +263,7 @@ TEST(StatusPage, ZoomsInOnSmallJobsOnALargeDevice) {
   d->set_committed_bytes(2 * (one_percent + (256 << 20)));
   const std::vector<v1::Job> jobs = {JobOn("job-000001", "cpu:0", one_percent),
                                      JobOn("job-000002", "cpu:0", one_percent)};
-  const std::string html = RenderStatusPage(devices, jobs, "");
+  const std::string html = RenderStatusPage(devices, {}, jobs, "");
   const size_t zoom = html.find("class=\"bar zoom\"");
   ASSERT_NE(zoom, std::string::npos) << html;
   EXPECT_TRUE(Has(html, "zoomed &times;32: the first 2.0 GiB of 64.0 GiB")) << html;
@@ -269,32 +274,68 @@ TEST(StatusPage, ZoomsInOnSmallJobsOnALargeDevice) {
 
   // Jobs that fill much of the device need no zoom.
   d->set_capacity_bytes(4 * kGiB);
-  EXPECT_FALSE(Has(RenderStatusPage(devices, jobs, ""), "class=\"bar zoom\""));
+  EXPECT_FALSE(Has(RenderStatusPage(devices, {}, jobs, ""), "class=\"bar zoom\""));
   d->clear_job_ids();
   d->set_committed_bytes(0);
-  EXPECT_FALSE(Has(RenderStatusPage(devices, {}, ""), "class=\"bar zoom\""));
+  EXPECT_FALSE(Has(RenderStatusPage(devices, {}, {}, ""), "class=\"bar zoom\""));
 }
 
 TEST(StatusPage, ShowsTheReplicaOfItsDevicesAndOfEachJob) {
   v1::ListDevicesResponse devices;
-  devices.add_devices()->set_name("cpu:0");
+  v1::Device* cpu = devices.add_devices();
+  cpu->set_name("cpu:0");
+  cpu->set_replica("gpu-host-1");
+  cpu->add_job_ids("job-000001");
   v1::Job here = JobOn("job-000001", "cpu:0", 8 << 20), there = JobOn("job-000002", "cpu:0", 8 << 20);
   here.set_replica("gpu-host-1");
   there.set_replica("gpu-<host>-2");
   v1::Job queued = RunningJob();
   queued.set_state(v1::JOB_STATE_QUEUED);
   queued.clear_device();
-  const std::string html = RenderStatusPage(devices, {here, there, queued}, "gpu-host-1");
-  EXPECT_TRUE(Has(html, "<h2>Devices of replica gpu-host-1</h2>")) << html;
+  // As the store has them: every live replica's publication, this one's (older) included.
+  v1::ListDevicesResponse published_here = devices;
+  published_here.mutable_devices(0)->clear_job_ids();
+  v1::ListDevicesResponse published_there;
+  v1::Device* other_cpu = published_there.add_devices();
+  other_cpu->set_name("cpu:0");
+  other_cpu->set_replica("gpu-<host>-2");
+  other_cpu->set_capacity_bytes(64 << 20);
+  other_cpu->add_job_ids("job-000002");
+  const std::string html =
+      RenderStatusPage(devices, {published_here, published_there}, {here, there, queued}, "gpu-host-1");
+  // One section per replica, this one first, from its own fresh devices.
+  const size_t this_one = html.find("<h3>Replica gpu-host-1 (this one)</h3>");
+  const size_t other_one = html.find("<h3>Replica gpu-&lt;host&gt;-2</h3>");
+  ASSERT_NE(this_one, std::string::npos) << html;
+  ASSERT_NE(other_one, std::string::npos) << html;
+  EXPECT_LT(this_one, other_one);
+  EXPECT_EQ(Count(html, "<h3>Replica gpu-host-1"), 1) << "this replica's publication drawn as well";
   EXPECT_TRUE(Has(html, "id=\"replica-gpu-host-1\""));
+  EXPECT_TRUE(Has(html, "id=\"device-gpu-host-1/cpu:0\""));
+  EXPECT_TRUE(Has(html, "id=\"device-gpu-&lt;host&gt;-2/cpu:0\""));
+  // Each job's segment is in its replica's bar: job-000001 (from the fresh devices) before the
+  // other section, job-000002 after it.
+  const size_t here_segment = html.find("class=\"seg\" data-job=\"job-000001\"");
+  const size_t there_segment = html.find("class=\"seg\" data-job=\"job-000002\"");
+  ASSERT_NE(here_segment, std::string::npos);
+  ASSERT_NE(there_segment, std::string::npos);
+  EXPECT_LT(here_segment, other_one);
+  EXPECT_GT(there_segment, other_one);
+  EXPECT_FALSE(Has(html, "No other replica is live"));
+  // The job list: every job of the fleet with its replica.
   EXPECT_TRUE(Has(html, "<th>replica</th>"));
   EXPECT_TRUE(Has(html, "<td>gpu-host-1 (this one)</td>"));
   EXPECT_TRUE(Has(html, "<td>gpu-&lt;host&gt;-2</td>"));
   EXPECT_TRUE(Has(html, "<td>QUEUED</td><td>-</td>"));  // on no replica yet
 
-  // A single slimd: no replica column.
-  const std::string single = RenderStatusPage(devices, {queued}, "");
+  // Alone in its fleet, and when the store cannot be read (no publication, not even its own).
+  EXPECT_TRUE(Has(RenderStatusPage(devices, {published_here}, {here}, "gpu-host-1"), "No other replica is live"));
+  EXPECT_TRUE(Has(RenderStatusPage(devices, {}, {here}, "gpu-host-1"), "could not be read from the store"));
+
+  // A single slimd: no replica heading or column.
+  const std::string single = RenderStatusPage(devices, {}, {queued}, "");
   EXPECT_TRUE(Has(single, "<h2>Devices</h2>"));
+  EXPECT_FALSE(Has(single, "<h3>Replica"));
   EXPECT_FALSE(Has(single, "<th>replica</th>"));
 }
 

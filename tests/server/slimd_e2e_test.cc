@@ -6,13 +6,18 @@
 // slimd keeps its records in PostgreSQL across restarts, and an unusable URL stops it at once
 // with the reason; a killed slimd's workers die by themselves; and a fleet of three replicas on
 // one PostgreSQL database spreads jobs, serves WatchJob and CancelJob for any job from any
-// replica, and takes over the jobs of a replica killed mid-training; a replica stopped with
-// SIGTERM hands its jobs (here a data-parallel one) to another.
+// replica, shows every replica's devices and jobs on any replica's status page, and takes over
+// the jobs of a replica killed mid-training; a replica stopped with SIGTERM hands its jobs (here
+// a data-parallel one) to another.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -41,6 +46,31 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr int64_t kMiB = 1 << 20;
+
+// The body of GET `path` from the plain-HTTP address "host:port", "" when it cannot be had.
+std::string HttpGet(const std::string& address, const std::string& path) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return "";
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  if (::inet_pton(AF_INET, address.substr(0, colon).c_str(), &to.sin_addr) != 1) return "";
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  std::string response;
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+      char buffer[65536];
+      for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) response.append(buffer, n);
+    }
+  }
+  ::close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
 
 std::unique_ptr<grpc::ClientContext> Context(int seconds = 60) {
   auto context = std::make_unique<grpc::ClientContext>();
@@ -715,6 +745,39 @@ TEST_F(SlimdE2eTest, PostgresFleetSpreadsJobsServesWatchesAnywhereAndSurvivesASi
   }
   EXPECT_GE(by_replica.size(), 2u) << "jobs did not spread over replicas";
   for (const auto& [replica, ids] : by_replica) EXPECT_LE(ids.size(), 2u) << replica << " holds more than its device";
+
+  // Any replica's status page shows the whole fleet: a section per replica, each running job's
+  // quota in its own replica's section (publications lag by up to a quarter lease).
+  {
+    const std::string log = ReadFile(replicas_["r2"].log);
+    const std::string marker = "status page on http://";
+    const size_t at = log.find(marker);
+    ASSERT_NE(at, std::string::npos) << log;
+    const std::string address = log.substr(at + marker.size(), log.find('/', at + marker.size()) - at - marker.size());
+    std::string page, misplaced;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      page = HttpGet(address, "/");
+      misplaced.clear();
+      for (const std::string& name : names) {
+        if (page.find("<div class=\"replica\" id=\"replica-" + name + "\">") == std::string::npos) {
+          misplaced += " no section for " + name + ";";
+        }
+      }
+      for (const auto& [id, replica] : runner) {
+        const size_t segment = page.find("class=\"seg\" data-job=\"" + id + "\"");
+        const size_t section = page.rfind("<div class=\"replica\" id=\"replica-", segment);
+        const std::string its_section = "<div class=\"replica\" id=\"replica-" + replica + "\"";
+        if (segment == std::string::npos || section == std::string::npos ||
+            page.compare(section, its_section.size(), its_section) != 0) {
+          misplaced += " " + id + " not in " + replica + "'s section;";
+        }
+      }
+      if (misplaced.empty()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_EQ(misplaced, "") << page;
+    EXPECT_NE(page.find("<h3>Replica r2 (this one)</h3>"), std::string::npos);
+  }
 
   // A replica other than `not_this` (and other than `nor_this`).
   const auto other = [&](const std::string& not_this, const std::string& nor_this = "") {

@@ -147,8 +147,6 @@ void ReadLlamaFamily(const Config& c, const std::string& type, HfArchitecture* a
 
 }  // namespace
 
-std::string PositionKindName(PositionKind kind) { return kind == PositionKind::kRotary ? "rotary" : "learned"; }
-
 HfArchitecture ReadHfConfig(const Json& doc) {
   const Config c(doc);
   HfArchitecture a;

@@ -14,9 +14,7 @@
 
 namespace slim {
 
-// NormKind and FfnKind: base/model_config.h.
-enum class PositionKind { kRotary, kLearned };
-std::string PositionKindName(PositionKind kind);  // "rotary", "learned"
+// NormKind, FfnKind and PositionKind: base/model_config.h.
 
 struct HfArchitecture {
   std::string model_type;  // as in the config: gpt2, llama, mistral, qwen2

@@ -37,6 +37,15 @@ std::string FfnKindName(FfnKind kind) {
   return "unknown";
 }
 
+std::string PositionKindName(PositionKind kind) { return kind == PositionKind::kRotary ? "rotary" : "learned"; }
+
+PositionKind ParsePositionKind(const std::string& name, const std::string& field) {
+  for (PositionKind kind : {PositionKind::kRotary, PositionKind::kLearned}) {
+    if (PositionKindName(kind) == name) return kind;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument, field + ": unknown value '" + name + "' (allowed: rotary, learned)");
+}
+
 NormKind ParseNormKind(const std::string& name, const std::string& field) {
   for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
     if (NormKindName(kind) == name) return kind;
@@ -56,9 +65,10 @@ int64_t ModelConfig::ParameterCount() const {
   const int64_t norm_size = norm == NormKind::kLayerNorm ? 2 * d_model : d_model;  // weight (+ bias)
   const int64_t ffn_size = ffn == FfnKind::kSwiGlu ? 3 * d_model * d_ff               // gate, up, down
                                                    : 2 * d_model * d_ff + d_ff + d_model;  // with biases
-  const int64_t per_layer = 4 * d_model * d_model  // q, k, v, o projections
-                            + ffn_size + 2 * norm_size;
-  const int64_t embed = vocab_size * d_model;
+  const int64_t attention = 2 * d_model * d_model + 2 * d_model * kv_dim()  // q, o; k, v
+                            + (qkv_bias ? d_model + 2 * kv_dim() : 0) + (attn_out_bias ? d_model : 0);
+  const int64_t per_layer = attention + ffn_size + 2 * norm_size;
+  const int64_t embed = vocab_size * d_model + (positions == PositionKind::kLearned ? max_positions * d_model : 0);
   const int64_t head = tie_embeddings ? 0 : vocab_size * d_model;
   return embed + n_layers * per_layer + norm_size + head;
 }
@@ -91,6 +101,17 @@ void ModelConfig::Validate() const {
     msg << "d_model/n_heads: head dimension " << head_dim()
         << " must be even (rotary embeddings rotate pairs)";
     throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
+  CheckRange("n_kv_heads", n_kv_heads, 0, n_heads);
+  if (n_heads % kv_heads() != 0) {
+    std::ostringstream msg;
+    msg << "n_kv_heads: " << n_kv_heads << " does not divide n_heads " << n_heads;
+    throw EngineError(ErrorCode::kInvalidArgument, msg.str());
+  }
+  if (positions == PositionKind::kLearned) {
+    CheckRange("max_positions", max_positions, 1, int64_t{1} << 24);
+  } else if (max_positions != 0) {
+    throw EngineError(ErrorCode::kInvalidArgument, "max_positions: only learned positions have a maximum");
   }
   if (feature_map == FeatureMap::kFavorPlus) CheckRange("n_features", n_features, 1, 1 << 16);
   if (!(norm_eps > 0 && norm_eps < 1)) {

@@ -31,11 +31,19 @@ enum class FfnKind {
   kGeluTanh,  // the same with GELU's tanh approximation (GPT-2's "gelu_new")
   kSwiGlu,    // w2 · (SiLU(w1 · x) ⊙ w3 · x), no biases (Llama family; w1 is the gate, w3 "up")
 };
-std::string NormKindName(NormKind kind);  // "layernorm", "rmsnorm"
-std::string FfnKindName(FfnKind kind);    // "gelu", "gelu_tanh", "swiglu"
+// How positions enter the model.
+enum class PositionKind {
+  kRotary,   // rotary embeddings of queries and keys (base rope_base); any sequence length
+  kLearned,  // a learned absolute position embedding added to the token embedding (GPT-2):
+             // max_positions of them, so longer sequences are refused
+};
+std::string NormKindName(NormKind kind);          // "layernorm", "rmsnorm"
+std::string FfnKindName(FfnKind kind);            // "gelu", "gelu_tanh", "swiglu"
+std::string PositionKindName(PositionKind kind);  // "rotary", "learned"
 // Parse the names above; EngineError(kInvalidArgument) naming `field` otherwise.
 NormKind ParseNormKind(const std::string& name, const std::string& field);
 FfnKind ParseFfnKind(const std::string& name, const std::string& field);
+PositionKind ParsePositionKind(const std::string& name, const std::string& field);
 
 struct ModelConfig {
   int64_t vocab_size = 256;  // bytes by default
@@ -50,6 +58,13 @@ struct ModelConfig {
   NormKind norm = NormKind::kLayerNorm;
   double norm_eps = 1e-5;
   FfnKind ffn = FfnKind::kGelu;
+  // Key/value heads: grouped-query attention when fewer than n_heads (query head j uses
+  // key/value head j / (n_heads / kv_heads)); 1 is multi-query. 0 means n_heads.
+  int64_t n_kv_heads = 0;
+  bool qkv_bias = false;       // biases on the query, key and value projections
+  bool attn_out_bias = false;  // a bias on the attention output projection
+  PositionKind positions = PositionKind::kRotary;
+  int64_t max_positions = 0;   // learned positions: how many (the longest sequence); else 0
   // Tokens per block of the block-form causal attention (intra-block masked matmul,
   // inter-block prefix state). Chunk sizes chosen by the planner are multiples of it.
   int64_t attention_block = 64;
@@ -59,6 +74,8 @@ struct ModelConfig {
   uint64_t feature_seed = 0;
 
   int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int64_t kv_dim() const { return kv_heads() * head_dim(); }  // width of the key and value projections
   // M: features per head actually used by the attention.
   int64_t features_per_head() const {
     return feature_map == FeatureMap::kFavorPlus ? n_features : head_dim();

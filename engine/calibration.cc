@@ -124,6 +124,9 @@ std::string CalibrationKey(const StepShape& s, const std::string& device_kind) {
   if (m.norm != original.norm || m.ffn != original.ffn) {
     k << " norm=" << NormKindName(m.norm) << " ffn=" << FfnKindName(m.ffn);
   }
+  if (m.kv_heads() != m.n_heads) k << " kv_heads=" << m.kv_heads();
+  if (m.qkv_bias || m.attn_out_bias) k << " biases=" << m.qkv_bias << m.attn_out_bias;
+  if (m.positions != original.positions) k << " positions=" << PositionKindName(m.positions);
   return k.str();
 }
 
@@ -134,16 +137,14 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   const c10::Device device = ParseDevice(device_name);
   if (device.is_cpu()) InstallCpuMemoryTracker();
   const int64_t b = shape.model.attention_block;
-  const int64_t Lp = kCalibrationProbeBlocks * b;
   // Probes run at the job's batch up to kCalibrationMaxProbeBatch (memory_model.h): per-op
   // overheads of small models do not grow with batch, so batch-1 probes underestimated their
   // step time (tiny at batch 2 by 30–100%); beyond it the per-token fit is the same.
-  const int64_t B = CalibrationProbeBatch(shape.batch);
-  StepShape probe_shape = shape;
-  probe_shape.batch = B;
+  StepShape probe_shape = CalibrationProbeShape(shape);
+  const int64_t B = probe_shape.batch, Lp = probe_shape.seq_len;
 
   const int64_t baseline = CurrentMemoryBytes(device);
-  PerformerLM model(shape.model, /*init_seed=*/0);
+  PerformerLM model(probe_shape.model, /*init_seed=*/0);
   model->to(device);
   if (shape.tuning == TuningMode::kLora) model->EnableLora(shape.lora_rank, 2.0 * shape.lora_rank);
   std::vector<at::Tensor> trainable;

@@ -18,11 +18,11 @@ constexpr int64_t kIdBytes = 8;     // int64 token ids
 constexpr int64_t kLiveStateSets = 6;
 
 int64_t LoraParameterCount(const StepShape& s) {
-  const int64_t D = s.model.d_model, F = s.model.d_ff, r = s.lora_rank;
-  // Adapters A (r×in) and B (out×r) on q, k, v, o (D→D) and on the FFN (D→F, F→D, and
+  const int64_t D = s.model.d_model, F = s.model.d_ff, KV = s.model.kv_dim(), r = s.lora_rank;
+  // Adapters A (r×in) and B (out×r) on q, o (D→D), k, v (D→KV) and on the FFN (D→F, F→D, and
   // SwiGLU's second D→F).
   const int64_t ffn_inputs = s.model.ffn == FfnKind::kSwiGlu ? 2 : 1;
-  return s.model.n_layers * (4 * r * (D + D) + ffn_inputs * r * (D + F) + r * (F + D));
+  return s.model.n_layers * (2 * r * (D + D) + 2 * r * (D + KV) + ffn_inputs * r * (D + F) + r * (F + D));
 }
 
 }  // namespace
@@ -31,6 +31,10 @@ void StepShape::Validate() const {
   model.Validate();
   CheckArgument(batch >= 1, "batch: " + std::to_string(batch) + " must be >= 1");
   CheckArgument(seq_len >= 1, "seq_len: " + std::to_string(seq_len) + " must be >= 1");
+  CheckArgument(model.positions != PositionKind::kLearned || seq_len <= model.max_positions,
+                "seq_len: " + std::to_string(seq_len) + " is longer than the model's " +
+                    std::to_string(model.max_positions) +
+                    " learned positions (max_positions); a model with learned positions cannot see further");
   if (tuning == TuningMode::kLora) {
     CheckArgument(lora_rank >= 1 && lora_rank <= model.d_model,
                   "lora_rank: " + std::to_string(lora_rank) + " is out of range [1, " +
@@ -80,11 +84,19 @@ MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMo
   return m;
 }
 
-int64_t CalibrationPeakBound(const StepShape& shape) {
+StepShape CalibrationProbeShape(const StepShape& shape) {
   StepShape probe = shape;
   probe.seq_len = kCalibrationProbeBlocks * shape.model.attention_block;
   probe.batch = CalibrationProbeBatch(shape.batch);
-  const ModelConfig& m = shape.model;
+  if (probe.model.positions == PositionKind::kLearned) {
+    probe.model.max_positions = std::max(probe.model.max_positions, probe.seq_len);
+  }
+  return probe;
+}
+
+int64_t CalibrationPeakBound(const StepShape& shape) {
+  const StepShape probe = CalibrationProbeShape(shape);
+  const ModelConfig& m = probe.model;
   // Per token of one sequence, in floats: a layer's norms, projections, rotated q and k,
   // feature maps with their pre-activations, the block-local scores, the attention output,
   // the feed-forward's d_ff-wide tensors (SwiGLU: gate, up, their activation and product) and

@@ -95,6 +95,10 @@ inline constexpr int64_t kCalibrationProbeBlocks = 32;
 // a batch above it against measured steps.
 inline constexpr int64_t kCalibrationMaxProbeBatch = 8;
 inline int64_t CalibrationProbeBatch(int64_t batch) { return batch < kCalibrationMaxProbeBatch ? batch : kCalibrationMaxProbeBatch; }
+// The shape calibration's probes run at: batch CalibrationProbeBatch, seq_len L_probe, and with
+// learned positions at least L_probe of them (a model whose table is shorter is probed with a
+// longer one: the table is a weight, an analytic term, so the fitted coefficients carry over).
+StepShape CalibrationProbeShape(const StepShape& shape);
 
 // An upper bound on the memory MeasureCalibration uses for `shape` (its seq_len is not used; its
 // batch counts up to kCalibrationMaxProbeBatch),

@@ -35,10 +35,11 @@ PerformerLMImpl::LayerImpl::LayerImpl(const ModelConfig& c) {
   const int64_t D = c.d_model, F = c.d_ff;
   const bool swiglu = c.ffn == FfnKind::kSwiGlu;
   ln1 = register_module("ln1", std::make_shared<NormImpl>(D, c.norm, c.norm_eps));
-  wq = register_module("wq", torch::nn::Linear(LinearOptions(D, D).bias(false)));
-  wk = register_module("wk", torch::nn::Linear(LinearOptions(D, D).bias(false)));
-  wv = register_module("wv", torch::nn::Linear(LinearOptions(D, D).bias(false)));
-  wo = register_module("wo", torch::nn::Linear(LinearOptions(D, D).bias(false)));
+  const int64_t KV = c.kv_dim();
+  wq = register_module("wq", torch::nn::Linear(LinearOptions(D, D).bias(c.qkv_bias)));
+  wk = register_module("wk", torch::nn::Linear(LinearOptions(D, KV).bias(c.qkv_bias)));
+  wv = register_module("wv", torch::nn::Linear(LinearOptions(D, KV).bias(c.qkv_bias)));
+  wo = register_module("wo", torch::nn::Linear(LinearOptions(D, D).bias(c.attn_out_bias)));
   ln2 = register_module("ln2", std::make_shared<NormImpl>(D, c.norm, c.norm_eps));
   w1 = register_module("w1", torch::nn::Linear(LinearOptions(D, F).bias(!swiglu)));
   w2 = register_module("w2", torch::nn::Linear(LinearOptions(F, D).bias(!swiglu)));
@@ -55,6 +56,9 @@ PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
   config_.Validate();
   const int64_t D = config_.d_model;
   embed_ = register_module("embed", torch::nn::Embedding(config_.vocab_size, D));
+  if (config_.positions == PositionKind::kLearned) {
+    pos_embed_ = register_module("pos_embed", torch::nn::Embedding(config_.max_positions, D));
+  }
   torch::nn::ModuleList layers;
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     layers_.push_back(std::make_shared<Layer>(config_));
@@ -91,16 +95,26 @@ PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
 
 std::map<std::string, std::vector<int64_t>> PerformerLMImpl::TensorShapes(const ModelConfig& config) {
   config.Validate();
-  const int64_t D = config.d_model, F = config.d_ff, V = config.vocab_size;
+  const int64_t D = config.d_model, F = config.d_ff, V = config.vocab_size, KV = config.kv_dim();
   std::map<std::string, std::vector<int64_t>> shapes;
   shapes["embed.weight"] = {V, D};
+  if (config.positions == PositionKind::kLearned) shapes["pos_embed.weight"] = {config.max_positions, D};
   for (int64_t i = 0; i < config.n_layers; ++i) {
     const std::string layer = "layers." + std::to_string(i) + ".";
     for (const char* norm : {"ln1", "ln2"}) {
       shapes[layer + norm + ".weight"] = {D};
       if (config.norm == NormKind::kLayerNorm) shapes[layer + norm + ".bias"] = {D};
     }
-    for (const char* proj : {"wq", "wk", "wv", "wo"}) shapes[layer + proj + ".weight"] = {D, D};
+    shapes[layer + "wq.weight"] = {D, D};
+    shapes[layer + "wk.weight"] = {KV, D};
+    shapes[layer + "wv.weight"] = {KV, D};
+    shapes[layer + "wo.weight"] = {D, D};
+    if (config.qkv_bias) {
+      shapes[layer + "wq.bias"] = {D};
+      shapes[layer + "wk.bias"] = {KV};
+      shapes[layer + "wv.bias"] = {KV};
+    }
+    if (config.attn_out_bias) shapes[layer + "wo.bias"] = {D};
     shapes[layer + "w1.weight"] = {F, D};
     shapes[layer + "w2.weight"] = {D, F};
     if (config.ffn == FfnKind::kSwiGlu) {
@@ -121,19 +135,36 @@ at::ScalarType PerformerLMImpl::activation_dtype() const {
   return embed_->weight.scalar_type();
 }
 
-at::Tensor PerformerLMImpl::Embed(const at::Tensor& tokens) { return embed_->forward(tokens); }
+at::Tensor PerformerLMImpl::Embed(const at::Tensor& tokens, int64_t offset) {
+  const at::Tensor x = embed_->forward(tokens);
+  if (config_.positions != PositionKind::kLearned) return x;
+  const int64_t T = tokens.size(1);
+  if (offset < 0 || offset + T > config_.max_positions) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "positions " + std::to_string(offset) + ".." + std::to_string(offset + T - 1) +
+                          " are beyond the model's learned positions (max_positions " +
+                          std::to_string(config_.max_positions) + ")");
+  }
+  return x + pos_embed_->weight.narrow(0, offset, T);
+}
 
 LayerProjections PerformerLMImpl::Project(int64_t layer, const at::Tensor& x, int64_t offset,
                                           bool need_query) {
   Layer& l = *layers_.at(layer);
   const int64_t B = x.size(0), T = x.size(1), H = config_.n_heads, d = config_.head_dim();
-  const int64_t D = config_.d_model;
   const at::Tensor h = l.ln1->forward(x);
   // q, k and v as one matmul against the stacked weights (one pass over h, one larger GEMM
   // forwards and backwards; autograd splits the weight gradient back to wq/wk/wv).
-  const at::Tensor w = need_query ? at::cat({l.wq->weight, l.wk->weight, l.wv->weight})
-                                  : at::cat({l.wk->weight, l.wv->weight});
-  std::vector<at::Tensor> qkv = at::linear(h, w).split(D, -1);
+  std::vector<at::Tensor> weights, biases;
+  std::vector<int64_t> widths;
+  for (Projection which : need_query ? std::vector<Projection>{kQ, kK, kV} : std::vector<Projection>{kK, kV}) {
+    weights.push_back(Linear(l, which)->weight);
+    if (config_.qkv_bias) biases.push_back(Linear(l, which)->bias);
+    widths.push_back(which == kQ ? config_.d_model : config_.kv_dim());
+  }
+  const at::Tensor w = weights.size() == 1 ? weights[0] : at::cat(weights);
+  const at::Tensor b = biases.empty() ? at::Tensor() : at::cat(biases);
+  std::vector<at::Tensor> qkv = at::linear(h, w, b).split_with_sizes(widths, -1);
   if (lora_enabled()) {
     const std::vector<Projection> which =
         need_query ? std::vector<Projection>{kQ, kK, kV} : std::vector<Projection>{kK, kV};
@@ -141,18 +172,27 @@ LayerProjections PerformerLMImpl::Project(int64_t layer, const at::Tensor& x, in
       if (HasAdapter(l, which[i])) qkv[i] = qkv[i] + LoraDelta(l, which[i], h);
     }
   }
-  auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, d}).transpose(1, 2); };
+  // (B, T, heads·d) → (B, heads, T, d).
+  auto heads = [&](const at::Tensor& t, int64_t n) { return t.view({B, T, n, d}).transpose(1, 2); };
+  // Grouped-query attention: key/value head g serves query heads g·group .. g·group + group − 1.
+  const int64_t group = H / config_.kv_heads();
+  auto per_query_head = [&](const at::Tensor& t) { return group == 1 ? t : t.repeat_interleave(group, 1); };
+  const bool rotary = config_.positions == PositionKind::kRotary;
+  auto rotate = [&](const at::Tensor& t) {
+    return rotary ? ApplyRotary(t, offset, config_.rope_base, &rotary_cache_) : t;
+  };
   const at::ScalarType sd = state_dtype();
   const at::Tensor proj = projection_[layer];
   LayerProjections p;
   const size_t k_index = need_query ? 1 : 0;
-  const at::Tensor k = ApplyRotary(heads(qkv[k_index]).to(sd), offset, config_.rope_base, &rotary_cache_);
+  // Rotary before the expansion: rotating a key/value head once serves its whole group.
+  const at::Tensor k = per_query_head(rotate(heads(qkv[k_index], config_.kv_heads()).to(sd)));
   p.phi_k = KeyFeatures(config_.feature_map, k, proj, sd);
   if (need_query) {
-    const at::Tensor q = ApplyRotary(heads(qkv[0]).to(sd), offset, config_.rope_base, &rotary_cache_);
+    const at::Tensor q = rotate(heads(qkv[0], H).to(sd));
     p.phi_q = QueryFeatures(config_.feature_map, q, proj, sd);
   }
-  p.v = heads(qkv[k_index + 1]);
+  p.v = per_query_head(heads(qkv[k_index + 1], config_.kv_heads()));
   return p;
 }
 
@@ -285,7 +325,7 @@ ModelState PerformerLMImpl::ZeroState(int64_t batch) const {
 
 at::Tensor PerformerLMImpl::ForwardSlice(const at::Tensor& tokens, int64_t offset,
                                          ModelState* state) {
-  at::Tensor x = Embed(tokens);
+  at::Tensor x = Embed(tokens, offset);
   for (int64_t r = 0; r < config_.n_layers; ++r) {
     const LayerProjections p = Project(r, x, offset);
     AttentionState end;

@@ -1,9 +1,10 @@
 // A decoder-only causal Performer language model (docs/engine.md), pre-norm:
-//   x = Embed(tokens)
+//   x = Embed(tokens) (+ PositionEmbed(positions) with learned positions)
 //   per layer: x = x + W_o·CausalFavorAttention(N1(x));  x = x + FFN(N2(x))
 //   logits = Head(N_f(x))
 // with N a LayerNorm or an RMSNorm and FFN W2·GELU(W1·h + b1) + b2 (exact or tanh GELU) or
-// SwiGLU W2·(SiLU(W1·h) ⊙ W3·h) (config.norm, config.ffn).
+// SwiGLU W2·(SiLU(W1·h) ⊙ W3·h) (config.norm, config.ffn); attention with rotary or learned
+// positions, optional q/k/v and output biases, and grouped-query key/value heads.
 // Every op except the attention prefix sums acts on one position at a time, so the model
 // exposes its forward pass in pieces (Embed / Project / Mix / Logits) that run on a slice of
 // positions from a carried per-layer AttentionState: the SLiM step composes them.
@@ -51,9 +52,11 @@ class PerformerLMImpl : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
   int64_t n_layers() const { return config_.n_layers; }
 
-  // tokens (B, T) int64 → (B, T, d_model).
-  at::Tensor Embed(const at::Tensor& tokens);
-  // LN1, q/k/v projections, rotary at global positions offset.., features.
+  // tokens (B, T) int64 at global positions offset.. → (B, T, d_model); with learned positions
+  // plus their position embeddings (EngineError(kInvalidArgument) past max_positions).
+  at::Tensor Embed(const at::Tensor& tokens, int64_t offset);
+  // N1, q/k/v projections (k and v of kv_heads heads, expanded to one per query head), rotary
+  // at global positions offset.. (rotary positions only), features.
   LayerProjections Project(int64_t layer, const at::Tensor& x, int64_t offset,
                            bool need_query = true);
   // Attention from `start` (writes the end state to *end), W_o, residual, then the FFN block.
@@ -136,6 +139,7 @@ class PerformerLMImpl : public torch::nn::Module {
 
   ModelConfig config_;
   torch::nn::Embedding embed_{nullptr};
+  torch::nn::Embedding pos_embed_{nullptr};  // learned positions only
   std::vector<std::shared_ptr<Layer>> layers_;
   std::shared_ptr<NormImpl> ln_f_;
   torch::nn::Linear head_{nullptr};  // null when tie_embeddings

@@ -49,6 +49,13 @@ SafetensorsMetadata ModelConfigMetadata(const ModelConfig& c) {
     m["norm_eps"] = s.str();
   }
   if (c.ffn != original.ffn) m["ffn"] = FfnKindName(c.ffn);
+  if (c.kv_heads() != c.n_heads) m["n_kv_heads"] = std::to_string(c.kv_heads());
+  if (c.qkv_bias) m["qkv_bias"] = "true";
+  if (c.attn_out_bias) m["attn_out_bias"] = "true";
+  if (c.positions != original.positions) {
+    m["positions"] = PositionKindName(c.positions);
+    m["max_positions"] = std::to_string(c.max_positions);
+  }
   return m;
 }
 
@@ -128,6 +135,18 @@ ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& 
       Invalid(kind, path, "metadata 'feature_seed' is not an unsigned 64-bit integer: '" + v + "'");
     }
   }
+  auto flag = [&](const std::string& key) {
+    const auto it = m.find(key);
+    if (it == m.end()) return false;
+    if (it->second != "true" && it->second != "false") {
+      Invalid(kind, path, "metadata '" + key + "' is '" + it->second + "', not true or false");
+    }
+    return it->second == "true";
+  };
+  if (m.count("n_kv_heads")) c.n_kv_heads = integer("n_kv_heads");
+  c.qkv_bias = flag("qkv_bias");
+  c.attn_out_bias = flag("attn_out_bias");
+  if (m.count("max_positions")) c.max_positions = integer("max_positions");
   if (const auto eps = m.find("norm_eps"); eps != m.end()) {
     char* end = nullptr;
     c.norm_eps = std::strtod(eps->second.c_str(), &end);
@@ -137,6 +156,7 @@ ModelConfig ConfigFromMetadata(const SafetensorsMetadata& m, const std::string& 
     c.feature_map = ParseFeatureMap(get("feature_map"));
     if (const auto norm = m.find("norm"); norm != m.end()) c.norm = ParseNormKind(norm->second, "norm");
     if (const auto ffn = m.find("ffn"); ffn != m.end()) c.ffn = ParseFfnKind(ffn->second, "ffn");
+    if (const auto pos = m.find("positions"); pos != m.end()) c.positions = ParsePositionKind(pos->second, "positions");
     c.Validate();
   } catch (const EngineError& e) {
     Invalid(kind, path, std::string("config in metadata is invalid: ") + e.what());

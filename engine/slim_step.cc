@@ -143,7 +143,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
     at::NoGradGuard no_grad;
     for (int64_t n = 0; n + 1 < N; ++n) {
       if (!boundaries.empty()) boundaries[n] = state;
-      at::Tensor x = model.Embed(slice(tokens, n));
+      at::Tensor x = model.Embed(slice(tokens, n), n * C);
       for (int64_t r = 0; r < R; ++r) {
         // The last layer's output feeds only the head, which the forward sweep skips, so its
         // queries are not needed — except in subtract mode, where the keys and values must be
@@ -187,7 +187,7 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   };
   at::Tensor loss_total = at::zeros({}, tokens.options().dtype(at::kDouble));
   for (int64_t n = N - 1; n >= 0; --n) {
-    at::Tensor x = model.Embed(slice(tokens, n));
+    at::Tensor x = model.Embed(slice(tokens, n), n * C);
     ModelState starts(R), ends(R);
     for (int64_t r = 0; r < R; ++r) {
       const LayerProjections p = model.Project(r, x, n * C);

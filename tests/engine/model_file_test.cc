@@ -75,6 +75,11 @@ TEST(ModelFile, ArchitectureVariantsRoundTrip) {
     EXPECT_EQ(loaded->config().norm, c.norm) << testing::Describe(c);
     EXPECT_EQ(loaded->config().ffn, c.ffn);
     EXPECT_EQ(loaded->config().norm_eps, c.norm_eps);
+    EXPECT_EQ(loaded->config().kv_heads(), c.kv_heads());
+    EXPECT_EQ(loaded->config().qkv_bias, c.qkv_bias);
+    EXPECT_EQ(loaded->config().attn_out_bias, c.attn_out_bias);
+    EXPECT_EQ(loaded->config().positions, c.positions);
+    EXPECT_EQ(loaded->config().max_positions, c.max_positions);
     const at::Tensor tokens = testing::RandomBatch(1, 30, 256, 4).tokens;
     at::NoGradGuard no_grad;
     EXPECT_TRUE(at::equal(model->Forward(tokens), loaded->Forward(tokens))) << testing::Describe(c);
@@ -84,7 +89,8 @@ TEST(ModelFile, ArchitectureVariantsRoundTrip) {
   const std::string path = testing::TempPath("original");
   SaveModelFile(*original, path);
   const std::string bytes = testing::ReadFileBytes(path);
-  for (const char* key : {"\"norm\"", "\"norm_eps\"", "\"ffn\""}) {
+  for (const char* key : {"\"norm\"", "\"norm_eps\"", "\"ffn\"", "\"n_kv_heads\"", "\"qkv_bias\"",
+                          "\"attn_out_bias\"", "\"positions\"", "\"max_positions\""}) {
     EXPECT_EQ(bytes.find(key), std::string::npos) << key << " in a file of the original layout";
   }
   std::remove(path.c_str());

@@ -98,8 +98,9 @@ TEST(Model, RecurrentDecodingReproducesFullForward) {
   }
 }
 
-// RMSNorm, SwiGLU and tanh GELU compute what their definitions say (not merely something
-// SLiM-consistent): one layer's pieces against the formulas written out here.
+// The variants compute what their definitions say (not merely something SLiM-consistent): one
+// layer's pieces against the formulas written out here — RMSNorm, SwiGLU, tanh GELU, learned
+// positions, attention biases, grouped-query key/value heads, the tied head.
 TEST(Model, VariantsComputeTheirDefinitions) {
   for (const ModelConfig& c : testing::VariantConfigs()) {
     PerformerLM model(c, 8);
@@ -108,6 +109,12 @@ TEST(Model, VariantsComputeTheirDefinitions) {
     at::NoGradGuard no_grad;
     const auto params = model->named_parameters();
     const at::Tensor x = at::randn({1, 5, c.d_model}, testing::Gen(10), at::kDouble);
+    const auto has = [&](const std::string& name) { return params.find(name) != nullptr; };
+    // Embedding at positions 3..7: the token's row, plus the position's with learned positions.
+    const at::Tensor tokens = testing::RandomBatch(1, 5, c.vocab_size, 11).tokens;
+    at::Tensor embedded = params["embed.weight"].index_select(0, tokens[0]).unsqueeze(0);
+    if (c.positions == PositionKind::kLearned) embedded = embedded + params["pos_embed.weight"].narrow(0, 3, 5);
+    EXPECT_LE(RelErr(model->Embed(tokens, 3), embedded), 1e-15) << testing::Describe(c);
     // The final norm and head, through Logits.
     at::Tensor normed;
     if (c.norm == NormKind::kRmsNorm) {
@@ -116,18 +123,49 @@ TEST(Model, VariantsComputeTheirDefinitions) {
       const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
       normed = (x - mean) / at::sqrt(var + c.norm_eps) * params["ln_f.weight"] + params["ln_f.bias"];
     }
-    EXPECT_LE(RelErr(model->Logits(x), at::matmul(normed, params["head.weight"].t())), 1e-12) << testing::Describe(c);
-    // Layer 0 with its attention output zeroed: Mix is then x + FFN(N2(x)).
-    for (const char* name : {"layers.0.wo.weight"}) params[name].zero_();
+    const at::Tensor head = c.tie_embeddings ? params["embed.weight"] : params["head.weight"];
+    EXPECT_LE(RelErr(model->Logits(x), at::matmul(normed, head.t())), 1e-12) << testing::Describe(c);
+    // Keys and values of layer 0 at positions 3..7: N1(x)·Wᵀ (+ b), in kv_heads heads, the keys
+    // rotated (rotary positions only); query head j gets key/value head j / (heads / kv_heads).
+    const int64_t H = c.n_heads, G = c.kv_heads(), d = c.head_dim();
+    at::Tensor n1;
+    if (c.norm == NormKind::kRmsNorm) {
+      n1 = x / at::sqrt(x.pow(2).mean(-1, true) + c.norm_eps) * params["layers.0.ln1.weight"];
+    } else {
+      const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
+      n1 = (x - mean) / at::sqrt(var + c.norm_eps) * params["layers.0.ln1.weight"] + params["layers.0.ln1.bias"];
+    }
+    const auto projected = [&](const std::string& w) {
+      at::Tensor out = at::matmul(n1, params["layers.0." + w + ".weight"].t());
+      if (c.qkv_bias) out = out + params["layers.0." + w + ".bias"];
+      return out.view({1, 5, G, d}).transpose(1, 2);  // (1, G, 5, d)
+    };
+    at::Tensor k = projected("wk"), v = projected("wv");
+    if (c.positions == PositionKind::kRotary) k = ApplyRotary(k, 3, c.rope_base);
+    std::vector<at::Tensor> k_heads, v_heads;
+    for (int64_t j = 0; j < H; ++j) {
+      k_heads.push_back(k.select(1, j / (H / G)));
+      v_heads.push_back(v.select(1, j / (H / G)));
+    }
+    const LayerProjections at3 = model->Project(0, x, 3);
+    EXPECT_LE(RelErr(at3.v, at::stack(v_heads, 1)), 1e-15) << testing::Describe(c);
+    EXPECT_LE(RelErr(at3.phi_k, KeyFeatures(c.feature_map, at::stack(k_heads, 1), model->projection()[0], at::kDouble)),
+              1e-12)
+        << testing::Describe(c);
+    EXPECT_EQ(has("layers.0.wq.bias"), c.qkv_bias);
+    EXPECT_EQ(has("layers.0.wo.bias"), c.attn_out_bias);
+    // Layer 0 with its attention output weight zeroed: Mix is then y + FFN(N2(y)), y = x + b_o.
+    params["layers.0.wo.weight"].zero_();
     const LayerProjections p = model->Project(0, x, 0);
     const at::Tensor y = model->Mix(0, x, p, model->ZeroState(1)[0], nullptr);
     const at::Tensor w1 = params["layers.0.w1.weight"], w2 = params["layers.0.w2.weight"];
+    const at::Tensor y0 = c.attn_out_bias ? x + params["layers.0.wo.bias"] : x;
     at::Tensor h;
     if (c.norm == NormKind::kRmsNorm) {
-      h = x / at::sqrt(x.pow(2).mean(-1, true) + c.norm_eps) * params["layers.0.ln2.weight"];
+      h = y0 / at::sqrt(y0.pow(2).mean(-1, true) + c.norm_eps) * params["layers.0.ln2.weight"];
     } else {
-      const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
-      h = (x - mean) / at::sqrt(var + c.norm_eps) * params["layers.0.ln2.weight"] + params["layers.0.ln2.bias"];
+      const at::Tensor mean = y0.mean(-1, true), var = (y0 - mean).pow(2).mean(-1, true);
+      h = (y0 - mean) / at::sqrt(var + c.norm_eps) * params["layers.0.ln2.weight"] + params["layers.0.ln2.bias"];
     }
     at::Tensor ffn;
     if (c.ffn == FfnKind::kSwiGlu) {
@@ -140,7 +178,28 @@ TEST(Model, VariantsComputeTheirDefinitions) {
                                  : 0.5 * a * (1 + at::tanh(std::sqrt(2.0 / M_PI) * (a + 0.044715 * a.pow(3))));
       ffn = at::matmul(act, w2.t()) + params["layers.0.w2.bias"];
     }
-    EXPECT_LE(RelErr(y, x + ffn), 1e-12) << testing::Describe(c);
+    EXPECT_LE(RelErr(y, y0 + ffn), 1e-12) << testing::Describe(c);
+  }
+}
+
+// A model with learned positions has max_positions of them: a token past them is refused with
+// the reason, not read out of bounds.
+TEST(Model, LearnedPositionsPastTheTableAreRefused) {
+  ModelConfig c = TinyConfig(FeatureMap::kFavorPlus);
+  c.positions = PositionKind::kLearned;
+  c.max_positions = 8;
+  PerformerLM model(c, 1);
+  at::NoGradGuard no_grad;
+  const at::Tensor tokens = testing::RandomBatch(1, 8, 256, 2).tokens;
+  EXPECT_EQ(model->Forward(tokens).size(1), 8);
+  try {
+    model->Embed(tokens.narrow(1, 0, 2), 7);
+    FAIL() << "position 8 of 8 accepted";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("positions 7..8 are beyond the model's learned positions (max_positions 8)"),
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -220,6 +279,9 @@ TEST(Model, TensorShapesAreWhatTheModelRegisters) {
     for (const auto& p : model->named_parameters()) actual[p.key()] = p.value().sizes().vec();
     for (const auto& b : model->named_buffers()) actual[b.key()] = b.value().sizes().vec();
     EXPECT_EQ(PerformerLMImpl::TensorShapes(c), actual);
+    int64_t parameters = 0;
+    for (const auto& p : model->parameters()) parameters += p.numel();
+    EXPECT_EQ(parameters, c.ParameterCount()) << testing::Describe(c);
   }
 }
 
@@ -238,6 +300,27 @@ TEST(ModelConfig, ValidationNamesTheField) {
   EXPECT_THROW(c.Validate(), EngineError);
   EXPECT_THROW(PresetConfig("huge"), EngineError);
   EXPECT_THROW(ParseFeatureMap("softmax"), EngineError);
+  const auto refusal = [](const ModelConfig& bad) {
+    try {
+      bad.Validate();
+    } catch (const EngineError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  c = TinyConfig(FeatureMap::kFavorPlus);
+  c.n_heads = 4;
+  c.n_kv_heads = 3;
+  EXPECT_NE(refusal(c).find("n_kv_heads: 3 does not divide n_heads 4"), std::string::npos) << refusal(c);
+  c.n_kv_heads = 5;
+  EXPECT_NE(refusal(c).find("n_kv_heads"), std::string::npos) << refusal(c);
+  c = TinyConfig(FeatureMap::kFavorPlus);
+  c.positions = PositionKind::kLearned;
+  EXPECT_NE(refusal(c).find("max_positions"), std::string::npos) << refusal(c);
+  c.positions = PositionKind::kRotary;
+  c.max_positions = 10;
+  EXPECT_NE(refusal(c).find("max_positions: only learned positions"), std::string::npos) << refusal(c);
+  EXPECT_THROW(ParsePositionKind("alibi", "positions"), EngineError);
   EXPECT_EQ(ParseFeatureMap("elu+1"), FeatureMap::kEluPlusOne);
   const ModelConfig iv = PresetConfig("paper-iv");
   EXPECT_EQ(iv.d_model, 1024);

@@ -132,6 +132,21 @@ TEST(Planner, ShortSequencesAndValidation) {
   } catch (const EngineError& e) {
     EXPECT_EQ(std::string(e.what()).rfind("batch", 0), 0u) << e.what();
   }
+  // Learned positions: no plan for a sequence longer than the model has positions for.
+  s = Shape("tiny", 1025, 1);
+  s.model.positions = PositionKind::kLearned;
+  s.model.max_positions = 1024;
+  try {
+    PlanChunkSize(s, 1'000'000'000, Synthetic());
+    FAIL() << "expected an error";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("seq_len: 1025 is longer than the model's 1024 learned positions"),
+              std::string::npos)
+        << e.what();
+  }
+  s.seq_len = 1024;
+  EXPECT_TRUE(PlanChunkSize(s, 1'000'000'000, Synthetic()).feasible);
 }
 
 TEST(Planner, MemoryModelCountsOptimizerAndTuning) {
@@ -216,8 +231,13 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
     OptimizerKind optimizer;
     Precision precision = Precision::kFp32;
     TuningMode tuning = TuningMode::kFull;
+    int variant = -1;  // ≥ 0: testing::VariantConfigs()[variant] instead of the preset
   };
-  const std::vector<Case> cases{{"tiny", 512, 1, OptimizerKind::kAdamW},  {"tiny", 2048, 2, OptimizerKind::kAdamW},
+  // The architecture variants: 3 is GPT-2's layout (learned positions, biases, tied), 4 Llama's
+  // with grouped-query attention.
+  const std::vector<Case> cases{{"tiny", 2048, 2, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 3},
+                                {"tiny", 2048, 2, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 4},
+                                {"tiny", 512, 1, OptimizerKind::kAdamW},  {"tiny", 2048, 2, OptimizerKind::kAdamW},
                                 {"tiny", 8192, 1, OptimizerKind::kAdamW}, {"tiny", 4096, 3, OptimizerKind::kSgd},
                                 {"small", 1024, 1, OptimizerKind::kAdamW}, {"small", 2048, 2, OptimizerKind::kAdamW},
                                 {"small", 4096, 1, OptimizerKind::kSgd},
@@ -227,7 +247,11 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
                                 {"tiny", 1024, 12, OptimizerKind::kAdamW}};
   int combos = 0;
   for (const Case& c : cases) {
-    const StepShape s = Shape(c.preset, c.L, c.batch, c.optimizer, c.precision, c.tuning);
+    StepShape s = Shape(c.preset, c.L, c.batch, c.optimizer, c.precision, c.tuning);
+    if (c.variant >= 0) {
+      s.model = testing::VariantConfigs().at(c.variant);
+      if (s.model.positions == PositionKind::kLearned) s.model.max_positions = c.L;
+    }
     const MemoryCoefficients k = Coefficients(s);
     const double full = static_cast<double>(PredictPeak(s, c.L, StartStateMode::kSubtract, k).total);
     const double min_quota = static_cast<double>(PlanChunkSize(s, 0, k).min_quota_bytes);
@@ -238,7 +262,8 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
       const double predicted = static_cast<double>(r.plan.predicted_peak_bytes);
       std::printf("[ plan ] %s %s %s L=%lld B=%lld %s quota=%.0f -> C=%lld %s predicted=%.0f measured=%lld (%+.1f%%)"
                   " time est=%.3fs measured=%.3fs\n",
-                  c.preset.c_str(), PrecisionName(c.precision).c_str(), TuningModeName(c.tuning).c_str(),
+                  (c.variant >= 0 ? testing::Describe(s.model) : c.preset).c_str(), PrecisionName(c.precision).c_str(),
+                  TuningModeName(c.tuning).c_str(),
                   static_cast<long long>(c.L), static_cast<long long>(c.batch),
                   OptimizerName(c.optimizer).c_str(), quota, static_cast<long long>(r.plan.chunk_size),
                   StartStateModeName(r.plan.mode).c_str(), predicted, static_cast<long long>(run.peak_bytes),
@@ -284,9 +309,13 @@ TEST_F(PlannerOnCpu, CalibrationStaysInsideItsBound) {
     int64_t vocab = 0;  // 0: the preset's
   };
   const std::vector<Case> cases{{"tiny", 1}, {"tiny", 4}, {"tiny", 2, OptimizerKind::kSgd, TuningMode::kLora},
-                                {"tiny", 1, OptimizerKind::kAdamW, TuningMode::kFull, 8192}, {"mini", 1}};
+                                {"tiny", 1, OptimizerKind::kAdamW, TuningMode::kFull, 8192}, {"mini", 1},
+                                {"gpt2-like", 2}, {"llama-like", 2}};
   for (const Case& c : cases) {
-    StepShape s = Shape(c.preset, 64, c.batch, c.optimizer, Precision::kFp32, c.tuning);
+    const bool variant = c.preset == "gpt2-like" || c.preset == "llama-like";
+    StepShape s = Shape(variant ? "tiny" : c.preset, 64, c.batch, c.optimizer, Precision::kFp32, c.tuning);
+    // GPT-2's layout with fewer learned positions (200) than the probes' 512 tokens.
+    if (variant) s.model = testing::VariantConfigs().at(c.preset == "gpt2-like" ? 3 : 4);
     if (c.vocab > 0) s.model.vocab_size = c.vocab;
     const int64_t bound = CalibrationPeakBound(s);
     const int64_t baseline = CpuCurrentBytes();

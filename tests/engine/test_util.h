@@ -32,8 +32,10 @@ inline ModelConfig TinyConfig(FeatureMap map) {
   return c;
 }
 
-// The architecture variants besides the original layout (LayerNorm, exact GELU): every norm
-// and feed-forward kind appears at least once.
+// The architecture variants besides the original layout (LayerNorm, exact GELU, rotary, no
+// attention biases, one key/value head per query head): every norm, feed-forward and position
+// kind, grouped- and multi-query attention and every bias appear at least once, in the
+// combinations GPT-2, Llama and Qwen2 use.
 inline std::vector<ModelConfig> VariantConfigs() {
   std::vector<ModelConfig> out;
   for (const auto& [norm, ffn] : {std::pair{NormKind::kRmsNorm, FfnKind::kSwiGlu},
@@ -45,6 +47,28 @@ inline std::vector<ModelConfig> VariantConfigs() {
     c.ffn = ffn;
     out.push_back(c);
   }
+  // GPT-2: learned positions, biases on every attention projection, tied head.
+  ModelConfig gpt2 = TinyConfig(FeatureMap::kFavorPlus);
+  gpt2.ffn = FfnKind::kGeluTanh;
+  gpt2.qkv_bias = gpt2.attn_out_bias = true;
+  gpt2.positions = PositionKind::kLearned;
+  gpt2.max_positions = 200;
+  gpt2.tie_embeddings = true;
+  out.push_back(gpt2);
+  // Llama with grouped-query attention: 4 query heads in 2 groups.
+  ModelConfig llama = TinyConfig(FeatureMap::kFavorPlus);
+  llama.norm = NormKind::kRmsNorm;
+  llama.norm_eps = 1e-6;
+  llama.ffn = FfnKind::kSwiGlu;
+  llama.n_heads = 4;
+  llama.n_kv_heads = 2;
+  out.push_back(llama);
+  // Qwen2: multi-query (one key/value head) with q/k/v biases.
+  ModelConfig qwen2 = llama;
+  qwen2.n_heads = 2;
+  qwen2.n_kv_heads = 1;
+  qwen2.qkv_bias = true;
+  out.push_back(qwen2);
   return out;
 }
 
@@ -58,7 +82,11 @@ inline void PerturbParameters(torch::nn::Module& model, uint64_t seed) {
   }
 }
 
-inline std::string Describe(const ModelConfig& c) { return NormKindName(c.norm) + "/" + FfnKindName(c.ffn); }
+inline std::string Describe(const ModelConfig& c) {
+  return NormKindName(c.norm) + "/" + FfnKindName(c.ffn) + "/" + PositionKindName(c.positions) + " heads " +
+         std::to_string(c.n_heads) + "/" + std::to_string(c.kv_heads()) + (c.qkv_bias ? " qkv-bias" : "") +
+         (c.attn_out_bias ? " out-bias" : "") + (c.tie_embeddings ? " tied" : "");
+}
 
 inline at::Generator Gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 

@@ -291,7 +291,7 @@ at::Tensor ReluSides(PerformerLMImpl& model, const at::Tensor& tokens, int64_t C
   ModelState state = model.ZeroState(tokens.size(0));
   std::vector<std::vector<at::Tensor>> per_layer(R);
   for (int64_t start = 0; start < L; start += C) {
-    at::Tensor x = model.Embed(tokens.narrow(1, start, std::min(C, L - start)));
+    at::Tensor x = model.Embed(tokens.narrow(1, start, std::min(C, L - start)), start);
     for (int64_t r = 0; r < R; ++r) {
       const LayerProjections p = model.Project(r, x, start);
       const at::Tensor floor = at::full({}, 1e-3, p.phi_k.options());

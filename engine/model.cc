@@ -308,9 +308,12 @@ std::shared_ptr<PerformerLMImpl> PerformerLMImpl::MergedCopy() {
   return merged;
 }
 
-at::Tensor PerformerLMImpl::Logits(const at::Tensor& x) {
-  const at::Tensor h = ln_f_->forward(x);
-  return config_.tie_embeddings ? at::linear(h, embed_->weight) : head_->forward(h);
+at::Tensor PerformerLMImpl::Logits(const at::Tensor& x) { return at::linear(FinalNorm(x), HeadWeight()); }
+
+at::Tensor PerformerLMImpl::FinalNorm(const at::Tensor& x) { return ln_f_->forward(x); }
+
+const at::Tensor& PerformerLMImpl::HeadWeight() const {
+  return config_.tie_embeddings ? embed_->weight : head_->weight;
 }
 
 ModelState PerformerLMImpl::ZeroState(int64_t batch) const {

@@ -65,8 +65,11 @@ class PerformerLMImpl : public torch::nn::Module {
   at::Tensor Mix(int64_t layer, const at::Tensor& x, const LayerProjections& p,
                  const AttentionState& start, AttentionState* end,
                  const at::Tensor& block_deltas = {});
-  // Final LayerNorm and output head: (B, T, d_model) → (B, T, vocab).
+  // Final norm and output head: (B, T, d_model) → (B, T, vocab); Logits = linear(FinalNorm(x),
+  // HeadWeight()).
   at::Tensor Logits(const at::Tensor& x);
+  at::Tensor FinalNorm(const at::Tensor& x);
+  const at::Tensor& HeadWeight() const;  // (vocab, d_model): the embedding when tied
 
   // Zero state for a batch, in the state dtype, on the model's device.
   ModelState ZeroState(int64_t batch) const;

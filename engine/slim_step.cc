@@ -10,6 +10,7 @@
 
 #include "base/errors.h"
 #include "engine/exact_sum.h"
+#include "engine/head_loss.h"
 #include "engine/precision.h"
 
 namespace slim {
@@ -58,6 +59,17 @@ at::Tensor SliceLossSum(const at::Tensor& logits, const at::Tensor& targets, int
   const at::Tensor l = logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
   return at::cross_entropy_loss(l.reshape({-1, l.size(-1)}), targets.reshape({-1}), {},
                                 at::Reduction::Sum, ignore_index);
+}
+
+// Σ cross-entropy of the model's logits for the slice's hidden states x (B, T, D), in row blocks
+// when all of its logits would take more than `block_bytes` (0: never).
+at::Tensor SliceLoss(PerformerLMImpl& model, const at::Tensor& x, const at::Tensor& targets, int64_t ignore_index,
+                     int64_t block_bytes) {
+  const int64_t rows = x.size(0) * x.size(1);
+  const int64_t per_block = RowsPerLogitsBlock(model.config().vocab_size, block_bytes);
+  if (block_bytes <= 0 || rows <= per_block) return SliceLossSum(model.Logits(x), targets, ignore_index);
+  return BlockedCrossEntropySum(model.FinalNorm(x).reshape({rows, x.size(2)}), model.HeadWeight(),
+                                targets.reshape({rows}), ignore_index, per_block);
 }
 
 // max|a − b| / max|b| (0 when both are zero).
@@ -223,8 +235,9 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
       starts[r] = start;
       x = model.Mix(r, x, p, start, &ends[r], deltas);
     }
-    const at::Tensor loss_n = SliceLossSum(model.Logits(x), slice(targets, n), options.ignore_index) /
-                              static_cast<double>(count);
+    const at::Tensor loss_n =
+        SliceLoss(model, x, slice(targets, n), options.ignore_index, options.logits_block_bytes) /
+        static_cast<double>(count);
     std::vector<at::Tensor> outputs{loss_n}, grads{at::ones_like(loss_n)};
     if (n + 1 < N) {
       for (int64_t r = 0; r < R; ++r) {

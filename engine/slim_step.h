@@ -24,6 +24,8 @@ namespace slim {
 
 inline constexpr int64_t kIgnoreIndex = -100;
 
+inline constexpr int64_t kDefaultLogitsBlockBytes = int64_t{32} << 20;
+
 struct SlimStepOptions {
   int64_t chunk_size = 0;  // C ≥ 1; C ≥ L means ordinary backprop
   StartStateMode mode = StartStateMode::kSubtract;
@@ -33,6 +35,10 @@ struct SlimStepOptions {
   // Data-parallel ranks pass the count of the whole global batch, so that the sum over ranks
   // of their losses and gradients is the global batch's mean loss and its gradient.
   int64_t loss_normalizer = 0;
+  // A slice whose fp32 logits would take more than this computes its loss in row blocks of at
+  // most this much (BlockedCrossEntropySum, engine/head_loss.h): large vocabularies stay
+  // bounded. 0: never in blocks.
+  int64_t logits_block_bytes = kDefaultLogitsBlockBytes;
   // Debugging aids (cost memory O(L/C · state)); used by tests and the drift audit.
   bool audit_start_states = false;  // subtract mode: compare rebuilt starts with stored ones
   bool record_state_gradients = false;  // keep G for every slice boundary

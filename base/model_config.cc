@@ -12,18 +12,19 @@ std::string FeatureMapName(FeatureMap map) {
     case FeatureMap::kRelu: return "relu";
     case FeatureMap::kEluPlusOne: return "elu+1";
     case FeatureMap::kSquare: return "sqr";
+    case FeatureMap::kSoftmax: return "softmax";
   }
   return "unknown";
 }
 
 FeatureMap ParseFeatureMap(const std::string& name) {
   for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
-                         FeatureMap::kSquare}) {
+                         FeatureMap::kSquare, FeatureMap::kSoftmax}) {
     if (FeatureMapName(map) == name) return map;
   }
   throw EngineError(ErrorCode::kInvalidArgument,
                     "feature_map: unknown value '" + name +
-                        "' (allowed: favor+, relu, elu+1, sqr)");
+                        "' (allowed: favor+, relu, elu+1, sqr, softmax)");
 }
 
 std::string NormKindName(NormKind kind) { return kind == NormKind::kLayerNorm ? "layernorm" : "rmsnorm"; }

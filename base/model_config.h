@@ -14,10 +14,16 @@ enum class FeatureMap {
   kRelu,       // relu(x) + 1e-3, deterministic, M = head_dim
   kEluPlusOne, // elu(x) + 1, deterministic, M = head_dim
   kSquare,     // x², deterministic, M = head_dim (the SLiM paper's experiments)
+  // Not a feature map: exact causal softmax attention, quadratic in length, as pretrained
+  // Transformers compute it — the reference mode of imported models (evaluation, generation,
+  // ordinary training before conversion). It has no prefix-sum state, so SLiM cannot train it
+  // in slices: only with ordinary backprop (chunk = sequence length).
+  kSoftmax,
 };
 
 std::string FeatureMapName(FeatureMap map);
-// Parses "favor+", "relu", "elu+1", "sqr"; throws EngineError(kInvalidArgument) otherwise.
+// Parses "favor+", "relu", "elu+1", "sqr", "softmax"; throws EngineError(kInvalidArgument)
+// otherwise.
 FeatureMap ParseFeatureMap(const std::string& name);
 
 // The normalisation before attention, before the feed-forward and before the head.
@@ -76,7 +82,8 @@ struct ModelConfig {
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int64_t kv_dim() const { return kv_heads() * head_dim(); }  // width of the key and value projections
-  // M: features per head actually used by the attention.
+  // M: features per head actually used by the attention (softmax: the head dim, for the
+  // key/value cache that takes the state's place).
   int64_t features_per_head() const {
     return feature_map == FeatureMap::kFavorPlus ? n_features : head_dim();
   }

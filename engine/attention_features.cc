@@ -153,9 +153,10 @@ at::Tensor DeterministicFeatures(FeatureMap map, const at::Tensor& xs) {
     case FeatureMap::kRelu: return at::relu(xs) + 1e-3;
     case FeatureMap::kEluPlusOne: return at::elu(xs) + 1.0;
     case FeatureMap::kSquare: return xs * xs;
-    case FeatureMap::kFavorPlus: break;
+    case FeatureMap::kFavorPlus:
+    case FeatureMap::kSoftmax: break;
   }
-  TORCH_CHECK(false, "DeterministicFeatures called with favor+");
+  TORCH_CHECK(false, "DeterministicFeatures called with ", FeatureMapName(map));
 }
 
 }  // namespace
@@ -227,6 +228,7 @@ at::Tensor ScaledProjection(const at::Tensor& projection, const at::Tensor& x,
 at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
                          at::ScalarType dtype) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  if (map == FeatureMap::kSoftmax) return x.to(dtype);  // softmax attention takes q and k as they are
   if (map != FeatureMap::kFavorPlus) return DeterministicFeatures(map, ScaledInput(x, dtype));
   at::Tensor w;
   {
@@ -239,6 +241,7 @@ at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& 
 at::Tensor KeyFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
                        at::ScalarType dtype) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  if (map == FeatureMap::kSoftmax) return x.to(dtype);  // softmax attention takes q and k as they are
   if (map != FeatureMap::kFavorPlus) return DeterministicFeatures(map, ScaledInput(x, dtype));
   at::Tensor w, bound;
   {

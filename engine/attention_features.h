@@ -42,6 +42,7 @@ at::Tensor DrawOrthogonalProjection(int64_t n_layers, int64_t heads, int64_t fea
 // x: (B, H, T, d) after rotary; projection: (H, M, d) for favor+ (ignored otherwise).
 // Returns (B, H, T, M) in `dtype` (the state dtype), computed with autocast disabled. favor+
 // features are one autograd node each (hand-written backward; see attention_features.cc).
+// Softmax (not a feature map) returns x itself in `dtype`, for CausalSoftmaxAttention.
 at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
                          at::ScalarType dtype);
 at::Tensor KeyFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,

@@ -166,7 +166,10 @@ MemoryCoefficients MeasureCalibration(const StepShape& shape, const std::string&
   };
   step(Lp / 2, Lp / 2);  // one-time allocations: gradients, optimizer state, lazy inits
 
-  std::vector<Probe> probes{{Lp / 2, Lp / 2}, {Lp, Lp}, {Lp, 16 * b}, {Lp, 4 * b}, {Lp, b}};
+  // Softmax attention trains only whole sequences (C = L): its probes vary L instead.
+  std::vector<Probe> probes = shape.model.feature_map == FeatureMap::kSoftmax
+                                  ? std::vector<Probe>{{Lp / 4, Lp / 4}, {Lp / 2, Lp / 2}, {Lp, Lp}}
+                                  : std::vector<Probe>{{Lp / 2, Lp / 2}, {Lp, Lp}, {Lp, 16 * b}, {Lp, 4 * b}, {Lp, b}};
   if (probes_out != nullptr) probes_out->clear();
   for (Probe& p : probes) {
     step(p.seq_len, p.chunk_size);  // allocations of this shape are made once

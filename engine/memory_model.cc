@@ -78,15 +78,23 @@ MemoryBreakdown PredictPeak(const StepShape& s, int64_t chunk_size, StartStateMo
   m.exact_sums = mode == StartStateMode::kSubtract && slices > 1 ? ExactSumBytes(s) : 0;
   m.token_ids = 2 * s.batch * L * kIdBytes;
   m.activations = static_cast<int64_t>(std::llround(k.activation_bytes_per_token * s.batch * C));
+  if (s.model.feature_map == FeatureMap::kSoftmax) {
+    const int64_t probabilities = s.batch * s.model.n_heads * C * C * kFloatBytes, mask = C * C;
+    m.attention_scores = s.model.n_layers * (probabilities + mask) + 3 * probabilities;
+  }
   m.workspace = static_cast<int64_t>(std::llround(k.workspace_bytes));
   m.total = m.weights + m.gradients + m.optimizer_state + m.carried_states + m.boundaries + m.exact_sums +
-            m.token_ids + m.activations + m.workspace;
+            m.token_ids + m.activations + m.attention_scores + m.workspace;
   return m;
 }
 
 StepShape CalibrationProbeShape(const StepShape& shape) {
   StepShape probe = shape;
-  probe.seq_len = kCalibrationProbeBlocks * shape.model.attention_block;
+  // Softmax attention's probes are shorter: its quadratic term is analytic, and at 32 blocks a
+  // large model's probabilities alone would take gigabytes.
+  probe.seq_len = (shape.model.feature_map == FeatureMap::kSoftmax ? kSoftmaxCalibrationProbeBlocks
+                                                                   : kCalibrationProbeBlocks) *
+                  shape.model.attention_block;
   probe.batch = CalibrationProbeBatch(shape.batch);
   if (probe.model.positions == PositionKind::kLearned) {
     probe.model.max_positions = std::max(probe.model.max_positions, probe.seq_len);
@@ -143,7 +151,8 @@ PlanResult PlanChunkSize(const StepShape& shape, int64_t quota_bytes, const Memo
   // Both modes are exact; stored boundaries are preferred where they fit (no exact sums to
   // keep, no time spent on them), subtraction otherwise. The first candidate that fits in
   // either mode is the largest; the minimum quota is the smallest peak of any candidate.
-  const int64_t largest_multiple = ((L - 1) / block) * block;
+  // Softmax attention cannot be sliced: L is the only candidate.
+  const int64_t largest_multiple = shape.model.feature_map == FeatureMap::kSoftmax ? 0 : ((L - 1) / block) * block;
   double min_peak = std::numeric_limits<double>::infinity();
   for (int64_t C = L; C >= 1; C = (C == L ? largest_multiple : C - block)) {
     if (C <= 0) break;

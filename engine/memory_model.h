@@ -52,6 +52,10 @@ struct MemoryBreakdown {
   int64_t exact_sums = 0;      // subtract mode: the states as exact integer sums (ExactSum)
   int64_t token_ids = 0;
   int64_t activations = 0;     // a · B · C
+  // Softmax attention only (FeatureMap::kSoftmax, C = L): the B·H·L² attention probabilities
+  // every layer keeps for backward, with its L² causal mask, and three more of them transient
+  // in one layer's backward.
+  int64_t attention_scores = 0;
   int64_t workspace = 0;       // b
   int64_t total = 0;
 };
@@ -86,6 +90,8 @@ inline constexpr double kDefaultPlanMargin = 0.05;
 // Calibration's probes (calibration.h) run at most this many attention blocks of ordinary
 // backprop: L_probe = kCalibrationProbeBlocks · attention_block.
 inline constexpr int64_t kCalibrationProbeBlocks = 32;
+// Softmax attention's probes (ordinary backprop at 2, 4 and 8 blocks): see CalibrationProbeShape.
+inline constexpr int64_t kSoftmaxCalibrationProbeBlocks = 8;
 // Calibration probes run at the job's batch up to this, and at this beyond it: every fitted
 // coefficient is per token (a, and the step time's per-token terms), so a larger batch is the
 // same fit, and its probes would only cost more — at batch 50 a tiny model's calibration took
@@ -112,7 +118,8 @@ int64_t CalibrationPeakBound(const StepShape& shape);
 // The largest chunk size (a multiple of the attention block, or L itself) whose predicted peak
 // is ≤ quota · (1 − margin) in either start-state mode (both are exact); stored boundaries
 // when they fit at that size, subtraction otherwise. min_quota_bytes is the smallest quota for
-// which some chunk size fits; if the quota is below it, feasible = false.
+// which some chunk size fits; if the quota is below it, feasible = false. Softmax attention
+// plans L only (ordinary backprop).
 PlanResult PlanChunkSize(const StepShape& shape, int64_t quota_bytes, const MemoryCoefficients& k,
                          double margin = kDefaultPlanMargin);
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/attention_features.h"
+#include "engine/softmax_attention.h"
 #include "base/errors.h"
 
 namespace slim {
@@ -200,8 +201,9 @@ at::Tensor PerformerLMImpl::Mix(int64_t layer, const at::Tensor& x, const LayerP
                                 const AttentionState& start, AttentionState* end,
                                 const at::Tensor& block_deltas) {
   Layer& l = *layers_.at(layer);
-  AttentionOutput a = CausalLinearAttention(p.phi_q, p.phi_k, p.v, start, config_.attention_block,
-                                            block_deltas);
+  AttentionOutput a = config_.feature_map == FeatureMap::kSoftmax
+                          ? CausalSoftmaxAttention(p.phi_q, p.phi_k, p.v, start)
+                          : CausalLinearAttention(p.phi_q, p.phi_k, p.v, start, config_.attention_block, block_deltas);
   if (end != nullptr) *end = std::move(a.end);
   const int64_t B = x.size(0), T = x.size(1);
   const at::Tensor merged = a.out.transpose(1, 2).reshape({B, T, config_.d_model}).to(x.scalar_type());
@@ -320,6 +322,10 @@ ModelState PerformerLMImpl::ZeroState(int64_t batch) const {
   const auto options = at::TensorOptions().dtype(state_dtype()).device(embed_->weight.device());
   ModelState state;
   for (int64_t i = 0; i < config_.n_layers; ++i) {
+    if (config_.feature_map == FeatureMap::kSoftmax) {
+      state.push_back(EmptySoftmaxCache(batch, config_.n_heads, config_.head_dim(), options));
+      continue;
+    }
     state.push_back(ZeroAttentionState(batch, config_.n_heads, config_.features_per_head(),
                                        config_.head_dim(), options));
   }

@@ -71,7 +71,8 @@ class PerformerLMImpl : public torch::nn::Module {
   at::Tensor FinalNorm(const at::Tensor& x);
   const at::Tensor& HeadWeight() const;  // (vocab, d_model): the embedding when tied
 
-  // Zero state for a batch, in the state dtype, on the model's device.
+  // Zero state for a batch, in the state dtype, on the model's device (softmax attention: an
+  // empty key/value cache).
   ModelState ZeroState(int64_t batch) const;
   // Runs a slice of tokens at global positions offset.. from *state, updating it in place.
   // With T = 1 this is recurrent (token-by-token) decoding.

@@ -121,6 +121,11 @@ SlimStepResult RunSlimStep(PerformerLMImpl& model, const at::Tensor& tokens,
   CheckArgument(options.loss_normalizer >= 0,
                 "loss_normalizer: must be >= 0, got " + std::to_string(options.loss_normalizer));
   const int64_t counted = ValidateBatch(model, tokens, targets, options.chunk_size, options.ignore_index);
+  CheckArgument(model.config().feature_map != FeatureMap::kSoftmax || options.chunk_size >= tokens.size(1),
+                "chunk_size: " + std::to_string(options.chunk_size) +
+                    " is below the sequence length " + std::to_string(tokens.size(1)) +
+                    ", but softmax attention has no prefix-sum state to carry between slices: it trains only "
+                    "with ordinary backprop (convert the model to a Performer feature map to train in slices)");
   const int64_t count = options.loss_normalizer > 0 ? options.loss_normalizer : counted;
   const int64_t B = tokens.size(0), L = tokens.size(1);
   const int64_t C = std::min(options.chunk_size, L);

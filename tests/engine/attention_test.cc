@@ -9,6 +9,7 @@
 
 #include "engine/attention_features.h"
 #include "engine/causal_attention.h"
+#include "engine/softmax_attention.h"
 #include "tests/engine/test_util.h"
 
 namespace slim {
@@ -260,6 +261,36 @@ TEST(CausalAttention, DegenerateDenominatorGivesZeroAndFiniteGradient) {
   (o.out.sum() * 1e30).backward();
   EXPECT_TRUE(at::isfinite(q.grad()).all().item<bool>());
   EXPECT_TRUE(at::isfinite(k.grad()).all().item<bool>());
+}
+
+// Softmax attention against its definition written out position by position, and in pieces
+// carrying the key/value cache as in one call.
+TEST(SoftmaxAttention, MatchesItsDefinitionAndRunsInPieces) {
+  const int64_t B = 2, H = 3, T = 11, d = 4;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor q = at::randn({B, H, T, d}, Gen(1), at::kDouble), k = at::randn({B, H, T, d}, Gen(2), at::kDouble),
+                   v = at::randn({B, H, T, d}, Gen(3), at::kDouble);
+  const AttentionOutput whole = CausalSoftmaxAttention(q, k, v, EmptySoftmaxCache(B, H, d, f64));
+  at::Tensor expected = at::zeros({B, H, T, d}, f64);
+  for (int64_t i = 0; i < T; ++i) {
+    // weights_j ∝ exp(q_i·k_j / √d) for j ≤ i.
+    const at::Tensor logits = (q.narrow(2, i, 1) * k.narrow(2, 0, i + 1)).sum(-1) / std::sqrt(4.0);  // (B, H, i+1)
+    const at::Tensor w = at::exp(logits - std::get<0>(logits.max(-1, true)));
+    expected.narrow(2, i, 1).copy_((w / w.sum(-1, true)).unsqueeze(-1).mul(v.narrow(2, 0, i + 1)).sum(2, true));
+  }
+  EXPECT_LE(RelErr(whole.out, expected), 1e-14);
+  EXPECT_EQ(whole.end.s.size(2), T);
+  AttentionState cache = EmptySoftmaxCache(B, H, d, f64);
+  std::vector<at::Tensor> pieces;
+  for (int64_t start = 0; start < T; start += 4) {
+    const int64_t n = std::min<int64_t>(4, T - start);
+    AttentionOutput piece = CausalSoftmaxAttention(q.narrow(2, start, n), k.narrow(2, start, n), v.narrow(2, start, n), cache);
+    pieces.push_back(piece.out);
+    cache = piece.end;
+  }
+  EXPECT_LE(RelErr(at::cat(pieces, 2), whole.out), 1e-14);
+  EXPECT_TRUE(at::equal(cache.s, k));
+  EXPECT_TRUE(at::equal(cache.z, v));
 }
 
 TEST(Rotary, PositionIsGlobalAndNormPreserving) {

@@ -182,6 +182,43 @@ TEST(Model, VariantsComputeTheirDefinitions) {
   }
 }
 
+// Softmax attention (the reference mode of imported models) in every architecture variant:
+// decoding token by token and in pieces (carrying the key/value cache) equals the whole forward,
+// and a layer's attention is softmax(q·kᵀ/√d)·v of its own rotated queries and keys.
+TEST(Model, SoftmaxModeDecodesInPiecesAndComputesItsDefinition) {
+  for (ModelConfig c : testing::VariantConfigs()) {
+    c.feature_map = FeatureMap::kSoftmax;
+    PerformerLM model(c, 5);
+    model->to(at::kDouble);
+    testing::PerturbParameters(*model, 6);
+    const at::Tensor tokens = testing::RandomBatch(2, 40, 256, 6).tokens;
+    at::NoGradGuard no_grad;
+    const at::Tensor full = model->Forward(tokens);
+    for (int64_t piece : {int64_t{1}, int64_t{7}}) {
+      ModelState state = model->ZeroState(2);
+      std::vector<at::Tensor> parts;
+      for (int64_t t = 0; t < 40; t += piece) {
+        const int64_t n = std::min<int64_t>(piece, 40 - t);
+        parts.push_back(model->ForwardSlice(tokens.narrow(1, t, n), t, &state));
+      }
+      EXPECT_LE(RelErr(at::cat(parts, 1), full), 1e-12) << testing::Describe(c) << " pieces of " << piece;
+    }
+    // Layer 0: Mix with the output projection set to the identity (and no bias), the FFN zeroed.
+    const auto params = model->named_parameters();
+    params["layers.0.wo.weight"].copy_(at::eye(c.d_model, at::kDouble));
+    if (c.attn_out_bias) params["layers.0.wo.bias"].zero_();
+    params["layers.0.w2.weight"].zero_();
+    if (params.find("layers.0.w2.bias") != nullptr) params["layers.0.w2.bias"].zero_();
+    const at::Tensor x = at::randn({1, 6, c.d_model}, testing::Gen(7), at::kDouble);
+    const LayerProjections p = model->Project(0, x, 0);
+    const at::Tensor y = model->Mix(0, x, p, model->ZeroState(1)[0], nullptr);
+    const at::Tensor scores = at::matmul(p.phi_q, p.phi_k.transpose(2, 3)) / std::sqrt(static_cast<double>(c.head_dim()));
+    const at::Tensor causal = at::ones({6, 6}, at::kBool).triu(1);
+    const at::Tensor attended = at::matmul(at::softmax(scores.masked_fill(causal, -INFINITY), -1), p.v);
+    EXPECT_LE(RelErr(y - x, attended.transpose(1, 2).reshape({1, 6, c.d_model})), 1e-12) << testing::Describe(c);
+  }
+}
+
 // A model with learned positions has max_positions of them: a token past them is refused with
 // the reason, not read out of bounds.
 TEST(Model, LearnedPositionsPastTheTableAreRefused) {
@@ -299,7 +336,7 @@ TEST(ModelConfig, ValidationNamesTheField) {
   c.n_features = 0;
   EXPECT_THROW(c.Validate(), EngineError);
   EXPECT_THROW(PresetConfig("huge"), EngineError);
-  EXPECT_THROW(ParseFeatureMap("softmax"), EngineError);
+  EXPECT_THROW(ParseFeatureMap("linear"), EngineError);
   const auto refusal = [](const ModelConfig& bad) {
     try {
       bad.Validate();

@@ -235,7 +235,9 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
   };
   // The architecture variants: 3 is GPT-2's layout (learned positions, biases, tied), 4 Llama's
   // with grouped-query attention.
-  const std::vector<Case> cases{{"tiny", 2048, 2, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 3},
+  const std::vector<Case> cases{{"softmax", 512, 2, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 4},
+                                {"softmax", 1024, 1, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 4},
+                                {"tiny", 2048, 2, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 3},
                                 {"tiny", 2048, 2, OptimizerKind::kAdamW, Precision::kFp32, TuningMode::kFull, 4},
                                 {"tiny", 512, 1, OptimizerKind::kAdamW},  {"tiny", 2048, 2, OptimizerKind::kAdamW},
                                 {"tiny", 8192, 1, OptimizerKind::kAdamW}, {"tiny", 4096, 3, OptimizerKind::kSgd},
@@ -247,17 +249,25 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
                                 {"tiny", 1024, 12, OptimizerKind::kAdamW}};
   int combos = 0;
   for (const Case& c : cases) {
-    StepShape s = Shape(c.preset, c.L, c.batch, c.optimizer, c.precision, c.tuning);
+    StepShape s = Shape(c.variant >= 0 ? "tiny" : c.preset, c.L, c.batch, c.optimizer, c.precision, c.tuning);
     if (c.variant >= 0) {
       s.model = testing::VariantConfigs().at(c.variant);
       if (s.model.positions == PositionKind::kLearned) s.model.max_positions = c.L;
+      // Softmax attention (the Llama layout's): ordinary backprop only, at every quota.
+      if (c.preset == "softmax") s.model.feature_map = FeatureMap::kSoftmax;
     }
     const MemoryCoefficients k = Coefficients(s);
     const double full = static_cast<double>(PredictPeak(s, c.L, StartStateMode::kSubtract, k).total);
     const double min_quota = static_cast<double>(PlanChunkSize(s, 0, k).min_quota_bytes);
-    for (double quota : {min_quota, 0.6 * min_quota + 0.4 * full, 1.1 * full}) {
+    const bool softmax = s.model.feature_map == FeatureMap::kSoftmax;  // one chunk size: L
+    const std::vector<double> quotas = softmax ? std::vector<double>{min_quota, 1.1 * min_quota}
+                                               : std::vector<double>{min_quota, 0.6 * min_quota + 0.4 * full, 1.1 * full};
+    for (double quota : quotas) {
       const PlanResult r = PlanChunkSize(s, static_cast<int64_t>(quota), k);
       ASSERT_TRUE(r.feasible) << c.preset << " L=" << c.L << " quota " << quota;
+      if (softmax) {
+        EXPECT_EQ(r.plan.chunk_size, c.L) << "softmax attention planned in slices";
+      }
       const PlannedRun run = RunPlanned(s, r.plan);
       const double predicted = static_cast<double>(r.plan.predicted_peak_bytes);
       std::printf("[ plan ] %s %s %s L=%lld B=%lld %s quota=%.0f -> C=%lld %s predicted=%.0f measured=%lld (%+.1f%%)"
@@ -269,7 +279,14 @@ TEST_F(PlannerOnCpu, PlannedStepsStayInsideQuotaAndNearPrediction) {
                   StartStateModeName(r.plan.mode).c_str(), predicted, static_cast<long long>(run.peak_bytes),
                   100.0 * (run.peak_bytes - predicted) / predicted, r.plan.est_step_seconds, run.step_seconds);
       EXPECT_LE(run.peak_bytes, quota) << c.preset << " L=" << c.L << " C=" << r.plan.chunk_size;
-      EXPECT_NEAR(run.peak_bytes, predicted, 0.05 * predicted) << c.preset << " L=" << c.L << " C=" << r.plan.chunk_size;
+      if (softmax) {
+        // Its L² terms are analytic and count three transient probability tensors in a layer's
+        // backward where fewer are measured: conservative, by 13–16% for these 2 layers (the
+        // saved per-layer tensors dominate deeper models, so less there).
+        EXPECT_GE(run.peak_bytes, 0.8 * predicted) << c.preset << " L=" << c.L;
+      } else {
+        EXPECT_NEAR(run.peak_bytes, predicted, 0.05 * predicted) << c.preset << " L=" << c.L << " C=" << r.plan.chunk_size;
+      }
       ++combos;
     }
   }
@@ -310,12 +327,13 @@ TEST_F(PlannerOnCpu, CalibrationStaysInsideItsBound) {
   };
   const std::vector<Case> cases{{"tiny", 1}, {"tiny", 4}, {"tiny", 2, OptimizerKind::kSgd, TuningMode::kLora},
                                 {"tiny", 1, OptimizerKind::kAdamW, TuningMode::kFull, 8192}, {"mini", 1},
-                                {"gpt2-like", 2}, {"llama-like", 2}};
+                                {"gpt2-like", 2}, {"llama-like", 2}, {"softmax-llama-like", 2}};
   for (const Case& c : cases) {
-    const bool variant = c.preset == "gpt2-like" || c.preset == "llama-like";
+    const bool variant = c.preset == "gpt2-like" || c.preset == "llama-like" || c.preset == "softmax-llama-like";
     StepShape s = Shape(variant ? "tiny" : c.preset, 64, c.batch, c.optimizer, Precision::kFp32, c.tuning);
     // GPT-2's layout with fewer learned positions (200) than the probes' 512 tokens.
     if (variant) s.model = testing::VariantConfigs().at(c.preset == "gpt2-like" ? 3 : 4);
+    if (c.preset == "softmax-llama-like") s.model.feature_map = FeatureMap::kSoftmax;
     if (c.vocab > 0) s.model.vocab_size = c.vocab;
     const int64_t bound = CalibrationPeakBound(s);
     const int64_t baseline = CpuCurrentBytes();

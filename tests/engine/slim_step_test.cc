@@ -131,6 +131,37 @@ TEST(SlimStep, GradientsEqualFullBackpropFp32ForEveryArchitectureVariant) {
   }
 }
 
+// Softmax attention has no state to carry between slices: a chunk below the sequence length is
+// refused with the reason; ordinary backprop (C = L) trains it.
+TEST(SlimStep, SoftmaxAttentionTrainsOnlyWholeSequences) {
+  ModelConfig c = testing::VariantConfigs().at(4);
+  c.feature_map = FeatureMap::kSoftmax;
+  PerformerLM model(c, 51);
+  const testing::Batch b = testing::RandomBatch(2, 32, 256, 52);
+  SlimStepOptions o;
+  o.chunk_size = 16;
+  try {
+    SlimTrainingStep(*model, b.tokens, b.targets, o);
+    FAIL() << "a softmax model was trained in slices";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("softmax attention has no prefix-sum state"), std::string::npos) << e.what();
+  }
+  o.chunk_size = 32;
+  const SlimStepResult r = SlimTrainingStep(*model, b.tokens, b.targets, o);
+  // The loss of the whole forward, and a gradient on every parameter.
+  at::Tensor loss;
+  {
+    at::NoGradGuard no_grad;
+    loss = at::cross_entropy_loss(model->Forward(b.tokens).reshape({-1, 256}), b.targets.reshape({-1}));
+  }
+  EXPECT_NEAR(r.loss, loss.item<double>(), 1e-5 * loss.item<double>());
+  for (const auto& p : model->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_GT(p.value().grad().abs().max().item<double>(), 0.0) << p.key();
+  }
+}
+
 // The loss in row blocks is the cross-entropy sum, and its gradients autograd's through the
 // whole logits, for every block size (ignored rows included).
 TEST(BlockedCrossEntropy, EqualsTheWholeLossAndItsGradients) {

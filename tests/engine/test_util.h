@@ -83,7 +83,8 @@ inline void PerturbParameters(torch::nn::Module& model, uint64_t seed) {
 }
 
 inline std::string Describe(const ModelConfig& c) {
-  return NormKindName(c.norm) + "/" + FfnKindName(c.ffn) + "/" + PositionKindName(c.positions) + " heads " +
+  return FeatureMapName(c.feature_map) + " " + NormKindName(c.norm) + "/" + FfnKindName(c.ffn) + "/" +
+         PositionKindName(c.positions) + " heads " +
          std::to_string(c.n_heads) + "/" + std::to_string(c.kv_heads()) + (c.qkv_bias ? " qkv-bias" : "") +
          (c.attn_out_bias ? " out-bias" : "") + (c.tie_embeddings ? " tied" : "");
 }

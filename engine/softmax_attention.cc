@@ -1,0 +1,30 @@
+#include "engine/softmax_attention.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <cmath>
+#include <limits>
+
+namespace slim {
+
+AttentionState EmptySoftmaxCache(int64_t batch, int64_t heads, int64_t head_dim, const at::TensorOptions& options) {
+  return {at::zeros({batch, heads, 0, head_dim}, options), at::zeros({batch, heads, 0, head_dim}, options)};
+}
+
+AttentionOutput CausalSoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const AttentionState& cache) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const at::ScalarType dtype = cache.s.scalar_type();
+  const at::Tensor keys = at::cat({cache.s, k.to(dtype)}, 2), values = at::cat({cache.z, v.to(dtype)}, 2);
+  const int64_t T = q.size(2), before = cache.s.size(2);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  at::Tensor scores = at::matmul(q.to(dtype), keys.transpose(2, 3)) * scale;  // (B, H, T, before + T)
+  // Query i (position before + i) sees keys 0 .. before + i.
+  const at::Tensor future =
+      at::ones({T, before + T}, at::TensorOptions().dtype(at::kBool).device(q.device())).triu(before + 1);
+  scores = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
+  return {at::matmul(at::softmax(scores, -1), values), {keys, values}};
+}
+
+}  // namespace slim

@@ -181,4 +181,32 @@ HfArchitecture ReadHfConfig(const Json& doc) {
   return a;
 }
 
+ModelConfig ModelConfigFor(const HfArchitecture& a, FeatureMap map, int64_t n_features) {
+  if (a.ffn_bias != (a.ffn != FfnKind::kSwiGlu)) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "feed-forward: " + FfnKindName(a.ffn) + (a.ffn_bias ? " with" : " without") +
+                          " biases is not supported (GELU has biases, SwiGLU none)");
+  }
+  ModelConfig c;
+  c.vocab_size = a.vocab_size;
+  c.d_model = a.d_model;
+  c.n_layers = a.n_layers;
+  c.n_heads = a.n_heads;
+  c.n_kv_heads = a.n_kv_heads == a.n_heads ? 0 : a.n_kv_heads;
+  c.d_ff = a.d_ff;
+  c.feature_map = map;
+  c.n_features = n_features;
+  c.rope_base = a.rope_theta;
+  c.tie_embeddings = a.tie_embeddings;
+  c.norm = a.norm;
+  c.norm_eps = a.norm_eps;
+  c.ffn = a.ffn;
+  c.qkv_bias = a.qkv_bias;
+  c.attn_out_bias = a.attn_out_bias;
+  c.positions = a.positions;
+  c.max_positions = a.positions == PositionKind::kLearned ? a.max_positions : 0;
+  c.Validate();
+  return c;
+}
+
 }  // namespace slim

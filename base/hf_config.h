@@ -43,4 +43,11 @@ struct HfArchitecture {
 // math in a way slim does not implement (e.g. rope_scaling, sliding_window, logit soft-capping).
 HfArchitecture ReadHfConfig(const Json& config);
 
+// The slim model that computes `a` with attention `map` (softmax: exactly the checkpoint's
+// function; a Performer feature map: its conversion) and, for favor+, `n_features` features per
+// head. Rotary models keep no max_positions (slim's rotary positions have no end); learned
+// positions keep the table's length. Throws EngineError(kInvalidArgument) for what the engine
+// cannot represent (a GELU feed-forward without biases, SwiGLU with them).
+ModelConfig ModelConfigFor(const HfArchitecture& a, FeatureMap map, int64_t n_features);
+
 }  // namespace slim

@@ -55,6 +55,7 @@ const char* DtypeName(at::ScalarType t) {
     case at::kFloat: return "F32";
     case at::kDouble: return "F64";
     case at::kBFloat16: return "BF16";
+    case at::kHalf: return "F16";
     case at::kLong: return "I64";
     case at::kByte: return "U8";
     default: return nullptr;
@@ -62,7 +63,7 @@ const char* DtypeName(at::ScalarType t) {
 }
 
 bool DtypeFromName(const std::string& name, at::ScalarType* t) {
-  for (at::ScalarType s : {at::kFloat, at::kDouble, at::kBFloat16, at::kLong, at::kByte}) {
+  for (at::ScalarType s : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf, at::kLong, at::kByte}) {
     if (name == DtypeName(s)) {
       *t = s;
       return true;
@@ -150,7 +151,8 @@ void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metada
   }
 }
 
-SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what) {
+SafetensorsMetadata VisitSafetensors(const std::string& path, const std::string& what,
+                                     const std::function<void(const std::string& name, at::Tensor tensor)>& visit) {
   auto invalid = [&](const std::string& message) -> EngineError {
     return EngineError(ErrorCode::kInvalidArgument, what + " " + path + ": " + message);
   };
@@ -186,7 +188,7 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
     throw invalid(std::string("header is not valid JSON: ") + e.what());
   }
   if (root.kind != Json::kObject) throw invalid("header is not a JSON object");
-  SafetensorsContents out;
+  SafetensorsMetadata metadata;
   const uint64_t data_start = 8 + n, data_size = file_size - data_start;
   std::string stored_checksum;
   // Every entry is checked against the file before anything is allocated: the tensors then
@@ -204,7 +206,7 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
       for (const auto& [k, v] : entry.members) {
         if (v.kind != Json::kString) throw invalid("metadata '" + k + "' is not a string");
         if (k == kChecksumKey) stored_checksum = v.text;
-        else out.metadata[k] = v.text;
+        else metadata[k] = v.text;
       }
       continue;
     }
@@ -218,7 +220,7 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
     Extent e{name, at::kByte, {}, 0, 0};
     if (dtype->second.kind != Json::kString || !DtypeFromName(dtype->second.text, &e.type)) {
       throw invalid("tensor '" + name + "' has unsupported dtype " + SerializeJson(dtype->second) +
-                    " (supported: F32, F64, BF16, I64, U8)");
+                     " (supported: F32, F64, BF16, F16, I64, U8)");
     }
     // Sizes and offsets are whole numbers ≤ 2^53 (exact in a double); the data size of the
     // shape is computed without overflow and must fit in the file.
@@ -299,12 +301,18 @@ SafetensorsContents ReadSafetensors(const std::string& path, const std::string& 
     skip(e.begin - position);
     read_into(static_cast<char*>(t.data_ptr()), e.end - e.begin);
     position = e.end;
-    out.tensors[e.name] = std::move(t);
+    visit(e.name, std::move(t));
   }
   skip(data_size - position);
   if (!stored_checksum.empty() && Hex8(crc) != stored_checksum) {
     throw invalid("corrupted: checksum " + Hex8(crc) + " does not match the stored " + stored_checksum);
   }
+  return metadata;
+}
+
+SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what) {
+  SafetensorsContents out;
+  out.metadata = VisitSafetensors(path, what, [&](const std::string& name, at::Tensor t) { out.tensors[name] = std::move(t); });
   return out;
 }
 

@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -19,7 +20,7 @@ struct SafetensorsContents {
   NamedTensorMap tensors;        // CPU, contiguous
 };
 
-// Supported dtypes: F32, F64, BF16, I64, U8. Writes `path` atomically (temporary file in the
+// Supported dtypes: F32, F64, BF16, F16, I64, U8. Writes `path` atomically (temporary file in the
 // same directory, fsync, rename). Throws EngineError(kInternal) if writing fails; no partial
 // file is left at `path`.
 void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metadata,
@@ -31,5 +32,12 @@ void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metada
 // The whole header is checked before any tensor is allocated (whole-number shapes and offsets,
 // tensors inside the file and not overlapping), so the tensors take at most the file's size.
 SafetensorsContents ReadSafetensors(const std::string& path, const std::string& what);
+
+// Reads the file as ReadSafetensors does but hands each tensor to `visit` as soon as it is read,
+// in file order, keeping none: at most one tensor of the file is in memory at a time (imports
+// of large checkpoints stream through it). Returns the metadata. A stored checksum is verified
+// after the last visit, so a caller must not commit what it built before this returns.
+SafetensorsMetadata VisitSafetensors(const std::string& path, const std::string& what,
+                                     const std::function<void(const std::string& name, at::Tensor tensor)>& visit);
 
 }  // namespace slim

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,6 +30,7 @@
 #include "engine/data_parallel.h"
 #include "base/dataset.h"
 #include "engine/generate.h"
+#include "engine/hf_import.h"
 #include "engine/model_file.h"
 #include "engine/slim_step.h"
 #include "engine/devices.h"
@@ -63,6 +65,12 @@ commands:
   eval      --model FILE --data FILE [--format text|jsonl|ids-u16|ids-u32] --seq-len L
             [--chunk C] [--batch B]: prints {"loss", "bits_per_byte", "tokens"} as JSON
   merge     --base FILE --adapter FILE --out FILE: a model file with the LoRA adapters merged in
+  import-hf --dir DIR --out FILE [--feature-map softmax|favor+|relu|elu+1|sqr] [--features M]:
+            a Hugging Face checkpoint (gpt2, llama, mistral, qwen2; config.json and safetensors,
+            sharded or not, F32/F16/BF16) as a slim model file; softmax (the default) keeps the
+            checkpoint's exact attention, a feature map converts it (docs/model-format.md)
+  logits    --model FILE --tokens ID,ID,...: the model's logits at every position, as JSON
+            {"tokens": [...], "logits": [[...], ...]} (for checking an import)
 
 run flags:
   --spec FILE               job spec, YAML (.yaml/.yml) or JSON (.json)
@@ -370,6 +378,57 @@ int Merge(const slim::tools::Flags& flags) {
   return 0;
 }
 
+int ImportHf(const slim::tools::Flags& flags) {
+  const std::string dir = flags.String("dir", "");
+  const std::string out = flags.String("out", "");
+  const slim::FeatureMap map = slim::ParseFeatureMap(flags.String("feature-map", "softmax"));
+  const int64_t features = flags.Int("features", 64, 1);
+  flags.CheckAllUsed();
+  slim::PerformerLM model = slim::ImportHfCheckpoint(dir, map, features);
+  slim::SaveModelFile(*model, out);
+  const slim::ModelConfig& c = model->config();
+  std::printf("wrote %s: %lld parameters, %lld layers, d_model %lld, %lld heads (%lld key/value), vocab %lld, "
+              "attention %s\n",
+              out.c_str(), static_cast<long long>(c.ParameterCount()), static_cast<long long>(c.n_layers),
+              static_cast<long long>(c.d_model), static_cast<long long>(c.n_heads), static_cast<long long>(c.kv_heads()),
+              static_cast<long long>(c.vocab_size), slim::FeatureMapName(c.feature_map).c_str());
+  return 0;
+}
+
+int Logits(const slim::tools::Flags& flags) {
+  slim::PerformerLM model = slim::LoadModelFile(flags.String("model", ""));
+  const std::string list = flags.String("tokens", "");
+  flags.CheckAllUsed();
+  std::vector<int64_t> ids;
+  std::stringstream items(list);
+  for (std::string item; std::getline(items, item, ',');) {
+    char* end = nullptr;
+    const long long id = std::strtoll(item.c_str(), &end, 10);
+    slim::CheckArgument(!item.empty() && *end == '\0' && id >= 0 && id < model->config().vocab_size,
+                        "tokens: '" + item + "' is not a token id in [0, " +
+                            std::to_string(model->config().vocab_size) + ")");
+    ids.push_back(id);
+  }
+  slim::CheckArgument(!ids.empty(), "tokens: at least one id is needed");
+  at::NoGradGuard no_grad;
+  const at::Tensor logits = model->Forward(at::tensor(ids, at::kLong).unsqueeze(0))[0].to(at::kDouble).contiguous();
+  std::string json = "{\"tokens\": [";
+  for (size_t i = 0; i < ids.size(); ++i) json += (i ? ", " : "") + std::to_string(ids[i]);
+  json += "], \"logits\": [";
+  char number[32];
+  for (int64_t t = 0; t < logits.size(0); ++t) {
+    json += t ? ", [" : "[";
+    const double* row = logits[t].data_ptr<double>();
+    for (int64_t v = 0; v < logits.size(1); ++v) {
+      std::snprintf(number, sizeof(number), "%s%.9g", v ? ", " : "", row[v]);
+      json += number;
+    }
+    json += "]";
+  }
+  std::printf("%s]}\n", json.c_str());
+  return 0;
+}
+
 // plan --spec FILE: admission's answer for a whole spec (slimd runs this; docs/worker-protocol.md).
 int PlanSpec(const slim::tools::Flags& flags) {
   const std::string spec_path = flags.String("spec", "");
@@ -637,6 +696,8 @@ int main(int argc, char** argv) {
     if (command == "init") return Init(flags);
     if (command == "generate") return Generate(flags);
     if (command == "eval") return Eval(flags);
+    if (command == "import-hf") return ImportHf(flags);
+    if (command == "logits") return Logits(flags);
     throw slim::EngineError(slim::ErrorCode::kInvalidArgument, "unknown command '" + command + "'");
   } catch (const slim::EngineError& e) {
     std::cerr << "slim-train: " << e.what() << "\n";

@@ -772,13 +772,16 @@ int Models(Client& client, const tools::Flags& flags, OutputFormat format) {
   }
   if (action == "import") {
     v1::ImportModelRequest request;
-    std::string path = flags.Positional(2, "the model file (a path the server can read)");
+    std::string path = flags.Positional(2, "the model file or Hugging Face checkpoint directory (a path the server can read)");
     if (!path.empty() && path[0] != '/') {
       char cwd[4096];
       if (::getcwd(cwd, sizeof(cwd)) != nullptr) path = std::string(cwd) + "/" + path;
     }
     request.set_path(path);
     request.set_name(flags.String("name", "-") == "-" ? "" : flags.String("name", "-"));
+    // A checkpoint directory's attention (the server refuses these for a model file).
+    if (flags.Has("feature-map")) request.set_feature_map(flags.String("feature-map", ""));
+    if (flags.Has("features")) request.set_features(static_cast<int32_t>(std::min<int64_t>(flags.Int("features", 64, 1), 1 << 20)));
     flags.CheckAllUsed();
     v1::ImportModelResponse response;
     const grpc::Status status = client.stub().ImportModel(client.SlowUnaryContext().get(), request, &response);
@@ -1015,11 +1018,17 @@ examples:
   slimctl datasets upload corpus.txt --name corpus
   slimctl datasets delete ds-000003
 )"},
-    {"models", R"(usage: slimctl models list | get ID | import PATH [--name N] | export ID --out FILE | delete ID
-  import takes a path the server can read (a local server: any local file); a file imported
-  before returns that model; delete refuses while a queued or running job fine-tunes it
+    {"models", R"(usage: slimctl models list | get ID | import PATH [--name N] [--feature-map M] [--features F]
+       | export ID --out FILE | delete ID
+  import takes a path the server can read (a local server: any local file): a slim model file,
+  or a Hugging Face checkpoint directory (gpt2, llama, mistral, qwen2: config.json and
+  safetensors) that the server converts, keeping its exact softmax attention or, with
+  --feature-map favor+|relu|elu+1|sqr, converting it to Performer features (--features per head
+  for favor+, default 64); a file imported before returns that model; delete refuses while a
+  queued or running job fine-tunes it
 examples:
   slimctl models import models/base-mini.safetensors --name base-mini
+  slimctl models import /data/checkpoints/gpt2 --feature-map favor+ --name gpt2-favor
   slimctl models export model-000002 --out tuned.safetensors
 )"},
     {"generate", R"(usage: slimctl generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--seed S]

@@ -7,7 +7,10 @@
 
 #include "base/byte_size.h"
 #include "base/dataset.h"
+#include "base/errors.h"
+#include "base/model_config.h"
 #include "base/sha256.h"
+#include "base/utf8.h"
 #include "server/jobs/job_helpers.h"
 
 namespace slim::server {
@@ -207,12 +210,49 @@ absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModel(const v1::ImportMod
   std::error_code ec;
   const fs::file_status status = fs::status(request.path(), ec);
   if (ec || !fs::exists(status)) return absl::InvalidArgumentError("path: " + request.path() + ": no such file");
-  if (!fs::is_regular_file(status)) {
-    return absl::InvalidArgumentError("path: " + request.path() + ": not a regular file");
+  // Default name: the file's or directory's ("/ckpts/gpt2/" is "gpt2").
+  fs::path named = fs::path(request.path()).lexically_normal();
+  if (named.filename().empty()) named = named.parent_path();
+  const std::string name = request.name().empty() ? named.filename().string() : request.name();
+  if (fs::is_directory(status)) {
+    // A Hugging Face checkpoint: converted by slim-train (slimd does no tensor work), then
+    // imported as the file it wrote.
+    const std::string feature_map = request.feature_map().empty() ? "softmax" : request.feature_map();
+    try {
+      ParseFeatureMap(feature_map);
+    } catch (const EngineError& e) {
+      return absl::InvalidArgumentError(e.what());
+    }
+    const int64_t features = request.features() == 0 ? 64 : request.features();
+    if (features < 1 || features > 65536) {
+      return absl::InvalidArgumentError("features: " + std::to_string(request.features()) + " is out of range [1, 65536]");
+    }
+    const std::string converted = TempPath();
+    const absl::Status imported = engine_.ImportHf(request.path(), converted, feature_map, features);
+    if (!imported.ok()) {
+      fs::remove(converted, ec);
+      if (imported.code() != absl::StatusCode::kInvalidArgument) return imported;
+      return absl::InvalidArgumentError(absl::StrCat("path: ", imported.message()));
+    }
+    absl::StatusOr<v1::ImportModelResponse> response = ImportModelFile(converted, name);
+    fs::remove(converted, ec);
+    return response;
   }
+  if (!request.feature_map().empty() || request.features() != 0) {
+    return absl::InvalidArgumentError("feature_map, features: only for a Hugging Face checkpoint directory; " +
+                                      request.path() + " is a model file, imported as it is");
+  }
+  if (!fs::is_regular_file(status)) {
+    return absl::InvalidArgumentError("path: " + request.path() + ": not a regular file or a directory");
+  }
+  return ImportModelFile(request.path(), name);
+}
+
+absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModelFile(const std::string& path, const std::string& name) {
+  std::error_code ec;
   // The same bytes imported before: that shared model, not a second copy.
   std::string digest;
-  if (!Sha256OfFile(request.path(), &digest)) return absl::InvalidArgumentError("path: " + request.path() + ": cannot read");
+  if (!Sha256OfFile(path, &digest)) return absl::InvalidArgumentError("path: " + path + ": cannot read");
   ASSIGN_OR_RETURN(const std::vector<v1::Model> models,
                    ListAll<v1::Model>([&](int size, const std::string& token) {
                      return store_.ListModels(size, token, ListScope::All());
@@ -225,7 +265,7 @@ absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModel(const v1::ImportMod
       return response;
     }
   }
-  absl::StatusOr<ModelSummary> summary = engine_.Inspect(request.path());
+  absl::StatusOr<ModelSummary> summary = engine_.Inspect(path);
   if (!summary.ok()) {
     if (summary.status().code() != absl::StatusCode::kInvalidArgument) return summary.status();
     return absl::InvalidArgumentError(absl::StrCat("path: ", summary.status().message()));
@@ -233,7 +273,7 @@ absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModel(const v1::ImportMod
   ASSIGN_OR_RETURN(const std::string id, store_.NewId("model"));
   const fs::path target = ModelFilePath(id);
   const fs::path tmp = fs::path(TempPath());
-  fs::copy_file(request.path(), tmp, ec);
+  fs::copy_file(path, tmp, ec);
   if (!ec) fs::rename(tmp, target, ec);
   if (ec) {
     fs::remove(tmp, ec);
@@ -241,7 +281,7 @@ absl::StatusOr<v1::ImportModelResponse> Catalog::ImportModel(const v1::ImportMod
   }
   v1::Model model;
   model.set_id(id);
-  model.set_name(request.name().empty() ? fs::path(request.path()).filename().string() : request.name());
+  model.set_name(name);
   model.set_size_bytes(static_cast<int64_t>(fs::file_size(target, ec)));
   model.set_parameters(summary->parameters);
   model.set_config_json(ConfigJson(*summary));
@@ -332,10 +372,18 @@ absl::Status Catalog::Generate(const v1::GenerateRequest& request, const Princip
   params.top_k = request.top_k();
   params.seed = static_cast<uint64_t>(request.seed());
   params.cancelled = cancelled;
+  // Tokens are bytes; the text sent is valid UTF-8 (GenerateResponse.text is a protobuf
+  // string): a character is sent once its bytes are all drawn, and a byte sequence that is not
+  // UTF-8 — routine for a model that is not trained yet — becomes U+FFFD.
+  Utf8Assembler text;
   const absl::Status status = engine_.Generate(path, request.prompt(), params, [&](int32_t t) {
-    return emit(std::string(1, static_cast<char>(t < 256 ? t : '?')));
+    const std::string piece = text.Push(static_cast<uint8_t>(t < 256 ? t : '?'));
+    return piece.empty() || emit(piece);
   });
   if (status.code() == absl::StatusCode::kCancelled) return absl::CancelledError("the client went away");
+  if (const std::string rest = text.Finish(); status.ok() && !rest.empty() && !emit(rest)) {
+    return absl::CancelledError("the client went away");
+  }
   return status;
 }
 

@@ -55,7 +55,10 @@ class Catalog {
   std::string DatasetPath(const std::string& id) const;
 
   // Models. Imports are for admins (enforced by the RPC layer) and shared; a file with the
-  // bytes of a shared model already imported returns that model (`existing`).
+  // bytes of a shared model already imported returns that model (`existing`). A Hugging Face
+  // checkpoint directory is converted by a slim-train process first (its memory: about the
+  // fp32 model, on the host, unreserved) and the converted file imported; converting the same
+  // checkpoint the same way again gives the same bytes, so that import is `existing` too.
   absl::StatusOr<v1::ImportModelResponse> ImportModel(const v1::ImportModelRequest& request);
   // The record and the file. NOT_FOUND unless `caller` sees it; PERMISSION_DENIED for a shared
   // model unless an admin; FAILED_PRECONDITION while a queued, running or cancelling job
@@ -73,6 +76,8 @@ class Catalog {
                         const std::function<bool()>& cancelled = nullptr);
 
  private:
+  // Imports the model file at `path` (already checked to be a regular file) named `name`.
+  absl::StatusOr<v1::ImportModelResponse> ImportModelFile(const std::string& path, const std::string& name);
   // The tenant's stored datasets plus `size_bytes` against its limit.
   absl::Status CheckDatasetLimit(const Principal& caller, int64_t size_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -221,6 +221,13 @@ absl::StatusOr<ModelSummary> EngineCommands::Inspect(const std::string& model_pa
   }
 }
 
+absl::Status EngineCommands::ImportHf(const std::string& dir, const std::string& out, const std::string& feature_map,
+                                      int64_t features) {
+  return Answer("import-hf", {"--dir", dir, "--out", out, "--feature-map", feature_map, "--features",
+                              std::to_string(features)})
+      .status();
+}
+
 absl::StatusOr<std::vector<DeviceInfo>> EngineCommands::Devices() {
   absl::StatusOr<std::string> line = Answer("devices", {"--json"});
   if (!line.ok()) return line.status();

@@ -2,6 +2,7 @@
 // no device memory of its own (docs/service.md, "Tensor work runs in subprocesses"):
 //   plan --spec FILE --json   admission's plan, by the planner the worker trains with
 //   inspect --model FILE      a model file loaded whole before it is imported or registered
+//   import-hf --dir DIR       a Hugging Face checkpoint directory converted to a model file
 //   devices --json            the devices this machine has
 //   footprint --device D      what a worker process on D uses beyond its quota
 //   generate --ids            sampling from a model, one token id per line as it is drawn
@@ -64,6 +65,10 @@ class EngineCommands {
   absl::StatusOr<AdmissionPlan> Plan(const JobSpec& spec, int64_t default_quota_cap,
                                      const CalibrationPlace* calibrate_on = nullptr);
   absl::StatusOr<ModelSummary> Inspect(const std::string& model_path);
+  // Converts the checkpoint directory `dir` into the model file `out` with attention
+  // `feature_map` ("softmax" or a Performer feature map) and `features` favor+ features per head.
+  absl::Status ImportHf(const std::string& dir, const std::string& out, const std::string& feature_map,
+                        int64_t features);
   absl::StatusOr<std::vector<DeviceInfo>> Devices();
   // `device` as slim-train names it: "cpu", "cuda:N".
   absl::StatusOr<WorkerFootprint> Footprint(const std::string& device);

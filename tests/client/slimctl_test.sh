@@ -341,6 +341,31 @@ expect 4 models get "$model"
 expect 0 models import "$src/models/base-mini.safetensors" --name again -o name
 [ "$out" = "$base" ] || fail "a second import of the same file: $out"
 echo "$err" | grep -q "is already imported as $base (base-mini)" || fail "second import: $err"
+# A Hugging Face checkpoint directory (a tiny Llama with grouped-query attention, written by the
+# test reference): the server's slim-train converts it, keeping softmax attention or converting
+# to Performer features; the same conversion again is the model imported before; the imported
+# model generates; feature-map options for a model file, unknown maps and a directory that is
+# not a checkpoint are refused by name.
+/usr/bin/python3 "$src/tests/reference/hf_reference.py" make "$dir/hf-llama" --model-type llama --vocab 256 \
+  --heads 4 --kv-heads 2 > /dev/null
+expect 0 models import "$dir/hf-llama/" --output json
+hf=$(echo "$out" | json 'd["id"]')
+[ "$(echo "$out" | json 'd["name"]')" = hf-llama ] || fail "checkpoint import name: $out"
+[ "$(echo "$out" | json 'json.loads(d["config_json"])["feature_map"] + " " + json.loads(d["config_json"])["n_kv_heads"]')" = "softmax 2" ] \
+  || fail "checkpoint import config: $out"
+expect 0 models import "$dir/hf-llama" --feature-map favor+ --features 8 --name hf-favor --output json
+[ "$(echo "$out" | json 'json.loads(d["config_json"])["feature_map"]')" = favor+ ] || fail "conversion: $out"
+[ "$(echo "$out" | json 'd["id"]')" != "$hf" ] || fail "the favor+ conversion is the softmax import"
+expect 0 models import "$dir/hf-llama" -o name
+[ "$out" = "$hf" ] || fail "a second import of the same checkpoint: $out"
+expect 0 generate "$hf" --prompt "slim" --max-tokens 4 --seed 1
+expect 2 models import "$src/models/base-mini.safetensors" --feature-map favor+
+echo "$err" | grep -q "only for a Hugging Face checkpoint directory" || fail "feature map for a file: $err"
+expect 2 models import "$dir/hf-llama" --feature-map linear
+echo "$err" | grep -q "feature_map: unknown value 'linear'" || fail "unknown feature map: $err"
+mkdir "$dir/not-a-checkpoint"
+expect 2 models import "$dir/not-a-checkpoint"
+echo "$err" | grep -q "config.json" || fail "directory without config: $err"
 
 # watch survives slimd being killed and restarted
 expect 0 datasets upload "$dir/docs.txt" --output json

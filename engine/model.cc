@@ -334,6 +334,10 @@ ModelState PerformerLMImpl::ZeroState(int64_t batch) const {
 
 at::Tensor PerformerLMImpl::ForwardSlice(const at::Tensor& tokens, int64_t offset,
                                          ModelState* state) {
+  return Logits(HiddenSlice(tokens, offset, state));
+}
+
+at::Tensor PerformerLMImpl::HiddenSlice(const at::Tensor& tokens, int64_t offset, ModelState* state) {
   at::Tensor x = Embed(tokens, offset);
   for (int64_t r = 0; r < config_.n_layers; ++r) {
     const LayerProjections p = Project(r, x, offset);
@@ -341,7 +345,7 @@ at::Tensor PerformerLMImpl::ForwardSlice(const at::Tensor& tokens, int64_t offse
     x = Mix(r, x, p, (*state)[r], &end);
     (*state)[r] = std::move(end);
   }
-  return Logits(x);
+  return x;
 }
 
 at::Tensor PerformerLMImpl::Forward(const at::Tensor& tokens) {

@@ -75,8 +75,10 @@ class PerformerLMImpl : public torch::nn::Module {
   // empty key/value cache).
   ModelState ZeroState(int64_t batch) const;
   // Runs a slice of tokens at global positions offset.. from *state, updating it in place.
-  // With T = 1 this is recurrent (token-by-token) decoding.
+  // With T = 1 this is recurrent (token-by-token) decoding. ForwardSlice = Logits(HiddenSlice):
+  // the hidden states (B, T, d_model) before the final norm and head.
   at::Tensor ForwardSlice(const at::Tensor& tokens, int64_t offset, ModelState* state);
+  at::Tensor HiddenSlice(const at::Tensor& tokens, int64_t offset, ModelState* state);
   // Whole sequence from the zero state.
   at::Tensor Forward(const at::Tensor& tokens);
 

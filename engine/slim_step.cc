@@ -286,7 +286,7 @@ SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens
 }
 
 double SlicedLoss(PerformerLMImpl& model, const at::Tensor& tokens, const at::Tensor& targets,
-                  int64_t chunk_size, Precision precision, int64_t ignore_index) {
+                  int64_t chunk_size, Precision precision, int64_t ignore_index, int64_t logits_block_bytes) {
   const int64_t count = ValidateBatch(model, tokens, targets, chunk_size, ignore_index);
   const int64_t L = tokens.size(1), C = std::min(chunk_size, L);
   at::NoGradGuard no_grad;
@@ -295,8 +295,8 @@ double SlicedLoss(PerformerLMImpl& model, const at::Tensor& tokens, const at::Te
   at::Tensor total = at::zeros({}, tokens.options().dtype(at::kDouble));
   for (int64_t start = 0; start < L; start += C) {
     const int64_t len = std::min(C, L - start);
-    const at::Tensor logits = model.ForwardSlice(tokens.narrow(1, start, len), start, &state);
-    total += SliceLossSum(logits, targets.narrow(1, start, len), ignore_index).to(at::kDouble);
+    const at::Tensor hidden = model.HiddenSlice(tokens.narrow(1, start, len), start, &state);
+    total += SliceLoss(model, hidden, targets.narrow(1, start, len), ignore_index, logits_block_bytes).to(at::kDouble);
   }
   return total.item<double>() / static_cast<double>(count);
 }

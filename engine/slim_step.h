@@ -67,8 +67,11 @@ struct SlimStepResult {
 SlimStepResult SlimTrainingStep(PerformerLMImpl& model, const at::Tensor& tokens,
                                 const at::Tensor& targets, const SlimStepOptions& options);
 
-// Loss without gradients (evaluation), computed slice by slice with C tokens at a time.
+// Loss without gradients (evaluation), computed slice by slice with C tokens at a time, each
+// slice's loss in row blocks past `logits_block_bytes` as in training (so that an evaluation
+// fits the quota its training was planned for).
 double SlicedLoss(PerformerLMImpl& model, const at::Tensor& tokens, const at::Tensor& targets,
-                  int64_t chunk_size, Precision precision, int64_t ignore_index = kIgnoreIndex);
+                  int64_t chunk_size, Precision precision, int64_t ignore_index = kIgnoreIndex,
+                  int64_t logits_block_bytes = kDefaultLogitsBlockBytes);
 
 }  // namespace slim

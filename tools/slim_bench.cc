@@ -9,6 +9,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -21,11 +24,16 @@
 #include "engine/runtime.h"
 #include "engine/slim_step.h"
 #include "base/flags.h"
+#include "base/hf_config.h"
+#include "base/json.h"
 
 namespace {
 
 constexpr char kUsage[] = R"(usage: slim-bench [flags]
   --preset NAME        model preset: tiny, mini, small, paper-iv (default small)
+  --hf-config FILE     instead of a preset: the architecture of a Hugging Face config.json
+                       (gpt2, llama, mistral, qwen2) with random weights, its attention
+                       --feature-map M (default favor+) with --features N per head (default 64)
   --seq-len L[,L..]    sequence lengths (default 8192)
   --chunk C[,C..]      chunk sizes for subtract/boundaries modes (default 512)
   --mode M[,M..]       subtract, boundaries, full (C = L) (default subtract,full)
@@ -48,7 +56,10 @@ example:
 )";
 
 struct Options {
-  std::string preset = "small";
+  std::string preset = "small";  // or "hf:<config file stem>" with --hf-config
+  std::string hf_config;
+  slim::FeatureMap feature_map = slim::FeatureMap::kFavorPlus;
+  int64_t features = 64;
   std::vector<int64_t> seq_lens{8192};
   std::vector<int64_t> chunks{512};
   std::vector<std::string> modes{"subtract", "full"};
@@ -74,6 +85,10 @@ Options ParseFlags(int argc, char** argv) {
     std::exit(0);
   }
   o.preset = flags.String("preset", o.preset);
+  o.hf_config = flags.String("hf-config", "");
+  o.feature_map = slim::ParseFeatureMap(flags.String("feature-map", "favor+"));
+  o.features = flags.Int("features", o.features, 1);
+  if (!o.hf_config.empty()) o.preset = "hf:" + std::filesystem::path(o.hf_config).stem().string();
   o.seq_lens = flags.IntList("seq-len", o.seq_lens, 1);
   o.chunks = flags.IntList("chunk", o.chunks, 1);
   o.modes = flags.List("mode", o.modes);
@@ -191,7 +206,15 @@ int Run(const Options& o) {
   const int threads = slim::ConfigureRuntime(o.threads);
   const c10::Device device = slim::ParseDevice(o.device);
   const slim::Precision precision = slim::ParsePrecision(o.precision);
-  const slim::ModelConfig config = slim::PresetConfig(o.preset);
+  slim::ModelConfig config;
+  if (o.hf_config.empty()) {
+    config = slim::PresetConfig(o.preset);
+  } else {
+    std::ifstream in(o.hf_config, std::ios::binary);
+    if (!in) throw slim::EngineError(slim::ErrorCode::kInvalidArgument, "--hf-config: cannot read " + o.hf_config);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    config = slim::ModelConfigFor(slim::ReadHfConfig(slim::ParseJson(text)), o.feature_map, o.features);
+  }
   slim::PerformerLM model(config, o.seed);
   if (o.tuning == slim::TuningMode::kLora) model->EnableLora(o.lora_rank, 2.0 * static_cast<double>(o.lora_rank));
   model->to(device);

@@ -226,6 +226,12 @@ TEST(SlimStep, LogitsInRowBlocksGiveTheSameGradients) {
   std::string worst;
   EXPECT_LE(MaxRelErr(blocked.grads, whole.grads, &worst), 2e-2) << "bf16, worst " << worst;
   EXPECT_NEAR(blocked.result.loss, whole.result.loss, 1e-3 * whole.result.loss);
+  // Evaluation too: the sliced loss with blocks is the one without.
+  PerformerLM f64(c, 46);
+  f64->to(at::kDouble);
+  const double unblocked = SlicedLoss(*f64, b.tokens, b.targets, 16, Precision::kFp32, kIgnoreIndex, 0);
+  EXPECT_NEAR(SlicedLoss(*f64, b.tokens, b.targets, 16, Precision::kFp32, kIgnoreIndex, 5 * 1000 * 4), unblocked,
+              1e-12 * unblocked);
 }
 
 // fp32 at L ≈ 1k: relative error ≤ 1e-4 on every parameter gradient.

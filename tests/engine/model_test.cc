@@ -115,26 +115,20 @@ TEST(Model, VariantsComputeTheirDefinitions) {
     at::Tensor embedded = params["embed.weight"].index_select(0, tokens[0]).unsqueeze(0);
     if (c.positions == PositionKind::kLearned) embedded = embedded + params["pos_embed.weight"].narrow(0, 3, 5);
     EXPECT_LE(RelErr(model->Embed(tokens, 3), embedded), 1e-15) << testing::Describe(c);
+    // The norm named `name` ("ln_f", "layers.0.ln1", ...) of t, written out.
+    const auto norm = [&](const at::Tensor& t, const std::string& name) {
+      if (c.norm == NormKind::kRmsNorm) return t / at::sqrt(t.pow(2).mean(-1, true) + c.norm_eps) * params[name + ".weight"];
+      const at::Tensor mean = t.mean(-1, true), var = (t - mean).pow(2).mean(-1, true);
+      return (t - mean) / at::sqrt(var + c.norm_eps) * params[name + ".weight"] + params[name + ".bias"];
+    };
     // The final norm and head, through Logits.
-    at::Tensor normed;
-    if (c.norm == NormKind::kRmsNorm) {
-      normed = x / at::sqrt(x.pow(2).mean(-1, true) + c.norm_eps) * params["ln_f.weight"];
-    } else {
-      const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
-      normed = (x - mean) / at::sqrt(var + c.norm_eps) * params["ln_f.weight"] + params["ln_f.bias"];
-    }
+    const at::Tensor normed = norm(x, "ln_f");
     const at::Tensor head = c.tie_embeddings ? params["embed.weight"] : params["head.weight"];
     EXPECT_LE(RelErr(model->Logits(x), at::matmul(normed, head.t())), 1e-12) << testing::Describe(c);
     // Keys and values of layer 0 at positions 3..7: N1(x)·Wᵀ (+ b), in kv_heads heads, the keys
     // rotated (rotary positions only); query head j gets key/value head j / (heads / kv_heads).
     const int64_t H = c.n_heads, G = c.kv_heads(), d = c.head_dim();
-    at::Tensor n1;
-    if (c.norm == NormKind::kRmsNorm) {
-      n1 = x / at::sqrt(x.pow(2).mean(-1, true) + c.norm_eps) * params["layers.0.ln1.weight"];
-    } else {
-      const at::Tensor mean = x.mean(-1, true), var = (x - mean).pow(2).mean(-1, true);
-      n1 = (x - mean) / at::sqrt(var + c.norm_eps) * params["layers.0.ln1.weight"] + params["layers.0.ln1.bias"];
-    }
+    const at::Tensor n1 = norm(x, "layers.0.ln1");
     const auto projected = [&](const std::string& w) {
       at::Tensor out = at::matmul(n1, params["layers.0." + w + ".weight"].t());
       if (c.qkv_bias) out = out + params["layers.0." + w + ".bias"];
@@ -160,13 +154,7 @@ TEST(Model, VariantsComputeTheirDefinitions) {
     const at::Tensor y = model->Mix(0, x, p, model->ZeroState(1)[0], nullptr);
     const at::Tensor w1 = params["layers.0.w1.weight"], w2 = params["layers.0.w2.weight"];
     const at::Tensor y0 = c.attn_out_bias ? x + params["layers.0.wo.bias"] : x;
-    at::Tensor h;
-    if (c.norm == NormKind::kRmsNorm) {
-      h = y0 / at::sqrt(y0.pow(2).mean(-1, true) + c.norm_eps) * params["layers.0.ln2.weight"];
-    } else {
-      const at::Tensor mean = y0.mean(-1, true), var = (y0 - mean).pow(2).mean(-1, true);
-      h = (y0 - mean) / at::sqrt(var + c.norm_eps) * params["layers.0.ln2.weight"] + params["layers.0.ln2.bias"];
-    }
+    const at::Tensor h = norm(y0, "layers.0.ln2");
     at::Tensor ffn;
     if (c.ffn == FfnKind::kSwiGlu) {
       const at::Tensor gate = at::matmul(h, w1.t()), up = at::matmul(h, params["layers.0.w3.weight"].t());

@@ -348,7 +348,25 @@ StepShape JobStepShape(const JobSpec& spec, const ModelConfig& model) {
   return shape;
 }
 
+namespace {
+
+// Softmax attention has no prefix-sum state: a fixed chunk below the sequence length cannot run.
+// Refused when the job is planned (admission), not at its first step.
+void CheckChunkable(const JobSpec& spec, const ModelConfig& model) {
+  if (model.feature_map != FeatureMap::kSoftmax || spec.chunk_size == 0 || spec.chunk_size >= spec.seq_len) return;
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    "memory.chunk_size: " + std::to_string(spec.chunk_size) + " is below training.seq_len " +
+                        std::to_string(spec.seq_len) +
+                        ", but this model's attention is softmax (exact, quadratic): it has no prefix-sum state to "
+                        "carry between slices and trains only with ordinary backprop. Leave memory.chunk_size "
+                        "unset, or convert the model to Performer features (slim-train import-hf --feature-map "
+                        "favor+) to train in slices");
+}
+
+}  // namespace
+
 Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::string& calibration_cache_dir) {
+  CheckChunkable(spec, model);
   Plan plan;
   plan.chunk_size = spec.chunk_size;
   plan.mode = spec.mode.value_or(StartStateMode::kSubtract);
@@ -362,7 +380,10 @@ Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::stri
     if (!r.feasible) {
       throw EngineError(ErrorCode::kResourceExhausted,
                         "memory.quota: " + FormatBytes(spec.quota_bytes) + " cannot fit this job; the minimum is " +
-                            FormatBytes(r.min_quota_bytes) + " (" + std::to_string(r.min_quota_bytes) + " bytes)");
+                            FormatBytes(r.min_quota_bytes) + " (" + std::to_string(r.min_quota_bytes) + " bytes)" +
+                            (model.feature_map == FeatureMap::kSoftmax
+                                 ? " — softmax attention trains only whole sequences, so no smaller chunk exists"
+                                 : ""));
     }
     plan = r.plan;
     if (spec.mode) plan.mode = *spec.mode;
@@ -373,6 +394,7 @@ Plan PlanTraining(const JobSpec& spec, const ModelConfig& model, const std::stri
 
 AdmissionPlan PlanAdmission(const JobSpec& spec_in, const ModelConfig& model, const std::string& calibration_cache_dir,
                             bool default_quota) {
+  CheckChunkable(spec_in, model);
   JobSpec spec = spec_in;
   const StepShape shape = JobStepShape(spec, model);
   CalibrationOptions calibration;

@@ -339,6 +339,37 @@ TEST_F(TrainerTest, RequestedQuotaReplansTheChunkSizeMidRun) {
   for (size_t i = 3; i < shrunk.losses.size(); ++i) EXPECT_NEAR(shrunk.losses[i], unchanged.losses[i], 1e-4);
 }
 
+// A softmax model (an exact import) cannot run a fixed chunk below its sequence length: the
+// plan refuses it, naming why and what to do, before any job starts.
+TEST(Planning, SoftmaxModelsRefuseChunksBelowTheSequence) {
+  JobSpec spec;
+  spec.seq_len = 64;
+  spec.batch_size = 1;
+  spec.chunk_size = 16;
+  ModelConfig model = testing::TinyConfig(FeatureMap::kSoftmax);
+  for (int admission = 0; admission < 2; ++admission) {
+    try {
+      if (admission) {
+        PlanAdmission(spec, model, "", false);
+      } else {
+        PlanTraining(spec, model, "");
+      }
+      FAIL() << "a softmax model was planned in slices";
+    } catch (const EngineError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("memory.chunk_size: 16 is below training.seq_len 64, but this model's "
+                                           "attention is softmax"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  spec.chunk_size = 64;  // ordinary backprop: fine (no quota, nothing to calibrate)
+  EXPECT_EQ(PlanTraining(spec, model, "").chunk_size, 64);
+  model.feature_map = FeatureMap::kFavorPlus;  // a Performer slices as asked
+  spec.chunk_size = 16;
+  EXPECT_EQ(PlanTraining(spec, model, "").chunk_size, 16);
+}
+
 TEST(LearningRate, WarmupThenCosineToTheFloor) {
   JobSpec s;
   s.lr = 1.0;

@@ -17,6 +17,17 @@ namespace {
 using testing::RelErr;
 using testing::TinyConfig;
 
+// The logits of `tokens` run `piece` tokens at a time from the zero state, carrying the state.
+at::Tensor LogitsInPieces(PerformerLMImpl& model, const at::Tensor& tokens, int64_t piece) {
+  ModelState state = model.ZeroState(tokens.size(0));
+  std::vector<at::Tensor> parts;
+  for (int64_t t = 0; t < tokens.size(1); t += piece) {
+    const int64_t n = std::min<int64_t>(piece, tokens.size(1) - t);
+    parts.push_back(model.ForwardSlice(tokens.narrow(1, t, n), t, &state));
+  }
+  return at::cat(parts, 1);
+}
+
 const FeatureMap kAllMaps[] = {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
                                FeatureMap::kSquare};
 
@@ -91,10 +102,7 @@ TEST(Model, RecurrentDecodingReproducesFullForward) {
     const at::Tensor tokens = testing::RandomBatch(2, 40, 256, 6).tokens;
     at::NoGradGuard no_grad;
     const at::Tensor full = model->Forward(tokens);
-    ModelState state = model->ZeroState(2);
-    std::vector<at::Tensor> steps;
-    for (int64_t t = 0; t < 40; ++t) steps.push_back(model->ForwardSlice(tokens.narrow(1, t, 1), t, &state));
-    EXPECT_LE(RelErr(at::cat(steps, 1), full), 1e-12) << testing::Describe(c);
+    EXPECT_LE(RelErr(LogitsInPieces(*model, tokens, 1), full), 1e-12) << testing::Describe(c);
   }
 }
 
@@ -183,13 +191,7 @@ TEST(Model, SoftmaxModeDecodesInPiecesAndComputesItsDefinition) {
     at::NoGradGuard no_grad;
     const at::Tensor full = model->Forward(tokens);
     for (int64_t piece : {int64_t{1}, int64_t{7}}) {
-      ModelState state = model->ZeroState(2);
-      std::vector<at::Tensor> parts;
-      for (int64_t t = 0; t < 40; t += piece) {
-        const int64_t n = std::min<int64_t>(piece, 40 - t);
-        parts.push_back(model->ForwardSlice(tokens.narrow(1, t, n), t, &state));
-      }
-      EXPECT_LE(RelErr(at::cat(parts, 1), full), 1e-12) << testing::Describe(c) << " pieces of " << piece;
+      EXPECT_LE(RelErr(LogitsInPieces(*model, tokens, piece), full), 1e-12) << testing::Describe(c) << " pieces of " << piece;
     }
     // Layer 0: Mix with the output projection set to the identity (and no bias), the FFN zeroed.
     const auto params = model->named_parameters();

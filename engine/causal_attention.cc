@@ -6,6 +6,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -59,8 +60,10 @@ GemmFn<double> BlasGemm<double>() {
   return fn;
 }
 
+std::atomic<bool> force_torch_path{false};
+
 bool UseBlasLoops(const at::Tensor& t) {
-  if (!t.device().is_cpu()) return false;
+  if (!t.device().is_cpu() || force_torch_path.load(std::memory_order_relaxed)) return false;
   if (t.scalar_type() == at::kFloat) return BlasGemm<float>() != nullptr;
   if (t.scalar_type() == at::kDouble) return BlasGemm<double>() != nullptr;
   return false;
@@ -86,6 +89,9 @@ void ZeroAboveDiagonal(scalar_t* a, int64_t n) {
 }
 
 at::Tensor Tr(const at::Tensor& x) { return x.transpose(-1, -2); }
+
+// A contiguous (BH, nb, r, c) block tensor as the (BH·nb, r, c) batch that bmm takes (a view).
+at::Tensor Batches(const at::Tensor& x) { return x.view({-1, x.size(-2), x.size(-1)}); }
 
 // Shapes of one call, after padding T up to a whole number of blocks.
 struct Blocking {
@@ -169,11 +175,16 @@ void ForwardBlocksBlas(const at::Tensor& qb, const at::Tensor& kb, const at::Ten
 void ForwardBlocksTorch(const at::Tensor& qb, const at::Tensor& kb, const at::Tensor& vab,
                         const at::Tensor& deltas, const at::Tensor& states,
                         const at::Tensor& scores, const at::Tensor& numden) {
+  // The path CUDA takes: a fixed number of kernels whatever the number of blocks, products
+  // written into their outputs (bmm_out, baddbmm_) rather than computed and copied.
   const int64_t nb = qb.size(1);
   states.narrow(1, 1, nb).copy_(deltas.defined() ? deltas : at::matmul(Tr(kb), vab));
   states.cumsum_(1);
-  scores.copy_(at::matmul(qb, Tr(kb))).tril_();
-  numden.copy_(at::matmul(qb, states.narrow(1, 0, nb))).add_(at::matmul(scores, vab));
+  at::Tensor scores3 = Batches(scores), numden3 = Batches(numden);
+  at::bmm_out(scores3, Batches(qb), Tr(Batches(kb))).tril_();
+  at::Tensor numden4 = numden;  // a handle: out= arguments are non-const
+  at::matmul_out(numden4, qb, states.narrow(1, 0, nb));
+  numden3.baddbmm_(scores3, Batches(vab));
 }
 
 // ---- Backward over the blocks ----
@@ -224,20 +235,24 @@ void BackwardBlocksTorch(const at::Tensor& qb, const at::Tensor& kb, const at::T
                          const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
                          const at::Tensor& dstart) {
   const int64_t nb = qb.size(1), D = dv.size(3);
-  // rest[:, j] = R_j: starts as Q_{j+1}ᵀG'_{j+1} (the last slot as dS'_end), then a running
-  // sum from the back.
-  at::Tensor rest = at::empty_like(states.narrow(1, 0, nb));
-  rest.select(1, nb - 1).copy_(dstart);
+  // rest[:, j] = R_j: Q_{j+1}ᵀG'_{j+1} (the last slot dS'_end), summed from the back by
+  // flip-cumsum-flip: three kernels instead of one add per block.
+  at::Tensor terms = at::empty_like(states.narrow(1, 0, nb));
+  terms.select(1, nb - 1).copy_(dstart);
   if (nb > 1) {
-    rest.narrow(1, 0, nb - 1)
-        .copy_(at::matmul(Tr(qb.narrow(1, 1, nb - 1)), gp.narrow(1, 1, nb - 1)));
+    terms.narrow(1, 0, nb - 1).copy_(at::matmul(Tr(qb.narrow(1, 1, nb - 1)), gp.narrow(1, 1, nb - 1)));
   }
-  for (int64_t i = nb - 2; i >= 0; --i) rest.select(1, i).add_(rest.select(1, i + 1));
-  dstart.copy_(rest.select(1, 0) + at::matmul(Tr(qb.select(1, 0)), gp.select(1, 0)));
-  const at::Tensor dscores = at::matmul(gp, Tr(vab)).tril_();
-  dq.copy_(at::matmul(gp, Tr(states.narrow(1, 0, nb)))).add_(at::matmul(dscores, kb));
-  dk.copy_(at::matmul(Tr(dscores), qb)).add_(at::matmul(vab, Tr(rest)));
-  dv.copy_(at::matmul(Tr(scores), gp.narrow(3, 0, D))).add_(at::matmul(kb, rest.narrow(3, 0, D)));
+  const at::Tensor rest = terms.flip({1}).cumsum(1).flip({1});  // contiguous (BH, nb, M, D1)
+  dstart.copy_(rest.select(1, 0)).baddbmm_(Tr(qb.select(1, 0)), gp.select(1, 0));
+  const at::Tensor q3 = Batches(qb), k3 = Batches(kb), va3 = Batches(vab), g3 = Batches(gp),
+                   rest3 = Batches(rest);
+  at::Tensor dscores = at::bmm(g3, Tr(va3)).tril_();
+  at::Tensor dq3 = Batches(dq), dk3 = Batches(dk), dv3 = Batches(dv);
+  at::Tensor dq4 = dq;  // a handle: out= arguments are non-const
+  at::matmul_out(dq4, gp, Tr(states.narrow(1, 0, nb)));
+  dq3.baddbmm_(dscores, k3);
+  at::bmm_out(dk3, Tr(dscores), q3).baddbmm_(va3, Tr(rest3));
+  at::bmm_out(dv3, Tr(Batches(scores)), g3.narrow(2, 0, D)).baddbmm_(k3, rest3.narrow(2, 0, D));
 }
 
 // The autograd node. Inputs: φq, φk, v (B,H,T,·) in the state dtype, s_start (B,H,M,D),
@@ -354,6 +369,8 @@ class BlockCausalAttention : public torch::autograd::Function<BlockCausalAttenti
 };
 
 }  // namespace
+
+void ForceTorchAttentionPath(bool force) { force_torch_path.store(force); }
 
 at::ScalarType StateDtype(at::ScalarType activation_dtype) {
   return activation_dtype == at::kDouble ? at::kDouble : at::kFloat;

@@ -29,6 +29,11 @@ struct AttentionOutput {
   AttentionState end;  // state after the last of the T positions
 };
 
+// On the CPU, fp32/fp64 block loops call the BLAS directly (one small GEMM per block); CUDA and
+// other dtypes take an ATen path with a fixed number of batched kernels. Forcing that path on
+// the CPU lets tests check the code CUDA runs (process-wide; for tests and slim-bench --profile).
+void ForceTorchAttentionPath(bool force);
+
 // fp64 activations keep fp64 states; everything else keeps fp32 states.
 at::ScalarType StateDtype(at::ScalarType activation_dtype);
 

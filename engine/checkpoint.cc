@@ -59,11 +59,14 @@ Checkpoint ReadCheckpoint(const std::string& path) {
   return c;
 }
 
-void RestoreOptimizer(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer) {
+void RestoreOptimizer(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer,
+                      const c10::Device& device) {
   torch::serialize::InputArchive archive;
   std::istringstream in(checkpoint.optimizer_state);
   try {
-    archive.load_from(in);
+    // Onto the model's device, not the one the moments were saved from: a retry may resume
+    // on another GPU, or on the CPU.
+    archive.load_from(in, device);
     optimizer.load(archive);
   } catch (const c10::Error& e) {
     throw EngineError(ErrorCode::kInvalidArgument,

@@ -31,6 +31,7 @@ Checkpoint ReadCheckpoint(const std::string& path);
 
 // Loads the saved optimizer state into `optimizer`, which must have been built over the
 // checkpoint's model parameters in the same order as when it was saved.
-void RestoreOptimizer(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer);
+void RestoreOptimizer(const Checkpoint& checkpoint, torch::optim::Optimizer& optimizer,
+                      const c10::Device& device);
 
 }  // namespace slim

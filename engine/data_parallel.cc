@@ -207,6 +207,17 @@ bool DataParallelAvailable(const std::string& device) {
 #endif
 }
 
+std::vector<std::string> DataParallelBackends() {
+  std::vector<std::string> backends;
+#ifdef SLIM_WITH_GLOO
+  backends.push_back("gloo");
+#endif
+#ifdef SLIM_WITH_NCCL
+  backends.push_back("nccl");
+#endif
+  return backends;
+}
+
 std::unique_ptr<DataParallelGroup> DataParallelGroup::Join(const DataParallelOptions& o,
                                                            const std::string& device_name) {
   ValidateDataParallelOptions(o);

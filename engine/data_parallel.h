@@ -46,6 +46,9 @@ void ValidateDataParallelOptions(const DataParallelOptions& options);
 // Whether this build can form a group for tensors on `device` ("cpu", "cuda:N").
 bool DataParallelAvailable(const std::string& device);
 
+// The c10d backends this build has: "gloo" (CPU and CUDA tensors), "nccl" (CUDA); may be empty.
+std::vector<std::string> DataParallelBackends();
+
 enum class ReduceOp { kSum, kMin, kMax };
 
 class DataParallelGroup {

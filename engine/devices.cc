@@ -72,12 +72,19 @@ int64_t NvmlProcessBytes(const std::string& pci_bus_id) {
   return bytes;
 }
 
+// Throws EngineError(kInternal) naming the call and CUDA's message when `status` is an error.
+void CheckCuda(cudaError_t status, const std::string& what) {
+  if (status == cudaSuccess) return;
+  throw EngineError(ErrorCode::kInternal, what + " failed: " + cudaGetErrorString(status));
+}
+
 DeviceInfo CudaDevice(int index) {
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
   size_t free_bytes = 0, total_bytes = 0;
-  cudaMemGetInfo(&free_bytes, &total_bytes);
+  const std::string device = "cuda:" + std::to_string(index);
+  CheckCuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo on " + device);
   cudaDeviceProp props;
-  cudaGetDeviceProperties(&props, index);
+  CheckCuda(cudaGetDeviceProperties(&props, index), "cudaGetDeviceProperties on " + device);
   DeviceInfo d;
   d.name = "cuda:" + std::to_string(index);
   d.kind = "cuda";
@@ -127,8 +134,8 @@ WorkerFootprint MeasureWorkerFootprint(const std::string& device_name) {
   size_t context_free = 0, total = 0;
   if (device.is_cuda()) {
     c10::cuda::CUDAGuard guard(device.index());
-    cudaFree(nullptr);  // creates the context
-    cudaMemGetInfo(&context_free, &total);
+    CheckCuda(cudaFree(nullptr), "creating the CUDA context on " + device_name);
+    CheckCuda(cudaMemGetInfo(&context_free, &total), "cudaMemGetInfo on " + device_name);
   }
 #endif
   {
@@ -143,17 +150,17 @@ WorkerFootprint MeasureWorkerFootprint(const std::string& device_name) {
   }
 #ifdef SLIM_WITH_CUDA
   c10::cuda::CUDAGuard guard(device.index());
-  cudaDeviceSynchronize();
+  CheckCuda(cudaDeviceSynchronize(), "synchronizing " + device_name);
   c10::cuda::CUDACachingAllocator::emptyCache();
   char bus_id[32] = {};
-  cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device.index());
+  CheckCuda(cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device.index()), "cudaDeviceGetPCIBusId on " + device_name);
   const int64_t seen = NvmlProcessBytes(bus_id);
   if (seen > 0) {
     footprint.bytes = seen;
     footprint.method = "device memory NVML attributes to the process after a warm-up step";
   } else {
     size_t free_after = 0;
-    cudaMemGetInfo(&free_after, &total);
+    CheckCuda(cudaMemGetInfo(&free_after, &total), "cudaMemGetInfo on " + device_name);
     const int64_t workspaces = std::max<int64_t>(0, static_cast<int64_t>(context_free) - static_cast<int64_t>(free_after));
     footprint.bytes = workspaces + kCudaContextAllowance;
     footprint.method = "library workspaces after a warm-up step + 512 MiB for the context (NVML does not see the process)";
@@ -176,6 +183,10 @@ void CapDeviceMemory(const std::string& device_name, int64_t bytes) {
                                                " bytes exceeds " + device_name + "'s capacity of " +
                                                std::to_string(info.total_bytes));
   const double fraction = bytes == 0 ? 1.0 : static_cast<double>(bytes) / info.total_bytes;
+  // Cached segments above a lowered cap stay reserved until freed: release them, so that the
+  // process's footprint on the device follows the new quota (and other tenants can use it).
+  CheckCuda(cudaDeviceSynchronize(), "synchronizing " + device_name);
+  c10::cuda::CUDACachingAllocator::emptyCache();
   c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, device.index());
 #endif
 }

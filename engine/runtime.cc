@@ -2,6 +2,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 
 #include <dlfcn.h>
 #include <malloc.h>
@@ -69,6 +70,14 @@ int BlasThreads() { return OpenBlasGetThreads() == nullptr ? 0 : OpenBlasGetThre
 
 bool CudaAvailable() { return at::hasCUDA(); }
 
+bool CudaBuild() {
+#ifdef SLIM_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
 c10::Device ParseDevice(const std::string& name) {
   c10::Device device(c10::DeviceType::CPU);
   try {
@@ -87,16 +96,27 @@ c10::Device ParseDevice(const std::string& name) {
                       "device: '" + name + "' requested but this build/machine has no CUDA");
   }
   if (!device.has_index()) device.set_index(0);
+  const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+  if (device.index() < 0 || device.index() >= count) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "device: '" + name + "' does not exist (this machine has " + std::to_string(count) +
+                          " CUDA device" + (count == 1 ? "" : "s") + ", cuda:0 to cuda:" +
+                          std::to_string(count - 1) + ")");
+  }
   return device;
 }
 
 #ifdef SLIM_WITH_CUDA
 namespace {
-// allocated_bytes[0] is the aggregate over pools (StatType::AGGREGATE); indexing by 0 avoids
-// naming the stats types, which moved between LibTorch versions.
-int64_t AllocatedBytes(c10::DeviceIndex index, bool peak) {
+// The caching allocator's reserved bytes (segments obtained from cudaMalloc, cached blocks
+// included): what setMemoryFraction caps, so what calibration, the planner and reported peaks
+// count on CUDA. Allocated bytes (live tensors) would look smaller and plan a chunk whose
+// segments, rounded up and fragmented, exceed the cap. reserved_bytes[0] is the aggregate over
+// pools (StatType::AGGREGATE); indexing by 0 avoids naming the stats types, which moved between
+// LibTorch versions.
+int64_t ReservedBytes(c10::DeviceIndex index, bool peak) {
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
-  return peak ? stats.allocated_bytes[0].peak : stats.allocated_bytes[0].current;
+  return peak ? stats.reserved_bytes[0].peak : stats.reserved_bytes[0].current;
 }
 }  // namespace
 #endif
@@ -114,7 +134,7 @@ void ResetPeakMemory(c10::Device device) {
 int64_t PeakMemoryBytes(c10::Device device) {
   if (device.is_cpu()) return CpuPeakBytes();
 #ifdef SLIM_WITH_CUDA
-  return AllocatedBytes(device.index(), /*peak=*/true);
+  return ReservedBytes(device.index(), /*peak=*/true);
 #else
   return -1;
 #endif
@@ -123,7 +143,7 @@ int64_t PeakMemoryBytes(c10::Device device) {
 int64_t CurrentMemoryBytes(c10::Device device) {
   if (device.is_cpu()) return CpuCurrentBytes();
 #ifdef SLIM_WITH_CUDA
-  return AllocatedBytes(device.index(), /*peak=*/false);
+  return ReservedBytes(device.index(), /*peak=*/false);
 #else
   return -1;
 #endif

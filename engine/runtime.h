@@ -34,12 +34,16 @@ int SetBlasThreads(int threads);
 int BlasThreads();
 
 // Parses "cpu", "cuda", "cuda:N". Throws EngineError(kInvalidArgument) for anything else or
-// for a CUDA device this process cannot use.
+// for a CUDA device this process cannot use (no CUDA, or N beyond the devices it sees).
 c10::Device ParseDevice(const std::string& name);
 bool CudaAvailable();
+// Whether this binary was compiled against a CUDA LibTorch (SLIM_WITH_CUDA): its CUDA memory
+// caps, statistics and footprints exist only then.
+bool CudaBuild();
 
 // Peak and current bytes of tensor memory on `device`: the counting CPU allocator (which must
-// be installed, see memory_tracker.h) or the CUDA caching allocator's allocated bytes.
+// be installed, see memory_tracker.h) or the CUDA caching allocator's reserved bytes (what its
+// memory-fraction cap counts; see runtime.cc).
 void ResetPeakMemory(c10::Device device);
 int64_t PeakMemoryBytes(c10::Device device);
 int64_t CurrentMemoryBytes(c10::Device device);

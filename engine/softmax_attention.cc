@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <limits>
@@ -16,6 +17,17 @@ AttentionOutput CausalSoftmaxAttention(const at::Tensor& q, const at::Tensor& k,
                                        const AttentionState& cache) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::ScalarType dtype = cache.s.scalar_type();
+#if TORCH_VERSION_MAJOR >= 2
+  if (cache.s.size(2) == 0 && q.is_cuda()) {
+    // A whole sequence on CUDA: PyTorch's fused attention (flash or memory-efficient kernels,
+    // O(T) memory instead of the T×T scores). Flash needs bf16/fp16: under bf16 autocast the
+    // projections arrive in bf16 and attention runs in it; fp32 inputs stay fp32.
+    const at::ScalarType compute = at::isReducedFloatingType(q.scalar_type()) ? q.scalar_type() : dtype;
+    const at::Tensor out = at::scaled_dot_product_attention(q.to(compute), k.to(compute), v.to(compute), {},
+                                                            /*dropout_p=*/0.0, /*is_causal=*/true);
+    return {out.to(dtype), {k.to(dtype), v.to(dtype)}};
+  }
+#endif
   const at::Tensor keys = at::cat({cache.s, k.to(dtype)}, 2), values = at::cat({cache.z, v.to(dtype)}, 2);
   const int64_t T = q.size(2), before = cache.s.size(2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));

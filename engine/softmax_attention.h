@@ -14,7 +14,9 @@ AttentionState EmptySoftmaxCache(int64_t batch, int64_t heads, int64_t head_dim,
 
 // q, k: (B, H, T, d), v: (B, H, T, d); cache: keys and values of the positions before this
 // call, (B, H, T0, d). Computes in the cache's dtype with autocast disabled; out is (B, H, T, d),
-// end the cache with this call's keys and values appended.
+// end the cache with this call's keys and values appended. Exception: with LibTorch >= 2.0, a
+// whole sequence (empty cache) on CUDA goes through PyTorch's scaled-dot-product attention, in
+// bf16 when q arrives in bf16 (autocast), which is the fast baseline slim-bench compares with.
 AttentionOutput CausalSoftmaxAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const AttentionState& cache);
 

@@ -288,7 +288,7 @@ std::optional<RunPosition> ResumeFromNewestCheckpoint(const std::string& out_dir
     for (auto& p : model.named_parameters()) p.value().copy_(saved_params[p.key()]);
     const auto saved_buffers = c.model->named_buffers();
     for (auto& b : model.named_buffers()) b.value().copy_(saved_buffers[b.key()]);
-    RestoreOptimizer(c, optimizer);
+    RestoreOptimizer(c, optimizer, model.parameters().front().device());
     RunPosition position;
     position.step = ProgressInt(c.progress, "step", path);
     position.tokens = ProgressInt(c.progress, "tokens", path);

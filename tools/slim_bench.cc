@@ -6,6 +6,7 @@
 #include <torch/cuda.h>
 #include <torch/optim/adamw.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,8 @@
 #include <vector>
 
 #include "engine/calibration.h"
+#include "engine/causal_attention.h"
+#include "engine/op_profile.h"
 #include "base/errors.h"
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
@@ -36,7 +39,10 @@ constexpr char kUsage[] = R"(usage: slim-bench [flags]
                        --feature-map M (default favor+) with --features N per head (default 64)
   --seq-len L[,L..]    sequence lengths (default 8192)
   --chunk C[,C..]      chunk sizes for subtract/boundaries modes (default 512)
-  --mode M[,M..]       subtract, boundaries, full (C = L) (default subtract,full)
+  --mode M[,M..]       subtract, boundaries, full (C = L), or sdpa: the baseline, the same
+                       model with exact softmax attention over the whole sequence (PyTorch's
+                       scaled-dot-product attention on CUDA with LibTorch >= 2.0, flash where
+                       available; explicit masked softmax otherwise) (default subtract,full)
   --batch B            sequences per step (default 1)
   --steps N            timed steps per measurement (default 3)
   --warmup N           untimed steps before timing (default 1)
@@ -50,6 +56,10 @@ constexpr char kUsage[] = R"(usage: slim-bench [flags]
   --quota Q[,Q..]      instead of --mode/--chunk: plan each quota with the calibrated memory
                        model (sizes like 512MiB), run the planned chunk size and mode, and
                        report predicted vs measured peak and step time
+  --profile            after each measurement, one more step with every ATen operator counted:
+                       a JSON line {"profile": ...} with kernel-launching operators per slice
+                       per layer and the most frequent ones (engine/op_profile.h)
+  --torch-attention    on the CPU, attention takes the ATen path CUDA runs, not the BLAS loops
   --json               JSON lines only (default prints a header line first)
 example:
   slim-bench --preset small --seq-len 8192,65536 --chunk 512 --mode subtract,full --json
@@ -73,6 +83,8 @@ struct Options {
   int threads = 0;  // ConfigureRuntime's policy (see engine/runtime.h)
   uint64_t seed = 0;
   bool json = false;
+  bool profile = false;
+  bool torch_attention = false;
   std::vector<int64_t> quotas;  // plan-check mode when not empty
 };
 
@@ -85,7 +97,7 @@ Options ParseFlags(int argc, char** argv) {
     std::exit(0);
   }
   o.preset = flags.String("preset", o.preset);
-  o.hf_config = flags.String("hf-config", "");
+  if (flags.Has("hf-config")) o.hf_config = flags.String("hf-config", "");
   o.feature_map = slim::ParseFeatureMap(flags.String("feature-map", "favor+"));
   o.features = flags.Int("features", o.features, 1);
   if (!o.hf_config.empty()) o.preset = "hf:" + std::filesystem::path(o.hf_config).stem().string();
@@ -102,12 +114,14 @@ Options ParseFlags(int argc, char** argv) {
   o.threads = static_cast<int>(flags.Int("threads", o.threads, 0));
   o.seed = static_cast<uint64_t>(flags.Int("seed", 0, 0));
   o.json = flags.Bool("json");
+  o.profile = flags.Bool("profile");
+  o.torch_attention = flags.Bool("torch-attention");
   o.quotas = flags.BytesList("quota");
   flags.CheckAllUsed();
   for (const auto& m : o.modes) {
-    if (m != "subtract" && m != "boundaries" && m != "full") {
+    if (m != "subtract" && m != "boundaries" && m != "full" && m != "sdpa") {
       throw slim::EngineError(slim::ErrorCode::kInvalidArgument,
-                              "--mode: unknown mode '" + m + "' (allowed: subtract, boundaries, full)");
+                              "--mode: unknown mode '" + m + "' (allowed: subtract, boundaries, full, sdpa)");
     }
   }
   return o;
@@ -163,6 +177,40 @@ void PrintMeasurement(const Options& o, const c10::Device& device, int threads, 
   std::fflush(stdout);
 }
 
+// One more step with every operator counted; prints {"profile": ...} for the measurement.
+void PrintProfile(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer, const at::Tensor& tokens,
+                  const at::Tensor& targets, const slim::SlimStepOptions& step, const Options& o,
+                  const c10::Device& device, int64_t L, const std::string& mode) {
+  optimizer.zero_grad();
+  Synchronize(device);
+  slim::OpProfile p;
+  int64_t slices = 0;
+  {
+    slim::OpProfiler profiler;
+    slices = slim::SlimTrainingStep(model, tokens, targets, step).slices;
+    Synchronize(device);
+    const slim::OpProfile before_optimizer = profiler.Snapshot();
+    optimizer.step();
+    Synchronize(device);
+    p = profiler.Snapshot();
+    std::printf("{\"profile\":{\"preset\":\"%s\",\"device\":\"%s\",\"L\":%lld,\"C\":%lld,\"mode\":\"%s\","
+                "\"slices\":%lld,\"layers\":%lld,\"kernel_ops_step\":%lld,\"kernel_ops_optimizer\":%lld,"
+                "\"kernel_ops_per_slice_per_layer\":%.1f,\"host_seconds_in_kernel_ops\":%.6f,\"top\":[",
+                o.preset.c_str(), device.str().c_str(), static_cast<long long>(L),
+                static_cast<long long>(std::min(step.chunk_size, L)), mode.c_str(), static_cast<long long>(slices),
+                static_cast<long long>(model.config().n_layers), static_cast<long long>(p.kernel_ops),
+                static_cast<long long>(p.kernel_ops - before_optimizer.kernel_ops),
+                static_cast<double>(before_optimizer.kernel_ops) / static_cast<double>(slices * model.config().n_layers),
+                p.kernel_host_seconds);
+  }
+  for (size_t i = 0; i < p.ops.size() && i < 12; ++i) {
+    std::printf("%s{\"op\":\"%s\",\"count\":%lld,\"host_seconds\":%.6f}", i == 0 ? "" : ",",
+                p.ops[i].name.c_str(), static_cast<long long>(p.ops[i].count), p.ops[i].host_seconds);
+  }
+  std::printf("]}}\n");
+  std::fflush(stdout);
+}
+
 // Plan-check mode: for each quota, the planner's choice, run and compared with its prediction.
 void RunPlanned(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer, const at::Tensor& tokens,
                 const at::Tensor& targets, const Options& o, const c10::Device& device, int threads,
@@ -203,6 +251,7 @@ void RunPlanned(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer
 
 int Run(const Options& o) {
   slim::InstallCpuMemoryTracker();
+  if (o.torch_attention) slim::ForceTorchAttentionPath(true);
   const int threads = slim::ConfigureRuntime(o.threads);
   const c10::Device device = slim::ParseDevice(o.device);
   const slim::Precision precision = slim::ParsePrecision(o.precision);
@@ -239,6 +288,7 @@ int Run(const Options& o) {
       continue;
     }
     for (const std::string& mode : o.modes) {
+      if (mode == "sdpa") continue;
       std::vector<int64_t> chunks = mode == "full" ? std::vector<int64_t>{L} : o.chunks;
       for (int64_t C : chunks) {
         slim::SlimStepOptions step;
@@ -248,8 +298,29 @@ int Run(const Options& o) {
         step.precision = precision;
         const Measurement m = Measure(*model, optimizer, tokens, targets, step, o, device);
         PrintMeasurement(o, device, threads, L, std::min(C, L), mode, m, "");
-        std::fflush(stdout);
+        if (o.profile) PrintProfile(*model, optimizer, tokens, targets, step, o, device, L, mode);
       }
+    }
+    if (std::find(o.modes.begin(), o.modes.end(), "sdpa") != o.modes.end()) {
+      // The baseline: the same architecture with exact softmax attention, whole sequences.
+      slim::ModelConfig softmax_config = config;
+      softmax_config.feature_map = slim::FeatureMap::kSoftmax;
+      slim::PerformerLM softmax_model(softmax_config, o.seed);
+      if (o.tuning == slim::TuningMode::kLora) {
+        softmax_model->EnableLora(o.lora_rank, 2.0 * static_cast<double>(o.lora_rank));
+      }
+      softmax_model->to(device);
+      std::vector<at::Tensor> softmax_trainable;
+      for (const at::Tensor& p : softmax_model->parameters()) {
+        if (p.requires_grad()) softmax_trainable.push_back(p);
+      }
+      torch::optim::AdamW softmax_optimizer(softmax_trainable, torch::optim::AdamWOptions(1e-4));
+      slim::SlimStepOptions step;
+      step.chunk_size = L;
+      step.precision = precision;
+      const Measurement m = Measure(*softmax_model, softmax_optimizer, tokens, targets, step, o, device);
+      PrintMeasurement(o, device, threads, L, L, "sdpa", m, "");
+      if (o.profile) PrintProfile(*softmax_model, softmax_optimizer, tokens, targets, step, o, device, L, "sdpa");
     }
   }
   return 0;

@@ -8,6 +8,8 @@
 //   eval      mean loss and bits per byte of a model file on a data file
 //   merge     merge a LoRA adapter file into its base model
 #include <ATen/ATen.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,6 +57,8 @@ commands:
   plan      the largest chunk size whose predicted peak memory fits a quota: for a whole spec
             (--spec FILE [--default-quota-cap BYTES]) or a shape (--preset, --seq-len, ...)
   devices   the devices this process can use, with total and free memory
+  build-info  what this binary was built against, as JSON: LibTorch version, C++ standard,
+            CUDA support and visible CUDA devices, data-parallel backends
   footprint [--device D]: what a worker process on D (cpu, cuda:N) uses beyond its tensors,
             which slimd counts beside each worker's quota
   inspect   --model FILE: load a model file whole and print its config and parameter count
@@ -549,6 +553,17 @@ int Devices(const slim::tools::Flags& flags) {
   return 0;
 }
 
+int BuildInfo(const slim::tools::Flags& flags) {
+  flags.CheckAllUsed();
+  std::string backends;
+  for (const std::string& b : slim::DataParallelBackends()) backends += (backends.empty() ? "\"" : ",\"") + b + "\"";
+  std::printf("{\"libtorch\":\"%s\",\"cxx_standard\":%ld,\"cuda_build\":%s,\"cuda_devices\":%d,"
+              "\"data_parallel_backends\":[%s]}\n",
+              TORCH_VERSION, static_cast<long>(__cplusplus), slim::CudaBuild() ? "true" : "false",
+              slim::CudaAvailable() ? static_cast<int>(torch::cuda::device_count()) : 0, backends.c_str());
+  return 0;
+}
+
 // footprint --device D [--json]: what a worker process on D uses beyond its tensors
 // (engine/devices.h); slimd counts it beside each worker's quota.
 int Footprint(const slim::tools::Flags& flags) {
@@ -692,6 +707,7 @@ int main(int argc, char** argv) {
     if (command == "plan") return Plan(flags);
     if (command == "devices") return Devices(flags);
     if (command == "footprint") return Footprint(flags);
+    if (command == "build-info") return BuildInfo(flags);
     if (command == "inspect") return Inspect(flags);
     if (command == "init") return Init(flags);
     if (command == "generate") return Generate(flags);

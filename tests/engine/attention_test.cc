@@ -99,6 +99,49 @@ TEST(CausalAttention, GradientsMatchQuadraticReferenceFp64) {
   }
 }
 
+// The ATen path CUDA takes (no BLAS loops), run on the CPU in fp64: outputs, end states and all
+// five input gradients against the quadratic reference, for lengths that pad the last block,
+// block = 1, and with the per-block deltas given by the caller (the SLiM step's path).
+TEST(CausalAttention, TorchPathMatchesQuadraticReferenceFp64) {
+  testing::TorchAttentionPath torch_path;
+  for (int64_t T : {7, 33, 50}) {
+    for (int64_t block : {1, 8, 16}) {
+      for (bool deltas : {false, true}) {
+        const Inputs in = RandomInputs(2, 3, T, 6, 4, at::kDouble, 20 + T);
+        at::Generator g = Gen(30 + T);
+        const at::Tensor g_out = at::randn(in.v.sizes(), g, at::kDouble);
+        const at::Tensor g_s = at::randn(in.start.s.sizes(), g, at::kDouble);
+        const at::Tensor g_z = at::randn(in.start.z.sizes(), g, at::kDouble);
+        std::vector<at::Tensor> leaves{in.q.clone().requires_grad_(), in.k.clone().requires_grad_(),
+                                       in.v.clone().requires_grad_(), in.start.s.clone().requires_grad_(),
+                                       in.start.z.clone().requires_grad_()};
+        const at::Tensor block_deltas =
+            deltas ? AttentionBlockDeltas(in.k, in.v, at::kDouble, block) : at::Tensor();
+        const AttentionOutput got =
+            CausalLinearAttention(leaves[0], leaves[1], leaves[2], {leaves[3], leaves[4]}, block, block_deltas);
+        const std::string where = "T=" + std::to_string(T) + " block=" + std::to_string(block) +
+                                  (deltas ? " with deltas" : "");
+        EXPECT_LE(RelErr(got.out, QuadraticReference(in.q, in.k, in.v, in.start)), 1e-10) << where;
+        EXPECT_LE(RelErr(got.end.s, in.start.s + at::matmul(in.k.transpose(-1, -2), in.v)), 1e-12) << where;
+        EXPECT_LE(RelErr(got.end.z, in.start.z + in.k.sum(2)), 1e-12) << where;
+        torch::autograd::backward({got.out, got.end.s, got.end.z}, {g_out, g_s, g_z});
+
+        std::vector<at::Tensor> ref{in.q.clone().requires_grad_(), in.k.clone().requires_grad_(),
+                                    in.v.clone().requires_grad_(), in.start.s.clone().requires_grad_(),
+                                    in.start.z.clone().requires_grad_()};
+        const at::Tensor ref_out = QuadraticReference(ref[0], ref[1], ref[2], {ref[3], ref[4]});
+        const at::Tensor ref_end_s = ref[3] + at::matmul(ref[1].transpose(-1, -2), ref[2]);
+        const at::Tensor ref_end_z = ref[4] + ref[1].sum(2);
+        torch::autograd::backward({ref_out, ref_end_s, ref_end_z}, {g_out, g_s, g_z});
+        const char* names[] = {"phi_q", "phi_k", "v", "s_start", "z_start"};
+        for (size_t i = 0; i < leaves.size(); ++i) {
+          EXPECT_LE(RelErr(leaves[i].grad(), ref[i].grad()), 1e-10) << names[i] << " " << where;
+        }
+      }
+    }
+  }
+}
+
 // Central differences of a scalar function of one tensor, coordinate by coordinate.
 at::Tensor FiniteDifference(const std::function<double()>& f, at::Tensor x, double h) {
   at::NoGradGuard no_grad;

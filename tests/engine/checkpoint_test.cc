@@ -45,7 +45,7 @@ TEST(Checkpoint, ResumeContinuesBitForBit) {
   EXPECT_EQ(c.progress.at("step"), "2");
   EXPECT_EQ(c.progress.at("data_position"), "2");
   torch::optim::AdamW opt_c(c.model->parameters(), torch::optim::AdamWOptions(1e-2));
-  RestoreOptimizer(c, opt_c);
+  RestoreOptimizer(c, opt_c, at::kCPU);
   for (int s = 2; s < 4; ++s) EXPECT_EQ(TrainStep(*c.model, opt_c, s), uninterrupted[s]) << "step " << s;
   auto pa = a->named_parameters(), pc = c.model->named_parameters();
   for (const auto& p : pa) EXPECT_TRUE(at::equal(p.value(), pc[p.key()])) << p.key();

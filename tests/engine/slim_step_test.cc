@@ -85,6 +85,28 @@ TEST(SlimStep, GradientsEqualFullBackpropFp64) {
 
 // The same for the architecture variants (RMSNorm, SwiGLU, tanh GELU), also with LoRA adapters
 // on every projection (SwiGLU's w3 included).
+// The same on the ATen attention path CUDA takes (forced on the CPU): full SLiM steps, both
+// modes, a feature map with random features and one without.
+TEST(SlimStep, TorchAttentionPathGradientsEqualFullBackpropFp64) {
+  testing::TorchAttentionPath torch_path;
+  const int64_t L = 50;
+  for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kSquare}) {
+    PerformerLM model(TinyConfig(map), 13);
+    model->to(at::kDouble);
+    const testing::Batch b = testing::RandomBatch(2, L, 256, 14, /*pad_tail=*/7);
+    const StepOutcome full = RunStep(*model, b, L, StartStateMode::kSubtract);
+    for (StartStateMode mode : {StartStateMode::kSubtract, StartStateMode::kBoundaries}) {
+      for (int64_t C : {int64_t{1}, int64_t{7}, int64_t{33}}) {
+        const StepOutcome slim = RunStep(*model, b, C, mode);
+        std::string worst;
+        EXPECT_LE(MaxRelErr(slim.grads, full.grads, &worst), 1e-9)
+            << FeatureMapName(map) << " " << StartStateModeName(mode) << " C=" << C << " worst " << worst;
+        EXPECT_NEAR(slim.result.loss, full.result.loss, 1e-12 * std::abs(full.result.loss));
+      }
+    }
+  }
+}
+
 TEST(SlimStep, GradientsEqualFullBackpropFp64ForEveryArchitectureVariant) {
   const int64_t L = 64;
   for (const ModelConfig& c : testing::VariantConfigs()) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/model_config.h"
+#include "engine/causal_attention.h"
 
 namespace slim::testing {
 
@@ -119,5 +120,14 @@ inline std::string ReadFileBytes(const std::string& path) {
 inline void WriteFileBytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
+
+// While alive, attention takes the ATen path CUDA runs instead of the CPU's BLAS loops.
+class TorchAttentionPath {
+ public:
+  TorchAttentionPath() { ForceTorchAttentionPath(true); }
+  ~TorchAttentionPath() { ForceTorchAttentionPath(false); }
+  TorchAttentionPath(const TorchAttentionPath&) = delete;
+  TorchAttentionPath& operator=(const TorchAttentionPath&) = delete;
+};
 
 }  // namespace slim::testing

@@ -10,6 +10,12 @@
 #  4. inconsistent flags fail with exit status 2 and a message naming the flag or field.
 set -euo pipefail
 bin="$1"; src="$2"
+# A LibTorch without Gloo's headers (PyTorch's CUDA wheels) builds slim without data parallelism
+# on CPU: nothing to test then (exit 77 = skipped, SKIP_RETURN_CODE in CMakeLists.txt).
+if ! "$bin" build-info | grep -q '"gloo"'; then
+  echo "SKIP: this slim-train has no Gloo backend ($("$bin" build-info))"
+  exit 77
+fi
 dir=$(mktemp -d)
 pids=()
 cleanup() {

@@ -109,6 +109,7 @@ std::string DevicesToJson(const std::vector<DeviceInfo>& devices) {
     o.members["description"] = JsonString(d.description);
     o.members["total_bytes"] = Number(d.total_bytes);
     o.members["free_bytes"] = Number(d.free_bytes);
+    if (!d.pci_bus_id.empty()) o.members["pci_bus_id"] = JsonString(d.pci_bus_id);
     list.items.push_back(o);
   }
   return SerializeJson(list);
@@ -126,6 +127,9 @@ std::vector<DeviceInfo> DevicesFromJson(const std::string& line) {
     d.description = Member(o, "description", Json::kString, what, line).text;
     d.total_bytes = Integer(o, "total_bytes", what, line);
     d.free_bytes = Integer(o, "free_bytes", what, line);
+    if (const auto bus = o.members.find("pci_bus_id"); bus != o.members.end() && bus->second.kind == Json::kString) {
+      d.pci_bus_id = bus->second.text;
+    }
     devices.push_back(d);
   }
   return devices;

@@ -13,6 +13,7 @@ struct DeviceInfo {
   std::string description;  // e.g. the GPU's product name
   int64_t total_bytes = 0;
   int64_t free_bytes = 0;
+  std::string pci_bus_id{}; // GPUs: the PCI bus id by which NVML finds them; empty for the CPU
 };
 
 }  // namespace slim

@@ -615,14 +615,19 @@ int Devices(Client& client, const tools::Flags& flags, OutputFormat format) {
   const bool wide = format == OutputFormat::kWide;
   // FOOTPRINT: each worker process's own memory, counted in COMMITTED once per process.
   std::vector<std::vector<std::string>> rows = {{"DEVICE", "KIND", "CAPACITY", "FOOTPRINT", "COMMITTED", "OBSERVED", "JOBS"}};
-  if (wide) rows[0].insert(rows[0].begin() + 6, {"IN USE", "DESCRIPTION"});
+  // PROCESSES: what the OS (resident) or the driver (NVML) attributes to the workers there.
+  if (wide) rows[0].insert(rows[0].begin() + 6, {"IN USE", "PROCESSES", "DESCRIPTION"});
   for (const v1::Device& d : response.devices()) {
     std::string jobs;
     for (const std::string& j : d.job_ids()) jobs += (jobs.empty() ? "" : ",") + j;
     for (const std::string& r : d.reservations()) jobs += (jobs.empty() ? "" : ",") + r;  // e.g. a Generate
     rows.push_back({d.name(), d.kind(), Bytes(d.capacity_bytes()), Bytes(d.worker_footprint_bytes()),
                     Bytes(d.committed_bytes()), Bytes(d.observed_bytes()), jobs.empty() ? "-" : jobs});
-    if (wide) rows.back().insert(rows.back().begin() + 6, {Bytes(d.current_bytes()), d.description()});
+    if (wide) {
+      rows.back().insert(rows.back().begin() + 6, {Bytes(d.current_bytes()),
+                                                   d.process_bytes() < 0 ? "unknown" : Bytes(d.process_bytes()),
+                                                   d.description()});
+    }
   }
   PrintTable(rows);
   return kExitOk;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "base/errors.h"
+#include "base/process_memory.h"
 #include "engine/memory_tracker.h"
 #include "engine/runtime.h"
 
@@ -16,7 +17,6 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
-#include <dlfcn.h>
 #include <unistd.h>
 #endif
 
@@ -38,40 +38,6 @@ int64_t ProcFieldBytes(const std::string& path, const std::string& key) {
 }
 
 #ifdef SLIM_WITH_CUDA
-// The device memory NVML attributes to this process on the GPU at `pci_bus_id`; -1 where NVML
-// is not there or does not list this process. NVML is opened at run time (it comes with the
-// driver, not the toolkit), through its original process-list entry point, whose record
-// {pid, usedGpuMemory} every driver still exports.
-int64_t NvmlProcessBytes(const std::string& pci_bus_id) {
-  void* nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (nvml == nullptr) return -1;
-  struct ProcessInfo {
-    unsigned int pid;
-    unsigned long long used_gpu_memory;
-  };
-  using Init = int (*)();
-  using ByBusId = int (*)(const char*, void**);
-  using Processes = int (*)(void*, unsigned int*, ProcessInfo*);
-  const auto init = reinterpret_cast<Init>(dlsym(nvml, "nvmlInit_v2"));
-  const auto by_bus_id = reinterpret_cast<ByBusId>(dlsym(nvml, "nvmlDeviceGetHandleByPciBusId_v2"));
-  const auto processes = reinterpret_cast<Processes>(dlsym(nvml, "nvmlDeviceGetComputeRunningProcesses"));
-  const auto shutdown = reinterpret_cast<Init>(dlsym(nvml, "nvmlShutdown"));
-  int64_t bytes = -1;
-  void* handle = nullptr;
-  if (init != nullptr && by_bus_id != nullptr && processes != nullptr && shutdown != nullptr && init() == 0) {
-    ProcessInfo listed[256];
-    unsigned int count = 256;
-    if (by_bus_id(pci_bus_id.c_str(), &handle) == 0 && processes(handle, &count, listed) == 0) {
-      for (unsigned int i = 0; i < count && i < 256; ++i) {
-        if (listed[i].pid == static_cast<unsigned int>(::getpid())) bytes = static_cast<int64_t>(listed[i].used_gpu_memory);
-      }
-    }
-    shutdown();
-  }
-  dlclose(nvml);
-  return bytes;
-}
-
 // Throws EngineError(kInternal) naming the call and CUDA's message when `status` is an error.
 void CheckCuda(cudaError_t status, const std::string& what) {
   if (status == cudaSuccess) return;
@@ -89,6 +55,9 @@ DeviceInfo CudaDevice(int index) {
   d.name = "cuda:" + std::to_string(index);
   d.kind = "cuda";
   d.description = props.name;
+  char bus_id[32] = {};
+  CheckCuda(cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), index), "cudaDeviceGetPCIBusId on " + device);
+  d.pci_bus_id = bus_id;
   d.total_bytes = static_cast<int64_t>(total_bytes);
   d.free_bytes = static_cast<int64_t>(free_bytes);
   return d;
@@ -154,7 +123,7 @@ WorkerFootprint MeasureWorkerFootprint(const std::string& device_name) {
   c10::cuda::CUDACachingAllocator::emptyCache();
   char bus_id[32] = {};
   CheckCuda(cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device.index()), "cudaDeviceGetPCIBusId on " + device_name);
-  const int64_t seen = NvmlProcessBytes(bus_id);
+  const int64_t seen = NvmlProcessBytes(bus_id, ::getpid());
   if (seen > 0) {
     footprint.bytes = seen;
     footprint.method = "device memory NVML attributes to the process after a warm-up step";

@@ -31,6 +31,7 @@ const std::set<std::string>& NoKernelOps() {
 
 struct Frame {
   std::chrono::steady_clock::time_point start;
+  const char* name = "";
   bool has_child = false;
 };
 
@@ -54,9 +55,9 @@ OpProfiler::OpProfiler() : state_(std::make_unique<State>()) {
   std::lock_guard<std::mutex> lock(active_mu);
   CheckArgument(active == nullptr, "op profile: another profiler is running in this process");
   active = state_.get();
-  auto start = [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+  auto start = [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
     if (!frames.empty()) frames.back().has_child = true;
-    frames.push_back({std::chrono::steady_clock::now(), false});
+    frames.push_back({std::chrono::steady_clock::now(), fn.name(), false});
     return nullptr;
   };
   auto end = [](const at::RecordFunction& fn, at::ObserverContext*) {
@@ -64,6 +65,7 @@ OpProfiler::OpProfiler() : state_(std::make_unique<State>()) {
     const Frame f = frames.back();
     frames.pop_back();
     if (f.has_child) return;
+    const char* caller = frames.empty() ? "" : frames.back().name;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - f.start).count();
     std::lock_guard<std::mutex> lock(active_mu);
     if (active == nullptr) return;
@@ -72,6 +74,7 @@ OpProfiler::OpProfiler() : state_(std::make_unique<State>()) {
     OpCount& c = active->ops[fn.name()];
     if (c.name.empty()) c.name = fn.name();
     ++c.count;
+    ++c.callers[caller];
     c.host_seconds += seconds;
   };
   state_->handle = at::addGlobalCallback(
@@ -93,6 +96,11 @@ OpProfile OpProfiler::Snapshot() const {
     p.kernel_ops += c.count;
     p.kernel_host_seconds += c.host_seconds;
     p.ops.push_back(c);
+  }
+  for (OpCount& c : p.ops) {
+    std::vector<std::pair<std::string, int64_t>> callers(c.callers.begin(), c.callers.end());
+    std::sort(callers.begin(), callers.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    c.top_callers.assign(callers.begin(), callers.begin() + std::min<size_t>(3, callers.size()));
   }
   std::sort(p.ops.begin(), p.ops.end(), [](const OpCount& a, const OpCount& b) {
     return a.count != b.count ? a.count > b.count : a.name < b.name;

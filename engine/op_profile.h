@@ -5,8 +5,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace slim {
@@ -15,6 +17,8 @@ struct OpCount {
   std::string name;         // "aten::bmm"
   int64_t count = 0;
   double host_seconds = 0;  // from entry to return, on the calling thread
+  std::map<std::string, int64_t> callers;  // the operator that called it ("" at top level): count
+  std::vector<std::pair<std::string, int64_t>> top_callers;  // the three most frequent
 };
 
 struct OpProfile {

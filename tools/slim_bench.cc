@@ -204,8 +204,14 @@ void PrintProfile(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimiz
                 p.kernel_host_seconds);
   }
   for (size_t i = 0; i < p.ops.size() && i < 12; ++i) {
-    std::printf("%s{\"op\":\"%s\",\"count\":%lld,\"host_seconds\":%.6f}", i == 0 ? "" : ",",
-                p.ops[i].name.c_str(), static_cast<long long>(p.ops[i].count), p.ops[i].host_seconds);
+    std::string callers;
+    for (const auto& [caller, n] : p.ops[i].top_callers) {
+      callers += (callers.empty() ? "" : ",") + slim::SerializeJson(slim::JsonString(caller.empty() ? "(top level)" : caller)) + ":" +
+                 std::to_string(n);
+    }
+    std::printf("%s{\"op\":\"%s\",\"count\":%lld,\"host_seconds\":%.6f,\"callers\":{%s}}", i == 0 ? "" : ",",
+                p.ops[i].name.c_str(), static_cast<long long>(p.ops[i].count), p.ops[i].host_seconds,
+                callers.c_str());
   }
   std::printf("]}}\n");
   std::fflush(stdout);

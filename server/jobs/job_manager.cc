@@ -5,6 +5,8 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
+#include "base/process_memory.h"
+
 namespace slim::server {
 namespace {
 
@@ -498,6 +500,10 @@ std::vector<v1::Job> JobManager::JobsForStatus(int recent) {
 
 v1::ListDevicesResponse JobManager::DevicesLocked() {
   v1::ListDevicesResponse response = DeclaredDevices();
+  // What the OS or the driver attributes to one worker process on `d`; -1 where it cannot tell.
+  const auto ProcessBytes = [](const DeviceCapacity& d, pid_t pid) -> int64_t {
+    return d.kind == "cuda" ? NvmlProcessBytes(d.pci_bus_id, pid) : ResidentBytes(pid);
+  };
   for (int i = 0; i < response.devices_size(); ++i) {
     const DeviceCapacity& d = options_.devices[i];
     v1::Device* device = response.mutable_devices(i);
@@ -510,6 +516,9 @@ v1::ListDevicesResponse JobManager::DevicesLocked() {
       if (!job.ok()) continue;
       device->add_job_ids(id);
       device->set_committed_bytes(device->committed_bytes() + ProcessCost(d, job->quota_bytes()));
+      const int64_t process = on_device->worker ? ProcessBytes(d, on_device->worker->pid()) : 0;  // 0: exited
+      device->add_job_process_bytes(process);
+      if (device->process_bytes() >= 0) device->set_process_bytes(process < 0 ? -1 : device->process_bytes() + process);
       if (on_device == r->ranks.begin()) {  // a data-parallel job's measurements are rank 0's
         device->set_observed_bytes(device->observed_bytes() + job->observed_peak_bytes());
         device->set_current_bytes(device->current_bytes() + job->progress().current_bytes());

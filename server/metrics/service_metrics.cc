@@ -50,6 +50,7 @@ ServiceMetrics::ServiceMetrics()
       device_capacity_(BuildGauge().Name("slim_device_capacity_bytes").Help("Memory the scheduler may commit on a device").Register(*registry_)),
       device_committed_(BuildGauge().Name("slim_device_committed_bytes").Help("Quotas of the jobs and reservations on a device plus a worker footprint per process").Register(*registry_)),
       device_footprint_(BuildGauge().Name("slim_device_worker_footprint_bytes").Help("Memory each worker process on a device uses beyond its quota, committed beside it").Register(*registry_)),
+      device_process_(BuildGauge().Name("slim_device_process_bytes").Help("Memory the system attributes to the worker processes on a device (resident memory on CPU, NVML on GPUs); -1 where unknown").Register(*registry_)),
       device_observed_(BuildGauge().Name("slim_device_observed_peak_bytes").Help("Sum of the observed peaks of the jobs on a device").Register(*registry_)),
       device_current_(BuildGauge().Name("slim_device_current_bytes").Help("Tensor memory in use by the jobs on a device at their last reports").Register(*registry_)),
       device_jobs_(BuildGauge().Name("slim_device_jobs").Help("Jobs placed on a device").Register(*registry_)),
@@ -197,7 +198,7 @@ void ServiceMetrics::OnSchedulePass(const v1::ListDevicesResponse& devices, cons
       const prometheus::Labels labels = {{"device", d.name()}};
       it = devices_.emplace(d.name(), DeviceSeries{&device_capacity_.Add(labels), &device_committed_.Add(labels),
                                                    &device_footprint_.Add(labels), &device_observed_.Add(labels), &device_current_.Add(labels),
-                                                   &device_jobs_.Add(labels)})
+                                                   &device_jobs_.Add(labels), &device_process_.Add(labels)})
                .first;
     }
     it->second.capacity->Set(static_cast<double>(d.capacity_bytes()));
@@ -206,6 +207,7 @@ void ServiceMetrics::OnSchedulePass(const v1::ListDevicesResponse& devices, cons
     it->second.observed->Set(static_cast<double>(d.observed_bytes()));
     it->second.current->Set(static_cast<double>(d.current_bytes()));
     it->second.jobs->Set(static_cast<double>(d.job_ids_size()));
+    it->second.process->Set(static_cast<double>(d.process_bytes()));
   }
 }
 

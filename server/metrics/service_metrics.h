@@ -42,7 +42,7 @@ class ServiceMetrics : public JobObserver {
     int64_t tokens = 0;  // last reported, for the tokens-trained counter
   };
   struct DeviceSeries {
-    prometheus::Gauge *capacity, *committed, *footprint, *observed, *current, *jobs;
+    prometheus::Gauge *capacity, *committed, *footprint, *observed, *current, *jobs, *process;
   };
   JobSeries& SeriesFor(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveSeries(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -56,6 +56,7 @@ class ServiceMetrics : public JobObserver {
   prometheus::Family<prometheus::Gauge>& device_capacity_;
   prometheus::Family<prometheus::Gauge>& device_committed_;
   prometheus::Family<prometheus::Gauge>& device_footprint_;
+  prometheus::Family<prometheus::Gauge>& device_process_;
   prometheus::Family<prometheus::Gauge>& device_observed_;
   prometheus::Family<prometheus::Gauge>& device_current_;
   prometheus::Family<prometheus::Gauge>& device_jobs_;

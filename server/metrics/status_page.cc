@@ -141,6 +141,9 @@ std::string Device(const v1::Device& d, const std::map<std::string, const v1::Jo
                   (d.worker_footprint_bytes() > 0
                        ? ", worker footprint " + FormatBytes(d.worker_footprint_bytes()) + " per process"
                        : std::string()) +
+                  (d.process_bytes() > 0 ? ", worker processes use " + FormatBytes(d.process_bytes()) +
+                                               (d.kind() == "cuda" ? " (NVML)" : " (resident)")
+                                         : std::string()) +
                   (reservations.empty() ? std::string() : ", reserved: " + reservations) + "\n";
   h += "<div class=\"scale\"><span>0</span><span>" + FormatBytes(d.capacity_bytes()) + "</span></div>" +
        Bar(d, by_id, d.capacity_bytes(), "bar") + "\n";

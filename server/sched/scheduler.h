@@ -38,6 +38,7 @@ struct DeviceCapacity {
   std::string kind;  // "cpu", "cuda"
   int64_t capacity_bytes = 0;
   int64_t worker_footprint_bytes = 0;  // committed per process on it, beside the process's quota
+  std::string pci_bus_id{};  // GPUs: how NVML finds it, to read what each worker process uses there
 };
 
 // What a process with `quota_bytes` commits on `device`.

@@ -42,13 +42,16 @@ std::vector<DeviceCapacity> ParseDevices(const std::string& list, const std::str
       const size_t second = rest.find(':');
       const std::string name = "cuda:" + rest.substr(0, second);
       int64_t capacity = 0;
+      std::string bus_id;
       if (found.empty()) found = DiscoverDevices(worker_binary, data_dir);
       for (const DeviceInfo& d : found) {
-        if (d.name == name) capacity = d.total_bytes * 95 / 100;
+        if (d.name != name) continue;
+        capacity = d.total_bytes * 95 / 100;
+        bus_id = d.pci_bus_id;
       }
       CheckArgument(capacity > 0, "--devices: no CUDA device " + name + " on this machine");
       if (second != std::string::npos) capacity = ParseBytes(rest.substr(second + 1), "--devices");
-      devices.push_back({name, "cuda", capacity});
+      devices.push_back({name, "cuda", capacity, 0, bus_id});
     } else {
       throw EngineError(ErrorCode::kInvalidArgument,
                         "--devices: unknown device '" + item + "' (use cpu:SIZE or cuda:N[:SIZE])");
@@ -61,7 +64,7 @@ std::vector<DeviceCapacity> DiscoveredDevices(const std::string& worker_binary, 
   std::vector<DeviceCapacity> devices;
   for (const DeviceInfo& d : DiscoverDevices(worker_binary, data_dir)) {
     if (d.kind == "cpu") devices.push_back({"cpu:0", "cpu", d.total_bytes / 2});
-    if (d.kind == "cuda") devices.push_back({d.name, "cuda", d.total_bytes * 95 / 100});
+    if (d.kind == "cuda") devices.push_back({d.name, "cuda", d.total_bytes * 95 / 100, 0, d.pci_bus_id});
   }
   return devices;
 }

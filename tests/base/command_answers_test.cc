@@ -37,14 +37,16 @@ TEST(CommandAnswers, ModelSummaryAndDevicesRoundTrip) {
   EXPECT_EQ(back.config, s.config);
   EXPECT_EQ(back.parameters, s.parameters);
 
-  const std::vector<DeviceInfo> devices{{"cpu", "cpu", "system memory", 25276157952, 24023441408},
-                                        {"cuda:0", "cuda", "NVIDIA \"H100\"", 85899345920, 1}};
+  const std::vector<DeviceInfo> devices{{"cpu", "cpu", "system memory", 25276157952, 24023441408, ""},
+                                        {"cuda:0", "cuda", "NVIDIA \"H100\"", 85899345920, 1, "00000000:65:00.0"}};
   const std::vector<DeviceInfo> read = DevicesFromJson(DevicesToJson(devices));
   ASSERT_EQ(read.size(), 2u);
   EXPECT_EQ(read[1].name, "cuda:0");
   EXPECT_EQ(read[1].description, "NVIDIA \"H100\"");
   EXPECT_EQ(read[0].total_bytes, 25276157952);
   EXPECT_EQ(read[1].free_bytes, 1);
+  EXPECT_EQ(read[0].pci_bus_id, "");
+  EXPECT_EQ(read[1].pci_bus_id, "00000000:65:00.0");
 
   const WorkerFootprint footprint{"cuda:1", 536870912, "measured \"somehow\""};
   const WorkerFootprint footprint_read = WorkerFootprintFromJson(WorkerFootprintToJson(footprint));

@@ -129,6 +129,7 @@ TEST(ServiceMetrics, SchedulePassAndRpcs) {
   d->set_capacity_bytes(64 << 20);
   d->set_committed_bytes(12 << 20);
   d->set_worker_footprint_bytes(4 << 20);
+  d->set_process_bytes(200 << 20);
   d->add_job_ids("job-000001");
   metrics.OnSchedulePass(devices, {RunningJob(), RunningJob()}, {{v1::JOB_STATE_RUNNING, 1}, {v1::JOB_STATE_QUEUED, 2}});
   metrics.OnRpc("GetJob", "NOT_FOUND", 0.002);
@@ -139,6 +140,7 @@ TEST(ServiceMetrics, SchedulePassAndRpcs) {
   EXPECT_TRUE(Has(text, "slim_device_capacity_bytes{device=\"cpu:0\"} 67108864"));
   EXPECT_TRUE(Has(text, "slim_device_jobs{device=\"cpu:0\"} 1"));
   EXPECT_TRUE(Has(text, "slim_device_worker_footprint_bytes{device=\"cpu:0\"} 4194304"));
+  EXPECT_TRUE(Has(text, "slim_device_process_bytes{device=\"cpu:0\"} 209715200"));
   EXPECT_TRUE(Has(text, "slim_rpc_requests_total{code=\"NOT_FOUND\",method=\"GetJob\"} 1"));
   EXPECT_TRUE(Has(text, "slim_build_info{api=\"slim.v1\",version=\"0.5.0\"} 1"));
 }

@@ -526,6 +526,12 @@ TEST_F(SlimdE2eTest, WorkerFootprintsAreMeasuredAndCommitted) {
   ASSERT_EQ(during.devices(1).job_ids_size(), 1);
   EXPECT_EQ(during.devices(1).committed_bytes(), 8 * kMiB + footprint);
   EXPECT_LE(during.devices(1).committed_bytes(), during.devices(1).capacity_bytes());
+  // What the system attributes to the worker: its resident set, LibTorch included, per job and
+  // for the device.
+  ASSERT_EQ(during.devices(1).job_process_bytes_size(), 1);
+  EXPECT_GT(during.devices(1).job_process_bytes(0), 32 * kMiB);
+  EXPECT_EQ(during.devices(1).process_bytes(), during.devices(1).job_process_bytes(0));
+  EXPECT_EQ(during.devices(0).process_bytes(), 0);
   EXPECT_NE(Log().find("slimd: worker footprint on cpu: "), std::string::npos) << Log();  // says how it measured
   v1::CancelJobRequest cancel;
   cancel.set_id(job.id());

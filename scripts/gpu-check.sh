@@ -97,6 +97,8 @@ if [ "$device" = cuda ]; then
     "--seq-len 1048576 --mode subtract --chunk 8192 --steps 1 --warmup 1"
     "--seq-len 16384,65536,131072 --mode sdpa --steps 2"
   )
+  # The 1M run again with the caching allocator's expandable segments (less fragmentation).
+  expandable_run="--seq-len 1048576 --mode subtract --chunk 8192 --steps 1 --warmup 1"
   plan_args="--seq-len 65536 --quota 3GiB,6GiB,12GiB"
   profile_args="--seq-len 16384 --mode subtract --chunk 1024 --steps 1 --warmup 1"
   pack_preset=small; pack_len=16384; pack_quotas=(1GiB 2GiB 3GiB 4GiB); pack_steps=6; over_quota=1GiB
@@ -110,6 +112,7 @@ else
   plan_args="--seq-len 4096 --quota 6MiB,12MiB,24MiB"
   profile_args="--seq-len 1024 --mode subtract --chunk 64 --steps 1 --warmup 1 --torch-attention"
   pack_preset=tiny; pack_len=1024; pack_quotas=(8MiB 16MiB); pack_steps=3; over_quota=3MiB
+  expandable_run=""
 fi
 
 # 0. Environment: versions and where the CUDA pieces are.
@@ -196,6 +199,12 @@ benchmarks() {
     "$bench" --preset "$preset" --device "$dev" --precision "$precision" --steps 3 --warmup 1 --json $args \
       || echo "{\"failed\":\"slim-bench $args\"}"
   done | tee "$out/bench.jsonl"
+  if [ -n "$expandable_run" ]; then
+    # shellcheck disable=SC2086
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$bench" --preset "$preset" --device "$dev" \
+      --precision "$precision" --json $expandable_run \
+      || echo "{\"failed\":\"slim-bench expandable_segments $expandable_run\"}"
+  fi | tee -a "$out/bench.jsonl"
 }
 phase benchmarks 240 benchmarks
 

@@ -65,7 +65,8 @@ def benchmarks(out, device):
     measured = [r for r in rows if "tokens_per_s" in r]
     check("benchmarks", not failed and measured, measurements=len(measured), failed=failed)
     for r in measured:
-        emit({"bench": "%s L=%d C=%d" % (r["mode"], r["L"], r["C"]),
+        emit({"bench": "%s L=%d C=%d%s" % (r["mode"], r["L"], r["C"],
+                                           " " + r["cuda_alloc_conf"] if "cuda_alloc_conf" in r else ""),
                           "tokens_per_s": round(r["tokens_per_s"]), "peak_bytes": r["peak_bytes"],
                           "step_seconds": r["step_seconds"]})
     if device != "cuda":
@@ -73,7 +74,7 @@ def benchmarks(out, device):
 
     def find(mode, L, C):
         for r in measured:
-            if r["mode"] == mode and r["L"] == L and r["C"] == C:
+            if r["mode"] == mode and r["L"] == L and r["C"] == C and "cuda_alloc_conf" not in r:
                 return r
         return None
 

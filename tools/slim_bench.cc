@@ -163,7 +163,11 @@ Measurement Measure(slim::PerformerLMImpl& model, torch::optim::Optimizer& optim
 }
 
 void PrintMeasurement(const Options& o, const c10::Device& device, int threads, int64_t L, int64_t C,
-                      const std::string& mode, const Measurement& m, const std::string& extra) {
+                      const std::string& mode, const Measurement& m, std::string extra) {
+  // The CUDA caching allocator's settings change peaks (e.g. expandable_segments): say which.
+  if (const char* conf = std::getenv("PYTORCH_CUDA_ALLOC_CONF"); conf != nullptr && device.is_cuda()) {
+    extra += ",\"cuda_alloc_conf\":" + slim::SerializeJson(slim::JsonString(conf));
+  }
   const double tokens_per_s = static_cast<double>(o.batch * L) / m.step_seconds;
   std::printf(
       "{\"device\":\"%s\",\"preset\":\"%s\",\"tuning\":\"%s\",\"batch\":%lld,\"L\":%lld,\"C\":%lld,"

@@ -12,6 +12,7 @@ std::string FeatureMapName(FeatureMap map) {
     case FeatureMap::kRelu: return "relu";
     case FeatureMap::kEluPlusOne: return "elu+1";
     case FeatureMap::kSquare: return "sqr";
+    case FeatureMap::kLearned: return "learned";
     case FeatureMap::kSoftmax: return "softmax";
   }
   return "unknown";
@@ -19,12 +20,12 @@ std::string FeatureMapName(FeatureMap map) {
 
 FeatureMap ParseFeatureMap(const std::string& name) {
   for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
-                         FeatureMap::kSquare, FeatureMap::kSoftmax}) {
+                         FeatureMap::kSquare, FeatureMap::kLearned, FeatureMap::kSoftmax}) {
     if (FeatureMapName(map) == name) return map;
   }
   throw EngineError(ErrorCode::kInvalidArgument,
                     "feature_map: unknown value '" + name +
-                        "' (allowed: favor+, relu, elu+1, sqr, softmax)");
+                        "' (allowed: favor+, relu, elu+1, sqr, learned, softmax)");
 }
 
 std::string NormKindName(NormKind kind) { return kind == NormKind::kLayerNorm ? "layernorm" : "rmsnorm"; }
@@ -71,7 +72,7 @@ int64_t ModelConfig::ParameterCount() const {
   const int64_t per_layer = attention + ffn_size + 2 * norm_size;
   const int64_t embed = vocab_size * d_model + (positions == PositionKind::kLearned ? max_positions * d_model : 0);
   const int64_t head = tie_embeddings ? 0 : vocab_size * d_model;
-  return embed + n_layers * per_layer + norm_size + head;
+  return embed + n_layers * per_layer + norm_size + head + FeatureParameterCount();
 }
 
 namespace {
@@ -115,6 +116,14 @@ void ModelConfig::Validate() const {
     throw EngineError(ErrorCode::kInvalidArgument, "max_positions: only learned positions have a maximum");
   }
   if (feature_map == FeatureMap::kFavorPlus) CheckRange("n_features", n_features, 1, 1 << 16);
+  if (feature_map == FeatureMap::kLearned) {
+    CheckRange("n_features", n_features, 2, 1 << 16);
+    if (n_features % 2 != 0) {
+      throw EngineError(ErrorCode::kInvalidArgument,
+                        "n_features: the learned feature map needs an even number (pairs ±W x), got " +
+                            std::to_string(n_features));
+    }
+  }
   if (!(norm_eps > 0 && norm_eps < 1)) {
     std::ostringstream msg;
     msg << "norm_eps: " << norm_eps << " must be in (0, 1)";

@@ -14,6 +14,12 @@ enum class FeatureMap {
   kRelu,       // relu(x) + 1e-3, deterministic, M = head_dim
   kEluPlusOne, // elu(x) + 1, deterministic, M = head_dim
   kSquare,     // x², deterministic, M = head_dim (the SLiM paper's experiments)
+  // Learned (T2R/Hedgehog-style): per layer and head a trainable projection W (M/2 × d),
+  // φ(x) = softmax([W x̃, −W x̃]) over the M features, x̃ = x·d^{-1/4}. Initialised with favor+'s
+  // random orthogonal rows, where it estimates the softmax kernel like favor+ (the per-key
+  // normaliser matches favor+'s e^{−‖x̃‖²/2} in expectation), then trained with the model
+  // (LoRA jobs train it beside the adapters). M = n_features, even.
+  kLearned,
   // Not a feature map: exact causal softmax attention, quadratic in length, as pretrained
   // Transformers compute it — the reference mode of imported models (evaluation, generation,
   // ordinary training before conversion). It has no prefix-sum state, so SLiM cannot train it
@@ -22,7 +28,7 @@ enum class FeatureMap {
 };
 
 std::string FeatureMapName(FeatureMap map);
-// Parses "favor+", "relu", "elu+1", "sqr", "softmax"; throws EngineError(kInvalidArgument)
+// Parses "favor+", "relu", "elu+1", "sqr", "learned", "softmax"; throws EngineError(kInvalidArgument)
 // otherwise.
 FeatureMap ParseFeatureMap(const std::string& name);
 
@@ -58,7 +64,7 @@ struct ModelConfig {
   int64_t n_heads = 2;
   int64_t d_ff = 64;
   FeatureMap feature_map = FeatureMap::kFavorPlus;
-  int64_t n_features = 16;  // M per head for favor+; deterministic maps use head_dim
+  int64_t n_features = 16;  // M per head for favor+ and learned; deterministic maps use head_dim
   double rope_base = 10000.0;
   bool tie_embeddings = false;
   NormKind norm = NormKind::kLayerNorm;
@@ -85,7 +91,11 @@ struct ModelConfig {
   // M: features per head actually used by the attention (softmax: the head dim, for the
   // key/value cache that takes the state's place).
   int64_t features_per_head() const {
-    return feature_map == FeatureMap::kFavorPlus ? n_features : head_dim();
+    return feature_map == FeatureMap::kFavorPlus || feature_map == FeatureMap::kLearned ? n_features : head_dim();
+  }
+  // The learned feature map's trainable parameters (0 for the other maps).
+  int64_t FeatureParameterCount() const {
+    return feature_map == FeatureMap::kLearned ? n_layers * n_heads * (n_features / 2) * head_dim() : 0;
   }
   int64_t ParameterCount() const;
 

@@ -154,6 +154,7 @@ at::Tensor DeterministicFeatures(FeatureMap map, const at::Tensor& xs) {
     case FeatureMap::kEluPlusOne: return at::elu(xs) + 1.0;
     case FeatureMap::kSquare: return xs * xs;
     case FeatureMap::kFavorPlus:
+    case FeatureMap::kLearned:
     case FeatureMap::kSoftmax: break;
   }
   TORCH_CHECK(false, "DeterministicFeatures called with ", FeatureMapName(map));
@@ -225,10 +226,20 @@ at::Tensor ScaledProjection(const at::Tensor& projection, const at::Tensor& x,
 
 }  // namespace
 
+namespace {
+// φ(x) = softmax([u, −u]) over the features, u = x̃ Wᵀ: positive, summing to 1 per position
+// (no overflow whatever W learns). Differentiable in x and W through autograd.
+at::Tensor LearnedFeatures(const at::Tensor& x, const at::Tensor& weight, at::ScalarType dtype) {
+  const at::Tensor u = at::matmul(ScaledInput(x, dtype), weight.to(dtype).transpose(-1, -2));  // (B,H,T,M/2)
+  return at::softmax(at::cat({u, -u}, -1), -1);
+}
+}  // namespace
+
 at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
                          at::ScalarType dtype) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   if (map == FeatureMap::kSoftmax) return x.to(dtype);  // softmax attention takes q and k as they are
+  if (map == FeatureMap::kLearned) return LearnedFeatures(x, projection, dtype);
   if (map != FeatureMap::kFavorPlus) return DeterministicFeatures(map, ScaledInput(x, dtype));
   at::Tensor w;
   {
@@ -242,6 +253,7 @@ at::Tensor KeyFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& pr
                        at::ScalarType dtype) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   if (map == FeatureMap::kSoftmax) return x.to(dtype);  // softmax attention takes q and k as they are
+  if (map == FeatureMap::kLearned) return LearnedFeatures(x, projection, dtype);
   if (map != FeatureMap::kFavorPlus) return DeterministicFeatures(map, ScaledInput(x, dtype));
   at::Tensor w, bound;
   {

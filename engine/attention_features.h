@@ -39,9 +39,11 @@ at::Tensor ApplyRotary(const at::Tensor& x, int64_t offset, double base,
 at::Tensor DrawOrthogonalProjection(int64_t n_layers, int64_t heads, int64_t features,
                                     int64_t head_dim, uint64_t seed);
 
-// x: (B, H, T, d) after rotary; projection: (H, M, d) for favor+ (ignored otherwise).
+// x: (B, H, T, d) after rotary; projection: (H, M, d) for favor+, the trainable (H, M/2, d)
+// weight for the learned map (gradients flow into it), ignored otherwise.
 // Returns (B, H, T, M) in `dtype` (the state dtype), computed with autocast disabled. favor+
 // features are one autograd node each (hand-written backward; see attention_features.cc).
+// Learned features are the same function for queries and keys.
 // Softmax (not a feature map) returns x itself in `dtype`, for CausalSoftmaxAttention.
 at::Tensor QueryFeatures(FeatureMap map, const at::Tensor& x, const at::Tensor& projection,
                          at::ScalarType dtype);

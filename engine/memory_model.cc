@@ -22,7 +22,9 @@ int64_t LoraParameterCount(const StepShape& s) {
   // Adapters A (r×in) and B (out×r) on q, o (D→D), k, v (D→KV) and on the FFN (D→F, F→D, and
   // SwiGLU's second D→F).
   const int64_t ffn_inputs = s.model.ffn == FfnKind::kSwiGlu ? 2 : 1;
-  return s.model.n_layers * (2 * r * (D + D) + 2 * r * (D + KV) + ffn_inputs * r * (D + F) + r * (F + D));
+  // A learned feature map trains beside the adapters.
+  return s.model.n_layers * (2 * r * (D + D) + 2 * r * (D + KV) + ffn_inputs * r * (D + F) + r * (F + D)) +
+         s.model.FeatureParameterCount();
 }
 
 }  // namespace

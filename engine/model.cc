@@ -45,6 +45,15 @@ PerformerLMImpl::LayerImpl::LayerImpl(const ModelConfig& c) {
   w1 = register_module("w1", torch::nn::Linear(LinearOptions(D, F).bias(!swiglu)));
   w2 = register_module("w2", torch::nn::Linear(LinearOptions(F, D).bias(!swiglu)));
   if (swiglu) w3 = register_module("w3", torch::nn::Linear(LinearOptions(D, F).bias(false)));
+  if (c.feature_map == FeatureMap::kLearned) {
+    features = register_parameter("features", at::zeros({c.n_heads, c.n_features / 2, c.head_dim()}));
+  }
+}
+
+bool IsTrainedWithAdapters(const std::string& name) {
+  const std::string suffix = ".features";
+  return name.find(".lora_") != std::string::npos ||
+         (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
 }
 
 torch::nn::Linear& PerformerLMImpl::Linear(Layer& l, Projection which) {
@@ -87,7 +96,13 @@ PerformerLMImpl::PerformerLMImpl(const ModelConfig& config, uint64_t init_seed)
       t.normal_(0.0, kInitStd, gen);
     }
   }
-  // Deterministic maps use no projection; the buffer stays zero so model files look alike.
+  // A learned feature map starts from favor+'s orthogonal rows (draw 0 of feature_seed).
+  if (config_.feature_map == FeatureMap::kLearned) {
+    const at::Tensor rows = DrawOrthogonalProjection(config_.n_layers, config_.n_heads, config_.n_features / 2,
+                                                     config_.head_dim(), config_.feature_seed);
+    for (int64_t i = 0; i < config_.n_layers; ++i) layers_[i]->features.copy_(rows[i]);
+  }
+  // Deterministic and learned maps use no projection buffer; it stays zero so model files look alike.
   projection_ = register_buffer(
       "projection", at::zeros({config_.n_layers, config_.n_heads, config_.features_per_head(),
                                config_.head_dim()}));
@@ -128,6 +143,11 @@ std::map<std::string, std::vector<int64_t>> PerformerLMImpl::TensorShapes(const 
   shapes["ln_f.weight"] = {D};
   if (config.norm == NormKind::kLayerNorm) shapes["ln_f.bias"] = {D};
   if (!config.tie_embeddings) shapes["head.weight"] = {V, D};
+  if (config.feature_map == FeatureMap::kLearned) {
+    for (int64_t i = 0; i < config.n_layers; ++i) {
+      shapes["layers." + std::to_string(i) + ".features"] = {config.n_heads, config.n_features / 2, config.head_dim()};
+    }
+  }
   shapes["projection"] = {config.n_layers, config.n_heads, config.features_per_head(), config.head_dim()};
   return shapes;
 }
@@ -183,7 +203,7 @@ LayerProjections PerformerLMImpl::Project(int64_t layer, const at::Tensor& x, in
     return rotary ? ApplyRotary(t, offset, config_.rope_base, &rotary_cache_) : t;
   };
   const at::ScalarType sd = state_dtype();
-  const at::Tensor proj = projection_[layer];
+  const at::Tensor proj = config_.feature_map == FeatureMap::kLearned ? l.features : projection_[layer];
   LayerProjections p;
   const size_t k_index = need_query ? 1 : 0;
   // Rotary before the expansion: rotating a key/value head once serves its whole group.
@@ -256,7 +276,7 @@ void PerformerLMImpl::EnableLora(int64_t rank, double alpha, const std::vector<s
                              (swiglu ? ", w3)" : ")"));
   }
   at::NoGradGuard no_grad;
-  for (auto& p : parameters()) p.requires_grad_(false);
+  for (auto& p : named_parameters()) p.value().requires_grad_(IsTrainedWithAdapters(p.key()));
   // Seeded from the init seed, so two models built alike get the same adapters (a projection's
   // adapter does not depend on which other projections are targeted).
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(init_seed_ ^ 0x4C6F5241ull);

@@ -37,6 +37,10 @@ struct LayerProjections {
 
 using ModelState = std::vector<AttentionState>;  // one per layer
 
+// Parameters that a LoRA job trains and its adapter file carries: the adapters
+// ("....lora_a/lora_b") and a learned feature map's projections ("layers.<i>.features").
+bool IsTrainedWithAdapters(const std::string& parameter_name);
+
 class PerformerLMImpl : public torch::nn::Module {
  public:
   // Weights are drawn from a generator seeded with `init_seed` (independent of global RNG);
@@ -92,7 +96,7 @@ class PerformerLMImpl : public torch::nn::Module {
 
   // Adds LoRA adapters of rank `rank` to the attention and FFN projections named in `targets`
   // ("wq", "wk", "wv", "wo", "w1", "w2", and "w3" with SwiGLU; empty = all the model has) and
-  // freezes all other parameters.
+  // freezes all other parameters except a learned feature map's (IsTrainedWithAdapters).
   // Adapters are parameters named "layers.<i>.<proj>.lora_a" (rank × in, N(0, 1/in)) and
   // ".lora_b" (out × rank, zeros), so the model computes the same function until they train;
   // their output is scaled by alpha / rank. Deterministic in the model's init seed. Throws
@@ -126,6 +130,9 @@ class PerformerLMImpl : public torch::nn::Module {
     std::shared_ptr<NormImpl> ln1, ln2;
     torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
     torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};  // w3: SwiGLU only
+    // The learned feature map's projection (H, M/2, d), parameter "features"; undefined for the
+    // other maps.
+    at::Tensor features;
     // LoRA adapters (EnableLora), indexed by Projection; undefined until enabled.
     struct Adapter {
       at::Tensor a, b;  // (rank, in), (out, rank)

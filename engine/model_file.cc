@@ -248,7 +248,7 @@ void SaveLoraAdapter(PerformerLMImpl& model, const std::string& path) {
   for (const auto& [k, v] : ModelConfigMetadata(model.config())) metadata[kBasePrefix + k] = v;
   NamedTensorMap tensors;
   for (const auto& p : model.named_parameters()) {
-    if (p.key().find(".lora_") != std::string::npos) tensors[p.key()] = p.value();
+    if (IsTrainedWithAdapters(p.key())) tensors[p.key()] = p.value();
   }
   // The adapters were trained with these random features (redrawn during training), so they
   // travel together: base + adapter file then computes exactly what the trained model did.
@@ -276,7 +276,7 @@ void LoadLoraAdapter(const std::string& path, PerformerLMImpl& base) {
   EnableLoraFromMetadata(file.metadata, path, kAdapterWhat, *scratch);
   std::map<std::string, at::Tensor> wanted;
   for (const auto& p : scratch->named_parameters()) {
-    if (p.key().find(".lora_") != std::string::npos) wanted[p.key()] = p.value();
+    if (IsTrainedWithAdapters(p.key())) wanted[p.key()] = p.value();
   }
   wanted[kProjection] = scratch->projection();
   for (const auto& [name, t] : file.tensors) {

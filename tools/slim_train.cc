@@ -69,7 +69,7 @@ commands:
   eval      --model FILE --data FILE [--format text|jsonl|ids-u16|ids-u32] --seq-len L
             [--chunk C] [--batch B]: prints {"loss", "bits_per_byte", "tokens"} as JSON
   merge     --base FILE --adapter FILE --out FILE: a model file with the LoRA adapters merged in
-  import-hf --dir DIR --out FILE [--feature-map softmax|favor+|relu|elu+1|sqr] [--features M]:
+  import-hf --dir DIR --out FILE [--feature-map softmax|favor+|relu|elu+1|sqr|learned] [--features M]:
             a Hugging Face checkpoint (gpt2, llama, mistral, qwen2; config.json and safetensors,
             sharded or not, F32/F16/BF16) as a slim model file; softmax (the default) keeps the
             checkpoint's exact attention, a feature map converts it (docs/model-format.md)

@@ -249,6 +249,43 @@ TEST(FeatureMaps, FavorPlusApproximatesSoftmaxAttention) {
   EXPECT_LE(errors[2], 0.01);
 }
 
+// The learned map at its initialisation (favor+'s orthogonal rows) estimates softmax attention
+// like favor+ does, with the symmetric (±ω) estimator; and its gradient reaches its weight
+// (finite differences in fp64, through the attention).
+TEST(FeatureMaps, LearnedMapStartsCloseToSoftmaxAndLearns) {
+  const int64_t d = 16, T = 6;
+  at::Generator g = Gen(13);
+  const at::Tensor x = at::randn({1, 1, T, d}, g, at::kDouble) * 0.25;
+  const at::Tensor exact = at::exp(at::matmul(x, x.transpose(-1, -2)) / std::sqrt(double(d)));
+  const at::Tensor pe = exact / exact.sum(-1, true);
+  std::vector<double> errors;
+  for (int64_t half : {32, 512, 8192}) {
+    const at::Tensor w = Projection(1, half, d, 14);
+    const at::Tensor fq = QueryFeatures(FeatureMap::kLearned, x, w, at::kDouble);
+    const at::Tensor fk = KeyFeatures(FeatureMap::kLearned, x, w, at::kDouble);
+    EXPECT_EQ(fq.size(-1), 2 * half);
+    const at::Tensor approx = at::matmul(fq, fk.transpose(-1, -2));
+    errors.push_back((approx / approx.sum(-1, true) - pe).abs().max().item<double>());
+    std::printf("[ learned ] M=%lld max attention-weight error %.4f\n", static_cast<long long>(2 * half), errors.back());
+  }
+  EXPECT_LT(errors[2], errors[0]);
+  EXPECT_LE(errors[2], 0.01);
+
+  const at::Tensor w = Projection(2, 3, 4, 19);
+  const at::Tensor xq = at::randn({1, 2, 5, 4}, g, at::kDouble), xk = at::randn({1, 2, 5, 4}, g, at::kDouble);
+  const at::Tensor v = at::randn({1, 2, 5, 3}, g, at::kDouble), up = at::randn({1, 2, 5, 3}, g, at::kDouble);
+  const AttentionState start = ZeroAttentionState(1, 2, 6, 3, at::kDouble);
+  auto objective = [&](const at::Tensor& weight) {
+    return (CausalLinearAttention(QueryFeatures(FeatureMap::kLearned, xq, weight, at::kDouble),
+                                  KeyFeatures(FeatureMap::kLearned, xk, weight, at::kDouble), v, start, 2).out * up).sum();
+  };
+  at::Tensor lw = w.clone().requires_grad_();
+  objective(lw).backward();
+  const at::Tensor numeric = FiniteDifference([&] { return objective(w).item<double>(); }, w, 1e-6);
+  EXPECT_GT(numeric.abs().max().item<double>(), 1e-3);  // the weight does matter
+  EXPECT_LE(RelErr(lw.grad(), numeric), 1e-6);
+}
+
 TEST(FeatureMaps, FinitePositiveForExtremeInputs) {
   const int64_t d = 8;
   const at::Tensor w = Projection(1, 16, d, 15);
@@ -256,8 +293,9 @@ TEST(FeatureMaps, FinitePositiveForExtremeInputs) {
     at::Generator g = Gen(16);
     const at::Tensor x = at::randn({1, 1, 9, d}, g, at::kFloat) * scale;
     for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
-                           FeatureMap::kSquare}) {
-      for (const at::Tensor& f : {QueryFeatures(map, x, w, at::kFloat), KeyFeatures(map, x, w, at::kFloat)}) {
+                           FeatureMap::kSquare, FeatureMap::kLearned}) {
+      const at::Tensor p = map == FeatureMap::kLearned ? w.narrow(1, 0, 8) * 30.0 : w;  // a large learned W
+      for (const at::Tensor& f : {QueryFeatures(map, x, p, at::kFloat), KeyFeatures(map, x, p, at::kFloat)}) {
         EXPECT_TRUE(at::isfinite(f).all().item<bool>()) << FeatureMapName(map) << " scale " << scale;
         EXPECT_TRUE((f >= 0).all().item<bool>()) << FeatureMapName(map);
       }
@@ -281,12 +319,14 @@ TEST(FeatureMaps, FiniteDifferenceThroughAttentionForEveryMapFp64) {
   const at::Tensor v = at::randn({1, 2, 5, 3}, g, at::kDouble);
   const at::Tensor up = at::randn({1, 2, 5, 3}, g, at::kDouble);
   for (FeatureMap map : {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
-                         FeatureMap::kSquare}) {
-    const int64_t M = map == FeatureMap::kFavorPlus ? 6 : d;
+                         FeatureMap::kSquare, FeatureMap::kLearned}) {
+    // The learned map takes (H, M/2, d) = (2, 3, d): six features per head, like favor+.
+    const int64_t M = map == FeatureMap::kFavorPlus || map == FeatureMap::kLearned ? 6 : d;
     const AttentionState start = ZeroAttentionState(1, 2, M, 3, at::kDouble);
+    const at::Tensor p = map == FeatureMap::kLearned ? w.narrow(1, 0, 3) : w;
     auto out = [&](const at::Tensor& q, const at::Tensor& k) {
-      return CausalLinearAttention(QueryFeatures(map, q, w, at::kDouble),
-                                   KeyFeatures(map, k, w, at::kDouble), v, start, 2).out;
+      return CausalLinearAttention(QueryFeatures(map, q, p, at::kDouble),
+                                   KeyFeatures(map, k, p, at::kDouble), v, start, 2).out;
     };
     at::Tensor lq = xq.clone().requires_grad_(), lk = xk.clone().requires_grad_();
     (out(lq, lk) * up).sum().backward();

@@ -63,6 +63,46 @@ TEST(ModelFile, RoundTripIsBitExact) {
   }
 }
 
+// A learned feature map: its projections are parameters saved with the model; under LoRA they
+// train beside the adapters and travel in the adapter file, so base + adapter computes what the
+// trained model did.
+TEST(ModelFile, LearnedFeatureMapsTrainWithLoraAndTravelInAdapters) {
+  ModelConfig c = testing::TinyConfig(FeatureMap::kLearned);
+  c.n_features = 8;
+  PerformerLM model(c, 3);
+  const std::string path = testing::TempPath("learned");
+  SaveModelFile(*model, path);
+  PerformerLM loaded = LoadModelFile(path);
+  EXPECT_TRUE(at::equal(model->named_parameters()["layers.1.features"], loaded->named_parameters()["layers.1.features"]));
+  EXPECT_EQ(c.ParameterCount(), [&] {
+    int64_t n = 0;
+    for (const at::Tensor& p : model->parameters()) n += p.numel();
+    return n;
+  }());
+
+  loaded->EnableLora(4, 8.0);
+  for (const auto& p : loaded->named_parameters()) {
+    EXPECT_EQ(p.value().requires_grad(), IsTrainedWithAdapters(p.key())) << p.key();
+  }
+  EXPECT_TRUE(loaded->named_parameters()["layers.0.features"].requires_grad());
+  {
+    at::NoGradGuard no_grad;  // as after training: adapters and feature maps moved
+    for (auto& p : loaded->named_parameters()) {
+      if (IsTrainedWithAdapters(p.key())) p.value().add_(0.01);
+    }
+  }
+  const std::string adapter = testing::TempPath("learned-adapter");
+  SaveLoraAdapter(*loaded, adapter);
+  PerformerLM base = LoadModelFile(path);
+  LoadLoraAdapter(adapter, *base);
+  const at::Tensor tokens = testing::RandomBatch(1, 30, 256, 4).tokens;
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(at::equal(base->Forward(tokens), loaded->Forward(tokens)));
+  EXPECT_FALSE(at::equal(base->Forward(tokens), model->Forward(tokens)));
+  std::remove(path.c_str());
+  std::remove(adapter.c_str());
+}
+
 // The architecture variants survive a save and load; the original layout's files carry no
 // variant keys (so they stay byte for byte as before them).
 TEST(ModelFile, ArchitectureVariantsRoundTrip) {

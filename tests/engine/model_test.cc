@@ -29,7 +29,7 @@ at::Tensor LogitsInPieces(PerformerLMImpl& model, const at::Tensor& tokens, int6
 }
 
 const FeatureMap kAllMaps[] = {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
-                               FeatureMap::kSquare};
+                               FeatureMap::kSquare, FeatureMap::kLearned};
 
 // Logits computed C tokens at a time, carrying the state.
 at::Tensor SlicedLogits(PerformerLMImpl& model, const at::Tensor& tokens, int64_t C) {

@@ -57,7 +57,7 @@ double MaxRelErr(const Grads& got, const Grads& want, std::string* worst) {
 }
 
 const FeatureMap kAllMaps[] = {FeatureMap::kFavorPlus, FeatureMap::kRelu, FeatureMap::kEluPlusOne,
-                               FeatureMap::kSquare};
+                               FeatureMap::kSquare, FeatureMap::kLearned};
 
 // fp64: SLiM gradients equal full backprop up to rounding for every C, mode and map.
 TEST(SlimStep, GradientsEqualFullBackpropFp64) {

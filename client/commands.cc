@@ -1028,7 +1028,7 @@ examples:
   import takes a path the server can read (a local server: any local file): a slim model file,
   or a Hugging Face checkpoint directory (gpt2, llama, mistral, qwen2: config.json and
   safetensors) that the server converts, keeping its exact softmax attention or, with
-  --feature-map favor+|relu|elu+1|sqr, converting it to Performer features (--features per head
+  --feature-map favor+|relu|elu+1|sqr|learned, converting it to Performer features (--features per head
   for favor+, default 64); a file imported before returns that model; delete refuses while a
   queued or running job fine-tunes it
 examples:

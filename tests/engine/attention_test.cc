@@ -227,23 +227,30 @@ TEST(FeatureMaps, OrthogonalProjectionBlocksAreOrthogonalAndSeeded) {
   EXPECT_FALSE(at::equal(w, Projection(2, M, d, 12)));
 }
 
-// favor+ features approximate the softmax kernel: φ(q)·φ(k) ∝ exp(q·k/√d) up to per-query
-// constants, so normalised attention weights match softmax ones in expectation.
-TEST(FeatureMaps, FavorPlusApproximatesSoftmaxAttention) {
+// Max |attention weight − softmax weight| over a few random positions for `map`, one entry per
+// projection height in `rows` (favor+: M = rows features; learned: M = 2·rows).
+std::vector<double> SoftmaxWeightErrors(FeatureMap map, const std::vector<int64_t>& rows) {
   const int64_t d = 16, T = 6;
   at::Generator g = Gen(13);
   const at::Tensor x = at::randn({1, 1, T, d}, g, at::kDouble) * 0.25;
   const at::Tensor exact = at::exp(at::matmul(x, x.transpose(-1, -2)) / std::sqrt(double(d)));
   const at::Tensor pe = exact / exact.sum(-1, true);
   std::vector<double> errors;
-  for (int64_t M : {64, 1024, 16384}) {
-    const at::Tensor w = Projection(1, M, d, 14);
-    const at::Tensor fq = QueryFeatures(FeatureMap::kFavorPlus, x, w, at::kDouble);
-    const at::Tensor fk = KeyFeatures(FeatureMap::kFavorPlus, x, w, at::kDouble);
+  for (int64_t r : rows) {
+    const at::Tensor w = Projection(1, r, d, 14);
+    const at::Tensor fq = QueryFeatures(map, x, w, at::kDouble), fk = KeyFeatures(map, x, w, at::kDouble);
     const at::Tensor approx = at::matmul(fq, fk.transpose(-1, -2));
     errors.push_back((approx / approx.sum(-1, true) - pe).abs().max().item<double>());
-    std::printf("[ favor+ ] M=%lld max attention-weight error %.4f\n", static_cast<long long>(M), errors.back());
+    std::printf("[ %s ] M=%lld max attention-weight error %.4f\n", FeatureMapName(map).c_str(),
+                static_cast<long long>(fq.size(-1)), errors.back());
   }
+  return errors;
+}
+
+// favor+ features approximate the softmax kernel: φ(q)·φ(k) ∝ exp(q·k/√d) up to per-query
+// constants, so normalised attention weights match softmax ones in expectation.
+TEST(FeatureMaps, FavorPlusApproximatesSoftmaxAttention) {
+  const std::vector<double> errors = SoftmaxWeightErrors(FeatureMap::kFavorPlus, {64, 1024, 16384});
   // Monte Carlo error falls like 1/√M: 16× more features, about 4× less error.
   EXPECT_LT(errors[2], errors[0]);
   EXPECT_LE(errors[2], 0.01);
@@ -253,24 +260,11 @@ TEST(FeatureMaps, FavorPlusApproximatesSoftmaxAttention) {
 // like favor+ does, with the symmetric (±ω) estimator; and its gradient reaches its weight
 // (finite differences in fp64, through the attention).
 TEST(FeatureMaps, LearnedMapStartsCloseToSoftmaxAndLearns) {
-  const int64_t d = 16, T = 6;
-  at::Generator g = Gen(13);
-  const at::Tensor x = at::randn({1, 1, T, d}, g, at::kDouble) * 0.25;
-  const at::Tensor exact = at::exp(at::matmul(x, x.transpose(-1, -2)) / std::sqrt(double(d)));
-  const at::Tensor pe = exact / exact.sum(-1, true);
-  std::vector<double> errors;
-  for (int64_t half : {32, 512, 8192}) {
-    const at::Tensor w = Projection(1, half, d, 14);
-    const at::Tensor fq = QueryFeatures(FeatureMap::kLearned, x, w, at::kDouble);
-    const at::Tensor fk = KeyFeatures(FeatureMap::kLearned, x, w, at::kDouble);
-    EXPECT_EQ(fq.size(-1), 2 * half);
-    const at::Tensor approx = at::matmul(fq, fk.transpose(-1, -2));
-    errors.push_back((approx / approx.sum(-1, true) - pe).abs().max().item<double>());
-    std::printf("[ learned ] M=%lld max attention-weight error %.4f\n", static_cast<long long>(2 * half), errors.back());
-  }
+  const std::vector<double> errors = SoftmaxWeightErrors(FeatureMap::kLearned, {32, 512, 8192});
   EXPECT_LT(errors[2], errors[0]);
   EXPECT_LE(errors[2], 0.01);
 
+  at::Generator g = Gen(20);
   const at::Tensor w = Projection(2, 3, 4, 19);
   const at::Tensor xq = at::randn({1, 2, 5, 4}, g, at::kDouble), xk = at::randn({1, 2, 5, 4}, g, at::kDouble);
   const at::Tensor v = at::randn({1, 2, 5, 3}, g, at::kDouble), up = at::randn({1, 2, 5, 3}, g, at::kDouble);

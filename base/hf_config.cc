@@ -210,3 +210,75 @@ ModelConfig ModelConfigFor(const HfArchitecture& a, FeatureMap map, int64_t n_fe
 }
 
 }  // namespace slim
+
+namespace slim {
+
+Json HfConfigFor(const ModelConfig& c) {
+  c.Validate();
+  if (c.feature_map != FeatureMap::kSoftmax) {
+    throw EngineError(ErrorCode::kInvalidArgument,
+                      "feature_map: " + FeatureMapName(c.feature_map) +
+                          " attention has no Hugging Face model type; only softmax models export");
+  }
+  Json j = JsonObject();
+  auto set = [&](const std::string& key, double v) { j.members[key] = JsonNumber(v); };
+  auto flag = [&](const std::string& key, bool v) {
+    Json b;
+    b.kind = Json::kBool;
+    b.boolean = v;
+    j.members[key] = b;
+  };
+  auto name = [&](const std::string& key, const std::string& v) { j.members[key] = JsonString(v); };
+  auto architectures = [&](const std::string& v) {
+    Json list = JsonArray();
+    list.items.push_back(JsonString(v));
+    j.members["architectures"] = list;
+  };
+  const bool gpt2 = c.positions == PositionKind::kLearned && c.norm == NormKind::kLayerNorm &&
+                    c.ffn != FfnKind::kSwiGlu && c.qkv_bias && c.attn_out_bias && c.kv_heads() == c.n_heads;
+  const bool llama_family = c.positions == PositionKind::kRotary && c.norm == NormKind::kRmsNorm && c.ffn == FfnKind::kSwiGlu;
+  if (gpt2) {
+    name("model_type", "gpt2");
+    architectures("GPT2LMHeadModel");
+    set("vocab_size", static_cast<double>(c.vocab_size));
+    set("n_embd", static_cast<double>(c.d_model));
+    set("n_layer", static_cast<double>(c.n_layers));
+    set("n_head", static_cast<double>(c.n_heads));
+    set("n_inner", static_cast<double>(c.d_ff));
+    set("n_positions", static_cast<double>(c.max_positions));
+    set("layer_norm_epsilon", c.norm_eps);
+    name("activation_function", c.ffn == FfnKind::kGeluTanh ? "gelu_new" : "gelu");
+    flag("tie_word_embeddings", c.tie_embeddings);
+    return j;
+  }
+  if (llama_family && (c.qkv_bias || !c.attn_out_bias)) {  // no type has an output bias alone
+    const bool qwen2 = c.qkv_bias && !c.attn_out_bias;
+    name("model_type", qwen2 ? "qwen2" : "llama");
+    architectures(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM");
+    set("vocab_size", static_cast<double>(c.vocab_size));
+    set("hidden_size", static_cast<double>(c.d_model));
+    set("num_hidden_layers", static_cast<double>(c.n_layers));
+    set("num_attention_heads", static_cast<double>(c.n_heads));
+    set("num_key_value_heads", static_cast<double>(c.kv_heads()));
+    set("intermediate_size", static_cast<double>(c.d_ff));
+    set("rms_norm_eps", c.norm_eps);
+    set("rope_theta", c.rope_base);
+    // slim's rotary positions have no end; transformers wants a number (advisory for it too).
+    set("max_position_embeddings", 131072);
+    name("hidden_act", "silu");
+    flag("tie_word_embeddings", c.tie_embeddings);
+    if (qwen2) {
+      flag("use_sliding_window", false);
+    } else {
+      flag("attention_bias", c.qkv_bias);
+    }
+    return j;
+  }
+  throw EngineError(ErrorCode::kInvalidArgument,
+                    "this model's layout (" + PositionKindName(c.positions) + " positions, " + NormKindName(c.norm) +
+                        ", " + FfnKindName(c.ffn) + (c.qkv_bias ? ", q/k/v biases" : "") +
+                        (c.attn_out_bias ? ", output bias" : "") +
+                        ") is none of the Hugging Face types slim exports (gpt2, llama, qwen2)");
+}
+
+}  // namespace slim

@@ -50,4 +50,13 @@ HfArchitecture ReadHfConfig(const Json& config);
 // cannot represent (a GELU feed-forward without biases, SwiGLU with them).
 ModelConfig ModelConfigFor(const HfArchitecture& a, FeatureMap map, int64_t n_features);
 
+// The inverse, for exporting a slim model as a Hugging Face checkpoint: the config.json of the
+// model type that computes `c` — gpt2 (learned positions, LayerNorm, GELU with biases, q/k/v
+// and output biases), qwen2 (rotary, RMSNorm, SwiGLU, q/k/v biases only) or llama (the same
+// with no attention biases, or all of them). ReadHfConfig of the result gives back `c`'s
+// architecture. Throws EngineError(kInvalidArgument) for a Performer feature map (Hugging Face
+// has no such models; convert back by importing, not exporting) or a layout none of these types
+// has, naming what differs.
+Json HfConfigFor(const ModelConfig& c);
+
 }  // namespace slim

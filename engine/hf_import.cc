@@ -198,4 +198,35 @@ PerformerLM ImportHfCheckpoint(const std::string& dir_name, FeatureMap map, int6
   return model;
 }
 
+void ExportHfCheckpoint(PerformerLMImpl& model, const std::string& dir_name) {
+  CheckArgument(!model.lora_enabled(), "export-hf: the model has LoRA adapters; merge them first (slim-train merge)");
+  const ModelConfig& c = model.config();
+  const Json config = HfConfigFor(c);
+  // The tensors that the same reader's architecture implies, so that import inverts export.
+  const std::map<std::string, Destination> destinations = TensorMap(ReadHfConfig(config), c);
+  const fs::path dir(dir_name);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw EngineError(ErrorCode::kInternal, dir_name + ": cannot create: " + ec.message());
+  at::NoGradGuard no_grad;
+  auto params = model.named_parameters();
+  NamedTensorMap tensors;
+  for (const auto& [name, d] : destinations) {
+    std::vector<at::Tensor> pieces;
+    for (const Piece& p : d.pieces) pieces.push_back(params[p.slim_name].detach().to(at::kCPU, at::kFloat));
+    at::Tensor t = pieces.size() == 1 ? pieces[0] : at::cat(pieces, 0);
+    tensors[name] = (d.transpose ? t.t() : t).contiguous();
+  }
+  WriteSafetensors((dir / "model.safetensors").string(), {{"format", "pt"}}, tensors);
+  const std::string path = (dir / "config.json").string(), tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << SerializeJson(config) << "\n";
+    out.flush();
+    if (!out) throw EngineError(ErrorCode::kInternal, path + ": cannot write");
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) throw EngineError(ErrorCode::kInternal, path + ": cannot write: " + ec.message());
+}
+
 }  // namespace slim

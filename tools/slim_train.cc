@@ -32,6 +32,7 @@
 #include "engine/data_parallel.h"
 #include "base/dataset.h"
 #include "engine/generate.h"
+#include "base/hf_config.h"
 #include "engine/hf_import.h"
 #include "engine/model_file.h"
 #include "engine/slim_step.h"
@@ -73,6 +74,8 @@ commands:
             a Hugging Face checkpoint (gpt2, llama, mistral, qwen2; config.json and safetensors,
             sharded or not, F32/F16/BF16) as a slim model file; softmax (the default) keeps the
             checkpoint's exact attention, a feature map converts it (docs/model-format.md)
+  export-hf --model FILE --out DIR: a softmax model (gpt2, llama or qwen2 layout, e.g. one
+            imported and fine-tuned) as a Hugging Face checkpoint: config.json, model.safetensors
   logits    --model FILE --tokens ID,ID,...: the model's logits at every position, as JSON
             {"tokens": [...], "logits": [[...], ...]} (for checking an import)
 
@@ -538,6 +541,19 @@ int Plan(const slim::tools::Flags& flags) {
   return 0;
 }
 
+// export-hf --model FILE --out DIR
+int ExportHf(const slim::tools::Flags& flags) {
+  const std::string model_path = flags.String("model", "");
+  const std::string out = flags.String("out", "");
+  flags.CheckAllUsed();
+  slim::ConfigureRuntime();
+  slim::PerformerLM model = slim::LoadModelFile(model_path);
+  slim::ExportHfCheckpoint(*model, out);
+  std::printf("exported %s as a %s checkpoint to %s\n", model_path.c_str(),
+              slim::HfConfigFor(model->config()).members.at("model_type").text.c_str(), out.c_str());
+  return 0;
+}
+
 int Devices(const slim::tools::Flags& flags) {
   const bool json = flags.Bool("json");
   flags.CheckAllUsed();
@@ -714,6 +730,7 @@ int main(int argc, char** argv) {
     if (command == "eval") return Eval(flags);
     if (command == "import-hf") return ImportHf(flags);
     if (command == "logits") return Logits(flags);
+    if (command == "export-hf") return ExportHf(flags);
     throw slim::EngineError(slim::ErrorCode::kInvalidArgument, "unknown command '" + command + "'");
   } catch (const slim::EngineError& e) {
     std::cerr << "slim-train: " << e.what() << "\n";

@@ -47,6 +47,27 @@ qwen2 --heads 4 --kv-heads 2 --dtype bf16 --shards 2
 qwen2 --heads 2 --kv-heads 1 --tie --layers 3
 CASES
 
+# Export is import's inverse: an imported model (gpt2, llama with GQA, qwen2) exported to the
+# Hugging Face layout gives the reference's logits when the reference reads the export, and the
+# same model file back when imported again.
+for e in 1 3 6; do
+  "$train" export-hf --model "$dir/ckpt$e.safetensors" --out "$dir/export$e" > "$dir/export.log" \
+    || fail "export $e: $(cat "$dir/export.log")"
+  $ref logits "$dir/export$e" --tokens "$tokens" --out "$dir/export$e.want.json"
+  compare "$dir/export$e.want.json" "$dir/ckpt$e.got.json" "export of case $e, read by the reference" \
+    || fail "export $e: the reference computes other logits from the exported checkpoint"
+  "$train" import-hf --dir "$dir/export$e" --out "$dir/reimport$e.safetensors" > /dev/null
+  "$train" logits --model "$dir/reimport$e.safetensors" --tokens "$tokens" > "$dir/reimport$e.json"
+  cmp -s "$dir/reimport$e.json" "$dir/ckpt$e.got.json" || fail "export $e: importing the export changed the logits"
+done
+# A Performer model has no Hugging Face type: refused by name, nothing written.
+"$train" import-hf --dir "$dir/ckpt3" --out "$dir/relu.safetensors" --feature-map relu > /dev/null
+if "$train" export-hf --model "$dir/relu.safetensors" --out "$dir/no-export" 2> "$dir/export.err"; then
+  fail "a relu model exported"
+fi
+grep -q "feature_map: relu attention has no Hugging Face model type" "$dir/export.err" || fail "export refusal: $(cat "$dir/export.err")"
+[ ! -e "$dir/no-export" ] || fail "a refused export left a directory"
+
 # A Performer conversion (favor+, 8 features per head) imports the same weights and runs.
 "$train" import-hf --dir "$dir/ckpt3" --out "$dir/favor.safetensors" --feature-map favor+ --features 8 > "$dir/import.log"
 grep -q "attention favor+" "$dir/import.log" || fail "conversion: $(cat "$dir/import.log")"

@@ -1,6 +1,8 @@
 #include "base/hf_config.h"
 
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <set>
 
@@ -212,6 +214,17 @@ ModelConfig ModelConfigFor(const HfArchitecture& a, FeatureMap map, int64_t n_fe
 }  // namespace slim
 
 namespace slim {
+
+HfArchitecture ReadHfConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot read");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    return ReadHfConfig(ParseJson(text));
+  } catch (const EngineError& e) {
+    throw EngineError(ErrorCode::kInvalidArgument, path + ": " + e.what());
+  }
+}
 
 Json HfConfigFor(const ModelConfig& c) {
   c.Validate();

@@ -42,6 +42,8 @@ struct HfArchitecture {
 // missing or mistyped value, an unsupported model_type, and every key whose value changes the
 // math in a way slim does not implement (e.g. rope_scaling, sliding_window, logit soft-capping).
 HfArchitecture ReadHfConfig(const Json& config);
+// The same for a config.json file; errors name the path.
+HfArchitecture ReadHfConfigFile(const std::string& path);
 
 // The slim model that computes `a` with attention `map` (softmax: exactly the checkpoint's
 // function; a Performer feature map: its conversion) and, for favor+, `n_features` features per

@@ -269,10 +269,7 @@ int Run(const Options& o) {
   if (o.hf_config.empty()) {
     config = slim::PresetConfig(o.preset);
   } else {
-    std::ifstream in(o.hf_config, std::ios::binary);
-    if (!in) throw slim::EngineError(slim::ErrorCode::kInvalidArgument, "--hf-config: cannot read " + o.hf_config);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    config = slim::ModelConfigFor(slim::ReadHfConfig(slim::ParseJson(text)), o.feature_map, o.features);
+    config = slim::ModelConfigFor(slim::ReadHfConfigFile(o.hf_config), o.feature_map, o.features);
   }
   slim::PerformerLM model(config, o.seed);
   if (o.tuning == slim::TuningMode::kLora) model->EnableLora(o.lora_rank, 2.0 * static_cast<double>(o.lora_rank));

@@ -63,7 +63,9 @@ commands:
   footprint [--device D]: what a worker process on D (cpu, cuda:N) uses beyond its tensors,
             which slimd counts beside each worker's quota
   inspect   --model FILE: load a model file whole and print its config and parameter count
-  init      --preset P --out FILE [--seed S]: a model file with random weights
+  init      --preset P --out FILE [--seed S]: a model file with random weights; or
+            --hf-config FILE [--feature-map M] [--features N]: a Hugging Face config's
+            architecture (attention softmax unless M says otherwise)
   generate  --model FILE --prompt TEXT|--prompt-file FILE [--max-tokens N] [--temperature T]
             [--top-k K] [--seed S] [--device D] [--memory-cap BYTES]
             [--ids: only the new token ids, one per line]
@@ -618,7 +620,14 @@ int Inspect(const slim::tools::Flags& flags) {
 }
 
 int Init(const slim::tools::Flags& flags) {
-  const slim::ModelConfig config = slim::PresetConfig(flags.String("preset", "small"));
+  // A preset, or the architecture of a Hugging Face config.json (e.g. a GPT-2 layout to
+  // pre-train in softmax mode and export with export-hf).
+  const slim::ModelConfig config =
+      flags.Has("hf-config")
+          ? slim::ModelConfigFor(slim::ReadHfConfigFile(flags.String("hf-config", "")),
+                                 slim::ParseFeatureMap(flags.Has("feature-map") ? flags.String("feature-map", "") : "softmax"),
+                                 flags.Int("features", 64, 2))
+          : slim::PresetConfig(flags.String("preset", "small"));
   const std::string out = flags.String("out", "");
   const uint64_t seed = static_cast<uint64_t>(flags.Int("seed", 0, 0));
   flags.CheckAllUsed();

@@ -326,7 +326,6 @@ class HfJsonTokenizer : public Tokenizer {
     ReadSpecialIds(root);
   }
 
-  TokenizerKind kind() const override { return TokenizerKind::kHfJson; }
   int64_t vocab_size() const override { return static_cast<int64_t>(id_to_token_.size()); }
   int32_t bos_id() const override { return bos_; }
   int32_t eos_id() const override { return eos_; }

@@ -1,78 +1,38 @@
 #include "base/tokenizer.h"
 
-#include <sys/stat.h>
-
-#include <fstream>
-#include <iterator>
-
 #include "base/errors.h"
 #include "base/tokenizer_impl.h"
 
 namespace slim {
 namespace {
 
-bool IsDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-bool IsRegularFile(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+class Bytes : public Tokenizer {
+ public:
+  std::vector<int32_t> Encode(std::string_view text) const override {
+    return std::vector<int32_t>(reinterpret_cast<const unsigned char*>(text.data()),
+                                reinterpret_cast<const unsigned char*>(text.data()) + text.size());
+  }
+  std::string Decode(const std::vector<int32_t>& ids) const override {
+    std::string out;
+    out.reserve(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] > 255) {
+        throw EngineError(ErrorCode::kInvalidArgument, "tokenizer: id " + std::to_string(ids[i]) + " at position " +
+                                                           std::to_string(i) + " is outside [0, 256) (bytes)");
+      }
+      out += static_cast<char>(ids[i]);
+    }
+    return out;
+  }
+  int64_t vocab_size() const override { return 256; }
+  int32_t bos_id() const override { return -1; }
+  int32_t eos_id() const override { return -1; }
+};
 
 }  // namespace
 
-std::string TokenizerKindName(TokenizerKind kind) {
-  return kind == TokenizerKind::kHfJson ? "hf-json" : "sentencepiece";
-}
+std::unique_ptr<Tokenizer> ByteTokenizer() { return std::make_unique<Bytes>(); }
 
-TokenizerKind ParseTokenizerKind(const std::string& name, const std::string& field) {
-  if (name == "hf-json") return TokenizerKind::kHfJson;
-  if (name == "sentencepiece") return TokenizerKind::kSentencePiece;
-  throw EngineError(ErrorCode::kInvalidArgument,
-                    field + ": unknown tokenizer kind '" + name + "' (known: hf-json, sentencepiece)");
-}
-
-bool HasTokenizerFile(const std::string& dir) {
-  return IsRegularFile(dir + "/tokenizer.json") || IsRegularFile(dir + "/tokenizer.model");
-}
-
-TokenizerFile ReadTokenizerFile(const std::string& path) {
-  std::string file = path;
-  if (IsDirectory(path)) {
-    if (IsRegularFile(path + "/tokenizer.json")) {
-      file = path + "/tokenizer.json";
-    } else if (IsRegularFile(path + "/tokenizer.model")) {
-      file = path + "/tokenizer.model";
-    } else {
-      throw EngineError(ErrorCode::kInvalidArgument,
-                        "tokenizer: directory " + path + " has neither tokenizer.json nor tokenizer.model");
-    }
-  }
-  TokenizerFile out;
-  if (EndsWith(file, ".json")) {
-    out.kind = TokenizerKind::kHfJson;
-  } else if (EndsWith(file, ".model")) {
-    out.kind = TokenizerKind::kSentencePiece;
-  } else {
-    throw EngineError(ErrorCode::kInvalidArgument,
-                      "tokenizer: " + file +
-                          ": unknown kind of file (want a Hugging Face tokenizer.json or a SentencePiece "
-                          "tokenizer.model)");
-  }
-  if (!IsRegularFile(file)) throw EngineError(ErrorCode::kInvalidArgument, "tokenizer: " + file + ": no such file");
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw EngineError(ErrorCode::kInvalidArgument, "tokenizer: cannot read " + file);
-  out.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  if (in.bad()) throw EngineError(ErrorCode::kInvalidArgument, "tokenizer: cannot read " + file);
-  if (out.bytes.empty()) throw EngineError(ErrorCode::kInvalidArgument, "tokenizer: " + file + " is empty");
-  return out;
-}
 
 std::unique_ptr<Tokenizer> LoadTokenizer(const TokenizerFile& file, const std::string& what) {
   if (file.kind == TokenizerKind::kHfJson) return tokenizer_impl::LoadHfJson(file.bytes, what);

@@ -16,36 +16,13 @@
 #include <string_view>
 #include <vector>
 
+#include "base/tokenizer_file.h"
+
 namespace slim {
-
-enum class TokenizerKind { kHfJson, kSentencePiece };
-
-// "hf-json", "sentencepiece"; ParseTokenizerKind throws EngineError(kInvalidArgument) naming
-// `field` and the allowed names.
-std::string TokenizerKindName(TokenizerKind kind);
-TokenizerKind ParseTokenizerKind(const std::string& name, const std::string& field);
-
-// A tokenizer as it is stored: its kind and the bytes of its file, exactly as read. This is
-// what travels inside model files (docs/model-format.md); Tokenizer objects are built from it.
-struct TokenizerFile {
-  TokenizerKind kind = TokenizerKind::kHfJson;
-  std::string bytes;
-};
-
-// The tokenizer in `path`: a `tokenizer.json` (hf-json) or `tokenizer.model` (sentencepiece)
-// file, or a directory holding one (tokenizer.json preferred: where a checkpoint ships both, it is
-// the one transformers loads by default). A file's kind comes from its name: `*.json` is
-// hf-json, `*.model` sentencepiece. Throws EngineError(kInvalidArgument) naming the path when it
-// cannot be read, is a directory with neither file, or has another name. Does not parse.
-TokenizerFile ReadTokenizerFile(const std::string& path);
-// Whether directory `dir` holds a tokenizer.json or tokenizer.model (import-hf's question).
-bool HasTokenizerFile(const std::string& dir);
 
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-
-  virtual TokenizerKind kind() const = 0;
 
   // The ids of `text`, without any BOS/EOS added (callers add them where they mean to). Special
   // and added tokens written out in the text (`<|endoftext|>`) become their ids, as the Hugging
@@ -74,5 +51,9 @@ class Tokenizer {
 // regular expression PCRE2 refuses (with its error and offset), a merge naming a token that is
 // not in the vocabulary, duplicate or negative ids, a malformed SentencePiece protobuf.
 std::unique_ptr<Tokenizer> LoadTokenizer(const TokenizerFile& file, const std::string& what);
+
+// The byte vocabulary of models without a tokenizer: id = byte value, vocab_size 256, no
+// BOS/EOS. Decode refuses ids outside [0, 256).
+std::unique_ptr<Tokenizer> ByteTokenizer();
 
 }  // namespace slim

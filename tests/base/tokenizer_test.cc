@@ -310,7 +310,6 @@ std::string SentencePieceModel() {
 
 TEST(SentencePieceTokenizer, EncodesAndDecodesThroughLibsentencepiece) {
   const auto t = LoadTokenizer({TokenizerKind::kSentencePiece, SentencePieceModel()}, "tokenizer.model");
-  EXPECT_EQ(t->kind(), TokenizerKind::kSentencePiece);
   EXPECT_EQ(t->vocab_size(), 264);
   EXPECT_EQ(t->bos_id(), 1);
   EXPECT_EQ(t->eos_id(), 2);
@@ -322,6 +321,14 @@ TEST(SentencePieceTokenizer, EncodesAndDecodesThroughLibsentencepiece) {
   EXPECT_NE(ErrorOf([] { LoadTokenizer({TokenizerKind::kSentencePiece, "not a protobuf"}, "m.model"); })
                 .find("m.model: not a SentencePiece model"),
             std::string::npos);
+}
+
+TEST(ByteTokenizer, IdsAreBytes) {
+  const auto t = ByteTokenizer();
+  EXPECT_EQ(t->Encode(std::string("a\xFF\0", 3)), (Ids{'a', 255, 0}));
+  EXPECT_EQ(t->Decode({'a', 255, 0}), std::string("a\xFF\0", 3));
+  EXPECT_EQ(t->vocab_size(), 256);
+  EXPECT_NE(ErrorOf([&] { t->Decode({256}); }).find("id 256 at position 0 is outside [0, 256)"), std::string::npos);
 }
 
 TEST(TokenizerFiles, ReadFromADirectoryOrAFileByName) {

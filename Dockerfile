@@ -21,7 +21,7 @@ RUN apt-get update \
       libtorch-dev libopenblas0-pthread libgloo-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
       libsqlite3-dev libpqxx-dev prometheus-cpp-dev libssl-dev libmicrohttpd-dev libcrypt-dev \
-      libpcre2-dev libsentencepiece-dev \
+      libpcre2-dev libicu-dev libsentencepiece-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -43,7 +43,7 @@ RUN apt-get update \
       libtorch1.13 libopenblas0-pthread \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libsqlite3-0 libpqxx-6.4 libpq5 libprometheus-cpp-core1.0 libmicrohttpd12 libssl3 libcrypt1 \
-      libpcre2-8-0 libsentencepiece0 \
+      libpcre2-8-0 libicu72 libsentencepiece0 \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it and volumes can be

@@ -5,9 +5,12 @@
 // What the library supports but slim does not is refused by name at load time, never ignored.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <queue>
@@ -121,8 +124,10 @@ class Regex {
     size_t start = 0;
     while (start <= text.size()) {
       const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-      const int rc = jit_ ? pcre2_jit_match(code_, subject, text.size(), start, 0, data, context_)
-                          : pcre2_match(code_, subject, text.size(), start, 0, data, context_);
+      int rc = jit_ ? pcre2_jit_match(code_, subject, text.size(), start, 0, data, context_)
+                    : pcre2_match(code_, subject, text.size(), start, 0, data, context_);
+      // JIT code runs on a small fixed stack; the interpreter, on the heap, takes what it outgrows.
+      if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(code_, subject, text.size(), start, 0, data, context_);
       if (rc == PCRE2_ERROR_NOMATCH) break;
       if (rc < 0) {
         pcre2_match_data_free(data);
@@ -217,6 +222,10 @@ void ReplaceAll(std::string* s, const std::string& from, const std::string& to) 
   *s = std::move(out);
 }
 
+// Ids are dense in real vocabularies (the largest slim imports has 262,144); the bound keeps a
+// hostile file naming one huge id from allocating a table that size.
+constexpr int64_t kMaxIds = 1 << 20;
+
 // Reading JSON members with errors that name the path inside the file.
 const Json* Member(const Json& object, const std::string& key) {
   if (object.kind != Json::kObject) return nullptr;
@@ -239,9 +248,10 @@ bool BoolMember(const std::string& what, const Json& object, const std::string& 
 }
 int64_t IdMember(const std::string& what, const Json& object, const std::string& key, const std::string& at) {
   const Json* v = Member(object, key);
-  if (v == nullptr || v->kind != Json::kNumber || v->number < 0 || v->number > 16'777'216 ||
+  if (v == nullptr || v->kind != Json::kNumber || v->number < 0 || v->number >= kMaxIds ||
       v->number != static_cast<double>(static_cast<int64_t>(v->number))) {
-    Invalid(what, at + "." + key + " must be an id in [0, 16777216], got " + (v ? DescribeJson(*v) : "nothing"));
+    Invalid(what, at + "." + key + " must be an id in [0, " + std::to_string(kMaxIds) + "), got " +
+                      (v ? DescribeJson(*v) : "nothing"));
   }
   return static_cast<int64_t>(v->number);
 }
@@ -272,9 +282,57 @@ std::string StringPattern(const std::string& what, const Json& object, const std
 }
 
 struct NormalizerStep {
-  enum Kind { kPrepend, kReplace } kind;
-  std::string a, b;  // prepend: a; replace: a → b
+  enum Kind { kPrepend, kReplace, kUnicode } kind;
+  std::string a, b;  // prepend: a; replace: a → b; unicode: a = NFC, NFD, NFKC or NFKD
 };
+
+// `text` in Unicode normalization form `form` (ICU, the same Unicode data LibTorch's ICU has).
+// Only valid UTF-8 runs are normalized; invalid bytes stay where they are, as the rest of the
+// pipeline keeps them.
+std::string UnicodeNormalize(const std::string& text, const std::string& form) {
+  UErrorCode status = U_ZERO_ERROR;
+  const UNormalizer2* n = form == "NFC"    ? unorm2_getNFCInstance(&status)
+                          : form == "NFD"  ? unorm2_getNFDInstance(&status)
+                          : form == "NFKC" ? unorm2_getNFKCInstance(&status)
+                                           : unorm2_getNFKDInstance(&status);
+  if (U_FAILURE(status)) throw EngineError(ErrorCode::kInternal, "tokenizer: ICU has no " + form + " normalizer");
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = i;
+    while (j < text.size() && Utf8Length(text, j) != 0) j += Utf8Length(text, j);
+    if (j > i) {
+      status = U_ZERO_ERROR;
+      int32_t units = 0;
+      u_strFromUTF8(nullptr, 0, &units, text.data() + i, static_cast<int32_t>(j - i), &status);
+      std::u16string in(units, u'\0');
+      status = U_ZERO_ERROR;
+      u_strFromUTF8(reinterpret_cast<UChar*>(in.data()), units, nullptr, text.data() + i, static_cast<int32_t>(j - i),
+                    &status);
+      std::u16string norm(static_cast<size_t>(units) * 3 + 16, u'\0');  // NFKD grows at most ×18; retried below
+      status = U_ZERO_ERROR;
+      int32_t length = unorm2_normalize(n, reinterpret_cast<const UChar*>(in.data()), units,
+                                        reinterpret_cast<UChar*>(norm.data()), static_cast<int32_t>(norm.size()), &status);
+      if (status == U_BUFFER_OVERFLOW_ERROR) {
+        norm.assign(static_cast<size_t>(length), u'\0');
+        status = U_ZERO_ERROR;
+        length = unorm2_normalize(n, reinterpret_cast<const UChar*>(in.data()), units,
+                                  reinterpret_cast<UChar*>(norm.data()), length, &status);
+      }
+      int32_t bytes = 0;
+      UErrorCode s2 = U_ZERO_ERROR;
+      u_strToUTF8(nullptr, 0, &bytes, reinterpret_cast<const UChar*>(norm.data()), length, &s2);
+      std::string utf8(static_cast<size_t>(bytes), '\0');
+      s2 = U_ZERO_ERROR;
+      u_strToUTF8(utf8.data(), bytes, nullptr, reinterpret_cast<const UChar*>(norm.data()), length, &s2);
+      if (U_FAILURE(status) || U_FAILURE(s2)) throw EngineError(ErrorCode::kInternal, "tokenizer: " + form + " normalization failed");
+      out += utf8;
+    }
+    if (j < text.size()) out += text[j++];  // an invalid byte
+    i = j;
+  }
+  return out;
+}
 
 struct PreTokenizerStep {
   enum Kind { kSplit, kByteLevel, kMetaspace } kind;
@@ -389,7 +447,7 @@ class HfJsonTokenizer : public Tokenizer {
 
  private:
   void AddToken(const std::string& what, const std::string& token, int64_t id, const std::string& at) {
-    if (id < 0 || id > 16'777'216) Invalid(what, at + ": id " + std::to_string(id) + " is outside [0, 16777216]");
+    if (id < 0 || id >= kMaxIds) Invalid(what, at + ": id " + std::to_string(id) + " is outside [0, " + std::to_string(kMaxIds) + ")");
     if (static_cast<size_t>(id) >= id_to_token_.size()) {
       id_to_token_.resize(id + 1);
       has_token_.resize(id + 1, false);
@@ -405,7 +463,8 @@ class HfJsonTokenizer : public Tokenizer {
     const Json* vocab = Member(model, "vocab");
     if (vocab == nullptr || vocab->kind != Json::kObject) Invalid(what, "model.vocab must be an object of token → id");
     for (const auto& [token, id] : vocab->members) {
-      if (id.kind != Json::kNumber || id.number != static_cast<double>(static_cast<int64_t>(id.number))) {
+      if (id.kind != Json::kNumber || !(std::abs(id.number) < 1e15) ||
+          id.number != static_cast<double>(static_cast<int64_t>(id.number))) {
         Invalid(what, "model.vocab['" + token + "'] must be an integer id, got " + DescribeJson(id));
       }
       AddToken(what, token, static_cast<int64_t>(id.number), "model.vocab['" + token + "']");
@@ -499,8 +558,11 @@ class HfJsonTokenizer : public Tokenizer {
       normalizer_.push_back({NormalizerStep::kPrepend, StringMember(what, n, "prepend", at), ""});
     } else if (type == "Replace") {
       normalizer_.push_back({NormalizerStep::kReplace, StringPattern(what, n, at), StringMember(what, n, "content", at)});
+    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+      normalizer_.push_back({NormalizerStep::kUnicode, type, ""});
     } else {
-      Invalid(what, at + ": normalizer type '" + type + "' is not supported (supported: Sequence, Prepend, Replace)");
+      Invalid(what, at + ": normalizer type '" + type +
+                        "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD)");
     }
   }
 
@@ -629,8 +691,10 @@ class HfJsonTokenizer : public Tokenizer {
     for (const NormalizerStep& n : normalizer_) {
       if (n.kind == NormalizerStep::kPrepend) {
         if (!text.empty()) text = n.a + text;
-      } else {
+      } else if (n.kind == NormalizerStep::kReplace) {
         ReplaceAll(&text, n.a, n.b);
+      } else {
+        text = UnicodeNormalize(text, n.a);
       }
     }
     std::vector<Piece> pieces = {{std::move(text), offset}};

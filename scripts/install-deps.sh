@@ -24,8 +24,8 @@ build_packages=(
   # service: OpenSSL's libcrypto for SHA-256 (gRPC links it; the headers come from libssl-dev)
   libssl-dev
   # tokenizers (base/tokenizer.h): PCRE2 for the pre-tokenizers' Unicode regular expressions,
-  # SentencePiece for tokenizer.model files (it links the system protobuf, as LibTorch does)
-  libpcre2-dev libsentencepiece-dev
+  # ICU for Unicode normalization (NFC...), SentencePiece for tokenizer.model files
+  libpcre2-dev libicu-dev libsentencepiece-dev
 )
 # What developing and testing it needs besides.
 test_packages=(

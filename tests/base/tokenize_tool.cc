@@ -3,8 +3,9 @@
 // an independent implementation.
 //
 //   tokenize_tool TOKENIZER CORPUS.json
-// prints {"vocab_size": N, "bos_id": B, "eos_id": E, "results": [{"ids": [...], "roundtrip": true}, ...]}
-// where roundtrip says whether Decode(Encode(s)) gave back the bytes of s. Exit status 2 with
+// prints {"vocab_size": N, "bos_id": B, "eos_id": E, "results": [{"ids": [...], "roundtrip": true,
+// "decoded_hex": "..."}, ...]} where roundtrip says whether Decode(Encode(s)) gave back the bytes
+// of s, and decoded_hex is what it gave. Exit status 2 with
 // the error on stderr when the tokenizer or corpus cannot be read.
 #include <fstream>
 #include <iostream>
@@ -33,7 +34,11 @@ int main(int argc, char** argv) {
       const std::vector<int32_t> ids = tokenizer->Encode(s.text);
       std::cout << (i ? "," : "") << "{\"ids\":[";
       for (size_t k = 0; k < ids.size(); ++k) std::cout << (k ? "," : "") << ids[k];
-      std::cout << "],\"roundtrip\":" << (tokenizer->Decode(ids) == s.text ? "true" : "false") << "}";
+      const std::string decoded = tokenizer->Decode(ids);
+      static const char kHex[] = "0123456789abcdef";
+      std::string hex;
+      for (unsigned char c : decoded) hex += std::string{kHex[c >> 4], kHex[c & 15]};
+      std::cout << "],\"roundtrip\":" << (decoded == s.text ? "true" : "false") << ",\"decoded_hex\":\"" << hex << "\"}";
     }
     std::cout << "]}\n";
   } catch (const std::exception& e) {

@@ -198,6 +198,22 @@ TEST(HfJsonTokenizer, SplitBehaviors) {
   EXPECT_EQ(regex->Encode("he"), (Ids{'h', 'e'}));
 }
 
+TEST(HfJsonTokenizer, UnicodeNormalizers) {
+  // é precomposed (U+00E9) and decomposed (e U+0301).
+  auto with = [](const std::string& form) {
+    return FromJson(R"({"normalizer": {"type": ")" + form + R"("},
+        "model": {"type": "BPE", "vocab": {"\u00e9": 0, "e": 1, "\u0301": 2, "<0xFF>": 3, "\ufb01": 4, "f": 5, "i": 6},
+                  "byte_fallback": true}})");
+  };
+  EXPECT_EQ(with("NFC")->Encode("e\xCC\x81\xC3\xA9"), (Ids{0, 0}));
+  EXPECT_EQ(with("NFD")->Encode("e\xCC\x81\xC3\xA9"), (Ids{1, 2, 1, 2}));
+  // Compatibility forms split the ﬁ ligature (U+FB01); canonical ones keep it.
+  EXPECT_EQ(with("NFKC")->Encode("\xEF\xAC\x81"), (Ids{5, 6}));
+  EXPECT_EQ(with("NFC")->Encode("\xEF\xAC\x81"), (Ids{4}));
+  // Invalid UTF-8 passes through normalization untouched (to byte fallback here).
+  EXPECT_EQ(with("NFC")->Encode("e\xFF\xCC\x81"), (Ids{1, 3, 2}));
+}
+
 TEST(HfJsonTokenizer, MetaspacePreTokenizer) {
   const auto t = FromJson(R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
       "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"},
@@ -223,7 +239,7 @@ TEST(HfJsonTokenizer, HostileFilesAreRefusedByName) {
       {R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}})", "model type 'Unigram' is not supported"},
       {R"({"model": {"type": "BPE", "vocab": {}}})", "model.vocab is empty"},
       {R"({"model": {"type": "BPE", "vocab": {"a": -1}}})", "id -1 is outside"},
-      {R"({"model": {"type": "BPE", "vocab": {"a": 1e12}}})", "is outside [0, 16777216]"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 1e12}}})", "id 1000000000000 is outside [0, 1048576)"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0.5}}})", "must be an integer id"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}}})", "id 0 is given to both"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a x"]}})", "model.merges[0]: 'x' is not in model.vocab"},
@@ -233,7 +249,7 @@ TEST(HfJsonTokenizer, HostileFilesAreRefusedByName) {
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": 3}})", "model.merges must be an array"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "unk_token": "<unk>"}})", "unk_token '<unk>' is not in model.vocab"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "dropout": 0.1}})", "model.dropout is not supported"},
-      {R"({"normalizer": {"type": "NFKC"}, "model": {"type": "BPE", "vocab": {"a": 0}}})", "normalizer type 'NFKC' is not supported"},
+      {R"({"normalizer": {"type": "Lowercase"}, "model": {"type": "BPE", "vocab": {"a": 0}}})", "normalizer type 'Lowercase' is not supported"},
       {R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, "model": {"type": "BPE", "vocab": {"a": 0}}})",
        "pre-tokenizer type 'BertPreTokenizer' is not supported"},
       {R"({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}}, "model": {"type": "BPE", "vocab": {"a": 0}}})",

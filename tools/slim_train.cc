@@ -662,9 +662,23 @@ int Generate(const slim::tools::Flags& flags) {
   // next token or the end.
   std::vector<int32_t> all = ids;
   size_t done = has_tokenizer ? tokenizer->Decode(ids).size() : 0;
+  // A model may have more ids than its tokenizer has tokens (padded vocabularies); such an id
+  // stands for no text, as the Hugging Face decoders skip it.
+  std::map<int32_t, bool> decodable;
+  auto has_text = [&](int32_t t) {
+    const auto [it, added] = decodable.emplace(t, true);
+    if (added) {
+      try {
+        tokenizer->Decode({t});
+      } catch (const slim::EngineError&) {
+        it->second = false;
+      }
+    }
+    return it->second;
+  };
   auto new_bytes = [&](int32_t t, bool final) -> std::string {
     if (!has_tokenizer) return final ? "" : std::string(1, static_cast<char>(t < 256 ? t : '?'));
-    if (!final) all.push_back(t);
+    if (!final && has_text(t)) all.push_back(t);
     const std::string text = tokenizer->Decode(all);
     size_t end = text.size();
     if (!final && end >= 3 && text.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;

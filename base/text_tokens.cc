@@ -65,12 +65,11 @@ void WriteEntry(const std::string& dir, const std::string& path, const std::vect
   if (std::rename(tmp.c_str(), path.c_str()) != 0) std::remove(tmp.c_str());
 }
 
-std::string ReadWhole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot open");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw EngineError(ErrorCode::kInvalidArgument, path + ": read error");
-  return bytes;
+// The file's SHA-256, read in blocks (datasets can be large).
+std::string FileDigest(const std::string& path) {
+  std::string hex;
+  if (!server::Sha256OfFile(path, &hex)) throw EngineError(ErrorCode::kInvalidArgument, path + ": cannot open");
+  return hex;
 }
 
 }  // namespace
@@ -81,7 +80,7 @@ std::vector<int32_t> ReadTextTokens(const DataSource& source, const Tokenizer& t
                 source.path + ": only text and jsonl sources are tokenized (ids-* are ids already)");
   std::string entry;
   if (!cache_dir.empty()) {
-    const std::string key = HexOf(HexOf(ReadWhole(source.path)) + "\n" + DataFormatName(source.format) + "\n" +
+    const std::string key = HexOf(FileDigest(source.path) + "\n" + DataFormatName(source.format) + "\n" +
                                   (source.format == DataFormat::kJsonl ? source.text_field : "") + "\n" +
                                   TokenizerKindName(file.kind) + "\n" + HexOf(file.bytes));
     entry = cache_dir + "/" + key + ".ids";

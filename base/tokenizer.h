@@ -45,7 +45,7 @@ class Tokenizer {
   virtual int32_t eos_id() const = 0;
 };
 
-// Parses `file`. `what` names it in errors ("tokenizer.json", "model file m.safetensors: tokenizer").
+// Parses `file` (slim_tokenizer). `what` names it in errors ("tokenizer.json", "model file m.safetensors: tokenizer").
 // Throws EngineError(kInvalidArgument) "<what>: ..." naming what is wrong: malformed JSON, a
 // model type other than BPE, an unsupported normalizer/pre-tokenizer/decoder (by type), a
 // regular expression PCRE2 refuses (with its error and offset), a merge naming a token that is
@@ -53,7 +53,7 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> LoadTokenizer(const TokenizerFile& file, const std::string& what);
 
 // The byte vocabulary of models without a tokenizer: id = byte value, vocab_size 256, no
-// BOS/EOS. Decode refuses ids outside [0, 256).
+// BOS/EOS. Decode refuses ids outside [0, 256). (In slim_spec: no tokenizer library needed.)
 std::unique_ptr<Tokenizer> ByteTokenizer();
 
 }  // namespace slim

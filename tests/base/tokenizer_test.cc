@@ -7,12 +7,14 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "base/errors.h"
 #include "base/json.h"
+#include "base/text_tokens.h"
 
 namespace slim {
 namespace {
@@ -345,6 +347,60 @@ TEST(ByteTokenizer, IdsAreBytes) {
   EXPECT_EQ(t->Decode({'a', 255, 0}), std::string("a\xFF\0", 3));
   EXPECT_EQ(t->vocab_size(), 256);
   EXPECT_NE(ErrorOf([&] { t->Decode({256}); }).find("id 256 at position 0 is outside [0, 256)"), std::string::npos);
+}
+
+TEST(TextTokens, EncodedOnceThenReadFromTheCache) {
+  char dir_template[] = "/tmp/slim-text-tokens-test-XXXXXX";
+  const std::string dir = mkdtemp(dir_template);
+  const std::string json = CharBpe(R"(["a b"])");
+  const TokenizerFile file{TokenizerKind::kHfJson, json};
+  const auto t = LoadTokenizer(file, "tokenizer.json");
+  std::ofstream(dir + "/data.txt") << "abcab";
+  DataSource source;
+  source.path = dir + "/data.txt";
+  source.vocab_size = 6;
+  const std::string cache = dir + "/cache";
+  EXPECT_EQ(ReadTextTokens(source, *t, file, cache), (Ids{3, 2, 3}));
+  // One entry; a different tokenizer file is a different key.
+  auto entries = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(cache)) names.push_back(e.path().string());
+    return names;
+  };
+  ASSERT_EQ(entries().size(), 1u);
+  const std::string entry = entries()[0];
+  // The entry is what is read next time: rewrite it with other valid ids and they come back.
+  {
+    std::string bytes = "slimids1";
+    bytes += std::string("\x01\0\0\0\0\0\0\0", 8) + std::string("\x05\0\0\0", 4);
+    std::ofstream(entry, std::ios::binary) << bytes;
+  }
+  EXPECT_EQ(ReadTextTokens(source, *t, file, cache), (Ids{5}));
+  // A damaged entry (an id the model does not have, a wrong size) is recomputed and rewritten.
+  {
+    std::string bytes = "slimids1";
+    bytes += std::string("\x01\0\0\0\0\0\0\0", 8) + std::string("\x09\0\0\0", 4);
+    std::ofstream(entry, std::ios::binary) << bytes;
+  }
+  EXPECT_EQ(ReadTextTokens(source, *t, file, cache), (Ids{3, 2, 3}));
+  std::ofstream(entry, std::ios::binary) << "slimids1\x07";
+  EXPECT_EQ(ReadTextTokens(source, *t, file, cache), (Ids{3, 2, 3}));
+  EXPECT_EQ(ReadTextTokens(source, *t, file, cache), (Ids{3, 2, 3}));
+  const TokenizerFile other{TokenizerKind::kHfJson, CharBpe(R"(["b c"])")};
+  EXPECT_EQ(ReadTextTokens(source, *LoadTokenizer(other, "other"), other, cache), (Ids{0, 4, 0, 1}));
+  EXPECT_EQ(entries().size(), 2u);
+  // Ids beyond the model's vocabulary are refused naming the id and its text.
+  source.vocab_size = 3;
+  const std::string error = ErrorOf([&] { ReadTextTokens(source, *t, file, ""); });
+  EXPECT_NE(error.find("the tokenizer gives id 3 (token 0, 'ab'), but the model's vocab_size is 3"), std::string::npos)
+      << error;
+  // JSONL: the documents' text joined by newlines, keyed by the text field too.
+  std::ofstream(dir + "/docs.jsonl") << "{\"t\": \"ab\"}\n{\"t\": \"c\"}\n";
+  DataSource jsonl{dir + "/docs.jsonl", DataFormat::kJsonl, "t", 6};
+  const auto newline = FromJson(CharBpe(R"(["a b"])", "", R"(, "added_tokens": [{"id": 6, "content": "\n"}])"));
+  jsonl.vocab_size = 7;
+  EXPECT_EQ(ReadTextTokens(jsonl, *newline, file, cache), (Ids{3, 6, 2}));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(TokenizerFiles, ReadFromADirectoryOrAFileByName) {

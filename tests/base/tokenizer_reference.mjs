@@ -6,6 +6,8 @@
 //   Llama 3 (byte-level BPE with a Split regex, ignore_merges, ["a","b"] merges, 256 special
 //     tokens): llama3-tokenizer-js and @huggingface/tokenizers on a tokenizer.json built from
 //     llama3-tokenizer-js's vocabulary and merges.
+//   Qwen2's pipeline (NFC normalizer, its Split expression) over GPT-2's vocabulary:
+//     @huggingface/tokenizers.
 //   Llama 2 (SentencePiece BPE with byte fallback): llama-tokenizer-js against slim's
 //     SentencePiece tokenizer (libsentencepiece) on a tokenizer.model built from llama-tokenizer-js's
 //     vocabulary, and @huggingface/tokenizers against slim's tokenizer.json reader on the
@@ -178,16 +180,25 @@ const mapBytes = (bytes) => Array.from(bytes, (b) => byteToUnicode[b]).join("");
     "gpt-tokenizer": (t) => t.split("<|endoftext|>").flatMap((piece, i) => [...(i ? [50256] : []), ...gpt2.encode(piece)]),
     "@huggingface/tokenizers": (t) => hf.encode(t, { add_special_tokens: false }).ids,
   });
-  // The same vocabulary behind an NFC normalizer (as Qwen2's tokenizer.json declares), against
-  // @huggingface/tokenizers (JavaScript's String.normalize): decomposed accents and Hangul
-  // jamo compose, the ligature ﬁ and full-width letters stay.
-  const nfcJson = { ...json, normalizer: { type: "NFC" } };
-  const nfcFile = path.join(work, "gpt2-nfc-tokenizer.json");
-  fs.writeFileSync(nfcFile, JSON.stringify(nfcJson));
-  const nfcHf = new Tokenizer(nfcJson, {});
-  const nfcCorpus = [...common, "Cafe\u0301 nai\u0308ve A\u030angstro\u0308m", "\u1100\u1161\u11a8 \ufb01 \uff21\uff22"];
-  compare("gpt2+NFC", nfcFile, nfcCorpus, {
-    "@huggingface/tokenizers": (t) => nfcHf.encode(t, { add_special_tokens: false }).ids,
+  // The same vocabulary in Qwen2's pipeline (its tokenizer.json's NFC normalizer, Split
+  // expression — one digit per piece — and ByteLevel without an expression), against
+  // @huggingface/tokenizers (JavaScript's String.normalize for NFC): decomposed accents and
+  // Hangul jamo compose, the ligature ﬁ and full-width letters stay. Decoding gives the NFC form.
+  const qwen2Pattern = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+  const qwenJson = {
+    ...json,
+    normalizer: { type: "NFC" },
+    pre_tokenizer: { type: "Sequence", pretokenizers: [
+      { type: "Split", pattern: { Regex: qwen2Pattern }, behavior: "Isolated", invert: false },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: false },
+    ] },
+  };
+  const qwenFile = path.join(work, "qwen2-style-tokenizer.json");
+  fs.writeFileSync(qwenFile, JSON.stringify(qwenJson));
+  const qwenHf = new Tokenizer(qwenJson, {});
+  const qwenCorpus = [...common, ...gpt2Specials, "Cafe\u0301 nai\u0308ve A\u030angstro\u0308m", "\u1100\u1161\u11a8 \ufb01 \uff21\uff22"];
+  compare("qwen2-style (GPT-2 vocabulary)", qwenFile, qwenCorpus, {
+    "@huggingface/tokenizers": (t) => qwenHf.encode(t, { add_special_tokens: false }).ids,
   }, (t) => t.normalize("NFC"));
   if (slim.vocab_size !== 50257 || slim.eos_id !== 50256) {
     failures++;

@@ -45,11 +45,12 @@ class Tokenizer {
   virtual int32_t eos_id() const = 0;
 };
 
-// Parses `file` (slim_tokenizer). `what` names it in errors ("tokenizer.json", "model file m.safetensors: tokenizer").
-// Throws EngineError(kInvalidArgument) "<what>: ..." naming what is wrong: malformed JSON, a
+// Parses `file` (slim_tokenizer). `what` names it in errors ("tokenizer.json", "model:
+// tokenizer"). Throws EngineError(kInvalidArgument) "<what>: ..." naming what is wrong: malformed JSON, a
 // model type other than BPE, an unsupported normalizer/pre-tokenizer/decoder (by type), a
 // regular expression PCRE2 refuses (with its error and offset), a merge naming a token that is
-// not in the vocabulary, duplicate or negative ids, a malformed SentencePiece protobuf.
+// not in the vocabulary, duplicate or negative ids, a malformed SentencePiece protobuf. The
+// SentencePiece kind needs the slim_sentencepiece module (base/sentencepiece_module.h).
 std::unique_ptr<Tokenizer> LoadTokenizer(const TokenizerFile& file, const std::string& what);
 
 // The byte vocabulary of models without a tokenizer: id = byte value, vocab_size 256, no

@@ -21,11 +21,12 @@ RUN apt-get update \
       libtorch-dev libopenblas0-pthread libgloo-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
       libsqlite3-dev libpqxx-dev prometheus-cpp-dev libssl-dev libmicrohttpd-dev libcrypt-dev \
+      libpcre2-dev libicu-dev libsentencepiece-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN SLIM_JOBS=2 SLIM_SKIP_DEPS=1 ./scripts/build.sh -DSLIM_BUILD_TESTS=OFF \
- && strip build/server/slimd build/client/slimctl build/tools/slim-train
+ && strip build/server/slimd build/client/slimctl build/tools/slim-train build/base/slim_sentencepiece.so
 
 # ---- runtime: the shared libraries the three binaries load, nothing else ----------------------
 FROM debian:bookworm-slim
@@ -34,13 +35,15 @@ ENV DEBIAN_FRONTEND=noninteractive
 # pulls its own dependencies), gRPC (with reflection), protobuf, Abseil, SQLite, libpqxx and
 # libpq (the PostgreSQL store), prometheus-cpp's core, GNU libmicrohttpd (the /metrics and
 # status page server; it pulls GnuTLS), OpenSSL's libcrypto (SHA-256; gRPC needs it too),
-# libcrypt (bcrypt passwords); plus OpenBLAS, LibTorch's BLAS (without it Debian falls back to
+# libcrypt (bcrypt passwords), PCRE2 and SentencePiece (tokenizers; SentencePiece through the
+# module copied below); plus OpenBLAS, LibTorch's BLAS (without it Debian falls back to
 # the 7x slower reference one).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-pthread \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libsqlite3-0 libpqxx-6.4 libpq5 libprometheus-cpp-core1.0 libmicrohttpd12 libssl3 libcrypt1 \
+      libpcre2-8-0 libicu72 libsentencepiece0 \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it and volumes can be
@@ -53,6 +56,9 @@ RUN groupadd --system --gid 10001 slim \
 # slimd finds its worker next to itself (/usr/local/bin/slim-train).
 COPY --from=build /src/build/server/slimd /src/build/client/slimctl /src/build/tools/slim-train \
      /usr/local/bin/
+# SentencePiece tokenizers: slim-train opens this module at run time (base/sentencepiece_module.h
+# says why it is not linked), from ../lib/slim/ beside its binary.
+COPY --from=build /src/build/base/slim_sentencepiece.so /usr/local/lib/slim/slim_sentencepiece.so
 COPY models/base-mini.safetensors /usr/local/share/slim/models/base-mini.safetensors
 
 # slimd points its workers at the calibrations in the data directory itself (SLIM_CACHE_DIR);

@@ -26,6 +26,7 @@ void SaveCheckpoint(const std::string& path, PerformerLMImpl& model, torch::opti
   for (const auto& [k, v] : LoraMetadata(model)) metadata[k] = v;
   for (const auto& [k, v] : progress) metadata[kProgressPrefix + k] = v;
   NamedTensorMap tensors = ModelTensors(model, kModelPrefix);
+  AddTokenizer(model, kModelPrefix, &metadata, &tensors);
   // The optimizer state (AdamW moments, step counts) in LibTorch's own archive format, kept as
   // bytes: its layout is LibTorch's business, and it round-trips exactly.
   torch::serialize::OutputArchive archive;

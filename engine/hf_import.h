@@ -24,7 +24,8 @@ PerformerLM ImportHfCheckpoint(const std::string& dir, FeatureMap map, int64_t n
 // The inverse: `model` (softmax attention, no LoRA adapters: merge them first) as a Hugging
 // Face checkpoint in `dir` (created if needed): config.json (base/hf_config.h, HfConfigFor)
 // and model.safetensors in fp32 with the tensor names and layouts transformers uses (GPT-2's
-// Conv1D weights transposed and q/k/v fused). Importing the result gives the same model back.
+// Conv1D weights transposed and q/k/v fused), and the tokenizer file the model carries
+// (tokenizer.json or tokenizer.model). Importing the result gives the same model back.
 // model.safetensors is written first and config.json last, each atomically, so a directory with
 // a config.json is complete. Throws EngineError(kInvalidArgument) for a model that has no
 // Hugging Face type, kInternal when writing fails.

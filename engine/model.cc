@@ -309,6 +309,7 @@ std::vector<std::string> PerformerLMImpl::lora_targets() const {
 std::shared_ptr<PerformerLMImpl> PerformerLMImpl::MergedCopy() {
   CheckArgument(lora_enabled(), "lora: the model has no adapters to merge");
   auto merged = std::make_shared<PerformerLMImpl>(config_, init_seed_);
+  merged->tokenizer_file_ = tokenizer_file_;
   at::NoGradGuard no_grad;
   merged->to(embed_->weight.device(), embed_->weight.scalar_type());
   const auto source_params = named_parameters();

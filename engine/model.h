@@ -25,6 +25,7 @@
 #include "engine/attention_features.h"
 #include "engine/causal_attention.h"
 #include "base/model_config.h"
+#include "base/tokenizer_file.h"
 
 namespace slim {
 
@@ -115,6 +116,13 @@ class PerformerLMImpl : public torch::nn::Module {
   at::ScalarType activation_dtype() const;
   at::ScalarType state_dtype() const { return StateDtype(activation_dtype()); }
 
+  // The tokenizer the model's ids belong to (docs/model-format.md), or null for models whose
+  // ids are bytes or come pre-tokenised. Not a tensor: model files store it beside the weights,
+  // and it travels with the model through training, checkpoints and MergedCopy. Immutable once
+  // set, so copies share it.
+  const std::shared_ptr<const TokenizerFile>& tokenizer_file() const { return tokenizer_file_; }
+  void set_tokenizer_file(std::shared_ptr<const TokenizerFile> file) { tokenizer_file_ = std::move(file); }
+
  private:
   // A LayerNorm (parameters "weight" and "bias") or an RMSNorm ("weight"), per config.norm.
   struct NormImpl : torch::nn::Module {
@@ -162,6 +170,7 @@ class PerformerLMImpl : public torch::nn::Module {
   int64_t lora_rank_ = 0;
   double lora_alpha_ = 0;
   double lora_scale_ = 0;
+  std::shared_ptr<const TokenizerFile> tokenizer_file_;
 };
 
 TORCH_MODULE(PerformerLM);

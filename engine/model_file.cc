@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <vector>
@@ -15,6 +16,8 @@ namespace slim {
 namespace {
 
 constexpr char kWhat[] = "model file";
+// Metadata key (the kind) and tensor name (the file's bytes) of the tokenizer.
+constexpr char kTokenizerKey[] = "tokenizer";
 
 // `kind` names the file in messages: "model file", "checkpoint".
 [[noreturn]] void Invalid(const std::string& kind, const std::string& path, const std::string& what) {
@@ -173,9 +176,22 @@ NamedTensorMap ModelTensors(PerformerLMImpl& model, const std::string& prefix) {
   return out;
 }
 
+void AddTokenizer(const PerformerLMImpl& model, const std::string& prefix, SafetensorsMetadata* metadata,
+                  NamedTensorMap* tensors) {
+  const auto& file = model.tokenizer_file();
+  if (!file) return;
+  (*metadata)[kTokenizerKey] = TokenizerKindName(file->kind);
+  at::Tensor bytes = at::empty({static_cast<int64_t>(file->bytes.size())}, at::kByte);
+  if (!file->bytes.empty()) std::memcpy(bytes.data_ptr(), file->bytes.data(), file->bytes.size());
+  (*tensors)[prefix + kTokenizerKey] = bytes;
+}
+
 void SaveModelFile(PerformerLMImpl& model, const std::string& path) {
   CheckArgument(!model.lora_enabled(), "model file: merge or drop LoRA adapters before saving");
-  WriteSafetensors(path, ModelConfigMetadata(model.config()), ModelTensors(model));
+  SafetensorsMetadata metadata = ModelConfigMetadata(model.config());
+  NamedTensorMap tensors = ModelTensors(model);
+  AddTokenizer(model, "", &metadata, &tensors);
+  WriteSafetensors(path, metadata, tensors);
 }
 
 PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string& path,
@@ -194,11 +210,34 @@ PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string
       Invalid(kind, path, msg.str());
     }
   }
+  // The tokenizer: metadata names its kind, a U8 tensor holds its file; both or neither.
+  std::shared_ptr<const TokenizerFile> tokenizer;
+  {
+    const auto stored_kind = file.metadata.find(kTokenizerKey);
+    const auto bytes = file.tensors.find(prefix + kTokenizerKey);
+    if (stored_kind != file.metadata.end() || bytes != file.tensors.end()) {
+      if (stored_kind == file.metadata.end()) Invalid(kind, path, "has a tensor '" + prefix + kTokenizerKey + "' but no 'tokenizer' metadata naming its kind");
+      if (bytes == file.tensors.end()) Invalid(kind, path, "metadata 'tokenizer' names a tokenizer but there is no tensor '" + prefix + kTokenizerKey + "'");
+      if (bytes->second.scalar_type() != at::kByte || bytes->second.dim() != 1 || bytes->second.numel() == 0) {
+        Invalid(kind, path, "tensor '" + prefix + kTokenizerKey + "' must be non-empty U8 bytes of one dimension");
+      }
+      auto t = std::make_shared<TokenizerFile>();
+      try {
+        t->kind = ParseTokenizerKind(stored_kind->second, "metadata 'tokenizer'");
+      } catch (const EngineError& e) {
+        Invalid(kind, path, e.what());
+      }
+      t->bytes.assign(static_cast<const char*>(bytes->second.data_ptr()), bytes->second.numel());
+      tokenizer = std::move(t);
+    }
+  }
   PerformerLM model(config, /*init_seed=*/0);
   EnableLoraFromMetadata(file.metadata, path, kind, *model);
+  model->set_tokenizer_file(tokenizer);
   const NamedTensorMap expected = ModelTensors(*model, prefix);
   for (const auto& [name, t] : file.tensors) {
     if (name.rfind(prefix, 0) != 0) continue;  // not a model tensor (e.g. optimizer state)
+    if (name == prefix + kTokenizerKey) continue;
     const auto want = expected.find(name);
     if (want == expected.end()) Invalid(kind, path, "unexpected tensor '" + name + "' for this config");
     if (t.sizes() != want->second.sizes()) {

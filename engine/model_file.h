@@ -39,6 +39,10 @@ SafetensorsMetadata ModelConfigMetadata(const ModelConfig& config);
 // ModelFromContents enables adapters when the metadata has them.
 SafetensorsMetadata LoraMetadata(const PerformerLMImpl& model);
 NamedTensorMap ModelTensors(PerformerLMImpl& model, const std::string& prefix = "");
+// The model's tokenizer, if it has one: metadata "tokenizer" (its kind) and the U8 tensor
+// prefix + "tokenizer" (its file's bytes). ModelFromContents reads them back.
+void AddTokenizer(const PerformerLMImpl& model, const std::string& prefix, SafetensorsMetadata* metadata,
+                  NamedTensorMap* tensors);
 PerformerLM ModelFromContents(const SafetensorsContents& contents, const std::string& path,
                               const std::string& what, const std::string& prefix = "");
 

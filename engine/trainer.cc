@@ -26,6 +26,7 @@
 #include "engine/memory_model.h"
 #include "engine/memory_tracker.h"
 #include "engine/model_file.h"
+#include "engine/model_text.h"
 #include "engine/runtime.h"
 #include "engine/slim_step.h"
 
@@ -49,11 +50,11 @@ struct Corpus {
   std::vector<int64_t> starts;
 };
 
-Corpus ReadCorpus(const std::vector<DataSource>& sources, int64_t vocab_size, int64_t seq_len) {
+Corpus ReadCorpus(const std::vector<DataSource>& sources, const PerformerLMImpl& model, int64_t seq_len,
+                  const std::string& token_cache_dir) {
   Corpus c;
-  for (DataSource source : sources) {
-    source.vocab_size = vocab_size;
-    const std::vector<int32_t> tokens = ReadTokens(source);
+  for (const DataSource& source : sources) {
+    const std::vector<int32_t> tokens = ReadModelTokens(source, model, token_cache_dir);
     const int64_t n = CountSequences(static_cast<int64_t>(tokens.size()), seq_len, source.path);
     const int64_t base = static_cast<int64_t>(c.tokens.size());
     for (int64_t i = 0; i < n; ++i) c.starts.push_back(base + i * seq_len);
@@ -233,9 +234,9 @@ struct TrainingData {
   const Corpus& validation_corpus() const { return validation.starts.empty() ? train : validation; }
 };
 
-TrainingData LoadTrainingData(const JobSpec& spec, int64_t vocab_size) {
+TrainingData LoadTrainingData(const JobSpec& spec, const PerformerLMImpl& model, const std::string& token_cache_dir) {
   TrainingData d;
-  d.train = ReadCorpus(spec.train_data, vocab_size, spec.seq_len);
+  d.train = ReadCorpus(spec.train_data, model, spec.seq_len, token_cache_dir);
   const int64_t n = static_cast<int64_t>(d.train.starts.size());
   if (spec.validation_data.empty()) {
     DataSplit split = SplitSequences(n, spec.validation_fraction, spec.data_seed);
@@ -243,7 +244,7 @@ TrainingData LoadTrainingData(const JobSpec& spec, int64_t vocab_size) {
     d.validation_sequences = std::move(split.validation);
   } else {
     for (int64_t i = 0; i < n; ++i) d.train_sequences.push_back(i);
-    d.validation = ReadCorpus(spec.validation_data, vocab_size, spec.seq_len);
+    d.validation = ReadCorpus(spec.validation_data, model, spec.seq_len, token_cache_dir);
     for (int64_t i = 0; i < static_cast<int64_t>(d.validation.starts.size()); ++i) d.validation_sequences.push_back(i);
   }
   CheckArgument(!d.train_sequences.empty(), "data.train: no training sequences left after the validation split");
@@ -460,7 +461,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   PerformerLM model = spec.base_model.empty() ? PerformerLM(PresetConfig(spec.preset), spec.init_seed)
                                               : LoadModelFile(spec.base_model);
   const ModelConfig config = model->config();
-  const TrainingData data = LoadTrainingData(spec, config.vocab_size);
+  const TrainingData data = LoadTrainingData(spec, *model, options.token_cache_dir);
   const int64_t sequences_per_step = spec.batch_size * spec.grad_accum;
   const int64_t total_steps = TotalSteps(spec, static_cast<int64_t>(data.train_sequences.size()));
   if (spec.tuning == TuningMode::kLora) model->EnableLora(spec.lora_rank, spec.lora_alpha, spec.lora_targets);

@@ -59,6 +59,9 @@ struct TrainerOptions {
   double progress_interval_seconds = 1.0;
   // Where planner calibrations are cached ("" measures every time).
   std::string calibration_cache_dir;
+  // Where text datasets tokenized with a model's tokenizer are cached ("" tokenizes every
+  // time; base/text_tokens.h).
+  std::string token_cache_dir;
   // Continue from the newest intact checkpoint in out_dir, if there is one.
   bool resume = true;
   // This run's place in a data-parallel group: world_size must equal the spec's

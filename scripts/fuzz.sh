@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(job_spec dataset worker_event model_file)
+all_targets=(job_spec dataset worker_event model_file tokenizer)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 seconds="${FUZZ_SECONDS:-20}"

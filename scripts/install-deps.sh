@@ -23,6 +23,9 @@ build_packages=(
   libmicrohttpd-dev libcrypt-dev
   # service: OpenSSL's libcrypto for SHA-256 (gRPC links it; the headers come from libssl-dev)
   libssl-dev
+  # tokenizers (base/tokenizer.h): PCRE2 for the pre-tokenizers' Unicode regular expressions,
+  # ICU for Unicode normalization (NFC...), SentencePiece for tokenizer.model files
+  libpcre2-dev libicu-dev libsentencepiece-dev
 )
 # What developing and testing it needs besides.
 test_packages=(

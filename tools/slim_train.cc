@@ -35,6 +35,8 @@
 #include "base/hf_config.h"
 #include "engine/hf_import.h"
 #include "engine/model_file.h"
+#include "engine/model_text.h"
+#include "base/tokenizer.h"
 #include "engine/slim_step.h"
 #include "engine/devices.h"
 #include "base/errors.h"
@@ -67,17 +69,22 @@ commands:
             --hf-config FILE [--feature-map M] [--features N]: a Hugging Face config's
             architecture (attention softmax unless M says otherwise)
   generate  --model FILE --prompt TEXT|--prompt-file FILE [--max-tokens N] [--temperature T]
+            (text through the model's tokenizer, or bytes for models without one)
             [--top-k K] [--seed S] [--device D] [--memory-cap BYTES]
-            [--ids: only the new token ids, one per line]
+            [--ids: only the new token ids, one per line; with --with-bytes "ID HEX" lines, HEX
+            the bytes each adds to the text, then "end HEX" for bytes held back to the end]
   eval      --model FILE --data FILE [--format text|jsonl|ids-u16|ids-u32] --seq-len L
-            [--chunk C] [--batch B]: prints {"loss", "bits_per_byte", "tokens"} as JSON
+            [--chunk C] [--batch B]: prints {"loss" (nats per token), "bits_per_byte", "tokens",
+            "bytes", "sequences"} as JSON; text is read with the model's tokenizer
   merge     --base FILE --adapter FILE --out FILE: a model file with the LoRA adapters merged in
   import-hf --dir DIR --out FILE [--feature-map softmax|favor+|relu|elu+1|sqr|learned] [--features M]:
             a Hugging Face checkpoint (gpt2, llama, mistral, qwen2; config.json and safetensors,
             sharded or not, F32/F16/BF16) as a slim model file; softmax (the default) keeps the
-            checkpoint's exact attention, a feature map converts it (docs/model-format.md)
+            checkpoint's exact attention, a feature map converts it (docs/model-format.md); the
+            directory's tokenizer.json or tokenizer.model goes into the model file
   export-hf --model FILE --out DIR: a softmax model (gpt2, llama or qwen2 layout, e.g. one
             imported and fine-tuned) as a Hugging Face checkpoint: config.json, model.safetensors
+            (and the tokenizer file the model carries)
   logits    --model FILE --tokens ID,ID,...: the model's logits at every position, as JSON
             {"tokens": [...], "logits": [[...], ...]} (for checking an import)
 
@@ -343,6 +350,7 @@ int Run(const slim::tools::Flags& flags) {
     }
     options.progress_interval_seconds = progress_interval;
     options.calibration_cache_dir = calibration_cache;
+    options.token_cache_dir = calibration_cache.empty() ? "" : calibration_cache + "/tokens";
     options.resume = !no_resume;
     options.data_parallel = dist;
     options.on_event = [&](const slim::TrainingEvent& e) {
@@ -394,13 +402,22 @@ int ImportHf(const slim::tools::Flags& flags) {
   const int64_t features = flags.Int("features", 64, 1);
   flags.CheckAllUsed();
   slim::PerformerLM model = slim::ImportHfCheckpoint(dir, map, features);
+  // The checkpoint's tokenizer travels in the model file (docs/model-format.md), checked here
+  // once: it must parse and fit the model's vocabulary.
+  std::string tokenizer_note = "no tokenizer (tokenizer.json / tokenizer.model not in the directory)";
+  if (slim::HasTokenizerFile(dir)) {
+    auto file = std::make_shared<slim::TokenizerFile>(slim::ReadTokenizerFile(dir));
+    model->set_tokenizer_file(file);
+    const auto tokenizer = slim::ModelTokenizer(*model, dir);
+    tokenizer_note = "tokenizer " + slim::TokenizerKindName(file->kind) + " (" + std::to_string(tokenizer->vocab_size()) + " ids)";
+  }
   slim::SaveModelFile(*model, out);
   const slim::ModelConfig& c = model->config();
   std::printf("wrote %s: %lld parameters, %lld layers, d_model %lld, %lld heads (%lld key/value), vocab %lld, "
-              "attention %s\n",
+              "attention %s, %s\n",
               out.c_str(), static_cast<long long>(c.ParameterCount()), static_cast<long long>(c.n_layers),
               static_cast<long long>(c.d_model), static_cast<long long>(c.n_heads), static_cast<long long>(c.kv_heads()),
-              static_cast<long long>(c.vocab_size), slim::FeatureMapName(c.feature_map).c_str());
+              static_cast<long long>(c.vocab_size), slim::FeatureMapName(c.feature_map).c_str(), tokenizer_note.c_str());
   return 0;
 }
 
@@ -609,6 +626,7 @@ int Inspect(const slim::tools::Flags& flags) {
   for (const auto& [k, v] : slim::ModelConfigMetadata(model->config())) {
     if (k != "format" && k != "format_version") summary.config[k] = v;
   }
+  if (model->tokenizer_file()) summary.config["tokenizer"] = slim::TokenizerKindName(model->tokenizer_file()->kind);
   summary.parameters = model->config().ParameterCount();
   if (json) {
     std::printf("%s\n", slim::ModelSummaryToJson(summary).c_str());
@@ -652,6 +670,10 @@ int Generate(const slim::tools::Flags& flags) {
   // --ids: only the generated token ids, one per line, flushed as each is drawn (slimd streams
   // them to its client); otherwise the prompt and its continuation as text.
   const bool ids_only = flags.Bool("ids");
+  // --with-bytes (with --ids): "ID HEX" per token, HEX the bytes the token adds to the text
+  // ("-": none yet), and a last line "end HEX" with bytes held back until the end; slimd
+  // streams text from these without a tokenizer of its own.
+  const bool with_bytes = flags.Bool("with-bytes");
   slim::SamplingOptions o;
   o.max_new_tokens = flags.Int("max-tokens", 64, 0);
   o.temperature = flags.Double("temperature", 1.0);
@@ -664,21 +686,73 @@ int Generate(const slim::tools::Flags& flags) {
     prompt.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   slim::CheckArgument(!prompt.empty(), "prompt: must not be empty");
-  slim::CheckArgument(model->config().vocab_size >= 256,
-                      "model: not a byte-vocabulary model (vocab_size " + std::to_string(model->config().vocab_size) +
-                          "); prompts are bytes");
+  // Text goes through the model's tokenizer (docs/model-format.md, "Tokenizer"); a tokenizer
+  // with a BOS token gets it before the prompt, as the Hugging Face libraries do by default for
+  // those families. Models without one read and write bytes (an id ≥ 256 prints as '?').
+  const bool has_tokenizer = model->tokenizer_file() != nullptr;
+  const std::unique_ptr<slim::Tokenizer> tokenizer = slim::ModelTokenizer(*model, "model");
   std::vector<int32_t> ids;
-  for (unsigned char c : prompt) ids.push_back(c);  // byte vocabulary
+  if (tokenizer->bos_id() >= 0) ids.push_back(tokenizer->bos_id());
+  const std::vector<int32_t> prompt_ids = tokenizer->Encode(prompt);
+  ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
   if (!ids_only) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  // The bytes each new token adds to the text. With a tokenizer they come from decoding
+  // everything so far: a token's bytes can depend on its neighbours (SentencePiece drops the
+  // space of a text's first piece) or complete a character an earlier token began, which
+  // SentencePiece decodes as U+FFFD until then — so a trailing U+FFFD is held back until the
+  // next token or the end.
+  std::vector<int32_t> all = ids;
+  size_t done = has_tokenizer ? tokenizer->Decode(ids).size() : 0;
+  // A model may have more ids than its tokenizer has tokens (padded vocabularies); such an id
+  // stands for no text, as the Hugging Face decoders skip it.
+  std::map<int32_t, bool> decodable;
+  auto has_text = [&](int32_t t) {
+    const auto [it, added] = decodable.emplace(t, true);
+    if (added) {
+      try {
+        tokenizer->Decode({t});
+      } catch (const slim::EngineError&) {
+        it->second = false;
+      }
+    }
+    return it->second;
+  };
+  auto new_bytes = [&](int32_t t, bool final) -> std::string {
+    if (!has_tokenizer) return final ? "" : std::string(1, static_cast<char>(t < 256 ? t : '?'));
+    if (!final && has_text(t)) all.push_back(t);
+    const std::string text = tokenizer->Decode(all);
+    size_t end = text.size();
+    if (!final && end >= 3 && text.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;
+    std::string piece = end > done ? text.substr(done, end - done) : "";
+    done = std::max(done, end);
+    return piece;
+  };
+  auto hex = [](const std::string& bytes) {
+    static const char kHex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : bytes) {
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+    return out.empty() ? std::string("-") : out;
+  };
   slim::GenerateTokens(*model, ids, o, [&](int32_t t) {
-    if (ids_only) {
+    if (ids_only && !with_bytes) {
       std::printf("%d\n", t);
+    } else if (ids_only) {
+      std::printf("%d %s\n", t, hex(new_bytes(t, false)).c_str());
     } else {
-      std::fputc(t < 256 ? t : '?', stdout);
+      const std::string piece = new_bytes(t, false);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
     }
     std::fflush(stdout);
   });
-  if (!ids_only) std::fputc('\n', stdout);
+  const std::string rest = new_bytes(0, true);
+  if (ids_only && with_bytes && !rest.empty()) std::printf("end %s\n", hex(rest).c_str());
+  if (!ids_only) {
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::fputc('\n', stdout);
+  }
   return 0;
 }
 
@@ -688,12 +762,12 @@ int Eval(const slim::tools::Flags& flags) {
   slim::DataSource source;
   source.path = flags.String("data", "");
   source.format = slim::ParseDataFormat(flags.String("format", "text"), "--format");
-  source.vocab_size = model->config().vocab_size;
   const int64_t L = flags.Int("seq-len", -1, 1);
   const int64_t C = flags.Int("chunk", L, 1);
   const int64_t batch = flags.Int("batch", 8, 1);
   flags.CheckAllUsed();
-  const std::vector<int32_t> tokens = slim::ReadTokens(source);
+  // Text through the model's tokenizer (or as bytes); ids files as they are.
+  const std::vector<int32_t> tokens = slim::ReadModelTokens(source, *model, "");
   const int64_t n = slim::CountSequences(static_cast<int64_t>(tokens.size()), L, source.path);
   const at::Tensor all = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::kLong);
   double loss_sum = 0;
@@ -708,8 +782,28 @@ int Eval(const slim::tools::Flags& flags) {
     loss_sum += b * slim::SlicedLoss(*model, at::stack(inputs), at::stack(targets), C, slim::Precision::kFp32);
   }
   const double loss = loss_sum / static_cast<double>(n);
-  std::printf("{\"loss\":%.6f,\"bits_per_byte\":%.6f,\"tokens\":%lld,\"sequences\":%lld}\n", loss,
-              loss / std::log(2.0), static_cast<long long>(n * L), static_cast<long long>(n));
+  const double nats = loss * static_cast<double>(n * L);
+  // Bits per byte: total nats / ln 2 / the bytes of the text the targets spell (tokens 1 .. n·L,
+  // contiguous). A token may stand for several bytes (or, with ids files, none we know of), so
+  // the bytes come from the decoding: bytes(tokens 0 .. n·L) − bytes(token 0), which is exact
+  // where a decoder treats the text's first token specially (SentencePiece's leading space).
+  double bytes = static_cast<double>(n * L);
+  bool bytes_known = true;
+  if (source.format == slim::DataFormat::kText || source.format == slim::DataFormat::kJsonl) {
+    const auto tokenizer = slim::ModelTokenizer(*model, "model");
+    const std::vector<int32_t> covered(tokens.begin(), tokens.begin() + n * L + 1);
+    bytes = static_cast<double>(tokenizer->Decode(covered).size() - tokenizer->Decode({tokens[0]}).size());
+  } else if (model->tokenizer_file()) {
+    bytes_known = false;  // ids of a tokenizer: their text is not at hand
+  }
+  if (bytes_known && bytes > 0) {
+    std::printf("{\"loss\":%.6f,\"bits_per_byte\":%.6f,\"tokens\":%lld,\"bytes\":%lld,\"sequences\":%lld}\n", loss,
+                nats / std::log(2.0) / bytes, static_cast<long long>(n * L), static_cast<long long>(bytes),
+                static_cast<long long>(n));
+  } else {
+    std::printf("{\"loss\":%.6f,\"tokens\":%lld,\"sequences\":%lld}\n", loss, static_cast<long long>(n * L),
+                static_cast<long long>(n));
+  }
   return 0;
 }
 

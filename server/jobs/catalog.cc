@@ -372,12 +372,14 @@ absl::Status Catalog::Generate(const v1::GenerateRequest& request, const Princip
   params.top_k = request.top_k();
   params.seed = static_cast<uint64_t>(request.seed());
   params.cancelled = cancelled;
-  // Tokens are bytes; the text sent is valid UTF-8 (GenerateResponse.text is a protobuf
-  // string): a character is sent once its bytes are all drawn, and a byte sequence that is not
-  // UTF-8 — routine for a model that is not trained yet — becomes U+FFFD.
+  // The worker turns tokens into bytes (through the model's tokenizer, or one byte each); the
+  // text sent is valid UTF-8 (GenerateResponse.text is a protobuf string): a character is sent
+  // once its bytes are all drawn, and a byte sequence that is not UTF-8 — routine for a model
+  // that is not trained yet — becomes U+FFFD.
   Utf8Assembler text;
-  const absl::Status status = engine_.Generate(path, request.prompt(), params, [&](int32_t t) {
-    const std::string piece = text.Push(static_cast<uint8_t>(t < 256 ? t : '?'));
+  const absl::Status status = engine_.Generate(path, request.prompt(), params, [&](const std::string& bytes) {
+    std::string piece;
+    for (unsigned char c : bytes) piece += text.Push(c);
     return piece.empty() || emit(piece);
   });
   if (status.code() == absl::StatusCode::kCancelled) return absl::CancelledError("the client went away");

@@ -249,26 +249,46 @@ absl::StatusOr<WorkerFootprint> EngineCommands::Footprint(const std::string& dev
 }
 
 absl::Status EngineCommands::Generate(const std::string& model_path, const std::string& prompt,
-                                      const GenerateParams& params, const std::function<bool(int32_t)>& emit) {
+                                      const GenerateParams& params, const std::function<bool(const std::string&)>& emit) {
   ScratchFile prompt_file{ScratchPath("prompt", ".txt")};
   if (absl::Status s = WriteScratch(prompt_file.path, prompt); !s.ok()) return s;
   bool malformed = false;
+  // "ID HEX" per token and a last "end HEX" (--with-bytes): the worker decodes with the model's
+  // tokenizer, so slimd needs none.
+  auto bytes_of = [](absl::string_view hex, std::string* out) {
+    if (hex == "-") return true;
+    if (hex.size() % 2 != 0) return false;
+    for (size_t i = 0; i < hex.size(); i += 2) {
+      int value = 0;
+      for (size_t k = i; k < i + 2; ++k) {
+        const char c = hex[k];
+        const int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (digit < 0) return false;
+        value = value * 16 + digit;
+      }
+      out->push_back(static_cast<char>(value));
+    }
+    return true;
+  };
   const absl::Status status = Run(
       "generate",
-      {"--model", model_path, "--prompt-file", prompt_file.path, "--ids", "--max-tokens",
+      {"--model", model_path, "--prompt-file", prompt_file.path, "--ids", "--with-bytes", "--max-tokens",
        std::to_string(params.max_tokens), "--temperature", ExactDecimal(params.temperature), "--top-k",
        std::to_string(params.top_k), "--seed", std::to_string(params.seed), "--device", params.device,
        "--memory-cap", std::to_string(params.memory_cap)},
       [&](const std::string& line) {
+        const std::vector<absl::string_view> fields = absl::StrSplit(line, ' ');
         int32_t id = 0;
-        if (!absl::SimpleAtoi(line, &id) || id < 0) {
+        std::string bytes;
+        if (fields.size() != 2 || (fields[0] != "end" && (!absl::SimpleAtoi(fields[0], &id) || id < 0)) ||
+            !bytes_of(fields[1], &bytes)) {
           malformed = true;
           return false;
         }
-        return emit(id);
+        return bytes.empty() || emit(bytes);
       },
       params.cancelled);
-  if (malformed) return absl::InternalError("slim-train generate printed something other than token ids");
+  if (malformed) return absl::InternalError("slim-train generate printed something other than \"ID HEX\" lines");
   return status;
 }
 

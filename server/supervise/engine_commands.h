@@ -75,7 +75,7 @@ class EngineCommands {
   // Streams each new token id to `emit` as it is drawn; `emit` returning false kills the
   // process and returns CANCELLED.
   absl::Status Generate(const std::string& model_path, const std::string& prompt, const GenerateParams& params,
-                        const std::function<bool(int32_t)>& emit);
+                        const std::function<bool(const std::string&)>& emit);
 
   // How many plan processes have run (cache misses).
   int64_t plan_processes() const;

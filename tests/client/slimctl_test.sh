@@ -359,6 +359,34 @@ expect 0 models import "$dir/hf-llama" --feature-map favor+ --features 8 --name 
 expect 0 models import "$dir/hf-llama" -o name
 [ "$out" = "$hf" ] || fail "a second import of the same checkpoint: $out"
 expect 0 generate "$hf" --prompt "slim" --max-tokens 4 --seed 1
+# With a tokenizer.json in the checkpoint, the model carries it and slimd's Generate streams its
+# decoding (the worker decodes; slimd needs no tokenizer): ids 256..299 are " wNN" words, which
+# bytes would print as '?', and the streamed words are those slim-train generate prints itself.
+/usr/bin/python3 "$src/tests/reference/hf_reference.py" make "$dir/hf-tok" --model-type llama --vocab 300 > /dev/null
+/usr/bin/python3 - "$dir/hf-tok/tokenizer.json" <<'PY'
+import json, sys
+bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+cs = bs[:]
+n = 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b); cs.append(256 + n); n += 1
+vocab = {chr(c): b for b, c in zip(bs, cs)}
+vocab.update({"\u0120w%02d" % i: 256 + i for i in range(44)})
+json.dump({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+           "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": vocab, "merges": []}}, open(sys.argv[1], "w"))
+PY
+expect 0 models import "$dir/hf-tok" --output json
+tok=$(echo "$out" | json 'd["id"]')
+[ "$(echo "$out" | json 'json.loads(d["config_json"])["tokenizer"]')" = hf-json ] || fail "tokenizer import: $out"
+expect 0 generate "$tok" --prompt "the" --max-tokens 40 --seed 5
+streamed="$out"
+echo "$streamed" | grep -qE ' w[0-9]{2}' || fail "Generate did not decode with the model's tokenizer: $streamed"
+"$train" import-hf --dir "$dir/hf-tok" --out "$dir/hf-tok.safetensors" > /dev/null
+local_text=$("$train" generate --model "$dir/hf-tok.safetensors" --prompt "the" --max-tokens 40 --seed 5)
+# (Bytes that are not UTF-8 reach the client as U+FFFD; the words are ASCII and must agree.)
+[ "$(grep -oE ' w[0-9]{2}' <<<"$streamed")" = "$(grep -oE ' w[0-9]{2}' <<<"$local_text")" ] \
+  || fail "Generate streamed '$streamed', slim-train generate printed '$local_text'"
 expect 2 models import "$src/models/base-mini.safetensors" --feature-map favor+
 echo "$err" | grep -q "only for a Hugging Face checkpoint directory" || fail "feature map for a file: $err"
 expect 2 models import "$dir/hf-llama" --feature-map linear

@@ -7,6 +7,7 @@
 #include <torch/optim/adamw.h>
 
 #include <cstdio>
+#include <memory>
 #include <vector>
 
 #include "base/errors.h"
@@ -26,6 +27,19 @@ double TrainStep(PerformerLMImpl& model, torch::optim::Optimizer& opt, int step)
   const double loss = SlimTrainingStep(model, b.tokens, b.targets, o).loss;
   opt.step();
   return loss;
+}
+
+TEST(Checkpoint, KeepsTheModelsTokenizer) {
+  PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 1);
+  model->set_tokenizer_file(std::make_shared<TokenizerFile>(TokenizerFile{TokenizerKind::kHfJson, "{\"model\": {}}"}));
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-2));
+  const std::string path = testing::TempPath("tokenizer.ckpt");
+  SaveCheckpoint(path, *model, opt, {{"step", "0"}});
+  const Checkpoint c = ReadCheckpoint(path);
+  ASSERT_NE(c.model->tokenizer_file(), nullptr);
+  EXPECT_EQ(c.model->tokenizer_file()->kind, TokenizerKind::kHfJson);
+  EXPECT_EQ(c.model->tokenizer_file()->bytes, "{\"model\": {}}");
+  std::remove(path.c_str());
 }
 
 TEST(Checkpoint, ResumeContinuesBitForBit) {

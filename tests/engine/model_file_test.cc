@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <functional>
 #include <limits>
+#include <memory>
 
 #include <cstdio>
 #include <cstdlib>
@@ -231,6 +233,53 @@ TEST(ModelFile, ReadableByAPlainSafetensorsReader) {
   EXPECT_NE(text.find(expected), std::string::npos) << text;
   std::remove(path.c_str());
   std::remove(out.c_str());
+}
+
+// The tokenizer travels as metadata "tokenizer" (its kind) and a U8 tensor "tokenizer" (its file),
+// through model files, checkpoints and merges; files without one load as before.
+TEST(ModelFile, CarriesItsTokenizer) {
+  PerformerLM model(testing::TinyConfig(FeatureMap::kFavorPlus), 2);
+  const std::string plain = testing::TempPath("no-tokenizer");
+  SaveModelFile(*model, plain);
+  EXPECT_EQ(LoadModelFile(plain)->tokenizer_file(), nullptr);
+  EXPECT_EQ(ReadSafetensors(plain, "model file").metadata.count("tokenizer"), 0u);
+
+  const std::string bytes("{\"model\": {\"type\": \"BPE\"}}\0\xFF", 30);
+  model->set_tokenizer_file(std::make_shared<TokenizerFile>(TokenizerFile{TokenizerKind::kSentencePiece, bytes}));
+  const std::string path = testing::TempPath("tokenizer");
+  SaveModelFile(*model, path);
+  PerformerLM loaded = LoadModelFile(path);
+  ASSERT_NE(loaded->tokenizer_file(), nullptr);
+  EXPECT_EQ(loaded->tokenizer_file()->kind, TokenizerKind::kSentencePiece);
+  EXPECT_EQ(loaded->tokenizer_file()->bytes, bytes);
+  const SafetensorsContents file = ReadSafetensors(path, "model file");
+  EXPECT_EQ(file.metadata.at("tokenizer"), "sentencepiece");
+  EXPECT_EQ(file.tensors.at("tokenizer").scalar_type(), at::kByte);
+  EXPECT_EQ(file.tensors.at("tokenizer").numel(), 30);
+  // Weights are unchanged by it.
+  auto a = model->named_parameters(), b = loaded->named_parameters();
+  for (const auto& p : a) EXPECT_TRUE(at::equal(p.value(), b[p.key()])) << p.key();
+  model->EnableLora(2, 4.0);
+  EXPECT_EQ(model->MergedCopy()->tokenizer_file(), model->tokenizer_file());
+
+  // Half a tokenizer, or one of an unknown kind, is refused by name.
+  auto rewrite = [&](const std::function<void(SafetensorsContents&)>& edit) {
+    SafetensorsContents c = ReadSafetensors(path, "model file");
+    edit(c);
+    WriteSafetensors(path + ".bad", c.metadata, c.tensors);
+    return LoadError(path + ".bad");
+  };
+  EXPECT_NE(rewrite([](SafetensorsContents& c) { c.metadata.erase("tokenizer"); }).find("no 'tokenizer' metadata"),
+            std::string::npos);
+  EXPECT_NE(rewrite([](SafetensorsContents& c) { c.tensors.erase("tokenizer"); }).find("there is no tensor 'tokenizer'"),
+            std::string::npos);
+  EXPECT_NE(rewrite([](SafetensorsContents& c) { c.metadata["tokenizer"] = "wordpiece"; })
+                .find("unknown tokenizer kind 'wordpiece'"),
+            std::string::npos);
+  EXPECT_NE(rewrite([](SafetensorsContents& c) { c.tensors["tokenizer"] = at::zeros({2, 3}, at::kByte); })
+                .find("must be non-empty U8 bytes"),
+            std::string::npos);
+  for (const std::string& f : {plain, path, path + ".bad"}) std::remove(f.c_str());
 }
 
 // A small file whose metadata declares a huge config is refused before the model is built:

@@ -58,7 +58,8 @@ constexpr char kUsage[] = R"(usage: slim-bench [flags]
                        report predicted vs measured peak and step time
   --profile            after each measurement, one more step with every ATen operator counted:
                        a JSON line {"profile": ...} with kernel-launching operators per slice
-                       per layer and the most frequent ones (engine/op_profile.h)
+                       per layer (the step's, head and embedding included, over slices x layers;
+                       AdamW's apart) and the most frequent ones (engine/op_profile.h)
   --torch-attention    on the CPU, attention takes the ATen path CUDA runs, not the BLAS loops
   --json               JSON lines only (default prints a header line first)
 example:
@@ -213,9 +214,9 @@ void PrintProfile(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimiz
       callers += (callers.empty() ? "" : ",") + slim::SerializeJson(slim::JsonString(caller.empty() ? "(top level)" : caller)) + ":" +
                  std::to_string(n);
     }
-    std::printf("%s{\"op\":\"%s\",\"count\":%lld,\"host_seconds\":%.6f,\"callers\":{%s}}", i == 0 ? "" : ",",
-                p.ops[i].name.c_str(), static_cast<long long>(p.ops[i].count), p.ops[i].host_seconds,
-                callers.c_str());
+    std::printf("%s{\"op\":%s,\"count\":%lld,\"host_seconds\":%.6f,\"callers\":{%s}}", i == 0 ? "" : ",",
+                slim::SerializeJson(slim::JsonString(p.ops[i].name)).c_str(), static_cast<long long>(p.ops[i].count),
+                p.ops[i].host_seconds, callers.c_str());
   }
   std::printf("]}}\n");
   std::fflush(stdout);

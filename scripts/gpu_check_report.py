@@ -15,6 +15,8 @@ PLAN_TOLERANCE = 0.05  # |measured - predicted| / predicted peak
 
 
 def read_jsonl(path):
+    """The JSON lines of `path` (others, e.g. log lines, are skipped). A line that starts like
+    JSON but does not parse becomes {"unparsable": line}, so that checks fail visibly on it."""
     if not os.path.exists(path):
         return []
     rows = []
@@ -25,7 +27,7 @@ def read_jsonl(path):
                 try:
                     rows.append(json.loads(line))
                 except ValueError:
-                    pass
+                    rows.append({"unparsable": line[:300]})
     return rows
 
 
@@ -61,7 +63,7 @@ def cuda_tests(out, device):
 
 def benchmarks(out, device):
     rows = read_jsonl(os.path.join(out, "bench.jsonl"))
-    failed = [r["failed"] for r in rows if "failed" in r]
+    failed = [r["failed"] for r in rows if "failed" in r] + [r["unparsable"] for r in rows if "unparsable" in r]
     measured = [r for r in rows if "tokens_per_s" in r]
     check("benchmarks", not failed and measured, measurements=len(measured), failed=failed)
     for r in measured:
@@ -101,17 +103,20 @@ def benchmarks(out, device):
 
 
 def planner(out):
-    rows = [r for r in read_jsonl(os.path.join(out, "plan.jsonl")) if "quota_bytes" in r]
+    lines = read_jsonl(os.path.join(out, "plan.jsonl"))
+    rows = [r for r in lines if "quota_bytes" in r]
     if len(rows) < 3:
-        check("planner", False, why="%d of 3 quotas measured" % len(rows))
+        check("planner", False, why="%d of 3 quotas measured" % len(rows),
+              unparsable=[r["unparsable"] for r in lines if "unparsable" in r])
     for r in rows:
         if not r.get("feasible", True):
             check("planner", False, quota_bytes=r["quota_bytes"], why="infeasible",
                   min_quota_bytes=r.get("min_quota_bytes"))
             continue
-        check("planner", abs(r["peak_error"]) <= PLAN_TOLERANCE and r["peak_bytes"] <= r["quota_bytes"],
+        check("planner", r["peak_error"] is not None and abs(r["peak_error"]) <= PLAN_TOLERANCE
+              and r["peak_bytes"] <= r["quota_bytes"],
               quota_bytes=r["quota_bytes"], chunk=r["C"], predicted_peak_bytes=r["predicted_peak_bytes"],
-              peak_bytes=r["peak_bytes"], peak_error=round(r["peak_error"], 4))
+              peak_bytes=r["peak_bytes"], peak_error=r["peak_error"] and round(r["peak_error"], 4))
 
 
 def packing(out, device):

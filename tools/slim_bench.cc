@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -249,13 +250,18 @@ void RunPlanned(slim::PerformerLMImpl& model, torch::optim::Optimizer& optimizer
     step.mode = r.plan.mode;
     step.precision = precision;
     const Measurement m = Measure(model, optimizer, tokens, targets, step, o, device);
-    char extra[256];
-    std::snprintf(extra, sizeof(extra),
-                  ",\"quota_bytes\":%lld,\"predicted_peak_bytes\":%lld,\"peak_error\":%.4f,"
-                  "\"est_step_seconds\":%.6f,\"time_error\":%.4f",
-                  static_cast<long long>(quota), static_cast<long long>(r.plan.predicted_peak_bytes),
-                  static_cast<double>(m.peak_bytes - r.plan.predicted_peak_bytes) / r.plan.predicted_peak_bytes,
-                  r.plan.est_step_seconds, (m.step_seconds - r.plan.est_step_seconds) / r.plan.est_step_seconds);
+    // A ratio JSON can hold: a time model fitted on a loaded machine may estimate 0 s, and
+    // "inf" would make the whole line unreadable.
+    auto ratio = [](double num, double den) {
+      return den > 0 && std::isfinite(num / den) ? std::to_string(num / den) : std::string("null");
+    };
+    const std::string extra =
+        ",\"quota_bytes\":" + std::to_string(quota) +
+        ",\"predicted_peak_bytes\":" + std::to_string(r.plan.predicted_peak_bytes) +
+        ",\"peak_error\":" + ratio(static_cast<double>(m.peak_bytes - r.plan.predicted_peak_bytes),
+                                    static_cast<double>(r.plan.predicted_peak_bytes)) +
+        ",\"est_step_seconds\":" + std::to_string(r.plan.est_step_seconds) +
+        ",\"time_error\":" + ratio(m.step_seconds - r.plan.est_step_seconds, r.plan.est_step_seconds);
     PrintMeasurement(o, device, threads, L, r.plan.chunk_size, slim::StartStateModeName(r.plan.mode), m, extra);
   }
 }

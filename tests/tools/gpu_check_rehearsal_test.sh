@@ -37,6 +37,10 @@ open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
 PY
 expect_failure peak-off planner
 
+cp -r "$dir/run" "$dir/unreadable"  # e.g. a ratio printed as inf
+sed -i '1s/"peak_error":[^,]*/"peak_error":inf/' "$dir/unreadable/plan.jsonl"
+expect_failure unreadable planner
+
 cp -r "$dir/run" "$dir/over-quota"
 events="$dir/over-quota/packing/worker0.events.jsonl"
 python3 - "$events" <<'PY'

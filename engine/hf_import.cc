@@ -218,22 +218,11 @@ void ExportHfCheckpoint(PerformerLMImpl& model, const std::string& dir_name) {
     tensors[name] = (d.transpose ? t.t() : t).contiguous();
   }
   WriteSafetensors((dir / "model.safetensors").string(), {{"format", "pt"}}, tensors);
-  auto write_atomically = [&](const fs::path& path, const std::string& bytes) {
-    const fs::path tmp = path.string() + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out << bytes;
-      out.flush();
-      if (!out) throw EngineError(ErrorCode::kInternal, path.string() + ": cannot write");
-    }
-    fs::rename(tmp, path, ec);
-    if (ec) throw EngineError(ErrorCode::kInternal, path.string() + ": cannot write: " + ec.message());
-  };
   if (const auto& tokenizer = model.tokenizer_file()) {
-    write_atomically(dir / (tokenizer->kind == TokenizerKind::kHfJson ? "tokenizer.json" : "tokenizer.model"),
-                     tokenizer->bytes);
+    WriteFileAtomically((dir / (tokenizer->kind == TokenizerKind::kHfJson ? "tokenizer.json" : "tokenizer.model")).string(),
+                        tokenizer->bytes);
   }
-  write_atomically(dir / "config.json", SerializeJson(config) + "\n");  // last: the directory is complete
+  WriteFileAtomically((dir / "config.json").string(), SerializeJson(config) + "\n");  // last: the directory is complete
 }
 
 }  // namespace slim

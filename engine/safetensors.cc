@@ -88,6 +88,46 @@ std::string SizePrefix(uint64_t n) {
   return s;
 }
 
+// Writes the pieces, in order, to `path` through a temporary file in the same directory:
+// fsync, rename, fsync of the directory, so that `path` holds the old bytes or all the new ones
+// even across a crash. Throws EngineError(kInternal) and leaves no temporary file on failure.
+void WritePiecesAtomically(const std::string& path, const std::vector<std::pair<const void*, size_t>>& pieces) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw EngineError(ErrorCode::kInternal, path + ": cannot create " + tmp + ": " + std::strerror(errno));
+  auto write_all = [&](const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, c, n);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      c += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  };
+  bool ok = true;
+  for (const auto& [p, n] : pieces) ok = ok && write_all(p, n);
+  ok = ok && ::fsync(fd) == 0;
+  const int saved_errno = errno;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(ok ? errno : saved_errno);
+    std::remove(tmp.c_str());
+    throw EngineError(ErrorCode::kInternal, path + ": write failed: " + reason);
+  }
+  // The rename itself must reach the disk too, or a crash could bring back the old file.
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
 }  // namespace
 
 void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metadata,
@@ -114,41 +154,16 @@ void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metada
   for (const at::Tensor& t : data) crc = Crc32c(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size(), crc);
   const std::string header = Header(metadata, entries.str(), Hex8(crc));
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw EngineError(ErrorCode::kInternal, path + ": cannot create " + tmp + ": " + std::strerror(errno));
-  auto write_all = [&](const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd, c, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        return false;
-      }
-      c += w;
-      n -= static_cast<size_t>(w);
-    }
-    return true;
-  };
+  std::vector<std::pair<const void*, size_t>> pieces;
   const std::string prefix = SizePrefix(header.size());
-  bool ok = write_all(prefix.data(), 8) && write_all(header.data(), header.size());
-  for (const at::Tensor& t : data) ok = ok && write_all(t.data_ptr(), t.numel() * t.element_size());
-  ok = ok && ::fsync(fd) == 0;
-  const int saved_errno = errno;
-  ok = (::close(fd) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(ok ? errno : saved_errno);
-    std::remove(tmp.c_str());
-    throw EngineError(ErrorCode::kInternal, path + ": write failed: " + reason);
-  }
-  // The rename itself must reach the disk too, or a crash could bring back the old file.
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  pieces.emplace_back(prefix.data(), 8);
+  pieces.emplace_back(header.data(), header.size());
+  for (const at::Tensor& t : data) pieces.emplace_back(t.data_ptr(), t.numel() * t.element_size());
+  WritePiecesAtomically(path, pieces);
+}
+
+void WriteFileAtomically(const std::string& path, const std::string& bytes) {
+  WritePiecesAtomically(path, {{bytes.data(), bytes.size()}});
 }
 
 SafetensorsMetadata VisitSafetensors(const std::string& path, const std::string& what,

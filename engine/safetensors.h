@@ -25,6 +25,9 @@ struct SafetensorsContents {
 // file is left at `path`.
 void WriteSafetensors(const std::string& path, const SafetensorsMetadata& metadata,
                       const NamedTensorMap& tensors);
+// Any file written the same durable way (temporary file, fsync, rename, directory fsync):
+// `path` holds its old bytes or all of `bytes`. Throws EngineError(kInternal) on failure.
+void WriteFileAtomically(const std::string& path, const std::string& bytes);
 
 // Throws EngineError(kInvalidArgument) "<what> <path>: ..." for an unreadable, truncated or
 // malformed file and for a checksum mismatch ("corrupted"). Files without a checksum (written

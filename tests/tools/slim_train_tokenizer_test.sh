@@ -3,7 +3,8 @@
 # a byte-level tokenizer.json, and one with a SentencePiece tokenizer.model, imported with
 # import-hf; inspect names the tokenizer; generate reads the prompt through it; eval reports
 # bits per byte over the bytes the tokens spell; a training job tokenizes its text dataset once
-# and reads the cache the next time; broken tokenizers are refused by name at import.
+# and reads the cache the next time; broken tokenizers are refused by name at import; init
+# --tokenizer gives a new model one.
 #   slim_train_tokenizer_test.sh SLIM_TRAIN SOURCE_DIR
 set -euo pipefail
 train="$1"; src=$(cd "$2" && pwd)
@@ -133,4 +134,16 @@ expect_refusal "$dir/bad" "malformed JSON" "malformed JSON"
 $ref make "$dir/small" --model-type llama --vocab 200 --seed 3 > /dev/null
 cp "$dir/tokenizer.json" "$dir/small/"
 expect_refusal "$dir/small" "the tokenizer has 259 ids but the model's vocab_size is 200" "a tokenizer larger than the model"
+
+# init --tokenizer: a model with random weights carries the tokenizer it is given, checked the
+# same way (a tokenizer larger than the config's vocabulary is refused, nothing written).
+"$train" init --hf-config "$dir/bpe/config.json" --tokenizer "$dir/tokenizer.json" --out "$dir/init.safetensors" > "$dir/init.log" ||
+  fail "init --tokenizer: $(cat "$dir/init.log")"
+grep -q "tokenizer hf-json (259 ids)" "$dir/init.log" || fail "init does not name the tokenizer: $(cat "$dir/init.log")"
+"$train" inspect --model "$dir/init.safetensors" | grep -q "tokenizer *hf-json" || fail "init's model does not carry the tokenizer"
+if "$train" init --hf-config "$dir/small/config.json" --tokenizer "$dir/tokenizer.json" --out "$dir/init-small.safetensors" > /dev/null 2> "$dir/err"; then
+  fail "init accepted a tokenizer larger than the model"
+fi
+grep -q "the tokenizer has 259 ids but the model's vocab_size is 200" "$dir/err" || fail "init's refusal: $(cat "$dir/err")"
+[ ! -e "$dir/init-small.safetensors" ] || fail "a refused init wrote a model file"
 echo "PASS: tokenizers travel with models"

@@ -401,9 +401,14 @@ Json JobSpecToJson(const JobSpec& s) {
     Json lora = JsonObject();
     lora.members["rank"] = JsonNumber(static_cast<double>(s.lora_rank));
     lora.members["alpha"] = JsonNumber(s.lora_alpha);
-    Json targets = JsonArray();
-    for (const std::string& t : s.lora_targets.empty() ? LoraTargetNames() : s.lora_targets) targets.items.push_back(JsonString(t));
-    lora.members["targets"] = targets;
+    // No targets means every projection the model has: the list depends on the model (w3 only
+    // with SwiGLU), so it is not spelt out here — a worker reading this JSON must not be handed
+    // w3 for a GELU model.
+    if (!s.lora_targets.empty()) {
+      Json targets = JsonArray();
+      for (const std::string& t : s.lora_targets) targets.items.push_back(JsonString(t));
+      lora.members["targets"] = targets;
+    }
     training.members["lora"] = lora;
   }
   doc.members["training"] = training;
@@ -432,6 +437,13 @@ Json JobSpecToJson(const JobSpec& s) {
 
 std::string TrainingFingerprint(const JobSpec& spec) {
   Json doc = JobSpecToJson(spec);
+  // Default LoRA targets as every name, as fingerprints before the JSON form left them out had
+  // them: checkpoints written then still resume.
+  if (spec.tuning == TuningMode::kLora && spec.lora_targets.empty()) {
+    Json targets = JsonArray();
+    for (const std::string& t : LoraTargetNames()) targets.items.push_back(JsonString(t));
+    doc.members["training"].members["lora"].members["targets"] = targets;
+  }
   doc.members.erase("memory");
   doc.members.erase("data_parallel");  // the global batch is the same for any number of workers
   doc.members.erase("eval");

@@ -95,6 +95,25 @@ TEST(JobSpec, JsonFormRoundTrips) {
   EXPECT_EQ(TrainingFingerprint(back), TrainingFingerprint(s));
 }
 
+// Default LoRA targets mean "every projection the model has", which depends on the model (w3 only
+// with SwiGLU): the JSON form, which slimd hands its workers, leaves them out rather than listing
+// w3 for a GELU model. The fingerprint still lists every name, as it did before, so checkpoints
+// written then resume.
+TEST(JobSpec, DefaultLoraTargetsStayDefaultInTheJsonForm) {
+  const JobSpec s = FromYaml("model: {preset: tiny}\ndata: {train: a.txt}\n"
+                             "training: {seq_len: 64, steps: 10, tuning: lora}\nmemory: {chunk_size: 32}\n");
+  ASSERT_TRUE(s.lora_targets.empty());
+  const Json json = JobSpecToJson(s);
+  EXPECT_EQ(json.members.at("training").members.at("lora").members.count("targets"), 0u);
+  EXPECT_TRUE(JobSpecFromJson(json).lora_targets.empty());
+  JobSpec every = s;
+  every.lora_targets = LoraTargetNames();
+  EXPECT_EQ(TrainingFingerprint(s), TrainingFingerprint(every));
+  JobSpec some = s;
+  some.lora_targets = {"wq", "wv"};
+  EXPECT_NE(TrainingFingerprint(s), TrainingFingerprint(some));
+}
+
 TEST(JobSpec, FingerprintIgnoresMemoryEvalAndCheckpointSettings) {
   const JobSpec s = FromYaml(kFullSpec);
   JobSpec t = s;

@@ -72,6 +72,14 @@ sed -e 's/  preset: tiny/  base: base.safetensors/' -e '/init_seed/d' \
 [ -f "$dir/lora/adapter.safetensors" ] || fail "no adapter file"
 "$bin" merge --base "$dir/base.safetensors" --adapter "$dir/lora/adapter.safetensors" --out "$dir/merged.safetensors" >/dev/null
 cmp "$dir/merged.safetensors" "$dir/lora/model.safetensors" || fail "merge of base + adapter differs from the run's merged model"
+# Default targets (every projection the model has) through the spec's JSON form, which is what
+# slimd hands its workers: run.json is the run's spec.json, read as a spec. It once listed w3,
+# which a GELU model (tiny) refuses, so every slimd LoRA job with default targets failed.
+sed -e 's/, targets: \[wq, wk, wv, wo\]//' "$dir/lora.yaml" > "$dir/lora-all.yaml"
+"$bin" run --spec "$dir/lora-all.yaml" --out "$dir/lora-all" >/dev/null
+cp "$dir/lora-all/spec.json" "$dir/run.json"
+"$bin" run --spec "$dir/run.json" --out "$dir/lora-json" > "$dir/lora-json.log" 2>&1 || fail "the JSON form of a LoRA spec: $(cat "$dir/lora-json.log")"
+cmp "$dir/lora-all/adapter.safetensors" "$dir/lora-json/adapter.safetensors" || fail "the JSON form of the spec trained other adapters"
 
 # 4. Failures: exit status, stderr message and a `failed` event.
 expect_failure() {  # name, expected exit, expected stderr text, spec file

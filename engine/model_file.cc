@@ -194,6 +194,23 @@ void SaveModelFile(PerformerLMImpl& model, const std::string& path) {
   WriteSafetensors(path, metadata, tensors);
 }
 
+namespace {
+// The NaN and Inf values of a tensor, counted in slices of 2^20 values: at::isfinite builds
+// abs(x) and two masks as large as its input (38 MB for a GPT-2 embedding), and a load must fit
+// beside the file's tensors and the model inside a Generate's reservation (docs/service.md).
+int64_t NonFiniteCount(const at::Tensor& t) {
+  if (!at::isFloatingType(t.scalar_type())) return 0;
+  constexpr int64_t kSlice = int64_t{1} << 20;
+  const at::Tensor flat = t.reshape({-1});
+  int64_t bad = 0;
+  for (int64_t i = 0; i < flat.numel(); i += kSlice) {
+    const at::Tensor finite = at::isfinite(flat.narrow(0, i, std::min(kSlice, flat.numel() - i)));
+    if (!finite.all().item<bool>()) bad += finite.numel() - finite.sum().item<int64_t>();
+  }
+  return bad;
+}
+}  // namespace
+
 PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string& path,
                               const std::string& kind, const std::string& prefix) {
   const ModelConfig config = ConfigFromMetadata(file.metadata, path, kind);
@@ -254,7 +271,7 @@ PerformerLM ModelFromContents(const SafetensorsContents& file, const std::string
     const at::Tensor& stored = file.tensors.at(name);
     if (stored.scalar_type() != dtype) Invalid(kind, path, "tensor '" + name + "' is not stored in the model's dtype");
     // NaN or Inf weights train nothing and generate garbage: refused by name on load.
-    if (const int64_t bad = (~at::isfinite(stored)).sum().item<int64_t>(); bad > 0) {
+    if (const int64_t bad = NonFiniteCount(stored); bad > 0) {
       Invalid(kind, path, "tensor '" + name + "' has " + std::to_string(bad) + " non-finite values (NaN or Inf)");
     }
   }

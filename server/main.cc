@@ -87,7 +87,7 @@ flags (each may also be a key of the --config file, e.g. `data_dir: /var/lib/sli
                           worker's BLAS at its default, all cores)
   --max-dataset-size SIZE largest dataset upload (default 1GiB)
   --generate-quota SIZE   device memory reserved (and capped) for each Generate's sampling
-                          process (default 0: the model file's size × 1.5 + 16 MiB)
+                          process (default 0: the model file's size × 2 + 16 MiB)
   --executor-threads N    threads for planning, model loading and generation (default 2)
   --port-file FILE        write the port actually bound here once serving
   --tokens-file FILE      bearer tokens (SHA-256 digests with tenant and role, docs/security.md);

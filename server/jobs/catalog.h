@@ -29,7 +29,7 @@ struct CatalogOptions {
   std::string temp_dir;  // uploads in progress
   int64_t max_dataset_bytes = int64_t{1} << 30;
   int64_t tenant_max_dataset_bytes = 0;  // per tenant, for user tokens; 0: no limit
-  // Device memory reserved for one Generate; 0: the model file's size × 1.5 + 16 MiB.
+  // Device memory reserved for one Generate; 0: the model file's size × 2 + 16 MiB.
   int64_t generate_quota_bytes = 0;
   std::string generate_device_kind = "cpu";  // generation runs on a device of this kind
 };

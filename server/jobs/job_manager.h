@@ -103,7 +103,7 @@ struct JobManagerOptions {
   int worker_cpu_threads = 0;
   int64_t max_dataset_bytes = int64_t{1} << 30;
   // Device memory reserved for one Generate (its slim-train process is capped there); 0: the
-  // model file's size × 1.5 + 16 MiB (docs/service.md, "Generation").
+  // model file's size × 2 + 16 MiB (docs/service.md, "Generation").
   int64_t generate_quota_bytes = 0;
   std::string calibration_cache_dir;
   double scheduler_interval_seconds = 1.0;  // periodic pass besides the event-driven ones

@@ -387,6 +387,15 @@ local_text=$("$train" generate --model "$dir/hf-tok.safetensors" --prompt "the" 
 # (Bytes that are not UTF-8 reach the client as U+FFFD; the words are ASCII and must agree.)
 [ "$(grep -oE ' w[0-9]{2}' <<<"$streamed")" = "$(grep -oE ' w[0-9]{2}' <<<"$local_text")" ] \
   || fail "Generate streamed '$streamed', slim-train generate printed '$local_text'"
+# A GPT-2-sized vocabulary makes the embedding most of the model: its load once held the NaN
+# check's full-size temporaries too (3.4 × the file), beyond Generate's reservation, so every
+# Generate of such a model failed (docs/service.md, "Generation").
+cat > "$dir/gpt2-vocab.json" <<'EOF'
+{"model_type": "gpt2", "vocab_size": 50257, "n_embd": 64, "n_layer": 1, "n_head": 2, "n_inner": 128, "n_positions": 64}
+EOF
+"$train" init --hf-config "$dir/gpt2-vocab.json" --out "$dir/gpt2-vocab.safetensors" > /dev/null
+expect 0 models import "$dir/gpt2-vocab.safetensors" -o name
+expect 0 generate "$out" --prompt "slim" --max-tokens 8 --seed 1
 expect 2 models import "$src/models/base-mini.safetensors" --feature-map favor+
 echo "$err" | grep -q "only for a Hugging Face checkpoint directory" || fail "feature map for a file: $err"
 expect 2 models import "$dir/hf-llama" --feature-map linear

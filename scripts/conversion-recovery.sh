@@ -24,8 +24,6 @@ base="$(cd "$1" && pwd)"
 for f in hf/config.json hf/model.safetensors train.txt heldout.txt; do
   [ -s "$base/$f" ] || { echo "conversion-recovery: $base/$f is missing (run scripts/train-gpt2-base.sh first)" >&2; exit 2; }
 done
-mkdir -p "$2"
-out="$(cd "$2" && pwd)"
 maps="${MAPS:-favor+ relu elu+1 learned softmax}"
 features="${FEATURES:-64}"
 seq_len="${SEQ_LEN:-256}"
@@ -36,6 +34,14 @@ lr="${LR:-1e-3}"
 warmup="${WARMUP:-30}"
 eval_every="${EVAL_EVERY:-100}"
 report_steps="${REPORT_STEPS:-100 300 1000}"
+for map in $maps; do  # also names a directory under OUT_DIR, which is emptied first
+  case "$map" in
+    favor+|relu|elu+1|sqr|learned|softmax) ;;
+    *) echo "conversion-recovery: MAPS: unknown feature map '$map' (favor+, relu, elu+1, sqr, learned, softmax)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$2"
+out="$(cd "$2" && pwd)"
 # Held-out loss of a model file over all of heldout.txt, in nats per token.
 heldout_loss() {
   "$train" eval --model "$1" --data "$base/heldout.txt" --seq-len "$seq_len" |

@@ -4,7 +4,7 @@
 # softmax mode on text Debian ships, and written in the Hugging Face layout (config.json,
 # model.safetensors, tokenizer.json) by `slim-train export-hf`. models/gpt2-mini/README.md has
 # the numbers of the run recorded there; scripts/conversion-recovery.sh converts the result.
-#   scripts/train-gpt2-base.sh [OUT_DIR]       # default: build/gpt2-mini-run; ~25 min on 2 cores
+#   scripts/train-gpt2-base.sh [OUT_DIR]       # default: build/gpt2-mini-run; ~15 min on 2 cores
 # Writes into OUT_DIR:
 #   train.txt, heldout.txt   the text: perl-modules-5.36's documentation (every .pm/.pod file of
 #                            the package, in byte order of path, through pod2text); every 25th

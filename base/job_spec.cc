@@ -204,6 +204,12 @@ Json SourcesJson(const std::vector<DataSource>& sources) {
   return list;
 }
 
+Json StringArray(const std::vector<std::string>& items) {
+  Json list = JsonArray();
+  for (const std::string& item : items) list.items.push_back(JsonString(item));
+  return list;
+}
+
 }  // namespace
 
 std::string LrScheduleName(LrScheduleKind k) { return k == LrScheduleKind::kCosine ? "cosine" : "constant"; }
@@ -404,11 +410,7 @@ Json JobSpecToJson(const JobSpec& s) {
     // No targets means every projection the model has: the list depends on the model (w3 only
     // with SwiGLU), so it is not spelt out here — a worker reading this JSON must not be handed
     // w3 for a GELU model.
-    if (!s.lora_targets.empty()) {
-      Json targets = JsonArray();
-      for (const std::string& t : s.lora_targets) targets.items.push_back(JsonString(t));
-      lora.members["targets"] = targets;
-    }
+    if (!s.lora_targets.empty()) lora.members["targets"] = StringArray(s.lora_targets);
     training.members["lora"] = lora;
   }
   doc.members["training"] = training;
@@ -440,9 +442,7 @@ std::string TrainingFingerprint(const JobSpec& spec) {
   // Default LoRA targets as every name, as fingerprints before the JSON form left them out had
   // them: checkpoints written then still resume.
   if (spec.tuning == TuningMode::kLora && spec.lora_targets.empty()) {
-    Json targets = JsonArray();
-    for (const std::string& t : LoraTargetNames()) targets.items.push_back(JsonString(t));
-    doc.members["training"].members["lora"].members["targets"] = targets;
+    doc.members["training"].members["lora"].members["targets"] = StringArray(LoraTargetNames());
   }
   doc.members.erase("memory");
   doc.members.erase("data_parallel");  // the global batch is the same for any number of workers
